@@ -1,0 +1,45 @@
+//! `agent-mesh`: the single binary of Agent Mesh.
+//!
+//! Thin glue over the library crates: it parses the command line and hands each
+//! subcommand to its module under [`cli`].
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// Agent Mesh: a decentralized federated-learning mesh.
+#[derive(Debug, Parser)]
+#[command(name = "agent-mesh", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands, one module each under `cli/`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an in-process federation on MNIST and report accuracy per round.
+    Sim(cli::sim::SimArgs),
+    /// Differential-privacy tools (privacy accounting).
+    #[command(subcommand)]
+    Dp(cli::dp::DpCommand),
+    /// Benchmarks that print a table.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => cli::sim::run(args),
+        Command::Dp(cmd) => cli::dp::run(cmd),
+        Command::Bench(cmd) => cli::bench::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

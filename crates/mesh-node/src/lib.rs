@@ -1,0 +1,1 @@
+//! The Agent Mesh node (being written).
