@@ -1,0 +1,239 @@
+//! Certificate tests: every rejection has its own error.
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::identity::NodeIdentity;
+use crate::rbac::{Action, Role, RoleSet};
+
+const T0: i64 = 1_800_000_000;
+const DAY_S: i64 = 86_400;
+
+fn ca() -> MeshCa {
+    MeshCa::init(
+        NodeIdentity::from_seed(&[100; 32]),
+        "test mesh CA",
+        T0 - DAY_S,
+        T0 + 365 * DAY_S,
+        [1; 16],
+    )
+    .unwrap()
+}
+
+fn node() -> NodeIdentity {
+    NodeIdentity::from_seed(&[5; 32])
+}
+
+fn verifier(ca: &MeshCa) -> CertVerifier {
+    CertVerifier::new(ca.cert_der().to_vec(), &ca_pin(ca.cert_der())).unwrap()
+}
+
+fn issue(ca: &MeshCa, roles: &[Role]) -> IssuedCert {
+    ca.issue(
+        &node().verifying_key(),
+        RoleSet::of(roles),
+        T0,
+        T0 + 30 * DAY_S,
+        [2; 16],
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_issued_certificate_verifies_and_carries_key_and_roles() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Trainer, Role::Observer]);
+    assert!(cert.pem.contains("BEGIN CERTIFICATE"));
+    let ok = verifier(&ca)
+        .verify(
+            &cert.der,
+            Some(&node().verifying_key()),
+            T0 + 1,
+            &RevocationList::new(),
+        )
+        .unwrap();
+    assert_eq!(ok.info.node_id, node().node_id());
+    assert_eq!(ok.info.roles, RoleSet::of(&[Role::Trainer, Role::Observer]));
+    assert_eq!(ok.info.serial, cert.serial);
+}
+
+#[test]
+fn expired_is_its_own_error() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Trainer]);
+    let err = verifier(&ca)
+        .verify(&cert.der, None, T0 + 31 * DAY_S, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::Expired { .. }), "{err}");
+}
+
+#[test]
+fn not_yet_valid_is_its_own_error() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Trainer]);
+    let err = verifier(&ca)
+        .verify(&cert.der, None, T0 - 1, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::NotYetValid { .. }), "{err}");
+}
+
+#[test]
+fn another_ca_is_a_wrong_ca_even_with_the_same_name() {
+    let ca = ca();
+    let other = MeshCa::init(
+        NodeIdentity::from_seed(&[101; 32]),
+        "test mesh CA",
+        T0 - DAY_S,
+        T0 + DAY_S,
+        [3; 16],
+    )
+    .unwrap();
+    let cert = issue(&other, &[Role::Trainer]);
+    let err = verifier(&ca)
+        .verify(&cert.der, None, T0 + 1, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::WrongCa(_)), "{err}");
+    let renamed = MeshCa::init(
+        NodeIdentity::from_seed(&[101; 32]),
+        "other",
+        T0 - DAY_S,
+        T0 + DAY_S,
+        [3; 16],
+    )
+    .unwrap();
+    let cert = issue(&renamed, &[Role::Trainer]);
+    let err = verifier(&ca)
+        .verify(&cert.der, None, T0 + 1, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::WrongCa(_)), "{err}");
+}
+
+#[test]
+fn a_ca_not_matching_the_pin_is_refused() {
+    let ca = ca();
+    let err = CertVerifier::new(ca.cert_der().to_vec(), &[0; 32]).unwrap_err();
+    assert!(matches!(err, CertError::CaPinMismatch { .. }), "{err}");
+}
+
+#[test]
+fn revoked_is_its_own_error_and_revocations_must_be_signed_by_the_ca() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Trainer]);
+    let entry = RevocationEntry {
+        serial: cert.serial.clone(),
+        node_id: node().node_id(),
+        revoked_at_unix_s: T0,
+        reason: "key leaked".into(),
+    };
+    let signed = SignedRevocation::sign(ca.identity(), entry.clone()).unwrap();
+    let mut list = RevocationList::new();
+    let v = verifier(&ca);
+    list.insert(&signed, v.ca_key()).unwrap();
+    let err = v.verify(&cert.der, None, T0 + 1, &list).unwrap_err();
+    assert!(
+        matches!(err, CertError::Revoked { ref reason, .. } if reason == "key leaked"),
+        "{err}"
+    );
+
+    let forged = SignedRevocation::sign(&node(), entry).unwrap();
+    assert!(matches!(
+        list.insert(&forged, v.ca_key()),
+        Err(CertError::BadRevocationSignature(_))
+    ));
+}
+
+#[test]
+fn a_certificate_presented_by_another_key_is_a_key_mismatch() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Trainer]);
+    let intruder = NodeIdentity::from_seed(&[6; 32]).verifying_key();
+    let err = verifier(&ca)
+        .verify(&cert.der, Some(&intruder), T0 + 1, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::KeyMismatch { .. }), "{err}");
+}
+
+#[test]
+fn a_wrong_role_is_its_own_error() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Observer]);
+    let v = verifier(&ca);
+    let key = node().verifying_key();
+    let err = v
+        .verify_for(
+            &cert.der,
+            &key,
+            T0 + 1,
+            &RevocationList::new(),
+            Action::SubmitUpdate,
+        )
+        .unwrap_err();
+    assert!(matches!(err, CertError::Role(_)), "{err}");
+    v.verify_for(
+        &cert.der,
+        &key,
+        T0 + 1,
+        &RevocationList::new(),
+        Action::ReadStatus,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_tampered_certificate_is_refused() {
+    let ca = ca();
+    let mut der = issue(&ca, &[Role::Observer]).der;
+    // Turn "observer" into "observes": the CA signature no longer matches.
+    let at = der.windows(8).position(|w| w == b"observer").unwrap();
+    der[at + 7] = b's';
+    let err = verifier(&ca)
+        .verify(&der, None, T0 + 1, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::WrongCa(_)), "{err}");
+}
+
+#[test]
+fn renewal_keeps_key_and_roles_with_a_new_period_and_serial() {
+    let ca = ca();
+    let old = issue(&ca, &[Role::Aggregator]);
+    let new = ca
+        .renew(&old.der, T0 + 29 * DAY_S, T0 + 60 * DAY_S, [9; 16])
+        .unwrap();
+    assert_ne!(new.serial, old.serial);
+    let ok = verifier(&ca)
+        .verify(
+            &new.der,
+            Some(&node().verifying_key()),
+            T0 + 45 * DAY_S,
+            &RevocationList::new(),
+        )
+        .unwrap();
+    assert_eq!(ok.info.roles, RoleSet::of(&[Role::Aggregator]));
+    let foreign = MeshCa::init(
+        NodeIdentity::from_seed(&[102; 32]),
+        "x",
+        T0,
+        T0 + DAY_S,
+        [4; 16],
+    )
+    .unwrap();
+    assert!(foreign.renew(&old.der, T0, T0 + DAY_S, [8; 16]).is_err());
+}
+
+#[test]
+fn a_loaded_ca_must_match_its_key() {
+    let ca = ca();
+    MeshCa::load(NodeIdentity::from_seed(&[100; 32]), ca.cert_der().to_vec()).unwrap();
+    let err = MeshCa::load(NodeIdentity::from_seed(&[1; 32]), ca.cert_der().to_vec()).unwrap_err();
+    assert!(matches!(err, CertError::KeyMismatch { .. }), "{err}");
+}
+
+#[test]
+fn garbage_is_malformed_not_a_panic() {
+    let ca = ca();
+    for bytes in [&b""[..], &b"\x30\x82\xff\xff"[..], &[0u8; 64][..]] {
+        let err = verifier(&ca)
+            .verify(bytes, None, T0, &RevocationList::new())
+            .unwrap_err();
+        assert!(matches!(err, CertError::Malformed(_)), "{err}");
+    }
+}
