@@ -1,0 +1,101 @@
+//! Throughput measurement of the aggregation rules, shared by
+//! `agent-mesh bench aggregators` and the criterion benches.
+//!
+//! Throughput is reported as input bytes (`n * d * 4`) per second of one
+//! [`Aggregator::aggregate`] call, on one thread.
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{AggregateError, Aggregator, AggregatorConfig, PreAggregation, Rule};
+
+/// One measured (rule, n, d) point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchResult {
+    /// The rule's name.
+    pub rule: String,
+    /// Number of updates.
+    pub n: usize,
+    /// Dimension of each update.
+    pub d: usize,
+    /// Byzantine count the rule was configured with.
+    pub byzantine: usize,
+    /// Median wall time of one aggregation over the repetitions.
+    pub time_median: Duration,
+    /// Input throughput `n * d * 4 / time_median`, in GB/s (1 GB = 1e9 bytes).
+    pub input_gb_per_s: f64,
+}
+
+/// `n` pseudo-random updates of dimension `d`, uniform in `[-1, 1)`, from `seed`.
+pub fn synthetic_updates(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (0..d).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect())
+        .collect()
+}
+
+/// The Byzantine count used for benchmarking at `n`: `n / 10`, lowered so every rule
+/// (Bulyan needs `n >= 4f + 3`) accepts it.
+pub fn byzantine_for(n: usize) -> usize {
+    (n / 10).min(n.saturating_sub(3) / 4)
+}
+
+/// Times `repetitions` (at least 1) calls of `rule` on `updates` with equal weights.
+pub fn measure(
+    rule: Rule,
+    updates: &[Vec<f32>],
+    repetitions: usize,
+) -> Result<BenchResult, AggregateError> {
+    let (n, d) = super::check_shape(updates)?;
+    let byzantine = byzantine_for(n);
+    let config = AggregatorConfig {
+        rule,
+        pre: PreAggregation::None,
+        byzantine_count: byzantine,
+        seed: 0,
+    };
+    let mut aggregator = Aggregator::new(config);
+    let weights = vec![1.0_f32; n];
+    let mut times = Vec::with_capacity(repetitions.max(1));
+    for _ in 0..repetitions.max(1) {
+        let start = Instant::now();
+        let out = aggregator.aggregate(updates, &weights)?;
+        times.push(start.elapsed());
+        std::hint::black_box(out);
+    }
+    times.sort();
+    let time_median = times[times.len() / 2];
+    let bytes = (n * d * std::mem::size_of::<f32>()) as f64;
+    let input_gb_per_s = bytes / time_median.as_secs_f64().max(1e-12) / 1e9;
+    Ok(BenchResult {
+        rule: rule.to_string(),
+        n,
+        d,
+        byzantine,
+        time_median,
+        input_gb_per_s,
+    })
+}
+
+/// Measures every rule in `rules` at every `(n, d)` in the cross product of `ns` and
+/// `ds`, generating the inputs once per `(n, d)` from `seed`.
+pub fn run(
+    rules: &[Rule],
+    ns: &[usize],
+    ds: &[usize],
+    repetitions: usize,
+    seed: u64,
+) -> Result<Vec<BenchResult>, AggregateError> {
+    let mut results = Vec::with_capacity(rules.len() * ns.len() * ds.len());
+    for &n in ns {
+        for &d in ds {
+            let updates = synthetic_updates(n, d, seed);
+            for &rule in rules {
+                results.push(measure(rule, &updates, repetitions)?);
+            }
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,372 @@
+//! Unit tests with hand-computed values for every rule, and property tests.
+#![allow(clippy::unwrap_used)]
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn rows(values: &[&[f32]]) -> Vec<Vec<f32>> {
+    values.iter().map(|r| r.to_vec()).collect()
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32) {
+    assert_eq!(actual.len(), expected.len());
+    for (a, e) in actual.iter().zip(expected) {
+        assert!(
+            (a - e).abs() <= tolerance * (1.0 + e.abs()),
+            "{actual:?} != {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn fedavg_weights_by_sample_count() {
+    let u = rows(&[&[1.0, 2.0], &[3.0, 4.0], &[5.0, 0.0]]);
+    assert_eq!(weighted_mean(&u, &[1.0, 1.0, 2.0]).unwrap(), vec![3.5, 1.5]);
+}
+
+#[test]
+fn median_odd_and_even() {
+    let u = rows(&[&[1.0, 9.0], &[2.0, 8.0], &[100.0, -5.0]]);
+    assert_eq!(median(&u, 1).unwrap(), vec![2.0, 8.0]);
+    let u = rows(&[&[1.0], &[2.0], &[3.0], &[10.0]]);
+    assert_eq!(median(&u, 1).unwrap(), vec![2.5]);
+}
+
+#[test]
+fn median_treats_nan_and_infinity_as_outliers() {
+    let u = rows(&[&[1.0], &[2.0], &[3.0], &[f32::NAN], &[f32::NEG_INFINITY]]);
+    assert_eq!(median(&u, 2).unwrap(), vec![2.0]);
+}
+
+#[test]
+fn trimmed_mean_drops_extremes() {
+    let u = rows(&[
+        &[1.0, 0.0],
+        &[2.0, 0.0],
+        &[3.0, 0.0],
+        &[100.0, 6.0],
+        &[-50.0, 0.0],
+    ]);
+    assert_eq!(trimmed_mean(&u, 1).unwrap(), vec![2.0, 0.0]);
+    assert_eq!(trimmed_mean(&u, 0).unwrap(), vec![11.2, 1.2]);
+}
+
+#[test]
+fn krum_and_multi_krum_by_hand() {
+    // 1-D points 0, 1, 2, 3, 100 with f = 1: scores over n - f - 2 = 2 neighbours are
+    // 5, 2, 2, 5, 97^2 + 98^2; the tie between 1 and 2 goes to the smaller vector.
+    let u = rows(&[&[0.0], &[1.0], &[2.0], &[3.0], &[100.0]]);
+    assert_eq!(krum_index(&u, 1).unwrap(), 1);
+    assert_eq!(krum(&u, 1).unwrap(), vec![1.0]);
+    // Multi-Krum averages the n - f = 4 best: 0, 1, 2, 3.
+    assert_eq!(multi_krum(&u, 1, None).unwrap(), vec![1.5]);
+    assert_eq!(multi_krum(&u, 1, Some(2)).unwrap(), vec![1.5]);
+}
+
+#[test]
+fn bulyan_by_hand() {
+    // Iterated Krum selects 2, 1, 3, 0, 4 (theta = 5); beta = 1 keeps the value closest
+    // to the selection's median, 2, in each coordinate.
+    let u = rows(&[
+        &[0.0, 0.0],
+        &[1.0, 0.0],
+        &[2.0, 0.0],
+        &[3.0, 0.0],
+        &[4.0, 0.0],
+        &[100.0, 0.0],
+        &[-100.0, 0.0],
+    ]);
+    assert_eq!(bulyan(&u, 1).unwrap(), vec![2.0, 0.0]);
+    // With f = 0 Bulyan is the plain mean.
+    let u = rows(&[&[1.0], &[2.0], &[6.0]]);
+    assert_eq!(bulyan(&u, 0).unwrap(), vec![3.0]);
+}
+
+#[test]
+fn geometric_median_by_hand() {
+    // In 1-D the geometric median of 0, 1, 10 is the median, 1.
+    let u = rows(&[&[0.0], &[1.0], &[10.0]]);
+    let params = WeiszfeldParams {
+        iterations_max: 1000,
+        tolerance: 1e-12,
+        smoothing: 1e-9,
+    };
+    let z = geometric_median(&u, &[1.0; 3], 1, &params).unwrap();
+    assert_close(&z, &[1.0], 1e-3);
+    // The corners of a square have their centre as geometric median; a far outlier
+    // with weight below one half moves it only a little.
+    let u = rows(&[&[0.0, 0.0], &[2.0, 0.0], &[0.0, 2.0], &[2.0, 2.0]]);
+    assert_close(
+        &geometric_median(&u, &[1.0; 4], 1, &params).unwrap(),
+        &[1.0, 1.0],
+        1e-4,
+    );
+    let u = rows(&[
+        &[0.0, 0.0],
+        &[2.0, 0.0],
+        &[0.0, 2.0],
+        &[2.0, 2.0],
+        &[1e6, 1e6],
+    ]);
+    let z = geometric_median(&u, &[1.0; 5], 2, &params).unwrap();
+    assert!(z.iter().all(|&c| (0.0..=3.0).contains(&c)), "{z:?}");
+}
+
+#[test]
+fn centered_clip_by_hand() {
+    // ||(3, 4) - 0|| = 5 is clipped to radius 1: (0.6, 0.8); (0, 0.5) is inside.
+    let u = rows(&[&[3.0, 4.0], &[0.0, 0.5]]);
+    let params = CenteredClipParams {
+        radius: 1.0,
+        iterations: 1,
+    };
+    assert_close(
+        &centered_clip(&u, &[0.0, 0.0], 0, &params).unwrap(),
+        &[0.3, 0.65],
+        1e-6,
+    );
+}
+
+#[test]
+fn nnm_and_bucketing_by_hand() {
+    let u = rows(&[&[0.0], &[1.0], &[10.0]]);
+    let mixed = nearest_neighbour_mixing(&u, 1).unwrap();
+    assert_eq!(mixed, vec![vec![0.5], vec![0.5], vec![5.5]]);
+    let u = rows(&[&[1.0], &[2.0], &[3.0], &[4.0], &[5.0]]);
+    // Unit weights make each bucket's weight its size: two pairs and one single, and
+    // size-weighted bucket means add up to the total 15.
+    let (buckets, weights) = bucketing(&u, &[1.0; 5], 2, 7).unwrap();
+    let mut sizes = weights.clone();
+    sizes.sort_by(f32::total_cmp);
+    assert_eq!(sizes, vec![1.0, 2.0, 2.0]);
+    let total: f32 = buckets.iter().zip(&weights).map(|(b, &w)| b[0] * w).sum();
+    assert_eq!(total, 15.0);
+    let (_, weights) = bucketing(&u, &[1.0, 1.0, 1.0, 1.0, 10.0], 2, 7).unwrap();
+    assert_eq!(weights.iter().sum::<f32>(), 14.0);
+    assert_eq!(
+        bucketing(&u, &[1.0; 5], 2, 7).unwrap().0,
+        bucketing(&u, &[1.0; 5], 2, 7).unwrap().0
+    );
+}
+
+#[test]
+fn preconditions_are_typed_errors() {
+    let u4 = rows(&[&[0.0], &[1.0], &[2.0], &[3.0]]);
+    let err = krum(&u4, 1).unwrap_err();
+    assert_eq!(
+        err,
+        AggregateError::TooFewUpdates {
+            rule: "krum",
+            n: 4,
+            byzantine: 1,
+            required: 5
+        }
+    );
+    let u6 = rows(&[&[0.0], &[1.0], &[2.0], &[3.0], &[4.0], &[5.0]]);
+    assert!(matches!(
+        bulyan(&u6, 1),
+        Err(AggregateError::TooFewUpdates { required: 7, .. })
+    ));
+    assert!(matches!(
+        median(&u4, 2),
+        Err(AggregateError::TooFewUpdates { required: 5, .. })
+    ));
+    let ragged = rows(&[&[0.0, 1.0], &[1.0]]);
+    assert!(matches!(
+        median(&ragged, 0),
+        Err(AggregateError::DimensionMismatch { index: 1, .. })
+    ));
+    assert_eq!(
+        weighted_mean(&u4, &[1.0]).unwrap_err(),
+        AggregateError::WeightCount { n: 4, weights: 1 }
+    );
+    assert_eq!(
+        weighted_mean(&u4, &[0.0; 4]).unwrap_err(),
+        AggregateError::ZeroTotalWeight
+    );
+    assert!(matches!(
+        weighted_mean(&u4, &[1.0, -1.0, 1.0, 1.0]),
+        Err(AggregateError::InvalidWeight { index: 1, .. })
+    ));
+    let empty: Vec<Vec<f32>> = Vec::new();
+    assert_eq!(median(&empty, 0).unwrap_err(), AggregateError::Empty);
+    assert!(err.to_string().contains("n >= 5"), "{err}");
+}
+
+#[test]
+fn rule_and_pre_names_round_trip() {
+    for rule in Rule::all() {
+        let parsed: Rule = rule.to_string().parse().unwrap();
+        assert_eq!(parsed, rule);
+        let parsed: Rule = format!("{rule:#}").parse().unwrap();
+        assert_eq!(parsed, rule);
+    }
+    for pre in [
+        PreAggregation::None,
+        PreAggregation::Nnm,
+        PreAggregation::Bucketing { bucket_size: 3 },
+    ] {
+        assert_eq!(format!("{pre:#}").parse::<PreAggregation>().unwrap(), pre);
+    }
+    assert_eq!(
+        "bucketing".parse::<PreAggregation>().unwrap(),
+        PreAggregation::Bucketing { bucket_size: 2 }
+    );
+    assert_eq!(
+        "cclip:tau=5".parse::<Rule>().unwrap(),
+        Rule::CenteredClip(CenteredClipParams {
+            radius: 5.0,
+            iterations: 3
+        })
+    );
+    assert!("krum:tau=1".parse::<Rule>().is_err());
+    assert!("bogus"
+        .parse::<Rule>()
+        .unwrap_err()
+        .to_string()
+        .contains("fedavg"));
+}
+
+#[test]
+fn aggregator_keeps_cclip_centre_and_composes_pre() {
+    let config = AggregatorConfig {
+        rule: Rule::CenteredClip(CenteredClipParams {
+            radius: 1.0,
+            iterations: 1,
+        }),
+        pre: PreAggregation::None,
+        byzantine_count: 0,
+        seed: 1,
+    };
+    let mut agg = Aggregator::new(config);
+    let u = rows(&[&[4.0], &[4.0]]);
+    // From centre 0 each update is clipped to 1; the next call starts from 1.
+    assert_eq!(agg.aggregate(&u, &[1.0, 1.0]).unwrap(), vec![1.0]);
+    assert_eq!(agg.aggregate(&u, &[1.0, 1.0]).unwrap(), vec![2.0]);
+    agg.reset();
+    assert_eq!(agg.aggregate(&u, &[1.0, 1.0]).unwrap(), vec![1.0]);
+
+    let u = rows(&[&[0.0], &[1.0], &[2.0], &[3.0], &[1000.0]]);
+    let mut agg = Aggregator::new(AggregatorConfig {
+        rule: Rule::Median,
+        pre: PreAggregation::Nnm,
+        byzantine_count: 1,
+        seed: 0,
+    });
+    // NNM (keep 4): 1.5, 1.5, 1.5, 1.5, 251.5 -> median 1.5.
+    assert_eq!(agg.aggregate(&u, &[1.0; 5]).unwrap(), vec![1.5]);
+    let mut agg = Aggregator::new(AggregatorConfig {
+        rule: Rule::Krum,
+        pre: PreAggregation::Bucketing { bucket_size: 2 },
+        byzantine_count: 1,
+        seed: 0,
+    });
+    // 5 updates become 3 buckets; Krum with f = 1 needs 5.
+    assert!(matches!(
+        agg.aggregate(&u, &[1.0; 5]),
+        Err(AggregateError::TooFewUpdates { n: 3, .. })
+    ));
+    assert!(matches!(
+        agg.aggregate(&u, &[1.0; 4]),
+        Err(AggregateError::WeightCount { .. })
+    ));
+}
+
+#[test]
+fn server_optimizers_by_hand() {
+    let mut sgd = ServerOptimizer::sgd(2.0);
+    let mut global = vec![1.0, 1.0];
+    sgd.apply(&mut global, &[0.5, -1.0]).unwrap();
+    assert_eq!(global, vec![2.0, -1.0]);
+
+    let (lr, tau) = (0.01_f32, 1e-3_f32);
+    let mut adam = ServerOptimizer::fedadam(lr);
+    let mut yogi: ServerOptimizer = "fedyogi:lr=0.01".parse().unwrap();
+    let (mut xa, mut xy) = (vec![0.0_f32], vec![0.0_f32]);
+    adam.apply(&mut xa, &[1.0]).unwrap();
+    yogi.apply(&mut xy, &[1.0]).unwrap();
+    // m = 0.1; Adam v = 0.99 tau^2 + 0.01; Yogi v = tau^2 + 0.01 (since tau^2 < 1).
+    let va = 0.99 * tau * tau + 0.01;
+    let vy = tau * tau + 0.01;
+    assert_close(&xa, &[lr * 0.1 / (va.sqrt() + tau)], 1e-6);
+    assert_close(&xy, &[lr * 0.1 / (vy.sqrt() + tau)], 1e-6);
+    assert!(adam.apply(&mut [0.0; 2], &[1.0, 1.0]).is_err());
+    assert!(sgd.apply(&mut global, &[1.0]).is_err());
+    assert_eq!(
+        "fedadam".parse::<ServerOptimizer>().unwrap().to_string(),
+        "fedadam"
+    );
+    assert!("fedadam:beta1=1.5".parse::<ServerOptimizer>().is_err());
+}
+
+/// `n` updates of dimension `d` with values in [-100, 100].
+fn updates_strategy() -> impl Strategy<Value = Vec<Vec<f32>>> {
+    (7_usize..12, 1_usize..6).prop_flat_map(|(n, d)| {
+        prop::collection::vec(prop::collection::vec(-100.0_f32..100.0, d), n)
+    })
+}
+
+fn all_rules_f1() -> Vec<Rule> {
+    Rule::all()
+        .into_iter()
+        .filter(|r| r.n_min(1) <= 7)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn rules_are_permutation_invariant(
+        (u, permuted) in updates_strategy().prop_flat_map(|u| (Just(u.clone()), Just(u).prop_shuffle()))
+    ) {
+        let weights = vec![1.0_f32; u.len()];
+        for rule in all_rules_f1() {
+            let config = AggregatorConfig { rule, pre: PreAggregation::None, byzantine_count: 1, seed: 3 };
+            let a = Aggregator::new(config).aggregate(&u, &weights).unwrap();
+            let b = Aggregator::new(config).aggregate(&permuted, &weights).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                prop_assert!((x - y).abs() <= 1e-3 * (1.0 + x.abs()), "{rule}: {a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn trimmed_mean_without_trim_is_mean(u in updates_strategy()) {
+        let mean = weighted_mean(&u, &vec![1.0; u.len()]).unwrap();
+        let trimmed = trimmed_mean(&u, 0).unwrap();
+        for (x, y) in mean.iter().zip(&trimmed) {
+            prop_assert!((x - y).abs() <= 1e-4 * (1.0 + x.abs()));
+        }
+    }
+
+    #[test]
+    fn median_and_trimmed_mean_stay_in_honest_range(
+        honest in updates_strategy(),
+        f in 1_usize..4,
+        outlier in prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(-f32::INFINITY), -1e30_f32..1e30],
+    ) {
+        let d = honest[0].len();
+        let mut all = honest.clone();
+        all.truncate(all.len().max(2 * f + 1));
+        let honest = all.clone();
+        for k in 0..f {
+            let sign = if k % 2 == 0 { 1.0 } else { -1.0 };
+            all.push(vec![sign * outlier; d]);
+        }
+        for out in [median(&all, f).unwrap(), trimmed_mean(&all, f).unwrap()] {
+            for (j, &x) in out.iter().enumerate() {
+                let lo = honest.iter().map(|h| h[j]).fold(f32::INFINITY, f32::min);
+                let hi = honest.iter().map(|h| h[j]).fold(f32::NEG_INFINITY, f32::max);
+                prop_assert!(x >= lo - 1e-3 && x <= hi + 1e-3, "{x} outside [{lo}, {hi}]");
+            }
+        }
+    }
+
+    #[test]
+    fn krum_returns_one_of_its_inputs(u in updates_strategy(), f in 0_usize..3) {
+        let chosen = krum(&u, f).unwrap();
+        prop_assert!(u.contains(&chosen));
+    }
+}
