@@ -1,0 +1,159 @@
+//! Data sets and how they are split across nodes.
+//!
+//! * [`idx`]: the standard MNIST IDX file format (gzip or raw).
+//! * [`synthetic`]: the FedProx `Synthetic(alpha, beta)` generator.
+//! * [`partition`]: IID, Dirichlet label skew, McMahan shards and quantity skew.
+//!
+//! A [`Dataset`] is a dense matrix of features (row-major, `f32`) and one class
+//! label per row. It is what models train and evaluate on.
+
+pub mod idx;
+pub mod partition;
+pub mod synthetic;
+
+use std::path::Path;
+
+/// Errors from loading or generating data. None of them is fixed by retrying:
+/// the input file or the parameters must change.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file does not start with the expected IDX magic number.
+    #[error("{path}: wrong IDX magic number 0x{found:08x}, expected 0x{expected:08x} (is this the right file?)")]
+    BadMagic {
+        /// The file.
+        path: String,
+        /// Magic number found.
+        found: u32,
+        /// Magic number expected.
+        expected: u32,
+    },
+    /// The file ends before the data its header announces.
+    #[error("{path}: truncated: header announces {expected_bytes} data bytes, file has {found_bytes}")]
+    Truncated {
+        /// The file.
+        path: String,
+        /// Bytes announced by the header.
+        expected_bytes: u64,
+        /// Bytes present.
+        found_bytes: u64,
+    },
+    /// The file is larger than any data set we accept.
+    #[error("{path}: header announces {announced_bytes} bytes, over the limit of {limit_bytes}")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Bytes announced by the header.
+        announced_bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// Image and label files disagree on the number of records.
+    #[error("{images} images but {labels} labels: the image and label files do not belong together")]
+    CountMismatch {
+        /// Number of images.
+        images: usize,
+        /// Number of labels.
+        labels: usize,
+    },
+    /// A label is outside `0..num_classes`.
+    #[error("label {label} at record {index} is outside 0..{num_classes}")]
+    BadLabel {
+        /// Record index.
+        index: usize,
+        /// The label.
+        label: u8,
+        /// Number of classes.
+        num_classes: usize,
+    },
+    /// Parameters out of range (partitioning or generation).
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+}
+
+/// A labelled data set: `len()` rows of `feature_count` features each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Row-major features, `len() * feature_count` values.
+    pub features: Vec<f32>,
+    /// One label per row, in `0..num_classes`.
+    pub labels: Vec<u8>,
+    /// Number of features per row.
+    pub feature_count: usize,
+    /// Number of classes.
+    pub num_classes: usize,
+    /// Image shape `[height, width]` when the features are a single-channel image.
+    pub image_shape: Option<[usize; 2]>,
+}
+
+impl Dataset {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when the data set has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The features of row `index`.
+    pub fn row(&self, index: usize) -> &[f32] {
+        let start = index * self.feature_count;
+        &self.features[start..start + self.feature_count]
+    }
+
+    /// A new data set holding the given rows, in the given order.
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        let mut features = Vec::with_capacity(indices.len() * self.feature_count);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
+            features.extend_from_slice(self.row(i));
+            labels.push(self.labels[i]);
+        }
+        Dataset {
+            features,
+            labels,
+            feature_count: self.feature_count,
+            num_classes: self.num_classes,
+            image_shape: self.image_shape,
+        }
+    }
+
+    /// Number of rows of each class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.num_classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+}
+
+/// The MNIST train and test sets of a folder holding the four standard IDX files.
+#[derive(Debug, Clone)]
+pub struct Mnist {
+    /// Training set.
+    pub train: Dataset,
+    /// Test set.
+    pub test: Dataset,
+}
+
+impl Mnist {
+    /// Loads `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]` and the
+    /// `t10k-` pair from `dir`. Pixels are scaled to `[0, 1]` and then normalized
+    /// with the usual MNIST mean and standard deviation.
+    pub fn load(dir: &Path) -> Result<Mnist, DataError> {
+        Ok(Mnist {
+            train: idx::load_pair(dir, "train")?,
+            test: idx::load_pair(dir, "t10k")?,
+        })
+    }
+}
