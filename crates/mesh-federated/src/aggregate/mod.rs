@@ -36,7 +36,7 @@ pub mod median;
 pub mod nnm;
 mod pipeline;
 pub mod server;
-mod spec;
+pub(crate) mod spec;
 pub mod trimmed_mean;
 
 pub use bucketing::bucketing;
