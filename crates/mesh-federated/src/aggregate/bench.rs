@@ -80,7 +80,8 @@ pub fn measure(
 }
 
 /// Measures every rule in `rules` at every `(n, d)` in the cross product of `ns` and
-/// `ds`, generating the inputs once per `(n, d)` from `seed`.
+/// `ds`, generating the inputs once per `(n, d)` from `seed`. Rules that cannot run
+/// at some `n` (e.g. Bulyan below `n = 4f + 3`) are skipped there.
 pub fn run(
     rules: &[Rule],
     ns: &[usize],
@@ -92,7 +93,7 @@ pub fn run(
     for &n in ns {
         for &d in ds {
             let updates = synthetic_updates(n, d, seed);
-            for &rule in rules {
+            for &rule in rules.iter().filter(|r| r.n_min(byzantine_for(n)) <= n) {
                 results.push(measure(rule, &updates, repetitions)?);
             }
         }

@@ -49,6 +49,9 @@ pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 
 /// Writes `sum_i coefficients[i] * rows[i]` into `out`, column-blocked with `f64`
 /// accumulators. All rows have `out.len()` values; `coefficients.len() == rows.len()`.
+///
+/// Rows are consumed four at a time: their products are combined in `f32` and added
+/// to the `f64` accumulator once, which quarters the accumulator traffic.
 pub(crate) fn weighted_sum_into<U: AsRef<[f32]>>(
     rows: &[U],
     coefficients: &[f64],
@@ -62,9 +65,22 @@ pub(crate) fn weighted_sum_into<U: AsRef<[f32]>>(
         let end = (start + SUM_BLOCK_COLUMNS).min(d);
         let acc = &mut acc[..end - start];
         acc.fill(0.0);
-        for (row, &c) in rows.iter().zip(coefficients) {
-            let row = &row.as_ref()[start..end];
-            for (a, &x) in acc.iter_mut().zip(row) {
+        let mut quads = rows.chunks_exact(4).zip(coefficients.chunks_exact(4));
+        for (r, c) in quads.by_ref() {
+            let (r0, r1, r2, r3) = (
+                &r[0].as_ref()[start..end],
+                &r[1].as_ref()[start..end],
+                &r[2].as_ref()[start..end],
+                &r[3].as_ref()[start..end],
+            );
+            let (c0, c1, c2, c3) = (c[0] as f32, c[1] as f32, c[2] as f32, c[3] as f32);
+            for ((((a, &x0), &x1), &x2), &x3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+                *a += f64::from(c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3);
+            }
+        }
+        let tail = rows.len() - rows.len() % 4;
+        for (row, &c) in rows[tail..].iter().zip(&coefficients[tail..]) {
+            for (a, &x) in acc.iter_mut().zip(&row.as_ref()[start..end]) {
                 *a += c * f64::from(x);
             }
         }
