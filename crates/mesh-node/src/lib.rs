@@ -1,1 +1,18 @@
-//! The Agent Mesh node (being written).
+//! The Agent Mesh node: what each node does in a federated round, and the
+//! drivers that run nodes.
+//!
+//! ```text
+//!   driver (sim: in-process)           round roles (no I/O)
+//!   ------------------------           --------------------
+//!   Simulation::run_round ──global──►  Participant::local_round ──► LocalUpdate
+//!        │                                                            │
+//!        └──────────── updates ──►  RoundAggregator::aggregate ◄──────┘
+//!                                      (DP, robust rule, server optimizer,
+//!                                       privacy ledger) ──► new global model
+//! ```
+//!
+//! The roles take inputs and return outputs; they never touch sockets, clocks or
+//! files, so the in-process [`sim`] driver and the networked node run the same code.
+
+pub mod round;
+pub mod sim;

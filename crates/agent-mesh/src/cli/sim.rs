@@ -1,9 +1,256 @@
-//! `agent-mesh sim` (being written).
+//! `agent-mesh sim`: an in-process federation training on MNIST.
+//!
+//! Builds a [`mesh_node::sim::Simulation`] from the flags, runs it round by round
+//! with a progress bar and a per-round table, and writes `OUT/report.json`,
+//! `OUT/accuracy.png` and `OUT/model.safetensors`.
+
+use super::plot;
+use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mesh_federated::aggregate::{PreAggregation, Rule, ServerOptimizer};
+use mesh_federated::attack::Attack;
+use mesh_federated::data::partition::Partition;
+use mesh_federated::data::Mnist;
+use mesh_federated::model::{store, ModelKind, TrainOptions};
+use mesh_federated::privacy::NoisePlacement;
+use mesh_node::sim::{DpConfig, NoiseLevel, RoundReport, SimConfig, Simulation};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
 /// Flags of `agent-mesh sim`.
 #[derive(Debug, Args)]
-pub struct SimArgs {}
+#[command(after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --dp-clip 1.0 --dp-epsilon 8 --dp-placement distributed\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30")]
+pub struct SimArgs {
+    /// Number of nodes in the mesh.
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    /// Federated rounds to run.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u64,
+    /// Nodes sampled into each round (default: all).
+    #[arg(long)]
+    pub participants: Option<usize>,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    pub local_epochs: usize,
+    /// Local mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Local SGD learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    pub lr: f32,
+    /// FedProx proximal coefficient mu (0 = FedAvg local training).
+    #[arg(long, default_value_t = 0.0)]
+    pub prox_mu: f32,
+    /// Model: logistic, mlp or cnn.
+    #[arg(long, default_value = "cnn")]
+    pub model: ModelKind,
+    /// Data split: iid, dirichlet[:ALPHA], shards, quantity[:ALPHA].
+    #[arg(long, default_value = "iid")]
+    pub partition: Partition,
+    /// Aggregation rule: fedavg, median, trimmed-mean, krum, multi-krum, bulyan, geomed, cclip.
+    #[arg(long, default_value = "fedavg")]
+    pub rule: Rule,
+    /// Pre-aggregation: none, nnm, bucketing[:size=S].
+    #[arg(long, default_value = "none")]
+    pub pre: PreAggregation,
+    /// Server optimizer: sgd, fedadam, fedyogi (optionally :lr=..).
+    #[arg(long, default_value = "sgd")]
+    pub server_opt: ServerOptimizer,
+    /// Byzantine nodes; robust rules are told to tolerate this many.
+    #[arg(long, default_value_t = 0)]
+    pub byzantine: usize,
+    /// What Byzantine nodes do: sign-flip, label-flip, gaussian, alie, ipm, mimic.
+    #[arg(long, default_value = "sign-flip")]
+    pub attack: Attack,
+    /// Turn on client-level DP: L2 clipping norm of each update.
+    #[arg(long)]
+    pub dp_clip: Option<f32>,
+    /// DP noise multiplier z (noise std = z * clip).
+    #[arg(long, conflicts_with = "dp_epsilon", requires = "dp_clip")]
+    pub dp_noise_multiplier: Option<f64>,
+    /// DP target epsilon for all rounds; the noise multiplier is solved for it.
+    #[arg(long, requires = "dp_clip")]
+    pub dp_epsilon: Option<f64>,
+    /// DP delta.
+    #[arg(long, default_value_t = 1e-5)]
+    pub dp_delta: f64,
+    /// Where DP noise is added: central (aggregator) or distributed (each node).
+    #[arg(long, default_value = "central", value_parser = ["central", "distributed"])]
+    pub dp_placement: String,
+    /// Stop before the round that would spend more than this epsilon.
+    #[arg(long, requires = "dp_clip")]
+    pub dp_budget: Option<f64>,
+    /// Seed of every random choice; the same seed gives the same result.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Folder with the MNIST IDX files.
+    #[arg(long, default_value = "data/mnist-10k")]
+    pub data: PathBuf,
+    /// Output folder for report.json, accuracy.png and model.safetensors.
+    #[arg(long, default_value = "sim-out")]
+    pub out: PathBuf,
+    /// Worker threads for local training (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress bar (the per-round table is still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl SimArgs {
+    fn dp_config(&self) -> anyhow::Result<Option<DpConfig>> {
+        let Some(clip_norm) = self.dp_clip else { return Ok(None) };
+        let noise = match (self.dp_noise_multiplier, self.dp_epsilon) {
+            (Some(z), None) => NoiseLevel::Multiplier(z),
+            (None, Some(eps)) => NoiseLevel::TargetEpsilon(eps),
+            _ => anyhow::bail!("--dp-clip needs --dp-noise-multiplier or --dp-epsilon"),
+        };
+        let placement = match self.dp_placement.as_str() {
+            "distributed" => NoisePlacement::Distributed,
+            _ => NoisePlacement::Central,
+        };
+        Ok(Some(DpConfig {
+            clip_norm,
+            noise,
+            placement,
+            delta: self.dp_delta,
+            epsilon_budget: self.dp_budget,
+        }))
+    }
+
+    fn to_config(&self) -> anyhow::Result<SimConfig> {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(SimConfig {
+            nodes: self.nodes,
+            rounds: self.rounds,
+            participants_per_round: self.participants.unwrap_or(self.nodes),
+            local: TrainOptions {
+                epochs: self.local_epochs,
+                batch_size: self.batch_size,
+                learning_rate: self.lr,
+                proximal_mu: self.prox_mu,
+                seed: self.seed,
+            },
+            model: self.model,
+            partition: self.partition,
+            rule: self.rule,
+            pre: self.pre,
+            server: self.server_opt.clone(),
+            byzantine: self.byzantine,
+            attack: if self.byzantine == 0 { Attack::None } else { self.attack },
+            dp: self.dp_config()?,
+            threads,
+            seed: self.seed,
+        })
+    }
+}
+
 /// Runs the simulation.
-pub fn run(_args: SimArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let mnist = Mnist::load(&args.data).with_context(|| {
+        format!("loading MNIST from {} (pass --data DIR)", args.data.display())
+    })?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    let mut sim = Simulation::new(config, &mnist.train, mnist.test)?;
+    print_header(&args, &sim);
+    let reports = run_rounds(&mut sim, args.quiet)?;
+    let stopped_by_budget = (sim.rounds_done()) < args.rounds;
+    if stopped_by_budget {
+        println!("stopped after round {}: the next round would exceed the privacy budget", sim.rounds_done());
+    }
+    write_outputs(&args, &sim, &reports, stopped_by_budget)
+}
+
+fn print_header(args: &SimArgs, sim: &Simulation) {
+    let c = sim.config();
+    println!(
+        "agent-mesh sim: {} nodes ({} Byzantine: {}), {} rounds, model {}, partition {}, rule {} (pre {}), seed {}",
+        c.nodes, c.byzantine, c.attack, c.rounds, c.model, c.partition, c.rule, c.pre, c.seed
+    );
+    if let Some(z) = sim.noise_multiplier() {
+        println!("differential privacy: clip {:?}, noise multiplier {z:.4}, {}", args.dp_clip, args.dp_placement);
+    }
+    println!("{:>5}  {:>9}  {:>9}  {:>10}  {:>9}  {:>8}", "round", "test acc", "test loss", "train loss", "epsilon", "time");
+}
+
+fn run_rounds(sim: &mut Simulation, quiet: bool) -> anyhow::Result<Vec<RoundReport>> {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(sim.config().rounds) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} round {pos}/{len} [{elapsed_precise}, eta {eta}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut reports = Vec::new();
+    while let Some(r) = sim.run_round()? {
+        let line = format!(
+            "{:>5}  {:>8.2}%  {:>9.4}  {:>10.4}  {:>9.3}  {:>6.1} s",
+            r.round,
+            100.0 * r.test_accuracy,
+            r.test_loss,
+            r.train_loss,
+            r.epsilon,
+            r.duration_ms as f64 / 1000.0
+        );
+        if quiet {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+        bar.set_message(format!("acc {:.2}%", 100.0 * r.test_accuracy));
+        bar.inc(1);
+        reports.push(r);
+    }
+    bar.finish_and_clear();
+    Ok(reports)
+}
+
+fn write_outputs(args: &SimArgs, sim: &Simulation, reports: &[RoundReport], stopped_by_budget: bool) -> anyhow::Result<()> {
+    let report = report_json(args, sim, reports, stopped_by_budget);
+    write_atomically(&args.out.join("report.json"), serde_json::to_vec_pretty(&report)?.as_slice())?;
+    plot::accuracy_and_loss(&args.out.join("accuracy.png"), reports)?;
+    let metadata = HashMap::from([
+        ("model".to_string(), sim.config().model.to_string()),
+        ("rounds".to_string(), sim.rounds_done().to_string()),
+        ("seed".to_string(), sim.config().seed.to_string()),
+    ]);
+    store::save(sim.global_model(), &args.out.join("model.safetensors"), metadata)?;
+    if let Some(last) = reports.last() {
+        println!("final test accuracy {:.2}% after {} rounds", 100.0 * last.test_accuracy, last.round);
+    }
+    println!("wrote {}/report.json, accuracy.png, model.safetensors", args.out.display());
+    Ok(())
+}
+
+fn report_json(args: &SimArgs, sim: &Simulation, reports: &[RoundReport], stopped_by_budget: bool) -> serde_json::Value {
+    let c = sim.config();
+    serde_json::json!({
+        "config": {
+            "nodes": c.nodes, "rounds": c.rounds, "participants_per_round": c.participants_per_round,
+            "local_epochs": c.local.epochs, "batch_size": c.local.batch_size,
+            "learning_rate": c.local.learning_rate, "proximal_mu": c.local.proximal_mu,
+            "model": c.model.to_string(), "partition": c.partition.to_string(),
+            "rule": c.rule.to_string(), "pre_aggregation": format!("{:#}", c.pre),
+            "server_optimizer": format!("{:?}", c.server.kind()),
+            "byzantine": c.byzantine, "byzantine_nodes": sim.byzantine_nodes(), "attack": c.attack.to_string(),
+            "dp_clip": args.dp_clip, "dp_noise_multiplier": sim.noise_multiplier(),
+            "dp_target_epsilon": args.dp_epsilon, "dp_delta": args.dp_delta,
+            "dp_placement": args.dp_clip.map(|_| args.dp_placement.clone()), "dp_budget": args.dp_budget,
+            "seed": c.seed, "data": args.data.display().to_string(),
+        },
+        "rounds": reports,
+        "final_test_accuracy": reports.last().map(|r| r.test_accuracy),
+        "stopped_by_privacy_budget": stopped_by_budget,
+    })
+}
+
+/// Writes beside the target, then renames: a crash never leaves half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
