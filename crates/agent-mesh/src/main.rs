@@ -26,6 +26,11 @@ enum Command {
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Create a node identity (Ed25519 key pair; the node id is its libp2p peer id).
+    Keygen(cli::keygen::KeygenArgs),
+    /// Operate the mesh certificate authority (init, issue, renew, revoke, verify, list).
+    #[command(subcommand)]
+    Ca(cli::ca::CaCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +39,8 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => cli::sim::run(args),
         Command::Dp(cmd) => cli::dp::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Keygen(args) => cli::keygen::run(args),
+        Command::Ca(cmd) => cli::ca::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

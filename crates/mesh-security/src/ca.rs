@@ -25,7 +25,36 @@ pub use issue::{IssuedCert, MeshCa};
 pub use revoke::{RevocationEntry, RevocationList, SignedRevocation};
 pub use verify::{ca_pin, CertInfo, CertVerifier, VerifiedCert};
 
+use pem_rfc7468::{self as pem, LineEnding};
+
 use crate::rbac::RbacError;
+
+/// Largest PEM certificate accepted, in bytes.
+pub const CERT_PEM_BYTES_MAX: usize = 64 * 1024;
+
+/// Encodes a DER certificate as PEM ("CERTIFICATE").
+pub fn cert_to_pem(der: &[u8]) -> Result<String, CertError> {
+    pem::encode_string("CERTIFICATE", LineEnding::LF, der)
+        .map_err(|e| CertError::Malformed(e.to_string()))
+}
+
+/// Decodes a PEM certificate to DER, refusing other labels and oversized input.
+pub fn cert_from_pem(text: &str) -> Result<Vec<u8>, CertError> {
+    if text.len() > CERT_PEM_BYTES_MAX {
+        return Err(CertError::Malformed(format!(
+            "PEM of {} bytes is too large",
+            text.len()
+        )));
+    }
+    let (label, der) =
+        pem::decode_vec(text.trim().as_bytes()).map_err(|e| CertError::Malformed(e.to_string()))?;
+    if label != "CERTIFICATE" {
+        return Err(CertError::Malformed(format!(
+            "PEM label {label}, expected CERTIFICATE"
+        )));
+    }
+    Ok(der)
+}
 
 /// Object identifier of the roles extension (under the 2.25 UUID arc).
 pub const ROLES_OID: [u64; 3] = [2, 25, 9_124_862_317_559_015_231];

@@ -1,5 +1,7 @@
 //! One module per subcommand of `agent-mesh`.
 
 pub mod bench;
+pub mod ca;
 pub mod dp;
+pub mod keygen;
 pub mod sim;

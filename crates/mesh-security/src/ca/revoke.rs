@@ -12,6 +12,9 @@ const REVOCATION_DOMAIN: &[u8] = b"agent-mesh/revocation/v1\0";
 /// Longest reason text kept in an entry, in bytes.
 pub const REASON_BYTES_MAX: usize = 256;
 
+/// Largest encoded entry accepted by [`SignedRevocation::from_bytes`].
+pub const ENCODED_BYTES_MAX: usize = 1024;
+
 /// One revocation: which certificate, whose, when and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationEntry {
@@ -46,6 +49,29 @@ impl SignedRevocation {
         truncate_utf8(&mut entry.reason, REASON_BYTES_MAX);
         let signature = ca.sign(&signing_bytes(&entry)?);
         Ok(Self { entry, signature })
+    }
+
+    /// The wire encoding (postcard), as the consensus log stores it.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CertError> {
+        postcard::to_allocvec(self).map_err(|e| CertError::Malformed(e.to_string()))
+    }
+
+    /// Decodes [`SignedRevocation::to_bytes`] output (does not verify).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CertError> {
+        if bytes.len() > ENCODED_BYTES_MAX {
+            return Err(CertError::Malformed(format!(
+                "revocation entry of {} bytes",
+                bytes.len()
+            )));
+        }
+        let (value, rest) =
+            postcard::take_from_bytes(bytes).map_err(|e| CertError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CertError::Malformed(
+                "trailing bytes after revocation entry".into(),
+            ));
+        }
+        Ok(value)
     }
 
     /// Checks the CA signature.

@@ -237,3 +237,29 @@ fn garbage_is_malformed_not_a_panic() {
         assert!(matches!(err, CertError::Malformed(_)), "{err}");
     }
 }
+
+#[test]
+fn pem_and_revocation_encodings_round_trip() {
+    let ca = ca();
+    let cert = issue(&ca, &[Role::Trainer]);
+    assert_eq!(cert_from_pem(&cert.pem).unwrap(), cert.der);
+    assert_eq!(
+        cert_from_pem(&cert_to_pem(&cert.der).unwrap()).unwrap(),
+        cert.der
+    );
+    assert!(
+        cert_from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err()
+    );
+    let entry = RevocationEntry {
+        serial: cert.serial,
+        node_id: node().node_id(),
+        revoked_at_unix_s: T0,
+        reason: "r".repeat(1000),
+    };
+    let signed = SignedRevocation::sign(ca.identity(), entry).unwrap();
+    assert_eq!(signed.entry.reason.len(), revoke::REASON_BYTES_MAX);
+    let back = SignedRevocation::from_bytes(&signed.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, signed);
+    back.verify(&ca.identity().verifying_key()).unwrap();
+    assert!(SignedRevocation::from_bytes(&[0xff; 10]).is_err());
+}
