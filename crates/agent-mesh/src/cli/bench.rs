@@ -2,19 +2,76 @@
 
 use clap::{Args, Subcommand};
 use comfy_table::Table;
+use mesh_federated::aggregate::{bench, Rule};
 
 /// Subcommands of `agent-mesh bench`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Throughput of the aggregation rules on synthetic updates (one thread).
+    Aggregators(AggregatorsArgs),
     /// SecAgg+ cost per round: client time, aggregator time, bytes per client.
     Secagg(SecaggArgs),
+}
+
+/// Flags of `agent-mesh bench aggregators`.
+#[derive(Debug, Args)]
+pub struct AggregatorsArgs {
+    /// Numbers of updates n (comma-separated).
+    #[arg(long = "n", value_name = "N", value_delimiter = ',', default_values_t = [10, 100])]
+    pub n: Vec<usize>,
+    /// Update dimensions d (comma-separated).
+    #[arg(long = "d", value_name = "D", value_delimiter = ',', default_values_t = [100_000, 1_000_000])]
+    pub d: Vec<usize>,
+    /// Rules to measure (comma-separated; default: all of fedavg, median, trimmed-mean,
+    /// krum, multi-krum, bulyan, geomed, cclip).
+    #[arg(long, value_name = "RULE", value_delimiter = ',')]
+    pub rules: Vec<Rule>,
+    /// Timed calls per (rule, n, d); the table shows their median.
+    #[arg(long, value_name = "R", default_value_t = 3)]
+    pub repetitions: usize,
+    /// Seed of the synthetic updates.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 /// Runs a benchmark.
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Aggregators(args) => aggregators(args),
         BenchCommand::Secagg(args) => secagg(args),
     }
+}
+
+fn aggregators(args: AggregatorsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.n.iter().all(|&n| n >= 1),
+        "--n values must be at least 1"
+    );
+    anyhow::ensure!(
+        args.d.iter().all(|&d| d >= 1),
+        "--d values must be at least 1"
+    );
+    anyhow::ensure!(args.repetitions >= 1, "--repetitions must be at least 1");
+    let rules = if args.rules.is_empty() {
+        Rule::all()
+    } else {
+        args.rules
+    };
+    let results = bench::run(&rules, &args.n, &args.d, args.repetitions, args.seed)?;
+    let mut table = Table::new();
+    table.set_header(["rule", "n", "d", "f", "time (ms)", "input GB/s"]);
+    for r in results {
+        table.add_row([
+            r.rule,
+            r.n.to_string(),
+            r.d.to_string(),
+            r.byzantine.to_string(),
+            format!("{:.2}", r.time_median.as_secs_f64() * 1e3),
+            format!("{:.2}", r.input_gb_per_s),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }
 
 /// Flags of `agent-mesh bench secagg`.
