@@ -21,19 +21,76 @@ pub fn trimmed_mean<U: AsRef<[f32]>>(
     Ok(out)
 }
 
+/// Largest trim handled by [`extremes_sum`]; larger trims use two selections.
+const SMALL_TRIM_MAX: usize = 4;
+
 /// Trimmed mean of one column of order keys (reorders the column); `column.len() > 2 trim`.
 pub(crate) fn column_trimmed_mean(column: &mut [i32], trim: usize) -> f32 {
     let n = column.len();
     let kept = n - 2 * trim;
-    let middle = if trim == 0 {
-        &column[..]
-    } else {
-        let (_, _, rest) = column.select_nth_unstable(trim - 1);
-        // `rest` holds the n - trim largest values; keep its `kept` smallest.
-        if kept < rest.len() {
-            rest.select_nth_unstable(kept - 1);
+    if trim == 0 {
+        return (kernels::key_sum(column) / kept as f64) as f32;
+    }
+    if trim <= SMALL_TRIM_MAX {
+        return (middle_sum(column, trim) / kept as f64) as f32;
+    }
+    let (_, _, rest) = column.select_nth_unstable(trim - 1);
+    // `rest` holds the n - trim largest values; keep its `kept` smallest.
+    if kept < rest.len() {
+        rest.select_nth_unstable(kept - 1);
+    }
+    (kernels::key_sum(&rest[..kept]) / kept as f64) as f32
+}
+
+/// Sum of the values of `column` left after dropping the `trim` smallest and the
+/// `trim` largest (`1 <= trim <= SMALL_TRIM_MAX`, `column.len() > 2 trim`).
+///
+/// One filtering pass finds the trimmed extremes (kept in fixed arrays; after the
+/// first few values almost every comparison fails, so this beats two selections for
+/// small trims), a second pass sums what lies between them, ties included. No value
+/// is subtracted, so huge outliers cannot cancel the honest values' precision.
+fn middle_sum(column: &[i32], trim: usize) -> f64 {
+    let (low_max, high_min) = trimmed_bounds(column, trim);
+    if low_max == high_min {
+        return (column.len() - 2 * trim) as f64 * f64::from(kernels::from_key(low_max));
+    }
+    let (mut sum, mut at_most_low, mut at_least_high) = (0.0_f64, 0_usize, 0_usize);
+    for &x in column {
+        at_most_low += usize::from(x <= low_max);
+        at_least_high += usize::from(x >= high_min);
+        if x > low_max && x < high_min {
+            sum += f64::from(kernels::from_key(x));
         }
-        &rest[..kept]
-    };
-    (kernels::key_sum(middle) / kept as f64) as f32
+    }
+    // Copies of a bound beyond the `trim` dropped ones belong to the middle (skipped
+    // when there are none: the bound may be an infinite or NaN outlier).
+    for (count, bound) in [(at_most_low, low_max), (at_least_high, high_min)] {
+        if count > trim {
+            sum += (count - trim) as f64 * f64::from(kernels::from_key(bound));
+        }
+    }
+    sum
+}
+
+/// `(largest of the trim smallest, smallest of the trim largest)` of `column`.
+fn trimmed_bounds(column: &[i32], trim: usize) -> (i32, i32) {
+    let mut low = [0_i32; SMALL_TRIM_MAX];
+    let mut high = [0_i32; SMALL_TRIM_MAX];
+    let (low, high) = (&mut low[..trim], &mut high[..trim]);
+    low.copy_from_slice(&column[..trim]);
+    high.copy_from_slice(&column[..trim]);
+    let arg_max = |v: &[i32]| (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best });
+    let arg_min = |v: &[i32]| (0..v.len()).fold(0, |best, i| if v[i] < v[best] { i } else { best });
+    let (mut low_top, mut high_bottom) = (arg_max(low), arg_min(high));
+    for &x in &column[trim..] {
+        if x < low[low_top] {
+            low[low_top] = x;
+            low_top = arg_max(low);
+        }
+        if x > high[high_bottom] {
+            high[high_bottom] = x;
+            high_bottom = arg_min(high);
+        }
+    }
+    (low[low_top], high[high_bottom])
 }
