@@ -251,7 +251,16 @@ impl SecAggAggregator {
                 && self.shares.contains_key(v)
                 && graph.are_neighbours(client, *v)
         });
-        if !seeds_ok || !keys_ok {
+        let owners: BTreeSet<u32> = msg
+            .body
+            .self_seed_shares
+            .iter()
+            .chain(&msg.body.mask_key_shares)
+            .map(|(v, _)| *v)
+            .collect();
+        let distinct =
+            owners.len() == msg.body.self_seed_shares.len() + msg.body.mask_key_shares.len();
+        if !seeds_ok || !keys_ok || !distinct {
             return Err(SecAggError::ShareRejected {
                 from: client,
                 reason: "revealed a share the aggregator must not have",

@@ -322,3 +322,36 @@ fn a_client_refuses_an_identity_that_is_not_its_slot() {
     let (params, ids) = setup(4, 4, ModulusBits::B32);
     assert!(SecAggClient::new(params, 0, ids[1].clone(), [1; 32]).is_err());
 }
+
+#[test]
+fn an_unmask_answer_revealing_both_shares_or_repeats_is_rejected() {
+    let (params, ids, mut clients, mut agg, inbox) = through_sharing(5);
+    // Client 4 drops before masking; the others send inputs.
+    for (u, shares) in inbox.iter().filter(|(u, _)| *u != 4) {
+        agg.receive_masked_input(
+            clients[*u as usize]
+                .masked_input(shares, &[0.5; 4])
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    let request = agg.finish_masking().unwrap();
+    assert_eq!(request.dropped, vec![4]);
+    let honest = clients[0].unmask(&request).unwrap();
+    // Asking for the self seed of dropped client 4 as well: refused.
+    let mut both = honest.body.clone();
+    both.self_seed_shares.push((4, both.mask_key_shares[0].1));
+    let both = Signed::sign(&ids[0], &params.session, both).unwrap();
+    assert!(matches!(
+        agg.receive_unmask(both),
+        Err(SecAggError::ShareRejected { .. })
+    ));
+    let mut repeated = honest.body.clone();
+    repeated.self_seed_shares.push(repeated.self_seed_shares[0]);
+    let repeated = Signed::sign(&ids[0], &params.session, repeated).unwrap();
+    assert!(matches!(
+        agg.receive_unmask(repeated),
+        Err(SecAggError::ShareRejected { .. })
+    ));
+    agg.receive_unmask(honest).unwrap();
+}
