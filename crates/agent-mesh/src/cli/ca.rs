@@ -179,8 +179,7 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
 }
 
 fn read_cert(path: &Path) -> anyhow::Result<Vec<u8>> {
-    Ok(cert_from_pem(&read_text(path)?)
-        .with_context(|| format!("certificate {}", path.display()))?)
+    cert_from_pem(&read_text(path)?).with_context(|| format!("certificate {}", path.display()))
 }
 
 fn load_ca(dir: &Path) -> anyhow::Result<MeshCa> {
