@@ -355,3 +355,20 @@ fn an_unmask_answer_revealing_both_shares_or_repeats_is_rejected() {
     ));
     agg.receive_unmask(honest).unwrap();
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes never panic the decoders of any SecAgg+ message.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let limit = 1 << 16;
+        let _ = decode::<Signed<messages::AdvertiseKeys>>(&bytes, limit);
+        let _ = decode::<messages::NeighbourKeys>(&bytes, limit);
+        let _ = decode::<Signed<messages::ShareKeys>>(&bytes, limit);
+        let _ = decode::<messages::SharesForClient>(&bytes, limit);
+        let _ = decode::<Signed<messages::MaskedInput>>(&bytes, limit);
+        let _ = decode::<messages::UnmaskRequest>(&bytes, limit);
+        let _ = decode::<Signed<messages::UnmaskShares>>(&bytes, limit);
+    }
+}
