@@ -14,7 +14,7 @@ use super::{AggregateError, Aggregator, AggregatorConfig, PreAggregation, Rule};
 /// One measured (rule, n, d) point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchResult {
-    /// The rule's name.
+    /// The rule with its parameters (`{:#}` form, e.g. `trimmed-mean:trim=2`).
     pub rule: String,
     /// Number of updates.
     pub n: usize,
@@ -70,7 +70,7 @@ pub fn measure(
     let bytes = (n * d * std::mem::size_of::<f32>()) as f64;
     let input_gb_per_s = bytes / time_median.as_secs_f64().max(1e-12) / 1e9;
     Ok(BenchResult {
-        rule: rule.to_string(),
+        rule: format!("{rule:#}"),
         n,
         d,
         byzantine,
