@@ -83,6 +83,16 @@ pub enum CertError {
     /// The certificate uses an algorithm other than Ed25519.
     #[error("unsupported algorithm {0} (only Ed25519 is accepted)")]
     UnsupportedAlgorithm(String),
+    /// The CA certificate itself is not valid at `now_unix_s`.
+    #[error("the CA certificate is valid from {not_before_unix_s} to {not_after_unix_s}, not at {now_unix_s}")]
+    CaOutsideValidity {
+        /// Time of the check.
+        now_unix_s: i64,
+        /// Start of the CA's validity.
+        not_before_unix_s: i64,
+        /// End of the CA's validity.
+        not_after_unix_s: i64,
+    },
     /// The certificate was not issued by the pinned CA (issuer or signature).
     #[error("certificate was not issued by this mesh CA: {0}")]
     WrongCa(String),

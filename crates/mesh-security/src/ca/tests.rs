@@ -263,3 +263,25 @@ fn pem_and_revocation_encodings_round_trip() {
     back.verify(&ca.identity().verifying_key()).unwrap();
     assert!(SignedRevocation::from_bytes(&[0xff; 10]).is_err());
 }
+
+#[test]
+fn certificates_are_refused_outside_the_ca_validity() {
+    let ca = ca();
+    // Issued for longer than the CA lives: refused once the CA has expired.
+    let cert = ca
+        .issue(
+            &node().verifying_key(),
+            RoleSet::of(&[Role::Trainer]),
+            T0,
+            T0 + 400 * DAY_S,
+            [2; 16],
+        )
+        .unwrap();
+    let v = verifier(&ca);
+    v.verify(&cert.der, None, T0 + 300 * DAY_S, &RevocationList::new())
+        .unwrap();
+    let err = v
+        .verify(&cert.der, None, T0 + 366 * DAY_S, &RevocationList::new())
+        .unwrap_err();
+    assert!(matches!(err, CertError::CaOutsideValidity { .. }), "{err}");
+}

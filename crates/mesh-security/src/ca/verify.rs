@@ -161,6 +161,7 @@ impl HasRoles for VerifiedCert {
 pub struct CertVerifier {
     ca_der: Vec<u8>,
     ca_key: VerifyingKey,
+    ca_validity_unix_s: (i64, i64),
 }
 
 impl CertVerifier {
@@ -174,17 +175,54 @@ impl CertVerifier {
             });
         }
         check_signed_by(&ca_der, &ca_der)?;
-        let ca_key = {
+        let (ca_key, ca_validity_unix_s) = {
             let ca = parse_cert(&ca_der)?;
-            VerifyingKey::from_bytes(&CertInfo::ed25519_key(&ca)?)
-                .map_err(|e| CertError::Malformed(e.to_string()))?
+            let key = VerifyingKey::from_bytes(&CertInfo::ed25519_key(&ca)?)
+                .map_err(|e| CertError::Malformed(e.to_string()))?;
+            let validity = ca.validity();
+            (
+                key,
+                (
+                    validity.not_before.timestamp(),
+                    validity.not_after.timestamp(),
+                ),
+            )
         };
-        Ok(Self { ca_der, ca_key })
+        Ok(Self {
+            ca_der,
+            ca_key,
+            ca_validity_unix_s,
+        })
     }
 
     /// The CA's public key (revocation entries are signed with it).
     pub fn ca_key(&self) -> &VerifyingKey {
         &self.ca_key
+    }
+
+    /// The certificate's and then the CA's validity period at `now_unix_s`.
+    fn check_validity(&self, info: &CertInfo, now_unix_s: i64) -> Result<(), CertError> {
+        if now_unix_s > info.not_after_unix_s {
+            return Err(CertError::Expired {
+                not_after_unix_s: info.not_after_unix_s,
+                now_unix_s,
+            });
+        }
+        if now_unix_s < info.not_before_unix_s {
+            return Err(CertError::NotYetValid {
+                not_before_unix_s: info.not_before_unix_s,
+                now_unix_s,
+            });
+        }
+        let (ca_from, ca_until) = self.ca_validity_unix_s;
+        if now_unix_s < ca_from || now_unix_s > ca_until {
+            return Err(CertError::CaOutsideValidity {
+                now_unix_s,
+                not_before_unix_s: ca_from,
+                not_after_unix_s: ca_until,
+            });
+        }
+        Ok(())
     }
 
     /// Verifies chain, validity at `now_unix_s`, revocation and, when given,
@@ -198,18 +236,7 @@ impl CertVerifier {
     ) -> Result<VerifiedCert, CertError> {
         check_signed_by(cert_der, &self.ca_der)?;
         let info = CertInfo::parse(cert_der)?;
-        if now_unix_s > info.not_after_unix_s {
-            return Err(CertError::Expired {
-                not_after_unix_s: info.not_after_unix_s,
-                now_unix_s,
-            });
-        }
-        if now_unix_s < info.not_before_unix_s {
-            return Err(CertError::NotYetValid {
-                not_before_unix_s: info.not_before_unix_s,
-                now_unix_s,
-            });
-        }
+        self.check_validity(&info, now_unix_s)?;
         if let Some(entry) = revocations.get(&info.serial) {
             return Err(CertError::Revoked {
                 serial: hex::encode(&info.serial),
