@@ -11,6 +11,8 @@ pub enum BenchCommand {
     Aggregators(AggregatorsArgs),
     /// SecAgg+ cost per round: client time, aggregator time, bytes per client.
     Secagg(SecaggArgs),
+    /// Final accuracy of every (attack x aggregation rule) pair on MNIST.
+    Robustness(Box<super::robustness::RobustnessArgs>),
 }
 
 /// Flags of `agent-mesh bench aggregators`.
@@ -39,6 +41,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Aggregators(args) => aggregators(args),
         BenchCommand::Secagg(args) => secagg(args),
+        BenchCommand::Robustness(args) => super::robustness::run(*args),
     }
 }
 

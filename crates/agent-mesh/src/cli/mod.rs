@@ -4,4 +4,6 @@ pub mod bench;
 pub mod ca;
 pub mod dp;
 pub mod keygen;
+pub mod plot;
+pub mod robustness;
 pub mod sim;

@@ -26,16 +26,16 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 10)]
     pub nodes: usize,
     /// Federated rounds to run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 12)]
     pub rounds: u64,
     /// Nodes sampled into each round (default: all).
     #[arg(long)]
     pub participants: Option<usize>,
     /// Local epochs per round.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 5)]
     pub local_epochs: usize,
     /// Local mini-batch size.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Local SGD learning rate.
     #[arg(long, default_value_t = 0.05)]
@@ -120,7 +120,8 @@ impl SimArgs {
         }))
     }
 
-    fn to_config(&self) -> anyhow::Result<SimConfig> {
+    /// The simulation configuration these flags describe.
+    pub fn to_config(&self) -> anyhow::Result<SimConfig> {
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

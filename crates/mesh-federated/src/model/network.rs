@@ -86,11 +86,11 @@ pub struct Cnn {
 
 impl Cnn {
     /// Output channels of the first convolution.
-    pub const CHANNELS1: usize = 10;
+    pub const CHANNELS1: usize = 16;
     /// Output channels of the second convolution.
-    pub const CHANNELS2: usize = 20;
+    pub const CHANNELS2: usize = 32;
     /// Width of the dense hidden layer.
-    pub const DENSE: usize = 64;
+    pub const DENSE: usize = 128;
     const KERNEL: usize = 5;
 
     /// A new CNN for single-channel `height x width` images and `classes` outputs.
