@@ -11,7 +11,29 @@ use serde::{Deserialize, Serialize};
 
 use super::shamir::ShareValue;
 use super::SecAggError;
+use crate::envelope::MessageKind;
 use crate::identity::{verify_signature, NodeIdentity};
+
+/// Envelope kinds of the SecAgg+ messages (0x0100 block), for the round
+/// protocol that carries them inside [`crate::envelope::Envelope`]s.
+pub mod kinds {
+    use super::MessageKind;
+
+    /// [`super::AdvertiseKeys`], client to aggregator.
+    pub const ADVERTISE_KEYS: MessageKind = MessageKind(0x0100);
+    /// [`super::NeighbourKeys`], aggregator to client.
+    pub const NEIGHBOUR_KEYS: MessageKind = MessageKind(0x0101);
+    /// [`super::ShareKeys`], client to aggregator.
+    pub const SHARE_KEYS: MessageKind = MessageKind(0x0102);
+    /// [`super::SharesForClient`], aggregator to client.
+    pub const SHARES_FOR_CLIENT: MessageKind = MessageKind(0x0103);
+    /// [`super::MaskedInput`], client to aggregator.
+    pub const MASKED_INPUT: MessageKind = MessageKind(0x0104);
+    /// [`super::UnmaskRequest`], aggregator to clients.
+    pub const UNMASK_REQUEST: MessageKind = MessageKind(0x0105);
+    /// [`super::UnmaskShares`], client to aggregator.
+    pub const UNMASK_SHARES: MessageKind = MessageKind(0x0106);
+}
 
 const DOMAIN: &[u8] = b"agent-mesh/secagg/v1/signed\0";
 

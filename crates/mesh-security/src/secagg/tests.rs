@@ -372,3 +372,26 @@ proptest! {
         let _ = decode::<Signed<messages::UnmaskShares>>(&bytes, limit);
     }
 }
+
+#[test]
+fn a_secagg_message_travels_inside_a_signed_envelope() {
+    use crate::envelope::{Envelope, EnvelopeLimits, EnvelopeVerifier, MeshId};
+    let (params, ids) = setup(4, 4, ModulusBits::B32);
+    let mut client = SecAggClient::new(params, 2, ids[2].clone(), [3; 32]).unwrap();
+    let advert = client.advertise().unwrap();
+    let payload = encode(&advert).unwrap();
+    let env = Envelope::seal(
+        &ids[2],
+        MeshId([5; 16]),
+        messages::kinds::ADVERTISE_KEYS,
+        1,
+        1_000,
+        payload,
+    )
+    .unwrap();
+    let mut verifier = EnvelopeVerifier::new(MeshId([5; 16]), EnvelopeLimits::default());
+    let opened = verifier.open(&env.encode().unwrap(), 1_000).unwrap();
+    assert_eq!(opened.header.kind, messages::kinds::ADVERTISE_KEYS);
+    let back: Signed<messages::AdvertiseKeys> = decode(&opened.payload, 1 << 16).unwrap();
+    assert_eq!(back, advert);
+}
