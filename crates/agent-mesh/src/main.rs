@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run an in-process federation on MNIST and report accuracy per round.
-    Sim(cli::sim::SimArgs),
+    Sim(Box<cli::sim::SimArgs>),
     /// Differential-privacy tools (privacy accounting).
     #[command(subcommand)]
     Dp(cli::dp::DpCommand),
@@ -36,7 +36,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sim(args) => cli::sim::run(args),
+        Command::Sim(args) => cli::sim::run(*args),
         Command::Dp(cmd) => cli::dp::run(cmd),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Keygen(args) => cli::keygen::run(args),

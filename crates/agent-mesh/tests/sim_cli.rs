@@ -11,7 +11,9 @@ fn data_dir() -> PathBuf {
 
 fn sim(out: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
-        .args(["sim", "--quiet", "--model", "logistic", "--nodes", "4", "--rounds", "2"])
+        .args([
+            "sim", "--quiet", "--model", "logistic", "--nodes", "4", "--rounds", "2",
+        ])
         .args(["--local-epochs", "1", "--batch-size", "64", "--lr", "0.1"])
         .arg("--data")
         .arg(data_dir())
@@ -31,13 +33,26 @@ fn sim_writes_report_chart_and_model_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     let output = sim(&a, &[]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("test acc") && stdout.contains("final test accuracy"), "{stdout}");
+    assert!(
+        stdout.contains("test acc") && stdout.contains("final test accuracy"),
+        "{stdout}"
+    );
     let r = report(&a);
     let rounds = r["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 2);
-    for key in ["round", "test_accuracy", "test_loss", "epsilon", "duration_ms"] {
+    for key in [
+        "round",
+        "test_accuracy",
+        "test_loss",
+        "epsilon",
+        "duration_ms",
+    ] {
         assert!(rounds[0].get(key).is_some(), "missing {key}");
     }
     let accuracy = r["final_test_accuracy"].as_f64().unwrap();
@@ -45,7 +60,12 @@ fn sim_writes_report_chart_and_model_and_is_deterministic() {
     assert_eq!(r["config"]["model"], "logistic");
     let png = std::fs::read(a.join("accuracy.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
-    assert!(std::fs::metadata(a.join("model.safetensors")).unwrap().len() > 7840 * 4);
+    assert!(
+        std::fs::metadata(a.join("model.safetensors"))
+            .unwrap()
+            .len()
+            > 7840 * 4
+    );
 
     assert!(sim(&b, &[]).status.success());
     assert_eq!(report(&b)["final_test_accuracy"], r["final_test_accuracy"]);

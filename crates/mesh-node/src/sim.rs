@@ -8,8 +8,8 @@
 //! evaluates the new global model on the held-out test set.
 
 use crate::round::aggregation::{AggregationError, DpState, RoundAggregator};
-use crate::round::participant::{Behaviour, LocalUpdate, Participant, ParticipantError};
 use crate::round::derive_seed;
+use crate::round::participant::{Behaviour, LocalUpdate, Participant, ParticipantError};
 use mesh_federated::aggregate::{AggregatorConfig, PreAggregation, Rule, ServerOptimizer};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
@@ -149,7 +149,10 @@ impl SimConfig {
             ));
         }
         if self.byzantine >= self.nodes {
-            return bad(format!("--byzantine {} must be below --nodes {}", self.byzantine, self.nodes));
+            return bad(format!(
+                "--byzantine {} must be below --nodes {}",
+                self.byzantine, self.nodes
+            ));
         }
         if self.rounds == 0 {
             return bad("--rounds must be at least 1".into());
@@ -178,9 +181,14 @@ impl Simulation {
         let shape = ModelShape::of(train);
         let evaluator = config.model.build(shape, config.seed)?;
         let global = evaluator.parameters();
-        let shards = config.partition.split(&train.labels, train.num_classes, config.nodes, config.seed)?;
+        let shards =
+            config
+                .partition
+                .split(&train.labels, train.num_classes, config.nodes, config.seed)?;
         let byzantine = pick_byzantine(config.nodes, config.byzantine, config.seed);
-        let attack = config.attack.resolve(config.participants_per_round, config.byzantine);
+        let attack = config
+            .attack
+            .resolve(config.participants_per_round, config.byzantine);
         let mut participants = Vec::with_capacity(config.nodes);
         for (node, rows) in shards.iter().enumerate() {
             let behaviour = if byzantine.contains(&node) {
@@ -201,7 +209,15 @@ impl Simulation {
             config.server.clone(),
             dp_state(&config)?,
         )?;
-        Ok(Self { config, participants, aggregator, evaluator, global, test, round: 0 })
+        Ok(Self {
+            config,
+            participants,
+            aggregator,
+            evaluator,
+            global,
+            test,
+            round: 0,
+        })
     }
 
     /// The configuration.
@@ -246,7 +262,9 @@ impl Simulation {
         let train_loss = updates.iter().map(|u| u.train_loss).sum::<f32>() / updates.len() as f32;
         let updates = self.apply_attacks(updates, round);
         let participants = updates.len();
-        let epsilon = self.aggregator.aggregate(&mut self.global, updates, round)?;
+        let epsilon = self
+            .aggregator
+            .aggregate(&mut self.global, updates, round)?;
         self.evaluator.set_parameters(&self.global)?;
         let evaluation = self.evaluator.evaluate(&self.test)?;
         self.round = round;
@@ -273,7 +291,11 @@ impl Simulation {
     }
 
     /// Trains the selected nodes on worker threads; updates come back in node order.
-    fn train_selected(&mut self, selected: &[usize], round: u64) -> Result<Vec<LocalUpdate>, SimError> {
+    fn train_selected(
+        &mut self,
+        selected: &[usize],
+        round: u64,
+    ) -> Result<Vec<LocalUpdate>, SimError> {
         let mechanism = self.aggregator.dp().map(|s| s.mechanism);
         let client_dp = mechanism
             .filter(|m| m.placement() == NoisePlacement::Distributed)
@@ -285,23 +307,34 @@ impl Simulation {
             .filter(|p| selected.binary_search(&p.node()).is_ok())
             .collect();
         let per_thread = chosen.len().div_ceil(self.config.threads);
-        let results: Vec<Result<Vec<LocalUpdate>, ParticipantError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chosen
-                .chunks_mut(per_thread)
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter_mut()
-                            .map(|p| p.local_round(global, options, round, client_dp.as_ref().map(|(m, k)| (m, *k))))
-                            .collect::<Result<Vec<_>, _>>()
+        let results: Vec<Result<Vec<LocalUpdate>, ParticipantError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = chosen
+                    .chunks_mut(per_thread)
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            chunk
+                                .iter_mut()
+                                .map(|p| {
+                                    p.local_round(
+                                        global,
+                                        options,
+                                        round,
+                                        client_dp.as_ref().map(|(m, k)| (m, *k)),
+                                    )
+                                })
+                                .collect::<Result<Vec<_>, _>>()
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        });
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
+            });
         let mut updates = Vec::with_capacity(selected.len());
         for chunk in results {
             updates.extend(chunk?);
@@ -324,7 +357,11 @@ impl Simulation {
 
 fn pick_byzantine(nodes: usize, count: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..nodes).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(seed, 3 << 32, 0)));
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+        seed,
+        3 << 32,
+        0,
+    )));
     order.truncate(count);
     order
 }
@@ -345,7 +382,11 @@ fn dp_state(config: &SimConfig) -> Result<Option<DpState>, SimError> {
     let budget = PrivacyBudget::new(budget.unwrap_or(f64::MAX), dp.delta)?;
     Ok(Some(DpState {
         mechanism,
-        round_event: GaussianEvent { sampling_rate, noise_multiplier, steps: 1 },
+        round_event: GaussianEvent {
+            sampling_rate,
+            noise_multiplier,
+            steps: 1,
+        },
         ledger: PrivacyLedger::new(budget),
     }))
 }

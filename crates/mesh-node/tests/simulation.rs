@@ -13,7 +13,8 @@ use mesh_node::sim::{DpConfig, NoiseLevel, RoundReport, SimConfig, SimError, Sim
 use std::path::Path;
 
 fn data() -> (Dataset, Dataset) {
-    let m = Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-10k")).unwrap();
+    let m =
+        Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-10k")).unwrap();
     let train = m.train.subset(&(0..2000).collect::<Vec<_>>());
     let test = m.test.subset(&(0..500).collect::<Vec<_>>());
     (train, test)
@@ -24,7 +25,13 @@ fn config() -> SimConfig {
         nodes: 8,
         rounds: 3,
         participants_per_round: 8,
-        local: TrainOptions { epochs: 1, batch_size: 32, learning_rate: 0.1, proximal_mu: 0.0, seed: 1 },
+        local: TrainOptions {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+            proximal_mu: 0.0,
+            seed: 1,
+        },
         model: ModelKind::Logistic,
         partition: Partition::Iid,
         rule: Rule::FedAvg,
@@ -58,9 +65,21 @@ fn fedavg_learns_and_same_seed_gives_same_result() {
     assert_eq!(a.len(), 3);
     assert!(a[2].test_accuracy > 0.8, "accuracy {}", a[2].test_accuracy);
     assert_eq!(accuracies(&a), accuracies(&run(config()).unwrap()));
-    let single_thread = run(SimConfig { threads: 1, ..config() }).unwrap();
-    assert_eq!(accuracies(&a), accuracies(&single_thread), "result depends on threading");
-    let other_seed = run(SimConfig { seed: 8, ..config() }).unwrap();
+    let single_thread = run(SimConfig {
+        threads: 1,
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(
+        accuracies(&a),
+        accuracies(&single_thread),
+        "result depends on threading"
+    );
+    let other_seed = run(SimConfig {
+        seed: 8,
+        ..config()
+    })
+    .unwrap();
     assert_ne!(accuracies(&a), accuracies(&other_seed));
 }
 
@@ -74,8 +93,16 @@ fn robust_rule_survives_sign_flip_that_breaks_fedavg() {
     };
     let fedavg = run(attacked(Rule::FedAvg)).unwrap();
     let median = run(attacked(Rule::Median)).unwrap();
-    assert!(median[2].test_accuracy > 0.75, "median {}", median[2].test_accuracy);
-    assert!(fedavg[2].test_accuracy < median[2].test_accuracy - 0.2, "fedavg {}", fedavg[2].test_accuracy);
+    assert!(
+        median[2].test_accuracy > 0.75,
+        "median {}",
+        median[2].test_accuracy
+    );
+    assert!(
+        fedavg[2].test_accuracy < median[2].test_accuracy - 0.2,
+        "fedavg {}",
+        fedavg[2].test_accuracy
+    );
 }
 
 #[test]
@@ -87,8 +114,17 @@ fn privacy_budget_stops_before_the_round_that_would_exceed_it() {
         delta: 1e-5,
         epsilon_budget: Some(9.0),
     };
-    let reports = run(SimConfig { rounds: 50, dp: Some(dp), ..config() }).unwrap();
-    assert!(!reports.is_empty() && reports.len() < 50, "ran {} rounds", reports.len());
+    let reports = run(SimConfig {
+        rounds: 50,
+        dp: Some(dp),
+        ..config()
+    })
+    .unwrap();
+    assert!(
+        !reports.is_empty() && reports.len() < 50,
+        "ran {} rounds",
+        reports.len()
+    );
     assert!(reports.iter().all(|r| r.epsilon <= 9.0));
     assert!(reports.windows(2).all(|w| w[1].epsilon > w[0].epsilon));
 }
@@ -102,7 +138,12 @@ fn target_epsilon_is_met_with_distributed_noise_and_a_robust_rule() {
         delta: 1e-5,
         epsilon_budget: None,
     };
-    let reports = run(SimConfig { dp: Some(dp), rule: Rule::Median, ..config() }).unwrap();
+    let reports = run(SimConfig {
+        dp: Some(dp),
+        rule: Rule::Median,
+        ..config()
+    })
+    .unwrap();
     assert_eq!(reports.len(), 3);
     let spent = reports[2].epsilon;
     assert!(spent <= 5.0 && spent > 4.0, "spent {spent}");
@@ -110,9 +151,18 @@ fn target_epsilon_is_met_with_distributed_noise_and_a_robust_rule() {
 
 #[test]
 fn inconsistent_configurations_are_refused_with_the_flag_to_change() {
-    let err = run(SimConfig { byzantine: 3, rule: Rule::Krum, ..config() }).unwrap_err();
+    let err = run(SimConfig {
+        byzantine: 3,
+        rule: Rule::Krum,
+        ..config()
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("krum"), "{err}");
-    let err = run(SimConfig { participants_per_round: 9, ..config() }).unwrap_err();
+    let err = run(SimConfig {
+        participants_per_round: 9,
+        ..config()
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("--participants"), "{err}");
     let central_median = DpConfig {
         clip_norm: 1.0,
@@ -121,12 +171,21 @@ fn inconsistent_configurations_are_refused_with_the_flag_to_change() {
         delta: 1e-5,
         epsilon_budget: None,
     };
-    let err = run(SimConfig { dp: Some(central_median), rule: Rule::Median, ..config() }).unwrap_err();
+    let err = run(SimConfig {
+        dp: Some(central_median),
+        rule: Rule::Median,
+        ..config()
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("fedavg"), "{err}");
 }
 
 #[test]
 fn partial_participation_samples_the_requested_number_of_nodes() {
-    let reports = run(SimConfig { participants_per_round: 3, ..config() }).unwrap();
+    let reports = run(SimConfig {
+        participants_per_round: 3,
+        ..config()
+    })
+    .unwrap();
     assert!(reports.iter().all(|r| r.participants == 3));
 }

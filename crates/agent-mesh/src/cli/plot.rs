@@ -25,13 +25,41 @@ pub fn accuracy_and_loss(path: &Path, reports: &[RoundReport]) -> anyhow::Result
     root.fill(&WHITE).context("drawing chart")?;
     let (top, bottom) = root.split_vertically(350);
     let rounds = reports.last().map_or(1, |r| r.round).max(1);
-    let accuracy: Vec<(u64, f64)> = reports.iter().map(|r| (r.round, 100.0 * f64::from(r.test_accuracy))).collect();
-    let loss: Vec<(u64, f64)> = reports.iter().map(|r| (r.round, f64::from(r.test_loss))).collect();
-    let acc_min = accuracy.iter().map(|p| p.1).fold(100.0, f64::min).min(90.0).floor();
-    series_chart(&top, "Test accuracy per round", "accuracy (%)", rounds, (acc_min, 100.0), &accuracy, &BLUE)?;
+    let accuracy: Vec<(u64, f64)> = reports
+        .iter()
+        .map(|r| (r.round, 100.0 * f64::from(r.test_accuracy)))
+        .collect();
+    let loss: Vec<(u64, f64)> = reports
+        .iter()
+        .map(|r| (r.round, f64::from(r.test_loss)))
+        .collect();
+    let acc_min = accuracy
+        .iter()
+        .map(|p| p.1)
+        .fold(100.0, f64::min)
+        .min(90.0)
+        .floor();
+    series_chart(
+        &top,
+        "Test accuracy per round",
+        "accuracy (%)",
+        rounds,
+        (acc_min, 100.0),
+        &accuracy,
+        &BLUE,
+    )?;
     let loss_max = loss.iter().map(|p| p.1).fold(0.0, f64::max).max(1e-3) * 1.1;
-    series_chart(&bottom, "Test loss per round", "loss", rounds, (0.0, loss_max), &loss, &RED)?;
-    root.present().with_context(|| format!("writing {}", path.display()))
+    series_chart(
+        &bottom,
+        "Test loss per round",
+        "loss",
+        rounds,
+        (0.0, loss_max),
+        &loss,
+        &RED,
+    )?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn series_chart(
@@ -57,7 +85,10 @@ fn series_chart(
         .draw()
         .context("drawing chart")?;
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            color.stroke_width(2),
+        ))
         .context("drawing chart")?;
     chart
         .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))

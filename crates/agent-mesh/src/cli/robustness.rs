@@ -30,17 +30,32 @@ pub struct RobustnessArgs {
 
 fn parse_config(text: &str) -> anyhow::Result<(Rule, PreAggregation)> {
     let (rule, pre) = text.split_once('+').unwrap_or((text, "none"));
-    let rule: Rule = rule.parse().with_context(|| format!("configuration {text:?}"))?;
-    let pre: PreAggregation = pre.parse().with_context(|| format!("configuration {text:?}"))?;
+    let rule: Rule = rule
+        .parse()
+        .with_context(|| format!("configuration {text:?}"))?;
+    let pre: PreAggregation = pre
+        .parse()
+        .with_context(|| format!("configuration {text:?}"))?;
     Ok((rule, pre))
 }
 
 /// Runs the matrix.
 pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.sim.byzantine > 0, "pass --byzantine F (F > 0) for a robustness table");
-    let configs = args.configs.iter().map(|c| parse_config(c)).collect::<anyhow::Result<Vec<_>>>()?;
-    let mnist = Mnist::load(&args.sim.data)
-        .with_context(|| format!("loading MNIST from {} (pass --data DIR)", args.sim.data.display()))?;
+    anyhow::ensure!(
+        args.sim.byzantine > 0,
+        "pass --byzantine F (F > 0) for a robustness table"
+    );
+    let configs = args
+        .configs
+        .iter()
+        .map(|c| parse_config(c))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mnist = Mnist::load(&args.sim.data).with_context(|| {
+        format!(
+            "loading MNIST from {} (pass --data DIR)",
+            args.sim.data.display()
+        )
+    })?;
     std::fs::create_dir_all(&args.sim.out)?;
     let mut accuracy = vec![vec![None; configs.len()]; args.attacks.len()];
     let total = args.attacks.len() * configs.len();
@@ -51,10 +66,17 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
             let done = a * configs.len() + c + 1;
             match run_cell(config, &mnist) {
                 Ok(acc) => {
-                    println!("[{done}/{total}] {attack} vs {}: {:.2}%", args.configs[c], 100.0 * acc);
+                    println!(
+                        "[{done}/{total}] {attack} vs {}: {:.2}%",
+                        args.configs[c],
+                        100.0 * acc
+                    );
                     accuracy[a][c] = Some(acc);
                 }
-                Err(e) => println!("[{done}/{total}] {attack} vs {}: not run ({e:#})", args.configs[c]),
+                Err(e) => println!(
+                    "[{done}/{total}] {attack} vs {}: not run ({e:#})",
+                    args.configs[c]
+                ),
             }
         }
     }
@@ -67,7 +89,10 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
         "nodes": args.sim.nodes, "byzantine": args.sim.byzantine, "rounds": args.sim.rounds,
         "local_epochs": args.sim.local_epochs, "seed": args.sim.seed,
     });
-    write_atomically(&args.sim.out.join("robustness.json"), serde_json::to_vec_pretty(&json)?.as_slice())
+    write_atomically(
+        &args.sim.out.join("robustness.json"),
+        serde_json::to_vec_pretty(&json)?.as_slice(),
+    )
 }
 
 fn run_cell(config: mesh_node::sim::SimConfig, mnist: &Mnist) -> anyhow::Result<f32> {

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 
 /// Flags of `agent-mesh sim`.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --dp-clip 1.0 --dp-epsilon 8 --dp-placement distributed\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30")]
+#[command(
+    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --dp-clip 1.0 --dp-epsilon 8 --dp-placement distributed\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30"
+)]
 pub struct SimArgs {
     /// Number of nodes in the mesh.
     #[arg(long, default_value_t = 10)]
@@ -101,7 +103,9 @@ pub struct SimArgs {
 
 impl SimArgs {
     fn dp_config(&self) -> anyhow::Result<Option<DpConfig>> {
-        let Some(clip_norm) = self.dp_clip else { return Ok(None) };
+        let Some(clip_norm) = self.dp_clip else {
+            return Ok(None);
+        };
         let noise = match (self.dp_noise_multiplier, self.dp_epsilon) {
             (Some(z), None) => NoiseLevel::Multiplier(z),
             (None, Some(eps)) => NoiseLevel::TargetEpsilon(eps),
@@ -142,7 +146,11 @@ impl SimArgs {
             pre: self.pre,
             server: self.server_opt.clone(),
             byzantine: self.byzantine,
-            attack: if self.byzantine == 0 { Attack::None } else { self.attack },
+            attack: if self.byzantine == 0 {
+                Attack::None
+            } else {
+                self.attack
+            },
             dp: self.dp_config()?,
             threads,
             seed: self.seed,
@@ -154,7 +162,10 @@ impl SimArgs {
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let mnist = Mnist::load(&args.data).with_context(|| {
-        format!("loading MNIST from {} (pass --data DIR)", args.data.display())
+        format!(
+            "loading MNIST from {} (pass --data DIR)",
+            args.data.display()
+        )
     })?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
@@ -163,7 +174,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let reports = run_rounds(&mut sim, args.quiet)?;
     let stopped_by_budget = (sim.rounds_done()) < args.rounds;
     if stopped_by_budget {
-        println!("stopped after round {}: the next round would exceed the privacy budget", sim.rounds_done());
+        println!(
+            "stopped after round {}: the next round would exceed the privacy budget",
+            sim.rounds_done()
+        );
     }
     write_outputs(&args, &sim, &reports, stopped_by_budget)
 }
@@ -175,16 +189,28 @@ fn print_header(args: &SimArgs, sim: &Simulation) {
         c.nodes, c.byzantine, c.attack, c.rounds, c.model, c.partition, c.rule, c.pre, c.seed
     );
     if let Some(z) = sim.noise_multiplier() {
-        println!("differential privacy: clip {:?}, noise multiplier {z:.4}, {}", args.dp_clip, args.dp_placement);
+        println!(
+            "differential privacy: clip {:?}, noise multiplier {z:.4}, {}",
+            args.dp_clip, args.dp_placement
+        );
     }
-    println!("{:>5}  {:>9}  {:>9}  {:>10}  {:>9}  {:>8}", "round", "test acc", "test loss", "train loss", "epsilon", "time");
+    println!(
+        "{:>5}  {:>9}  {:>9}  {:>10}  {:>9}  {:>8}",
+        "round", "test acc", "test loss", "train loss", "epsilon", "time"
+    );
 }
 
 fn run_rounds(sim: &mut Simulation, quiet: bool) -> anyhow::Result<Vec<RoundReport>> {
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(sim.config().rounds) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(sim.config().rounds)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} round {pos}/{len} [{elapsed_precise}, eta {eta}] {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{bar:30} round {pos}/{len} [{elapsed_precise}, eta {eta}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut reports = Vec::new();
     while let Some(r) = sim.run_round()? {
@@ -210,24 +236,48 @@ fn run_rounds(sim: &mut Simulation, quiet: bool) -> anyhow::Result<Vec<RoundRepo
     Ok(reports)
 }
 
-fn write_outputs(args: &SimArgs, sim: &Simulation, reports: &[RoundReport], stopped_by_budget: bool) -> anyhow::Result<()> {
+fn write_outputs(
+    args: &SimArgs,
+    sim: &Simulation,
+    reports: &[RoundReport],
+    stopped_by_budget: bool,
+) -> anyhow::Result<()> {
     let report = report_json(args, sim, reports, stopped_by_budget);
-    write_atomically(&args.out.join("report.json"), serde_json::to_vec_pretty(&report)?.as_slice())?;
+    write_atomically(
+        &args.out.join("report.json"),
+        serde_json::to_vec_pretty(&report)?.as_slice(),
+    )?;
     plot::accuracy_and_loss(&args.out.join("accuracy.png"), reports)?;
     let metadata = HashMap::from([
         ("model".to_string(), sim.config().model.to_string()),
         ("rounds".to_string(), sim.rounds_done().to_string()),
         ("seed".to_string(), sim.config().seed.to_string()),
     ]);
-    store::save(sim.global_model(), &args.out.join("model.safetensors"), metadata)?;
+    store::save(
+        sim.global_model(),
+        &args.out.join("model.safetensors"),
+        metadata,
+    )?;
     if let Some(last) = reports.last() {
-        println!("final test accuracy {:.2}% after {} rounds", 100.0 * last.test_accuracy, last.round);
+        println!(
+            "final test accuracy {:.2}% after {} rounds",
+            100.0 * last.test_accuracy,
+            last.round
+        );
     }
-    println!("wrote {}/report.json, accuracy.png, model.safetensors", args.out.display());
+    println!(
+        "wrote {}/report.json, accuracy.png, model.safetensors",
+        args.out.display()
+    );
     Ok(())
 }
 
-fn report_json(args: &SimArgs, sim: &Simulation, reports: &[RoundReport], stopped_by_budget: bool) -> serde_json::Value {
+fn report_json(
+    args: &SimArgs,
+    sim: &Simulation,
+    reports: &[RoundReport],
+    stopped_by_budget: bool,
+) -> serde_json::Value {
     let c = sim.config();
     serde_json::json!({
         "config": {

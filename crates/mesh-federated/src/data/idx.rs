@@ -84,8 +84,14 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, name: &str) -> Result<IdxArr
 /// Loads the image/label pair `{prefix}-images-idx3-ubyte[.gz]` and
 /// `{prefix}-labels-idx1-ubyte[.gz]` from `dir` as a normalized [`Dataset`].
 pub fn load_pair(dir: &Path, prefix: &str) -> Result<Dataset, DataError> {
-    let images = read_idx(&find_file(dir, &format!("{prefix}-images-idx3-ubyte")), IMAGES_MAGIC)?;
-    let labels = read_idx(&find_file(dir, &format!("{prefix}-labels-idx1-ubyte")), LABELS_MAGIC)?;
+    let images = read_idx(
+        &find_file(dir, &format!("{prefix}-images-idx3-ubyte")),
+        IMAGES_MAGIC,
+    )?;
+    let labels = read_idx(
+        &find_file(dir, &format!("{prefix}-labels-idx1-ubyte")),
+        LABELS_MAGIC,
+    )?;
     images_to_dataset(&images, &labels)
 }
 
@@ -99,7 +105,11 @@ pub fn images_to_dataset(images: &IdxArray, labels: &IdxArray) -> Result<Dataset
         });
     }
     const NUM_CLASSES: usize = 10;
-    if let Some(index) = labels.data.iter().position(|&l| usize::from(l) >= NUM_CLASSES) {
+    if let Some(index) = labels
+        .data
+        .iter()
+        .position(|&l| usize::from(l) >= NUM_CLASSES)
+    {
         return Err(DataError::BadLabel {
             index,
             label: labels.data[index],
@@ -195,7 +205,14 @@ mod tests {
     fn truncated_body_and_header_are_rejected() {
         let bytes = idx_bytes(IMAGES_MAGIC, &[2, 2, 2], &[0, 1, 2]);
         let err = parse_idx(&bytes, IMAGES_MAGIC, "x").unwrap_err();
-        assert!(matches!(err, DataError::Truncated { expected_bytes: 8, found_bytes: 3, .. }));
+        assert!(matches!(
+            err,
+            DataError::Truncated {
+                expected_bytes: 8,
+                found_bytes: 3,
+                ..
+            }
+        ));
         let err = parse_idx(&IMAGES_MAGIC.to_be_bytes()[..3], IMAGES_MAGIC, "x").unwrap_err();
         assert!(matches!(err, DataError::Truncated { .. }));
         let err = parse_idx(&idx_bytes(IMAGES_MAGIC, &[2], &[]), IMAGES_MAGIC, "x").unwrap_err();
@@ -211,16 +228,34 @@ mod tests {
 
     #[test]
     fn mismatched_counts_are_rejected() {
-        let images = IdxArray { dims: vec![2, 1, 1], data: vec![0, 0] };
-        let labels = IdxArray { dims: vec![3], data: vec![0, 1, 2] };
+        let images = IdxArray {
+            dims: vec![2, 1, 1],
+            data: vec![0, 0],
+        };
+        let labels = IdxArray {
+            dims: vec![3],
+            data: vec![0, 1, 2],
+        };
         let err = images_to_dataset(&images, &labels).unwrap_err();
-        assert!(matches!(err, DataError::CountMismatch { images: 2, labels: 3 }));
+        assert!(matches!(
+            err,
+            DataError::CountMismatch {
+                images: 2,
+                labels: 3
+            }
+        ));
     }
 
     #[test]
     fn out_of_range_label_is_rejected() {
-        let images = IdxArray { dims: vec![1, 1, 1], data: vec![0] };
-        let labels = IdxArray { dims: vec![1], data: vec![10] };
+        let images = IdxArray {
+            dims: vec![1, 1, 1],
+            data: vec![0],
+        };
+        let labels = IdxArray {
+            dims: vec![1],
+            data: vec![10],
+        };
         assert!(matches!(
             images_to_dataset(&images, &labels),
             Err(DataError::BadLabel { label: 10, .. })
@@ -234,11 +269,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.gz");
         let mut enc = GzEncoder::new(Vec::new(), Compression::default());
-        enc.write_all(&idx_bytes(LABELS_MAGIC, &[2], &[7, 9])).unwrap();
+        enc.write_all(&idx_bytes(LABELS_MAGIC, &[2], &[7, 9]))
+            .unwrap();
         std::fs::write(&path, enc.finish().unwrap()).unwrap();
         assert_eq!(read_idx(&path, LABELS_MAGIC).unwrap().data, vec![7, 9]);
         std::fs::write(&path, [0x1f, 0x8b, 0x08, 0x00, 0x01]).unwrap();
-        assert!(matches!(read_idx(&path, LABELS_MAGIC), Err(DataError::Io { .. })));
+        assert!(matches!(
+            read_idx(&path, LABELS_MAGIC),
+            Err(DataError::Io { .. })
+        ));
     }
 
     #[test]
@@ -248,6 +287,10 @@ mod tests {
         assert_eq!(mnist.train.len(), 8000);
         assert_eq!(mnist.test.len(), 2000);
         assert_eq!(mnist.train.feature_count, 784);
-        assert!(mnist.train.class_counts().iter().all(|&c| (600..1000).contains(&c)));
+        assert!(mnist
+            .train
+            .class_counts()
+            .iter()
+            .all(|&c| (600..1000).contains(&c)));
     }
 }

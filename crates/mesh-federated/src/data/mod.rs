@@ -36,7 +36,9 @@ pub enum DataError {
         expected: u32,
     },
     /// The file ends before the data its header announces.
-    #[error("{path}: truncated: header announces {expected_bytes} data bytes, file has {found_bytes}")]
+    #[error(
+        "{path}: truncated: header announces {expected_bytes} data bytes, file has {found_bytes}"
+    )]
     Truncated {
         /// The file.
         path: String,
@@ -56,7 +58,9 @@ pub enum DataError {
         limit_bytes: u64,
     },
     /// Image and label files disagree on the number of records.
-    #[error("{images} images but {labels} labels: the image and label files do not belong together")]
+    #[error(
+        "{images} images but {labels} labels: the image and label files do not belong together"
+    )]
     CountMismatch {
         /// Number of images.
         images: usize,

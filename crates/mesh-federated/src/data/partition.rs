@@ -100,7 +100,9 @@ impl Partition {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         match *self {
             Partition::Iid => Ok(iid(labels.len(), nodes, &mut rng)),
-            Partition::Dirichlet { alpha } => dirichlet(labels, num_classes, nodes, alpha, &mut rng),
+            Partition::Dirichlet { alpha } => {
+                dirichlet(labels, num_classes, nodes, alpha, &mut rng)
+            }
             Partition::Shards => shards(labels, nodes, &mut rng),
             Partition::Quantity { alpha } => quantity(labels.len(), nodes, alpha, &mut rng),
         }
@@ -158,7 +160,10 @@ fn dirichlet(
                 .collect();
             rows.shuffle(rng);
             let proportions = dirichlet_draw(alpha, nodes, rng)?;
-            for (part, piece) in parts.iter_mut().zip(cut_by_proportions(&rows, &proportions)) {
+            for (part, piece) in parts
+                .iter_mut()
+                .zip(cut_by_proportions(&rows, &proportions))
+            {
                 part.extend(piece);
             }
         }
@@ -238,8 +243,16 @@ mod tests {
             let a = part.split(&l, 10, 10, 7).unwrap();
             assert_eq!(a.len(), 10);
             assert_is_partition(&a, 1000);
-            assert_eq!(a, part.split(&l, 10, 10, 7).unwrap(), "{p} not deterministic");
-            assert_ne!(a, part.split(&l, 10, 10, 8).unwrap(), "{p} ignores the seed");
+            assert_eq!(
+                a,
+                part.split(&l, 10, 10, 7).unwrap(),
+                "{p} not deterministic"
+            );
+            assert_ne!(
+                a,
+                part.split(&l, 10, 10, 8).unwrap(),
+                "{p} ignores the seed"
+            );
         }
     }
 
@@ -264,7 +277,9 @@ mod tests {
     #[test]
     fn small_alpha_dirichlet_is_skewed() {
         let l = labels(2000);
-        let parts = Partition::Dirichlet { alpha: 0.1 }.split(&l, 10, 10, 5).unwrap();
+        let parts = Partition::Dirichlet { alpha: 0.1 }
+            .split(&l, 10, 10, 5)
+            .unwrap();
         // With alpha=0.1 most nodes are dominated by few classes.
         let dominated = parts
             .iter()
@@ -274,7 +289,10 @@ mod tests {
                 counts.iter().max().copied().unwrap_or(0) * 2 > p.len()
             })
             .count();
-        assert!(dominated >= 3, "only {dominated} nodes dominated by one class");
+        assert!(
+            dominated >= 3,
+            "only {dominated} nodes dominated by one class"
+        );
     }
 
     #[test]

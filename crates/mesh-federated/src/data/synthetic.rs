@@ -32,12 +32,16 @@ pub struct SyntheticConfig {
 }
 
 fn normal(mean: f64, std: f64) -> Result<Normal<f64>, DataError> {
-    Normal::new(mean, std).map_err(|e| DataError::InvalidParameter(format!("normal({mean}, {std}): {e}")))
+    Normal::new(mean, std)
+        .map_err(|e| DataError::InvalidParameter(format!("normal({mean}, {std}): {e}")))
 }
 
 /// Generates one data set per device.
 pub fn generate(config: &SyntheticConfig) -> Result<Vec<Dataset>, DataError> {
-    if !(config.alpha >= 0.0 && config.beta >= 0.0) || config.devices == 0 || config.median_rows == 0 {
+    if !(config.alpha >= 0.0 && config.beta >= 0.0)
+        || config.devices == 0
+        || config.median_rows == 0
+    {
         return Err(DataError::InvalidParameter(format!(
             "synthetic needs alpha >= 0, beta >= 0, devices > 0 and median_rows > 0, got {config:?}"
         )));
@@ -45,7 +49,9 @@ pub fn generate(config: &SyntheticConfig) -> Result<Vec<Dataset>, DataError> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let sizes = LogNormal::new((config.median_rows as f64).ln(), 0.5)
         .map_err(|e| DataError::InvalidParameter(e.to_string()))?;
-    let std_of_feature: Vec<f64> = (1..=FEATURES).map(|j| (j as f64).powf(-1.2).sqrt()).collect();
+    let std_of_feature: Vec<f64> = (1..=FEATURES)
+        .map(|j| (j as f64).powf(-1.2).sqrt())
+        .collect();
     (0..config.devices)
         .map(|_| {
             let rows = (sizes.sample(&mut rng) as usize).clamp(10, 100 * config.median_rows);
@@ -63,7 +69,9 @@ fn device(
     let u = normal(0.0, config.alpha.sqrt())?.sample(rng);
     let big_b = normal(0.0, config.beta.sqrt())?.sample(rng);
     let around_u = normal(u, 1.0)?;
-    let weights: Vec<f64> = (0..CLASSES * FEATURES).map(|_| around_u.sample(rng)).collect();
+    let weights: Vec<f64> = (0..CLASSES * FEATURES)
+        .map(|_| around_u.sample(rng))
+        .collect();
     let bias: Vec<f64> = (0..CLASSES).map(|_| around_u.sample(rng)).collect();
     let v_dist = normal(big_b, 1.0)?;
     let v: Vec<f64> = (0..FEATURES).map(|_| v_dist.sample(rng)).collect();
@@ -104,7 +112,13 @@ mod tests {
     use super::*;
 
     fn config(seed: u64) -> SyntheticConfig {
-        SyntheticConfig { alpha: 1.0, beta: 1.0, devices: 5, median_rows: 50, seed }
+        SyntheticConfig {
+            alpha: 1.0,
+            beta: 1.0,
+            devices: 5,
+            median_rows: 50,
+            seed,
+        }
     }
 
     #[test]

@@ -60,7 +60,11 @@ impl<N: Network> BurnModel<N> {
             .into_iter()
             .enumerate()
             .map(|(i, shape)| ParameterInfo {
-                name: if named { visitor.names[i].clone() } else { format!("param{i}") },
+                name: if named {
+                    visitor.names[i].clone()
+                } else {
+                    format!("param{i}")
+                },
                 shape,
             })
             .collect()
@@ -171,7 +175,11 @@ impl<N: Network> Model for BurnModel<N> {
         }
         Ok(TrainReport {
             steps,
-            mean_loss: if steps == 0 { 0.0 } else { (loss_sum / steps as f64) as f32 },
+            mean_loss: if steps == 0 {
+                0.0
+            } else {
+                (loss_sum / steps as f64) as f32
+            },
             samples: data.len(),
         })
     }
@@ -213,7 +221,12 @@ fn cross_entropy(logits: &[f32], label: usize) -> (f64, usize) {
         }
     }
     let max = f64::from(logits[predicted]);
-    let log_sum = logits.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>().ln() + max;
+    let log_sum = logits
+        .iter()
+        .map(|&v| (f64::from(v) - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     (log_sum - f64::from(logits[label]), predicted)
 }
 
@@ -257,7 +270,11 @@ struct GradCollector<'a> {
 
 impl<'a> GradCollector<'a> {
     fn new(grads: &'a Gradients, capacity: usize) -> Self {
-        Self { grads, out: Vec::with_capacity(capacity), error: None }
+        Self {
+            grads,
+            out: Vec::with_capacity(capacity),
+            error: None,
+        }
     }
 
     fn finish(self) -> Result<Vec<f32>, ModelError> {

@@ -229,12 +229,13 @@ impl ModelKind {
             ModelKind::Logistic => seeded(Logistic::new(f, c, &device), device, shape, seed),
             ModelKind::Mlp => seeded(Mlp::new(f, c, &device), device, shape, seed),
             ModelKind::Cnn => {
-                let [h, w] = shape.image_shape.filter(|[h, w]| h * w == f && *h >= 12 && *w >= 12).ok_or_else(|| {
-                    ModelError::Unsupported {
+                let [h, w] = shape
+                    .image_shape
+                    .filter(|[h, w]| h * w == f && *h >= 12 && *w >= 12)
+                    .ok_or_else(|| ModelError::Unsupported {
                         kind: self.to_string(),
                         reason: "needs single-channel images of at least 12x12".into(),
-                    }
-                })?;
+                    })?;
                 seeded(Cnn::new(h, w, c, &device), device, shape, seed)
             }
         }
@@ -248,7 +249,11 @@ fn seeded<N: Network>(
     seed: u64,
 ) -> Result<Box<dyn Model>, ModelError> {
     let mut model = BurnModel::new(network, device, shape.feature_count, shape.num_classes)?;
-    let shapes: Vec<Vec<usize>> = model.parameter_layout().into_iter().map(|p| p.shape).collect();
+    let shapes: Vec<Vec<usize>> = model
+        .parameter_layout()
+        .into_iter()
+        .map(|p| p.shape)
+        .collect();
     let initial = initial_parameters(&shapes, seed);
     model.set_parameters(&initial)?;
     Ok(Box::new(model))
@@ -292,7 +297,13 @@ mod tests {
     }
 
     fn options(seed: u64) -> TrainOptions {
-        TrainOptions { epochs: 1, batch_size: 32, learning_rate: 0.05, proximal_mu: 0.0, seed }
+        TrainOptions {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.05,
+            proximal_mu: 0.0,
+            seed,
+        }
     }
 
     #[test]
@@ -304,7 +315,11 @@ mod tests {
         let report = model.train(&train, &options(1)).unwrap();
         let after = model.evaluate(&m.test).unwrap();
         assert_eq!(report.steps, 2000usize.div_ceil(32));
-        assert!(before.accuracy < 0.3, "untrained accuracy {}", before.accuracy);
+        assert!(
+            before.accuracy < 0.3,
+            "untrained accuracy {}",
+            before.accuracy
+        );
         assert!(after.accuracy > 0.85, "trained accuracy {}", after.accuracy);
         assert!(after.loss < before.loss);
     }
@@ -327,37 +342,85 @@ mod tests {
         let m = mnist();
         let train = m.train.subset(&(0..500).collect::<Vec<_>>());
         let distance = |mu| {
-            let mut model = ModelKind::Logistic.build(ModelShape::of(&train), 1).unwrap();
+            let mut model = ModelKind::Logistic
+                .build(ModelShape::of(&train), 1)
+                .unwrap();
             let start = model.parameters();
-            model.train(&train, &TrainOptions { proximal_mu: mu, ..options(1) }).unwrap();
+            model
+                .train(
+                    &train,
+                    &TrainOptions {
+                        proximal_mu: mu,
+                        ..options(1)
+                    },
+                )
+                .unwrap();
             let end = model.parameters();
-            start.iter().zip(&end).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt()
+            start
+                .iter()
+                .zip(&end)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f32>()
+                .sqrt()
         };
         assert!(distance(5.0) < 0.7 * distance(0.0));
     }
 
     #[test]
     fn bad_parameters_and_options_are_rejected() {
-        let shape = ModelShape { feature_count: 60, num_classes: 10, image_shape: None };
+        let shape = ModelShape {
+            feature_count: 60,
+            num_classes: 10,
+            image_shape: None,
+        };
         let mut model = ModelKind::Logistic.build(shape, 0).unwrap();
         assert_eq!(model.parameter_count(), 610);
-        assert!(matches!(model.set_parameters(&[0.0; 3]), Err(ModelError::ParameterCount { expected: 610, found: 3 })));
+        assert!(matches!(
+            model.set_parameters(&[0.0; 3]),
+            Err(ModelError::ParameterCount {
+                expected: 610,
+                found: 3
+            })
+        ));
         let mut bad = vec![0.0; 610];
         bad[5] = f32::NAN;
-        assert!(matches!(model.set_parameters(&bad), Err(ModelError::NonFinite { index: 5 })));
+        assert!(matches!(
+            model.set_parameters(&bad),
+            Err(ModelError::NonFinite { index: 5 })
+        ));
         assert!(ModelKind::Cnn.build(shape, 0).is_err());
         assert!("resnet".parse::<ModelKind>().is_err());
-        assert!(TrainOptions { batch_size: 0, ..options(0) }.validate().is_err());
-        assert!(TrainOptions { learning_rate: f32::NAN, ..options(0) }.validate().is_err());
+        assert!(TrainOptions {
+            batch_size: 0,
+            ..options(0)
+        }
+        .validate()
+        .is_err());
+        assert!(TrainOptions {
+            learning_rate: f32::NAN,
+            ..options(0)
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]
     fn parameter_layout_names_every_tensor() {
-        let shape = ModelShape { feature_count: 784, num_classes: 10, image_shape: Some([28, 28]) };
+        let shape = ModelShape {
+            feature_count: 784,
+            num_classes: 10,
+            image_shape: Some([28, 28]),
+        };
         let model = ModelKind::Cnn.build(shape, 0).unwrap();
         let layout = model.parameter_layout();
-        let total: usize = layout.iter().map(|p| p.shape.iter().product::<usize>()).sum();
+        let total: usize = layout
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
         assert_eq!(total, model.parameter_count());
-        assert!(layout.iter().any(|p| p.name == "conv1.weight"), "{layout:?}");
+        assert!(
+            layout.iter().any(|p| p.name == "conv1.weight"),
+            "{layout:?}"
+        );
     }
 }

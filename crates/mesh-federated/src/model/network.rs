@@ -98,7 +98,8 @@ impl Cnn {
         let (h, w) = Self::flat_size(height, width);
         Self {
             conv1: Conv2dConfig::new([1, Self::CHANNELS1], [Self::KERNEL; 2]).init(device),
-            conv2: Conv2dConfig::new([Self::CHANNELS1, Self::CHANNELS2], [Self::KERNEL; 2]).init(device),
+            conv2: Conv2dConfig::new([Self::CHANNELS1, Self::CHANNELS2], [Self::KERNEL; 2])
+                .init(device),
             pool: MaxPool2dConfig::new([2, 2]).init(),
             dense: LinearConfig::new(Self::CHANNELS2 * h * w, Self::DENSE).init(device),
             output: LinearConfig::new(Self::DENSE, classes).init(device),
@@ -119,8 +120,12 @@ impl Network for Cnn {
     fn forward(&self, rows: Tensor<2>) -> Tensor<2> {
         let [batch, _] = rows.dims();
         let x = rows.reshape([batch, 1, self.height, self.width]);
-        let x = self.pool.forward(self.activation.forward(self.conv1.forward(x)));
-        let x = self.pool.forward(self.activation.forward(self.conv2.forward(x)));
+        let x = self
+            .pool
+            .forward(self.activation.forward(self.conv1.forward(x)));
+        let x = self
+            .pool
+            .forward(self.activation.forward(self.conv2.forward(x)));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = self.activation.forward(self.dense.forward(x));
         self.output.forward(x)

@@ -21,14 +21,21 @@ fn file_error(path: &Path, reason: impl ToString) -> ModelError {
 
 /// Writes the model's parameters (and `metadata`) to `path`, atomically: the file
 /// is written beside the target and renamed, so a crash never leaves half a file.
-pub fn save(model: &dyn Model, path: &Path, metadata: HashMap<String, String>) -> Result<(), ModelError> {
+pub fn save(
+    model: &dyn Model,
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<(), ModelError> {
     let flat = model.parameters();
     let layout = model.parameter_layout();
     let mut offset = 0;
     let mut buffers = Vec::with_capacity(layout.len());
     for info in &layout {
         let n: usize = info.shape.iter().product();
-        let bytes: Vec<u8> = flat[offset..offset + n].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = flat[offset..offset + n]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         offset += n;
         buffers.push((info.name.clone(), info.shape.clone(), bytes));
     }
@@ -40,7 +47,8 @@ pub fn save(model: &dyn Model, path: &Path, metadata: HashMap<String, String>) -
                 .map_err(|e| file_error(path, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let serialized = safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(path, e))?;
+    let serialized =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(path, e))?;
     let tmp = path.with_extension("safetensors.tmp");
     std::fs::write(&tmp, serialized).map_err(|e| file_error(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))
@@ -49,9 +57,14 @@ pub fn save(model: &dyn Model, path: &Path, metadata: HashMap<String, String>) -
 /// Reads parameters from `path` into `model`; every tensor of the model must be
 /// present with the same shape and dtype `F32`.
 pub fn load_into(model: &mut dyn Model, path: &Path) -> Result<(), ModelError> {
-    let size = std::fs::metadata(path).map_err(|e| file_error(path, e))?.len();
+    let size = std::fs::metadata(path)
+        .map_err(|e| file_error(path, e))?
+        .len();
     if size > MAX_FILE_BYTES {
-        return Err(file_error(path, format!("{size} bytes is over the {MAX_FILE_BYTES}-byte limit")));
+        return Err(file_error(
+            path,
+            format!("{size} bytes is over the {MAX_FILE_BYTES}-byte limit"),
+        ));
     }
     let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| file_error(path, e))?;
@@ -88,7 +101,11 @@ mod tests {
     use crate::model::{ModelKind, ModelShape};
 
     fn shape() -> ModelShape {
-        ModelShape { feature_count: 784, num_classes: 10, image_shape: Some([28, 28]) }
+        ModelShape {
+            feature_count: 784,
+            num_classes: 10,
+            image_shape: Some([28, 28]),
+        }
     }
 
     #[test]
@@ -97,7 +114,12 @@ mod tests {
         for kind in [ModelKind::Logistic, ModelKind::Mlp, ModelKind::Cnn] {
             let path = dir.path().join(format!("{kind}.safetensors"));
             let a = kind.build(shape(), 1).unwrap();
-            save(a.as_ref(), &path, HashMap::from([("model".into(), kind.to_string())])).unwrap();
+            save(
+                a.as_ref(),
+                &path,
+                HashMap::from([("model".into(), kind.to_string())]),
+            )
+            .unwrap();
             let mut b = kind.build(shape(), 2).unwrap();
             assert_ne!(a.parameters(), b.parameters());
             load_into(b.as_mut(), &path).unwrap();
@@ -109,11 +131,22 @@ mod tests {
     fn wrong_model_and_corrupt_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        save(ModelKind::Logistic.build(shape(), 1).unwrap().as_ref(), &path, HashMap::new()).unwrap();
+        save(
+            ModelKind::Logistic.build(shape(), 1).unwrap().as_ref(),
+            &path,
+            HashMap::new(),
+        )
+        .unwrap();
         let mut cnn = ModelKind::Cnn.build(shape(), 1).unwrap();
-        assert!(matches!(load_into(cnn.as_mut(), &path), Err(ModelError::File { .. })));
+        assert!(matches!(
+            load_into(cnn.as_mut(), &path),
+            Err(ModelError::File { .. })
+        ));
         std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
         let mut lr = ModelKind::Logistic.build(shape(), 1).unwrap();
-        assert!(matches!(load_into(lr.as_mut(), &path), Err(ModelError::File { .. })));
+        assert!(matches!(
+            load_into(lr.as_mut(), &path),
+            Err(ModelError::File { .. })
+        ));
     }
 }

@@ -6,7 +6,9 @@
 //! refuses a round that would exceed the budget *before* it runs.
 
 use super::participant::LocalUpdate;
-use mesh_federated::aggregate::{AggregateError, Aggregator, AggregatorConfig, Rule, ServerOptimizer};
+use mesh_federated::aggregate::{
+    AggregateError, Aggregator, AggregatorConfig, Rule, ServerOptimizer,
+};
 use mesh_federated::privacy::{
     clip_l2, GaussianEvent, GaussianMechanism, NoisePlacement, PrivacyError, PrivacyLedger,
 };
@@ -56,11 +58,17 @@ impl RoundAggregator {
         dp: Option<DpState>,
     ) -> Result<Self, AggregationError> {
         if let Some(state) = &dp {
-            if state.mechanism.placement() == NoisePlacement::Central && config.rule != Rule::FedAvg {
+            if state.mechanism.placement() == NoisePlacement::Central && config.rule != Rule::FedAvg
+            {
                 return Err(AggregationError::CentralNoiseNeedsMean);
             }
         }
-        Ok(Self { aggregator: Aggregator::new(config), server, dp, seed: config.seed })
+        Ok(Self {
+            aggregator: Aggregator::new(config),
+            server,
+            dp,
+            seed: config.seed,
+        })
     }
 
     /// The DP state, when DP is on.
@@ -98,7 +106,10 @@ impl RoundAggregator {
             weights.push(u.samples as f32);
             deltas.push(u.delta);
         }
-        let central = self.dp.as_ref().filter(|s| s.mechanism.placement() == NoisePlacement::Central);
+        let central = self
+            .dp
+            .as_ref()
+            .filter(|s| s.mechanism.placement() == NoisePlacement::Central);
         if let Some(state) = central {
             // DP-FedAvg: every update clipped and weighted equally, so one client moves
             // the mean by at most C / m.

@@ -63,14 +63,26 @@ pub struct Participant {
 impl Participant {
     /// A participant with its own private `data`. A Byzantine node whose attack
     /// poisons labels has its labels flipped here, once.
-    pub fn new(node: usize, mut data: Dataset, model: Box<dyn Model>, behaviour: Behaviour) -> Self {
+    pub fn new(
+        node: usize,
+        mut data: Dataset,
+        model: Box<dyn Model>,
+        behaviour: Behaviour,
+    ) -> Self {
         if let Behaviour::Byzantine(attack) = &behaviour {
             if attack.poisons_labels() {
                 let classes = data.num_classes as u8;
-                data.labels.iter_mut().for_each(|l| *l = flip_label(*l, classes));
+                data.labels
+                    .iter_mut()
+                    .for_each(|l| *l = flip_label(*l, classes));
             }
         }
-        Self { node, data, model, behaviour }
+        Self {
+            node,
+            data,
+            model,
+            behaviour,
+        }
     }
 
     /// The node index.
@@ -106,7 +118,13 @@ impl Participant {
             .model
             .train(&self.data, &TrainOptions { seed, ..*options })
             .map_err(model_err)?;
-        let mut delta: Vec<f32> = self.model.parameters().iter().zip(global).map(|(l, g)| l - g).collect();
+        let mut delta: Vec<f32> = self
+            .model
+            .parameters()
+            .iter()
+            .zip(global)
+            .map(|(l, g)| l - g)
+            .collect();
         if let Some((mechanism, participants)) = dp {
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 1, 0));
             mechanism
@@ -123,11 +141,18 @@ impl Participant {
 
     /// A Byzantine node's final update, crafted once the honest updates of the round
     /// are known (omniscient attacker, the strongest model). Honest nodes keep theirs.
-    pub fn craft(&self, own: LocalUpdate, honest: &[Vec<f32>], round: u64, seed: u64) -> LocalUpdate {
+    pub fn craft(
+        &self,
+        own: LocalUpdate,
+        honest: &[Vec<f32>],
+        round: u64,
+        seed: u64,
+    ) -> LocalUpdate {
         match &self.behaviour {
             Behaviour::Honest => own,
             Behaviour::Byzantine(attack) => {
-                let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, round, 1 << 32 | self.node as u64));
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(derive_seed(seed, round, 1 << 32 | self.node as u64));
                 let delta = attack.craft(&own.delta, honest, &mut rng);
                 LocalUpdate { delta, ..own }
             }
