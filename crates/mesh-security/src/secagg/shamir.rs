@@ -26,7 +26,7 @@ const CHUNK_BYTES: usize = 7;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareValue(pub [u64; CHUNKS]);
 
-/// Errors from sharing or reconstructing.
+/// Errors from sharing or reconstructing; none go away on retry with the same shares.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShamirError {
     /// Threshold of zero, or more shares needed than parties exist.
