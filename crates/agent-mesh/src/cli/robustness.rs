@@ -12,7 +12,9 @@ use clap::Args;
 use mesh_federated::aggregate::{PreAggregation, Rule};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::Mnist;
-use mesh_node::sim::Simulation;
+use mesh_federated::model::ModelError;
+use mesh_node::round::participant::ParticipantError;
+use mesh_node::sim::{SimError, Simulation};
 
 /// Flags of `agent-mesh bench robustness`.
 #[derive(Debug, Args)]
@@ -57,7 +59,8 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
         )
     })?;
     std::fs::create_dir_all(&args.sim.out)?;
-    let mut accuracy = vec![vec![None; configs.len()]; args.attacks.len()];
+    let mut accuracy: Vec<Vec<Option<f32>>> = vec![vec![None; configs.len()]; args.attacks.len()];
+    let mut diverged = vec![vec![false; configs.len()]; args.attacks.len()];
     let total = args.attacks.len() * configs.len();
     for (a, attack) in args.attacks.iter().enumerate() {
         for (c, &(rule, pre)) in configs.iter().enumerate() {
@@ -65,13 +68,19 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
             (config.attack, config.rule, config.pre) = (*attack, rule, pre);
             let done = a * configs.len() + c + 1;
             match run_cell(config, &mnist) {
-                Ok(acc) => {
+                Ok(cell) => {
+                    let note = if cell.diverged {
+                        " (training diverged: collapsed)"
+                    } else {
+                        ""
+                    };
                     println!(
-                        "[{done}/{total}] {attack} vs {}: {:.2}%",
+                        "[{done}/{total}] {attack} vs {}: {:.2}%{note}",
                         args.configs[c],
-                        100.0 * acc
+                        100.0 * cell.accuracy
                     );
-                    accuracy[a][c] = Some(acc);
+                    accuracy[a][c] = Some(cell.accuracy);
+                    diverged[a][c] = cell.diverged;
                 }
                 Err(e) => println!(
                     "[{done}/{total}] {attack} vs {}: not run ({e:#})",
@@ -80,12 +89,12 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let table = markdown(&args, &accuracy);
+    let table = markdown(&args, &accuracy, &diverged);
     println!("\n{table}");
     write_atomically(&args.sim.out.join("robustness.md"), table.as_bytes())?;
     let json = serde_json::json!({
         "attacks": args.attacks.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "configs": args.configs, "final_test_accuracy": accuracy,
+        "configs": args.configs, "final_test_accuracy": accuracy, "diverged": diverged,
         "nodes": args.sim.nodes, "byzantine": args.sim.byzantine, "rounds": args.sim.rounds,
         "local_epochs": args.sim.local_epochs, "seed": args.sim.seed,
     });
@@ -95,16 +104,46 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
     )
 }
 
-fn run_cell(config: mesh_node::sim::SimConfig, mnist: &Mnist) -> anyhow::Result<f32> {
-    let mut sim = Simulation::new(config, &mnist.train, mnist.test.clone())?;
-    let mut last = 0.0;
-    while let Some(report) = sim.run_round()? {
-        last = report.test_accuracy;
-    }
-    Ok(last)
+/// The outcome of one (attack, rule) run.
+struct Cell {
+    /// Test accuracy after the last round that completed.
+    accuracy: f32,
+    /// Local training diverged on the global model the rule produced: the
+    /// federation collapsed, and `accuracy` is that of the collapsed model.
+    diverged: bool,
 }
 
-fn markdown(args: &RobustnessArgs, accuracy: &[Vec<Option<f32>>]) -> String {
+fn run_cell(config: mesh_node::sim::SimConfig, mnist: &Mnist) -> anyhow::Result<Cell> {
+    let mut sim = Simulation::new(config, &mnist.train, mnist.test.clone())?;
+    let mut accuracy = 0.0;
+    loop {
+        match sim.run_round() {
+            Ok(Some(report)) => accuracy = report.test_accuracy,
+            Ok(None) => {
+                return Ok(Cell {
+                    accuracy,
+                    diverged: false,
+                })
+            }
+            Err(SimError::Participant(ParticipantError::Model {
+                source: ModelError::Diverged { .. },
+                ..
+            })) => {
+                return Ok(Cell {
+                    accuracy,
+                    diverged: true,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn markdown(
+    args: &RobustnessArgs,
+    accuracy: &[Vec<Option<f32>>],
+    diverged: &[Vec<bool>],
+) -> String {
     let cell = |v: Option<f32>| v.map_or("n/a".to_string(), |a| format!("{:.1}", 100.0 * a));
     let mut out = format!(
         "Final test accuracy (%), {} nodes, {} Byzantine, {} rounds x {} local epochs, seed {}\n\n| attack | {} |\n|---|{}\n",
@@ -117,7 +156,17 @@ fn markdown(args: &RobustnessArgs, accuracy: &[Vec<Option<f32>>]) -> String {
         "---|".repeat(args.configs.len())
     );
     for (a, attack) in args.attacks.iter().enumerate() {
-        let row: Vec<String> = accuracy[a].iter().map(|&v| cell(v)).collect();
+        let row: Vec<String> = accuracy[a]
+            .iter()
+            .zip(&diverged[a])
+            .map(|(&v, &d)| {
+                if d {
+                    format!("{} (diverged)", cell(v))
+                } else {
+                    cell(v)
+                }
+            })
+            .collect();
         out += &format!("| {attack} | {} |\n", row.join(" | "));
     }
     let worst: Vec<String> = (0..args.configs.len())

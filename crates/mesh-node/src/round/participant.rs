@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Debug, thiserror::Error)]
 pub enum ParticipantError {
     /// Local training failed.
-    #[error("node {node}: {source}")]
+    #[error("node {node}: local training failed")]
     Model {
         /// The node.
         node: usize,
@@ -20,7 +20,7 @@ pub enum ParticipantError {
         source: ModelError,
     },
     /// Clipping or noising failed.
-    #[error("node {node}: {source}")]
+    #[error("node {node}: clipping or noising its update failed")]
     Privacy {
         /// The node.
         node: usize,
