@@ -171,7 +171,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let mut sim = Simulation::new(config, &mnist.train, mnist.test)?;
     print_header(&args, &sim);
-    let reports = run_rounds(&mut sim, args.quiet)?;
+    let reports = run_rounds(&mut sim, &args)?;
     let stopped_by_budget = (sim.rounds_done()) < args.rounds;
     if stopped_by_budget {
         println!(
@@ -200,7 +200,10 @@ fn print_header(args: &SimArgs, sim: &Simulation) {
     );
 }
 
-fn run_rounds(sim: &mut Simulation, quiet: bool) -> anyhow::Result<Vec<RoundReport>> {
+/// Runs every round; after each one the outputs are rewritten, so an interrupted
+/// run keeps everything up to its last completed round.
+fn run_rounds(sim: &mut Simulation, args: &SimArgs) -> anyhow::Result<Vec<RoundReport>> {
+    let quiet = args.quiet;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -231,12 +234,35 @@ fn run_rounds(sim: &mut Simulation, quiet: bool) -> anyhow::Result<Vec<RoundRepo
         bar.set_message(format!("acc {:.2}%", 100.0 * r.test_accuracy));
         bar.inc(1);
         reports.push(r);
+        save_outputs(args, sim, &reports, false)?;
     }
     bar.finish_and_clear();
     Ok(reports)
 }
 
 fn write_outputs(
+    args: &SimArgs,
+    sim: &Simulation,
+    reports: &[RoundReport],
+    stopped_by_budget: bool,
+) -> anyhow::Result<()> {
+    save_outputs(args, sim, reports, stopped_by_budget)?;
+    if let Some(last) = reports.last() {
+        println!(
+            "final test accuracy {:.2}% after {} rounds",
+            100.0 * last.test_accuracy,
+            last.round
+        );
+    }
+    println!(
+        "wrote {}/report.json, accuracy.png, model.safetensors",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Writes report.json, accuracy.png and model.safetensors for the rounds so far.
+fn save_outputs(
     args: &SimArgs,
     sim: &Simulation,
     reports: &[RoundReport],
@@ -258,17 +284,6 @@ fn write_outputs(
         &args.out.join("model.safetensors"),
         metadata,
     )?;
-    if let Some(last) = reports.last() {
-        println!(
-            "final test accuracy {:.2}% after {} rounds",
-            100.0 * last.test_accuracy,
-            last.round
-        );
-    }
-    println!(
-        "wrote {}/report.json, accuracy.png, model.safetensors",
-        args.out.display()
-    );
     Ok(())
 }
 
