@@ -12,16 +12,17 @@ use mesh_federated::aggregate::{PreAggregation, Rule, ServerOptimizer};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::Mnist;
-use mesh_federated::model::{store, ModelKind, TrainOptions};
+use mesh_federated::model::{store, ModelError, ModelKind, TrainOptions};
 use mesh_federated::privacy::NoisePlacement;
-use mesh_node::sim::{DpConfig, NoiseLevel, RoundReport, SimConfig, Simulation};
+use mesh_node::round::participant::ParticipantError;
+use mesh_node::sim::{DpConfig, NoiseLevel, RoundReport, SimConfig, SimError, Simulation};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Flags of `agent-mesh sim`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --dp-clip 1.0 --dp-epsilon 8 --dp-placement distributed\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30"
+    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --dp-placement distributed\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30"
 )]
 pub struct SimArgs {
     /// Number of nodes in the mesh.
@@ -171,7 +172,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let mut sim = Simulation::new(config, &mnist.train, mnist.test)?;
     print_header(&args, &sim);
-    let reports = run_rounds(&mut sim, &args)?;
+    let reports = run_rounds(&mut sim, &args).map_err(explain_divergence)?;
     let stopped_by_budget = (sim.rounds_done()) < args.rounds;
     if stopped_by_budget {
         println!(
@@ -319,4 +320,23 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Adds the likely causes to a divergence: the global model was destroyed.
+fn explain_divergence(err: anyhow::Error) -> anyhow::Error {
+    let diverged = matches!(
+        err.downcast_ref::<SimError>(),
+        Some(SimError::Participant(ParticipantError::Model {
+            source: ModelError::Diverged { .. },
+            ..
+        }))
+    );
+    if !diverged {
+        return err;
+    }
+    err.context(
+        "the global model was destroyed: too much DP noise for this many nodes and parameters \
+         (client-level DP needs many nodes or a small model), an attack the rule does not stop, \
+         or a learning rate too high; the rounds completed so far are in the output folder",
+    )
 }
