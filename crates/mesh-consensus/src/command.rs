@@ -1,0 +1,495 @@
+//! The typed commands that the committee commits to the log, and their
+//! stateless validation and bounded wire encoding.
+//!
+//! A command is checked twice: here, for what can be judged from the command
+//! alone (lengths, ranges, finite numbers), and in [`crate::state`], against
+//! the current state (does the job exist, is the round running). Both checks
+//! are deterministic, so every node accepts or rejects an entry alike.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApplyError, CommandDecodeError};
+
+/// Longest node id, job id, model name or rule name, in bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+/// Longest certificate serial number, in bytes (RFC 5280 allows 20 octets).
+pub const SERIAL_BYTES_MAX: usize = 20;
+/// Longest key of a key-value entry, in bytes.
+pub const KV_KEY_BYTES_MAX: usize = 1024;
+/// Longest value of a key-value entry, in bytes.
+pub const KV_VALUE_BYTES_MAX: usize = 64 * 1024;
+/// Most rounds one job may ask for.
+pub const ROUNDS_MAX: u32 = 100_000;
+/// Most participants one round may have.
+pub const PARTICIPANTS_MAX: u32 = 10_000;
+/// Largest encoded command accepted by [`Command::decode`], in bytes.
+pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
+
+/// A node's identity as the mesh names it (the libp2p peer id in text form).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(id: &str) -> Self {
+        Self(id.to_owned())
+    }
+}
+
+/// A federated-learning job's identity, chosen by the admin who submits it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub String);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(id: &str) -> Self {
+        Self(id.to_owned())
+    }
+}
+
+/// BLAKE3 hash of a serialized model (the key it has in the content-addressed cache).
+pub type ModelHash = [u8; 32];
+
+/// What a member may do in the mesh (enforced by RBAC; recorded here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Operates the mesh: jobs, certificates, membership.
+    Admin,
+    /// Votes in the Raft committee.
+    Committee,
+    /// Aggregates updates for a shard.
+    Aggregator,
+    /// Trains locally and submits updates.
+    Trainer,
+    /// Reads status and metrics only.
+    Observer,
+}
+
+/// Why a certificate was revoked (a subset of the RFC 5280 reason codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RevocationReason {
+    /// No reason given.
+    Unspecified,
+    /// The private key is known or suspected to be exposed.
+    KeyCompromise,
+    /// A newer certificate replaces this one.
+    Superseded,
+    /// The node left the mesh for good.
+    CessationOfOperation,
+    /// The node was caught misbehaving (committed evidence).
+    Misbehaviour,
+}
+
+/// What a piece of reputation evidence accuses a node of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EvidenceKind {
+    /// Two valid signatures over conflicting statements for the same index.
+    Equivocation,
+    /// A signed state hash that differs from the committed one.
+    StateHashMismatch,
+    /// An aggregator whose result hash disagreed with its shard's majority.
+    AggregatorDisagreement,
+    /// An update flagged as anomalous by the robust aggregation rule.
+    AnomalousUpdate,
+    /// A participant that missed a round deadline.
+    MissedDeadline,
+}
+
+/// A job's differential-privacy budget: epsilon in millionths (exact integer
+/// accounting, so every node agrees on when it runs out) and a fixed delta.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DpBudget {
+    /// Total epsilon the job may spend, in millionths of one.
+    pub epsilon_micros: u64,
+    /// Delta of the (epsilon, delta) guarantee; finite, in (0, 1).
+    pub delta: f64,
+}
+
+/// What an admin asks for when submitting a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Model architecture name (for example `mnist-cnn`).
+    pub model_name: String,
+    /// Number of rounds to run.
+    pub rounds: u32,
+    /// Most participants in one round.
+    pub participants_per_round: u32,
+    /// Robust aggregation rule name (for example `multi-krum`).
+    pub rule_name: String,
+    /// Byzantine participants the rule must tolerate per round.
+    pub byzantine_count: u32,
+    /// Whether updates go through secure aggregation.
+    pub secagg: bool,
+    /// Differential-privacy budget; `None` runs the job without DP.
+    pub dp_budget: Option<DpBudget>,
+}
+
+/// Results of one completed round, as the aggregators report them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// Validation accuracy of the new global model, in [0, 1].
+    pub accuracy: f64,
+    /// Validation loss of the new global model; finite, not negative.
+    pub loss: f64,
+    /// Updates that made it into the aggregate.
+    pub updates_count: u32,
+}
+
+/// One entry of the replicated log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Admit a node with the given roles.
+    AddMember {
+        /// The node admitted.
+        node: NodeId,
+        /// Its roles; not empty.
+        roles: BTreeSet<Role>,
+        /// Failure domain it declares, if any.
+        zone: Option<String>,
+    },
+    /// Replace a member's roles.
+    SetRoles {
+        /// The member.
+        node: NodeId,
+        /// Its new roles; not empty.
+        roles: BTreeSet<Role>,
+    },
+    /// Remove a member from the mesh.
+    RemoveMember {
+        /// The member removed.
+        node: NodeId,
+    },
+    /// Revoke a certificate by serial number.
+    RevokeCertificate {
+        /// Certificate serial number (big-endian bytes).
+        serial: Vec<u8>,
+        /// Why it was revoked.
+        reason: RevocationReason,
+    },
+    /// Create a job (`JobCreated`).
+    CreateJob {
+        /// The new job's id; must not exist yet.
+        job: JobId,
+        /// What it runs.
+        spec: JobSpec,
+    },
+    /// Start the job's next round (`RoundStarted`).
+    StartRound {
+        /// The job.
+        job: JobId,
+        /// Round number, counted from 0; must be the next one.
+        round: u32,
+        /// Hash of the global model the round starts from.
+        model_hash: ModelHash,
+        /// Members selected to train.
+        participants: BTreeSet<NodeId>,
+        /// Deadline, in milliseconds since the Unix epoch (as the leader proposed it).
+        deadline_unix_ms: u64,
+    },
+    /// Complete the running round (`RoundCompleted`).
+    CompleteRound {
+        /// The job.
+        job: JobId,
+        /// The running round.
+        round: u32,
+        /// Hash of the aggregated model.
+        model_hash: ModelHash,
+        /// What the aggregators measured.
+        metrics: RoundMetrics,
+        /// Epsilon this round spent, in millionths.
+        privacy_spent_epsilon_micros: u64,
+    },
+    /// Commit evidence against a node; lowers its reputation.
+    RecordEvidence {
+        /// The accused node.
+        node: NodeId,
+        /// What it did.
+        kind: EvidenceKind,
+    },
+    /// Restore a node's reputation and lift its quarantine (admin decision).
+    ResetReputation {
+        /// The node.
+        node: NodeId,
+    },
+    /// Set a key (benchmarks).
+    Put {
+        /// Key, at most [`KV_KEY_BYTES_MAX`].
+        key: Vec<u8>,
+        /// Value, at most [`KV_VALUE_BYTES_MAX`].
+        value: Vec<u8>,
+    },
+    /// Delete a key (benchmarks).
+    Delete {
+        /// Key, at most [`KV_KEY_BYTES_MAX`].
+        key: Vec<u8>,
+    },
+}
+
+impl Command {
+    /// Encodes the command for the log (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Every field is plain data that postcard supports, so this cannot fail.
+        #[allow(clippy::expect_used)]
+        postcard::to_allocvec(self).expect("a command always serializes")
+    }
+
+    /// Decodes a command from log bytes, refusing more than [`COMMAND_BYTES_MAX`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CommandDecodeError> {
+        if bytes.len() > COMMAND_BYTES_MAX {
+            return Err(CommandDecodeError::TooLarge {
+                len_bytes: bytes.len(),
+                max_bytes: COMMAND_BYTES_MAX,
+            });
+        }
+        postcard::from_bytes(bytes).map_err(|e| CommandDecodeError::Malformed(e.to_string()))
+    }
+
+    /// Checks everything that can be judged from the command alone.
+    pub fn validate(&self) -> Result<(), ApplyError> {
+        match self {
+            Self::AddMember { node, roles, zone } => {
+                check_name("node id", &node.0)?;
+                check_roles(roles)?;
+                zone.as_deref().map_or(Ok(()), |z| check_name("zone", z))
+            }
+            Self::SetRoles { node, roles } => {
+                check_name("node id", &node.0)?;
+                check_roles(roles)
+            }
+            Self::RemoveMember { node }
+            | Self::RecordEvidence { node, .. }
+            | Self::ResetReputation { node } => check_name("node id", &node.0),
+            Self::RevokeCertificate { serial, .. } => check_serial(serial),
+            Self::CreateJob { job, spec } => {
+                check_name("job id", &job.0)?;
+                check_spec(spec)
+            }
+            Self::StartRound {
+                job, participants, ..
+            } => {
+                check_name("job id", &job.0)?;
+                check_participants(participants)
+            }
+            Self::CompleteRound { job, metrics, .. } => {
+                check_name("job id", &job.0)?;
+                check_metrics(metrics)
+            }
+            Self::Put { key, value } => {
+                check_len("key", key.len(), KV_KEY_BYTES_MAX)?;
+                check_len("value", value.len(), KV_VALUE_BYTES_MAX)
+            }
+            Self::Delete { key } => check_len("key", key.len(), KV_KEY_BYTES_MAX),
+        }
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> ApplyError {
+    ApplyError::Invalid(reason.into())
+}
+
+fn check_len(what: &str, len_bytes: usize, max_bytes: usize) -> Result<(), ApplyError> {
+    if len_bytes > max_bytes {
+        return Err(invalid(format!(
+            "{what} is {len_bytes} bytes, more than the limit of {max_bytes}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ApplyError> {
+    if name.is_empty() {
+        return Err(invalid(format!("{what} is empty")));
+    }
+    check_len(what, name.len(), NAME_BYTES_MAX)
+}
+
+fn check_roles(roles: &BTreeSet<Role>) -> Result<(), ApplyError> {
+    if roles.is_empty() {
+        return Err(invalid("a member needs at least one role"));
+    }
+    Ok(())
+}
+
+fn check_serial(serial: &[u8]) -> Result<(), ApplyError> {
+    if serial.is_empty() {
+        return Err(invalid("certificate serial is empty"));
+    }
+    check_len("certificate serial", serial.len(), SERIAL_BYTES_MAX)
+}
+
+fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
+    check_name("model name", &spec.model_name)?;
+    check_name("rule name", &spec.rule_name)?;
+    if spec.rounds == 0 || spec.rounds > ROUNDS_MAX {
+        return Err(invalid(format!(
+            "rounds must be in 1..={ROUNDS_MAX}, got {}",
+            spec.rounds
+        )));
+    }
+    let n = spec.participants_per_round;
+    if n == 0 || n > PARTICIPANTS_MAX {
+        return Err(invalid(format!(
+            "participants per round must be in 1..={PARTICIPANTS_MAX}, got {n}"
+        )));
+    }
+    if u64::from(spec.byzantine_count) * 2 >= u64::from(n) {
+        return Err(invalid(format!(
+            "{} Byzantine of {n} participants leaves no honest majority",
+            spec.byzantine_count
+        )));
+    }
+    match spec.dp_budget {
+        Some(b) if !(b.delta > 0.0 && b.delta < 1.0) => Err(invalid(format!(
+            "DP delta must be in (0, 1), got {}",
+            b.delta
+        ))),
+        Some(b) if b.epsilon_micros == 0 => Err(invalid("DP epsilon budget is zero")),
+        _ => Ok(()),
+    }
+}
+
+fn check_participants(participants: &BTreeSet<NodeId>) -> Result<(), ApplyError> {
+    if participants.is_empty() {
+        return Err(invalid("a round needs at least one participant"));
+    }
+    let max = PARTICIPANTS_MAX as usize;
+    if participants.len() > max {
+        return Err(invalid(format!(
+            "{} participants, more than the limit of {max}",
+            participants.len()
+        )));
+    }
+    participants
+        .iter()
+        .try_for_each(|p| check_name("participant id", &p.0))
+}
+
+fn check_metrics(m: &RoundMetrics) -> Result<(), ApplyError> {
+    if !(0.0..=1.0).contains(&m.accuracy) {
+        return Err(invalid(format!(
+            "accuracy must be in [0, 1], got {}",
+            m.accuracy
+        )));
+    }
+    if !(m.loss.is_finite() && m.loss >= 0.0) {
+        return Err(invalid(format!(
+            "loss must be finite and not negative, got {}",
+            m.loss
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            model_name: "mnist-cnn".into(),
+            rounds: 3,
+            participants_per_round: 5,
+            rule_name: "krum".into(),
+            byzantine_count: 1,
+            secagg: true,
+            dp_budget: Some(DpBudget {
+                epsilon_micros: 1_000_000,
+                delta: 1e-5,
+            }),
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trips() {
+        let cmd = Command::CreateJob {
+            job: "j1".into(),
+            spec: spec(),
+        };
+        assert_eq!(Command::decode(&cmd.encode()).unwrap(), cmd);
+    }
+
+    #[test]
+    fn decode_refuses_oversized_input() {
+        let bytes = vec![0u8; COMMAND_BYTES_MAX + 1];
+        assert!(matches!(
+            Command::decode(&bytes),
+            Err(CommandDecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn decode_reports_garbage() {
+        assert!(matches!(
+            Command::decode(&[0xff, 0xff, 0xff]),
+            Err(CommandDecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_bad_specs() {
+        let mut s = spec();
+        s.byzantine_count = 3;
+        let cmd = Command::CreateJob {
+            job: "j".into(),
+            spec: s,
+        };
+        assert!(matches!(cmd.validate(), Err(ApplyError::Invalid(_))));
+        let mut s = spec();
+        s.dp_budget = Some(DpBudget {
+            epsilon_micros: 1,
+            delta: f64::NAN,
+        });
+        let cmd = Command::CreateJob {
+            job: "j".into(),
+            spec: s,
+        };
+        assert!(cmd.validate().is_err());
+    }
+
+    #[test]
+    fn validate_rejects_empty_roles_and_long_keys() {
+        let cmd = Command::AddMember {
+            node: "n".into(),
+            roles: BTreeSet::new(),
+            zone: None,
+        };
+        assert!(cmd.validate().is_err());
+        let cmd = Command::Put {
+            key: vec![0; KV_KEY_BYTES_MAX + 1],
+            value: vec![],
+        };
+        assert!(cmd.validate().is_err());
+    }
+
+    #[test]
+    fn validate_rejects_non_finite_metrics() {
+        let cmd = Command::CompleteRound {
+            job: "j".into(),
+            round: 0,
+            model_hash: [0; 32],
+            metrics: RoundMetrics {
+                accuracy: 0.5,
+                loss: f64::INFINITY,
+                updates_count: 3,
+            },
+            privacy_spent_epsilon_micros: 0,
+        };
+        assert!(cmd.validate().is_err());
+    }
+}

@@ -1,0 +1,149 @@
+//! Error types: why a command was rejected, why log bytes are not a command,
+//! and why bytes are not a snapshot.
+//!
+//! Every [`ApplyError`] is a deterministic rejection: all nodes reject the same
+//! entry in the same state the same way, and the state is left unchanged.
+//! [`ApplyError::is_permanent`] says whether resubmitting the same command could
+//! ever succeed (it can when the rejection depends on state that may change).
+
+use thiserror::Error;
+
+use crate::command::{JobId, NodeId};
+
+/// Why [`crate::MeshState::apply`] rejected a command. The state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    /// The command is malformed on its own (empty id, out-of-range field).
+    #[error("invalid command: {0} (resubmitting it unchanged cannot succeed)")]
+    Invalid(String),
+    /// The log index does not move forward.
+    #[error("log index {index} is not after the last applied index {last_applied} (entries must be applied once, in order; retrying does not help)")]
+    IndexNotIncreasing {
+        /// Index of the rejected entry.
+        index: u64,
+        /// Index of the last applied entry.
+        last_applied: u64,
+    },
+    /// The node is not a member.
+    #[error("node {0} is not a member (retry after it is admitted)")]
+    UnknownMember(NodeId),
+    /// The node is already a member.
+    #[error("node {0} is already a member (use SetRoles to change its roles)")]
+    MemberExists(NodeId),
+    /// The member count limit is reached.
+    #[error("the mesh already has {max} members (remove one before admitting another)")]
+    TooManyMembers {
+        /// Largest member count.
+        max: usize,
+    },
+    /// The certificate serial is already revoked.
+    #[error(
+        "certificate {serial_hex} is already revoked (revocation is final; retrying does not help)"
+    )]
+    AlreadyRevoked {
+        /// Serial number, hex.
+        serial_hex: String,
+    },
+    /// No job has this id.
+    #[error("job {0} does not exist (retry after it is created)")]
+    UnknownJob(JobId),
+    /// A job with this id exists already.
+    #[error("job {0} already exists (job ids are never reused; pick another)")]
+    JobExists(JobId),
+    /// The job cannot take this round command now.
+    #[error("job {job}: {reason}")]
+    RoundOutOfOrder {
+        /// The job.
+        job: JobId,
+        /// What was expected instead.
+        reason: String,
+    },
+    /// A selected participant may not train.
+    #[error("participant {node} cannot train: {reason} (select another participant)")]
+    IneligibleParticipant {
+        /// The participant.
+        node: NodeId,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// The round would spend more privacy budget than the job has left.
+    #[error("job {job}: spending {requested_epsilon_micros} micro-epsilon exceeds the remaining {remaining_epsilon_micros} (the budget never grows; retrying does not help)")]
+    PrivacyBudgetExceeded {
+        /// The job.
+        job: JobId,
+        /// What the round asked to spend.
+        requested_epsilon_micros: u64,
+        /// What is left.
+        remaining_epsilon_micros: u64,
+    },
+    /// The key-value store is full.
+    #[error("key-value store holds {max_bytes} bytes already (delete keys before adding more)")]
+    KvFull {
+        /// Largest total key and value bytes.
+        max_bytes: usize,
+    },
+}
+
+impl ApplyError {
+    /// Whether the same command is rejected in every state: `true` means never
+    /// resubmit it; `false` means it may succeed once the state changes.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid(_)
+                | Self::IndexNotIncreasing { .. }
+                | Self::AlreadyRevoked { .. }
+                | Self::JobExists(_)
+                | Self::PrivacyBudgetExceeded { .. }
+        )
+    }
+}
+
+/// Why log bytes could not be decoded into a [`crate::Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommandDecodeError {
+    /// The input exceeds the size bound.
+    #[error("command is {len_bytes} bytes, more than the limit of {max_bytes} (the entry is corrupt or hostile; retrying does not help)")]
+    TooLarge {
+        /// Input size.
+        len_bytes: usize,
+        /// Largest accepted size.
+        max_bytes: usize,
+    },
+    /// The bytes are not a postcard-encoded command.
+    #[error("malformed command bytes: {0} (the entry is corrupt or from an incompatible version; retrying does not help)")]
+    Malformed(String),
+}
+
+/// Why bytes could not be restored as a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    /// The input exceeds the size bound.
+    #[error("snapshot is {len_bytes} bytes, more than the limit of {max_bytes} (raise the limit only if the state really is this large)")]
+    TooLarge {
+        /// Input size.
+        len_bytes: usize,
+        /// Largest accepted size.
+        max_bytes: usize,
+    },
+    /// The input does not start with the snapshot magic or is too short.
+    #[error("not a mesh state snapshot (bad magic or truncated header; fetch the snapshot again)")]
+    NotASnapshot,
+    /// The snapshot was written by an unknown format version.
+    #[error("snapshot format version {found} is not supported (this build reads version {supported}; upgrade the node)")]
+    UnsupportedVersion {
+        /// Version found.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// The checksum does not match the body.
+    #[error("snapshot checksum mismatch (the bytes are corrupt; fetch the snapshot again)")]
+    ChecksumMismatch,
+    /// The body is not a postcard-encoded state.
+    #[error("malformed snapshot body: {0} (fetch the snapshot again)")]
+    Malformed(String),
+    /// The decoded state breaks an invariant that apply always keeps.
+    #[error("snapshot state is inconsistent: {0} (it was not produced by apply; do not trust its source)")]
+    Inconsistent(String),
+}
