@@ -1,0 +1,413 @@
+//! Admission control: a per-peer state machine that admits a connected peer
+//! only after it presents a mesh certificate that verifies.
+//!
+//! ```text
+//!   on_connected ──> AwaitingCertificate { deadline_ms }
+//!                      | certificate verifies          -> Admitted { cert }
+//!                      | certificate fails             -> Rejected(reason)
+//!                      | peer says it has none         -> Rejected(Missing)
+//!                      | poll() from deadline_ms on    -> Rejected(Timeout)
+//!   Admitted ──> revocation learned                    -> Rejected(Revoked)
+//!            ──> poll() after the certificate expires  -> Rejected(Expired)
+//!            ──> new certificate (renewal) fails       -> Rejected(reason)
+//!   any ──> on_disconnected                            -> forgotten
+//! ```
+//!
+//! The mesh is identified by its pinned CA: a certificate issued by any other
+//! CA (a self-signed one included) is [`RejectReason::WrongMesh`]. Certificate
+//! validity is checked at `now_ms / 1000` Unix seconds. Every rejection the
+//! driver receives means "disconnect this peer and ban it for a while"; until
+//! then [`Admission::may_process`] refuses the peer's application messages.
+
+use std::collections::BTreeMap;
+
+use mesh_security::ca::{CertError, CertVerifier, RevocationList, SignedRevocation, VerifiedCert};
+use mesh_security::NodeId;
+
+/// Largest certificate (DER) accepted from a peer, in bytes.
+pub const CERT_BYTES_MAX: usize = 16 * 1024;
+
+/// Why a peer was refused. [`RejectReason::as_str`] is a stable label for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// The peer answered that it has no certificate.
+    Missing,
+    /// No certificate arrived before the deadline.
+    Timeout,
+    /// The certificate is malformed, too large, or otherwise unusable.
+    Invalid,
+    /// The certificate was not issued by this mesh's pinned CA.
+    WrongMesh,
+    /// The certificate is for a different key than the peer's.
+    KeyMismatch,
+    /// The certificate (or the mesh CA's) validity period has ended.
+    Expired,
+    /// The certificate's validity period has not started yet.
+    NotYetValid,
+    /// The certificate has been revoked.
+    Revoked,
+}
+
+impl RejectReason {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [RejectReason; 8] = [
+        Self::Missing,
+        Self::Timeout,
+        Self::Invalid,
+        Self::WrongMesh,
+        Self::KeyMismatch,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::Revoked,
+    ];
+
+    /// The stable metric label (`reason="..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Timeout => "timeout",
+            Self::Invalid => "invalid",
+            Self::WrongMesh => "wrong_mesh",
+            Self::KeyMismatch => "key_mismatch",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// The reason a certificate verification error amounts to.
+    pub fn from_cert_error(error: &CertError) -> Self {
+        match error {
+            CertError::WrongCa(_) | CertError::CaPinMismatch { .. } => Self::WrongMesh,
+            CertError::Expired { .. } | CertError::CaOutsideValidity { .. } => Self::Expired,
+            CertError::NotYetValid { .. } => Self::NotYetValid,
+            CertError::Revoked { .. } => Self::Revoked,
+            CertError::KeyMismatch { .. } => Self::KeyMismatch,
+            CertError::Malformed(_)
+            | CertError::UnsupportedAlgorithm(_)
+            | CertError::Role(_)
+            | CertError::BadRevocationSignature(_)
+            | CertError::TooManyRevocations(_)
+            | CertError::Build(_) => Self::Invalid,
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where one connected peer stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdmissionState {
+    /// Connected; its certificate must arrive before `deadline_ms`.
+    AwaitingCertificate {
+        /// When the wait ends, Unix milliseconds.
+        deadline_ms: u64,
+    },
+    /// Its certificate verified.
+    Admitted {
+        /// The verified certificate.
+        cert: VerifiedCert,
+    },
+    /// Refused; the driver disconnects and bans it.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// The outcome of a certificate (or its absence) for one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The peer is admitted.
+    Admitted,
+    /// The peer is refused; `detail` says why in words (for logs).
+    Rejected {
+        /// The metric reason.
+        reason: RejectReason,
+        /// The verification error or other explanation.
+        detail: String,
+    },
+}
+
+/// A peer that was just refused: disconnect and ban it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The peer.
+    pub peer: NodeId,
+    /// Why.
+    pub reason: RejectReason,
+}
+
+/// Admission limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// How long a connected peer has to present its certificate.
+    pub cert_timeout_ms: u64,
+    /// Most peers tracked at once (connected, in any state).
+    pub peers_max: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            cert_timeout_ms: 10_000,
+            peers_max: 4_096,
+        }
+    }
+}
+
+/// Why an admission input could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmissionError {
+    /// The table of connected peers is full. Retrying helps once other peers disconnect;
+    /// the driver should close this connection now.
+    #[error("admission table is full ({peers_max} peers); close the connection and retry later")]
+    Full {
+        /// The configured limit.
+        peers_max: usize,
+    },
+    /// The peer is not connected (never was, or already disconnected).
+    /// Retrying does not help: the input is stale and should be dropped.
+    #[error("peer {peer} is not connected; input dropped")]
+    UnknownPeer {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// A revocation entry is not signed by this mesh's CA. Retrying with the
+    /// same entry never helps.
+    #[error("revocation entry refused: {0}")]
+    BadRevocation(CertError),
+}
+
+/// The admission state of every connected peer.
+#[derive(Debug)]
+pub struct Admission {
+    verifier: CertVerifier,
+    revocations: RevocationList,
+    config: AdmissionConfig,
+    peers: BTreeMap<NodeId, AdmissionState>,
+}
+
+fn unix_s(now_ms: u64) -> i64 {
+    i64::try_from(now_ms / 1000).unwrap_or(i64::MAX)
+}
+
+impl Admission {
+    /// Admission against the pinned CA in `verifier`, with an empty revocation list.
+    pub fn new(verifier: CertVerifier, config: AdmissionConfig) -> Self {
+        Self {
+            verifier,
+            revocations: RevocationList::new(),
+            config,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The revocations learned so far.
+    pub fn revocations(&self) -> &RevocationList {
+        &self.revocations
+    }
+
+    /// A connection to `peer` opened at `now_ms`: wait for its certificate.
+    /// A peer already waiting or admitted keeps its state (a second connection);
+    /// a rejected one starts over.
+    pub fn on_connected(&mut self, peer: NodeId, now_ms: u64) -> Result<(), AdmissionError> {
+        let awaiting = AdmissionState::AwaitingCertificate {
+            deadline_ms: now_ms.saturating_add(self.config.cert_timeout_ms),
+        };
+        let full = self.peers.len() >= self.config.peers_max;
+        match self.peers.get_mut(&peer) {
+            Some(state @ AdmissionState::Rejected { .. }) => *state = awaiting,
+            Some(_) => {}
+            None if full => {
+                return Err(AdmissionError::Full {
+                    peers_max: self.config.peers_max,
+                })
+            }
+            None => {
+                self.peers.insert(peer, awaiting);
+            }
+        }
+        Ok(())
+    }
+
+    /// `peer` presented `cert_der` at `now_ms`. A waiting peer is admitted or
+    /// rejected; an admitted peer is renewing, and a certificate that fails
+    /// rejects it; a rejected peer stays rejected.
+    pub fn on_certificate(
+        &mut self,
+        peer: NodeId,
+        cert_der: &[u8],
+        now_ms: u64,
+    ) -> Result<Verdict, AdmissionError> {
+        let state = self
+            .peers
+            .get(&peer)
+            .ok_or(AdmissionError::UnknownPeer { peer })?;
+        let verdict = match state {
+            AdmissionState::Rejected { reason } => {
+                return Ok(Verdict::Rejected {
+                    reason: *reason,
+                    detail: "already rejected".into(),
+                })
+            }
+            AdmissionState::AwaitingCertificate { deadline_ms } if now_ms >= *deadline_ms => Err((
+                RejectReason::Timeout,
+                format!("certificate arrived at or after the deadline ({deadline_ms} ms)"),
+            )),
+            _ => self.verify(peer, cert_der, now_ms),
+        };
+        Ok(self.settle(peer, verdict))
+    }
+
+    /// `peer` answered that it has no certificate: reject it.
+    pub fn on_no_certificate(&mut self, peer: NodeId) -> Result<Verdict, AdmissionError> {
+        if !self.peers.contains_key(&peer) {
+            return Err(AdmissionError::UnknownPeer { peer });
+        }
+        let detail = "the peer presented no certificate".to_string();
+        Ok(self.settle(peer, Err((RejectReason::Missing, detail))))
+    }
+
+    fn verify(
+        &self,
+        peer: NodeId,
+        cert_der: &[u8],
+        now_ms: u64,
+    ) -> Result<VerifiedCert, (RejectReason, String)> {
+        if cert_der.len() > CERT_BYTES_MAX {
+            let detail = format!(
+                "certificate of {} bytes exceeds {CERT_BYTES_MAX}",
+                cert_der.len()
+            );
+            return Err((RejectReason::Invalid, detail));
+        }
+        let key = peer.verifying_key().map_err(|e| {
+            let detail = format!("the peer id is not an Ed25519 key: {e}");
+            (RejectReason::KeyMismatch, detail)
+        })?;
+        self.verifier
+            .verify(cert_der, Some(&key), unix_s(now_ms), &self.revocations)
+            .map_err(|e| (RejectReason::from_cert_error(&e), e.to_string()))
+    }
+
+    fn settle(
+        &mut self,
+        peer: NodeId,
+        outcome: Result<VerifiedCert, (RejectReason, String)>,
+    ) -> Verdict {
+        let (state, verdict) = match outcome {
+            Ok(cert) => (AdmissionState::Admitted { cert }, Verdict::Admitted),
+            Err((reason, detail)) => (
+                AdmissionState::Rejected { reason },
+                Verdict::Rejected { reason, detail },
+            ),
+        };
+        self.peers.insert(peer, state);
+        verdict
+    }
+
+    /// Applies timers at `now_ms`: waiting peers past their deadline are
+    /// rejected with [`RejectReason::Timeout`], admitted peers whose
+    /// certificate has expired with [`RejectReason::Expired`].
+    pub fn poll(&mut self, now_ms: u64) -> Vec<Rejection> {
+        let now_s = unix_s(now_ms);
+        let mut rejected = Vec::new();
+        for (peer, state) in &mut self.peers {
+            let reason = match state {
+                AdmissionState::AwaitingCertificate { deadline_ms } if now_ms >= *deadline_ms => {
+                    RejectReason::Timeout
+                }
+                AdmissionState::Admitted { cert } if now_s > cert.info.not_after_unix_s => {
+                    RejectReason::Expired
+                }
+                _ => continue,
+            };
+            *state = AdmissionState::Rejected { reason };
+            rejected.push(Rejection {
+                peer: *peer,
+                reason,
+            });
+        }
+        rejected
+    }
+
+    /// The earliest time [`Admission::poll`] can change something, if any.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.peers
+            .values()
+            .filter_map(|state| match state {
+                AdmissionState::AwaitingCertificate { deadline_ms } => Some(*deadline_ms),
+                AdmissionState::Admitted { cert } => {
+                    let after_s = u64::try_from(cert.info.not_after_unix_s).unwrap_or(0);
+                    Some(after_s.saturating_add(1).saturating_mul(1000))
+                }
+                AdmissionState::Rejected { .. } => None,
+            })
+            .min()
+    }
+
+    /// Learns a revocation (after checking the CA signature) and rejects
+    /// every admitted peer whose certificate it revokes: disconnect those.
+    pub fn on_revocation(
+        &mut self,
+        revocation: &SignedRevocation,
+    ) -> Result<Vec<Rejection>, AdmissionError> {
+        self.revocations
+            .insert(revocation, self.verifier.ca_key())
+            .map_err(AdmissionError::BadRevocation)?;
+        let serial = &revocation.entry.serial;
+        let mut rejected = Vec::new();
+        for (peer, state) in &mut self.peers {
+            if matches!(state, AdmissionState::Admitted { cert } if &cert.info.serial == serial) {
+                let reason = RejectReason::Revoked;
+                *state = AdmissionState::Rejected { reason };
+                rejected.push(Rejection {
+                    peer: *peer,
+                    reason,
+                });
+            }
+        }
+        Ok(rejected)
+    }
+
+    /// The connection to `peer` closed: forget it.
+    pub fn on_disconnected(&mut self, peer: &NodeId) {
+        self.peers.remove(peer);
+    }
+
+    /// Whether application messages from `peer` may be processed (only when admitted).
+    pub fn may_process(&self, peer: &NodeId) -> bool {
+        matches!(self.peers.get(peer), Some(AdmissionState::Admitted { .. }))
+    }
+
+    /// The state of `peer`, if connected.
+    pub fn state(&self, peer: &NodeId) -> Option<&AdmissionState> {
+        self.peers.get(peer)
+    }
+
+    /// The admitted peers and their certificates.
+    pub fn admitted(&self) -> impl Iterator<Item = (&NodeId, &VerifiedCert)> {
+        self.peers.iter().filter_map(|(peer, state)| match state {
+            AdmissionState::Admitted { cert } => Some((peer, cert)),
+            _ => None,
+        })
+    }
+
+    /// Number of connected peers, in any state.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is connected.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;
