@@ -65,20 +65,9 @@ impl From<&str> for JobId {
 /// BLAKE3 hash of a serialized model (the key it has in the content-addressed cache).
 pub type ModelHash = [u8; 32];
 
-/// What a member may do in the mesh (enforced by RBAC; recorded here).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Role {
-    /// Operates the mesh: jobs, certificates, membership.
-    Admin,
-    /// Votes in the Raft committee.
-    Committee,
-    /// Aggregates updates for a shard.
-    Aggregator,
-    /// Trains locally and submits updates.
-    Trainer,
-    /// Reads status and metrics only.
-    Observer,
-}
+/// What a member may do in the mesh: the RBAC roles of `mesh-security`, recorded
+/// here so the replicated membership and the certificates speak of the same roles.
+pub use mesh_security::rbac::Role;
 
 /// Why a certificate was revoked (a subset of the RFC 5280 reason codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
