@@ -13,6 +13,8 @@
 //!
 //! The roles take inputs and return outputs; they never touch sockets, clocks or
 //! files, so the in-process [`sim`] driver and the networked node run the same code.
+//! The [`cache`] holds content-addressed blobs (models by BLAKE3 hash) bounded in bytes.
 
+pub mod cache;
 pub mod round;
 pub mod sim;
