@@ -342,10 +342,17 @@ impl Simulation {
         Ok(updates)
     }
 
+    /// Lets the round's Byzantine participants replace their updates. Honest
+    /// updates are copied for the attackers to see only when there are attackers.
     fn apply_attacks(&self, updates: Vec<LocalUpdate>, round: u64) -> Vec<LocalUpdate> {
+        let is_honest =
+            |u: &LocalUpdate| matches!(self.participants[u.node].behaviour(), Behaviour::Honest);
+        if updates.iter().all(is_honest) {
+            return updates;
+        }
         let honest: Vec<Vec<f32>> = updates
             .iter()
-            .filter(|u| matches!(self.participants[u.node].behaviour(), Behaviour::Honest))
+            .filter(|u| is_honest(u))
             .map(|u| u.delta.clone())
             .collect();
         updates

@@ -173,7 +173,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut sim = Simulation::new(config, &mnist.train, mnist.test)?;
     print_header(&args, &sim);
     let reports = run_rounds(&mut sim, &args).map_err(explain_divergence)?;
-    let stopped_by_budget = (sim.rounds_done()) < args.rounds;
+    let stopped_by_budget = sim.rounds_done() < args.rounds;
     if stopped_by_budget {
         println!(
             "stopped after round {}: the next round would exceed the privacy budget",

@@ -38,7 +38,7 @@ impl<N: Network> BurnModel<N> {
         feature_count: usize,
         num_classes: usize,
     ) -> Result<Self, ModelError> {
-        let mut collector = ValueCollector::default();
+        let mut collector = FlatCollector::values(0);
         network.visit(&mut collector);
         let flat = collector.finish()?;
         Ok(Self {
@@ -54,20 +54,7 @@ impl<N: Network> BurnModel<N> {
     pub fn parameter_layout(&self) -> Vec<ParameterInfo> {
         let mut visitor = LayoutCollector::default();
         self.network.visit(&mut visitor);
-        let named = visitor.names.len() == visitor.shapes.len();
-        visitor
-            .shapes
-            .into_iter()
-            .enumerate()
-            .map(|(i, shape)| ParameterInfo {
-                name: if named {
-                    visitor.names[i].clone()
-                } else {
-                    format!("param{i}")
-                },
-                shape,
-            })
-            .collect()
+        visitor.layout
     }
 
     fn check_data(&self, data: &Dataset) -> Result<(), ModelError> {
@@ -112,7 +99,7 @@ impl<N: Network> BurnModel<N> {
             return Err(ModelError::Diverged { loss: loss_value });
         }
         let grads = loss.backward();
-        let mut collector = GradCollector::new(&grads, self.flat.len());
+        let mut collector = FlatCollector::gradients(&grads, self.flat.len());
         self.network.visit(&mut collector);
         let gradient = collector.finish()?;
         let (lr, mu) = (options.learning_rate, options.proximal_mu);
@@ -261,19 +248,27 @@ impl ModuleMapper for Assigner<'_> {
     }
 }
 
-/// Collects the gradient of every float parameter into one flat vector.
-struct GradCollector<'a> {
-    grads: &'a Gradients,
+/// Collects every float parameter, or its gradient when `grads` is given, into
+/// one flat vector in visiting order.
+struct FlatCollector<'a> {
+    grads: Option<&'a Gradients>,
     out: Vec<f32>,
     error: Option<ModelError>,
 }
 
-impl<'a> GradCollector<'a> {
-    fn new(grads: &'a Gradients, capacity: usize) -> Self {
+impl<'a> FlatCollector<'a> {
+    fn values(capacity: usize) -> Self {
         Self {
-            grads,
+            grads: None,
             out: Vec::with_capacity(capacity),
             error: None,
+        }
+    }
+
+    fn gradients(grads: &'a Gradients, capacity: usize) -> Self {
+        Self {
+            grads: Some(grads),
+            ..Self::values(capacity)
         }
     }
 
@@ -285,11 +280,18 @@ impl<'a> GradCollector<'a> {
     }
 }
 
-impl ModuleVisitor for GradCollector<'_> {
+impl ModuleVisitor for FlatCollector<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
+        let Some(grads) = self.grads else {
+            match to_vec(value.into_data()) {
+                Ok(v) => self.out.extend_from_slice(&v),
+                Err(e) => self.error = Some(e),
+            }
+            return;
+        };
         let n = value.shape().num_elements();
-        match value.grad(self.grads).map(|g| to_vec(g.into_data())) {
+        match value.grad(grads).map(|g| to_vec(g.into_data())) {
             Some(Ok(g)) if g.len() == n => self.out.extend_from_slice(&g),
             Some(Err(e)) => self.error = Some(e),
             // A parameter that did not take part in the loss has a zero gradient.
@@ -302,8 +304,7 @@ impl ModuleVisitor for GradCollector<'_> {
 #[derive(Default)]
 struct LayoutCollector {
     path: Vec<String>,
-    names: Vec<String>,
-    shapes: Vec<Vec<usize>>,
+    layout: Vec<ParameterInfo>,
 }
 
 impl ModuleVisitor for LayoutCollector {
@@ -316,32 +317,9 @@ impl ModuleVisitor for LayoutCollector {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.names.push(self.path.join("."));
-        self.shapes.push(param.val().shape().dims::<D>().to_vec());
-    }
-}
-
-/// Collects the values of every float parameter into one flat vector.
-#[derive(Default)]
-struct ValueCollector {
-    out: Vec<f32>,
-    error: Option<ModelError>,
-}
-
-impl ValueCollector {
-    fn finish(self) -> Result<Vec<f32>, ModelError> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.out),
-        }
-    }
-}
-
-impl ModuleVisitor for ValueCollector {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        match to_vec(param.val().into_data()) {
-            Ok(v) => self.out.extend_from_slice(&v),
-            Err(e) => self.error = Some(e),
-        }
+        self.layout.push(ParameterInfo {
+            name: self.path.join("."),
+            shape: param.val().shape().dims::<D>().to_vec(),
+        });
     }
 }

@@ -84,14 +84,6 @@ impl RoundAggregator {
         }
     }
 
-    /// Epsilon spent so far (0 without DP).
-    pub fn epsilon_spent(&self) -> Result<f64, AggregationError> {
-        match &self.dp {
-            Some(state) => Ok(state.ledger.epsilon_spent()?),
-            None => Ok(0.0),
-        }
-    }
-
     /// Aggregates `updates` into `global` (in place) for `round`; returns epsilon spent.
     pub fn aggregate(
         &mut self,

@@ -95,11 +95,6 @@ impl Participant {
         &self.behaviour
     }
 
-    /// Rows of private data.
-    pub fn samples(&self) -> usize {
-        self.data.len()
-    }
-
     /// Trains from `global` for one round and returns the update. With `dp`, the
     /// update is clipped and this node's share of the noise is added (`participants`
     /// nodes share the round).
