@@ -29,5 +29,6 @@ pub mod identity;
 pub mod keyfile;
 pub mod rbac;
 pub mod secagg;
+pub mod token;
 
 pub use identity::{NodeId, NodeIdentity};
