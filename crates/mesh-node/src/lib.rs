@@ -15,6 +15,8 @@
 //! files, so the in-process [`sim`] driver and the networked node run the same code.
 //! The [`cache`] holds content-addressed blobs (models by BLAKE3 hash) bounded in bytes.
 
+pub mod api;
 pub mod cache;
+pub mod config;
 pub mod round;
 pub mod sim;

@@ -194,8 +194,8 @@ mod tests {
             [1; 16],
         )
         .expect("ca");
-        let verifier = CertVerifier::new(ca.cert_der().to_vec(), &ca_pin(ca.cert_der()))
-            .expect("verifier");
+        let verifier =
+            CertVerifier::new(ca.cert_der().to_vec(), &ca_pin(ca.cert_der())).expect("verifier");
         let admin = NodeIdentity::from_seed(&[2; 32]);
         let cert = ca
             .issue(

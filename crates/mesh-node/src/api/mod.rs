@@ -1,0 +1,220 @@
+//! The node's HTTP API (axum): health, readiness, metrics, status, and the
+//! mutating endpoints behind an admin token.
+//!
+//! The API never reaches into the runtime's state. The runtime publishes a
+//! [`NodeSnapshot`] on a `watch` channel whenever something changes, and
+//! handlers read the latest one; writes go to the runtime as [`ApiCommand`]s
+//! on a bounded channel, each with its own reply. A slow or stuck runtime so
+//! cannot block reads, and a flood of writes cannot grow a queue without bound.
+//!
+//! | route              | who         | what                                              |
+//! |--------------------|-------------|---------------------------------------------------|
+//! | `GET /healthz`     | anyone      | 200 while the runtime loop is alive               |
+//! | `GET /readyz`      | anyone      | 200 once admitted to the mesh and connected       |
+//! | `GET /metrics`     | anyone      | Prometheus text format                            |
+//! | `GET /v1/status`   | anyone      | node id, mesh, uptime, counts                     |
+//! | `GET /v1/peers`    | anyone      | the peer table                                    |
+//! | `GET /v1/consensus`| anyone      | leader, term, commit index, voters, last snapshot |
+//! | `POST /v1/kv`      | admin token | commits a key-value command through the committee |
+
+mod auth;
+mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use auth::{AdminAuth, AuthError};
+pub use snapshot::{NodeSnapshot, PeerView, StatusView};
+
+/// Capacity of the queue from the API to the runtime; beyond it writes get 503.
+pub const COMMAND_QUEUE_CAPACITY: usize = 1_024;
+/// Largest key or value accepted by `POST /v1/kv`.
+pub const KV_FIELD_BYTES_MAX: usize = 4_096;
+
+/// A write the API asks the runtime to perform.
+#[derive(Debug)]
+pub enum ApiCommand {
+    /// Commit `key = value` through the committee.
+    PutKv {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<CommitView, String>>,
+    },
+}
+
+/// Where a committed write landed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitView {
+    /// Log index of the entry.
+    pub index: u64,
+    /// State hash after applying it (hex).
+    pub state_hash: String,
+}
+
+/// Body of `POST /v1/kv`.
+#[derive(Debug, Deserialize)]
+pub struct PutKvRequest {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The runtime's latest view of itself.
+    pub snapshot: watch::Receiver<Arc<NodeSnapshot>>,
+    /// Metrics, encoded on each scrape.
+    pub registry: Arc<Registry>,
+    /// Checks admin tokens.
+    pub auth: Arc<AdminAuth>,
+    /// Writes for the runtime.
+    pub commands: mpsc::Sender<ApiCommand>,
+}
+
+/// Limits applied to every request.
+#[derive(Clone, Copy, Debug)]
+pub struct ApiLimits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Requests slower than this get 408.
+    pub timeout_ms: u64,
+    /// Most requests in flight.
+    pub max_concurrent_requests: usize,
+}
+
+/// Builds the router with body, time and concurrency limits.
+pub fn router(state: ApiState, limits: ApiLimits) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/consensus", get(consensus))
+        .route("/v1/kv", post(put_kv))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(limits.timeout_ms),
+        ))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
+        .with_state(state)
+}
+
+/// An error reply: status code and a JSON `{"error": ...}` body.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn latest(state: &ApiState) -> Arc<NodeSnapshot> {
+    state.snapshot.borrow().clone()
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    if state.commands.is_closed() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "runtime stopped\n").into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let snapshot = latest(&state);
+    if snapshot.ready {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let reason = format!("not ready: {}\n", snapshot.not_ready_reason);
+        (StatusCode::SERVICE_UNAVAILABLE, reason).into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut text = String::new();
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        let message = format!("encoding metrics failed: {err}");
+        return ApiError(StatusCode::INTERNAL_SERVER_ERROR, message).into_response();
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+async fn status(State(state): State<ApiState>) -> Json<StatusView> {
+    Json(latest(&state).status.clone())
+}
+
+async fn peers(State(state): State<ApiState>) -> Json<Vec<PeerView>> {
+    Json(latest(&state).peers.clone())
+}
+
+async fn consensus(State(state): State<ApiState>) -> Response {
+    match &latest(&state).consensus {
+        Some(view) => Json(view.clone()).into_response(),
+        None => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node does not run consensus yet".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn put_kv(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<PutKvRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(err) = state
+        .auth
+        .check(&headers, mesh_security::rbac::Action::SubmitJob)
+    {
+        return ApiError(err.status(), err.to_string()).into_response();
+    }
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(err) => return ApiError(err.status(), err.body_text()).into_response(),
+    };
+    if request.key.len() > KV_FIELD_BYTES_MAX || request.value.len() > KV_FIELD_BYTES_MAX {
+        let message = format!("key and value are limited to {KV_FIELD_BYTES_MAX} bytes");
+        return ApiError(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    let (reply, outcome) = oneshot::channel();
+    let command = ApiCommand::PutKv {
+        key: request.key,
+        value: request.value,
+        reply,
+    };
+    if state.commands.try_send(command).is_err() {
+        let message = "the node is overloaded or stopping; retry later".to_string();
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    }
+    match outcome.await {
+        Ok(Ok(commit)) => Json(commit).into_response(),
+        Ok(Err(message)) => ApiError(StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
+        Err(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the runtime stopped before answering".into(),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,54 @@
+//! What the runtime publishes for the API: a read-only view of the node.
+
+use serde::{Deserialize, Serialize};
+
+/// The node as the API shows it; replaced whole on every change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeSnapshot {
+    /// True once the node is admitted to the mesh and connected to a peer.
+    pub ready: bool,
+    /// Why the node is not ready (empty when it is).
+    pub not_ready_reason: String,
+    /// `GET /v1/status`.
+    pub status: StatusView,
+    /// `GET /v1/peers`.
+    pub peers: Vec<PeerView>,
+    /// `GET /v1/consensus`, when the node runs the committee protocol.
+    pub consensus: Option<serde_json::Value>,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// This node's id (libp2p peer id of its key).
+    pub node_id: String,
+    /// The mesh it belongs to.
+    pub mesh_id: String,
+    /// The binary's version.
+    pub version: String,
+    /// Roles in its certificate.
+    pub roles: Vec<String>,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Addresses it listens on.
+    pub listen_addrs: Vec<String>,
+    /// Open connections to peers.
+    pub peers_connected: usize,
+    /// Peers whose certificate was accepted.
+    pub peers_admitted: usize,
+}
+
+/// One row of `GET /v1/peers`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The peer's id.
+    pub peer_id: String,
+    /// Known addresses.
+    pub addresses: Vec<String>,
+    /// connected, admitted, down or banned.
+    pub state: String,
+    /// Last ping round trip, if measured.
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds since anything was heard from it.
+    pub last_seen_ms_ago: Option<u64>,
+}

@@ -1,0 +1,615 @@
+//! The node's configuration: a TOML file, then environment overrides.
+//!
+//! Every field has a default that suits a development mesh on one machine, so
+//! the smallest file names only the key, the certificate and the CA. Paths in
+//! the file are taken relative to the file's folder. After the file, any
+//! `AGENT_MESH_*` variable listed in [`ENV_OVERRIDES`] replaces its field, so
+//! containers can share one file and differ by environment.
+//!
+//! ```toml
+//! mesh_id = "dev"
+//! data_dir = "node-1"
+//! [identity]
+//! key = "node-1/node.key.pem"
+//! cert = "node-1/node.cert.pem"
+//! ca_cert = "ca/ca.cert.pem"
+//! ca_pin = "ca/ca.pin"
+//! [network]
+//! listen = ["/ip4/127.0.0.1/tcp/0"]
+//! bootstrap = ["/ip4/127.0.0.1/tcp/7001"]
+//! [http]
+//! addr = "127.0.0.1:0"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest config file read (a config is a few hundred bytes).
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
+
+/// What is wrong with a configuration. Fix the file or variable and start again.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is larger than [`CONFIG_BYTES_MAX`].
+    #[error("config {path} is {size_bytes} bytes, the limit is {CONFIG_BYTES_MAX}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size_bytes: u64,
+    },
+    /// The TOML does not parse or has unknown fields.
+    #[error("config {path} is not valid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// An environment variable has a value that does not fit its field.
+    #[error("environment variable {name}={value:?} is not valid: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A field has a value out of range.
+    #[error("config field {field}: {message}")]
+    Invalid {
+        /// The field, in dotted form.
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The mesh this node belongs to; messages for other meshes are refused.
+    pub mesh_id: String,
+    /// Where the node keeps its durable state (Raft log, snapshots, runtime info).
+    pub data_dir: PathBuf,
+    /// Key, certificate and trust anchor.
+    pub identity: IdentityConfig,
+    /// Peer-to-peer network.
+    pub network: NetworkConfig,
+    /// HTTP API.
+    pub http: HttpConfig,
+    /// Raft committee.
+    pub consensus: ConsensusConfigFile,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Key, certificate and CA files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The node's private key (PKCS#8 PEM, mode 0600), from `agent-mesh keygen`.
+    pub key: PathBuf,
+    /// The node's certificate (PEM), from `agent-mesh ca issue`.
+    pub cert: PathBuf,
+    /// The mesh CA certificate (PEM).
+    pub ca_cert: PathBuf,
+    /// The CA pin: a file holding the hex SHA-256 of the CA certificate, or the hex itself.
+    pub ca_pin: String,
+}
+
+/// Peer-to-peer settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Multiaddresses to listen on (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Multiaddresses of peers to dial at start.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN with mDNS (on for development, off in production).
+    pub mdns: bool,
+    /// Connections the node tries to keep open.
+    pub target_peers: usize,
+    /// Most connections in total.
+    pub max_connections: u32,
+    /// How long a new peer has to present its certificate.
+    pub admission_deadline_ms: u64,
+    /// How long a refused peer stays banned.
+    pub ban_ms: u64,
+    /// Seed for reconnection jitter.
+    pub seed: u64,
+}
+
+/// HTTP API settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve on (`127.0.0.1:0` picks a free port; the chosen one is in `node.json`).
+    pub addr: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Requests slower than this are cut off.
+    pub timeout_ms: u64,
+    /// Most requests served at once; more wait in the listener backlog.
+    pub max_concurrent_requests: usize,
+}
+
+/// Raft committee settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsensusConfigFile {
+    /// Take part in the committee election (false: this node only follows).
+    pub enabled: bool,
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Snapshot after this many entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// A voter unreachable this long is replaced.
+    pub voter_down_limit_ms: u64,
+    /// Nodes expected before the committee forms (the first committee).
+    pub bootstrap_expect: usize,
+}
+
+/// Log output settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` for people, `json` for collectors.
+    pub format: LogFormat,
+    /// A tracing filter, such as `info` or `info,mesh_net=debug`.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            mesh_id: "agent-mesh".into(),
+            data_dir: PathBuf::from("agent-mesh-data"),
+            identity: IdentityConfig::default(),
+            network: NetworkConfig::default(),
+            http: HttpConfig::default(),
+            consensus: ConsensusConfigFile::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: Vec::new(),
+            mdns: false,
+            target_peers: 16,
+            max_connections: 256,
+            admission_deadline_ms: 5_000,
+            ban_ms: 60_000,
+            seed: 0,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:0".into(),
+            max_body_bytes: 1 << 20,
+            timeout_ms: 30_000,
+            max_concurrent_requests: 4_096,
+        }
+    }
+}
+
+impl Default for ConsensusConfigFile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_every_entries: 10_000,
+            voter_down_limit_ms: 15_000,
+            bootstrap_expect: 3,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// One environment override: the variable and what it sets.
+pub struct EnvOverride {
+    /// The variable name.
+    pub name: &'static str,
+    /// What the variable sets, for `--help`.
+    pub help: &'static str,
+    apply: fn(&mut NodeConfig, &str) -> Result<(), String>,
+}
+
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn number<T: std::str::FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| e.to_string())
+}
+
+/// The variables read after the file, in the order they are applied.
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        name: "AGENT_MESH_MESH_ID",
+        help: "mesh_id",
+        apply: |c, v| {
+            c.mesh_id = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_DATA_DIR",
+        help: "data_dir",
+        apply: |c, v| {
+            c.data_dir = v.into();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_KEY",
+        help: "identity.key",
+        apply: |c, v| {
+            c.identity.key = v.into();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_CERT",
+        help: "identity.cert",
+        apply: |c, v| {
+            c.identity.cert = v.into();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_CA_CERT",
+        help: "identity.ca_cert",
+        apply: |c, v| {
+            c.identity.ca_cert = v.into();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_CA_PIN",
+        help: "identity.ca_pin",
+        apply: |c, v| {
+            c.identity.ca_pin = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_LISTEN",
+        help: "network.listen (comma-separated)",
+        apply: |c, v| {
+            c.network.listen = list(v);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_BOOTSTRAP",
+        help: "network.bootstrap (comma-separated)",
+        apply: |c, v| {
+            c.network.bootstrap = list(v);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_MDNS",
+        help: "network.mdns (true/false)",
+        apply: |c, v| {
+            c.network.mdns = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_HTTP_ADDR",
+        help: "http.addr",
+        apply: |c, v| {
+            c.http.addr = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_BOOTSTRAP_EXPECT",
+        help: "consensus.bootstrap_expect",
+        apply: |c, v| {
+            c.consensus.bootstrap_expect = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_LOG_FORMAT",
+        help: "log.format (text/json)",
+        apply: |c, v| {
+            c.log.format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(format!("{other:?} is neither text nor json")),
+            };
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_LOG",
+        help: "log.level (a tracing filter)",
+        apply: |c, v| {
+            c.log.level = v.to_owned();
+            Ok(())
+        },
+    },
+];
+
+impl NodeConfig {
+    /// Reads `path`, resolves its relative paths against the file's folder,
+    /// applies environment overrides from `env` and validates the result.
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut config = Self::from_file(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a config file without overrides or validation.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let read_err = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let size_bytes = std::fs::metadata(path).map_err(read_err)?.len();
+        if size_bytes > CONFIG_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                size_bytes,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_err)?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if !p.as_os_str().is_empty() && p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        join(&mut self.data_dir);
+        join(&mut self.identity.key);
+        join(&mut self.identity.cert);
+        join(&mut self.identity.ca_cert);
+        let pin_path = base.join(&self.identity.ca_pin);
+        if !self.identity.ca_pin.is_empty() && !is_hex_pin(&self.identity.ca_pin) {
+            self.identity.ca_pin = pin_path.to_string_lossy().into_owned();
+        }
+    }
+
+    /// Applies every variable of [`ENV_OVERRIDES`] that `env` knows.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for item in ENV_OVERRIDES {
+            if let Some(value) = env(item.name) {
+                (item.apply)(self, &value).map_err(|message| ConfigError::Env {
+                    name: item.name,
+                    value,
+                    message,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and that required fields are set.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.mesh_id.is_empty() || self.mesh_id.len() > 64 {
+            return invalid("mesh_id", "must be 1 to 64 characters");
+        }
+        for (field, path) in [
+            ("identity.key", &self.identity.key),
+            ("identity.cert", &self.identity.cert),
+            ("identity.ca_cert", &self.identity.ca_cert),
+        ] {
+            if path.as_os_str().is_empty() {
+                return invalid(field, "is required (a file path)");
+            }
+        }
+        if self.identity.ca_pin.is_empty() {
+            return invalid("identity.ca_pin", "is required (hex SHA-256 or a file)");
+        }
+        if self.network.listen.is_empty() {
+            return invalid("network.listen", "needs at least one address");
+        }
+        if self.network.target_peers == 0 || self.network.max_connections == 0 {
+            return invalid(
+                "network.target_peers",
+                "target_peers and max_connections must be at least 1",
+            );
+        }
+        let c = &self.consensus;
+        if c.heartbeat_ms == 0 || c.election_timeout_min_ms <= c.heartbeat_ms * 2 {
+            return invalid(
+                "consensus.election_timeout_min_ms",
+                "must exceed twice heartbeat_ms (and heartbeat_ms must be positive)",
+            );
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return invalid(
+                "consensus.election_timeout_max_ms",
+                "must exceed election_timeout_min_ms",
+            );
+        }
+        if !(1..=7).contains(&c.bootstrap_expect) {
+            return invalid("consensus.bootstrap_expect", "must be 1 to 7");
+        }
+        if self.http.max_body_bytes == 0 || self.http.max_concurrent_requests == 0 {
+            return invalid(
+                "http.max_body_bytes",
+                "max_body_bytes and max_concurrent_requests must be positive",
+            );
+        }
+        Ok(())
+    }
+
+    /// The CA pin bytes: the hex in the field, or the hex in the file it names.
+    pub fn ca_pin_bytes(&self) -> Result<[u8; 32], ConfigError> {
+        let text = if is_hex_pin(&self.identity.ca_pin) {
+            self.identity.ca_pin.clone()
+        } else {
+            std::fs::read_to_string(&self.identity.ca_pin).map_err(|source| ConfigError::Read {
+                path: PathBuf::from(&self.identity.ca_pin),
+                source,
+            })?
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            field: "identity.ca_pin",
+            message,
+        };
+        let bytes = hex::decode(text.trim()).map_err(|e| invalid(e.to_string()))?;
+        bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| invalid(format!("{} bytes, a pin is 32", b.len())))
+    }
+}
+
+fn is_hex_pin(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    const MINIMAL: &str = r#"
+mesh_id = "dev"
+[identity]
+key = "k.pem"
+cert = "c.pem"
+ca_cert = "ca.pem"
+ca_pin = "ca.pin"
+"#;
+
+    #[test]
+    fn minimal_file_gets_defaults_and_paths_relative_to_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), |_| None).expect("load");
+        assert_eq!(config.mesh_id, "dev");
+        assert_eq!(config.identity.key, dir.path().join("k.pem"));
+        assert_eq!(
+            config.identity.ca_pin,
+            dir.path().join("ca.pin").to_string_lossy()
+        );
+        assert_eq!(config.network, NetworkConfig::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let env = |name: &str| match name {
+            "AGENT_MESH_BOOTSTRAP" => Some("/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2".into()),
+            "AGENT_MESH_LOG_FORMAT" => Some("json".into()),
+            _ => None,
+        };
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect("load");
+        assert_eq!(config.network.bootstrap.len(), 2);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_the_field_or_variable() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = write(dir.path(), MINIMAL);
+        let env = |name: &str| (name == "AGENT_MESH_MDNS").then(|| "maybe".to_string());
+        let err = NodeConfig::load(&path, env).expect_err("bad env");
+        assert!(err.to_string().contains("AGENT_MESH_MDNS"), "{err}");
+
+        let text = format!("{MINIMAL}\n[consensus]\nheartbeat_ms = 400\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("range");
+        assert!(err.to_string().contains("election_timeout_min_ms"), "{err}");
+
+        let err = NodeConfig::load(&write(dir.path(), "colour = 1\n"), |_| None)
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("colour"), "{err}");
+
+        let err = NodeConfig::load(&write(dir.path(), "mesh_id = \"x\"\n"), |_| None)
+            .expect_err("missing key");
+        assert!(err.to_string().contains("identity.key"), "{err}");
+    }
+
+    #[test]
+    fn pin_is_read_from_hex_or_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hex_pin = "ab".repeat(32);
+        std::fs::write(dir.path().join("ca.pin"), format!("{hex_pin}\n")).expect("pin");
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), |_| None).expect("load");
+        assert_eq!(config.ca_pin_bytes().expect("pin"), [0xab; 32]);
+        let mut inline = config.clone();
+        inline.identity.ca_pin = "cd".repeat(32);
+        assert_eq!(inline.ca_pin_bytes().expect("pin"), [0xcd; 32]);
+        inline.identity.ca_pin = dir.path().join("missing").to_string_lossy().into();
+        assert!(inline.ca_pin_bytes().is_err());
+    }
+}
