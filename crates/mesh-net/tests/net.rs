@@ -25,6 +25,14 @@ async fn five_nodes_with_one_bootstrap_address_are_all_admitted_over_tcp() {
         assert!(admitted.iter().all(|p| !p.addresses.is_empty()));
         assert!(node.metrics_text().contains("mesh_net_peers_admitted 4"));
     }
+    eventually("ping measured an RTT", || async {
+        let peers = nodes[0].handle.peers().await;
+        peers
+            .iter()
+            .all(|p| p.rtt_ms.is_some() && p.last_seen_ms.is_some())
+            .then_some(())
+    })
+    .await;
     for node in nodes {
         node.handle.shutdown().await;
     }
@@ -382,4 +390,89 @@ async fn a_stopped_node_is_marked_down_and_rejoins_with_the_same_key() {
         .await
         .unwrap();
     assert_eq!(answer, b"welcome back");
+}
+
+/// Waits for `node` to refuse `peer` and returns the reason label.
+async fn refusal_reason(node: &mut Node, refused: mesh_net::PeerId) -> String {
+    node.next_event(|event| match event {
+        NetEvent::PeerRejected { peer, reason } if *peer == refused => Some(reason.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_key_is_refused() {
+    let ca = TestCa::new(11);
+    let mut good = start_mesh(&ca, 1, TransportKind::Memory).await.remove(0);
+    let borrowed = ca.issue(&identity(6), 60).der;
+    let impostor = Node::start(config(
+        &ca,
+        identity(5),
+        borrowed,
+        TransportKind::Memory,
+        vec![good.addr().await],
+    ))
+    .await;
+    assert_eq!(
+        refusal_reason(&mut good, impostor.peer_id()).await,
+        "key_mismatch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_mesh_name_is_refused() {
+    let ca = TestCa::new(12);
+    let mut good = start_mesh(&ca, 1, TransportKind::Memory).await.remove(0);
+    let mut other = config(
+        &ca,
+        identity(4),
+        ca.issue(&identity(4), 40).der,
+        TransportKind::Memory,
+        vec![good.addr().await],
+    );
+    other.mesh_id = "another-mesh".into();
+    let other = Node::start(other).await;
+    assert_eq!(
+        refusal_reason(&mut good, other.peer_id()).await,
+        "wrong_mesh"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_presents_a_certificate_is_refused_at_the_deadline() {
+    use libp2p::swarm::{dummy, Swarm};
+    let ca = TestCa::new(13);
+    let mut node_config = config(
+        &ca,
+        identity(0),
+        ca.issue(&identity(0), 1).der,
+        TransportKind::Memory,
+        vec![],
+    );
+    node_config.timing.admission_deadline = std::time::Duration::from_millis(500);
+    let mut node = Node::start(node_config).await;
+    // A bare libp2p node: real Noise handshake, no certificate protocol.
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let silent_id = keypair.public().to_peer_id();
+    let transport = mesh_net::transport::build(TransportKind::Memory, &keypair).unwrap();
+    let mut silent = Swarm::new(
+        transport,
+        dummy::Behaviour,
+        silent_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(std::time::Duration::from_secs(60)),
+    );
+    silent.dial(node.addr().await).unwrap();
+    let driver = tokio::spawn(async move {
+        use futures::StreamExt;
+        loop {
+            silent.select_next_some().await;
+        }
+    });
+    assert_eq!(refusal_reason(&mut node, silent_id).await, "timeout");
+    assert!(node
+        .metrics_text()
+        .contains("mesh_net_admission_rejections_total{reason=\"timeout\"} 1"));
+    driver.abort();
 }
