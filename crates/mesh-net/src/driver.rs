@@ -55,10 +55,9 @@ fn ms(duration: Duration) -> u64 {
 /// Where the answer to an outbound request goes.
 type RequestReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 
-type InboundAnswer = (
-    Result<Result<Vec<u8>, String>, oneshot::error::RecvError>,
-    ResponseChannel<WireResponse>,
-);
+/// The application's answer to an inbound request (`Err` when it dropped the
+/// request or did not answer within the request timeout), and where it goes.
+type InboundAnswer = (Result<Vec<u8>, String>, ResponseChannel<WireResponse>);
 
 /// Settings the driver keeps from the configuration.
 struct Settings {
@@ -70,6 +69,7 @@ struct Settings {
     gossip_bytes_max: usize,
     outbound_requests_max: usize,
     inbound_requests_max: usize,
+    request_timeout: Duration,
     tick: Duration,
 }
 
@@ -191,6 +191,7 @@ impl Driver {
             gossip_bytes_max: config.sizes.gossip_bytes_max,
             outbound_requests_max: config.queues.outbound_requests_max,
             inbound_requests_max: config.queues.inbound_requests_max,
+            request_timeout: config.timing.request_timeout,
             tick: config.timing.tick,
         };
         Ok(Self {

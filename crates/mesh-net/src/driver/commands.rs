@@ -172,17 +172,13 @@ impl Driver {
             .collect()
     }
 
-    /// The application answered an inbound request (or dropped it).
+    /// The application answered an inbound request (or dropped it, or timed out).
     pub(super) fn on_inbound_answer(&mut self, (answer, channel): InboundAnswer) {
-        let response = match answer {
-            Ok(Ok(body)) => {
-                self.metrics
-                    .bytes(Kind::Response, Direction::Out, body.len());
-                Ok(body)
-            }
-            Ok(Err(text)) => Err(text),
-            Err(_) => Err("the application dropped the request".to_string()),
-        };
+        if let Ok(body) = &answer {
+            self.metrics
+                .bytes(Kind::Response, Direction::Out, body.len());
+        }
+        let response = answer;
         let result = if response.is_ok() { "ok" } else { "error" };
         self.metrics.message(Kind::Response, Direction::Out, result);
         let sent = self

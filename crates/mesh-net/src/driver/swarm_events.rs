@@ -384,8 +384,16 @@ impl Driver {
         }
         self.metrics
             .message(Kind::Request, Direction::In, "delivered");
-        self.inbound
-            .push(async move { (answer.await, channel) }.boxed());
+        let timeout = self.settings.request_timeout;
+        let answer = async move {
+            let answer = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err("the application dropped the request".to_string()),
+                Err(_) => Err("the application did not answer in time".to_string()),
+            };
+            (answer, channel)
+        };
+        self.inbound.push(answer.boxed());
     }
 
     fn on_gossip(
