@@ -476,3 +476,47 @@ async fn a_peer_that_never_presents_a_certificate_is_refused_at_the_deadline() {
         .contains("mesh_net_admission_rejections_total{reason=\"timeout\"} 1"));
     driver.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_application_refuses_or_drops_fails_at_the_requester() {
+    let ca = TestCa::new(14);
+    let client = start_mesh(&ca, 1, TransportKind::Memory).await.remove(0);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let server_config = config(
+        &ca,
+        identity(1),
+        ca.issue(&identity(1), 2).der,
+        TransportKind::Memory,
+        vec![client.addr().await],
+    );
+    let (server, mut events) = mesh_net::spawn(server_config, &mut registry).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let NetEvent::Request {
+                protocol, respond, ..
+            } = event
+            {
+                if protocol == "refuse" {
+                    let _ = respond.send(Err("unknown model".into()));
+                }
+                // Any other request is dropped unanswered.
+            }
+        }
+    });
+    let server_id = server.local_peer_id();
+    eventually("server admitted", || async {
+        client.admitted().await.contains(&server_id).then_some(())
+    })
+    .await;
+    let refused = client.handle.request(server_id, "refuse", vec![1]).await;
+    assert!(
+        matches!(&refused, Err(NetError::Remote { reason, .. }) if reason == "unknown model"),
+        "{refused:?}"
+    );
+    let dropped = client.handle.request(server_id, "drop", vec![2]).await;
+    assert!(
+        matches!(dropped, Err(NetError::Remote { .. })),
+        "{dropped:?}"
+    );
+    server.shutdown().await;
+}
