@@ -325,6 +325,8 @@ impl Driver {
             self.admission.on_disconnected(&node);
         }
         self.swarm.behaviour_mut().keep_alive.set(peer, false);
+        // Kademlia would otherwise hand the peer out and dial it in queries.
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
         self.refresh_gauges();
         self.emit(NetEvent::PeerRejected {
             peer,
