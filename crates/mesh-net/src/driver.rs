@@ -114,6 +114,58 @@ fn validate(config: &NetConfig) -> Result<(), NetError> {
     }
 }
 
+/// The swarm of `config`, listening on its addresses.
+fn build_swarm(config: &NetConfig) -> Result<Swarm<MeshBehaviour>, NetError> {
+    let keypair = ids::keypair(&config.identity)?;
+    let transport = transport::build(config.transport, &keypair)?;
+    let behaviour = MeshBehaviour::new(&keypair, config)?;
+    let swarm_config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(config.limits.idle_timeout);
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        keypair.public().to_peer_id(),
+        swarm_config,
+    );
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Transport(format!("cannot listen on {addr}: {e}")))?;
+    }
+    Ok(swarm)
+}
+
+/// The peer table (keyed by peer id) and the bootstrap table (keyed by
+/// address, holding every bootstrap address).
+fn peer_tables(config: &NetConfig) -> Result<(PeerTable<PeerId>, PeerTable<Multiaddr>), NetError> {
+    let backoff = Backoff {
+        base_ms: ms(config.timing.redial_base).max(1),
+        max_ms: ms(config.timing.redial_max).max(1),
+    };
+    let silence_timeout_ms = ms(config.timing.ping_interval)
+        .saturating_mul(4)
+        .max(ms(config.timing.admission_deadline).saturating_mul(2));
+    let table = PeerTableConfig {
+        peers_max: config.peers_max,
+        connections_target: config.target_peers,
+        backoff,
+        silence_timeout_ms,
+        seed: config.seed,
+    };
+    let mut bootstrap = PeerTable::new(PeerTableConfig {
+        connections_target: config.bootstrap.len(),
+        seed: config.seed ^ 0x5eed,
+        ..table
+    });
+    let now = now_ms();
+    for addr in &config.bootstrap {
+        bootstrap
+            .insert(addr.clone(), now)
+            .map_err(|e| NetError::Config(format!("bootstrap list: {e}")))?;
+    }
+    Ok((PeerTable::new(table), bootstrap))
+}
+
 impl Driver {
     /// Builds the swarm and starts listening.
     pub(crate) fn new(
@@ -123,22 +175,7 @@ impl Driver {
         events: mpsc::Sender<NetEvent>,
     ) -> Result<Self, NetError> {
         validate(&config)?;
-        let keypair = ids::keypair(&config.identity)?;
-        let transport = transport::build(config.transport, &keypair)?;
-        let behaviour = MeshBehaviour::new(&keypair, &config)?;
-        let swarm_config = libp2p::swarm::Config::with_tokio_executor()
-            .with_idle_connection_timeout(config.limits.idle_timeout);
-        let mut swarm = Swarm::new(
-            transport,
-            behaviour,
-            keypair.public().to_peer_id(),
-            swarm_config,
-        );
-        for addr in &config.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetError::Transport(format!("cannot listen on {addr}: {e}")))?;
-        }
+        let swarm = build_swarm(&config)?;
         let cert_message = CertMessage {
             mesh_id: config.mesh_id.clone(),
             cert_der: config.certificate_der.clone(),
@@ -154,31 +191,7 @@ impl Driver {
         );
         let bans = BanList::new(config.peers_max)
             .map_err(|e| NetError::Config(format!("ban list: {e}")))?;
-        let backoff = Backoff {
-            base_ms: ms(config.timing.redial_base).max(1),
-            max_ms: ms(config.timing.redial_max).max(1),
-        };
-        let silence_timeout_ms = ms(config.timing.ping_interval)
-            .saturating_mul(4)
-            .max(ms(config.timing.admission_deadline).saturating_mul(2));
-        let table = PeerTableConfig {
-            peers_max: config.peers_max,
-            connections_target: config.target_peers,
-            backoff,
-            silence_timeout_ms,
-            seed: config.seed,
-        };
-        let mut bootstrap = PeerTable::new(PeerTableConfig {
-            connections_target: config.bootstrap.len(),
-            seed: config.seed ^ 0x5eed,
-            ..table
-        });
-        let now = now_ms();
-        for addr in &config.bootstrap {
-            bootstrap
-                .insert(addr.clone(), now)
-                .map_err(|e| NetError::Config(format!("bootstrap list: {e}")))?;
-        }
+        let (peers, bootstrap) = peer_tables(&config)?;
         if config.transport == TransportKind::Memory && config.mdns {
             tracing::warn!("mDNS is not available on the memory transport; ignored");
         }
@@ -200,7 +213,7 @@ impl Driver {
             settings,
             admission,
             bans,
-            peers: PeerTable::new(table),
+            peers,
             bootstrap,
             bootstrap_dials: HashMap::new(),
             book: AddressBook::new(config.peers_max),
