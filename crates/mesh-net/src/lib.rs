@@ -1,40 +1,66 @@
-//! Agent Mesh networking core: the decisions a node's network layer makes,
-//! kept free of sockets, clocks and threads so they can be tested exactly and
-//! driven by either the libp2p swarm or the in-memory simulator.
+//! Agent Mesh networking: a libp2p swarm (transports, certificate admission,
+//! discovery, gossip, direct requests) around state machines that make every
+//! decision without sockets, clocks or threads.
 //!
-//! Every input carries the current time (`now_ms`, milliseconds since the Unix
-//! epoch) and every random choice comes from a seeded generator, so the same
-//! inputs always give the same outputs.
+//! The sans-I/O core takes the current time (`now_ms`, milliseconds since the
+//! Unix epoch) with every input and draws every random choice from a seeded
+//! generator, so the same inputs always give the same outputs; the driver is
+//! the only place with I/O.
 //!
 //! ```text
-//!        network driver (libp2p swarm or in-memory network)
-//!          | connected / certificate / closed / ping / timer (now_ms)
-//!          v
-//!   +--------------------------------------------------------------+
-//!   | admission  per connection: awaiting certificate -> admitted  |
-//!   |            or rejected(reason); revocations and expiry later |
-//!   |            reject admitted peers; may_process() gates input  |
-//!   | ban        bounded list of rejected peers with expiry        |
-//!   | peers      bounded table: state, RTT, last seen; backoff     |
-//!   |            with seeded jitter; silence -> down; whom to dial |
-//!   +--------------------------------------------------------------+
-//!          | actions: disconnect, ban, dial, metrics labels
-//!          v
-//!        network driver
+//!   application (mesh-node)
+//!     │ NetHandle: dial, request, publish, subscribe, peers, revoke   ▲ NetEvent (bounded)
+//!     v                                                                │
+//!   +-- driver (one tokio task) ---------------------------------------+-----+
+//!   |  swarm: transport (TCP+Noise+Yamux, QUIC | Memory+Noise+Yamux)         |
+//!   |         limits · identify · ping · kad · mdns · gossipsub ·             |
+//!   |         cert exchange (/agent-mesh/cert/1) · rpc (/agent-mesh/rpc/1)    |
+//!   |      events │                                   ▲ actions               |
+//!   |             v                                   │                       |
+//!   |  admission  per connection: awaiting certificate -> admitted | rejected |
+//!   |  ban        bounded list of rejected peers with expiry                  |
+//!   |  peers      bounded table: state, RTT, last seen; backoff with jitter   |
+//!   |  discovery  bounded address book                                        |
+//!   |  gossip     envelope verification before forwarding (accept/reject)     |
+//!   +-------------------------------------------------------------------------+
 //! ```
 //!
-//! The driver owns one of each per node. On a new connection it first asks
-//! [`ban::BanList::is_banned`], then [`admission::Admission::on_connected`];
-//! every rejection it gets back means "disconnect and ban"; it calls
-//! [`peers::PeerTable::peers_to_dial`] on a timer to keep the target number of
-//! connections.
+//! On a new connection the driver first asks [`ban::BanList::is_banned`], then
+//! [`admission::Admission::on_connected`]; the dialer sends its certificate
+//! ([`cert_exchange`]) and the listener answers with its own. Every rejection
+//! means "disconnect and ban". Until a peer is admitted its requests are
+//! answered with an error and its gossip is not delivered or forwarded. On a
+//! timer the driver applies admission deadlines and dials peers from
+//! [`peers::PeerTable::peers_to_dial`] and the bootstrap list to keep
+//! [`NetConfig::target_peers`] admitted peers.
 
 pub mod admission;
 pub mod ban;
+pub mod behaviour;
+pub mod bench;
+pub mod cert_exchange;
+pub mod codec;
+pub mod config;
+pub mod discovery;
+mod driver;
+pub mod error;
+pub mod gossip;
+pub mod handle;
+pub mod ids;
+pub mod keep_alive;
+pub mod metrics;
 pub mod peers;
+pub mod transport;
 
 pub use admission::{
     Admission, AdmissionConfig, AdmissionError, AdmissionState, RejectReason, Rejection, Verdict,
 };
 pub use ban::{BanEntry, BanError, BanList};
-pub use peers::{Backoff, PeerError, PeerInfo, PeerState, PeerTable, PeerTableConfig};
+pub use config::{
+    envelope_mesh_id, ConnectionLimits, NetConfig, QueueLimits, SizeLimits, Timing, TransportKind,
+};
+pub use error::NetError;
+pub use handle::{spawn, NetEvent, NetHandle, PeerInfo, PeerStatus};
+pub use libp2p::{multiaddr, Multiaddr, PeerId};
+pub use metrics::NetMetrics;
+pub use peers::{Backoff, PeerError, PeerState, PeerTable, PeerTableConfig};

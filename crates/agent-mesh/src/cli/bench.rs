@@ -13,6 +13,8 @@ pub enum BenchCommand {
     Secagg(SecaggArgs),
     /// Final accuracy of every (attack x aggregation rule) pair on MNIST.
     Robustness(Box<super::robustness::RobustnessArgs>),
+    /// Gossip time-to-all over in-process nodes and blob throughput over loopback TCP.
+    Net(super::bench_net::NetArgs),
 }
 
 /// Flags of `agent-mesh bench aggregators`.
@@ -42,6 +44,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Aggregators(args) => aggregators(args),
         BenchCommand::Secagg(args) => secagg(args),
         BenchCommand::Robustness(args) => super::robustness::run(*args),
+        BenchCommand::Net(args) => super::bench_net::run(args),
     }
 }
 

@@ -1,0 +1,98 @@
+//! `agent-mesh bench net`: gossip time-to-all over in-process nodes (memory
+//! transport) and request-response throughput of large blobs over loopback TCP.
+
+use clap::Args;
+use comfy_table::Table;
+use mesh_net::bench;
+
+/// Flags of `agent-mesh bench net`.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// Mesh sizes for the gossip measurement (comma-separated).
+    #[arg(long, value_name = "N", value_delimiter = ',', default_values_t = [100])]
+    pub nodes: Vec<usize>,
+    /// Messages published per mesh size.
+    #[arg(long, default_value_t = 50)]
+    pub messages: usize,
+    /// Blob sizes in MiB for the throughput measurement (comma-separated).
+    #[arg(long, value_name = "MIB", value_delimiter = ',', default_values_t = [1, 64])]
+    pub blob_mib: Vec<usize>,
+    /// Total MiB sent per blob size (at least one request each).
+    #[arg(long, default_value_t = 512)]
+    pub volume_mib: usize,
+    /// Seed of identities and topology.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs both measurements and prints them.
+pub fn run(args: NetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.nodes.iter().all(|&n| n >= 2),
+        "--nodes values must be at least 2"
+    );
+    anyhow::ensure!(args.messages >= 1, "--messages must be at least 1");
+    anyhow::ensure!(
+        args.blob_mib.iter().all(|&m| m >= 1),
+        "--blob-mib values must be at least 1"
+    );
+    let mut gossip = Vec::new();
+    for &n in &args.nodes {
+        gossip.push(bench::gossip_time_to_all(n, args.messages, args.seed)?);
+    }
+    let sizes: Vec<(usize, usize)> = args
+        .blob_mib
+        .iter()
+        .map(|&mib| (mib << 20, (args.volume_mib / mib).max(1)))
+        .collect();
+    let throughput = bench::request_throughput(&sizes, args.seed)?;
+    if args.json {
+        let json = serde_json::json!({
+            "gossip": gossip.iter().map(|g| serde_json::json!({
+                "nodes": g.nodes, "messages": g.messages, "delivered": g.delivered,
+                "p50_ms": g.p50_ms, "p99_ms": g.p99_ms, "setup_s": g.setup_s,
+            })).collect::<Vec<_>>(),
+            "throughput": throughput.iter().map(|t| serde_json::json!({
+                "blob_bytes": t.blob_bytes, "transfers": t.transfers,
+                "seconds": t.seconds, "gb_per_s": t.gb_per_s,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header([
+        "nodes",
+        "messages",
+        "delivered",
+        "p50 (ms)",
+        "p99 (ms)",
+        "setup (s)",
+    ]);
+    for g in &gossip {
+        table.add_row([
+            g.nodes.to_string(),
+            g.messages.to_string(),
+            g.delivered.to_string(),
+            format!("{:.1}", g.p50_ms),
+            format!("{:.1}", g.p99_ms),
+            format!("{:.1}", g.setup_s),
+        ]);
+    }
+    println!("gossip time-to-all (memory transport, one process)\n{table}");
+    let mut table = Table::new();
+    table.set_header(["blob (MiB)", "requests", "time (s)", "GB/s"]);
+    for t in &throughput {
+        table.add_row([
+            (t.blob_bytes >> 20).to_string(),
+            t.transfers.to_string(),
+            format!("{:.2}", t.seconds),
+            format!("{:.3}", t.gb_per_s),
+        ]);
+    }
+    println!("request-response throughput (TCP + Noise + Yamux on 127.0.0.1)\n{table}");
+    Ok(())
+}

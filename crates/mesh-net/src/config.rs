@@ -1,0 +1,228 @@
+//! Configuration of a node's network layer: who it is, which mesh it joins,
+//! where it listens and whom it dials first, and every limit it enforces.
+//!
+//! [`NetConfig::new`] fills in defaults that suit a production node; tests and
+//! the simulator change [`NetConfig::transport`] to [`TransportKind::Memory`]
+//! and shorten the timers.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use mesh_security::ca::CertVerifier;
+use mesh_security::envelope::MeshId;
+use mesh_security::NodeIdentity;
+
+/// Which transports the swarm speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP + Noise + Yamux, and QUIC (TLS 1.3) beside it: `/ip4/../tcp/..` and
+    /// `/ip4/../udp/../quic-v1` addresses.
+    Network,
+    /// libp2p's in-process `MemoryTransport` + Noise + Yamux: `/memory/N`
+    /// addresses, for tests and the simulator (many nodes in one process).
+    Memory,
+}
+
+/// Connection limits enforced by the swarm before any protocol runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConnectionLimits {
+    /// Established connections in total.
+    pub established_max: u32,
+    /// Established connections to one peer.
+    pub established_per_peer_max: u32,
+    /// Incoming connections still in their handshake.
+    pub pending_incoming_max: u32,
+    /// Outgoing dials still in their handshake.
+    pub pending_outgoing_max: u32,
+    /// A connection with no stream in use for this long is closed.
+    pub idle_timeout: Duration,
+    /// Refuse new connections while the process uses more than this fraction
+    /// of physical memory (`None`: no memory limit).
+    pub memory_fraction_max: Option<f64>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            established_max: 256,
+            established_per_peer_max: 2,
+            pending_incoming_max: 64,
+            pending_outgoing_max: 64,
+            idle_timeout: Duration::from_secs(60),
+            memory_fraction_max: Some(0.9),
+        }
+    }
+}
+
+/// Message size limits, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeLimits {
+    /// Largest request payload sent or accepted (direct transfers, model blobs).
+    pub request_bytes_max: usize,
+    /// Largest response payload sent or accepted.
+    pub response_bytes_max: usize,
+    /// Largest gossip message (an encoded envelope).
+    pub gossip_bytes_max: usize,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        Self {
+            request_bytes_max: 256 * 1024 * 1024,
+            response_bytes_max: 256 * 1024 * 1024,
+            gossip_bytes_max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Queue bounds of the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Events buffered for the application; when full, new gossip is dropped
+    /// and new requests are answered "busy" (counted in metrics).
+    pub events_max: usize,
+    /// Commands from [`crate::NetHandle`]s buffered for the driver.
+    pub commands_max: usize,
+    /// Outbound requests awaiting a response.
+    pub outbound_requests_max: usize,
+    /// Inbound requests handed to the application and awaiting its answer.
+    pub inbound_requests_max: usize,
+    /// Concurrent request-response streams per protocol (libp2p bound).
+    pub streams_max: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            events_max: 1024,
+            commands_max: 256,
+            outbound_requests_max: 256,
+            inbound_requests_max: 64,
+            streams_max: 32,
+        }
+    }
+}
+
+/// Timers of the network layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a connected peer has to present its certificate.
+    pub admission_deadline: Duration,
+    /// How long a refused peer is kept out.
+    pub ban_duration: Duration,
+    /// Timeout of one request (sending the request and receiving the response).
+    pub request_timeout: Duration,
+    /// Interval between pings on each connection (RTT and liveness).
+    pub ping_interval: Duration,
+    /// Gossipsub heartbeat (mesh maintenance).
+    pub gossip_heartbeat: Duration,
+    /// How often the driver runs its timers (admission deadlines, bans, dialing).
+    pub tick: Duration,
+    /// First redial delay after a failure (doubles per failure, seeded jitter).
+    pub redial_base: Duration,
+    /// Largest redial delay.
+    pub redial_max: Duration,
+    /// How often a Kademlia bootstrap (random walk) runs while connected.
+    pub kad_bootstrap_interval: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            admission_deadline: Duration::from_secs(10),
+            ban_duration: Duration::from_secs(600),
+            request_timeout: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(15),
+            gossip_heartbeat: Duration::from_secs(1),
+            tick: Duration::from_millis(200),
+            redial_base: Duration::from_millis(500),
+            redial_max: Duration::from_secs(60),
+            kad_bootstrap_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything [`crate::spawn`] needs.
+#[derive(Debug)]
+pub struct NetConfig {
+    /// The mesh's name; peers presenting another name are refused
+    /// ([`crate::RejectReason::WrongMesh`]) and envelopes carry
+    /// [`envelope_mesh_id`] of it.
+    pub mesh_id: String,
+    /// This node's key: its libp2p identity (Noise) and envelope signer.
+    pub identity: NodeIdentity,
+    /// This node's mesh certificate (DER), issued by the mesh CA for `identity`.
+    pub certificate_der: Vec<u8>,
+    /// The pinned mesh CA that peers' certificates must chain to.
+    pub verifier: CertVerifier,
+    /// Addresses to listen on (port 0 picks a free port).
+    pub listen: Vec<Multiaddr>,
+    /// Addresses dialled at start and redialled with backoff while the node
+    /// has fewer than `target_peers` admitted peers.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local network with mDNS (Network transport only).
+    pub mdns: bool,
+    /// Which transports to use.
+    pub transport: TransportKind,
+    /// Admitted peers the node tries to keep, dialling known peers when below.
+    pub target_peers: usize,
+    /// Connection limits.
+    pub limits: ConnectionLimits,
+    /// Message sizes.
+    pub sizes: SizeLimits,
+    /// Queue bounds.
+    pub queues: QueueLimits,
+    /// Timers.
+    pub timing: Timing,
+    /// Most peers held in the peer table and ban list.
+    pub peers_max: usize,
+    /// Seed of every random choice the layer makes (redial jitter).
+    pub seed: u64,
+}
+
+impl NetConfig {
+    /// A configuration with production defaults, listening nowhere and
+    /// dialling no one yet (fill in `listen` and `bootstrap`).
+    pub fn new(
+        mesh_id: impl Into<String>,
+        identity: NodeIdentity,
+        certificate_der: Vec<u8>,
+        verifier: CertVerifier,
+    ) -> Self {
+        Self {
+            mesh_id: mesh_id.into(),
+            identity,
+            certificate_der,
+            verifier,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            transport: TransportKind::Network,
+            target_peers: 8,
+            limits: ConnectionLimits::default(),
+            sizes: SizeLimits::default(),
+            queues: QueueLimits::default(),
+            timing: Timing::default(),
+            peers_max: 1024,
+            seed: 0,
+        }
+    }
+
+    /// The envelope mesh id of this configuration's mesh.
+    pub fn envelope_mesh_id(&self) -> MeshId {
+        envelope_mesh_id(&self.mesh_id)
+    }
+}
+
+/// The 16-byte envelope [`MeshId`] of a mesh name: the first 16 bytes of
+/// BLAKE3 over a domain tag and the name. Every node of a mesh seals its
+/// envelopes with it, and gossip from other meshes is rejected.
+pub fn envelope_mesh_id(mesh_id: &str) -> MeshId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"agent-mesh/mesh-id/v1\0");
+    hasher.update(mesh_id.as_bytes());
+    let digest = hasher.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.as_bytes()[..16]);
+    MeshId(id)
+}

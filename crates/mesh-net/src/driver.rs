@@ -1,0 +1,401 @@
+//! The driver: the one tokio task that owns the swarm and the sans-I/O state
+//! machines, and moves events between them. It decides nothing itself beyond
+//! plumbing; admission, bans, peer table, address book and gossip validation
+//! make the decisions.
+//!
+//! ```text
+//!   NetHandle ──commands (bounded)──┐
+//!                                   v
+//!   swarm events ──> Driver::run (select: command | swarm event | tick)
+//!                      │  admission · ban list · peer table · address book · gossip gate
+//!                      v
+//!   swarm actions (dial, disconnect, send, report validation)   NetEvent (bounded) ──> application
+//! ```
+
+mod commands;
+mod swarm_events;
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admission::{Admission, AdmissionConfig, RejectReason};
+use crate::ban::BanList;
+use crate::behaviour::MeshBehaviour;
+use crate::cert_exchange::CertMessage;
+use crate::codec::WireResponse;
+use crate::config::{NetConfig, TransportKind};
+use crate::discovery::AddressBook;
+use crate::gossip::GossipGate;
+use crate::handle::{Command, NetEvent};
+use crate::metrics::NetMetrics;
+use crate::peers::{Backoff, PeerState, PeerTable, PeerTableConfig};
+use crate::{ids, transport, NetError};
+
+/// The current time, Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Where the answer to an outbound request goes.
+type RequestReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
+
+/// The application's answer to an inbound request (`Err` when it dropped the
+/// request or did not answer within the request timeout), and where it goes.
+type InboundAnswer = (Result<Vec<u8>, String>, ResponseChannel<WireResponse>);
+
+/// Settings the driver keeps from the configuration.
+struct Settings {
+    mesh_id: String,
+    cert_message: Vec<u8>,
+    target_peers: usize,
+    ban_ms: u64,
+    request_bytes_max: usize,
+    gossip_bytes_max: usize,
+    outbound_requests_max: usize,
+    inbound_requests_max: usize,
+    request_timeout: Duration,
+    tick: Duration,
+}
+
+/// The swarm task's state.
+pub(crate) struct Driver {
+    swarm: Swarm<MeshBehaviour>,
+    settings: Settings,
+    admission: Admission,
+    bans: BanList<PeerId>,
+    peers: PeerTable<PeerId>,
+    bootstrap: PeerTable<Multiaddr>,
+    bootstrap_dials: HashMap<ConnectionId, Multiaddr>,
+    book: AddressBook,
+    gate: GossipGate,
+    metrics: NetMetrics,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    outbound: HashMap<OutboundRequestId, RequestReply>,
+    inbound: FuturesUnordered<BoxFuture<'static, InboundAnswer>>,
+}
+
+fn validate(config: &NetConfig) -> Result<(), NetError> {
+    let checks = [
+        (config.peers_max == 0, "peers_max must be at least 1"),
+        (
+            config.queues.events_max == 0,
+            "queues.events_max must be at least 1",
+        ),
+        (
+            config.queues.outbound_requests_max == 0,
+            "queues.outbound_requests_max must be at least 1",
+        ),
+        (
+            config.queues.inbound_requests_max == 0,
+            "queues.inbound_requests_max must be at least 1",
+        ),
+        (config.timing.tick.is_zero(), "timing.tick must be positive"),
+    ];
+    match checks.iter().find(|(bad, _)| *bad) {
+        Some((_, message)) => Err(NetError::Config((*message).to_string())),
+        None => Ok(()),
+    }
+}
+
+/// The swarm of `config`, listening on its addresses.
+fn build_swarm(config: &NetConfig) -> Result<Swarm<MeshBehaviour>, NetError> {
+    let keypair = ids::keypair(&config.identity)?;
+    let transport = transport::build(config.transport, &keypair)?;
+    let behaviour = MeshBehaviour::new(&keypair, config)?;
+    let swarm_config = libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(config.limits.idle_timeout);
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        keypair.public().to_peer_id(),
+        swarm_config,
+    );
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Transport(format!("cannot listen on {addr}: {e}")))?;
+    }
+    Ok(swarm)
+}
+
+/// The peer table (keyed by peer id) and the bootstrap table (keyed by
+/// address, holding every bootstrap address).
+fn peer_tables(config: &NetConfig) -> Result<(PeerTable<PeerId>, PeerTable<Multiaddr>), NetError> {
+    let backoff = Backoff {
+        base_ms: ms(config.timing.redial_base).max(1),
+        max_ms: ms(config.timing.redial_max).max(1),
+    };
+    let silence_timeout_ms = ms(config.timing.ping_interval)
+        .saturating_mul(4)
+        .max(ms(config.timing.admission_deadline).saturating_mul(2));
+    let table = PeerTableConfig {
+        peers_max: config.peers_max,
+        connections_target: config.target_peers,
+        backoff,
+        silence_timeout_ms,
+        seed: config.seed,
+    };
+    let mut bootstrap = PeerTable::new(PeerTableConfig {
+        connections_target: config.bootstrap.len(),
+        seed: config.seed ^ 0x5eed,
+        ..table
+    });
+    let now = now_ms();
+    for addr in &config.bootstrap {
+        bootstrap
+            .insert(addr.clone(), now)
+            .map_err(|e| NetError::Config(format!("bootstrap list: {e}")))?;
+    }
+    Ok((PeerTable::new(table), bootstrap))
+}
+
+impl Driver {
+    /// Builds the swarm and starts listening.
+    pub(crate) fn new(
+        config: NetConfig,
+        metrics: NetMetrics,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+    ) -> Result<Self, NetError> {
+        validate(&config)?;
+        let swarm = build_swarm(&config)?;
+        let cert_message = CertMessage {
+            mesh_id: config.mesh_id.clone(),
+            cert_der: config.certificate_der.clone(),
+        }
+        .encode()
+        .map_err(|e| NetError::Config(format!("own certificate: {e}")))?;
+        let admission = Admission::new(
+            config.verifier.clone(),
+            AdmissionConfig {
+                cert_timeout_ms: ms(config.timing.admission_deadline),
+                peers_max: config.peers_max,
+            },
+        );
+        let bans = BanList::new(config.peers_max)
+            .map_err(|e| NetError::Config(format!("ban list: {e}")))?;
+        let (peers, bootstrap) = peer_tables(&config)?;
+        if config.transport == TransportKind::Memory && config.mdns {
+            tracing::warn!("mDNS is not available on the memory transport; ignored");
+        }
+        let settings = Settings {
+            mesh_id: config.mesh_id.clone(),
+            cert_message,
+            target_peers: config.target_peers,
+            ban_ms: ms(config.timing.ban_duration),
+            request_bytes_max: config.sizes.request_bytes_max,
+            gossip_bytes_max: config.sizes.gossip_bytes_max,
+            outbound_requests_max: config.queues.outbound_requests_max,
+            inbound_requests_max: config.queues.inbound_requests_max,
+            request_timeout: config.timing.request_timeout,
+            tick: config.timing.tick,
+        };
+        Ok(Self {
+            swarm,
+            gate: GossipGate::new(config.envelope_mesh_id(), config.sizes.gossip_bytes_max),
+            settings,
+            admission,
+            bans,
+            peers,
+            bootstrap,
+            bootstrap_dials: HashMap::new(),
+            book: AddressBook::new(config.peers_max),
+            metrics,
+            commands,
+            events,
+            outbound: HashMap::new(),
+            inbound: FuturesUnordered::new(),
+        })
+    }
+
+    /// This node's peer id.
+    pub(crate) fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs until shut down or until every handle is dropped.
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.settings.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown_reply = loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => break Some(reply),
+                    Some(command) => self.on_command(command),
+                    None => break None,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(answer) = self.inbound.next(), if !self.inbound.is_empty() => {
+                    self.on_inbound_answer(answer);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        };
+        tracing::debug!(peer = %self.local_peer_id(), "network layer stopping");
+        self.metrics.peers_connected.set(0);
+        self.metrics.peers_admitted.set(0);
+        drop(self.swarm);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Timers: admission deadlines, expired bans, silent peers, dialling.
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        for rejection in self.admission.poll(now) {
+            match ids::peer_id(&rejection.peer) {
+                Ok(peer) => self.reject(peer, rejection.reason, "deadline or expiry".into()),
+                Err(e) => tracing::warn!("rejected node has no peer id: {e}"),
+            }
+        }
+        self.bans.prune(now);
+        for peer in self.peers.mark_silent_down(now) {
+            tracing::debug!(%peer, "silent too long; disconnecting");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        if self.admitted_count() < self.settings.target_peers {
+            self.dial_known_peers(now);
+            self.dial_bootstrap(now);
+        }
+    }
+
+    fn admitted_count(&self) -> usize {
+        self.admission.admitted().count()
+    }
+
+    fn dial_known_peers(&mut self, now: u64) {
+        for peer in self.peers.peers_to_dial(now) {
+            let addrs = self.book.get(&peer).to_vec();
+            if addrs.is_empty() || self.bans.is_banned(&peer, now) {
+                continue;
+            }
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            let _ = self.peers.on_dialing(&peer, now);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "dial not started: {e}");
+                let _ = self.peers.on_disconnected(&peer, now);
+            }
+        }
+    }
+
+    fn dial_bootstrap(&mut self, now: u64) {
+        for addr in self.bootstrap.peers_to_dial(now) {
+            let _ = self.bootstrap.on_dialing(&addr, now);
+            let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.bootstrap_dials.insert(id, addr);
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, "bootstrap dial not started: {e}");
+                    let _ = self.bootstrap.on_disconnected(&addr, now);
+                }
+            }
+        }
+    }
+
+    /// Refuses `peer`: ban, count, tell the application, disconnect.
+    fn reject(&mut self, peer: PeerId, reason: RejectReason, detail: String) {
+        let now = now_ms();
+        let label = reason.as_str();
+        tracing::info!(%peer, reason = label, %detail, "peer refused");
+        self.bans.ban(peer, now, self.settings.ban_ms, label);
+        self.metrics.rejection(label);
+        // Admission may already have moved an admitted peer to rejected
+        // (revocation, expiry); the peer table still says whether it was up.
+        let was_admitted = self
+            .peers
+            .get(&peer)
+            .is_some_and(|info| info.state == PeerState::Admitted);
+        if let Some(node) = ids::node_id(&peer) {
+            // Leave the admission table: the peer is banned, and its state
+            // returns only through a new connection after the ban.
+            self.admission.on_disconnected(&node);
+        }
+        self.swarm.behaviour_mut().keep_alive.set(peer, false);
+        // Kademlia would otherwise hand the peer out and dial it in queries.
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        self.refresh_gauges();
+        self.emit(NetEvent::PeerRejected {
+            peer,
+            reason: label.to_string(),
+        });
+        if was_admitted {
+            self.emit(NetEvent::PeerDown { peer });
+        }
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
+    fn refresh_gauges(&self) {
+        let connected = i64::try_from(self.swarm.connected_peers().count()).unwrap_or(i64::MAX);
+        let admitted = i64::try_from(self.admitted_count()).unwrap_or(i64::MAX);
+        self.metrics.peers_connected.set(connected);
+        self.metrics.peers_admitted.set(admitted);
+    }
+
+    /// Hands an event to the application; when its queue is full the event
+    /// is dropped and counted (the driver never blocks on the application).
+    fn emit(&mut self, event: NetEvent) -> bool {
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                tracing::warn!(
+                    "application event queue full; dropping {}",
+                    event_kind(&event)
+                );
+                self.metrics.dropped_event();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn peer_status(&self, peer: &PeerId, state: PeerState, now: u64) -> crate::PeerStatus {
+        use crate::PeerStatus;
+        if self.bans.is_banned(peer, now) {
+            return PeerStatus::Banned;
+        }
+        match state {
+            PeerState::Known => PeerStatus::Known,
+            PeerState::Admitted => PeerStatus::Admitted,
+            PeerState::Down => PeerStatus::Down,
+            PeerState::Connecting if self.swarm.is_connected(peer) => PeerStatus::Connected,
+            PeerState::Connecting => PeerStatus::Dialing,
+        }
+    }
+}
+
+fn event_kind(event: &NetEvent) -> &'static str {
+    match event {
+        NetEvent::Request { .. } => "request",
+        NetEvent::Gossip { .. } => "gossip",
+        NetEvent::PeerAdmitted { .. } => "peer-admitted",
+        NetEvent::PeerDown { .. } => "peer-down",
+        NetEvent::PeerRejected { .. } => "peer-rejected",
+    }
+}

@@ -1,0 +1,434 @@
+//! The driver's handling of swarm events: connections, certificate exchange,
+//! direct requests, gossip validation and discovery.
+
+use futures::FutureExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::request_response::{self, Message, ResponseChannel};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId};
+use tokio::sync::oneshot;
+
+use super::{now_ms, Driver};
+use crate::admission::{AdmissionError, RejectReason, Verdict};
+use crate::behaviour::MeshBehaviourEvent;
+use crate::cert_exchange::{self, CertMessage};
+use crate::codec::{WireRequest, WireResponse};
+use crate::discovery::ADDRS_PER_PEER_MAX;
+use crate::handle::NetEvent;
+use crate::metrics::{Direction, Kind};
+use crate::{ids, NetError};
+
+type Event = SwarmEvent<MeshBehaviourEvent>;
+
+impl Driver {
+    pub(super) fn on_swarm_event(&mut self, event: Event) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => self.on_connected(peer_id, connection_id, &endpoint, num_established.get()),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => self.on_closed(peer_id, connection_id, num_established),
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                tracing::debug!(?peer_id, "dial failed: {error}");
+                let now = now_ms();
+                if let Some(addr) = self.bootstrap_dials.remove(&connection_id) {
+                    let _ = self.bootstrap.on_disconnected(&addr, now);
+                }
+                if let Some(peer) = peer_id {
+                    let _ = self.peers.on_disconnected(&peer, now);
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!("incoming connection failed: {error}");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_connected(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        endpoint: &ConnectedPoint,
+        num_established: u32,
+    ) {
+        let now = now_ms();
+        if let Some(addr) = self.bootstrap_dials.get(&connection) {
+            let _ = self.bootstrap.on_admitted(addr.clone(), now);
+        }
+        if let ConnectedPoint::Dialer { address, .. } = endpoint {
+            self.book.add(peer, address.clone());
+        }
+        self.refresh_gauges();
+        if self.bans.is_banned(&peer, now) {
+            self.metrics.rejection("banned");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        let Some(node) = ids::node_id(&peer) else {
+            self.reject(
+                peer,
+                RejectReason::KeyMismatch,
+                "not an Ed25519 peer id".into(),
+            );
+            return;
+        };
+        if num_established == 1 {
+            if let Err(e @ AdmissionError::Full { .. }) = self.admission.on_connected(node, now) {
+                tracing::warn!(%peer, "{e}");
+                let _ = self.swarm.disconnect_peer_id(peer);
+                return;
+            }
+            let _ = self.peers.insert(peer, now);
+            let _ = self.peers.on_dialing(&peer, now);
+        }
+        if endpoint.is_dialer() && !self.admission.may_process(&node) {
+            let request = WireRequest {
+                protocol: cert_exchange::REQUEST_NAME.to_string(),
+                payload: self.settings.cert_message.clone(),
+            };
+            self.metrics.message(Kind::Cert, Direction::Out, "sent");
+            self.swarm.behaviour_mut().cert.send_request(&peer, request);
+        }
+    }
+
+    fn on_closed(&mut self, peer: PeerId, connection: ConnectionId, num_established: u32) {
+        let now = now_ms();
+        if let Some(addr) = self.bootstrap_dials.remove(&connection) {
+            let _ = self.bootstrap.on_disconnected(&addr, now);
+        }
+        if num_established > 0 {
+            return;
+        }
+        let was_admitted = ids::node_id(&peer).is_some_and(|node| {
+            let admitted = self.admission.may_process(&node);
+            self.admission.on_disconnected(&node);
+            admitted
+        });
+        let _ = self.peers.on_disconnected(&peer, now);
+        self.refresh_gauges();
+        if was_admitted {
+            tracing::info!(%peer, "peer down");
+            self.emit(NetEvent::PeerDown { peer });
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: MeshBehaviourEvent) {
+        match event {
+            MeshBehaviourEvent::Cert(event) => self.on_cert_event(event),
+            MeshBehaviourEvent::Rpc(event) => self.on_rpc_event(event),
+            MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, &message_id, message),
+            MeshBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => {
+                let rtt_ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX);
+                let _ = self.peers.on_rtt(&peer, rtt_ms, now_ms());
+            }
+            MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let addrs = info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX);
+                self.learn(peer_id, addrs);
+            }
+            MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let addrs: Vec<Multiaddr> =
+                    addresses.iter().take(ADDRS_PER_PEER_MAX).cloned().collect();
+                self.learn(peer, addrs);
+            }
+            MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.learn(peer, [addr]);
+                }
+            }
+            MeshBehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    self.book.remove(&peer, &addr);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Discovery found `peer` at `addrs`: remember them, tell Kademlia, and
+    /// make the peer a dial candidate.
+    fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        if peer == self.local_peer_id() {
+            return;
+        }
+        let now = now_ms();
+        for addr in addrs {
+            if self.book.add(peer, addr.clone()) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+        }
+        let _ = self.peers.insert(peer, now);
+    }
+
+    fn on_cert_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.metrics.message(Kind::Cert, Direction::In, "received");
+                self.on_certificate(peer, &request.payload);
+                let own = self.settings.cert_message.clone();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .cert
+                    .send_response(channel, WireResponse(Ok(own)));
+            }
+            request_response::Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                self.metrics.message(Kind::Cert, Direction::In, "received");
+                match response.0 {
+                    Ok(bytes) => self.on_certificate(peer, &bytes),
+                    Err(text) => tracing::info!(%peer, "peer refused our certificate: {text}"),
+                }
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "certificate exchange failed: {error}");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "certificate exchange failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// `peer` presented its certificate message: decide with admission.
+    fn on_certificate(&mut self, peer: PeerId, bytes: &[u8]) {
+        let Some(node) = ids::node_id(&peer) else {
+            return;
+        };
+        let message = match CertMessage::decode(bytes) {
+            Ok(message) => message,
+            Err(e) => return self.reject(peer, RejectReason::Invalid, e.to_string()),
+        };
+        if message.mesh_id != self.settings.mesh_id {
+            let detail = format!("peer belongs to mesh {:?}", message.mesh_id);
+            return self.reject(peer, RejectReason::WrongMesh, detail);
+        }
+        let was_admitted = self.admission.may_process(&node);
+        match self
+            .admission
+            .on_certificate(node, &message.cert_der, now_ms())
+        {
+            Ok(Verdict::Admitted) if !was_admitted => self.on_admitted(peer, node),
+            Ok(Verdict::Admitted) => {}
+            Ok(Verdict::Rejected { reason, detail }) => self.reject(peer, reason, detail),
+            Err(e) => tracing::debug!(%peer, "certificate dropped: {e}"),
+        }
+    }
+
+    fn on_admitted(&mut self, peer: PeerId, node: mesh_security::NodeId) {
+        let now = now_ms();
+        let _ = self.peers.on_admitted(peer, now);
+        self.swarm.behaviour_mut().keep_alive.set(peer, true);
+        let roles = match self.admission.state(&node) {
+            Some(crate::AdmissionState::Admitted { cert }) => cert.info.roles,
+            _ => mesh_security::rbac::RoleSet::EMPTY,
+        };
+        let role = roles
+            .iter()
+            .next()
+            .unwrap_or(mesh_security::rbac::Role::Observer);
+        tracing::info!(%peer, %role, "peer admitted");
+        self.refresh_gauges();
+        for addr in self.book.get(&peer).to_vec() {
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        }
+        if self.admitted_count() == 1 {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+        self.emit(NetEvent::PeerAdmitted { peer, role, roles });
+    }
+
+    fn on_rpc_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => self.on_request(peer, request, channel),
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let _ = self.peers.on_seen(&peer, now_ms());
+                let result = match response.0 {
+                    Ok(body) => {
+                        self.metrics
+                            .bytes(Kind::Response, Direction::In, body.len());
+                        self.metrics.message(Kind::Response, Direction::In, "ok");
+                        Ok(body)
+                    }
+                    Err(reason) => {
+                        self.metrics.message(Kind::Response, Direction::In, "error");
+                        Err(NetError::Remote { peer, reason })
+                    }
+                };
+                if let Some(reply) = self.outbound.remove(&request_id) {
+                    let _ = reply.send(result);
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.metrics
+                    .message(Kind::Request, Direction::Out, "failed");
+                let error = match error {
+                    request_response::OutboundFailure::Timeout => NetError::Timeout(peer),
+                    other => NetError::Remote {
+                        peer,
+                        reason: other.to_string(),
+                    },
+                };
+                if let Some(reply) = self.outbound.remove(&request_id) {
+                    let _ = reply.send(Err(error));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, "inbound request failed: {error}");
+                self.metrics.message(Kind::Request, Direction::In, "failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: WireRequest,
+        channel: ResponseChannel<WireResponse>,
+    ) {
+        let admitted = ids::node_id(&peer).is_some_and(|n| self.admission.may_process(&n));
+        let refusal = if !admitted {
+            Some(("not_admitted", "not admitted"))
+        } else if self.inbound.len() >= self.settings.inbound_requests_max {
+            Some(("busy", "busy: too many requests in progress"))
+        } else {
+            None
+        };
+        if let Some((label, text)) = refusal {
+            self.metrics.message(Kind::Request, Direction::In, label);
+            let response = WireResponse(Err(text.to_string()));
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, response);
+            return;
+        }
+        let _ = self.peers.on_seen(&peer, now_ms());
+        self.metrics
+            .bytes(Kind::Request, Direction::In, request.payload.len());
+        let (respond, answer) = oneshot::channel();
+        let delivered = self.emit(NetEvent::Request {
+            peer,
+            protocol: request.protocol,
+            payload: request.payload,
+            respond,
+        });
+        if !delivered {
+            self.metrics.message(Kind::Request, Direction::In, "busy");
+            let response = WireResponse(Err("busy: application queue full".to_string()));
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, response);
+            return;
+        }
+        self.metrics
+            .message(Kind::Request, Direction::In, "delivered");
+        let timeout = self.settings.request_timeout;
+        let answer = async move {
+            let answer = match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err("the application dropped the request".to_string()),
+                Err(_) => Err("the application did not answer in time".to_string()),
+            };
+            (answer, channel)
+        };
+        self.inbound.push(answer.boxed());
+    }
+
+    fn on_gossip(
+        &mut self,
+        forwarder: PeerId,
+        id: &gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        let now = now_ms();
+        let admitted = ids::node_id(&forwarder).is_some_and(|n| self.admission.may_process(&n));
+        let verdict = self.gate.check(admitted, &message.data, now);
+        let acceptance = match &verdict {
+            Ok(_) => MessageAcceptance::Accept,
+            Err(reject) if reject.is_benign() => MessageAcceptance::Ignore,
+            Err(_) => MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, &forwarder, acceptance);
+        if let Err(reject) = verdict {
+            tracing::debug!(%forwarder, reason = reject.as_str(), "gossip refused");
+            self.metrics
+                .message(Kind::Gossip, Direction::In, reject.as_str());
+            return;
+        }
+        let _ = self.peers.on_seen(&forwarder, now);
+        self.metrics
+            .message(Kind::Gossip, Direction::In, "accepted");
+        self.metrics
+            .bytes(Kind::Gossip, Direction::In, message.data.len());
+        self.emit(NetEvent::Gossip {
+            source: message.source.unwrap_or(forwarder),
+            topic: message.topic.into_string(),
+            payload: message.data,
+        });
+    }
+}

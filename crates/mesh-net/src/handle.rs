@@ -1,0 +1,233 @@
+//! The public face of the network layer: [`spawn`] starts the driver task and
+//! returns a [`NetHandle`] (commands in) and a receiver of [`NetEvent`]s
+//! (events out). Both channels are bounded.
+
+use libp2p::{Multiaddr, PeerId};
+use mesh_security::ca::SignedRevocation;
+use mesh_security::rbac::{Role, RoleSet};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::NetConfig;
+use crate::driver::Driver;
+use crate::metrics::NetMetrics;
+use crate::NetError;
+
+/// Something the network layer tells the application.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// An admitted peer sent a direct request; answer through `respond`
+    /// (`Err(text)` reaches the requester as [`NetError::Remote`]). Dropping
+    /// `respond` answers with an error.
+    Request {
+        /// The requester.
+        peer: PeerId,
+        /// The application protocol name the requester gave.
+        protocol: String,
+        /// The request payload.
+        payload: Vec<u8>,
+        /// Where the answer goes.
+        respond: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
+    /// A gossip message whose envelope verified (signature, mesh, replay),
+    /// relayed by an admitted peer.
+    Gossip {
+        /// The peer that published it (gossipsub author), or the relaying peer
+        /// if the message carries no author.
+        source: PeerId,
+        /// The topic.
+        topic: String,
+        /// The encoded envelope, as published.
+        payload: Vec<u8>,
+    },
+    /// A peer's certificate verified.
+    PeerAdmitted {
+        /// The peer.
+        peer: PeerId,
+        /// Its most privileged role (order of [`Role::ALL`]); all of them are in `roles`.
+        role: Role,
+        /// Every role its certificate grants.
+        roles: RoleSet,
+    },
+    /// An admitted peer's last connection closed.
+    PeerDown {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer was refused (and banned for the configured time).
+    PeerRejected {
+        /// The peer.
+        peer: PeerId,
+        /// The reason label ([`crate::RejectReason::as_str`], or `banned`).
+        reason: String,
+    },
+}
+
+/// A peer's state as the application sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerStatus {
+    /// Known (discovery or bootstrap), not connected.
+    Known,
+    /// A dial is under way.
+    Dialing,
+    /// Connected, certificate not verified yet.
+    Connected,
+    /// Connected and admitted.
+    Admitted,
+    /// Was connected; connection lost or dial failed.
+    Down,
+    /// Refused by admission; kept out until the ban expires.
+    Banned,
+}
+
+/// What the network layer knows about one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer: PeerId,
+    /// Known addresses, newest first.
+    pub addresses: Vec<Multiaddr>,
+    /// Its state.
+    pub state: PeerStatus,
+    /// Latest ping round-trip time.
+    pub rtt_ms: Option<u64>,
+    /// When it was last heard from, Unix milliseconds.
+    pub last_seen_ms: Option<u64>,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// A command from a handle to the driver.
+#[derive(Debug)]
+pub(crate) enum Command {
+    ListenAddrs(Reply<Vec<Multiaddr>>),
+    Dial(Multiaddr, Reply<Result<(), NetError>>),
+    Request {
+        peer: PeerId,
+        protocol: String,
+        payload: Vec<u8>,
+        reply: Reply<Result<Vec<u8>, NetError>>,
+    },
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        reply: Reply<Result<(), NetError>>,
+    },
+    Subscribe(String, Reply<Result<(), NetError>>),
+    Peers(Reply<Vec<PeerInfo>>),
+    Revoke(Box<SignedRevocation>, Reply<Result<(), NetError>>),
+    Shutdown(Reply<()>),
+}
+
+/// A cheap, cloneable handle to a running network layer.
+#[derive(Clone, Debug)]
+pub struct NetHandle {
+    local_peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    metrics: NetMetrics,
+}
+
+/// Starts the network layer described by `config`: builds the transport,
+/// listens on `config.listen`, registers metrics into `registry`, and runs
+/// the swarm in its own tokio task. Must be called inside a tokio runtime.
+pub async fn spawn(
+    config: NetConfig,
+    registry: &mut Registry,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    let metrics = NetMetrics::register(registry);
+    let (commands_tx, commands_rx) = mpsc::channel(config.queues.commands_max.max(1));
+    let (events_tx, events_rx) = mpsc::channel(config.queues.events_max.max(1));
+    let driver = Driver::new(config, metrics.clone(), commands_rx, events_tx)?;
+    let local_peer_id = driver.local_peer_id();
+    tokio::spawn(driver.run());
+    let handle = NetHandle {
+        local_peer_id,
+        commands: commands_tx,
+        metrics,
+    };
+    Ok((handle, events_rx))
+}
+
+impl NetHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The metric handles of this node (also registered in the registry).
+    pub fn metrics(&self) -> &NetMetrics {
+        &self.metrics
+    }
+
+    /// The addresses the node listens on (empty once stopped).
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.call(Command::ListenAddrs).await.unwrap_or_default()
+    }
+
+    /// Dials `addr` (the connection is then admitted or refused like any other).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.call(|reply| Command::Dial(addr, reply)).await?
+    }
+
+    /// Sends `payload` to the admitted `peer` under the application protocol
+    /// name `protocol` and waits for its answer.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        protocol: &str,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
+        let protocol = protocol.to_string();
+        self.call(|reply| Command::Request {
+            peer,
+            protocol,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Publishes an encoded signed envelope on `topic`.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), NetError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::Publish {
+            topic,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Subscribes to `topic`; its verified messages arrive as [`NetEvent::Gossip`].
+    pub async fn subscribe(&self, topic: &str) -> Result<(), NetError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::Subscribe(topic, reply)).await?
+    }
+
+    /// Every peer the node knows, with state, addresses, RTT and last-seen time.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.call(Command::Peers).await.unwrap_or_default()
+    }
+
+    /// Learns a CA-signed revocation: the revoked peer is disconnected and
+    /// banned, refused from now on, and its gossip is no longer accepted.
+    pub async fn revoke(&self, revocation: SignedRevocation) -> Result<(), NetError> {
+        self.call(|reply| Command::Revoke(Box::new(revocation), reply))
+            .await?
+    }
+
+    /// Stops the network layer: closes every connection and ends the task.
+    /// Other clones of the handle get [`NetError::Stopped`] afterwards.
+    pub async fn shutdown(self) {
+        let _ = self.call(Command::Shutdown).await;
+    }
+}

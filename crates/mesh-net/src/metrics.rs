@@ -1,0 +1,165 @@
+//! Prometheus metrics of the network layer, registered under the `mesh_net`
+//! prefix of the registry handed to [`crate::spawn`].
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `mesh_net_peers_connected` | gauge | |
+//! | `mesh_net_peers_admitted` | gauge | |
+//! | `mesh_net_messages_total` | counter | `kind` (gossip, request, response, cert), `direction` (in, out), `result` |
+//! | `mesh_net_bytes_total` | counter | `kind`, `direction` |
+//! | `mesh_net_admission_rejections_total` | counter | `reason` ([`crate::RejectReason`] labels, plus `banned`) |
+//! | `mesh_net_events_dropped_total` | counter | |
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::admission::RejectReason;
+
+type Labels3 = [(&'static str, &'static str); 3];
+type Labels2 = [(&'static str, &'static str); 2];
+type Labels1 = [(&'static str, &'static str); 1];
+
+/// Message kinds used as the `kind` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Gossipsub messages.
+    Gossip,
+    /// Direct requests.
+    Request,
+    /// Responses to direct requests.
+    Response,
+    /// Certificate exchange messages.
+    Cert,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Gossip => "gossip",
+            Self::Request => "request",
+            Self::Response => "response",
+            Self::Cert => "cert",
+        }
+    }
+}
+
+/// Direction of a message, used as the `direction` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Received.
+    In,
+    /// Sent.
+    Out,
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+}
+
+/// The network layer's metric handles (cheap to clone: they share state).
+#[derive(Clone, Debug, Default)]
+pub struct NetMetrics {
+    /// Peers with at least one established connection.
+    pub peers_connected: Gauge,
+    /// Peers admitted (verified certificate).
+    pub peers_admitted: Gauge,
+    messages: Family<Labels3, Counter>,
+    bytes: Family<Labels2, Counter>,
+    rejections: Family<Labels1, Counter>,
+    events_dropped: Counter,
+}
+
+impl NetMetrics {
+    /// Creates the metrics and registers them into `registry` under `mesh_net`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let sub = registry.sub_registry_with_prefix("mesh_net");
+        sub.register(
+            "peers_connected",
+            "Peers with at least one established connection",
+            metrics.peers_connected.clone(),
+        );
+        sub.register(
+            "peers_admitted",
+            "Peers whose mesh certificate verified",
+            metrics.peers_admitted.clone(),
+        );
+        sub.register(
+            "messages",
+            "Messages by kind, direction and result",
+            metrics.messages.clone(),
+        );
+        sub.register(
+            "bytes",
+            "Payload bytes by kind and direction",
+            metrics.bytes.clone(),
+        );
+        sub.register(
+            "admission_rejections",
+            "Peers refused by admission, by reason",
+            metrics.rejections.clone(),
+        );
+        sub.register(
+            "events_dropped",
+            "Events dropped because the application's queue was full",
+            metrics.events_dropped.clone(),
+        );
+        for reason in RejectReason::ALL {
+            let _ = metrics
+                .rejections
+                .get_or_create(&[("reason", reason.as_str())]);
+        }
+        metrics
+    }
+
+    /// Counts one message.
+    pub fn message(&self, kind: Kind, direction: Direction, result: &'static str) {
+        self.messages
+            .get_or_create(&[
+                ("kind", kind.as_str()),
+                ("direction", direction.as_str()),
+                ("result", result),
+            ])
+            .inc();
+    }
+
+    /// Counts payload bytes.
+    pub fn bytes(&self, kind: Kind, direction: Direction, bytes: usize) {
+        self.bytes
+            .get_or_create(&[("kind", kind.as_str()), ("direction", direction.as_str())])
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// Counts one event dropped because the application's queue was full.
+    pub fn dropped_event(&self) {
+        self.events_dropped.inc();
+    }
+
+    /// Counts one admission rejection under `reason`.
+    pub fn rejection(&self, reason: &'static str) {
+        self.rejections.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// The number of rejections counted under `reason` so far.
+    pub fn rejections(&self, reason: &'static str) -> u64 {
+        self.rejections.get_or_create(&[("reason", reason)]).get()
+    }
+
+    /// The number of messages counted under these labels so far.
+    pub fn messages(&self, kind: Kind, direction: Direction, result: &'static str) -> u64 {
+        self.messages
+            .get_or_create(&[
+                ("kind", kind.as_str()),
+                ("direction", direction.as_str()),
+                ("result", result),
+            ])
+            .get()
+    }
+}
