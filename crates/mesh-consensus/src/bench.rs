@@ -145,14 +145,43 @@ impl LocalCommittee {
         if let Some(first) = c.nodes.values().next() {
             first.bootstrap(members).await?;
         }
-        let leader = c
-            .wait_leader(Duration::from_secs(30))
-            .await
-            .ok_or(ConsensusError::NoLeader)?;
         for info in spares {
-            c.nodes[&leader].add_learner(info, true).await?;
+            c.add_learner(info).await?;
         }
         Ok(c)
+    }
+
+    /// Starts one more node with a fresh store and adds it as a learner.
+    pub async fn add_node(&mut self) -> Result<MemberId, ConsensusError> {
+        let i = self.identities.len();
+        let identity = local_identity(i);
+        let zone = Some(format!("zone-{}", i % 3));
+        let info = MemberInfo::new(&identity.node_id(), format!("mem://{i}"), zone);
+        let id = info.member_id();
+        self.identities.insert(id, identity);
+        self.start_node(id).await?;
+        self.add_learner(info).await?;
+        Ok(id)
+    }
+
+    /// Adds a learner through the current leader, retrying (bounded) while
+    /// the leader is still settling its first membership.
+    async fn add_learner(&self, info: MemberInfo) -> Result<(), ConsensusError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let leader = self
+                .wait_leader(Duration::from_secs(30))
+                .await
+                .ok_or(ConsensusError::NoLeader)?;
+            match self.nodes[&leader].add_learner(info.clone(), true).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "add learner: retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The identity of a member.

@@ -503,6 +503,7 @@ struct SmShared {
     /// Encoded bytes applied since the last snapshot (drives compaction by bytes).
     bytes_since_snapshot: AtomicU64,
     snapshots_built: AtomicU64,
+    snapshots_installed: AtomicU64,
     latest: watch::Sender<Option<AppliedRecord>>,
 }
 
@@ -538,6 +539,7 @@ impl StateMachineStore {
                 writer,
                 bytes_since_snapshot: AtomicU64::new(0),
                 snapshots_built: AtomicU64::new(0),
+                snapshots_installed: AtomicU64::new(0),
                 latest: watch::channel(None).0,
             }),
         })
@@ -569,6 +571,11 @@ impl StateMachineStore {
     /// Snapshots built by this node since it started.
     pub fn snapshots_built(&self) -> u64 {
         self.shared.snapshots_built.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots received from a leader and installed since this node started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.shared.snapshots_installed.load(Ordering::Relaxed)
     }
 
     /// Index and size of the current snapshot, if any.
@@ -695,6 +702,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         inner.snapshot = Some((meta.clone(), Arc::new(data)));
         inner.history.clear();
         self.shared.bytes_since_snapshot.store(0, Ordering::Relaxed);
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

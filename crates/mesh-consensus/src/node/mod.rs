@@ -165,6 +165,8 @@ pub struct ConsensusStatus {
     pub state_hash: String,
     /// Entries in the local log.
     pub log_entries: usize,
+    /// Snapshots received from a leader and installed since this node started.
+    pub snapshots_installed: u64,
 }
 
 struct Assembly {
@@ -452,6 +454,7 @@ impl ConsensusNode {
                 .map(|(index, size_bytes)| SnapshotStatus { index, size_bytes }),
             state_hash: self.inner.sm.read(|s| s.state_hash().to_string()),
             log_entries: self.inner.log.len_entries(),
+            snapshots_installed: self.inner.sm.snapshots_installed(),
         }
     }
 
@@ -622,6 +625,9 @@ impl ConsensusNode {
                 Err(e) => stopped(&e),
             },
             RpcRequest::SnapshotChunk(chunk) => self.snapshot_chunk(from, chunk).await,
+            RpcRequest::Forward(_) if self.member_info(from).is_none() => RpcResponse::Failed(
+                RemoteFailure::Refused("writes are accepted from committee members only".into()),
+            ),
             RpcRequest::Forward(command) => match self.write_local(command).await {
                 Ok(receipt) => RpcResponse::Committed(receipt),
                 Err(Routed::Leader(leader)) => {

@@ -12,6 +12,7 @@ use openraft::ServerState;
 use tokio::sync::watch;
 
 use super::{replacement, ConsensusNode, Inner};
+use crate::committee;
 use crate::metrics::gauge_value;
 use crate::network::{self, RpcRequest};
 use crate::types::MemberId;
@@ -131,6 +132,10 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
             let since = *leader_since.get_or_insert_with(Instant::now);
+            // A new leader first waits one full limit for acknowledgements.
+            if since.elapsed() < limit {
+                continue;
+            }
             // One membership change at a time.
             if m.membership_config.log_id() != m.committed_membership_config.log_id() {
                 continue;
@@ -145,20 +150,30 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
                 .filter(|id| *id != me)
                 .filter(|id| match heartbeat.get(id) {
                     Some(Some(t)) => openraft::Instant::elapsed(&**t) > limit,
-                    _ => since.elapsed() > limit,
+                    _ => true,
                 })
                 .collect::<BTreeSet<MemberId>>()
         };
         let voters: BTreeSet<MemberId> = node.voter_keys().into_keys().collect();
-        if unhealthy.is_disjoint(&voters) {
-            continue;
-        }
-        let Some(next) = replacement(&node.candidates(&unhealthy)) else {
-            continue;
+        let candidates = node.candidates(&unhealthy);
+        let next = if unhealthy.is_disjoint(&voters) {
+            // All voters healthy: grow the committee when the mesh has grown
+            // (never shrink on our own; removal is an operator's decision).
+            let (desired, _) = committee::select_committee(&candidates);
+            if desired.len() <= voters.len() {
+                continue;
+            }
+            tracing::info!(?desired, "growing the committee with the mesh");
+            desired
+        } else {
+            let Some(next) = replacement(&candidates) else {
+                continue;
+            };
+            tracing::warn!(?unhealthy, ?next, "replacing unreachable voters");
+            next
         };
-        tracing::warn!(?unhealthy, ?next, "replacing unreachable voters");
         if let Err(e) = node.change_voters(next).await {
-            tracing::warn!(error = %e, "voter replacement failed; will retry");
+            tracing::warn!(error = %e, "committee change failed; will retry");
         }
     }
 }

@@ -1,0 +1,36 @@
+//! The in-process commit benchmark (ignored by default; run it in release):
+//! `cargo test --release -p mesh-consensus --test bench -- --ignored --nocapture`
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use mesh_consensus::bench::{closed_loop, measure_fsync, LocalCommittee};
+use mesh_consensus::ConsensusConfig;
+
+fn bench_config(c: &mut ConsensusConfig) {
+    c.certificates = true;
+    c.self_healing = true;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark; run explicitly in release"]
+async fn bench_closed_loop_three_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let fsync = measure_fsync(dir.path(), 200).unwrap();
+    println!("fsync {}", serde_json::to_string(&fsync).unwrap());
+    let committee = LocalCommittee::start(dir.path(), 3, 0, bench_config)
+        .await
+        .unwrap();
+    for clients in [1usize, 16, 256, 1024] {
+        // Warm up, then measure.
+        closed_loop(&committee, clients, Duration::from_millis(500))
+            .await
+            .unwrap();
+        let report = closed_loop(&committee, clients, Duration::from_secs(3))
+            .await
+            .unwrap();
+        println!("closed_loop {}", serde_json::to_string(&report).unwrap());
+        assert!(report.commits > 0);
+    }
+    committee.shutdown().await;
+}
