@@ -202,7 +202,7 @@ impl LocalCommittee {
             .cloned()
             .ok_or_else(|| ConsensusError::Config(format!("unknown member {id}")))?;
         let pos = self.identities.keys().position(|k| *k == id).unwrap_or(0);
-        let mut config = ConsensusConfig::new(self.root.join(format!("{id}")), "local-mesh");
+        let mut config = ConsensusConfig::new(self.data_dir(id), "local-mesh");
         config.address = format!("mem://{id}");
         config.zone = Some(format!("zone-{}", pos % 3));
         (self.tweak)(&mut config);
@@ -212,6 +212,11 @@ impl LocalCommittee {
         self.net.register(node.clone());
         self.nodes.insert(id, node);
         Ok(())
+    }
+
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: MemberId) -> PathBuf {
+        self.root.join(format!("{id}"))
     }
 
     /// Crashes node `id`: detaches it from the network and stops it.

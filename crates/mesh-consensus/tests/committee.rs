@@ -158,7 +158,7 @@ async fn minority_partition_cannot_commit_and_catches_up_by_log() {
 /// whose entries were compacted away (a new or wiped node) gets a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_member_catches_up_by_snapshot_after_compaction() {
-    let (mut c, _minority) = partition_and_heal(tiny_snapshots, 100).await;
+    let (mut c, minority) = partition_and_heal(tiny_snapshots, 100).await;
     let leader = c.wait_leader(WAIT).await.unwrap();
     // Keep committing until the leader has compacted its log.
     let deadline = std::time::Instant::now() + WAIT;
@@ -179,7 +179,58 @@ async fn new_member_catches_up_by_snapshot_after_compaction() {
     assert!(status.snapshots_installed > 0, "caught up by a snapshot");
     assert!(status.last_snapshot.expect("a snapshot").index >= 20);
     assert_eq!(state_hash(&c, fresh).await, state_hash(&c, leader).await);
+
+    // The former minority loses its disk and rejoins empty: snapshot again.
+    c.stop_node(minority).await.unwrap();
+    std::fs::remove_dir_all(c.data_dir(minority)).unwrap();
+    c.start_node(minority).await.unwrap();
+    assert!(c.wait_applied(&[minority], last, WAIT).await);
+    assert!(c.nodes[&minority].status().snapshots_installed > 0);
+    assert_eq!(state_hash(&c, minority).await, state_hash(&c, leader).await);
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_metrics_are_reported() {
+    use mesh_consensus::memnet::MemNet;
+    use mesh_consensus::{ConsensusNode, MemberInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let identity = mesh_consensus::bench::local_identity(0);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut config = ConsensusConfig::new(dir.path(), "m");
+    config.address = "mem://0".into();
+    let net = MemNet::new();
+    let id = MemberId::from_node_id(&identity.node_id());
+    let node = ConsensusNode::open(config, identity, net.transport(id), &mut registry)
+        .await
+        .unwrap();
+    net.register(node.clone());
+    let info: MemberInfo = node.info().clone();
+    node.bootstrap([(id, info.clone())].into()).await.unwrap();
+    node.bootstrap([(id, info)].into()).await.unwrap(); // idempotent
+    node.propose(put(1)).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        if text.contains("consensus_is_leader 1")
+            && text.contains("consensus_proposal_latency_seconds_count 1")
+        {
+            assert!(text.contains("consensus_term"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics not updated: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = node.status();
+    assert_eq!(status.role, "leader");
+    assert_eq!(status.voters, vec![id]);
+    let json = serde_json::to_value(&status).unwrap();
+    assert!(json.get("state_hash").is_some() && json.get("commit_index").is_some());
+    node.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +281,12 @@ async fn unreachable_voter_is_replaced_automatically() {
         replaced = s.voters.len() == 3 && !s.voters.contains(&victim);
     }
     assert!(replaced, "the down voter was replaced by a learner");
+    let l = c.wait_leader(WAIT).await.unwrap();
+    let learners = c.nodes[&l].status().learners;
+    assert!(
+        !learners.contains(&victim),
+        "the dead voter no longer pins the log as a learner"
+    );
     let l = c.wait_leader(WAIT).await.unwrap();
     c.nodes[&l]
         .propose(put(1))

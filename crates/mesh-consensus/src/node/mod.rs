@@ -426,6 +426,32 @@ impl ConsensusNode {
             .map_err(membership_error)
     }
 
+    /// Replaces the voter set by `voters` and drops the replaced voters from
+    /// the membership (a dead member left as a learner would pin the log:
+    /// openraft keeps every entry a member's replication still needs).
+    pub(crate) async fn replace_voters(
+        &self,
+        voters: BTreeSet<MemberId>,
+    ) -> Result<(), ConsensusError> {
+        self.inner
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
+    /// Removes learners (non-voters) from the membership; the node runtime
+    /// re-adds a returning node with [`Self::add_learner`].
+    pub async fn remove_learners(&self, ids: BTreeSet<MemberId>) -> Result<(), ConsensusError> {
+        self.inner
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(membership_error)
+    }
+
     /// A snapshot of the node's consensus state.
     pub fn status(&self) -> ConsensusStatus {
         let metrics = self.inner.raft.metrics();

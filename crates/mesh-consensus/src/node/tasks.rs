@@ -3,7 +3,7 @@
 //! Each holds only a weak reference to the node, so dropping the node ends
 //! them, and each stops when the node's stop signal fires.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,8 @@ use crate::types::MemberId;
 
 /// Metrics refresh period.
 const METRICS_TICK: Duration = Duration::from_millis(100);
+/// A learner unreachable this many voter-down limits is removed from the membership.
+const LEARNER_DOWN_FACTOR: u32 = 4;
 /// Least time between two snapshot requests for compaction by bytes.
 const SNAPSHOT_TRIGGER_GAP: Duration = Duration::from_secs(1);
 
@@ -121,6 +123,7 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
     };
     let tick = (limit / 4).max(Duration::from_millis(20));
     let mut leader_since: Option<Instant> = None;
+    let mut down_since: BTreeMap<MemberId, Instant> = BTreeMap::new();
     while pause(&mut stop, tick).await {
         let Some(inner) = weak.upgrade() else { return };
         let node = ConsensusNode::from_inner(inner);
@@ -129,6 +132,7 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
             let m = rx.borrow_watched();
             if m.state != ServerState::Leader {
                 leader_since = None;
+                down_since.clear();
                 continue;
             }
             let since = *leader_since.get_or_insert_with(Instant::now);
@@ -155,6 +159,23 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
                 .collect::<BTreeSet<MemberId>>()
         };
         let voters: BTreeSet<MemberId> = node.voter_keys().into_keys().collect();
+        // Learners down for a long time are dropped so they stop pinning the log.
+        down_since.retain(|id, _| unhealthy.contains(id));
+        for id in &unhealthy {
+            down_since.entry(*id).or_insert_with(Instant::now);
+        }
+        let dead: BTreeSet<MemberId> = down_since
+            .iter()
+            .filter(|(id, t)| !voters.contains(id) && t.elapsed() > limit * LEARNER_DOWN_FACTOR)
+            .map(|(id, _)| *id)
+            .collect();
+        if !dead.is_empty() {
+            tracing::warn!(?dead, "removing long-unreachable learners");
+            if let Err(e) = node.remove_learners(dead).await {
+                tracing::warn!(error = %e, "learner removal failed; will retry");
+            }
+            continue;
+        }
         let candidates = node.candidates(&unhealthy);
         let next = if unhealthy.is_disjoint(&voters) {
             // All voters healthy: grow the committee when the mesh has grown
@@ -172,7 +193,7 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
             tracing::warn!(?unhealthy, ?next, "replacing unreachable voters");
             next
         };
-        if let Err(e) = node.change_voters(next).await {
+        if let Err(e) = node.replace_voters(next).await {
             tracing::warn!(error = %e, "committee change failed; will retry");
         }
     }
