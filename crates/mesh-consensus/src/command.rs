@@ -229,6 +229,25 @@ pub enum Command {
     },
 }
 
+impl fmt::Display for Command {
+    /// A short name for logs (openraft prints entries); never the payload bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AddMember { node, .. } => write!(f, "AddMember({node})"),
+            Self::SetRoles { node, .. } => write!(f, "SetRoles({node})"),
+            Self::RemoveMember { node } => write!(f, "RemoveMember({node})"),
+            Self::RevokeCertificate { .. } => f.write_str("RevokeCertificate"),
+            Self::CreateJob { job, .. } => write!(f, "CreateJob({job})"),
+            Self::StartRound { job, round, .. } => write!(f, "StartRound({job}, {round})"),
+            Self::CompleteRound { job, round, .. } => write!(f, "CompleteRound({job}, {round})"),
+            Self::RecordEvidence { node, kind } => write!(f, "RecordEvidence({node}, {kind:?})"),
+            Self::ResetReputation { node } => write!(f, "ResetReputation({node})"),
+            Self::Put { key, value } => write!(f, "Put({}B, {}B)", key.len(), value.len()),
+            Self::Delete { key } => write!(f, "Delete({}B)", key.len()),
+        }
+    }
+}
+
 impl Command {
     /// Encodes the command for the log (postcard).
     pub fn encode(&self) -> Vec<u8> {

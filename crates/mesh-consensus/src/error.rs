@@ -147,3 +147,87 @@ pub enum SnapshotError {
     #[error("snapshot state is inconsistent: {0} (it was not produced by apply; do not trust its source)")]
     Inconsistent(String),
 }
+
+/// Why the durable Raft store could not be opened or read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open the raft store: {0} (check the data directory's path, permissions and free space, then retry)")]
+    Open(String),
+    /// The database holds bytes this build cannot read.
+    #[error("the raft store is corrupt: {0} (retrying does not help; restore the node from a peer by wiping its data directory)")]
+    Corrupt(String),
+}
+
+/// Why the transport could not deliver a Raft RPC.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TransportError {
+    /// The target cannot be reached now (disconnected, partitioned, unknown route).
+    #[error("member {target} is unreachable: {reason} (retry later)")]
+    Unreachable {
+        /// The target member (Raft id, hex).
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// The target did not answer in time.
+    #[error("member {target} did not answer within {timeout_ms} ms (retry)")]
+    Timeout {
+        /// The target member (Raft id, hex).
+        target: String,
+        /// How long the caller waited.
+        timeout_ms: u64,
+    },
+    /// The payload or the answer breaks the size bound.
+    #[error(
+        "message of {len_bytes} bytes exceeds the limit of {max_bytes} (retrying does not help)"
+    )]
+    TooLarge {
+        /// Size.
+        len_bytes: usize,
+        /// Limit.
+        max_bytes: usize,
+    },
+}
+
+/// Errors of the consensus node's API.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConsensusError {
+    /// The durable store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No leader is known now (an election is running or the majority is unreachable).
+    #[error("no committee leader is known now (retry after an election; if it persists, a majority of voters is down or partitioned)")]
+    NoLeader,
+    /// The leader could not be reached to forward the request.
+    #[error("cannot reach the leader: {0} (retry)")]
+    Forward(String),
+    /// The request did not complete in time; it may still commit.
+    #[error("the request did not complete within {timeout_ms} ms (it may still commit; retry only if the command is idempotent)")]
+    Timeout {
+        /// How long the caller waited.
+        timeout_ms: u64,
+    },
+    /// A configuration value is unusable.
+    #[error("invalid consensus configuration: {0} (fix the configuration)")]
+    Config(String),
+    /// A membership change was refused.
+    #[error("membership change refused: {0} (retry when the previous change has completed)")]
+    Membership(String),
+    /// The raft core stopped (storage failure or shutdown).
+    #[error("the consensus node has stopped: {0} (restart the node)")]
+    Stopped(String),
+    /// The node was asked something it cannot answer in its current role.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ConsensusError {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::NoLeader | Self::Forward(_) | Self::Timeout { .. } | Self::Membership(_)
+        )
+    }
+}

@@ -27,17 +27,43 @@
 //!   snapshot::encode / snapshot::decode  (postcard, size-bounded, checksummed)
 //! ```
 //!
-//! Storage (the durable log) and the Raft network are layered on top of this
-//! crate; nothing here knows about either.
+//! The Raft committee is layered on top (openraft 0.10 with pre-vote):
+//!
+//! ```text
+//!            ConsensusNode (node)  propose / status / read_state / handle_rpc
+//!      ┌──────────┬──────┴───────┬──────────────┬────────────────┐
+//!   openraft   store (redb)   network        committee       certificate
+//!   Raft core  log, vote,     wire codec,    voter choice,   signed statements,
+//!   (engine)   snapshots,     RaftTransport  self-healing    collector, verify,
+//!              group commit   trait ◄─ memnet (tests, sim)    evidence
+//! ```
+//!
+//! The crate knows nothing of libp2p: the node runtime implements
+//! [`network::RaftTransport`] over the P2P layer and feeds inbound bytes to
+//! [`node::ConsensusNode::handle_rpc`].
 
+pub mod bench;
+pub mod certificate;
 pub mod command;
+pub mod committee;
 pub mod error;
+pub mod memnet;
+pub mod metrics;
+pub mod network;
+pub mod node;
 pub mod snapshot;
 pub mod state;
+pub mod store;
+pub mod types;
 
 pub use command::{
     Command, DpBudget, EvidenceKind, JobId, JobSpec, ModelHash, NodeId, RevocationReason, Role,
     RoundMetrics,
 };
-pub use error::{ApplyError, CommandDecodeError, SnapshotError};
+pub use error::{
+    ApplyError, CommandDecodeError, ConsensusError, SnapshotError, StoreError, TransportError,
+};
+pub use network::RaftTransport;
+pub use node::{ConsensusConfig, ConsensusNode, ConsensusStatus};
 pub use state::{MeshState, Response, StateHash};
+pub use types::{CommitReceipt, MemberId, MemberInfo};

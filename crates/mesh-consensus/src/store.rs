@@ -1,0 +1,718 @@
+//! Durable Raft storage in one redb file: the log, the vote, the committed and
+//! purged log ids, and the latest snapshot of the [`MeshState`].
+//!
+//! ```text
+//!   openraft core ──append/vote/truncate/purge──► LogStore ─┐  (in-memory log cache,
+//!   openraft sm   ──apply/build/install─────────► StateMachineStore ─┤   reads never block)
+//!                                                                     ▼
+//!                                  bounded queue ──► writer thread: drains every queued
+//!                                                   write into ONE redb transaction,
+//!                                                   commits it (one fsync), then
+//!                                                   acknowledges each write in order
+//! ```
+//!
+//! Group commit: every write goes through one writer thread that takes all the
+//! writes queued behind the first into the same durable redb transaction, so one
+//! fsync covers every entry of an append call, and under load several append
+//! calls too. The log is also kept in memory (bounded by compaction: snapshots
+//! by entry count and by bytes purge it), so replication reads never wait for
+//! the disk, and an entry is readable as soon as `append` returns, before its
+//! fsync completes, as openraft expects.
+//!
+//! The state machine is in memory and made durable by its snapshots: on restart
+//! the last snapshot is loaded and openraft re-applies the committed entries
+//! after it (the committed log id is stored for that). Snapshots use the
+//! existing format of [`crate::snapshot`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::{Stream, TryStreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, IOFlushed, LogState, RaftLogStorage, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::StoreError;
+use crate::snapshot;
+use crate::state::{MeshState, StateHash};
+use crate::types::{
+    CommitReceipt, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "purged";
+const KEY_SNAPSHOT_META: &str = "snapshot_meta";
+const KEY_SNAPSHOT_DATA: &str = "snapshot_data";
+
+/// Most writes queued for the writer thread; `append` waits when it is full.
+pub const WRITE_QUEUE_LEN: usize = 4096;
+/// Most queued writes the writer folds into one transaction.
+pub const WRITE_BATCH_MAX: usize = 1024;
+/// Most applied-entry records kept for certificate cross-checks.
+pub const APPLIED_HISTORY_LEN: usize = 4096;
+/// Largest snapshot this store accepts from a peer, in bytes.
+pub const SNAPSHOT_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    postcard::to_allocvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep going.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens (or creates) the store at `path`; returns the log half and the state
+/// machine half, which share one database and one writer thread.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let db = Arc::new(create_with_retry(path)?);
+    let loaded = load(&db)?;
+    let writer = Writer::spawn(db)?;
+    let log = LogStore {
+        inner: Arc::new(LogInner {
+            cache: Mutex::new(loaded.log),
+            writer: writer.clone(),
+        }),
+    };
+    let sm = StateMachineStore::restore(loaded.snapshot, writer)?;
+    Ok((log, sm))
+}
+
+/// Opens the file, waiting (bounded) for a previous instance in this process
+/// to finish closing it (a restarted node reopens its own store).
+fn create_with_retry(path: &Path) -> Result<Database, StoreError> {
+    let mut attempts = 0;
+    loop {
+        match Database::create(path) {
+            Ok(db) => return Ok(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if attempts < OPEN_RETRIES => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(StoreError::Open(e.to_string())),
+        }
+    }
+}
+
+/// How often [`open`] retries a database still held by a closing instance (10 ms apart).
+const OPEN_RETRIES: u32 = 300;
+
+struct Loaded {
+    log: LogCache,
+    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+}
+
+fn load(db: &Database) -> Result<Loaded, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+    // Create the tables so that a fresh file reads like an empty one.
+    let tx = db.begin_write().map_err(|e| bad(&e))?;
+    tx.open_table(LOG).map_err(|e| bad(&e))?;
+    tx.open_table(META).map_err(|e| bad(&e))?;
+    tx.commit().map_err(|e| bad(&e))?;
+
+    let tx = db.begin_read().map_err(|e| bad(&e))?;
+    let log_table = tx.open_table(LOG).map_err(|e| bad(&e))?;
+    let meta = tx.open_table(META).map_err(|e| bad(&e))?;
+    let mut cache = LogCache::default();
+    for row in log_table.iter().map_err(|e| bad(&e))? {
+        let (k, v) = row.map_err(|e| bad(&e))?;
+        let entry: Entry = decode(v.value()).map_err(|e| bad(&e))?;
+        if entry.index() != k.value() {
+            return Err(StoreError::Corrupt(format!(
+                "log key {} holds entry {}",
+                k.value(),
+                entry.index()
+            )));
+        }
+        cache.insert(entry, v.value().len());
+    }
+    let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(meta
+            .get(key)
+            .map_err(|e| bad(&e))?
+            .map(|v| v.value().to_vec()))
+    };
+    cache.vote = dec_opt(get(KEY_VOTE)?)?;
+    cache.committed = dec_opt(get(KEY_COMMITTED)?)?;
+    cache.purged = dec_opt(get(KEY_PURGED)?)?;
+    let snapshot = match (get(KEY_SNAPSHOT_META)?, get(KEY_SNAPSHOT_DATA)?) {
+        (Some(m), Some(d)) => Some((decode::<SnapshotMeta>(&m).map_err(|e| bad(&e))?, d)),
+        _ => None,
+    };
+    Ok(Loaded {
+        log: cache,
+        snapshot,
+    })
+}
+
+fn dec_opt<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
+    bytes
+        .map(|b| decode(&b))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// The writer thread (group commit).
+// ---------------------------------------------------------------------------
+
+enum WriteKind {
+    Append(Vec<(u64, Vec<u8>)>),
+    PutMeta(&'static str, Vec<u8>),
+    /// Deletes log entries with index >= the value.
+    TruncateFrom(u64),
+    /// Deletes log entries with index <= the value, and records the purged id.
+    PurgeUpTo(u64, Vec<u8>),
+}
+
+enum Done {
+    Flushed(IOFlushed<TypeConfig>),
+    Reply(oneshot::Sender<Result<(), String>>),
+    Nothing,
+}
+
+struct WriteOp {
+    kinds: Vec<WriteKind>,
+    done: Done,
+}
+
+/// Handle to the writer thread; the last clone dropped closes the queue and
+/// waits for the thread, so the database file is closed when it returns.
+#[derive(Clone)]
+struct Writer {
+    shared: Arc<WriterShared>,
+}
+
+struct WriterShared {
+    tx: Option<mpsc::Sender<WriteOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterShared {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    fn spawn(db: Arc<Database>) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_LEN);
+        let thread = std::thread::Builder::new()
+            .name("raft-store-writer".into())
+            .spawn(move || writer_loop(&db, rx))
+            .map_err(|e| StoreError::Open(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            shared: Arc::new(WriterShared {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Queues a write; completion is reported through `done`.
+    async fn submit(&self, kinds: Vec<WriteKind>, done: Done) -> io::Result<()> {
+        let stopped = || io::Error::other("the store writer has stopped");
+        let tx = self.shared.tx.as_ref().ok_or_else(stopped)?;
+        tx.send(WriteOp { kinds, done })
+            .await
+            .map_err(|_| stopped())
+    }
+
+    /// Queues a write and waits until it is durable.
+    async fn write(&self, kinds: Vec<WriteKind>) -> io::Result<()> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.submit(kinds, Done::Reply(done_tx)).await?;
+        match done_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("the store writer has stopped")),
+        }
+    }
+}
+
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = commit_batch(db, &batch);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "raft store write failed");
+        }
+        for op in batch {
+            match op.done {
+                Done::Flushed(cb) => cb.io_completed(result.clone().map_err(io::Error::other)),
+                Done::Reply(tx) => {
+                    let _ = tx.send(result.clone());
+                }
+                Done::Nothing => {}
+            }
+        }
+    }
+}
+
+fn commit_batch(db: &Database, batch: &[WriteOp]) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut tx = db.begin_write().map_err(|e| s(&e))?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| s(&e))?;
+    {
+        let mut log = tx.open_table(LOG).map_err(|e| s(&e))?;
+        let mut meta = tx.open_table(META).map_err(|e| s(&e))?;
+        for kind in batch.iter().flat_map(|op| op.kinds.iter()) {
+            match kind {
+                WriteKind::Append(entries) => {
+                    for (index, bytes) in entries {
+                        log.insert(*index, bytes.as_slice()).map_err(|e| s(&e))?;
+                    }
+                }
+                WriteKind::PutMeta(key, value) => {
+                    meta.insert(*key, value.as_slice()).map_err(|e| s(&e))?;
+                }
+                WriteKind::TruncateFrom(from) => {
+                    log.retain_in(*from.., |_, _| false).map_err(|e| s(&e))?;
+                }
+                WriteKind::PurgeUpTo(upto, purged) => {
+                    log.retain_in(..=*upto, |_, _| false).map_err(|e| s(&e))?;
+                    meta.insert(KEY_PURGED, purged.as_slice())
+                        .map_err(|e| s(&e))?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(|e| s(&e))
+}
+
+// ---------------------------------------------------------------------------
+// The log.
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct LogCache {
+    entries: BTreeMap<u64, (Entry, usize)>,
+    bytes: u64,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    purged: Option<LogId>,
+}
+
+impl LogCache {
+    fn insert(&mut self, entry: Entry, len_bytes: usize) {
+        let index = entry.index();
+        if let Some((_, old)) = self.entries.insert(index, (entry, len_bytes)) {
+            self.bytes -= old as u64;
+        }
+        self.bytes += len_bytes as u64;
+    }
+
+    fn remove_range(&mut self, range: impl RangeBounds<u64>) {
+        let keys: Vec<u64> = self.entries.range(range).map(|(k, _)| *k).collect();
+        for k in keys {
+            if let Some((_, len)) = self.entries.remove(&k) {
+                self.bytes -= len as u64;
+            }
+        }
+    }
+}
+
+struct LogInner {
+    cache: Mutex<LogCache>,
+    writer: Writer,
+}
+
+/// The Raft log, vote and committed id (openraft's `RaftLogStorage`).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<LogInner>,
+}
+
+impl LogStore {
+    /// Entries held in the log now (not yet purged by compaction).
+    pub fn len_entries(&self) -> usize {
+        lock(&self.inner.cache).entries.len()
+    }
+
+    /// Encoded bytes of the entries held in the log now.
+    pub fn len_bytes(&self) -> u64 {
+        lock(&self.inner.cache).bytes
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        let cache = lock(&self.inner.cache);
+        Ok(cache
+            .entries
+            .range((start, end))
+            .map(|(_, (e, _))| e.clone())
+            .collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(lock(&self.inner.cache).vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let cache = lock(&self.inner.cache);
+        let last = cache.entries.values().next_back().map(|(e, _)| e.log_id());
+        Ok(LogState {
+            last_purged_log_id: cache.purged,
+            last_log_id: last.or(cache.purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let bytes = encode(vote)?;
+        lock(&self.inner.cache).vote = Some(*vote);
+        self.inner
+            .writer
+            .write(vec![WriteKind::PutMeta(KEY_VOTE, bytes)])
+            .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        lock(&self.inner.cache).committed = committed;
+        let Some(committed) = committed else {
+            return Ok(());
+        };
+        // Not waited for: a lost committed id only means re-applying from the
+        // snapshot is shorter after a crash; openraft re-learns it from the leader.
+        let bytes = encode(&committed)?;
+        self.inner
+            .writer
+            .submit(
+                vec![WriteKind::PutMeta(KEY_COMMITTED, bytes)],
+                Done::Nothing,
+            )
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(lock(&self.inner.cache).committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        {
+            let mut cache = lock(&self.inner.cache);
+            for entry in entries {
+                let bytes = encode(&entry)?;
+                let index = entry.index();
+                cache.insert(entry, bytes.len());
+                rows.push((index, bytes));
+            }
+        }
+        self.inner
+            .writer
+            .submit(vec![WriteKind::Append(rows)], Done::Flushed(callback))
+            .await
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |id| id.index() + 1);
+        lock(&self.inner.cache).remove_range(from..);
+        self.inner
+            .writer
+            .write(vec![WriteKind::TruncateFrom(from)])
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let bytes = encode(&log_id)?;
+        {
+            let mut cache = lock(&self.inner.cache);
+            cache.remove_range(..=log_id.index());
+            cache.purged = Some(log_id);
+        }
+        self.inner
+            .writer
+            .write(vec![WriteKind::PurgeUpTo(log_id.index(), bytes)])
+            .await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The state machine.
+// ---------------------------------------------------------------------------
+
+/// One applied entry, as commit certificates describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedRecord {
+    /// Log index.
+    pub index: u64,
+    /// Term of the leader that proposed it.
+    pub term: u64,
+    /// BLAKE3 of the encoded log entry.
+    pub entry_hash: [u8; 32],
+    /// State hash after applying it.
+    pub state_hash: StateHash,
+}
+
+struct SmInner {
+    state: MeshState,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    snapshot: Option<(SnapshotMeta, Arc<Vec<u8>>)>,
+    history: VecDeque<AppliedRecord>,
+}
+
+struct SmShared {
+    inner: Mutex<SmInner>,
+    writer: Writer,
+    /// Encoded bytes applied since the last snapshot (drives compaction by bytes).
+    bytes_since_snapshot: AtomicU64,
+    snapshots_built: AtomicU64,
+    snapshots_installed: AtomicU64,
+    latest: watch::Sender<Option<AppliedRecord>>,
+}
+
+/// The mesh state machine under openraft (`RaftStateMachine`), shared with the
+/// node for reads.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<SmShared>,
+}
+
+impl StateMachineStore {
+    fn restore(
+        snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+        writer: Writer,
+    ) -> Result<Self, StoreError> {
+        let mut inner = SmInner {
+            state: MeshState::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+            history: VecDeque::new(),
+        };
+        if let Some((meta, data)) = snapshot {
+            inner.state = snapshot::decode_bounded(&data, SNAPSHOT_BYTES_MAX)
+                .map_err(|e| StoreError::Corrupt(format!("stored snapshot: {e}")))?;
+            inner.last_applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.snapshot = Some((meta, Arc::new(data)));
+        }
+        Ok(Self {
+            shared: Arc::new(SmShared {
+                inner: Mutex::new(inner),
+                writer,
+                bytes_since_snapshot: AtomicU64::new(0),
+                snapshots_built: AtomicU64::new(0),
+                snapshots_installed: AtomicU64::new(0),
+                latest: watch::channel(None).0,
+            }),
+        })
+    }
+
+    /// Runs `f` on the current state.
+    pub fn read<R>(&self, f: impl FnOnce(&MeshState) -> R) -> R {
+        f(&lock(&self.shared.inner).state)
+    }
+
+    /// The record of the applied entry at `index`, if still in the bounded history.
+    pub fn applied_record(&self, index: u64) -> Option<AppliedRecord> {
+        let inner = lock(&self.shared.inner);
+        let first = inner.history.front()?.index;
+        let pos = usize::try_from(index.checked_sub(first)?).ok()?;
+        inner.history.get(pos).copied().filter(|r| r.index == index)
+    }
+
+    /// Watches the latest applied entry.
+    pub fn watch_applied(&self) -> watch::Receiver<Option<AppliedRecord>> {
+        self.shared.latest.subscribe()
+    }
+
+    /// Encoded bytes applied since the last snapshot.
+    pub fn bytes_since_snapshot(&self) -> u64 {
+        self.shared.bytes_since_snapshot.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots built by this node since it started.
+    pub fn snapshots_built(&self) -> u64 {
+        self.shared.snapshots_built.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots received from a leader and installed since this node started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.shared.snapshots_installed.load(Ordering::Relaxed)
+    }
+
+    /// Index and size of the current snapshot, if any.
+    pub fn snapshot_info(&self) -> Option<(u64, u64)> {
+        let inner = lock(&self.shared.inner);
+        let (meta, data) = inner.snapshot.as_ref()?;
+        Some((meta.last_log_id?.index(), data.len() as u64))
+    }
+
+    fn apply_one(&self, entry: &Entry) -> io::Result<CommitReceipt> {
+        let bytes = encode(entry)?;
+        let log_id = entry.log_id();
+        let index = log_id.index();
+        let term = log_id.leader_id.term;
+        let mut inner = lock(&self.shared.inner);
+        let mut rejected = None;
+        match &entry.payload {
+            EntryPayload::Normal(cmd) => {
+                if let Err(e) = inner.state.apply(index, cmd) {
+                    rejected = Some(e.to_string());
+                }
+            }
+            EntryPayload::Membership(m) => {
+                inner.membership = StoredMembership::new(Some(log_id), m.clone());
+            }
+            EntryPayload::Blank => {}
+        }
+        inner.last_applied = Some(log_id);
+        let record = AppliedRecord {
+            index,
+            term,
+            entry_hash: *blake3::hash(&bytes).as_bytes(),
+            state_hash: inner.state.state_hash(),
+        };
+        if inner.history.len() >= APPLIED_HISTORY_LEN {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(record);
+        drop(inner);
+        self.shared
+            .bytes_since_snapshot
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.shared.latest.send_replace(Some(record));
+        Ok(CommitReceipt {
+            index,
+            term,
+            state_hash: record.state_hash,
+            rejected,
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (meta, data) = {
+            let inner = lock(&self.shared.inner);
+            let meta = SnapshotMeta {
+                last_log_id: inner.last_applied,
+                last_membership: inner.membership.clone(),
+            };
+            (meta, snapshot::encode(&inner.state))
+        };
+        self.shared.bytes_since_snapshot.store(0, Ordering::Relaxed);
+        let meta_bytes = encode(&meta)?;
+        self.shared
+            .writer
+            .write(vec![
+                WriteKind::PutMeta(KEY_SNAPSHOT_META, meta_bytes),
+                WriteKind::PutMeta(KEY_SNAPSHOT_DATA, data.clone()),
+            ])
+            .await?;
+        lock(&self.shared.inner).snapshot = Some((meta.clone(), Arc::new(data.clone())));
+        self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let inner = lock(&self.shared.inner);
+        Ok((inner.last_applied, inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let receipt = self.apply_one(&entry)?;
+            if let Some(responder) = responder {
+                responder.send(receipt);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
+        let state = snapshot::decode_bounded(&data, SNAPSHOT_BYTES_MAX)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let meta_bytes = encode(meta)?;
+        self.shared
+            .writer
+            .write(vec![
+                WriteKind::PutMeta(KEY_SNAPSHOT_META, meta_bytes),
+                WriteKind::PutMeta(KEY_SNAPSHOT_DATA, data.clone()),
+            ])
+            .await?;
+        let mut inner = lock(&self.shared.inner);
+        inner.state = state;
+        inner.last_applied = meta.last_log_id;
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some((meta.clone(), Arc::new(data)));
+        inner.history.clear();
+        self.shared.bytes_since_snapshot.store(0, Ordering::Relaxed);
+        self.shared
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let inner = lock(&self.shared.inner);
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: data.as_ref().clone(),
+        }))
+    }
+}
