@@ -31,6 +31,12 @@ enum Command {
     /// Operate the mesh certificate authority (init, issue, renew, revoke, verify, list).
     #[command(subcommand)]
     Ca(cli::ca::CaCommand),
+    /// Run a mesh node: P2P network, committee member, HTTP API (until SIGTERM/SIGINT).
+    Node(cli::node::NodeArgs),
+    /// Show a running node's status, peers and committee.
+    Status(cli::status::StatusArgs),
+    /// Sign a short-lived admin token for the HTTP API's write endpoints.
+    Token(cli::token::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +47,9 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Keygen(args) => cli::keygen::run(args),
         Command::Ca(cmd) => cli::ca::run(cmd),
+        Command::Node(args) => cli::node::run(args),
+        Command::Status(args) => cli::status::run(args),
+        Command::Token(args) => cli::token::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

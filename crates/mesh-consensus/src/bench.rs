@@ -323,16 +323,32 @@ pub async fn closed_loop(
             errors += e;
         }
     }
-    let elapsed = started.elapsed();
-    all.sort();
-    Ok(BenchReport {
+    Ok(BenchReport::from_latencies(
         clients,
-        commits: all.len(),
+        all,
         errors,
-        duration_ms: ms(elapsed),
-        throughput_per_s: all.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-        p50_ms: ms(percentile(&all, 0.50)),
-        p99_ms: ms(percentile(&all, 0.99)),
-        max_ms: ms(all.last().copied().unwrap_or_default()),
-    })
+        started.elapsed(),
+    ))
+}
+
+impl BenchReport {
+    /// Summarizes one run: every successful commit's latency, the failures, and the wall time.
+    pub fn from_latencies(
+        clients: usize,
+        mut latencies: Vec<Duration>,
+        errors: usize,
+        elapsed: Duration,
+    ) -> Self {
+        latencies.sort();
+        Self {
+            clients,
+            commits: latencies.len(),
+            errors,
+            duration_ms: ms(elapsed),
+            throughput_per_s: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50_ms: ms(percentile(&latencies, 0.50)),
+            p99_ms: ms(percentile(&latencies, 0.99)),
+            max_ms: ms(latencies.last().copied().unwrap_or_default()),
+        }
+    }
 }

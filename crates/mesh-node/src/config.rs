@@ -107,6 +107,9 @@ pub struct IdentityConfig {
     pub ca_cert: PathBuf,
     /// The CA pin: a file holding the hex SHA-256 of the CA certificate, or the hex itself.
     pub ca_pin: String,
+    /// Optional `revocations.jsonl` from `agent-mesh ca revoke`; re-read when it changes,
+    /// and peers holding a revoked certificate are disconnected.
+    pub revocations: Option<PathBuf>,
 }
 
 /// Peer-to-peer settings.
@@ -431,6 +434,9 @@ impl NodeConfig {
         join(&mut self.identity.key);
         join(&mut self.identity.cert);
         join(&mut self.identity.ca_cert);
+        if let Some(path) = &mut self.identity.revocations {
+            join(path);
+        }
         let pin_path = base.join(&self.identity.ca_pin);
         if !self.identity.ca_pin.is_empty() && !is_hex_pin(&self.identity.ca_pin) {
             self.identity.ca_pin = pin_path.to_string_lossy().into_owned();

@@ -19,4 +19,5 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod round;
+pub mod runtime;
 pub mod sim;

@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Robustness(Box<super::robustness::RobustnessArgs>),
     /// Gossip time-to-all over in-process nodes and blob throughput over loopback TCP.
     Net(super::bench_net::NetArgs),
+    /// Closed-loop durable writes against a 3-voter committee of real node processes.
+    Consensus(super::bench_consensus::ConsensusArgs),
 }
 
 /// Flags of `agent-mesh bench aggregators`.
@@ -45,6 +47,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Secagg(args) => secagg(args),
         BenchCommand::Robustness(args) => super::robustness::run(*args),
         BenchCommand::Net(args) => super::bench_net::run(args),
+        BenchCommand::Consensus(args) => super::bench_consensus::run(args),
     }
 }
 

@@ -1,10 +1,14 @@
 //! One module per subcommand of `agent-mesh`.
 
 pub mod bench;
+pub mod bench_consensus;
 pub mod bench_net;
 pub mod ca;
 pub mod dp;
 pub mod keygen;
+pub mod node;
 pub mod plot;
 pub mod robustness;
 pub mod sim;
+pub mod status;
+pub mod token;

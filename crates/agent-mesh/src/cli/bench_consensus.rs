@@ -1,0 +1,294 @@
+//! `agent-mesh bench consensus`: closed-loop durable writes against a 3-voter
+//! committee of real `agent-mesh node` processes on loopback.
+//!
+//! In the style of etcd's `benchmark put`: N clients, each with one write in
+//! flight, send `POST /v1/kv` to the leader for a fixed time; every write
+//! returns only after a majority has it on disk (redb, fsync) and the leader
+//! applied it. The same disk's fsync latency is measured first, so the
+//! single-client latency can be compared with the floor the disk sets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use comfy_table::Table;
+use mesh_consensus::bench::{measure_fsync, BenchReport};
+
+use super::status::get_json;
+
+const MESH_ID: &str = "bench";
+const VOTERS: usize = 3;
+
+/// Flags of `agent-mesh bench consensus`.
+#[derive(Debug, Args)]
+pub struct ConsensusArgs {
+    /// Run only this many concurrent clients (default: 1, 16, 256 and 1024).
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Seconds each level runs.
+    #[arg(long, default_value_t = 5)]
+    pub duration_s: u64,
+    /// Where the nodes keep their stores (default: a temporary folder; the disk under test).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Print a JSON list instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Node processes that are killed when dropped.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the agent-mesh binary")
+}
+
+fn run_exe(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(exe()?)
+        .args(args)
+        .output()
+        .with_context(|| format!("running agent-mesh {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "agent-mesh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// Keys, certificates and configs for the admin and the voters.
+fn prepare(root: &Path) -> anyhow::Result<()> {
+    let ca = root.join("ca");
+    run_exe(&["ca", "init", "--out", path_str(&ca)?])?;
+    for (name, roles) in std::iter::once(("admin".to_string(), "admin"))
+        .chain((0..VOTERS).map(|i| (format!("node-{i}"), "committee,observer")))
+    {
+        let dir = root.join(&name);
+        run_exe(&["keygen", "--out", path_str(&dir)?])?;
+        let cert = dir.join("node.cert.pem");
+        let (ca, dir_s, cert) = (path_str(&ca)?, path_str(&dir)?, path_str(&cert)?);
+        run_exe(&[
+            "ca", "issue", "--ca", ca, "--node", dir_s, "--roles", roles, "--out", cert,
+        ])?;
+        let config = format!(
+            "mesh_id = \"{MESH_ID}\"\ndata_dir = \"data\"\n[identity]\nkey = \"node.key.pem\"\n\
+             cert = \"node.cert.pem\"\nca_cert = \"../ca/ca.cert.pem\"\nca_pin = \"../ca/ca.pin\"\n\
+             [consensus]\nbootstrap_expect = {VOTERS}\n[log]\nlevel = \"warn\"\n"
+        );
+        std::fs::write(dir.join("node.toml"), config)?;
+    }
+    Ok(())
+}
+
+fn read_node_json(dir: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("data").join("node.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn spawn_node(dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join("node.log"))?;
+    let mut command = Command::new(exe()?);
+    command
+        .args(["node", "--config", path_str(&dir.join("node.toml"))?])
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(addr) = bootstrap {
+        command.env("AGENT_MESH_BOOTSTRAP", addr);
+    }
+    command.spawn().context("starting a node process")
+}
+
+async fn wait_until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// Starts the voters and returns their processes and the leader's API URL.
+async fn start_committee(
+    root: &Path,
+    client: &reqwest::Client,
+) -> anyhow::Result<(Processes, String)> {
+    let mut processes = Processes(Vec::new());
+    let mut urls = Vec::new();
+    let mut boot: Option<String> = None;
+    for i in 0..VOTERS {
+        let dir = root.join(format!("node-{i}"));
+        processes.0.push(spawn_node(&dir, boot.as_deref())?);
+        let info = wait_until("a node to start", || async { read_node_json(&dir) }).await?;
+        urls.push(info["http_url"].as_str().unwrap_or_default().to_string());
+        if boot.is_none() {
+            boot = info["listen_addrs"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .find(|a| a.contains("/tcp/"))
+                })
+                .map(String::from);
+        }
+    }
+    let leader = wait_until("the committee to elect a leader", || async {
+        for url in &urls {
+            let c = get_json(client, &format!("{url}/v1/consensus"))
+                .await
+                .ok()?;
+            let voters = c["voters"].as_array().map_or(0, |v| v.len());
+            if c["role"] == "leader" && voters == VOTERS {
+                return Some(url.clone());
+            }
+        }
+        None
+    })
+    .await?;
+    Ok((processes, leader))
+}
+
+/// Runs `clients` closed-loop writers against `leader` for `duration`.
+async fn closed_loop(
+    client: &reqwest::Client,
+    leader: &str,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+) -> BenchReport {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let url = format!("{leader}/v1/kv");
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (client, url, token) = (client.clone(), url.clone(), token.to_string());
+        tasks.spawn(async move {
+            let (mut latencies, mut errors, mut seq) = (Vec::new(), 0usize, 0u64);
+            while Instant::now() < deadline {
+                seq += 1;
+                let body = serde_json::json!({ "key": format!("c{c}"), "value": seq.to_string() });
+                let t = Instant::now();
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => latencies.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((latencies, failed)) = joined {
+            all.extend(latencies);
+            errors += failed;
+        }
+    }
+    BenchReport::from_latencies(clients, all, errors, started.elapsed())
+}
+
+/// Runs the benchmark and prints the table (or JSON).
+pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
+    let levels = match args.clients {
+        Some(0) => bail!("--clients must be at least 1"),
+        Some(n) if n > 4_096 => bail!("--clients is limited to 4096"),
+        Some(n) => vec![n],
+        None => vec![1, 16, 256, 1_024],
+    };
+    let temp = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            tempfile::tempdir_in(dir)?
+        }
+        None => tempfile::tempdir()?,
+    };
+    let root = temp.path();
+    prepare(root)?;
+    let fsync = measure_fsync(root, 500).context("measuring fsync")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let reports = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4_096)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let (processes, leader) = start_committee(root, &client).await?;
+        let token = super::token::make_token(&super::token::TokenArgs {
+            key: root.join("admin"),
+            cert: root.join("admin").join("node.cert.pem"),
+            mesh_id: MESH_ID.into(),
+            ttl_s: 3_600,
+        })?;
+        let mut reports = Vec::new();
+        for clients in levels {
+            if !args.json {
+                eprintln!("running {clients} clients for {} s ...", args.duration_s);
+            }
+            let duration = Duration::from_secs(args.duration_s.max(1));
+            reports.push(closed_loop(&client, &leader, &token, clients, duration).await);
+        }
+        drop(processes);
+        anyhow::Ok(reports)
+    })?;
+    print(&reports, fsync.p50_ms, args.json)
+}
+
+fn print(reports: &[BenchReport], fsync_p50_ms: f64, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(reports)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header([
+        "clients",
+        "commits/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "p50 / fsync",
+    ]);
+    for r in reports {
+        table.add_row([
+            r.clients.to_string(),
+            format!("{:.0}", r.throughput_per_s),
+            format!("{:.2}", r.p50_ms),
+            format!("{:.2}", r.p99_ms),
+            format!("{:.2}", r.max_ms),
+            r.errors.to_string(),
+            format!("{:.1}x", r.p50_ms / fsync_p50_ms.max(1e-6)),
+        ]);
+    }
+    println!("3 voters, real processes on loopback, durable redb stores");
+    println!("fsync p50 on this disk: {fsync_p50_ms:.3} ms");
+    println!("{table}");
+    Ok(())
+}

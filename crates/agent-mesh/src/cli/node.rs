@@ -1,0 +1,85 @@
+//! `agent-mesh node --config node.toml`: run one mesh node until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use mesh_node::config::{LogFormat, NodeConfig, ENV_OVERRIDES};
+
+/// Flags of `agent-mesh node`.
+#[derive(Debug, Args)]
+#[command(after_long_help = env_help())]
+pub struct NodeArgs {
+    /// The node's TOML config (see docs/operations.md); relative paths in it are
+    /// taken from the file's folder.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Check the config and credentials, print the resolved config, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+fn env_help() -> String {
+    let mut text = String::from("Environment overrides (applied after the file):\n");
+    for item in ENV_OVERRIDES {
+        text.push_str(&format!("  {:<30} {}\n", item.name, item.help));
+    }
+    text
+}
+
+/// Loads the config, starts logging, and runs the node on a tokio runtime.
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig::load(&args.config, |name| std::env::var(name).ok())?;
+    if args.check {
+        mesh_node::runtime::Credentials::load(&config)?;
+        println!(
+            "{}",
+            toml::to_string_pretty(&config).context("printing the config")?
+        );
+        return Ok(());
+    }
+    init_logging(config.log.format, &config.log.level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(mesh_node::runtime::run(config, shutdown_signal()))?;
+    Ok(())
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .with_context(|| format!("log.level {level:?} is not a valid filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("starting the logger: {e}"))
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

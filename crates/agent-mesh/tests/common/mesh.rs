@@ -1,0 +1,343 @@
+//! A mesh of real `agent-mesh node` processes on loopback, for integration tests.
+//!
+//! Keys and certificates come from the binary's own `keygen` and `ca` commands;
+//! each node listens on port 0 and reports its addresses in `data/node.json`.
+//! Every wait is bounded and every process is killed when the harness drops.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agent-mesh")
+}
+
+/// Runs the binary and returns stdout, panicking with stderr on failure.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status code, body).
+pub fn http(method: &str, url: &str, bearer: Option<&str>, body: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .ok()?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// GET returning the body of a 200 answer as JSON.
+pub fn get_json(url: &str) -> Option<serde_json::Value> {
+    let (status, body) = http("GET", url, None, "")?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// One node process and its files.
+pub struct Node {
+    /// Its folder (key, certificate, config, data, log).
+    pub dir: PathBuf,
+    child: Option<Child>,
+    /// Base URL of its HTTP API, once started.
+    pub http_url: String,
+    /// Its P2P listen addresses, once started.
+    pub listen: Vec<String>,
+    /// Its peer id.
+    pub peer_id: String,
+}
+
+impl Node {
+    /// A node whose files are in `dir` (not started).
+    pub fn at(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            child: None,
+            http_url: String::new(),
+            listen: Vec::new(),
+            peer_id: String::new(),
+        }
+    }
+
+    /// `GET {http_url}{path}` as JSON.
+    pub fn get(&self, path: &str) -> Option<serde_json::Value> {
+        get_json(&format!("{}{path}", self.http_url))
+    }
+
+    /// Admitted peers as the node reports them.
+    pub fn admitted(&self) -> usize {
+        self.get("/v1/status")
+            .and_then(|s| s["peers_admitted"].as_u64())
+            .unwrap_or(0) as usize
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        http("GET", &format!("{}/metrics", self.http_url), None, "")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL, no clean shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// The tail of the node's log, for assertion messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A CA, an admin and node folders under one temporary directory.
+pub struct Mesh {
+    /// Keeps the folder alive.
+    pub root: tempfile::TempDir,
+    /// The nodes, index 0 first.
+    pub nodes: Vec<Node>,
+}
+
+/// The mesh id every test mesh uses.
+pub const MESH_ID: &str = "test-mesh";
+
+impl Mesh {
+    /// Creates the CA, an admin, and `n` nodes' keys, certificates and configs.
+    pub fn new(n: usize) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let ca = root.path().join("ca");
+        run_ok(&["ca", "init", "--out", ca.to_str().unwrap()]);
+        make_member(root.path(), &ca, "admin", "admin,observer");
+        let nodes = (0..n)
+            .map(|i| {
+                let name = format!("node-{i}");
+                make_member(
+                    root.path(),
+                    &ca,
+                    &name,
+                    "committee,aggregator,trainer,observer",
+                );
+                let dir = root.path().join(&name);
+                write_config(&dir, "../ca", i as u64);
+                Node::at(dir)
+            })
+            .collect();
+        Self { root, nodes }
+    }
+
+    /// The CA folder.
+    pub fn ca(&self) -> PathBuf {
+        self.root.path().join("ca")
+    }
+
+    /// A fresh admin token.
+    pub fn admin_token(&self) -> String {
+        let admin = self.root.path().join("admin");
+        run_ok(&[
+            "token",
+            "--key",
+            admin.to_str().unwrap(),
+            "--cert",
+            admin.join("node.cert.pem").to_str().unwrap(),
+            "--mesh-id",
+            MESH_ID,
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// Starts node `i` (bootstrapping from `bootstrap`, if any) and waits for its node.json.
+    pub fn start(&mut self, i: usize, bootstrap: Option<&str>) {
+        let node = &mut self.nodes[i];
+        start_node(node, bootstrap, &[]);
+    }
+
+    /// Starts every node, all bootstrapping from node 0, and waits until each admits all others.
+    pub fn start_all(&mut self) {
+        self.start(0, None);
+        let boot = self.nodes[0].listen[0].clone();
+        for i in 1..self.nodes.len() {
+            self.start(i, Some(&boot));
+        }
+        self.wait_full_mesh();
+    }
+
+    /// Waits until every running node has admitted all the others.
+    pub fn wait_full_mesh(&mut self) {
+        let want = self.nodes.len() - 1;
+        for node in &self.nodes {
+            wait_for(
+                &format!(
+                    "{} to admit {want} peers\n{}",
+                    node.dir.display(),
+                    node.log_tail()
+                ),
+                Duration::from_secs(90),
+                || (node.admitted() >= want).then_some(()),
+            );
+        }
+    }
+}
+
+/// keygen + ca issue for one member folder.
+pub fn make_member(root: &Path, ca: &Path, name: &str, roles: &str) {
+    let dir = root.join(name);
+    run_ok(&["keygen", "--out", dir.to_str().unwrap()]);
+    run_ok(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--node",
+        dir.to_str().unwrap(),
+        "--roles",
+        roles,
+        "--out",
+        dir.join("node.cert.pem").to_str().unwrap(),
+    ]);
+}
+
+/// Writes `dir/node.toml` for a node whose CA folder is `ca_rel` (relative to `dir`).
+pub fn write_config(dir: &Path, ca_rel: &str, seed: u64) {
+    let text = format!(
+        r#"mesh_id = "{MESH_ID}"
+data_dir = "data"
+
+[identity]
+key = "node.key.pem"
+cert = "node.cert.pem"
+ca_cert = "{ca_rel}/ca.cert.pem"
+ca_pin = "{ca_rel}/ca.pin"
+revocations = "{ca_rel}/revocations.jsonl"
+
+[network]
+listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
+admission_deadline_ms = 3000
+ban_ms = 2000
+seed = {seed}
+
+[consensus]
+bootstrap_expect = 3
+voter_down_limit_ms = 8000
+"#
+    );
+    std::fs::write(dir.join("node.toml"), text).unwrap();
+}
+
+/// Spawns `agent-mesh node` for `node` and waits (bounded) for its node.json.
+pub fn start_node(node: &mut Node, bootstrap: Option<&str>, extra_env: &[(&str, &str)]) {
+    let info = node.dir.join("data").join("node.json");
+    let _ = std::fs::remove_file(&info);
+    let log = std::fs::File::create(node.dir.join("node.log")).unwrap();
+    let mut command = Command::new(bin());
+    command
+        .args([
+            "node",
+            "--config",
+            node.dir.join("node.toml").to_str().unwrap(),
+        ])
+        .env("AGENT_MESH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some(addr) = bootstrap {
+        command.env("AGENT_MESH_BOOTSTRAP", addr);
+    }
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    node.child = Some(command.spawn().unwrap());
+    let json: serde_json::Value = wait_for(
+        &format!("{} to write node.json", node.dir.display()),
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&info).ok()?;
+            serde_json::from_str(&text).ok()
+        },
+    );
+    node.http_url = json["http_url"].as_str().unwrap().to_string();
+    node.peer_id = json["peer_id"].as_str().unwrap().to_string();
+    node.listen = json["listen_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| a.contains("/tcp/"))
+        .collect();
+    assert!(!node.listen.is_empty(), "node has no TCP listen address");
+}

@@ -1,0 +1,590 @@
+//! The node process: the async driver that wires the network layer, the
+//! committee and the HTTP API together.
+//!
+//! ```text
+//!   mesh-net (NetHandle, NetEvent) ──► Runtime::run select loop ◄── API commands (bounded)
+//!        ▲   raft/1 requests ─► ConsensusNode::handle_rpc (one task each)
+//!        │   certificates   ◄─► gossip topic (signed envelopes)
+//!        └── NetRaftTransport ◄── ConsensusNode (openraft + redb)
+//!   every tick: publish NodeSnapshot (API reads it), bootstrap check, add learners
+//! ```
+//!
+//! Decisions live in small pure pieces ([`bootstrap`], the API's
+//! validation); this module only moves messages between them.
+
+pub mod bootstrap;
+pub mod credentials;
+pub mod raft_transport;
+mod view;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mesh_consensus::{CommitReceipt, ConsensusConfig, ConsensusNode, MemberInfo};
+use mesh_net::{NetConfig, NetEvent, NetHandle, PeerId, TransportKind};
+use mesh_security::envelope::{Envelope, MessageKind};
+use mesh_security::rbac::{Role, RoleSet};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use crate::api::{self, AdminAuth, ApiCommand, ApiLimits, ApiState, CommitView, NodeSnapshot};
+use crate::config::NodeConfig;
+pub use bootstrap::BootstrapPlanner;
+pub use credentials::Credentials;
+use raft_transport::{member_of_peer, NetRaftTransport, RAFT_PROTOCOL};
+
+/// Gossip topic of commit certificates.
+pub const CERTIFICATE_TOPIC: &str = "agent-mesh/consensus/certificates/1";
+/// Envelope kind of a gossiped commit certificate.
+pub const CERTIFICATE_KIND: MessageKind = MessageKind(0x0101);
+/// How often the runtime refreshes its snapshot and runs its checks.
+pub const TICK_MS: u64 = 250;
+/// How long the committee-capable view must be stable before bootstrapping.
+pub const BOOTSTRAP_SETTLE_MS: u64 = 2_000;
+/// Most proposals from the API in flight at once.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4_096;
+/// The file, under the data directory, where a running node says where it is.
+pub const NODE_INFO_FILE: &str = "node.json";
+
+/// Why the node could not start or stopped. Starting again after fixing the cause is safe.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Key, certificate or CA files are missing or invalid.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    /// A listen or bootstrap address is not a multiaddress.
+    #[error("config field {field}: {value:?} is not a multiaddress: {message}")]
+    Address {
+        /// Which list.
+        field: &'static str,
+        /// The value.
+        value: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// The network layer failed to start.
+    #[error("network: {0}")]
+    Net(#[from] mesh_net::NetError),
+    /// The committee store or node failed.
+    #[error("consensus: {0}")]
+    Consensus(#[from] mesh_consensus::ConsensusError),
+    /// The HTTP listener or a data file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+/// What a running node writes to `data_dir/node.json` for scripts and tests.
+#[derive(Debug, Serialize)]
+pub struct NodeInfo {
+    /// The node id (peer id).
+    pub peer_id: String,
+    /// The process id.
+    pub pid: u32,
+    /// Base URL of the HTTP API.
+    pub http_url: String,
+    /// The P2P addresses it listens on.
+    pub listen_addrs: Vec<String>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn parse_addrs(
+    field: &'static str,
+    values: &[String],
+) -> Result<Vec<mesh_net::Multiaddr>, RuntimeError> {
+    values
+        .iter()
+        .map(|value| {
+            value
+                .parse()
+                .map_err(|e: mesh_net::multiaddr::Error| RuntimeError::Address {
+                    field,
+                    value: value.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Builds the network layer's configuration from the node's.
+fn net_config(config: &NodeConfig, creds: &Credentials) -> Result<NetConfig, RuntimeError> {
+    let mut net = NetConfig::new(
+        config.mesh_id.clone(),
+        creds.identity.clone(),
+        creds.cert_der.clone(),
+        creds.verifier.clone(),
+    );
+    net.listen = parse_addrs("network.listen", &config.network.listen)?;
+    net.bootstrap = parse_addrs("network.bootstrap", &config.network.bootstrap)?;
+    net.mdns = config.network.mdns;
+    net.transport = TransportKind::Network;
+    net.target_peers = config.network.target_peers;
+    net.limits.established_max = config.network.max_connections;
+    net.timing.admission_deadline = Duration::from_millis(config.network.admission_deadline_ms);
+    net.timing.ban_duration = Duration::from_millis(config.network.ban_ms);
+    net.seed = config.network.seed;
+    Ok(net)
+}
+
+fn consensus_config(config: &NodeConfig, address: String) -> ConsensusConfig {
+    let c = &config.consensus;
+    let mut out = ConsensusConfig::new(config.data_dir.join("raft"), config.mesh_id.clone());
+    out.address = address;
+    out.heartbeat_ms = c.heartbeat_ms;
+    out.election_timeout_min_ms = c.election_timeout_min_ms;
+    out.election_timeout_max_ms = c.election_timeout_max_ms;
+    out.snapshot_every_entries = c.snapshot_every_entries;
+    out.voter_down_limit_ms = c.voter_down_limit_ms;
+    out
+}
+
+/// Writes `node.json` atomically (temporary file, then rename).
+fn write_node_info(data_dir: &Path, info: &NodeInfo) -> Result<(), RuntimeError> {
+    let path = data_dir.join(NODE_INFO_FILE);
+    let tmp = data_dir.join(format!("{NODE_INFO_FILE}.tmp"));
+    let text = serde_json::to_string_pretty(info).unwrap_or_default();
+    std::fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// A started node: the pieces the loop drives.
+struct Runtime {
+    config: NodeConfig,
+    creds: Credentials,
+    net: NetHandle,
+    consensus: Option<ConsensusNode>,
+    planner: Option<BootstrapPlanner>,
+    admitted: HashMap<PeerId, RoleSet>,
+    publish: watch::Sender<Arc<NodeSnapshot>>,
+    started: Instant,
+    envelope_seq: u64,
+    proposals: Arc<Semaphore>,
+    auth: Arc<AdminAuth>,
+    revocations: RevocationWatch,
+}
+
+/// The revocations file as last read: its modification time and what it held.
+#[derive(Default)]
+struct RevocationWatch {
+    modified: Option<SystemTime>,
+    applied: std::collections::HashSet<Vec<u8>>,
+    ticks: u64,
+}
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
+    let creds = Credentials::load(&config)?;
+    let mut registry = Registry::default();
+    let (net, mut events) = mesh_net::spawn(net_config(&config, &creds)?, &mut registry).await?;
+    let listen_addrs = wait_for_listen_addrs(&net).await;
+    let consensus = if config.consensus.enabled && creds.roles.contains(Role::Committee) {
+        let address = listen_addrs.first().cloned().unwrap_or_default();
+        let transport = Arc::new(NetRaftTransport::new(net.clone(), 120_000));
+        let cc = consensus_config(&config, address);
+        Some(ConsensusNode::open(cc, creds.identity.clone(), transport, &mut registry).await?)
+    } else {
+        None
+    };
+    if let Err(err) = net.subscribe(CERTIFICATE_TOPIC).await {
+        tracing::warn!(%err, "cannot subscribe to commit certificates");
+    }
+    let planner = consensus.as_ref().map(|c| {
+        BootstrapPlanner::new(
+            c.info().clone(),
+            config.consensus.bootstrap_expect,
+            BOOTSTRAP_SETTLE_MS,
+            now_ms(),
+        )
+    });
+    let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
+    let (commands_tx, mut commands) = mpsc::channel(api::COMMAND_QUEUE_CAPACITY);
+    let auth = Arc::new(AdminAuth::new(
+        creds.verifier.clone(),
+        config.mesh_id.clone(),
+    ));
+    let state = ApiState {
+        snapshot,
+        registry: Arc::new(registry),
+        auth: auth.clone(),
+        commands: commands_tx,
+    };
+    let (http_url, server) = serve_http(&config, state).await?;
+    write_node_info(
+        &config.data_dir,
+        &NodeInfo {
+            peer_id: net.local_peer_id().to_string(),
+            pid: std::process::id(),
+            http_url: http_url.clone(),
+            listen_addrs: listen_addrs.clone(),
+        },
+    )?;
+    tracing::info!(peer_id = %net.local_peer_id(), %http_url, ?listen_addrs, "node started");
+    let mut certificates = consensus.as_ref().map(|c| c.certificates());
+    let mut runtime = Runtime {
+        config,
+        creds,
+        net,
+        consensus,
+        planner,
+        admitted: HashMap::new(),
+        publish,
+        started: Instant::now(),
+        envelope_seq: now_ms().saturating_mul(1_000),
+        proposals: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
+        auth,
+        revocations: RevocationWatch::default(),
+    };
+    runtime.reload_revocations().await;
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = events.recv() => match event {
+                Some(event) => runtime.on_net_event(event).await,
+                None => {
+                    tracing::error!("network layer stopped");
+                    break;
+                }
+            },
+            Some(command) = commands.recv() => runtime.on_api_command(command),
+            Some(cert) = next_certificate(&mut certificates) => runtime.gossip_certificate(cert).await,
+            _ = tick.tick() => runtime.on_tick().await,
+        }
+    }
+    tracing::info!("shutting down");
+    server.abort();
+    if let Some(consensus) = runtime.consensus.take() {
+        if let Err(err) = consensus.shutdown().await {
+            tracing::warn!(%err, "consensus shutdown");
+        }
+    }
+    runtime.net.shutdown().await;
+    Ok(())
+}
+
+async fn next_certificate(
+    receiver: &mut Option<
+        tokio::sync::broadcast::Receiver<mesh_consensus::certificate::CommitCertificate>,
+    >,
+) -> Option<mesh_consensus::certificate::CommitCertificate> {
+    let receiver = receiver.as_mut()?;
+    loop {
+        match receiver.recv().await {
+            Ok(cert) => return Some(cert),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the network layer reports its listen addresses.
+async fn wait_for_listen_addrs(net: &NetHandle) -> Vec<String> {
+    for _ in 0..50 {
+        let addrs = net.listen_addrs().await;
+        if !addrs.is_empty() {
+            return addrs.iter().map(ToString::to_string).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Vec::new()
+}
+
+/// Binds the HTTP API and serves it on a task; returns its URL.
+async fn serve_http(
+    config: &NodeConfig,
+    state: ApiState,
+) -> Result<(String, tokio::task::JoinHandle<()>), RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(&config.http.addr)
+        .await
+        .map_err(io_err(format!("binding HTTP API on {}", config.http.addr)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io_err("reading the HTTP API address"))?;
+    let limits = ApiLimits {
+        max_body_bytes: config.http.max_body_bytes,
+        timeout_ms: config.http.timeout_ms,
+        max_concurrent_requests: config.http.max_concurrent_requests,
+    };
+    let app = api::router(state, limits);
+    let server = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(%err, "HTTP API stopped");
+        }
+    });
+    Ok((format!("http://{addr}"), server))
+}
+
+impl Runtime {
+    async fn on_net_event(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Request {
+                peer,
+                protocol,
+                payload,
+                respond,
+            } => self.on_request(peer, protocol, payload, respond),
+            NetEvent::Gossip { topic, payload, .. } => self.on_gossip(&topic, &payload).await,
+            NetEvent::PeerAdmitted { peer, roles, .. } => {
+                tracing::info!(%peer, roles = %roles, "peer admitted");
+                self.admitted.insert(peer, roles);
+                if roles.contains(Role::Committee) {
+                    if let (Some(planner), Some(info)) = (&mut self.planner, member_info(&peer)) {
+                        planner.peer_up(info, now_ms());
+                    }
+                }
+            }
+            NetEvent::PeerDown { peer } | NetEvent::PeerRejected { peer, .. } => {
+                tracing::info!(%peer, "peer down or refused");
+                self.admitted.remove(&peer);
+                if let (Some(planner), Some(c), Some(id)) =
+                    (&mut self.planner, &self.consensus, member_of_peer(&peer))
+                {
+                    planner.peer_down(id, now_ms(), c.id());
+                }
+            }
+        }
+    }
+
+    fn on_request(
+        &self,
+        peer: PeerId,
+        protocol: String,
+        payload: Vec<u8>,
+        respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    ) {
+        if protocol != RAFT_PROTOCOL {
+            let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
+            return;
+        }
+        let (Some(consensus), Some(from)) = (self.consensus.clone(), member_of_peer(&peer)) else {
+            let _ = respond.send(Err("this node does not run the committee protocol".into()));
+            return;
+        };
+        tokio::spawn(async move {
+            let answer = consensus.handle_rpc(from, &payload).await;
+            let _ = respond.send(Ok(answer));
+        });
+    }
+
+    async fn on_gossip(&mut self, topic: &str, payload: &[u8]) {
+        if topic != CERTIFICATE_TOPIC {
+            return;
+        }
+        let Some(consensus) = &self.consensus else {
+            return;
+        };
+        let limit = self.config.http.max_body_bytes.max(1 << 20);
+        let cert = Envelope::decode(payload, limit)
+            .map_err(|e| e.to_string())
+            .and_then(|env| {
+                mesh_consensus::certificate::CommitCertificate::decode(&env.payload)
+                    .map_err(|e| e.to_string())
+            });
+        match cert {
+            Ok(cert) => {
+                if let Err(err) = consensus.accept_certificate(&cert).await {
+                    tracing::debug!(%err, "gossiped certificate refused");
+                }
+            }
+            Err(err) => tracing::debug!(%err, "undecodable certificate gossip"),
+        }
+    }
+
+    async fn gossip_certificate(&mut self, cert: mesh_consensus::certificate::CommitCertificate) {
+        self.envelope_seq = self.envelope_seq.max(now_ms().saturating_mul(1_000)) + 1;
+        let envelope = Envelope::seal(
+            &self.creds.identity,
+            mesh_net::config::envelope_mesh_id(&self.config.mesh_id),
+            CERTIFICATE_KIND,
+            self.envelope_seq,
+            now_ms(),
+            cert.encode(),
+        )
+        .and_then(|e| e.encode());
+        match envelope {
+            Ok(bytes) => {
+                if let Err(err) = self.net.publish(CERTIFICATE_TOPIC, bytes).await {
+                    tracing::debug!(%err, "certificate not gossiped");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot seal a certificate"),
+        }
+    }
+
+    fn on_api_command(&self, command: ApiCommand) {
+        match command {
+            ApiCommand::PutKv { key, value, reply } => {
+                let Some(consensus) = self.consensus.clone() else {
+                    let _ = reply.send(Err("this node does not run the committee protocol".into()));
+                    return;
+                };
+                let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
+                    let _ = reply.send(Err("too many writes in flight; retry later".into()));
+                    return;
+                };
+                tokio::spawn(async move {
+                    let command = mesh_consensus::Command::Put {
+                        key: key.into_bytes(),
+                        value: value.into_bytes(),
+                    };
+                    let outcome = consensus.propose(command).await;
+                    drop(permit);
+                    let _ = reply.send(receipt_view(outcome));
+                });
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.revocations.ticks += 1;
+        if self.revocations.ticks % 8 == 0 {
+            self.reload_revocations().await;
+        }
+        self.maybe_bootstrap().await;
+        self.add_missing_learners();
+        let peers = self.net.peers().await;
+        let snapshot = view::snapshot(self, &peers);
+        self.publish.send_replace(Arc::new(snapshot));
+    }
+
+    /// Re-reads the revocations file when it changed; newly revoked peers are
+    /// disconnected and their admin tokens stop working.
+    async fn reload_revocations(&mut self) {
+        let Some(path) = self.config.identity.revocations.clone() else {
+            return;
+        };
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified.is_none() || modified == self.revocations.modified {
+            return;
+        }
+        let signed = match credentials::read_revocations(&path, &self.creds.verifier) {
+            Ok(signed) => signed,
+            Err(err) => {
+                tracing::warn!(%err, "revocations file not applied; keeping the previous list");
+                return;
+            }
+        };
+        self.revocations.modified = modified;
+        let mut list = mesh_security::ca::RevocationList::new();
+        for revocation in signed {
+            if list
+                .insert(&revocation, self.creds.verifier.ca_key())
+                .is_err()
+            {
+                continue;
+            }
+            if self
+                .revocations
+                .applied
+                .insert(revocation.entry.serial.clone())
+            {
+                tracing::info!(node = %revocation.entry.node_id, "certificate revoked");
+                if let Err(err) = self.net.revoke(revocation).await {
+                    tracing::warn!(%err, "network layer refused a revocation");
+                }
+            }
+        }
+        self.auth.set_revocations(Arc::new(list));
+    }
+
+    async fn maybe_bootstrap(&mut self) {
+        let (Some(consensus), Some(planner)) = (&self.consensus, &self.planner) else {
+            return;
+        };
+        let status = consensus.status();
+        if !status.voters.is_empty() {
+            self.planner = None;
+            return;
+        }
+        if let Some(voters) = planner.decide(consensus.id(), now_ms()) {
+            tracing::info!(voters = voters.len(), "bootstrapping the committee");
+            if let Err(err) = consensus.bootstrap(voters).await {
+                tracing::warn!(%err, "committee bootstrap failed; retrying");
+            }
+        }
+    }
+
+    /// On the leader: every admitted committee-capable peer outside the membership becomes a learner.
+    fn add_missing_learners(&self) {
+        let Some(consensus) = &self.consensus else {
+            return;
+        };
+        let status = consensus.status();
+        if status.leader != Some(consensus.id()) {
+            return;
+        }
+        for (peer, roles) in &self.admitted {
+            if !roles.contains(Role::Committee) {
+                continue;
+            }
+            let Some(info) = member_info(peer) else {
+                continue;
+            };
+            let id = info.member_id();
+            if status.voters.contains(&id) || status.learners.contains(&id) {
+                continue;
+            }
+            let consensus = consensus.clone();
+            tokio::spawn(async move {
+                if let Err(err) = consensus.add_learner(info, false).await {
+                    tracing::debug!(%err, "adding a learner failed; will retry");
+                }
+            });
+        }
+    }
+}
+
+fn member_info(peer: &PeerId) -> Option<MemberInfo> {
+    let node: mesh_security::NodeId = peer.to_string().parse().ok()?;
+    Some(MemberInfo::new(&node, String::new(), None))
+}
+
+fn receipt_view(
+    outcome: Result<CommitReceipt, mesh_consensus::ConsensusError>,
+) -> Result<CommitView, String> {
+    match outcome {
+        Ok(receipt) => match receipt.rejected {
+            None => Ok(CommitView {
+                index: receipt.index,
+                state_hash: receipt.state_hash.to_string(),
+            }),
+            Some(reason) => Err(format!(
+                "committed at {} but rejected: {reason}",
+                receipt.index
+            )),
+        },
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The data directory's `node.json` path for a config.
+pub fn node_info_path(config: &NodeConfig) -> PathBuf {
+    config.data_dir.join(NODE_INFO_FILE)
+}
