@@ -64,6 +64,7 @@ struct Settings {
     mesh_id: String,
     cert_message: Vec<u8>,
     target_peers: usize,
+    kept_peers_max: usize,
     ban_ms: u64,
     request_bytes_max: usize,
     gossip_bytes_max: usize,
@@ -199,6 +200,7 @@ impl Driver {
             mesh_id: config.mesh_id.clone(),
             cert_message,
             target_peers: config.target_peers,
+            kept_peers_max: config.kept_peers_max.max(config.target_peers),
             ban_ms: ms(config.timing.ban_duration),
             request_bytes_max: config.sizes.request_bytes_max,
             gossip_bytes_max: config.sizes.gossip_bytes_max,
@@ -271,9 +273,33 @@ impl Driver {
             tracing::debug!(%peer, "silent too long; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        if self.admitted_count() < self.settings.target_peers {
+        self.keep_admitted_peers();
+        let kept = self.swarm.behaviour().keep_alive.kept_len();
+        if kept < self.settings.target_peers {
             self.dial_known_peers(now);
             self.dial_bootstrap(now);
+        }
+    }
+
+    /// Holds open the connections of admitted peers, up to the bound; a
+    /// freed slot goes to an admitted peer that is not held yet.
+    fn keep_admitted_peers(&mut self) {
+        let room = self
+            .settings
+            .kept_peers_max
+            .saturating_sub(self.swarm.behaviour().keep_alive.kept_len());
+        if room == 0 {
+            return;
+        }
+        let candidates: Vec<PeerId> = self
+            .admission
+            .admitted()
+            .filter_map(|(node, _)| ids::peer_id(node).ok())
+            .filter(|peer| !self.swarm.behaviour().keep_alive.is_kept(peer))
+            .take(room)
+            .collect();
+        for peer in candidates {
+            self.swarm.behaviour_mut().keep_alive.set(peer, true);
         }
     }
 

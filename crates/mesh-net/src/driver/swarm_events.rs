@@ -255,7 +255,7 @@ impl Driver {
     fn on_admitted(&mut self, peer: PeerId, node: mesh_security::NodeId) {
         let now = now_ms();
         let _ = self.peers.on_admitted(peer, now);
-        self.swarm.behaviour_mut().keep_alive.set(peer, true);
+        self.keep_admitted_peers();
         let roles = match self.admission.state(&node) {
             Some(crate::AdmissionState::Admitted { cert }) => cert.info.roles,
             _ => mesh_security::rbac::RoleSet::EMPTY,
@@ -268,9 +268,6 @@ impl Driver {
         self.refresh_gauges();
         for addr in self.book.get(&peer).to_vec() {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-        }
-        if self.admitted_count() == 1 {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
         }
         self.emit(NetEvent::PeerAdmitted { peer, role, roles });
     }
