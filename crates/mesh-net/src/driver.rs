@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use libp2p::gossipsub;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::ConnectionId;
@@ -51,6 +52,9 @@ pub(crate) fn now_ms() -> u64 {
 fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// Most gossip messages held while their relays await admission (all peers together).
+pub(crate) const GOSSIP_HELD_MAX: usize = 1024;
 
 /// Where the answer to an outbound request goes.
 type RequestReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
@@ -90,6 +94,10 @@ pub(crate) struct Driver {
     events: mpsc::Sender<NetEvent>,
     outbound: HashMap<OutboundRequestId, RequestReply>,
     inbound: FuturesUnordered<BoxFuture<'static, InboundAnswer>>,
+    /// Gossip relayed by peers whose admission is pending, decided once it settles.
+    held_gossip: HashMap<PeerId, Vec<(gossipsub::MessageId, gossipsub::Message)>>,
+    /// Messages in `held_gossip`, at most [`GOSSIP_HELD_MAX`].
+    gossip_held: usize,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -224,6 +232,8 @@ impl Driver {
             events,
             outbound: HashMap::new(),
             inbound: FuturesUnordered::new(),
+            held_gossip: HashMap::new(),
+            gossip_held: 0,
         })
     }
 
@@ -363,6 +373,7 @@ impl Driver {
             // returns only through a new connection after the ban.
             self.admission.on_disconnected(&node);
         }
+        self.release_held_gossip(&peer);
         self.swarm.behaviour_mut().keep_alive.set(peer, false);
         // Kademlia would otherwise hand the peer out and dial it in queries.
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
