@@ -13,7 +13,7 @@
 //!     v                                                                │
 //!   +-- driver (one tokio task) ---------------------------------------+-----+
 //!   |  swarm: transport (TCP+Noise+Yamux, QUIC | Memory+Noise+Yamux)         |
-//! |         limits · keep-alive · identify · ping · kad · mdns · gossipsub · |
+//!   |         limits · keep-alive · identify · ping · kad · mdns · gossipsub  |
 //!   |         cert exchange (/agent-mesh/cert/1) · rpc (/agent-mesh/rpc/1)    |
 //!   |      events │                                   ▲ actions               |
 //!   |             v                                   │                       |
