@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
 use crate::config::{envelope_mesh_id, NetConfig, TransportKind};
+use crate::metrics::{Direction, Kind};
 use crate::{spawn, Multiaddr, NetError, NetEvent, NetHandle, PeerStatus};
 
 const MESH: &str = "bench-mesh";
@@ -40,6 +41,9 @@ pub struct GossipResult {
     pub p99_ms: f64,
     /// Time to start the nodes and have each admit its first peers, s.
     pub setup_s: f64,
+    /// Gossip copies refused because the relaying peer was not admitted yet
+    /// (summed over nodes).
+    pub unadmitted_relays: u64,
 }
 
 /// Request-response throughput of one blob size over loopback TCP.
@@ -283,6 +287,13 @@ async fn gossip_async(
             times_ms.push(last.duration_since(sent).as_secs_f64() * 1e3);
         }
     }
+    let unadmitted_relays = handles
+        .iter()
+        .map(|h| {
+            h.metrics()
+                .messages(Kind::Gossip, Direction::In, "not_admitted")
+        })
+        .sum();
     for handle in handles {
         handle.shutdown().await;
     }
@@ -294,6 +305,7 @@ async fn gossip_async(
         p50_ms: percentile(&times_ms, 0.50),
         p99_ms: percentile(&times_ms, 0.99),
         setup_s,
+        unadmitted_relays,
     })
 }
 

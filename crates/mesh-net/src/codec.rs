@@ -1,7 +1,7 @@
 //! The wire format of request-response: length-prefixed frames with explicit
 //! size limits, read in chunks so that a peer declaring a huge length cannot
-//! make the node allocate more than it actually sends (and never more than
-//! the limit).
+//! make the node allocate more than about twice what it actually sent (and
+//! never more than the declared length, itself at most the limit).
 //!
 //! ```text
 //!   request  = u16 name_len | name (UTF-8, <= 256 bytes) | u64 len | payload
@@ -57,7 +57,11 @@ async fn read_body<T: AsyncRead + Unpin>(io: &mut T, len: usize) -> io::Result<V
     while body.len() < len {
         let start = body.len();
         let step = (len - start).min(CHUNK_BYTES);
-        body.reserve_exact(step);
+        if body.capacity() < start + step {
+            // Double (amortised copies) but never past the declared length.
+            let target = body.capacity().saturating_mul(2).clamp(start + step, len);
+            body.reserve_exact(target - start);
+        }
         body.resize(start + step, 0);
         io.read_exact(&mut body[start..]).await?;
     }

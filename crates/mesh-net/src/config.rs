@@ -48,7 +48,7 @@ impl Default for ConnectionLimits {
             established_per_peer_max: 2,
             pending_incoming_max: 64,
             pending_outgoing_max: 64,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
             memory_fraction_max: Some(0.9),
         }
     }
@@ -137,7 +137,7 @@ impl Default for Timing {
             tick: Duration::from_millis(200),
             redial_base: Duration::from_millis(500),
             redial_max: Duration::from_secs(60),
-            kad_bootstrap_interval: Duration::from_secs(60),
+            kad_bootstrap_interval: Duration::from_secs(300),
         }
     }
 }
@@ -166,6 +166,10 @@ pub struct NetConfig {
     pub transport: TransportKind,
     /// Admitted peers the node tries to keep, dialling known peers when below.
     pub target_peers: usize,
+    /// Most admitted peers whose connections are held open; connections to
+    /// further admitted peers (inbound surplus, Kademlia queries) close when
+    /// idle. At least `target_peers`.
+    pub kept_peers_max: usize,
     /// Connection limits.
     pub limits: ConnectionLimits,
     /// Message sizes.
@@ -199,6 +203,7 @@ impl NetConfig {
             mdns: false,
             transport: TransportKind::Network,
             target_peers: 8,
+            kept_peers_max: 16,
             limits: ConnectionLimits::default(),
             sizes: SizeLimits::default(),
             queues: QueueLimits::default(),

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use libp2p::gossipsub;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::ConnectionId;
@@ -52,6 +53,9 @@ fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Most gossip messages held while their relays await admission (all peers together).
+pub(crate) const GOSSIP_HELD_MAX: usize = 1024;
+
 /// Where the answer to an outbound request goes.
 type RequestReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 
@@ -64,6 +68,7 @@ struct Settings {
     mesh_id: String,
     cert_message: Vec<u8>,
     target_peers: usize,
+    kept_peers_max: usize,
     ban_ms: u64,
     request_bytes_max: usize,
     gossip_bytes_max: usize,
@@ -89,6 +94,10 @@ pub(crate) struct Driver {
     events: mpsc::Sender<NetEvent>,
     outbound: HashMap<OutboundRequestId, RequestReply>,
     inbound: FuturesUnordered<BoxFuture<'static, InboundAnswer>>,
+    /// Gossip relayed by peers whose admission is pending, decided once it settles.
+    held_gossip: HashMap<PeerId, Vec<(gossipsub::MessageId, gossipsub::Message)>>,
+    /// Messages in `held_gossip`, at most [`GOSSIP_HELD_MAX`].
+    gossip_held: usize,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -199,6 +208,7 @@ impl Driver {
             mesh_id: config.mesh_id.clone(),
             cert_message,
             target_peers: config.target_peers,
+            kept_peers_max: config.kept_peers_max.max(config.target_peers),
             ban_ms: ms(config.timing.ban_duration),
             request_bytes_max: config.sizes.request_bytes_max,
             gossip_bytes_max: config.sizes.gossip_bytes_max,
@@ -222,6 +232,8 @@ impl Driver {
             events,
             outbound: HashMap::new(),
             inbound: FuturesUnordered::new(),
+            held_gossip: HashMap::new(),
+            gossip_held: 0,
         })
     }
 
@@ -271,9 +283,33 @@ impl Driver {
             tracing::debug!(%peer, "silent too long; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-        if self.admitted_count() < self.settings.target_peers {
+        self.keep_admitted_peers();
+        let kept = self.swarm.behaviour().keep_alive.kept_len();
+        if kept < self.settings.target_peers {
             self.dial_known_peers(now);
             self.dial_bootstrap(now);
+        }
+    }
+
+    /// Holds open the connections of admitted peers, up to the bound; a
+    /// freed slot goes to an admitted peer that is not held yet.
+    fn keep_admitted_peers(&mut self) {
+        let room = self
+            .settings
+            .kept_peers_max
+            .saturating_sub(self.swarm.behaviour().keep_alive.kept_len());
+        if room == 0 {
+            return;
+        }
+        let candidates: Vec<PeerId> = self
+            .admission
+            .admitted()
+            .filter_map(|(node, _)| ids::peer_id(node).ok())
+            .filter(|peer| !self.swarm.behaviour().keep_alive.is_kept(peer))
+            .take(room)
+            .collect();
+        for peer in candidates {
+            self.swarm.behaviour_mut().keep_alive.set(peer, true);
         }
     }
 
@@ -337,6 +373,7 @@ impl Driver {
             // returns only through a new connection after the ban.
             self.admission.on_disconnected(&node);
         }
+        self.release_held_gossip(&peer);
         self.swarm.behaviour_mut().keep_alive.set(peer, false);
         // Kademlia would otherwise hand the peer out and dial it in queries.
         self.swarm.behaviour_mut().kad.remove_peer(&peer);

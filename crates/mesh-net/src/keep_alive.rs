@@ -1,8 +1,10 @@
-//! Keeps connections to admitted peers open. libp2p closes a connection once
-//! no protocol needs it for the idle timeout; ping and Kademlia do not count,
-//! and gossipsub only keeps its mesh peers. This behaviour holds every
-//! connection of an admitted peer open until [`KeepAlive::set`] releases it,
-//! while connections that are never admitted still close when idle.
+//! Keeps connections to chosen peers open. libp2p closes a connection once no
+//! protocol needs it for the idle timeout; ping and Kademlia do not count, and
+//! gossipsub only keeps its mesh peers. This behaviour holds every connection
+//! of a peer open from [`KeepAlive::set`]`(peer, true)` until it is released
+//! or its last connection closes. The driver keeps a bounded number of
+//! admitted peers this way; other connections (Kademlia queries, peers over
+//! the bound, peers never admitted) close when idle.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -46,6 +48,16 @@ impl KeepAlive {
                 event: keep,
             });
         }
+    }
+
+    /// Whether `peer`'s connections are held open.
+    pub fn is_kept(&self, peer: &PeerId) -> bool {
+        self.kept.contains(peer)
+    }
+
+    /// How many peers are held.
+    pub fn kept_len(&self) -> usize {
+        self.kept.len()
     }
 
     fn handler(&mut self, connection: ConnectionId, peer: PeerId) -> Handler {

@@ -13,7 +13,7 @@
 //!     v                                                                │
 //!   +-- driver (one tokio task) ---------------------------------------+-----+
 //!   |  swarm: transport (TCP+Noise+Yamux, QUIC | Memory+Noise+Yamux)         |
-//!   |         limits · identify · ping · kad · mdns · gossipsub ·             |
+//!   |         limits · keep-alive · identify · ping · kad · mdns · gossipsub  |
 //!   |         cert exchange (/agent-mesh/cert/1) · rpc (/agent-mesh/rpc/1)    |
 //!   |      events │                                   ▲ actions               |
 //!   |             v                                   │                       |
@@ -29,7 +29,9 @@
 //! [`admission::Admission::on_connected`]; the dialer sends its certificate
 //! ([`cert_exchange`]) and the listener answers with its own. Every rejection
 //! means "disconnect and ban". Until a peer is admitted its requests are
-//! answered with an error and its gossip is not delivered or forwarded. On a
+//! answered with an error and the gossip it relays is held (bounded) until
+//! its admission settles, then validated or ignored; nothing it sends reaches
+//! the application unadmitted. On a
 //! timer the driver applies admission deadlines and dials peers from
 //! [`peers::PeerTable::peers_to_dial`] and the bootstrap list to keep
 //! [`NetConfig::target_peers`] admitted peers.

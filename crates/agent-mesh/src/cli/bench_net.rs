@@ -54,6 +54,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
             "gossip": gossip.iter().map(|g| serde_json::json!({
                 "nodes": g.nodes, "messages": g.messages, "delivered": g.delivered,
                 "p50_ms": g.p50_ms, "p99_ms": g.p99_ms, "setup_s": g.setup_s,
+                "unadmitted_relays": g.unadmitted_relays,
             })).collect::<Vec<_>>(),
             "throughput": throughput.iter().map(|t| serde_json::json!({
                 "blob_bytes": t.blob_bytes, "transfers": t.transfers,
@@ -71,6 +72,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         "p50 (ms)",
         "p99 (ms)",
         "setup (s)",
+        "unadmitted relays",
     ]);
     for g in &gossip {
         table.add_row([
@@ -80,6 +82,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
             format!("{:.1}", g.p50_ms),
             format!("{:.1}", g.p99_ms),
             format!("{:.1}", g.setup_s),
+            g.unadmitted_relays.to_string(),
         ]);
     }
     println!("gossip time-to-all (memory transport, one process)\n{table}");

@@ -15,6 +15,7 @@ use crate::behaviour::MeshBehaviourEvent;
 use crate::cert_exchange::{self, CertMessage};
 use crate::codec::{WireRequest, WireResponse};
 use crate::discovery::ADDRS_PER_PEER_MAX;
+use crate::driver::GOSSIP_HELD_MAX;
 use crate::handle::NetEvent;
 use crate::metrics::{Direction, Kind};
 use crate::{ids, NetError};
@@ -124,6 +125,7 @@ impl Driver {
         });
         let _ = self.peers.on_disconnected(&peer, now);
         self.refresh_gauges();
+        self.release_held_gossip(&peer);
         if was_admitted {
             tracing::info!(%peer, "peer down");
             self.emit(NetEvent::PeerDown { peer });
@@ -255,7 +257,7 @@ impl Driver {
     fn on_admitted(&mut self, peer: PeerId, node: mesh_security::NodeId) {
         let now = now_ms();
         let _ = self.peers.on_admitted(peer, now);
-        self.swarm.behaviour_mut().keep_alive.set(peer, true);
+        self.keep_admitted_peers();
         let roles = match self.admission.state(&node) {
             Some(crate::AdmissionState::Admitted { cert }) => cert.info.roles,
             _ => mesh_security::rbac::RoleSet::EMPTY,
@@ -269,10 +271,8 @@ impl Driver {
         for addr in self.book.get(&peer).to_vec() {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
-        if self.admitted_count() == 1 {
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
-        }
         self.emit(NetEvent::PeerAdmitted { peer, role, roles });
+        self.release_held_gossip(&peer);
     }
 
     fn on_rpc_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
@@ -403,7 +403,23 @@ impl Driver {
         message: gossipsub::Message,
     ) {
         let now = now_ms();
-        let admitted = ids::node_id(&forwarder).is_some_and(|n| self.admission.may_process(&n));
+        let node = ids::node_id(&forwarder);
+        let admitted = node.is_some_and(|n| self.admission.may_process(&n));
+        let awaiting = node.is_some_and(|n| {
+            matches!(
+                self.admission.state(&n),
+                Some(crate::AdmissionState::AwaitingCertificate { .. })
+            )
+        });
+        if awaiting && self.gossip_held < GOSSIP_HELD_MAX {
+            // Gossipsub has already recorded the message id: refusing this
+            // copy would make it drop the copies admitted peers relay later.
+            // Hold the decision until the relay's admission is settled.
+            self.gossip_held += 1;
+            let held = self.held_gossip.entry(forwarder).or_default();
+            held.push((id.clone(), message));
+            return;
+        }
         let verdict = self.gate.check(admitted, &message.data, now);
         let acceptance = match &verdict {
             Ok(_) => MessageAcceptance::Accept,
@@ -430,5 +446,17 @@ impl Driver {
             topic: message.topic.into_string(),
             payload: message.data,
         });
+    }
+
+    /// The admission of `peer` is settled (admitted, refused or gone): decide
+    /// the gossip it relayed meanwhile.
+    pub(super) fn release_held_gossip(&mut self, peer: &PeerId) {
+        let Some(held) = self.held_gossip.remove(peer) else {
+            return;
+        };
+        self.gossip_held = self.gossip_held.saturating_sub(held.len());
+        for (id, message) in held {
+            self.on_gossip(*peer, &id, message);
+        }
     }
 }
