@@ -149,7 +149,7 @@ fn foreign_and_revoked_certificates_are_refused_and_counted() {
         (metric(
             &text,
             "mesh_net_admission_rejections_total",
-            &["reason=\"invalid\""],
+            &["reason=\"wrong_mesh\""],
         ) > 0.0)
             .then_some(())
     });
