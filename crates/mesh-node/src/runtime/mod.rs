@@ -464,7 +464,7 @@ impl Runtime {
 
     async fn on_tick(&mut self) {
         self.revocations.ticks += 1;
-        if self.revocations.ticks % 8 == 0 {
+        if self.revocations.ticks.is_multiple_of(8) {
             self.reload_revocations().await;
         }
         self.maybe_bootstrap().await;
