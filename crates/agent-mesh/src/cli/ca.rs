@@ -318,16 +318,9 @@ fn load_revocations(ca_dir: &Path, verifier: &CertVerifier) -> anyhow::Result<Re
     if !path.exists() {
         return Ok(list);
     }
-    for (i, line) in read_text(&path)?
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let parsed: RevocationLine =
-            serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        let signed = SignedRevocation::from_bytes(&hex::decode(&parsed.signed)?)?;
+    for signed in mesh_node::runtime::credentials::read_revocations(&path, verifier)? {
         list.insert(&signed, verifier.ca_key())
-            .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+            .with_context(|| format!("{}", path.display()))?;
     }
     Ok(list)
 }
