@@ -20,6 +20,15 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// Waits until `node` has counted an admission rejection with `reason`.
+fn wait_rejected(node: &Node, what: &str, reason: &str) {
+    let label = format!("reason=\"{reason}\"");
+    wait_for(what, LIMIT, || {
+        let text = node.metrics();
+        (metric(&text, "mesh_net_admission_rejections_total", &[&label]) > 0.0).then_some(())
+    });
+}
+
 fn tcp_port(addr: &str) -> u16 {
     let after = addr.split("/tcp/").nth(1).unwrap();
     after.split('/').next().unwrap().parse().unwrap()
@@ -144,15 +153,11 @@ fn foreign_and_revoked_certificates_are_refused_and_counted() {
     write_config(&root.join("rogue"), "../rogue-ca", 99);
     let mut rogue = node_at(&root, "rogue");
     start_node(&mut rogue, Some(&boot), &[]);
-    wait_for("the foreign certificate to be refused", LIMIT, || {
-        let text = mesh.nodes[0].metrics();
-        (metric(
-            &text,
-            "mesh_net_admission_rejections_total",
-            &["reason=\"wrong_mesh\""],
-        ) > 0.0)
-            .then_some(())
-    });
+    wait_rejected(
+        &mesh.nodes[0],
+        "the foreign certificate to be refused",
+        "wrong_mesh",
+    );
     assert_eq!(mesh.nodes[0].admitted(), 1, "the rogue is not admitted");
 
     // A certificate revoked before its node starts.
@@ -170,15 +175,11 @@ fn foreign_and_revoked_certificates_are_refused_and_counted() {
     std::thread::sleep(Duration::from_secs(3)); // the nodes re-read the list every 2 s
     let mut revoked = node_at(&root, "revoked");
     start_node(&mut revoked, Some(&boot), &[]);
-    wait_for("the revoked certificate to be refused", LIMIT, || {
-        let text = mesh.nodes[0].metrics();
-        (metric(
-            &text,
-            "mesh_net_admission_rejections_total",
-            &["reason=\"revoked\""],
-        ) > 0.0)
-            .then_some(())
-    });
+    wait_rejected(
+        &mesh.nodes[0],
+        "the revoked certificate to be refused",
+        "revoked",
+    );
 
     // A revocation learned later disconnects an admitted peer.
     let cert = mesh.nodes[1].dir.join("node.cert.pem");

@@ -628,6 +628,20 @@ impl StateMachineStore {
     }
 }
 
+impl StateMachineStore {
+    /// Writes a snapshot's metadata and bytes durably (one transaction).
+    async fn persist_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), io::Error> {
+        let meta_bytes = encode(meta)?;
+        self.shared
+            .writer
+            .write(vec![
+                WriteKind::PutMeta(KEY_SNAPSHOT_META, meta_bytes),
+                WriteKind::PutMeta(KEY_SNAPSHOT_DATA, data.to_vec()),
+            ])
+            .await
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     type SnapshotData = Vec<u8>;
 
@@ -641,14 +655,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, snapshot::encode(&inner.state))
         };
         self.shared.bytes_since_snapshot.store(0, Ordering::Relaxed);
-        let meta_bytes = encode(&meta)?;
-        self.shared
-            .writer
-            .write(vec![
-                WriteKind::PutMeta(KEY_SNAPSHOT_META, meta_bytes),
-                WriteKind::PutMeta(KEY_SNAPSHOT_DATA, data.clone()),
-            ])
-            .await?;
+        self.persist_snapshot(&meta, &data).await?;
         lock(&self.shared.inner).snapshot = Some((meta.clone(), Arc::new(data.clone())));
         self.shared.snapshots_built.fetch_add(1, Ordering::Relaxed);
         Ok(Snapshot {
@@ -687,14 +694,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
         let state = snapshot::decode_bounded(&data, SNAPSHOT_BYTES_MAX)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let meta_bytes = encode(meta)?;
-        self.shared
-            .writer
-            .write(vec![
-                WriteKind::PutMeta(KEY_SNAPSHOT_META, meta_bytes),
-                WriteKind::PutMeta(KEY_SNAPSHOT_DATA, data.clone()),
-            ])
-            .await?;
+        self.persist_snapshot(meta, &data).await?;
         let mut inner = lock(&self.shared.inner);
         inner.state = state;
         inner.last_applied = meta.last_log_id;
