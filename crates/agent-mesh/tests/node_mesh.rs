@@ -164,14 +164,7 @@ fn foreign_and_revoked_certificates_are_refused_and_counted() {
     make_member(&root, &mesh.ca(), "revoked", "trainer");
     write_config(&root.join("revoked"), "../ca", 98);
     let cert = root.join("revoked/node.cert.pem");
-    run_ok(&[
-        "ca",
-        "revoke",
-        "--ca",
-        mesh.ca().to_str().unwrap(),
-        "--cert",
-        cert.to_str().unwrap(),
-    ]);
+    mesh.revoke(&cert);
     std::thread::sleep(Duration::from_secs(3)); // the nodes re-read the list every 2 s
     let mut revoked = node_at(&root, "revoked");
     start_node(&mut revoked, Some(&boot), &[]);
@@ -183,14 +176,7 @@ fn foreign_and_revoked_certificates_are_refused_and_counted() {
 
     // A revocation learned later disconnects an admitted peer.
     let cert = mesh.nodes[1].dir.join("node.cert.pem");
-    run_ok(&[
-        "ca",
-        "revoke",
-        "--ca",
-        mesh.ca().to_str().unwrap(),
-        "--cert",
-        cert.to_str().unwrap(),
-    ]);
+    mesh.revoke(&cert);
     wait_for("node 0 to drop the newly revoked node 1", LIMIT, || {
         (mesh.nodes[0].admitted() == 0).then_some(())
     });

@@ -206,6 +206,19 @@ impl Mesh {
         self.root.path().join("ca")
     }
 
+    /// Revokes the certificate at `cert` (appends to the CA's revocations.jsonl, which nodes watch).
+    pub fn revoke(&self, cert: &Path) {
+        let ca = self.ca();
+        run_ok(&[
+            "ca",
+            "revoke",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+        ]);
+    }
+
     /// A fresh admin token.
     pub fn admin_token(&self) -> String {
         let admin = self.root.path().join("admin");
