@@ -19,11 +19,11 @@ mod view;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mesh_consensus::{CommitReceipt, ConsensusConfig, ConsensusNode, MemberInfo};
+use mesh_consensus::{CommitReceipt, ConsensusConfig, ConsensusNode, ConsensusStatus, MemberInfo};
 use mesh_net::{NetConfig, NetEvent, NetHandle, PeerId, TransportKind};
 use mesh_security::envelope::{Envelope, MessageKind};
 use mesh_security::rbac::{Role, RoleSet};
@@ -41,6 +41,8 @@ use raft_transport::{member_of_peer, NetRaftTransport, RAFT_PROTOCOL};
 pub const CERTIFICATE_TOPIC: &str = "agent-mesh/consensus/certificates/1";
 /// Envelope kind of a gossiped commit certificate.
 pub const CERTIFICATE_KIND: MessageKind = MessageKind(0x0101);
+/// Largest gossiped certificate envelope decoded (a certificate is a few hundred bytes per voter).
+pub const CERTIFICATE_ENVELOPE_BYTES_MAX: usize = 64 * 1024;
 /// How often the runtime refreshes its snapshot and runs its checks.
 pub const TICK_MS: u64 = 250;
 /// How long the committee-capable view must be stable before bootstrapping.
@@ -174,6 +176,7 @@ struct Runtime {
     consensus: Option<ConsensusNode>,
     planner: Option<BootstrapPlanner>,
     admitted: HashMap<PeerId, RoleSet>,
+    listen_addrs: Vec<String>,
     publish: watch::Sender<Arc<NodeSnapshot>>,
     started: Instant,
     envelope_seq: u64,
@@ -251,6 +254,7 @@ pub async fn run(
         consensus,
         planner,
         admitted: HashMap::new(),
+        listen_addrs,
         publish,
         started: Instant::now(),
         envelope_seq: now_ms().saturating_mul(1_000),
@@ -352,7 +356,6 @@ impl Runtime {
             } => self.on_request(peer, protocol, payload, respond),
             NetEvent::Gossip { topic, payload, .. } => self.on_gossip(&topic, &payload).await,
             NetEvent::PeerAdmitted { peer, roles, .. } => {
-                tracing::info!(%peer, roles = %roles, "peer admitted");
                 self.admitted.insert(peer, roles);
                 if roles.contains(Role::Committee) {
                     if let (Some(planner), Some(info)) = (&mut self.planner, member_info(&peer)) {
@@ -400,8 +403,7 @@ impl Runtime {
         let Some(consensus) = &self.consensus else {
             return;
         };
-        let limit = self.config.http.max_body_bytes.max(1 << 20);
-        let cert = Envelope::decode(payload, limit)
+        let cert = Envelope::decode(payload, CERTIFICATE_ENVELOPE_BYTES_MAX)
             .map_err(|e| e.to_string())
             .and_then(|env| {
                 mesh_consensus::certificate::CommitCertificate::decode(&env.payload)
@@ -467,10 +469,13 @@ impl Runtime {
         if self.revocations.ticks.is_multiple_of(8) {
             self.reload_revocations().await;
         }
-        self.maybe_bootstrap().await;
-        self.add_missing_learners();
+        let status = self.consensus.as_ref().map(ConsensusNode::status);
+        if let Some(status) = &status {
+            self.maybe_bootstrap(status).await;
+            self.add_missing_learners(status);
+        }
         let peers = self.net.peers().await;
-        let snapshot = view::snapshot(self, &peers);
+        let snapshot = view::snapshot(self, &peers, status);
         self.publish.send_replace(Arc::new(snapshot));
     }
 
@@ -514,11 +519,10 @@ impl Runtime {
         self.auth.set_revocations(Arc::new(list));
     }
 
-    async fn maybe_bootstrap(&mut self) {
+    async fn maybe_bootstrap(&mut self, status: &ConsensusStatus) {
         let (Some(consensus), Some(planner)) = (&self.consensus, &self.planner) else {
             return;
         };
-        let status = consensus.status();
         if !status.voters.is_empty() {
             self.planner = None;
             return;
@@ -532,11 +536,10 @@ impl Runtime {
     }
 
     /// On the leader: every admitted committee-capable peer outside the membership becomes a learner.
-    fn add_missing_learners(&self) {
+    fn add_missing_learners(&self, status: &ConsensusStatus) {
         let Some(consensus) = &self.consensus else {
             return;
         };
-        let status = consensus.status();
         if status.leader != Some(consensus.id()) {
             return;
         }
@@ -562,7 +565,7 @@ impl Runtime {
 }
 
 fn member_info(peer: &PeerId) -> Option<MemberInfo> {
-    let node: mesh_security::NodeId = peer.to_string().parse().ok()?;
+    let node = mesh_net::ids::node_id(peer)?;
     Some(MemberInfo::new(&node, String::new(), None))
 }
 
@@ -582,9 +585,4 @@ fn receipt_view(
         },
         Err(err) => Err(err.to_string()),
     }
-}
-
-/// The data directory's `node.json` path for a config.
-pub fn node_info_path(config: &NodeConfig) -> PathBuf {
-    config.data_dir.join(NODE_INFO_FILE)
 }

@@ -10,7 +10,6 @@ use std::str::FromStr;
 
 use mesh_consensus::{MemberId, MemberInfo, RaftTransport, TransportError};
 use mesh_net::{NetError, NetHandle, PeerId};
-use mesh_security::NodeId;
 
 /// The request-response protocol name of Raft RPCs.
 pub const RAFT_PROTOCOL: &str = "raft/1";
@@ -33,9 +32,7 @@ impl NetRaftTransport {
 
 /// The Raft id of a peer, from its peer id (the same key).
 pub fn member_of_peer(peer: &PeerId) -> Option<MemberId> {
-    NodeId::from_str(&peer.to_string())
-        .ok()
-        .map(|node| MemberId::from_node_id(&node))
+    mesh_net::ids::node_id(peer).map(|node| MemberId::from_node_id(&node))
 }
 
 #[async_trait::async_trait]

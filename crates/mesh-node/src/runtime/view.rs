@@ -1,5 +1,6 @@
 //! Builds the API's [`NodeSnapshot`] from the runtime's parts.
 
+use mesh_consensus::ConsensusStatus;
 use mesh_net::{PeerInfo, PeerStatus};
 
 use super::{now_ms, Runtime};
@@ -27,7 +28,11 @@ fn peer_view(peer: &PeerInfo, now_ms: u64) -> PeerView {
 }
 
 /// The node as the API shows it now.
-pub(super) fn snapshot(runtime: &Runtime, peers: &[PeerInfo]) -> NodeSnapshot {
+pub(super) fn snapshot(
+    runtime: &Runtime,
+    peers: &[PeerInfo],
+    consensus: Option<ConsensusStatus>,
+) -> NodeSnapshot {
     let now = now_ms();
     let admitted = peers
         .iter()
@@ -37,7 +42,6 @@ pub(super) fn snapshot(runtime: &Runtime, peers: &[PeerInfo]) -> NodeSnapshot {
         .iter()
         .filter(|p| matches!(p.state, PeerStatus::Admitted | PeerStatus::Connected))
         .count();
-    let consensus = runtime.consensus.as_ref().map(|c| c.status());
     let alone_by_design = runtime.config.network.bootstrap.is_empty()
         && consensus.as_ref().is_some_and(|s| s.leader.is_some());
     let (ready, not_ready_reason) = if admitted > 0 || alone_by_design {
@@ -59,7 +63,7 @@ pub(super) fn snapshot(runtime: &Runtime, peers: &[PeerInfo]) -> NodeSnapshot {
                 .map(|r| r.name().to_string())
                 .collect(),
             uptime_s: runtime.started.elapsed().as_secs(),
-            listen_addrs: Vec::new(),
+            listen_addrs: runtime.listen_addrs.clone(),
             peers_connected: connected,
             peers_admitted: admitted,
         },
