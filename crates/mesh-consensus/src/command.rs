@@ -126,6 +126,99 @@ pub struct JobSpec {
     pub secagg: bool,
     /// Differential-privacy budget; `None` runs the job without DP.
     pub dp_budget: Option<DpBudget>,
+    /// How each round trains and is grouped.
+    pub training: TrainingSpec,
+}
+
+/// How a job trains: what every participant and aggregator must agree on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSpec {
+    /// Name of the data each node binds to this job (its own private copy), e.g. `mnist`.
+    pub dataset: String,
+    /// Local epochs per round.
+    pub epochs: u32,
+    /// Rows per SGD step.
+    pub batch_size: u32,
+    /// Local SGD step size.
+    pub learning_rate: f32,
+    /// Seed of the initial model and of every seeded choice of the job.
+    pub seed: u64,
+    /// How long a round may run, in milliseconds, before it closes with the updates it has.
+    pub round_deadline_ms: u64,
+    /// Participants per secure-aggregation group (the last group takes the remainder).
+    pub group_size: u32,
+    /// L2 norm every update is clipped to before it leaves its node.
+    pub clip_norm: f32,
+    /// Gaussian noise multiplier `z` of client-level DP (0 without DP).
+    pub noise_multiplier: f64,
+    /// Sampling rate `q` the privacy accountant charges each round with.
+    pub sampling_rate: f64,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        Self {
+            dataset: "mnist".into(),
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.05,
+            seed: 0,
+            round_deadline_ms: 120_000,
+            group_size: 5,
+            clip_norm: 5.0,
+            noise_multiplier: 0.0,
+            sampling_rate: 1.0,
+        }
+    }
+}
+
+/// Who aggregates one round: a group aggregator per group of participants
+/// (it unmasks the group's sum) and the final aggregators that combine the
+/// group results with the robust rule and must agree on the model hash.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundPlan {
+    /// The groups, in order; every participant is in exactly one.
+    pub groups: Vec<GroupPlan>,
+    /// The final aggregators (at least one, distinct).
+    pub aggregators: Vec<NodeId>,
+}
+
+/// One secure-aggregation group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPlan {
+    /// The node that collects and unmasks the group's updates.
+    pub aggregator: NodeId,
+    /// The group's participants, sorted.
+    pub members: Vec<NodeId>,
+}
+
+/// Which aggregator of a round is replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AggregatorSlot {
+    /// The aggregator of this group.
+    Group(u32),
+    /// This final aggregator.
+    Final(u32),
+}
+
+/// One group result a completed round was combined from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInput {
+    /// The group.
+    pub group: u32,
+    /// BLAKE3 hash of the group's mean update blob.
+    pub hash: ModelHash,
+    /// Participants whose updates are in it.
+    pub contributors: u32,
+}
+
+/// Why a job stopped before its last round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// An admin cancelled it.
+    Cancelled,
+    /// The next round would exceed the privacy budget.
+    BudgetExhausted,
 }
 
 /// Results of one completed round, as the aggregators report them.
@@ -189,6 +282,8 @@ pub enum Command {
         participants: BTreeSet<NodeId>,
         /// Deadline, in milliseconds since the Unix epoch (as the leader proposed it).
         deadline_unix_ms: u64,
+        /// Groups and aggregators.
+        plan: RoundPlan,
     },
     /// Complete the running round (`RoundCompleted`).
     CompleteRound {
@@ -202,6 +297,34 @@ pub enum Command {
         metrics: RoundMetrics,
         /// Epsilon this round spent, in millionths.
         privacy_spent_epsilon_micros: u64,
+        /// The group results combined into the model.
+        inputs: Vec<GroupInput>,
+    },
+    /// Replace one aggregator of the running round (it failed).
+    ReassignAggregator {
+        /// The job.
+        job: JobId,
+        /// The running round.
+        round: u32,
+        /// Which aggregator.
+        slot: AggregatorSlot,
+        /// Its replacement.
+        node: NodeId,
+    },
+    /// Give up the running round (nothing arrived by its deadline); the same
+    /// round number starts again.
+    AbortRound {
+        /// The job.
+        job: JobId,
+        /// The running round.
+        round: u32,
+    },
+    /// Stop a job for good.
+    StopJob {
+        /// The job.
+        job: JobId,
+        /// Why.
+        reason: StopReason,
     },
     /// Commit evidence against a node; lowers its reputation.
     RecordEvidence {
@@ -240,6 +363,11 @@ impl fmt::Display for Command {
             Self::CreateJob { job, .. } => write!(f, "CreateJob({job})"),
             Self::StartRound { job, round, .. } => write!(f, "StartRound({job}, {round})"),
             Self::CompleteRound { job, round, .. } => write!(f, "CompleteRound({job}, {round})"),
+            Self::ReassignAggregator {
+                job, round, slot, ..
+            } => write!(f, "ReassignAggregator({job}, {round}, {slot:?})"),
+            Self::AbortRound { job, round } => write!(f, "AbortRound({job}, {round})"),
+            Self::StopJob { job, reason } => write!(f, "StopJob({job}, {reason:?})"),
             Self::RecordEvidence { node, kind } => write!(f, "RecordEvidence({node}, {kind:?})"),
             Self::ResetReputation { node } => write!(f, "ResetReputation({node})"),
             Self::Put { key, value } => write!(f, "Put({}B, {}B)", key.len(), value.len()),
@@ -288,15 +416,30 @@ impl Command {
                 check_spec(spec)
             }
             Self::StartRound {
-                job, participants, ..
+                job,
+                participants,
+                plan,
+                ..
             } => {
                 check_name("job id", &job.0)?;
-                check_participants(participants)
+                check_participants(participants)?;
+                check_plan(plan, participants)
             }
-            Self::CompleteRound { job, metrics, .. } => {
+            Self::CompleteRound {
+                job,
+                metrics,
+                inputs,
+                ..
+            } => {
                 check_name("job id", &job.0)?;
-                check_metrics(metrics)
+                check_metrics(metrics)?;
+                check_len("group inputs", inputs.len(), PARTICIPANTS_MAX as usize)
             }
+            Self::ReassignAggregator { job, node, .. } => {
+                check_name("job id", &job.0)?;
+                check_name("node id", &node.0)
+            }
+            Self::AbortRound { job, .. } | Self::StopJob { job, .. } => check_name("job id", &job.0),
             Self::Put { key, value } => {
                 check_len("key", key.len(), KV_KEY_BYTES_MAX)?;
                 check_len("value", value.len(), KV_VALUE_BYTES_MAX)
@@ -361,6 +504,7 @@ fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
             spec.byzantine_count
         )));
     }
+    check_training(&spec.training)?;
     match spec.dp_budget {
         Some(b) if !(b.delta > 0.0 && b.delta < 1.0) => Err(invalid(format!(
             "DP delta must be in (0, 1), got {}",
@@ -369,6 +513,29 @@ fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
         Some(b) if b.epsilon_micros == 0 => Err(invalid("DP epsilon budget is zero")),
         _ => Ok(()),
     }
+}
+
+fn check_training(t: &TrainingSpec) -> Result<(), ApplyError> {
+    check_name("dataset", &t.dataset)?;
+    if t.epochs == 0 || t.epochs > 1000 || t.batch_size == 0 {
+        return Err(invalid("epochs must be in 1..=1000 and batch size at least 1"));
+    }
+    if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+        return Err(invalid("learning rate must be positive"));
+    }
+    if !(t.clip_norm.is_finite() && t.clip_norm > 0.0) {
+        return Err(invalid("clip norm must be positive"));
+    }
+    if !(t.noise_multiplier.is_finite() && t.noise_multiplier >= 0.0) {
+        return Err(invalid("noise multiplier must be finite and not negative"));
+    }
+    if !(t.sampling_rate > 0.0 && t.sampling_rate <= 1.0) {
+        return Err(invalid("sampling rate must be in (0, 1]"));
+    }
+    if t.group_size < 2 || t.round_deadline_ms == 0 {
+        return Err(invalid("group size must be at least 2 and the round deadline positive"));
+    }
+    Ok(())
 }
 
 fn check_participants(participants: &BTreeSet<NodeId>) -> Result<(), ApplyError> {
@@ -385,6 +552,35 @@ fn check_participants(participants: &BTreeSet<NodeId>) -> Result<(), ApplyError>
     participants
         .iter()
         .try_for_each(|p| check_name("participant id", &p.0))
+}
+
+/// A plan's groups partition the participants exactly; aggregators are
+/// named, and the final ones are distinct.
+fn check_plan(plan: &RoundPlan, participants: &BTreeSet<NodeId>) -> Result<(), ApplyError> {
+    if plan.aggregators.is_empty() || plan.groups.is_empty() {
+        return Err(invalid("a round plan needs at least one group and one aggregator"));
+    }
+    let finals: BTreeSet<&NodeId> = plan.aggregators.iter().collect();
+    if finals.len() != plan.aggregators.len() {
+        return Err(invalid("final aggregators must be distinct"));
+    }
+    let mut seen = BTreeSet::new();
+    for group in &plan.groups {
+        check_name("group aggregator id", &group.aggregator.0)?;
+        for member in &group.members {
+            if !participants.contains(member) || !seen.insert(member) {
+                return Err(invalid(format!(
+                    "group member {member} is not a participant or is in two groups"
+                )));
+            }
+        }
+    }
+    if seen.len() != participants.len() {
+        return Err(invalid("every participant must be in a group"));
+    }
+    plan.aggregators
+        .iter()
+        .try_for_each(|a| check_name("aggregator id", &a.0))
 }
 
 fn check_metrics(m: &RoundMetrics) -> Result<(), ApplyError> {
@@ -420,6 +616,7 @@ mod tests {
                 epsilon_micros: 1_000_000,
                 delta: 1e-5,
             }),
+            training: TrainingSpec::default(),
         }
     }
 
@@ -497,6 +694,7 @@ mod tests {
                 updates_count: 3,
             },
             privacy_spent_epsilon_micros: 0,
+            inputs: Vec::new(),
         };
         assert!(cmd.validate().is_err());
     }

@@ -39,6 +39,7 @@ fn spec() -> impl Strategy<Value = JobSpec> {
             epsilon_micros,
             delta: 1e-5,
         }),
+        training: mesh_consensus::command::TrainingSpec::default(),
     })
 }
 
@@ -67,13 +68,29 @@ fn command() -> impl Strategy<Value = Command> {
             0u32..3,
             prop::collection::btree_set(node(), 1..3)
         )
-            .prop_map(|(job, round, participants)| Command::StartRound {
-                job,
-                round,
-                model_hash: [round as u8; 32],
-                participants,
-                deadline_unix_ms: 5,
+            .prop_map(|(job, round, participants)| {
+                let first = participants.iter().next().cloned();
+                let plan = mesh_consensus::command::RoundPlan {
+                    groups: vec![mesh_consensus::command::GroupPlan {
+                        aggregator: first.clone().unwrap_or_else(|| "a".into()),
+                        members: participants.iter().cloned().collect(),
+                    }],
+                    aggregators: first.into_iter().collect(),
+                };
+                Command::StartRound {
+                    job,
+                    round,
+                    model_hash: [round as u8; 32],
+                    participants,
+                    deadline_unix_ms: 5,
+                    plan,
+                }
             }),
+        (job.clone(), 0u32..3).prop_map(|(job, round)| Command::AbortRound { job, round }),
+        job.clone().prop_map(|job| Command::StopJob {
+            job,
+            reason: mesh_consensus::command::StopReason::Cancelled
+        }),
         (job, 0u32..3, metrics, 0u64..800).prop_map(|(job, round, metrics, spent)| {
             Command::CompleteRound {
                 job,
@@ -81,6 +98,7 @@ fn command() -> impl Strategy<Value = Command> {
                 model_hash: [9; 32],
                 metrics,
                 privacy_spent_epsilon_micros: spent,
+                inputs: Vec::new(),
             }
         }),
         (

@@ -18,6 +18,8 @@
 pub mod api;
 pub mod cache;
 pub mod config;
+pub mod mesh_sim;
+pub mod protocol;
 pub mod round;
 pub mod runtime;
 pub mod sim;

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{JobId, JobSpec, ModelHash, NodeId, RoundMetrics};
+use crate::command::{
+    AggregatorSlot, GroupInput, JobId, JobSpec, ModelHash, NodeId, RoundMetrics, RoundPlan,
+    StopReason,
+};
 use crate::error::ApplyError;
 
 /// Most jobs the state may hold.
@@ -28,6 +31,18 @@ pub enum JobStatus {
     Completed,
     /// Stopped early: the privacy budget is spent.
     BudgetExhausted,
+    /// Stopped early by an admin.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether the job will run no more rounds.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::BudgetExhausted | Self::Cancelled
+        )
+    }
 }
 
 /// How a completed round ended.
@@ -41,6 +56,8 @@ pub struct RoundCompletion {
     pub privacy_spent_epsilon_micros: u64,
     /// Log index of the completing entry.
     pub completed_index: u64,
+    /// The group results combined into the model.
+    pub inputs: Vec<GroupInput>,
 }
 
 /// One round of a job.
@@ -54,6 +71,10 @@ pub struct RoundRecord {
     pub deadline_unix_ms: u64,
     /// Log index of the starting entry.
     pub started_index: u64,
+    /// Groups and aggregators (reassignments update it).
+    pub plan: RoundPlan,
+    /// Times this round number was started and aborted before this attempt.
+    pub aborted_attempts: u32,
     /// Set once the round completes.
     pub completion: Option<RoundCompletion>,
 }
@@ -69,6 +90,8 @@ pub struct Job {
     pub status: JobStatus,
     /// Its rounds, indexed by round number.
     pub rounds: Vec<RoundRecord>,
+    /// Rounds aborted at their deadline and started again.
+    pub aborted_rounds: u32,
 }
 
 /// Where a model hash was first seen.
@@ -90,6 +113,7 @@ pub(crate) struct RoundStart<'a> {
     pub model_hash: ModelHash,
     pub participants: &'a BTreeSet<NodeId>,
     pub deadline_unix_ms: u64,
+    pub plan: &'a RoundPlan,
 }
 
 /// All jobs and known model hashes.
@@ -133,6 +157,7 @@ impl Jobs {
             created_index: index,
             status: JobStatus::WaitingForRound,
             rounds: Vec::new(),
+            aborted_rounds: 0,
         };
         self.jobs.insert(job.clone(), record);
     }
@@ -177,6 +202,8 @@ impl Jobs {
             participants: s.participants.clone(),
             deadline_unix_ms: s.deadline_unix_ms,
             started_index: index,
+            plan: s.plan.clone(),
+            aborted_attempts: job.aborted_rounds,
             completion: None,
         });
         job.status = JobStatus::RoundRunning;
@@ -202,6 +229,72 @@ impl Jobs {
             });
         }
         Ok(job)
+    }
+
+    /// Replaces one aggregator of the running round.
+    pub(crate) fn reassign(
+        &mut self,
+        job_id: &JobId,
+        round: u32,
+        slot: AggregatorSlot,
+        node: &NodeId,
+    ) -> Result<(), ApplyError> {
+        self.check_complete(job_id, round)?;
+        let plan = self
+            .jobs
+            .get_mut(job_id)
+            .and_then(|j| j.rounds.last_mut())
+            .map(|r| &mut r.plan)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
+        let target = match slot {
+            AggregatorSlot::Group(g) => plan.groups.get_mut(g as usize).map(|g| &mut g.aggregator),
+            AggregatorSlot::Final(i) => {
+                if plan.aggregators.contains(node) {
+                    return Err(ApplyError::Invalid(format!(
+                        "{node} is already a final aggregator"
+                    )));
+                }
+                plan.aggregators.get_mut(i as usize)
+            }
+        };
+        let target = target.ok_or_else(|| {
+            ApplyError::Invalid(format!("round {round} has no aggregator slot {slot:?}"))
+        })?;
+        *target = node.clone();
+        Ok(())
+    }
+
+    /// Drops the running round so that the same round number starts again.
+    pub(crate) fn abort(&mut self, job_id: &JobId, round: u32) -> Result<(), ApplyError> {
+        self.check_complete(job_id, round)?;
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.rounds.pop();
+            job.aborted_rounds += 1;
+            job.status = JobStatus::WaitingForRound;
+        }
+        Ok(())
+    }
+
+    /// Stops a job that has not finished.
+    pub(crate) fn stop(&mut self, job_id: &JobId, reason: StopReason) -> Result<(), ApplyError> {
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
+        if job.status.is_finished() {
+            return Err(ApplyError::RoundOutOfOrder {
+                job: job_id.clone(),
+                reason: format!("the job already ended ({:?})", job.status),
+            });
+        }
+        if job.rounds.last().is_some_and(|r| r.completion.is_none()) {
+            job.rounds.pop();
+        }
+        job.status = match reason {
+            StopReason::Cancelled => JobStatus::Cancelled,
+            StopReason::BudgetExhausted => JobStatus::BudgetExhausted,
+        };
+        Ok(())
     }
 
     /// Completes the running round; `budget_left` is `Some(0)` when the
@@ -269,6 +362,17 @@ mod tests {
             byzantine_count: 0,
             secagg: true,
             dp_budget: None,
+            training: crate::command::TrainingSpec::default(),
+        }
+    }
+
+    fn plan(participants: &BTreeSet<NodeId>) -> RoundPlan {
+        RoundPlan {
+            groups: vec![crate::command::GroupPlan {
+                aggregator: NodeId::from("a"),
+                members: participants.iter().cloned().collect(),
+            }],
+            aggregators: vec![NodeId::from("a")],
         }
     }
 
@@ -297,6 +401,7 @@ mod tests {
             model_hash: [1; 32],
             participants: &participants,
             deadline_unix_ms: 10,
+            plan: &plan(&participants),
         };
         assert!(jobs.check_complete(&id, 0).is_err());
         jobs.check_start(&s).unwrap();
@@ -308,6 +413,7 @@ mod tests {
             metrics: metrics(),
             privacy_spent_epsilon_micros: 0,
             completed_index: 3,
+            inputs: Vec::new(),
         };
         assert_eq!(jobs.complete(&id, done, None), Some(JobStatus::Completed));
         jobs.check_invariants().unwrap();
@@ -327,6 +433,7 @@ mod tests {
             model_hash: [1; 32],
             participants: &participants,
             deadline_unix_ms: 10,
+            plan: &plan(&participants),
         };
         assert!(matches!(jobs.check_start(&s), Err(ApplyError::Invalid(_))));
     }

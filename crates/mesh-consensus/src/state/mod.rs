@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, EvidenceKind, JobId, ModelHash, NodeId, Role, RoundMetrics};
+use crate::command::{Command, EvidenceKind, JobId, NodeId, Role};
 use crate::error::ApplyError;
 use jobs::{JobStatus, Jobs, RoundCompletion, RoundStart};
 use kv::Kv;
@@ -178,6 +178,7 @@ impl MeshState {
                 model_hash,
                 participants,
                 deadline_unix_ms,
+                plan,
             } => {
                 let start = RoundStart {
                     job,
@@ -185,6 +186,7 @@ impl MeshState {
                     model_hash: *model_hash,
                     participants,
                     deadline_unix_ms: *deadline_unix_ms,
+                    plan,
                 };
                 self.start_round(&start, index)
             }
@@ -194,9 +196,34 @@ impl MeshState {
                 model_hash,
                 metrics,
                 privacy_spent_epsilon_micros,
+                inputs,
             } => {
-                let spent = *privacy_spent_epsilon_micros;
-                self.complete_round(job, *round, *model_hash, metrics, spent, index)
+                let completion = RoundCompletion {
+                    model_hash: *model_hash,
+                    metrics: *metrics,
+                    privacy_spent_epsilon_micros: *privacy_spent_epsilon_micros,
+                    completed_index: index,
+                    inputs: inputs.clone(),
+                };
+                self.complete_round(job, *round, completion)
+            }
+            Command::ReassignAggregator {
+                job,
+                round,
+                slot,
+                node,
+            } => {
+                self.check_member_with(node, Role::Aggregator)?;
+                self.jobs.reassign(job, *round, *slot, node)?;
+                Ok(Response::Done)
+            }
+            Command::AbortRound { job, round } => {
+                self.jobs.abort(job, *round)?;
+                Ok(Response::Done)
+            }
+            Command::StopJob { job, reason } => {
+                self.jobs.stop(job, *reason)?;
+                Ok(Response::Done)
             }
             Command::RecordEvidence { node, kind } => self.record_evidence(node, *kind),
             Command::ResetReputation { node } => {
@@ -218,6 +245,10 @@ impl MeshState {
         for node in start.participants {
             self.check_eligible(node)?;
         }
+        let plan = start.plan;
+        for node in plan.groups.iter().map(|g| &g.aggregator).chain(&plan.aggregators) {
+            self.check_member_with(node, Role::Aggregator)?;
+        }
         self.jobs.start(start, index);
         Ok(Response::Done)
     }
@@ -235,25 +266,27 @@ impl MeshState {
         })
     }
 
+    /// A member with `role` that is not quarantined (aggregators).
+    fn check_member_with(&self, node: &NodeId, role: Role) -> Result<(), ApplyError> {
+        match self.members.get(node) {
+            Some(m) if m.roles.contains(&role) && !self.reputation.is_quarantined(node) => Ok(()),
+            _ => Err(ApplyError::Invalid(format!(
+                "{node} is not a member with the {role:?} role, or is quarantined"
+            ))),
+        }
+    }
+
     fn complete_round(
         &mut self,
         job: &JobId,
         round: u32,
-        model_hash: ModelHash,
-        metrics: &RoundMetrics,
-        spent_epsilon_micros: u64,
-        index: u64,
+        completion: RoundCompletion,
     ) -> Result<Response, ApplyError> {
+        let spent_epsilon_micros = completion.privacy_spent_epsilon_micros;
         self.jobs.check_complete(job, round)?;
         let remaining = self.privacy.check_spend(job, spent_epsilon_micros)?;
         // Both checks passed: from here on nothing can fail.
         self.privacy.spend(job, spent_epsilon_micros);
-        let completion = RoundCompletion {
-            model_hash,
-            metrics: *metrics,
-            privacy_spent_epsilon_micros: spent_epsilon_micros,
-            completed_index: index,
-        };
         let status = self
             .jobs
             .complete(job, completion, remaining)

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::command::{DpBudget, JobSpec, RevocationReason};
+use crate::command::{DpBudget, JobSpec, RevocationReason, RoundMetrics};
 
 fn add(node: &str, roles: &[Role]) -> Command {
     Command::AddMember {
@@ -27,6 +27,7 @@ fn spec(rounds: u32, budget_epsilon_micros: Option<u64>) -> JobSpec {
             epsilon_micros: e,
             delta: 1e-5,
         }),
+        training: crate::command::TrainingSpec::default(),
     }
 }
 
@@ -37,6 +38,13 @@ fn start(round: u32, participants: &[&str]) -> Command {
         model_hash: [round as u8; 32],
         participants: participants.iter().map(|p| NodeId::from(*p)).collect(),
         deadline_unix_ms: 1_000,
+        plan: crate::command::RoundPlan {
+            groups: vec![crate::command::GroupPlan {
+                aggregator: NodeId::from(participants[0]),
+                members: participants.iter().map(|p| NodeId::from(*p)).collect(),
+            }],
+            aggregators: vec![NodeId::from(participants[0])],
+        },
     }
 }
 
@@ -51,6 +59,7 @@ fn complete(round: u32, spent_epsilon_micros: u64) -> Command {
             updates_count: 2,
         },
         privacy_spent_epsilon_micros: spent_epsilon_micros,
+        inputs: Vec::new(),
     }
 }
 
@@ -96,7 +105,7 @@ fn hash_changes_with_each_entry_and_not_on_rejection() {
 #[test]
 fn membership_and_revocation() {
     let mut s = applied(&[
-        add("a", &[Role::Trainer]),
+        add("a", &[Role::Trainer, Role::Aggregator]),
         Command::SetRoles {
             node: "a".into(),
             roles: BTreeSet::from([Role::Aggregator, Role::Observer]),
@@ -130,8 +139,8 @@ fn membership_and_revocation() {
 #[test]
 fn job_runs_rounds_in_order_to_completion() {
     let mut s = applied(&[
-        add("a", &[Role::Trainer]),
-        add("b", &[Role::Trainer]),
+        add("a", &[Role::Trainer, Role::Aggregator]),
+        add("b", &[Role::Trainer, Role::Aggregator]),
         Command::CreateJob {
             job: "j".into(),
             spec: spec(2, None),
@@ -184,6 +193,7 @@ fn duplicate_and_unknown_jobs_are_rejected() {
             updates_count: 0,
         },
         privacy_spent_epsilon_micros: 0,
+        inputs: Vec::new(),
     };
     assert!(matches!(
         assert_rejected(&mut s, &other),
@@ -194,7 +204,7 @@ fn duplicate_and_unknown_jobs_are_rejected() {
 #[test]
 fn participants_must_be_eligible_trainers() {
     let mut s = applied(&[
-        add("a", &[Role::Trainer]),
+        add("a", &[Role::Trainer, Role::Aggregator]),
         add("o", &[Role::Observer]),
         Command::CreateJob {
             job: "j".into(),
@@ -220,7 +230,7 @@ fn participants_must_be_eligible_trainers() {
 #[test]
 fn evidence_quarantines_and_quarantine_blocks_selection() {
     let mut s = applied(&[
-        add("a", &[Role::Trainer]),
+        add("a", &[Role::Trainer, Role::Aggregator]),
         Command::CreateJob {
             job: "j".into(),
             spec: spec(1, None),
@@ -259,7 +269,7 @@ fn evidence_quarantines_and_quarantine_blocks_selection() {
 #[test]
 fn privacy_budget_is_enforced_and_exhaustion_stops_the_job() {
     let mut s = applied(&[
-        add("a", &[Role::Trainer]),
+        add("a", &[Role::Trainer, Role::Aggregator]),
         Command::CreateJob {
             job: "j".into(),
             spec: spec(5, Some(1_000)),

@@ -1,0 +1,282 @@
+//! The coordinator role, taken by whichever node leads the committee: it
+//! admits reachable nodes as members, starts each job's next round with a
+//! selection and a plan, replaces failed aggregators, tells the final
+//! aggregators which group results to combine, commits the round when they
+//! agree, gives up rounds that miss their deadline, and stops a job whose
+//! next round would overspend its privacy budget. Everything it knows is
+//! rebuilt from the committed state and from reports that are sent again
+//! until the round ends, so a new leader continues where the old one stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mesh_consensus::command::{
+    AggregatorSlot, Command, GroupInput, JobId, JobSpec, ModelHash, NodeId, RoundMetrics, StopReason,
+};
+use mesh_consensus::state::jobs::{Job, JobStatus, RoundRecord};
+use mesh_federated::privacy::epsilon_for;
+
+use super::messages::{inputs_digest, RoundKey, RoundMessage};
+use super::plan::{self, FINAL_AGGREGATORS};
+use super::shared::{Action, Shared, View};
+
+/// How long before the same proposal is made again, in ms.
+pub const PROPOSE_RETRY_MS: u64 = 5_000;
+/// Most remembered proposals.
+const PROPOSED_MAX: usize = 4_096;
+
+/// What the coordinator has heard about one running round.
+#[derive(Debug, Default)]
+struct RoundState {
+    groups: BTreeMap<u32, GroupInput>,
+    request: Option<Vec<GroupInput>>,
+    last_request_ms: Option<u64>,
+    reports: BTreeMap<NodeId, ([u8; 32], ModelHash, RoundMetrics)>,
+}
+
+/// The coordinator's memory (all of it can be lost on a leader change).
+#[derive(Debug, Default)]
+pub struct Coordinator {
+    rounds: BTreeMap<RoundKey, RoundState>,
+    proposed: BTreeMap<String, u64>,
+}
+
+/// The running round of a job, if any.
+pub fn running_round(id: &JobId, job: &Job) -> Option<(RoundKey, RoundRecord)> {
+    if job.status != JobStatus::RoundRunning {
+        return None;
+    }
+    let record = job.rounds.last()?.clone();
+    let key = RoundKey {
+        job: id.clone(),
+        round: u32::try_from(job.rounds.len() - 1).ok()?,
+        attempt: record.aborted_attempts,
+    };
+    Some((key, record))
+}
+
+/// Total epsilon, in millionths rounded up, after `rounds` rounds of `spec`.
+pub fn epsilon_micros_after(spec: &JobSpec, rounds: u32) -> Option<u64> {
+    let budget = spec.dp_budget?;
+    let t = &spec.training;
+    let eps = epsilon_for(t.sampling_rate, t.noise_multiplier, u64::from(rounds), budget.delta).ok()?;
+    (eps.is_finite() && eps >= 0.0).then(|| (eps * 1e6).ceil() as u64)
+}
+
+impl Coordinator {
+    fn propose(&mut self, sh: &mut Shared, tag: String, command: Command, now_ms: u64) {
+        if self.proposed.get(&tag).is_some_and(|t| now_ms < t + PROPOSE_RETRY_MS) {
+            return;
+        }
+        if self.proposed.len() >= PROPOSED_MAX {
+            self.proposed.retain(|_, t| now_ms < *t + PROPOSE_RETRY_MS);
+        }
+        self.proposed.insert(tag, now_ms);
+        sh.stats.proposals += 1;
+        sh.push(Action::Propose(command));
+    }
+
+    /// One step as the leader.
+    pub fn poll(&mut self, sh: &mut Shared, view: &View<'_>, initial: &BTreeMap<JobId, ModelHash>) -> Vec<JobId> {
+        self.admit_members(sh, view);
+        let mut need_initial = Vec::new();
+        let mut running = BTreeSet::new();
+        for (id, job) in view.state.jobs().iter() {
+            match job.status {
+                JobStatus::WaitingForRound => {
+                    if !self.start_round(sh, view, id, job, initial) {
+                        need_initial.push(id.clone());
+                    }
+                }
+                JobStatus::RoundRunning => {
+                    if let Some((key, record)) = running_round(id, job) {
+                        self.drive_round(sh, view, &key, &record, job);
+                        running.insert(key);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.rounds.retain(|k, _| running.contains(k));
+        need_initial
+    }
+
+    fn admit_members(&mut self, sh: &mut Shared, view: &View<'_>) {
+        for (node, roles) in view.alive {
+            if view.state.members().get(node).is_none() && !roles.is_empty() {
+                let command = Command::AddMember {
+                    node: node.clone(),
+                    roles: roles.clone(),
+                    zone: None,
+                };
+                self.propose(sh, format!("member:{node}"), command, view.now_ms);
+            }
+        }
+    }
+
+    /// Returns false when the job's initial model is not built yet.
+    fn start_round(&mut self, sh: &mut Shared, view: &View<'_>, id: &JobId, job: &Job, initial: &BTreeMap<JobId, ModelHash>) -> bool {
+        let round = job.rounds.len() as u32;
+        if job.spec.dp_budget.is_some() {
+            let budget = view.state.privacy().account(id).map(|a| a.remaining_epsilon_micros());
+            let spent: u64 = job.rounds.iter().filter_map(|r| r.completion.as_ref()).map(|c| c.privacy_spent_epsilon_micros).sum();
+            let next = epsilon_micros_after(&job.spec, round + 1);
+            let fits = matches!((next, budget), (Some(n), Some(left)) if n.saturating_sub(spent) <= left);
+            if !fits {
+                let command = Command::StopJob {
+                    job: id.clone(),
+                    reason: StopReason::BudgetExhausted,
+                };
+                self.propose(sh, format!("stop:{id}"), command, view.now_ms);
+                return true;
+            }
+        }
+        let start = if round == 0 {
+            match initial.get(id) {
+                Some(hash) => *hash,
+                None => return false,
+            }
+        } else {
+            match job.rounds.last().and_then(|r| r.completion.as_ref()) {
+                Some(c) => c.model_hash,
+                None => return true,
+            }
+        };
+        let Some(selection) = plan::select(view.state, view.alive, id, &job.spec, round) else {
+            return true;
+        };
+        let command = Command::StartRound {
+            job: id.clone(),
+            round,
+            model_hash: start,
+            participants: selection.participants,
+            deadline_unix_ms: view.now_ms + job.spec.training.round_deadline_ms,
+            plan: selection.plan,
+        };
+        let tag = format!("start:{id}:{round}:{}", job.aborted_rounds);
+        self.propose(sh, tag, command, view.now_ms);
+        true
+    }
+
+    fn drive_round(&mut self, sh: &mut Shared, view: &View<'_>, key: &RoundKey, record: &RoundRecord, job: &Job) {
+        self.reassign_failed(sh, view, key, record);
+        let now = view.now_ms;
+        let state = self.rounds.entry(key.clone()).or_default();
+        let groups_total = record.plan.groups.len();
+        let past_deadline = now >= record.deadline_unix_ms;
+        if state.request.is_none() && (state.groups.len() == groups_total || (past_deadline && !state.groups.is_empty())) {
+            state.request = Some(state.groups.values().copied().collect());
+        }
+        if let Some(inputs) = state.request.clone() {
+            if state.last_request_ms.is_none_or(|t| now >= t + sh.config.retry_ms) {
+                state.last_request_ms = Some(now);
+                for f in &record.plan.aggregators {
+                    let message = RoundMessage::AggregateRequest {
+                        key: key.clone(),
+                        inputs: inputs.clone(),
+                    };
+                    sh.send(f, message);
+                }
+            }
+            if let Some(command) = agreed(state, &inputs, record, key, job) {
+                let tag = format!("complete:{key}");
+                self.propose(sh, tag, command, now);
+                return;
+            }
+        }
+        if now >= record.deadline_unix_ms + sh.config.abort_grace_ms {
+            let command = Command::AbortRound {
+                job: key.job.clone(),
+                round: key.round,
+            };
+            self.propose(sh, format!("abort:{key}"), command, now);
+        }
+    }
+
+    fn reassign_failed(&mut self, sh: &mut Shared, view: &View<'_>, key: &RoundKey, record: &RoundRecord) {
+        let reported: BTreeSet<u32> = self.rounds.get(key).map(|s| s.groups.keys().copied().collect()).unwrap_or_default();
+        let mut slots = Vec::new();
+        for (g, group) in record.plan.groups.iter().enumerate() {
+            if !reported.contains(&(g as u32)) && !view.alive.contains_key(&group.aggregator) {
+                slots.push(AggregatorSlot::Group(g as u32));
+            }
+        }
+        for (i, f) in record.plan.aggregators.iter().enumerate() {
+            if !view.alive.contains_key(f) {
+                slots.push(AggregatorSlot::Final(i as u32));
+            }
+        }
+        for slot in slots {
+            let exclude: BTreeSet<&NodeId> = record.plan.aggregators.iter().collect();
+            let Some(node) = plan::replacement(view.state, view.alive, &exclude) else {
+                continue;
+            };
+            let command = Command::ReassignAggregator {
+                job: key.job.clone(),
+                round: key.round,
+                slot,
+                node,
+            };
+            self.propose(sh, format!("reassign:{key}:{slot:?}"), command, view.now_ms);
+        }
+    }
+
+    /// A report from a group or final aggregator (only while leading).
+    pub fn on_message(&mut self, from: &NodeId, message: RoundMessage, view: &View<'_>) {
+        let key = match &message {
+            RoundMessage::GroupReport { key, .. } | RoundMessage::AggregateReport { key, .. } => key.clone(),
+            _ => return,
+        };
+        let Some((running, record)) = view.state.jobs().get(&key.job).and_then(|j| running_round(&key.job, j)) else {
+            return;
+        };
+        if running != key {
+            return;
+        }
+        let state = self.rounds.entry(key).or_default();
+        match message {
+            RoundMessage::GroupReport { input, .. } => {
+                let assigned = record.plan.groups.get(input.group as usize).map(|g| &g.aggregator);
+                if assigned == Some(from) && state.request.is_none() {
+                    state.groups.insert(input.group, input);
+                }
+            }
+            RoundMessage::AggregateReport { inputs_digest, model_hash, metrics, .. } => {
+                if record.plan.aggregators.contains(from) {
+                    state.reports.insert(from.clone(), (inputs_digest, model_hash, metrics));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The completing command, when enough final aggregators agree on the model
+/// for exactly the requested inputs.
+fn agreed(state: &RoundState, inputs: &[GroupInput], record: &RoundRecord, key: &RoundKey, job: &Job) -> Option<Command> {
+    let digest = inputs_digest(inputs);
+    let needed = FINAL_AGGREGATORS.min(record.plan.aggregators.len());
+    let mut votes: BTreeMap<ModelHash, (usize, RoundMetrics)> = BTreeMap::new();
+    for (node, (d, hash, metrics)) in &state.reports {
+        if *d == digest && record.plan.aggregators.contains(node) {
+            let entry = votes.entry(*hash).or_insert((0, *metrics));
+            entry.0 += 1;
+        }
+    }
+    let (hash, (_, metrics)) = votes.into_iter().find(|(_, (n, _))| *n >= needed)?;
+    let spent_before: u64 = job.rounds.iter().filter_map(|r| r.completion.as_ref()).map(|c| c.privacy_spent_epsilon_micros).sum();
+    let spent = epsilon_micros_after(&job.spec, key.round + 1).map_or(0, |total| total.saturating_sub(spent_before));
+    Some(Command::CompleteRound {
+        job: key.job.clone(),
+        round: key.round,
+        model_hash: hash,
+        metrics,
+        privacy_spent_epsilon_micros: spent,
+        inputs: inputs.to_vec(),
+    })
+}
+
+/// Keeps `Arc<JobSpec>`s per job so roles share one copy.
+pub fn spec_of(cache: &mut BTreeMap<JobId, Arc<JobSpec>>, id: &JobId, spec: &JobSpec) -> Arc<JobSpec> {
+    cache.entry(id.clone()).or_insert_with(|| Arc::new(spec.clone())).clone()
+}

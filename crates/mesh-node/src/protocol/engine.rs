@@ -1,0 +1,333 @@
+//! [`NodeEngine`]: one node's whole part in the round protocol. It routes
+//! committed state, messages, time and finished computations to the roles
+//! the node holds in each running round, and collects the actions they ask
+//! for. It owns no sockets, threads or clocks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mesh_consensus::command::{JobId, JobSpec, ModelHash, NodeId};
+use mesh_consensus::state::jobs::RoundRecord;
+use mesh_security::NodeIdentity;
+
+use super::blob::{blob_hash, encode_params};
+use super::coordinator::{running_round, spec_of, Coordinator};
+use super::finals::FinalRound;
+use super::group::{GroupAssignment, GroupRound};
+use super::messages::{RoundKey, RoundMessage, SecAggStep};
+use super::shared::{Action, EngineConfig, Shared, View};
+use super::stats::ProtocolStats;
+use super::trainer::{Assignment, TrainerRound};
+use super::worker::{CombinedModel, TrainedUpdate};
+
+/// Most messages a node sends to itself in one step (loops are bugs; this bounds them).
+const SELF_DELIVERIES_MAX: usize = 10_000;
+
+/// One node's round protocol.
+#[derive(Debug)]
+pub struct NodeEngine {
+    sh: Shared,
+    coordinator: Coordinator,
+    specs: BTreeMap<JobId, Arc<JobSpec>>,
+    initial: BTreeMap<JobId, ModelHash>,
+    initial_requested: BTreeSet<JobId>,
+    trainers: BTreeMap<RoundKey, TrainerRound>,
+    groups: BTreeMap<(RoundKey, u32), GroupRound>,
+    finals: BTreeMap<RoundKey, FinalRound>,
+    plans: BTreeMap<RoundKey, RoundRecord>,
+}
+
+impl NodeEngine {
+    /// The engine of the node `me` (its mesh name) signing with `identity`.
+    pub fn new(me: NodeId, identity: NodeIdentity, config: EngineConfig) -> Self {
+        Self {
+            sh: Shared::new(me, identity, config),
+            coordinator: Coordinator::default(),
+            specs: BTreeMap::new(),
+            initial: BTreeMap::new(),
+            initial_requested: BTreeSet::new(),
+            trainers: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            finals: BTreeMap::new(),
+            plans: BTreeMap::new(),
+        }
+    }
+
+    /// This node's name.
+    pub fn me(&self) -> &NodeId {
+        &self.sh.me
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &ProtocolStats {
+        &self.sh.stats
+    }
+
+    /// A blob from the cache (models, group results).
+    pub fn blob(&mut self, hash: &ModelHash) -> Option<Arc<[u8]>> {
+        self.sh.blob(hash)
+    }
+
+    /// Bytes held in the blob cache.
+    pub fn cache_bytes(&self) -> usize {
+        self.sh.cache.size_bytes()
+    }
+
+    /// Fetches `hash` from `holders` in the background (for `model get`).
+    pub fn want(&mut self, hash: ModelHash, holders: Vec<NodeId>) {
+        self.sh.want(hash, holders);
+    }
+
+    /// Takes the actions asked for so far; messages to this node itself are
+    /// handled here and never leave.
+    pub fn take_actions(&mut self, view: &View<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        for _ in 0..SELF_DELIVERIES_MAX {
+            let actions = self.sh.take();
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                match action {
+                    Action::Send { to, message } if to == self.sh.me => {
+                        let me = self.sh.me.clone();
+                        self.dispatch(&me, message, view);
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+        out
+    }
+
+    /// One step on the committed state and the clock: takes up new roles,
+    /// drops finished ones, and lets every role move on.
+    pub fn observe(&mut self, view: &View<'_>) {
+        let leading = view.leader == Some(&self.sh.me);
+        if leading {
+            let need = self.coordinator.poll(&mut self.sh, view, &self.initial);
+            for job in need {
+                self.ensure_initial(&job, view);
+            }
+        } else {
+            self.coordinator = Coordinator::default();
+        }
+        self.sync_roles(view);
+        self.poll_roles(view);
+        self.sh.poll_fetches(view.now_ms);
+    }
+
+    fn ensure_initial(&mut self, job: &JobId, view: &View<'_>) {
+        if self.initial.contains_key(job) || !self.initial_requested.insert(job.clone()) {
+            return;
+        }
+        if let Some(j) = view.state.jobs().get(job) {
+            let spec = spec_of(&mut self.specs, job, &j.spec);
+            self.sh.push(Action::BuildInitial { job: job.clone(), spec });
+        }
+    }
+
+    /// The job's initial model was built (or could not be).
+    pub fn on_initial(&mut self, job: &JobId, result: Result<Vec<f32>, String>) {
+        match result {
+            Ok(params) => {
+                let blob = encode_params(&params);
+                let hash = blob_hash(&blob);
+                if self.sh.store(blob).is_some() {
+                    self.initial.insert(job.clone(), hash);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(%err, %job, "cannot build the job's initial model");
+                self.initial_requested.remove(job);
+            }
+        }
+    }
+
+    fn sync_roles(&mut self, view: &View<'_>) {
+        let me = self.sh.me.clone();
+        let mut running: BTreeMap<RoundKey, RoundRecord> = BTreeMap::new();
+        for (id, job) in view.state.jobs().iter() {
+            if let Some((key, record)) = running_round(id, job) {
+                let spec = spec_of(&mut self.specs, id, &job.spec);
+                let holders = self.holders(view, &key, &record);
+                if key.round == 0 && !self.sh.cache.contains(&crate::cache::BlobId(record.start_model_hash)) {
+                    let involved = record.participants.contains(&me)
+                        || record.plan.aggregators.contains(&me)
+                        || record.plan.groups.iter().any(|g| g.aggregator == me);
+                    if involved {
+                        self.ensure_initial(id, view);
+                    }
+                }
+                self.take_roles(&key, &record, &spec, holders, view.now_ms);
+                running.insert(key, record);
+            }
+        }
+        self.trainers.retain(|k, _| running.contains_key(k));
+        self.groups.retain(|(k, g), _| {
+            running
+                .get(k)
+                .and_then(|r| r.plan.groups.get(*g as usize))
+                .is_some_and(|p| p.aggregator == me)
+        });
+        self.finals.retain(|k, _| running.get(k).is_some_and(|r| r.plan.aggregators.contains(&me)));
+        self.plans = running;
+        let mut keep: BTreeSet<ModelHash> = BTreeSet::new();
+        for r in self.plans.values() {
+            keep.insert(r.start_model_hash);
+        }
+        for f in self.finals.values() {
+            keep.extend(f.wanted());
+        }
+        self.sh.drop_fetches_except(&keep);
+    }
+
+    /// Who may hold a round's start model: the previous round's final
+    /// aggregators, then this round's other participants (they fetch it too).
+    fn holders(&self, view: &View<'_>, key: &RoundKey, record: &RoundRecord) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = Vec::new();
+        if let Some(prev) = key.round.checked_sub(1) {
+            if let Some(r) = view.state.jobs().get(&key.job).and_then(|j| j.rounds.get(prev as usize)) {
+                out.extend(r.plan.aggregators.iter().cloned());
+            }
+        }
+        out.extend(record.plan.aggregators.iter().cloned());
+        let me_at = record.participants.iter().position(|p| *p == self.sh.me).unwrap_or(0);
+        let others: Vec<NodeId> = record.participants.iter().cloned().collect();
+        out.extend(others.iter().cycle().skip(me_at + 1).take(others.len()).cloned());
+        let mut seen = BTreeSet::new();
+        out.retain(|n| *n != self.sh.me && seen.insert(n.clone()));
+        out
+    }
+
+    fn take_roles(&mut self, key: &RoundKey, record: &RoundRecord, spec: &Arc<JobSpec>, holders: Vec<NodeId>, now_ms: u64) {
+        let me = self.sh.me.clone();
+        if let Some((g, group)) = record.plan.groups.iter().enumerate().find(|(_, g)| g.members.contains(&me)) {
+            match self.trainers.get_mut(key) {
+                Some(t) if t.assignment().aggregator != group.aggregator => t.reassign(group.aggregator.clone()),
+                Some(_) => {}
+                None => {
+                    let a = Assignment {
+                        key: key.clone(),
+                        spec: spec.clone(),
+                        group: g as u32,
+                        aggregator: group.aggregator.clone(),
+                        members: group.members.clone(),
+                        start_hash: record.start_model_hash,
+                        holders: holders.clone(),
+                        participants: record.participants.len(),
+                    };
+                    self.trainers.insert(key.clone(), TrainerRound::new(a));
+                }
+            }
+        }
+        for (g, group) in record.plan.groups.iter().enumerate() {
+            let slot = (key.clone(), g as u32);
+            if group.aggregator == me && !self.groups.contains_key(&slot) {
+                let a = GroupAssignment {
+                    key: key.clone(),
+                    spec: spec.clone(),
+                    group: g as u32,
+                    members: group.members.clone(),
+                    start_hash: record.start_model_hash,
+                    holders: holders.clone(),
+                    collect_until_ms: record.deadline_unix_ms,
+                };
+                let round = GroupRound::new(a, &self.sh, now_ms);
+                self.groups.insert(slot, round);
+            }
+        }
+        if record.plan.aggregators.contains(&me) && !self.finals.contains_key(key) {
+            let f = FinalRound::new(key.clone(), spec.clone(), record.start_model_hash, holders);
+            self.finals.insert(key.clone(), f);
+        }
+    }
+
+    fn poll_roles(&mut self, view: &View<'_>) {
+        for t in self.trainers.values_mut() {
+            t.poll(&mut self.sh);
+        }
+        for ((key, _), g) in &mut self.groups {
+            let finals = self.plans.get(key).map(|r| r.plan.aggregators.clone()).unwrap_or_default();
+            g.poll(&mut self.sh, &finals, view.leader, view.now_ms);
+        }
+        for (key, f) in &mut self.finals {
+            let groups = self.plans.get(key).map(|r| r.plan.groups.clone()).unwrap_or_default();
+            f.poll(&mut self.sh, &groups, view.leader, view.now_ms);
+        }
+    }
+
+    /// A message from `from` (an authenticated, admitted peer).
+    pub fn on_message(&mut self, from: &NodeId, message: RoundMessage, view: &View<'_>) {
+        self.dispatch(from, message, view);
+    }
+
+    fn dispatch(&mut self, from: &NodeId, message: RoundMessage, view: &View<'_>) {
+        self.sh.stats.count_received(&message);
+        match message {
+            RoundMessage::BlobRequest { hash } => {
+                let bytes = self.sh.blob(&hash).map(|b| b.to_vec()).unwrap_or_default();
+                self.sh.send(from, RoundMessage::BlobReply { hash, bytes });
+            }
+            RoundMessage::BlobReply { hash, bytes } => self.sh.on_blob(hash, bytes),
+            RoundMessage::SecAgg { ref key, group, .. } | RoundMessage::Plain { ref key, group, .. } => {
+                let key = key.clone();
+                self.route_group_message(from, key, group, message, view);
+            }
+            RoundMessage::GroupResult { key, blob, .. } => {
+                if let Some(f) = self.finals.get_mut(&key) {
+                    f.on_group_result(&mut self.sh, blob);
+                }
+            }
+            RoundMessage::AggregateRequest { key, inputs } => {
+                let groups = self.plans.get(&key).map(|r| r.plan.groups.clone()).unwrap_or_default();
+                let leader_sent = view.leader == Some(from);
+                if let (Some(f), true) = (self.finals.get_mut(&key), leader_sent) {
+                    f.on_request(inputs, &groups);
+                    f.poll(&mut self.sh, &groups, view.leader, view.now_ms);
+                }
+            }
+            report @ (RoundMessage::GroupReport { .. } | RoundMessage::AggregateReport { .. }) => {
+                if view.leader == Some(&self.sh.me) {
+                    self.coordinator.on_message(from, report, view);
+                }
+            }
+        }
+    }
+
+    /// Steps towards trainers go to the trainer; updates and client steps to the group aggregator.
+    fn route_group_message(&mut self, from: &NodeId, key: RoundKey, group: u32, message: RoundMessage, view: &View<'_>) {
+        let to_client = matches!(
+            &message,
+            RoundMessage::SecAgg {
+                step: SecAggStep::NeighbourKeys(_) | SecAggStep::Shares(_) | SecAggStep::UnmaskRequest(_),
+                ..
+            }
+        );
+        if to_client {
+            if let (Some(t), RoundMessage::SecAgg { step, .. }) = (self.trainers.get_mut(&key), message) {
+                t.on_step(&mut self.sh, from, step);
+            }
+            return;
+        }
+        match self.groups.get_mut(&(key, group)) {
+            Some(g) if g.is_closed() => self.sh.stats.updates_late += 1,
+            Some(g) => g.on_message(&mut self.sh, from, message, view.now_ms),
+            None => self.sh.stats.updates_invalid += 1,
+        }
+    }
+
+    /// Local training finished.
+    pub fn on_trained(&mut self, key: &RoundKey, result: Result<TrainedUpdate, String>) {
+        if let Some(t) = self.trainers.get_mut(key) {
+            t.on_trained(&mut self.sh, result);
+        }
+    }
+
+    /// A combination finished.
+    pub fn on_combined(&mut self, key: &RoundKey, digest: [u8; 32], result: Result<CombinedModel, String>) {
+        if let Some(f) = self.finals.get_mut(key) {
+            f.on_combined(&mut self.sh, digest, result);
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The group aggregator role: collects its group's updates (SecAgg+ masked
+//! inputs or signed plain updates), closes each step when every member has
+//! answered or its deadline passes, and produces the group's mean update.
+//! The result goes as a blob to the final aggregators and as a hash to the
+//! coordinator.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use mesh_consensus::command::{GroupInput, JobSpec, ModelHash, NodeId};
+use mesh_security::secagg::messages::Signed;
+use mesh_security::secagg::{ModulusBits, SecAggAggregator, SecAggError, SecAggParams};
+
+use super::blob::{blob_hash, encode_params};
+use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
+use super::shared::{node_key, Shared};
+
+/// Most early messages held while the start model is fetched.
+const PENDING_MAX_PER_MEMBER: usize = 4;
+
+/// Where the group stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the start model (its size sets the update length).
+    WaitingModel,
+    /// SecAgg: collecting key advertisements.
+    Advertising,
+    /// SecAgg: collecting encrypted shares.
+    Sharing,
+    /// Collecting (masked or plain) updates.
+    Collecting,
+    /// SecAgg: collecting unmasking shares.
+    Unmasking,
+    /// Finished, with or without a result.
+    Done,
+}
+
+/// The group's fixed facts.
+#[derive(Clone, Debug)]
+pub struct GroupAssignment {
+    /// The round.
+    pub key: RoundKey,
+    /// The job.
+    pub spec: Arc<JobSpec>,
+    /// The group.
+    pub group: u32,
+    /// Members, sorted (client indices).
+    pub members: Vec<NodeId>,
+    /// The round's start model (its length is the update length).
+    pub start_hash: ModelHash,
+    /// Who may hold it.
+    pub holders: Vec<NodeId>,
+    /// When updates stop being accepted (ms since the epoch).
+    pub collect_until_ms: u64,
+}
+
+/// A group aggregator's state for one round.
+#[derive(Debug)]
+pub struct GroupRound {
+    a: GroupAssignment,
+    stage: Stage,
+    stage_since_ms: u64,
+    secagg: Option<SecAggAggregator>,
+    session: [u8; 32],
+    expected: BTreeSet<u32>,
+    seen: BTreeSet<u32>,
+    plain: BTreeMap<u32, Vec<f32>>,
+    pending: Vec<(NodeId, RoundMessage)>,
+    result: Option<(GroupInput, Arc<[u8]>)>,
+    sent_to: BTreeSet<NodeId>,
+    last_report_ms: Option<u64>,
+}
+
+impl GroupRound {
+    /// A group aggregator for `a`.
+    pub fn new(a: GroupAssignment, sh: &Shared, now_ms: u64) -> Self {
+        let session = sh.session(&a.key, a.group, &sh.me);
+        Self {
+            a,
+            stage: Stage::WaitingModel,
+            stage_since_ms: now_ms,
+            secagg: None,
+            session,
+            expected: BTreeSet::new(),
+            seen: BTreeSet::new(),
+            plain: BTreeMap::new(),
+            pending: Vec::new(),
+            result: None,
+            sent_to: BTreeSet::new(),
+            last_report_ms: None,
+        }
+    }
+
+    /// The group's result, once it has one.
+    pub fn result(&self) -> Option<GroupInput> {
+        self.result.as_ref().map(|(input, _)| *input)
+    }
+
+    fn index_of(&self, node: &NodeId) -> Option<u32> {
+        self.a.members.iter().position(|m| m == node).map(|i| i as u32)
+    }
+
+    fn enter(&mut self, stage: Stage, expected: BTreeSet<u32>, now_ms: u64) {
+        self.stage = stage;
+        self.stage_since_ms = now_ms;
+        self.expected = expected;
+        self.seen.clear();
+    }
+
+    /// Advances on time: fetches the model, closes steps whose members all
+    /// answered or whose deadline passed, and (re)sends the result.
+    pub fn poll(&mut self, sh: &mut Shared, finals: &[NodeId], leader: Option<&NodeId>, now_ms: u64) {
+        if self.stage == Stage::WaitingModel {
+            self.start(sh, now_ms);
+        }
+        let all_in = self.expected.is_subset(&self.seen);
+        let phase_over = now_ms >= self.stage_since_ms + sh.config.phase_timeout_ms;
+        let collect_over = now_ms >= self.a.collect_until_ms;
+        let close = match self.stage {
+            Stage::Advertising | Stage::Sharing | Stage::Unmasking => all_in || phase_over,
+            Stage::Collecting => all_in || collect_over,
+            Stage::WaitingModel | Stage::Done => false,
+        };
+        if close {
+            if let Err(err) = self.close_stage(sh, now_ms) {
+                tracing::warn!(%err, round = %self.a.key, group = self.a.group, "group aggregation failed");
+                sh.stats.groups_failed += 1;
+                self.stage = Stage::Done;
+            }
+        }
+        self.deliver(sh, finals, leader, now_ms);
+    }
+
+    fn start(&mut self, sh: &mut Shared, now_ms: u64) {
+        let Some(bytes) = sh.blob(&self.a.start_hash) else {
+            sh.want(self.a.start_hash, self.a.holders.clone());
+            return;
+        };
+        let everyone: BTreeSet<u32> = (0..self.a.members.len() as u32).collect();
+        if !self.a.spec.secagg {
+            self.enter(Stage::Collecting, everyone, now_ms);
+        } else {
+            let dimension = bytes.len().saturating_sub(8) / 4;
+            let keys: Option<Vec<_>> = self.a.members.iter().map(node_key).collect();
+            let clip = f64::from(self.a.spec.training.clip_norm);
+            let params = keys
+                .ok_or_else(|| SecAggError::BadParams("a member id is not a key".into()))
+                .and_then(|k| SecAggParams::new(self.session, k, dimension, clip, ModulusBits::B32, self.session))
+                .and_then(SecAggAggregator::new);
+            match params {
+                Ok(agg) => {
+                    self.secagg = Some(agg);
+                    self.enter(Stage::Advertising, everyone, now_ms);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, round = %self.a.key, "cannot aggregate this group securely");
+                    sh.stats.groups_failed += 1;
+                    self.stage = Stage::Done;
+                }
+            }
+        }
+        for (from, message) in std::mem::take(&mut self.pending) {
+            self.on_message(sh, &from, message, now_ms);
+        }
+    }
+
+    /// A message from a member.
+    pub fn on_message(&mut self, sh: &mut Shared, from: &NodeId, message: RoundMessage, now_ms: u64) {
+        let Some(index) = self.index_of(from) else {
+            sh.stats.updates_invalid += 1;
+            return;
+        };
+        if self.stage == Stage::WaitingModel {
+            if self.pending.len() < PENDING_MAX_PER_MEMBER * self.a.members.len() {
+                self.pending.push((from.clone(), message));
+            }
+            return;
+        }
+        let accepted = match message {
+            RoundMessage::SecAgg { step, .. } => self.on_step(index, step),
+            RoundMessage::Plain { update, .. } => self.on_plain(index, from, &update),
+            _ => Ok(false),
+        };
+        match accepted {
+            Ok(true) => {
+                self.seen.insert(index);
+                self.poll_close(sh, now_ms);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                sh.stats.updates_invalid += 1;
+                tracing::debug!(%err, round = %self.a.key, "group message refused");
+            }
+        }
+    }
+
+    fn poll_close(&mut self, sh: &mut Shared, now_ms: u64) {
+        if self.expected.is_subset(&self.seen) && self.stage != Stage::Done {
+            if let Err(err) = self.close_stage(sh, now_ms) {
+                tracing::warn!(%err, round = %self.a.key, "group aggregation failed");
+                sh.stats.groups_failed += 1;
+                self.stage = Stage::Done;
+            }
+        }
+    }
+
+    /// Feeds a SecAgg step; `Ok(true)` when it counts for the current stage.
+    fn on_step(&mut self, index: u32, step: SecAggStep) -> Result<bool, SecAggError> {
+        let Some(agg) = self.secagg.as_mut() else {
+            return Ok(false);
+        };
+        let claimed = match &step {
+            SecAggStep::Advertise(m) => m.body.client,
+            SecAggStep::ShareKeys(m) => m.body.client,
+            SecAggStep::Masked(m) => m.body.client,
+            SecAggStep::Unmask(m) => m.body.client,
+            _ => return Ok(false),
+        };
+        if claimed != index {
+            return Err(SecAggError::UnknownClient {
+                client: claimed,
+                reason: "sent by another member",
+            });
+        }
+        match (self.stage, step) {
+            (Stage::Advertising, SecAggStep::Advertise(m)) => agg.receive_advert(m)?,
+            (Stage::Sharing, SecAggStep::ShareKeys(m)) => agg.receive_shares(m)?,
+            (Stage::Collecting, SecAggStep::Masked(m)) => agg.receive_masked_input(m)?,
+            (Stage::Unmasking, SecAggStep::Unmask(m)) => agg.receive_unmask(m)?,
+            _ => return Err(SecAggError::UnexpectedMessage("step does not match the group's stage")),
+        }
+        Ok(true)
+    }
+
+    fn on_plain(&mut self, index: u32, from: &NodeId, update: &Signed<PlainUpdate>) -> Result<bool, SecAggError> {
+        if self.stage != Stage::Collecting {
+            return Err(SecAggError::UnexpectedMessage("plain update outside collection"));
+        }
+        let key = node_key(from).ok_or(SecAggError::BadKey { client: index })?;
+        let body = update.verify(&key, &self.session, index)?;
+        if body.values.iter().any(|v| !v.is_finite()) {
+            return Err(SecAggError::Malformed("non-finite update".into()));
+        }
+        let mut values = body.values.clone();
+        let clip = self.a.spec.training.clip_norm;
+        mesh_federated::privacy::clip_l2(&mut values, clip).map_err(|e| SecAggError::Malformed(e.to_string()))?;
+        self.plain.insert(index, values);
+        Ok(true)
+    }
+
+    /// Ends the current stage and sends what the next one needs.
+    fn close_stage(&mut self, sh: &mut Shared, now_ms: u64) -> Result<(), SecAggError> {
+        if !self.a.spec.secagg {
+            return self.finish_plain(sh);
+        }
+        let Some(agg) = self.secagg.as_mut() else {
+            return Ok(());
+        };
+        match self.stage {
+            Stage::Advertising => {
+                let outbox = agg.finish_advertising()?;
+                let expected = outbox.iter().map(|(u, _)| *u).collect();
+                for (u, keys) in outbox {
+                    self.send_step(sh, u, SecAggStep::NeighbourKeys(keys));
+                }
+                self.enter(Stage::Sharing, expected, now_ms);
+            }
+            Stage::Sharing => {
+                let outbox = agg.finish_sharing()?;
+                let expected = outbox.iter().map(|(u, _)| *u).collect();
+                for (u, shares) in outbox {
+                    self.send_step(sh, u, SecAggStep::Shares(shares));
+                }
+                self.enter(Stage::Collecting, expected, now_ms);
+            }
+            Stage::Collecting => {
+                let request = agg.finish_masking()?;
+                let expected: BTreeSet<u32> = request.survivors.iter().copied().collect();
+                sh.stats.dropouts += request.dropped.len() as u64;
+                for u in &expected {
+                    self.send_step(sh, *u, SecAggStep::UnmaskRequest(request.clone()));
+                }
+                self.enter(Stage::Unmasking, expected, now_ms);
+            }
+            Stage::Unmasking => {
+                let output = agg.finish()?;
+                let n = output.contributors.len();
+                let mean: Vec<f32> = output.sum.iter().map(|s| (*s / n.max(1) as f64) as f32).collect();
+                self.finish_with(sh, mean, n);
+            }
+            Stage::WaitingModel | Stage::Done => {}
+        }
+        Ok(())
+    }
+
+    fn finish_plain(&mut self, sh: &mut Shared) -> Result<(), SecAggError> {
+        let n = self.plain.len();
+        if n == 0 {
+            return Err(SecAggError::TooFewClients {
+                stage: "collecting",
+                alive: 0,
+                need: 1,
+            });
+        }
+        let dimension = self.plain.values().next().map_or(0, Vec::len);
+        let mut mean = vec![0f32; dimension];
+        for values in self.plain.values().filter(|v| v.len() == dimension) {
+            mean.iter_mut().zip(values).for_each(|(m, v)| *m += v / n as f32);
+        }
+        sh.stats.dropouts += (self.a.members.len() - n) as u64;
+        self.finish_with(sh, mean, n);
+        Ok(())
+    }
+
+    fn finish_with(&mut self, sh: &mut Shared, mean: Vec<f32>, contributors: usize) {
+        self.stage = Stage::Done;
+        let blob = encode_params(&mean);
+        let hash = blob_hash(&blob);
+        sh.store(blob.clone());
+        sh.stats.groups_aggregated += 1;
+        sh.stats.updates_accepted += contributors as u64;
+        let input = GroupInput {
+            group: self.a.group,
+            hash,
+            contributors: contributors as u32,
+        };
+        self.result = Some((input, Arc::from(blob)));
+    }
+
+    /// Sends the result blob to every final aggregator once, and the report to
+    /// the leader until the round ends.
+    fn deliver(&mut self, sh: &mut Shared, finals: &[NodeId], leader: Option<&NodeId>, now_ms: u64) {
+        let Some((input, blob)) = self.result.clone() else {
+            return;
+        };
+        for f in finals {
+            if self.sent_to.insert(f.clone()) {
+                let message = RoundMessage::GroupResult {
+                    key: self.a.key.clone(),
+                    group: self.a.group,
+                    contributors: input.contributors,
+                    blob: blob.to_vec(),
+                };
+                sh.send(f, message);
+            }
+        }
+        let due = self.last_report_ms.is_none_or(|t| now_ms >= t + sh.config.retry_ms);
+        if let (Some(leader), true) = (leader, due) {
+            self.last_report_ms = Some(now_ms);
+            let message = RoundMessage::GroupReport {
+                key: self.a.key.clone(),
+                input,
+            };
+            sh.send(leader, message);
+        }
+    }
+
+    /// A message that came after the group closed.
+    pub fn is_closed(&self) -> bool {
+        self.stage == Stage::Done
+    }
+
+    fn send_step(&self, sh: &mut Shared, client: u32, step: SecAggStep) {
+        if let Some(member) = self.a.members.get(client as usize) {
+            let message = RoundMessage::SecAgg {
+                key: self.a.key.clone(),
+                group: self.a.group,
+                step,
+            };
+            sh.send(&member.clone(), message);
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The round protocol (design section 3) as sans-I/O state machines, one
+//! [`NodeEngine`] per node, with the roles a node takes in a round:
+//!
+//! ```text
+//!  committee leader      participants          group aggregator       final aggregators (2+)
+//!  ----------------      ------------          ----------------       ----------------------
+//!  StartRound{plan} ───► fetch model by hash
+//!                        train, clip, DP noise
+//!                        SecAgg+ (or signed) ──► unmask group sum ──► GroupResult blob
+//!  ◄──────────────────────────────── GroupReport{hash}
+//!  AggregateRequest{inputs} ─────────────────────────────────────────► robust rule + step
+//!  ◄────────────────────────────────────────────────────────────────── AggregateReport{hash}
+//!  CompleteRound (when the final aggregators agree)
+//! ```
+//!
+//! The node process ([`crate::runtime`]) and the simulator ([`crate::mesh_sim`])
+//! drive the same engine: they show it the committed state, the clock and the
+//! messages, and carry out its [`Action`]s (send, propose, train, combine).
+
+pub mod blob;
+pub mod coordinator;
+pub mod engine;
+pub mod finals;
+pub mod group;
+pub mod messages;
+pub mod plan;
+pub mod shared;
+pub mod stats;
+pub mod trainer;
+pub mod worker;
+
+pub use engine::NodeEngine;
+pub use messages::{RoundKey, RoundMessage, ROUND_PROTOCOL};
+pub use shared::{node_key, node_name, Action, EngineConfig, View};
+pub use stats::ProtocolStats;
+pub use worker::{CombineTask, CombinedModel, Conduct, LocalWorker, TrainTask, TrainedUpdate};

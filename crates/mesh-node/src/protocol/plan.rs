@@ -1,0 +1,221 @@
+//! Choosing a round's participants, groups and aggregators: healthy (alive
+//! now), not quarantined, least recently used first, ties broken by a seeded
+//! hash so that every leader makes the same choice from the same state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh_consensus::command::{GroupPlan, JobId, JobSpec, NodeId, RoundPlan};
+use mesh_consensus::MeshState;
+use mesh_security::rbac::Role;
+
+/// Fewest participants a round starts with (secure aggregation needs two).
+pub const PARTICIPANTS_MIN: usize = 2;
+/// Final aggregators per round that must agree on the model hash.
+pub const FINAL_AGGREGATORS: usize = 2;
+
+/// A round's selection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    /// Who trains.
+    pub participants: BTreeSet<NodeId>,
+    /// Groups and aggregators.
+    pub plan: RoundPlan,
+}
+
+/// Nodes that may take `role` now: alive with the role in their certificate,
+/// members with it in the committed state, not quarantined.
+pub fn eligible(
+    state: &MeshState,
+    alive: &BTreeMap<NodeId, BTreeSet<Role>>,
+    role: Role,
+) -> Vec<NodeId> {
+    alive
+        .iter()
+        .filter(|(node, roles)| {
+            roles.contains(&role)
+                && state
+                    .members()
+                    .get(node)
+                    .is_some_and(|m| m.roles.contains(&role))
+                && !state.reputation().is_quarantined(node)
+        })
+        .map(|(node, _)| node.clone())
+        .collect()
+}
+
+/// The log index at which each node last started as a participant (any job).
+fn last_used(state: &MeshState) -> BTreeMap<NodeId, u64> {
+    let mut out = BTreeMap::new();
+    for (_, job) in state.jobs().iter() {
+        for round in &job.rounds {
+            for node in &round.participants {
+                let at = out.entry(node.clone()).or_insert(0);
+                *at = (*at).max(round.started_index);
+            }
+        }
+    }
+    out
+}
+
+fn tie_break(seed: u64, job: &JobId, round: u32, node: &NodeId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(job.0.as_bytes());
+    h.update(&round.to_le_bytes());
+    h.update(node.0.as_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Orders `nodes` least recently used first, seeded ties.
+fn lru_order(state: &MeshState, nodes: Vec<NodeId>, job: &JobId, round: u32, seed: u64) -> Vec<NodeId> {
+    let used = last_used(state);
+    let mut keyed: Vec<(u64, [u8; 32], NodeId)> = nodes
+        .into_iter()
+        .map(|n| {
+            let at = used.get(&n).copied().unwrap_or(0);
+            (at, tie_break(seed, job, round, &n), n)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, _, n)| n).collect()
+}
+
+/// Splits sorted participants into groups of `size`; a short last group joins the one before.
+pub fn split_groups(participants: &[NodeId], size: usize) -> Vec<Vec<NodeId>> {
+    let size = size.max(PARTICIPANTS_MIN);
+    let mut groups: Vec<Vec<NodeId>> = participants.chunks(size).map(<[NodeId]>::to_vec).collect();
+    if groups.len() > 1 && groups.last().is_some_and(|g| g.len() < PARTICIPANTS_MIN.max(size / 2)) {
+        if let Some(last) = groups.pop() {
+            if let Some(prev) = groups.last_mut() {
+                prev.extend(last);
+            }
+        }
+    }
+    groups
+}
+
+/// Selects round `round` of `job`, or `None` when too few nodes are eligible.
+pub fn select(
+    state: &MeshState,
+    alive: &BTreeMap<NodeId, BTreeSet<Role>>,
+    job: &JobId,
+    spec: &JobSpec,
+    round: u32,
+) -> Option<Selection> {
+    let seed = spec.training.seed;
+    let trainers = lru_order(state, eligible(state, alive, Role::Trainer), job, round, seed);
+    let count = (spec.participants_per_round as usize).min(trainers.len());
+    if count < PARTICIPANTS_MIN {
+        return None;
+    }
+    let participants: BTreeSet<NodeId> = trainers.into_iter().take(count).collect();
+    let sorted: Vec<NodeId> = participants.iter().cloned().collect();
+    let groups = split_groups(&sorted, spec.training.group_size as usize);
+    let aggregators = lru_order(state, eligible(state, alive, Role::Aggregator), job, round, seed ^ 1);
+    if aggregators.is_empty() {
+        return None;
+    }
+    let finals: Vec<NodeId> = aggregators.iter().take(FINAL_AGGREGATORS).cloned().collect();
+    let groups = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, members)| GroupPlan {
+            // Group aggregators rotate through the aggregators after the finals.
+            aggregator: aggregators[(finals.len() + i) % aggregators.len()].clone(),
+            members,
+        })
+        .collect();
+    Some(Selection {
+        participants,
+        plan: RoundPlan {
+            groups,
+            aggregators: finals,
+        },
+    })
+}
+
+/// An alive aggregator to replace a failed one, not in `exclude`.
+pub fn replacement(
+    state: &MeshState,
+    alive: &BTreeMap<NodeId, BTreeSet<Role>>,
+    exclude: &BTreeSet<&NodeId>,
+) -> Option<NodeId> {
+    eligible(state, alive, Role::Aggregator)
+        .into_iter()
+        .find(|n| !exclude.contains(n))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mesh_consensus::command::{Command, JobSpec, TrainingSpec};
+
+    fn node(i: usize) -> NodeId {
+        NodeId(format!("n{i:02}"))
+    }
+
+    fn state_with(nodes: usize) -> (MeshState, BTreeMap<NodeId, BTreeSet<Role>>) {
+        let mut state = MeshState::new();
+        let roles: BTreeSet<Role> = [Role::Trainer, Role::Aggregator].into();
+        let mut alive = BTreeMap::new();
+        for i in 0..nodes {
+            let add = Command::AddMember {
+                node: node(i),
+                roles: roles.clone(),
+                zone: None,
+            };
+            state.apply(i as u64 + 1, &add).unwrap();
+            alive.insert(node(i), roles.clone());
+        }
+        (state, alive)
+    }
+
+    fn spec(participants: u32) -> JobSpec {
+        JobSpec {
+            model_name: "mlp".into(),
+            rounds: 3,
+            participants_per_round: participants,
+            rule_name: "fedavg".into(),
+            byzantine_count: 0,
+            secagg: true,
+            dp_budget: None,
+            training: TrainingSpec {
+                group_size: 4,
+                ..TrainingSpec::default()
+            },
+        }
+    }
+
+    #[test]
+    fn groups_cover_participants_and_short_tails_merge() {
+        let nodes: Vec<NodeId> = (0..10).map(node).collect();
+        let groups = split_groups(&nodes, 4);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 6]);
+        assert_eq!(split_groups(&nodes[..3], 4).len(), 1);
+    }
+
+    #[test]
+    fn selection_is_valid_deterministic_and_skips_the_dead() {
+        let (state, mut alive) = state_with(9);
+        let job = JobId::from("j");
+        let a = select(&state, &alive, &job, &spec(8), 0).unwrap();
+        assert_eq!(a, select(&state, &alive, &job, &spec(8), 0).unwrap());
+        assert_eq!(a.participants.len(), 8);
+        assert_eq!(a.plan.aggregators.len(), FINAL_AGGREGATORS);
+        let start = Command::StartRound {
+            job: job.clone(),
+            round: 0,
+            model_hash: [0; 32],
+            participants: a.participants.clone(),
+            deadline_unix_ms: 1,
+            plan: a.plan.clone(),
+        };
+        start.validate().unwrap();
+        alive.remove(&node(3));
+        let b = select(&state, &alive, &job, &spec(8), 0).unwrap();
+        assert!(!b.participants.contains(&node(3)));
+        alive.retain(|n, _| *n == node(0));
+        assert!(select(&state, &alive, &job, &spec(8), 0).is_none());
+    }
+}

@@ -1,0 +1,248 @@
+//! The participant role: fetch the round's model, train on private data,
+//! clip and add this node's share of DP noise, then hand the update to the
+//! group aggregator, masked by SecAgg+ or signed in the clear.
+
+use std::sync::Arc;
+
+use mesh_consensus::command::{JobSpec, ModelHash, NodeId};
+use mesh_federated::privacy::{clip_l2, GaussianMechanism, NoisePlacement};
+use mesh_security::secagg::messages::{SharesForClient, Signed};
+use mesh_security::secagg::{ModulusBits, SecAggClient, SecAggParams};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::blob::decode_params;
+use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
+use super::shared::{node_key, Action, Shared};
+use super::worker::{TrainTask, TrainedUpdate};
+
+/// Where local training stands.
+#[derive(Debug)]
+enum Training {
+    NotStarted,
+    Running,
+    Done(Vec<f32>, u64),
+    Failed,
+}
+
+/// Where the round's group and model are.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    /// The round.
+    pub key: RoundKey,
+    /// The job.
+    pub spec: Arc<JobSpec>,
+    /// This node's group.
+    pub group: u32,
+    /// The group's aggregator.
+    pub aggregator: NodeId,
+    /// The group's members, sorted (SecAgg client indices).
+    pub members: Vec<NodeId>,
+    /// The round's start model.
+    pub start_hash: ModelHash,
+    /// Who may hold it.
+    pub holders: Vec<NodeId>,
+    /// Participants in the whole round (for the DP noise share).
+    pub participants: usize,
+}
+
+/// One node's part in one round as a participant.
+#[derive(Debug)]
+pub struct TrainerRound {
+    a: Assignment,
+    training: Training,
+    client: Option<SecAggClient>,
+    shares: Option<SharesForClient>,
+    submitted: bool,
+}
+
+impl TrainerRound {
+    /// A participant for `a`.
+    pub fn new(a: Assignment) -> Self {
+        Self {
+            a,
+            training: Training::NotStarted,
+            client: None,
+            shares: None,
+            submitted: false,
+        }
+    }
+
+    /// The assignment.
+    pub fn assignment(&self) -> &Assignment {
+        &self.a
+    }
+
+    /// The group aggregator changed: start the exchange again with the new
+    /// one, keeping the trained update.
+    pub fn reassign(&mut self, aggregator: NodeId) {
+        self.a.aggregator = aggregator;
+        self.client = None;
+        self.shares = None;
+        self.submitted = false;
+    }
+
+    /// Moves on with what is available: starts training once the model is
+    /// here, advertises keys, submits the update when ready.
+    pub fn poll(&mut self, sh: &mut Shared) {
+        let Some(bytes) = sh.blob(&self.a.start_hash) else {
+            sh.want(self.a.start_hash, self.a.holders.clone());
+            return;
+        };
+        if matches!(self.training, Training::NotStarted) {
+            match decode_params(&bytes) {
+                Ok(params) => {
+                    self.training = Training::Running;
+                    sh.stats.trainings += 1;
+                    sh.push(Action::Train(TrainTask {
+                        key: self.a.key.clone(),
+                        spec: self.a.spec.clone(),
+                        params: Arc::new(params),
+                        seed: sh.round_seed(&self.a.key, "train"),
+                    }));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, round = %self.a.key, "start model unusable");
+                    self.training = Training::Failed;
+                }
+            }
+        }
+        if self.a.spec.secagg && self.client.is_none() {
+            self.advertise(sh, bytes.len().saturating_sub(8) / 4);
+        }
+        self.submit(sh);
+    }
+
+    fn params(&self, sh: &Shared, dimension: usize) -> Option<SecAggParams> {
+        let keys: Option<Vec<_>> = self.a.members.iter().map(node_key).collect();
+        let session = sh.session(&self.a.key, self.a.group, &self.a.aggregator);
+        let clip = f64::from(self.a.spec.training.clip_norm);
+        SecAggParams::new(session, keys?, dimension, clip, ModulusBits::B32, session).ok()
+    }
+
+    fn advertise(&mut self, sh: &mut Shared, dimension: usize) {
+        let Some(index) = self.a.members.iter().position(|m| *m == sh.me) else {
+            return;
+        };
+        let Some(params) = self.params(sh, dimension) else {
+            tracing::warn!(round = %self.a.key, "cannot set up secure aggregation for this group");
+            return;
+        };
+        let mut seed = [0u8; 32];
+        let key_seed = sh.round_seed(&self.a.key, &format!("secagg-{}", self.a.aggregator));
+        seed[..8].copy_from_slice(&key_seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&sh.config.seed.to_le_bytes());
+        let client = SecAggClient::new(params, index as u32, sh.identity.clone(), seed);
+        let advert = client.and_then(|mut c| c.advertise().map(|m| (c, m)));
+        match advert {
+            Ok((client, message)) => {
+                self.client = Some(client);
+                self.send_step(sh, SecAggStep::Advertise(message));
+            }
+            Err(err) => tracing::warn!(%err, round = %self.a.key, "secure aggregation refused to start"),
+        }
+    }
+
+    fn send_step(&self, sh: &mut Shared, step: SecAggStep) {
+        let message = RoundMessage::SecAgg {
+            key: self.a.key.clone(),
+            group: self.a.group,
+            step,
+        };
+        sh.send(&self.a.aggregator.clone(), message);
+    }
+
+    /// Local training finished (or failed).
+    pub fn on_trained(&mut self, sh: &mut Shared, result: Result<TrainedUpdate, String>) {
+        let update = match result {
+            Ok(update) => update,
+            Err(err) => {
+                tracing::warn!(%err, round = %self.a.key, "local training failed");
+                self.training = Training::Failed;
+                return;
+            }
+        };
+        let mut delta = update.delta;
+        let t = &self.a.spec.training;
+        let mut rng = ChaCha8Rng::seed_from_u64(sh.round_seed(&self.a.key, "dp-noise"));
+        let privatized = if t.noise_multiplier > 0.0 {
+            GaussianMechanism::new(t.clip_norm, t.noise_multiplier, NoisePlacement::Distributed)
+                .and_then(|m| m.privatize_client(&mut delta, self.a.participants, &mut rng))
+        } else {
+            clip_l2(&mut delta, t.clip_norm)
+        };
+        match privatized {
+            Ok(_) => self.training = Training::Done(delta, update.samples),
+            Err(err) => {
+                tracing::warn!(%err, round = %self.a.key, "clipping or noising failed");
+                self.training = Training::Failed;
+            }
+        }
+        self.submit(sh);
+    }
+
+    /// A SecAgg step from the group aggregator.
+    pub fn on_step(&mut self, sh: &mut Shared, from: &NodeId, step: SecAggStep) {
+        if *from != self.a.aggregator {
+            sh.stats.updates_invalid += 1;
+            return;
+        }
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let reply = match step {
+            SecAggStep::NeighbourKeys(keys) => client.share_keys(&keys).map(|m| Some(SecAggStep::ShareKeys(m))),
+            SecAggStep::Shares(shares) => {
+                self.shares = Some(shares);
+                Ok(None)
+            }
+            SecAggStep::UnmaskRequest(request) => client.unmask(&request).map(|m| Some(SecAggStep::Unmask(m))),
+            _ => Ok(None),
+        };
+        match reply {
+            Ok(Some(step)) => self.send_step(sh, step),
+            Ok(None) => self.submit(sh),
+            Err(err) => tracing::debug!(%err, round = %self.a.key, "secure aggregation step refused"),
+        }
+    }
+
+    /// Sends the update once it is trained (and, with SecAgg, the shares are in).
+    fn submit(&mut self, sh: &mut Shared) {
+        let Training::Done(delta, samples) = &self.training else {
+            return;
+        };
+        if self.submitted {
+            return;
+        }
+        if self.a.spec.secagg {
+            let (Some(client), Some(shares)) = (self.client.as_mut(), self.shares.as_ref()) else {
+                return;
+            };
+            match client.masked_input(shares, delta) {
+                Ok(masked) => {
+                    self.submitted = true;
+                    self.send_step(sh, SecAggStep::Masked(masked));
+                }
+                Err(err) => tracing::warn!(%err, round = %self.a.key, "masking refused"),
+            }
+            return;
+        }
+        let session = sh.session(&self.a.key, self.a.group, &self.a.aggregator);
+        let body = PlainUpdate {
+            values: delta.clone(),
+            samples: *samples,
+        };
+        match Signed::sign(&sh.identity, &session, body) {
+            Ok(update) => {
+                self.submitted = true;
+                let message = RoundMessage::Plain {
+                    key: self.a.key.clone(),
+                    group: self.a.group,
+                    update,
+                };
+                sh.send(&self.a.aggregator.clone(), message);
+            }
+            Err(err) => tracing::warn!(%err, "cannot sign an update"),
+        }
+    }
+}

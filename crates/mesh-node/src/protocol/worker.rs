@@ -1,0 +1,268 @@
+//! The heavy computations of a round, outside the state machines: building
+//! the initial model, local training and combining group results. The
+//! engine asks for them with [`super::Action`]s; a driver runs them (on a
+//! blocking thread, or on the simulation's worker threads) and hands the
+//! result back. All of it is deterministic for the task's seed.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use mesh_consensus::command::{JobSpec, RoundMetrics};
+use mesh_federated::aggregate::{Aggregator, AggregatorConfig, PreAggregation, Rule};
+use mesh_federated::attack::{flip_label, Attack};
+use mesh_federated::data::Dataset;
+use mesh_federated::model::{Model, ModelKind, ModelShape, TrainOptions};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::messages::RoundKey;
+
+/// Why a computation failed (the round goes on without this node's part).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The node has no data bound to the job's dataset name.
+    #[error("this node holds no data for dataset {0:?}")]
+    NoData(String),
+    /// The job names an unknown model or rule.
+    #[error("job spec: {0}")]
+    Spec(String),
+    /// Training, evaluation or aggregation failed.
+    #[error("{0}")]
+    Compute(String),
+}
+
+/// Train from `params` for one round.
+#[derive(Clone, Debug)]
+pub struct TrainTask {
+    /// The round.
+    pub key: RoundKey,
+    /// The job.
+    pub spec: Arc<JobSpec>,
+    /// The global model the round starts from.
+    pub params: Arc<Vec<f32>>,
+    /// Seed of this node's shuffling in this round.
+    pub seed: u64,
+}
+
+/// What local training produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainedUpdate {
+    /// Local minus global parameters (before clipping and noise).
+    pub delta: Vec<f32>,
+    /// Rows trained on.
+    pub samples: u64,
+    /// Mean local loss.
+    pub train_loss: f32,
+}
+
+/// Combine group results into the next global model.
+#[derive(Clone, Debug)]
+pub struct CombineTask {
+    /// The round.
+    pub key: RoundKey,
+    /// The job.
+    pub spec: Arc<JobSpec>,
+    /// The global model the round started from.
+    pub start: Arc<Vec<f32>>,
+    /// Group mean updates with their contributor counts, in group order.
+    pub inputs: Vec<(Arc<Vec<f32>>, u32)>,
+    /// Digest of the inputs (echoed in the report).
+    pub inputs_digest: [u8; 32],
+}
+
+/// The combined model and how it scores on this node's validation data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CombinedModel {
+    /// New global parameters.
+    pub params: Vec<f32>,
+    /// Validation accuracy and loss.
+    pub metrics: RoundMetrics,
+}
+
+/// What a simulated Byzantine node does with its update.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Conduct {
+    /// Follows the protocol.
+    Honest,
+    /// Shapes its update with this attack (it sees only its own update).
+    Byzantine(Attack),
+}
+
+/// One node's private data and models.
+#[derive(Debug)]
+pub struct LocalWorker {
+    train: Option<Dataset>,
+    validation: Option<Dataset>,
+    dataset: String,
+    models: HashMap<String, Box<dyn Model>>,
+    conduct: Conduct,
+}
+
+impl LocalWorker {
+    /// A worker holding `train` (private) and `validation` data, bound to the dataset name `dataset`.
+    pub fn new(dataset: &str, mut train: Option<Dataset>, validation: Option<Dataset>, conduct: Conduct) -> Self {
+        if let (Conduct::Byzantine(attack), Some(data)) = (&conduct, train.as_mut()) {
+            if attack.poisons_labels() {
+                let classes = data.num_classes as u8;
+                data.labels.iter_mut().for_each(|l| *l = flip_label(*l, classes));
+            }
+        }
+        Self {
+            train,
+            validation,
+            dataset: dataset.to_owned(),
+            models: HashMap::new(),
+            conduct,
+        }
+    }
+
+    /// Rows of private training data.
+    pub fn train_rows(&self) -> usize {
+        self.train.as_ref().map_or(0, Dataset::len)
+    }
+
+    fn shape(&self, spec: &JobSpec) -> Result<ModelShape, WorkerError> {
+        if spec.training.dataset != self.dataset {
+            return Err(WorkerError::NoData(spec.training.dataset.clone()));
+        }
+        self.train
+            .as_ref()
+            .or(self.validation.as_ref())
+            .map(ModelShape::of)
+            .ok_or_else(|| WorkerError::NoData(spec.training.dataset.clone()))
+    }
+
+    fn model(&mut self, spec: &JobSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
+        let shape = self.shape(spec)?;
+        let kind = ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
+        let name = format!("{kind}");
+        if !self.models.contains_key(&name) {
+            let model = kind
+                .build(shape, spec.training.seed)
+                .map_err(|e| WorkerError::Spec(e.to_string()))?;
+            self.models.insert(name.clone(), model);
+        }
+        self.models
+            .get_mut(&name)
+            .ok_or_else(|| WorkerError::Compute("model vanished".into()))
+    }
+
+    /// The job's initial parameters (same on every node: seeded).
+    pub fn initial(&mut self, spec: &JobSpec) -> Result<Vec<f32>, WorkerError> {
+        let shape = self.shape(spec)?;
+        let kind = ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
+        let model = kind
+            .build(shape, spec.training.seed)
+            .map_err(|e| WorkerError::Spec(e.to_string()))?;
+        Ok(model.parameters())
+    }
+
+    /// Local training for one round.
+    pub fn train(&mut self, task: &TrainTask) -> Result<TrainedUpdate, WorkerError> {
+        let t = &task.spec.training;
+        let options = TrainOptions {
+            epochs: t.epochs as usize,
+            batch_size: t.batch_size as usize,
+            learning_rate: t.learning_rate,
+            proximal_mu: 0.0,
+            seed: task.seed,
+        };
+        let data = self.train.take().ok_or_else(|| WorkerError::NoData(t.dataset.clone()))?;
+        let outcome = self.train_on(&data, task, &options);
+        self.train = Some(data);
+        let (mut delta, report) = outcome?;
+        if let Conduct::Byzantine(attack) = &self.conduct {
+            let mut rng = ChaCha8Rng::seed_from_u64(task.seed ^ 0xB17E);
+            delta = attack.craft(&delta, std::slice::from_ref(&delta), &mut rng);
+        }
+        Ok(TrainedUpdate {
+            delta,
+            samples: report.samples as u64,
+            train_loss: report.mean_loss,
+        })
+    }
+
+    fn train_on(
+        &mut self,
+        data: &Dataset,
+        task: &TrainTask,
+        options: &TrainOptions,
+    ) -> Result<(Vec<f32>, mesh_federated::model::TrainReport), WorkerError> {
+        let compute = |e: mesh_federated::model::ModelError| WorkerError::Compute(e.to_string());
+        let model = self.model(&task.spec)?;
+        model.set_parameters(&task.params).map_err(compute)?;
+        let report = model.train(data, options).map_err(compute)?;
+        let delta = model
+            .parameters()
+            .iter()
+            .zip(task.params.iter())
+            .map(|(l, g)| l - g)
+            .collect();
+        Ok((delta, report))
+    }
+
+    /// Combines group results with the job's robust rule, steps the model and evaluates it.
+    pub fn combine(&mut self, task: &CombineTask) -> Result<CombinedModel, WorkerError> {
+        let params = combine_params(task)?;
+        let metrics = match self.validation.take() {
+            Some(validation) => {
+                let outcome = self.evaluate(&task.spec, &params, &validation);
+                self.validation = Some(validation);
+                outcome?
+            }
+            None => RoundMetrics {
+                accuracy: 0.0,
+                loss: 0.0,
+                updates_count: 0,
+            },
+        };
+        let updates_count = task.inputs.iter().map(|(_, c)| *c).sum();
+        Ok(CombinedModel {
+            params,
+            metrics: RoundMetrics {
+                updates_count,
+                ..metrics
+            },
+        })
+    }
+
+    fn evaluate(&mut self, spec: &JobSpec, params: &[f32], data: &Dataset) -> Result<RoundMetrics, WorkerError> {
+        let compute = |e: mesh_federated::model::ModelError| WorkerError::Compute(e.to_string());
+        let model = self.model(spec)?;
+        model.set_parameters(params).map_err(compute)?;
+        let eval = model.evaluate(data).map_err(compute)?;
+        let loss = if eval.loss.is_finite() { f64::from(eval.loss).max(0.0) } else { f64::MAX };
+        Ok(RoundMetrics {
+            accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
+            loss,
+            updates_count: 0,
+        })
+    }
+}
+
+/// The deterministic part of combining: robust rule over the group means
+/// (weighted by contributors), then one server SGD step of rate 1.
+pub fn combine_params(task: &CombineTask) -> Result<Vec<f32>, WorkerError> {
+    let spec = &task.spec;
+    let rule = Rule::from_str(&spec.rule_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
+    let mut aggregator = Aggregator::new(AggregatorConfig {
+        rule,
+        pre: PreAggregation::None,
+        byzantine_count: spec.byzantine_count as usize,
+        seed: spec.training.seed ^ u64::from(task.key.round),
+    });
+    let updates: Vec<Vec<f32>> = task.inputs.iter().map(|(u, _)| u.to_vec()).collect();
+    let weights: Vec<f32> = task.inputs.iter().map(|(_, c)| *c as f32).collect();
+    let aggregated = aggregator
+        .aggregate(&updates, &weights)
+        .map_err(|e| WorkerError::Compute(e.to_string()))?;
+    if aggregated.len() != task.start.len() {
+        return Err(WorkerError::Compute(format!(
+            "aggregate has {} values, the model {}",
+            aggregated.len(),
+            task.start.len()
+        )));
+    }
+    Ok(task.start.iter().zip(&aggregated).map(|(g, d)| g + d).collect())
+}
