@@ -145,7 +145,8 @@ pub struct TrainingSpec {
     pub seed: u64,
     /// How long a round may run, in milliseconds, before it closes with the updates it has.
     pub round_deadline_ms: u64,
-    /// Participants per secure-aggregation group (the last group takes the remainder).
+    /// Participants per aggregation group (the last group takes the remainder;
+    /// secure aggregation needs at least 2, plain updates may go alone).
     pub group_size: u32,
     /// L2 norm every update is clipped to before it leaves its node.
     pub clip_norm: f32,
@@ -439,7 +440,9 @@ impl Command {
                 check_name("job id", &job.0)?;
                 check_name("node id", &node.0)
             }
-            Self::AbortRound { job, .. } | Self::StopJob { job, .. } => check_name("job id", &job.0),
+            Self::AbortRound { job, .. } | Self::StopJob { job, .. } => {
+                check_name("job id", &job.0)
+            }
             Self::Put { key, value } => {
                 check_len("key", key.len(), KV_KEY_BYTES_MAX)?;
                 check_len("value", value.len(), KV_VALUE_BYTES_MAX)
@@ -518,7 +521,9 @@ fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
 fn check_training(t: &TrainingSpec) -> Result<(), ApplyError> {
     check_name("dataset", &t.dataset)?;
     if t.epochs == 0 || t.epochs > 1000 || t.batch_size == 0 {
-        return Err(invalid("epochs must be in 1..=1000 and batch size at least 1"));
+        return Err(invalid(
+            "epochs must be in 1..=1000 and batch size at least 1",
+        ));
     }
     if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
         return Err(invalid("learning rate must be positive"));
@@ -532,8 +537,10 @@ fn check_training(t: &TrainingSpec) -> Result<(), ApplyError> {
     if !(t.sampling_rate > 0.0 && t.sampling_rate <= 1.0) {
         return Err(invalid("sampling rate must be in (0, 1]"));
     }
-    if t.group_size < 2 || t.round_deadline_ms == 0 {
-        return Err(invalid("group size must be at least 2 and the round deadline positive"));
+    if t.group_size == 0 || t.round_deadline_ms == 0 {
+        return Err(invalid(
+            "group size and the round deadline must be positive",
+        ));
     }
     Ok(())
 }
@@ -558,7 +565,9 @@ fn check_participants(participants: &BTreeSet<NodeId>) -> Result<(), ApplyError>
 /// named, and the final ones are distinct.
 fn check_plan(plan: &RoundPlan, participants: &BTreeSet<NodeId>) -> Result<(), ApplyError> {
     if plan.aggregators.is_empty() || plan.groups.is_empty() {
-        return Err(invalid("a round plan needs at least one group and one aggregator"));
+        return Err(invalid(
+            "a round plan needs at least one group and one aggregator",
+        ));
     }
     let finals: BTreeSet<&NodeId> = plan.aggregators.iter().collect();
     if finals.len() != plan.aggregators.len() {

@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Net(super::bench_net::NetArgs),
     /// Closed-loop durable writes against a 3-voter committee of real node processes.
     Consensus(super::bench_consensus::ConsensusArgs),
+    /// Round protocol overhead per round (wall time minus local training) in the mesh simulator.
+    Round(super::bench_round::RoundArgs),
 }
 
 /// Flags of `agent-mesh bench aggregators`.
@@ -48,6 +50,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Robustness(args) => super::robustness::run(*args),
         BenchCommand::Net(args) => super::bench_net::run(args),
         BenchCommand::Consensus(args) => super::bench_consensus::run(args),
+        BenchCommand::Round(args) => super::bench_round::run(args),
     }
 }
 

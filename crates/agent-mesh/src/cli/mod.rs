@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_consensus;
 pub mod bench_net;
+pub mod bench_round;
 pub mod ca;
 pub mod dp;
 pub mod keygen;
@@ -10,5 +11,6 @@ pub mod node;
 pub mod plot;
 pub mod robustness;
 pub mod sim;
+pub mod sim_mesh;
 pub mod status;
 pub mod token;

@@ -1,6 +1,7 @@
 //! `agent-mesh sim`: an in-process federation training on MNIST.
 //!
-//! Builds a [`mesh_node::sim::Simulation`] from the flags, runs it round by round
+//! By default every simulated node runs the round protocol ([`super::sim_mesh`]).
+//! With `--direct` it builds a [`mesh_node::sim::Simulation`] from the flags, runs it round by round
 //! with a progress bar and a per-round table, and writes `OUT/report.json`,
 //! `OUT/accuracy.png` and `OUT/model.safetensors`.
 
@@ -100,6 +101,40 @@ pub struct SimArgs {
     /// No progress bar (the per-round table is still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Run the old single-process aggregation (no round protocol): needed for
+    /// --pre, --prox-mu, --server-opt, central DP noise and omniscient attacks.
+    #[arg(long)]
+    pub direct: bool,
+    /// Securely aggregate updates (SecAgg+ with dropout recovery) within groups.
+    #[arg(long)]
+    pub secagg: bool,
+    /// Participants per aggregation group (default 5 with --secagg, else 1).
+    #[arg(long)]
+    pub group_size: Option<usize>,
+    /// L2 norm every update is clipped to before it leaves its node (without DP).
+    #[arg(long, default_value_t = 10.0)]
+    pub clip: f32,
+    /// Simulated one-way message latency, MS or MIN-MAX milliseconds.
+    #[arg(long, default_value = "1-5", value_parser = super::sim_mesh::parse_latency)]
+    pub latency_ms: (u64, u64),
+    /// Probability that a message is lost.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Node crashes to inject (each node restarts after --down-ms).
+    #[arg(long, default_value_t = 0)]
+    pub crashes: u32,
+    /// Network partitions to inject (a random minority cut off for --down-ms).
+    #[arg(long, default_value_t = 0)]
+    pub partitions: u32,
+    /// How long a crashed node or a partition lasts, in simulated ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub down_ms: u64,
+    /// A round closes with the updates it has after this many simulated ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub round_deadline_ms: u64,
+    /// Set when --dp-placement was given explicitly.
+    #[arg(skip)]
+    pub dp_placement_given: bool,
 }
 
 impl SimArgs {
@@ -160,7 +195,8 @@ impl SimArgs {
 }
 
 /// Runs the simulation.
-pub fn run(args: SimArgs) -> anyhow::Result<()> {
+pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
+    args.dp_placement_given = std::env::args().any(|a| a.starts_with("--dp-placement"));
     let config = args.to_config()?;
     let mnist = Mnist::load(&args.data).with_context(|| {
         format!(
@@ -170,6 +206,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    if !args.direct {
+        return super::sim_mesh::run(&args, &config, mnist);
+    }
     let mut sim = Simulation::new(config, &mnist.train, mnist.test)?;
     print_header(&args, &sim);
     let reports = run_rounds(&mut sim, &args).map_err(explain_divergence)?;

@@ -246,7 +246,12 @@ impl MeshState {
             self.check_eligible(node)?;
         }
         let plan = start.plan;
-        for node in plan.groups.iter().map(|g| &g.aggregator).chain(&plan.aggregators) {
+        for node in plan
+            .groups
+            .iter()
+            .map(|g| &g.aggregator)
+            .chain(&plan.aggregators)
+        {
             self.check_member_with(node, Role::Aggregator)?;
         }
         self.jobs.start(start, index);

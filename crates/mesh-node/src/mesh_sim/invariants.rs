@@ -40,7 +40,9 @@ impl Checker {
 
     fn keep(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
-            self.blobs.entry(blob_hash(bytes)).or_insert_with(|| Arc::from(bytes));
+            self.blobs
+                .entry(blob_hash(bytes))
+                .or_insert_with(|| Arc::from(bytes));
         }
     }
 
@@ -64,20 +66,39 @@ impl Checker {
     }
 
     /// Checks one committed command (`before` and `after` are the states around it).
-    pub fn on_commit(&mut self, before: &MeshState, after: &MeshState, command: &Command, _nodes: &[NodeId]) -> Result<(), String> {
+    pub fn on_commit(
+        &mut self,
+        before: &MeshState,
+        after: &MeshState,
+        command: &Command,
+        _nodes: &[NodeId],
+    ) -> Result<(), String> {
         match command {
-            Command::StartRound { participants, plan, .. } => {
-                if let Some(q) = participants.iter().find(|p| before.reputation().is_quarantined(p)) {
+            Command::StartRound {
+                participants, plan, ..
+            } => {
+                if let Some(q) = participants
+                    .iter()
+                    .find(|p| before.reputation().is_quarantined(p))
+                {
                     return Err(format!("quarantined node {q} was selected"));
                 }
                 if plan.groups.iter().flat_map(|g| &g.members).count() != participants.len() {
                     return Err("groups do not cover the participants".into());
                 }
             }
-            Command::CompleteRound { job, round, model_hash, inputs, .. } => {
+            Command::CompleteRound {
+                job,
+                round,
+                model_hash,
+                inputs,
+                ..
+            } => {
                 if let Some(previous) = self.committed.insert((job.clone(), *round), *model_hash) {
                     if previous != *model_hash {
-                        return Err(format!("round {round} committed twice with different models"));
+                        return Err(format!(
+                            "round {round} committed twice with different models"
+                        ));
                     }
                 }
                 self.check_model(before, job, *round, *model_hash, inputs)?;
@@ -85,10 +106,21 @@ impl Checker {
             _ => {}
         }
         for (id, job) in after.jobs().iter() {
-            if let (Some(budget), Some(account)) = (job.spec.dp_budget, after.privacy().account(id)) {
-                let spent: u64 = job.rounds.iter().filter_map(|r| r.completion.as_ref()).map(|c| c.privacy_spent_epsilon_micros).sum();
-                if spent > budget.epsilon_micros || account.remaining_epsilon_micros() > budget.epsilon_micros {
-                    return Err(format!("job {id} spent {spent} of {} micro-epsilon", budget.epsilon_micros));
+            if let (Some(budget), Some(account)) = (job.spec.dp_budget, after.privacy().account(id))
+            {
+                let spent: u64 = job
+                    .rounds
+                    .iter()
+                    .filter_map(|r| r.completion.as_ref())
+                    .map(|c| c.privacy_spent_epsilon_micros)
+                    .sum();
+                if spent > budget.epsilon_micros
+                    || account.remaining_epsilon_micros() > budget.epsilon_micros
+                {
+                    return Err(format!(
+                        "job {id} spent {spent} of {} micro-epsilon",
+                        budget.epsilon_micros
+                    ));
                 }
             }
         }
@@ -113,24 +145,51 @@ impl Checker {
                 .plan
                 .groups
                 .get(input.group as usize)
-                .ok_or_else(|| format!("input names group {} of {}", input.group, record.plan.groups.len()))?;
+                .ok_or_else(|| {
+                    format!(
+                        "input names group {} of {}",
+                        input.group,
+                        record.plan.groups.len()
+                    )
+                })?;
             if input.contributors as usize > group.members.len() {
-                return Err(format!("group {} counts {} contributors of {} members", input.group, input.contributors, group.members.len()));
+                return Err(format!(
+                    "group {} counts {} contributors of {} members",
+                    input.group,
+                    input.contributors,
+                    group.members.len()
+                ));
             }
         }
-        let blob = |h: &ModelHash| self.blobs.get(h).and_then(|b| decode_params(b).ok()).map(Arc::new);
-        let start = blob(&record.start_model_hash).ok_or("the round's start model was never seen")?;
-        let decoded: Option<Vec<_>> = inputs.iter().map(|i| blob(&i.hash).map(|b| (b, i.contributors))).collect();
+        let blob = |h: &ModelHash| {
+            self.blobs
+                .get(h)
+                .and_then(|b| decode_params(b).ok())
+                .map(Arc::new)
+        };
+        let start =
+            blob(&record.start_model_hash).ok_or("the round's start model was never seen")?;
+        let decoded: Option<Vec<_>> = inputs
+            .iter()
+            .map(|i| blob(&i.hash).map(|b| (b, i.contributors)))
+            .collect();
         let task = CombineTask {
-            key: RoundKey { job: job.clone(), round, attempt: record.aborted_attempts },
+            key: RoundKey {
+                job: job.clone(),
+                round,
+                attempt: record.aborted_attempts,
+            },
             spec: self.spec.clone(),
             start,
             inputs: decoded.ok_or("a group result of the round was never seen")?,
             inputs_digest: [0; 32],
         };
-        let params = combine_params(&task).map_err(|e| format!("recomputing round {round}: {e}"))?;
+        let params =
+            combine_params(&task).map_err(|e| format!("recomputing round {round}: {e}"))?;
         if blob_hash(&encode_params(&params)) != model_hash {
-            return Err(format!("round {round}'s committed model is not the combination of its inputs"));
+            return Err(format!(
+                "round {round}'s committed model is not the combination of its inputs"
+            ));
         }
         self.verified_rounds += 1;
         Ok(())

@@ -28,8 +28,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::protocol::blob::decode_params;
 use crate::protocol::{
-    node_name, Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine, ProtocolStats, RoundKey,
-    TrainTask, TrainedUpdate, View,
+    node_name, Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine,
+    ProtocolStats, RoundKey, TrainTask, TrainedUpdate, View,
 };
 pub use faults::Faults;
 use invariants::Checker;
@@ -123,6 +123,8 @@ pub struct MeshSimOutcome {
     pub crashes: u64,
     /// Wall-clock time spent in local training, ms.
     pub training_wall_ms: u64,
+    /// Wall-clock time the simulator spent evaluating committed models on the test set, ms.
+    pub evaluation_wall_ms: u64,
     /// Wall-clock time of the whole run, ms.
     pub total_wall_ms: u64,
     /// Largest blob-cache size of any node, bytes.
@@ -164,6 +166,7 @@ pub struct MeshSim {
     evaluator: Box<dyn mesh_federated::model::Model>,
     reports: Vec<MeshRoundReport>,
     training_wall_ms: u64,
+    evaluation_wall_ms: u64,
     crashes: u64,
     cache_bytes_max: usize,
     last_round_wall: Instant,
@@ -173,20 +176,39 @@ pub struct MeshSim {
 impl MeshSim {
     /// Builds the mesh: identities, private data shards, the committee state
     /// with the job created.
-    pub fn new(config: MeshSimConfig, train: &Dataset, test: Dataset) -> Result<Self, MeshSimError> {
+    pub fn new(
+        config: MeshSimConfig,
+        train: &Dataset,
+        test: Dataset,
+    ) -> Result<Self, MeshSimError> {
         if config.nodes < 2 {
             return Err(MeshSimError::Config("--nodes must be at least 2".into()));
         }
-        Command::CreateJob { job: "sim".into(), spec: config.spec.clone() }
-            .validate()
+        Command::CreateJob {
+            job: "sim".into(),
+            spec: config.spec.clone(),
+        }
+        .validate()
+        .map_err(|e| MeshSimError::Config(e.to_string()))?;
+        let kind: ModelKind = config
+            .spec
+            .model_name
+            .parse()
+            .map_err(|e: mesh_federated::model::ModelError| MeshSimError::Config(e.to_string()))?;
+        let evaluator = kind
+            .build(ModelShape::of(&test), config.spec.training.seed)
             .map_err(|e| MeshSimError::Config(e.to_string()))?;
-        let kind: ModelKind = config.spec.model_name.parse().map_err(|e: mesh_federated::model::ModelError| MeshSimError::Config(e.to_string()))?;
-        let evaluator = kind.build(ModelShape::of(&test), config.spec.training.seed).map_err(|e| MeshSimError::Config(e.to_string()))?;
         let shards = config
             .partition
             .split(&train.labels, train.num_classes, config.nodes, config.seed)
             .map_err(|e| MeshSimError::Config(e.to_string()))?;
-        let all_roles: BTreeSet<Role> = [Role::Trainer, Role::Aggregator, Role::Committee, Role::Observer].into();
+        let all_roles: BTreeSet<Role> = [
+            Role::Trainer,
+            Role::Aggregator,
+            Role::Committee,
+            Role::Observer,
+        ]
+        .into();
         let mut nodes = Vec::with_capacity(config.nodes);
         let mut roles = BTreeMap::new();
         for (i, rows) in shards.iter().enumerate() {
@@ -195,12 +217,28 @@ impl MeshSim {
             key_seed[8..16].copy_from_slice(&(i as u64).to_le_bytes());
             let identity = NodeIdentity::from_seed(&key_seed);
             let name = node_name(&identity.node_id());
-            let conduct = config.byzantine.iter().find(|(n, _)| *n == i).map_or(Conduct::Honest, |(_, c)| c.clone());
+            let conduct = config
+                .byzantine
+                .iter()
+                .find(|(n, _)| *n == i)
+                .map_or(Conduct::Honest, |(_, c)| c.clone());
             let validation = test.subset(&(0..test.len().min(1000)).collect::<Vec<_>>());
-            let worker = LocalWorker::new(&config.spec.training.dataset, Some(train.subset(rows)), Some(validation), conduct);
-            let engine = NodeEngine::new(name.clone(), identity.clone(), engine_config(&config, i, 0));
+            let worker = LocalWorker::new(
+                &config.spec.training.dataset,
+                Some(train.subset(rows)),
+                Some(validation),
+                conduct,
+            );
+            let engine =
+                NodeEngine::new(name.clone(), identity.clone(), engine_config(&config, i, 0));
             roles.insert(name.clone(), all_roles.clone());
-            nodes.push(SimNode { name, identity, engine, worker, up: true });
+            nodes.push(SimNode {
+                name,
+                identity,
+                engine,
+                worker,
+                up: true,
+            });
         }
         let job = JobId::from("sim");
         let mut sim = Self {
@@ -222,6 +260,7 @@ impl MeshSim {
             evaluator,
             reports: Vec::new(),
             training_wall_ms: 0,
+            evaluation_wall_ms: 0,
             crashes: 0,
             cache_bytes_max: 0,
             last_round_wall: Instant::now(),
@@ -236,15 +275,25 @@ impl MeshSim {
         let mut commands: Vec<Command> = self
             .roles
             .iter()
-            .map(|(node, roles)| Command::AddMember { node: node.clone(), roles: roles.clone(), zone: None })
+            .map(|(node, roles)| Command::AddMember {
+                node: node.clone(),
+                roles: roles.clone(),
+                zone: None,
+            })
             .collect();
         for &q in &self.config.quarantined {
             let node = self.nodes[q].name.clone();
             for _ in 0..3 {
-                commands.push(Command::RecordEvidence { node: node.clone(), kind: mesh_consensus::command::EvidenceKind::Equivocation });
+                commands.push(Command::RecordEvidence {
+                    node: node.clone(),
+                    kind: mesh_consensus::command::EvidenceKind::Equivocation,
+                });
             }
         }
-        commands.push(Command::CreateJob { job: job.clone(), spec: self.config.spec.clone() });
+        commands.push(Command::CreateJob {
+            job: job.clone(),
+            spec: self.config.spec.clone(),
+        });
         for command in commands {
             self.commit(&command)?;
         }
@@ -257,9 +306,22 @@ impl MeshSim {
         if self.state.apply(self.index, command).is_ok() {
             let seed = self.config.seed;
             self.checker
-                .on_commit(&before, &self.state, command, &self.nodes.iter().map(|n| &n.name).cloned().collect::<Vec<_>>())
+                .on_commit(
+                    &before,
+                    &self.state,
+                    command,
+                    &self
+                        .nodes
+                        .iter()
+                        .map(|n| &n.name)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
                 .map_err(|message| MeshSimError::Invariant { seed, message })?;
-            if let Command::CompleteRound { round, model_hash, .. } = command {
+            if let Command::CompleteRound {
+                round, model_hash, ..
+            } = command
+            {
                 self.record_round(*round, *model_hash);
             }
         }
@@ -267,15 +329,26 @@ impl MeshSim {
     }
 
     fn record_round(&mut self, round: u32, hash: ModelHash) {
-        let params = self.checker.model(&hash).and_then(|b| decode_params(&b).ok());
+        let started = Instant::now();
+        let params = self
+            .checker
+            .model(&hash)
+            .and_then(|b| decode_params(&b).ok());
         let (accuracy, loss) = params
             .and_then(|p| self.evaluator.set_parameters(&p).ok())
             .and_then(|()| self.evaluator.evaluate(&self.test).ok())
             .map_or((0.0, 0.0), |e| (e.accuracy, e.loss));
+        self.evaluation_wall_ms += started.elapsed().as_millis() as u64;
         let job = self.state.jobs().get(&self.job);
         let record = job.and_then(|j| j.rounds.get(round as usize));
         let completion = record.and_then(|r| r.completion.as_ref());
-        let spent: u64 = job.map_or(0, |j| j.rounds.iter().filter_map(|r| r.completion.as_ref()).map(|c| c.privacy_spent_epsilon_micros).sum());
+        let spent: u64 = job.map_or(0, |j| {
+            j.rounds
+                .iter()
+                .filter_map(|r| r.completion.as_ref())
+                .map(|c| c.privacy_spent_epsilon_micros)
+                .sum()
+        });
         self.reports.push(MeshRoundReport {
             round: round + 1,
             test_accuracy: accuracy,
@@ -343,6 +416,7 @@ impl MeshSim {
             messages_dropped: self.network.dropped(),
             crashes: self.crashes,
             training_wall_ms: self.training_wall_ms,
+            evaluation_wall_ms: self.evaluation_wall_ms,
             total_wall_ms: started.elapsed().as_millis() as u64,
             cache_bytes_max: self.cache_bytes_max,
         }
@@ -355,7 +429,8 @@ impl MeshSim {
         self.elect();
         let due: Vec<Command> = {
             let now = self.now_ms;
-            let (due, later): (Vec<_>, Vec<_>) = self.proposals.drain(..).partition(|(t, _)| *t <= now);
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.proposals.drain(..).partition(|(t, _)| *t <= now);
             self.proposals = later;
             due.into_iter().map(|(_, c)| c).collect()
         };
@@ -364,13 +439,16 @@ impl MeshSim {
         }
         self.deliver_finished();
         for (from, to, message) in self.network.due(self.now_ms) {
-            let Some(i) = self.index_of(&to) else { continue };
+            let Some(i) = self.index_of(&to) else {
+                continue;
+            };
             if !self.nodes[i].up {
                 continue;
             }
             let view = self.view_parts();
             let node = &mut self.nodes[i];
-            node.engine.on_message(&from, message, &view.view(&self.state, self.now_ms));
+            node.engine
+                .on_message(&from, message, &view.view(&self.state, self.now_ms));
         }
         for i in 0..self.nodes.len() {
             if self.nodes[i].up {
@@ -397,7 +475,10 @@ impl MeshSim {
             .filter(|n| n.up)
             .filter_map(|n| self.roles.get(&n.name).map(|r| (n.name.clone(), r.clone())))
             .collect();
-        let leader = self.leader.filter(|_| self.now_ms >= self.leader_since_ms).map(|i| self.nodes[i].name.clone());
+        let leader = self
+            .leader
+            .filter(|_| self.now_ms >= self.leader_since_ms)
+            .map(|i| self.nodes[i].name.clone());
         ViewParts { alive, leader }
     }
 
@@ -408,7 +489,11 @@ impl MeshSim {
         }
         let committee = self.nodes.len().min(COMMITTEE_MAX);
         let majority_up = self.nodes[..committee].iter().filter(|n| n.up).count() * 2 > committee;
-        self.leader = if majority_up { (0..committee).find(|i| self.nodes[*i].up) } else { None };
+        self.leader = if majority_up {
+            (0..committee).find(|i| self.nodes[*i].up)
+        } else {
+            None
+        };
         self.leader_since_ms = self.now_ms + ELECTION_MS;
         // Proposals the old leader had not committed are lost with it.
         self.proposals.clear();
@@ -424,7 +509,11 @@ impl MeshSim {
             if up {
                 // A restarted node keeps its data and keys but nothing it held in memory.
                 let n = &mut self.nodes[node];
-                n.engine = NodeEngine::new(n.name.clone(), n.identity.clone(), engine_config(&self.config, node, self.now_ms));
+                n.engine = NodeEngine::new(
+                    n.name.clone(),
+                    n.identity.clone(),
+                    engine_config(&self.config, node, self.now_ms),
+                );
                 n.up = true;
             } else {
                 self.crashes += 1;
@@ -449,25 +538,37 @@ impl MeshSim {
                         // Forwarded to the leader: one network hop more.
                         let delay = self.network.latency(&mut self.rng);
                         if self.nodes[l].up {
-                            self.proposals.push((self.now_ms + COMMIT_MS + delay, command));
+                            self.proposals
+                                .push((self.now_ms + COMMIT_MS + delay, command));
                         }
                     }
                 }
                 Action::BuildInitial { job, spec } => {
-                    let result = self.nodes[i].worker.initial(&spec).map_err(|e| e.to_string());
+                    let result = self.nodes[i]
+                        .worker
+                        .initial(&spec)
+                        .map_err(|e| e.to_string());
                     if let Ok(params) = &result {
                         self.checker.observe_model(params);
                     }
-                    self.pending.push((self.now_ms + STEP_MS, i, Finished::Initial(job, result)));
+                    self.pending
+                        .push((self.now_ms + STEP_MS, i, Finished::Initial(job, result)));
                 }
                 Action::Train(task) => self.train_queue.push((i, task)),
                 Action::Combine(task) => {
                     let digest = task.inputs_digest;
-                    let result = self.nodes[i].worker.combine(&task).map_err(|e| e.to_string());
+                    let result = self.nodes[i]
+                        .worker
+                        .combine(&task)
+                        .map_err(|e| e.to_string());
                     if let Ok(model) = &result {
                         self.checker.observe_model(&model.params);
                     }
-                    self.pending.push((self.now_ms + STEP_MS, i, Finished::Combined(task.key, digest, result)));
+                    self.pending.push((
+                        self.now_ms + STEP_MS,
+                        i,
+                        Finished::Combined(task.key, digest, result),
+                    ));
                 }
             }
         }
@@ -493,36 +594,43 @@ impl MeshSim {
             .filter_map(|(i, n)| by_node.remove(&i).map(|t| (i, &mut n.worker, t)))
             .collect();
         let per_thread = work.len().div_ceil(self.config.threads.max(1));
-        let results: Vec<Vec<(usize, RoundKey, Result<TrainedUpdate, String>)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .chunks_mut(per_thread.max(1))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for (i, worker, tasks) in chunk.iter_mut() {
-                            for task in tasks.iter() {
-                                let result = worker.train(task).map_err(|e| e.to_string());
-                                out.push((*i, task.key.clone(), result));
+        let results: Vec<Vec<(usize, RoundKey, Result<TrainedUpdate, String>)>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = work
+                    .chunks_mut(per_thread.max(1))
+                    .map(|chunk| {
+                        scope.spawn(move || {
+                            let mut out = Vec::new();
+                            for (i, worker, tasks) in chunk.iter_mut() {
+                                for task in tasks.iter() {
+                                    let result = worker.train(task).map_err(|e| e.to_string());
+                                    out.push((*i, task.key.clone(), result));
+                                }
                             }
-                        }
-                        out
+                            out
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        });
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
+            });
         for (i, key, result) in results.into_iter().flatten() {
-            self.pending.push((self.now_ms + TRAIN_MS, i, Finished::Trained(key, result)));
+            self.pending
+                .push((self.now_ms + TRAIN_MS, i, Finished::Trained(key, result)));
         }
         self.training_wall_ms += started.elapsed().as_millis() as u64;
     }
 
     fn deliver_finished(&mut self) {
         let now = self.now_ms;
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending).into_iter().partition(|(t, _, _)| *t <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(t, _, _)| *t <= now);
         self.pending = later;
         for (_, i, finished) in due {
             if !self.nodes[i].up {
@@ -545,12 +653,20 @@ struct ViewParts {
 
 impl ViewParts {
     fn view<'a>(&'a self, state: &'a MeshState, now_ms: u64) -> View<'a> {
-        View { state, leader: self.leader.as_ref(), alive: &self.alive, now_ms }
+        View {
+            state,
+            leader: self.leader.as_ref(),
+            alive: &self.alive,
+            now_ms,
+        }
     }
 }
 
 fn engine_config(config: &MeshSimConfig, node: usize, restarted_at_ms: u64) -> EngineConfig {
-    let mut c = EngineConfig::new("sim", config.seed ^ (node as u64).wrapping_mul(0x9E37_79B9) ^ restarted_at_ms);
+    let mut c = EngineConfig::new(
+        "sim",
+        config.seed ^ (node as u64).wrapping_mul(0x9E37_79B9) ^ restarted_at_ms,
+    );
     c.cache_capacity_bytes = 256 * 1024 * 1024;
     c.phase_timeout_ms = 2_000;
     c.fetch_retry_ms = 500;

@@ -78,9 +78,14 @@ impl Network {
             self.dropped += 1;
             return;
         }
-        let latency = self.rng.random_range(self.faults.latency_min_ms..=self.faults.latency_max_ms);
+        let latency = self
+            .rng
+            .random_range(self.faults.latency_min_ms..=self.faults.latency_max_ms);
         self.seq += 1;
-        self.in_flight.insert((now_ms + latency, self.seq), (from.clone(), to.clone(), message));
+        self.in_flight.insert(
+            (now_ms + latency, self.seq),
+            (from.clone(), to.clone(), message),
+        );
     }
 
     /// Messages due by `now_ms`, in delivery order.
@@ -105,7 +110,12 @@ impl Network {
 
     /// Node crash and restart events due by `now_ms` (node index, up);
     /// partitions are applied to the network here.
-    pub fn faults_due(&mut self, now_ms: u64, names: &[NodeId], rng: &mut ChaCha8Rng) -> Vec<(usize, bool)> {
+    pub fn faults_due(
+        &mut self,
+        now_ms: u64,
+        names: &[NodeId],
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, bool)> {
         let mut out = Vec::new();
         while self.schedule.first().is_some_and(|(t, _)| *t <= now_ms) {
             let (_, fault) = self.schedule.remove(0);
@@ -117,7 +127,11 @@ impl Network {
                     for i in (1..order.len()).rev() {
                         order.swap(i, rng.random_range(0..=i));
                     }
-                    self.isolated = order.into_iter().take(self.partition_size).cloned().collect();
+                    self.isolated = order
+                        .into_iter()
+                        .take(self.partition_size)
+                        .cloned()
+                        .collect();
                 }
                 Fault::Partition(false) => self.isolated.clear(),
             }

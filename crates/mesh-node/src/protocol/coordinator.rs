@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mesh_consensus::command::{
-    AggregatorSlot, Command, GroupInput, JobId, JobSpec, ModelHash, NodeId, RoundMetrics, StopReason,
+    AggregatorSlot, Command, GroupInput, JobId, JobSpec, ModelHash, NodeId, RoundMetrics,
+    StopReason,
 };
 use mesh_consensus::state::jobs::{Job, JobStatus, RoundRecord};
 use mesh_federated::privacy::epsilon_for;
@@ -59,13 +60,23 @@ pub fn running_round(id: &JobId, job: &Job) -> Option<(RoundKey, RoundRecord)> {
 pub fn epsilon_micros_after(spec: &JobSpec, rounds: u32) -> Option<u64> {
     let budget = spec.dp_budget?;
     let t = &spec.training;
-    let eps = epsilon_for(t.sampling_rate, t.noise_multiplier, u64::from(rounds), budget.delta).ok()?;
+    let eps = epsilon_for(
+        t.sampling_rate,
+        t.noise_multiplier,
+        u64::from(rounds),
+        budget.delta,
+    )
+    .ok()?;
     (eps.is_finite() && eps >= 0.0).then(|| (eps * 1e6).ceil() as u64)
 }
 
 impl Coordinator {
     fn propose(&mut self, sh: &mut Shared, tag: String, command: Command, now_ms: u64) {
-        if self.proposed.get(&tag).is_some_and(|t| now_ms < t + PROPOSE_RETRY_MS) {
+        if self
+            .proposed
+            .get(&tag)
+            .is_some_and(|t| now_ms < t + PROPOSE_RETRY_MS)
+        {
             return;
         }
         if self.proposed.len() >= PROPOSED_MAX {
@@ -77,7 +88,12 @@ impl Coordinator {
     }
 
     /// One step as the leader.
-    pub fn poll(&mut self, sh: &mut Shared, view: &View<'_>, initial: &BTreeMap<JobId, ModelHash>) -> Vec<JobId> {
+    pub fn poll(
+        &mut self,
+        sh: &mut Shared,
+        view: &View<'_>,
+        initial: &BTreeMap<JobId, ModelHash>,
+    ) -> Vec<JobId> {
         self.admit_members(sh, view);
         let mut need_initial = Vec::new();
         let mut running = BTreeSet::new();
@@ -115,13 +131,30 @@ impl Coordinator {
     }
 
     /// Returns false when the job's initial model is not built yet.
-    fn start_round(&mut self, sh: &mut Shared, view: &View<'_>, id: &JobId, job: &Job, initial: &BTreeMap<JobId, ModelHash>) -> bool {
+    fn start_round(
+        &mut self,
+        sh: &mut Shared,
+        view: &View<'_>,
+        id: &JobId,
+        job: &Job,
+        initial: &BTreeMap<JobId, ModelHash>,
+    ) -> bool {
         let round = job.rounds.len() as u32;
         if job.spec.dp_budget.is_some() {
-            let budget = view.state.privacy().account(id).map(|a| a.remaining_epsilon_micros());
-            let spent: u64 = job.rounds.iter().filter_map(|r| r.completion.as_ref()).map(|c| c.privacy_spent_epsilon_micros).sum();
+            let budget = view
+                .state
+                .privacy()
+                .account(id)
+                .map(|a| a.remaining_epsilon_micros());
+            let spent: u64 = job
+                .rounds
+                .iter()
+                .filter_map(|r| r.completion.as_ref())
+                .map(|c| c.privacy_spent_epsilon_micros)
+                .sum();
             let next = epsilon_micros_after(&job.spec, round + 1);
-            let fits = matches!((next, budget), (Some(n), Some(left)) if n.saturating_sub(spent) <= left);
+            let fits =
+                matches!((next, budget), (Some(n), Some(left)) if n.saturating_sub(spent) <= left);
             if !fits {
                 let command = Command::StopJob {
                     job: id.clone(),
@@ -158,17 +191,29 @@ impl Coordinator {
         true
     }
 
-    fn drive_round(&mut self, sh: &mut Shared, view: &View<'_>, key: &RoundKey, record: &RoundRecord, job: &Job) {
+    fn drive_round(
+        &mut self,
+        sh: &mut Shared,
+        view: &View<'_>,
+        key: &RoundKey,
+        record: &RoundRecord,
+        job: &Job,
+    ) {
         self.reassign_failed(sh, view, key, record);
         let now = view.now_ms;
         let state = self.rounds.entry(key.clone()).or_default();
         let groups_total = record.plan.groups.len();
         let past_deadline = now >= record.deadline_unix_ms;
-        if state.request.is_none() && (state.groups.len() == groups_total || (past_deadline && !state.groups.is_empty())) {
+        if state.request.is_none()
+            && (state.groups.len() == groups_total || (past_deadline && !state.groups.is_empty()))
+        {
             state.request = Some(state.groups.values().copied().collect());
         }
         if let Some(inputs) = state.request.clone() {
-            if state.last_request_ms.is_none_or(|t| now >= t + sh.config.retry_ms) {
+            if state
+                .last_request_ms
+                .is_none_or(|t| now >= t + sh.config.retry_ms)
+            {
                 state.last_request_ms = Some(now);
                 for f in &record.plan.aggregators {
                     let message = RoundMessage::AggregateRequest {
@@ -193,8 +238,18 @@ impl Coordinator {
         }
     }
 
-    fn reassign_failed(&mut self, sh: &mut Shared, view: &View<'_>, key: &RoundKey, record: &RoundRecord) {
-        let reported: BTreeSet<u32> = self.rounds.get(key).map(|s| s.groups.keys().copied().collect()).unwrap_or_default();
+    fn reassign_failed(
+        &mut self,
+        sh: &mut Shared,
+        view: &View<'_>,
+        key: &RoundKey,
+        record: &RoundRecord,
+    ) {
+        let reported: BTreeSet<u32> = self
+            .rounds
+            .get(key)
+            .map(|s| s.groups.keys().copied().collect())
+            .unwrap_or_default();
         let mut slots = Vec::new();
         for (g, group) in record.plan.groups.iter().enumerate() {
             if !reported.contains(&(g as u32)) && !view.alive.contains_key(&group.aggregator) {
@@ -224,10 +279,17 @@ impl Coordinator {
     /// A report from a group or final aggregator (only while leading).
     pub fn on_message(&mut self, from: &NodeId, message: RoundMessage, view: &View<'_>) {
         let key = match &message {
-            RoundMessage::GroupReport { key, .. } | RoundMessage::AggregateReport { key, .. } => key.clone(),
+            RoundMessage::GroupReport { key, .. } | RoundMessage::AggregateReport { key, .. } => {
+                key.clone()
+            }
             _ => return,
         };
-        let Some((running, record)) = view.state.jobs().get(&key.job).and_then(|j| running_round(&key.job, j)) else {
+        let Some((running, record)) = view
+            .state
+            .jobs()
+            .get(&key.job)
+            .and_then(|j| running_round(&key.job, j))
+        else {
             return;
         };
         if running != key {
@@ -236,14 +298,25 @@ impl Coordinator {
         let state = self.rounds.entry(key).or_default();
         match message {
             RoundMessage::GroupReport { input, .. } => {
-                let assigned = record.plan.groups.get(input.group as usize).map(|g| &g.aggregator);
+                let assigned = record
+                    .plan
+                    .groups
+                    .get(input.group as usize)
+                    .map(|g| &g.aggregator);
                 if assigned == Some(from) && state.request.is_none() {
                     state.groups.insert(input.group, input);
                 }
             }
-            RoundMessage::AggregateReport { inputs_digest, model_hash, metrics, .. } => {
+            RoundMessage::AggregateReport {
+                inputs_digest,
+                model_hash,
+                metrics,
+                ..
+            } => {
                 if record.plan.aggregators.contains(from) {
-                    state.reports.insert(from.clone(), (inputs_digest, model_hash, metrics));
+                    state
+                        .reports
+                        .insert(from.clone(), (inputs_digest, model_hash, metrics));
                 }
             }
             _ => {}
@@ -253,7 +326,13 @@ impl Coordinator {
 
 /// The completing command, when enough final aggregators agree on the model
 /// for exactly the requested inputs.
-fn agreed(state: &RoundState, inputs: &[GroupInput], record: &RoundRecord, key: &RoundKey, job: &Job) -> Option<Command> {
+fn agreed(
+    state: &RoundState,
+    inputs: &[GroupInput],
+    record: &RoundRecord,
+    key: &RoundKey,
+    job: &Job,
+) -> Option<Command> {
     let digest = inputs_digest(inputs);
     let needed = FINAL_AGGREGATORS.min(record.plan.aggregators.len());
     let mut votes: BTreeMap<ModelHash, (usize, RoundMetrics)> = BTreeMap::new();
@@ -264,8 +343,14 @@ fn agreed(state: &RoundState, inputs: &[GroupInput], record: &RoundRecord, key: 
         }
     }
     let (hash, (_, metrics)) = votes.into_iter().find(|(_, (n, _))| *n >= needed)?;
-    let spent_before: u64 = job.rounds.iter().filter_map(|r| r.completion.as_ref()).map(|c| c.privacy_spent_epsilon_micros).sum();
-    let spent = epsilon_micros_after(&job.spec, key.round + 1).map_or(0, |total| total.saturating_sub(spent_before));
+    let spent_before: u64 = job
+        .rounds
+        .iter()
+        .filter_map(|r| r.completion.as_ref())
+        .map(|c| c.privacy_spent_epsilon_micros)
+        .sum();
+    let spent = epsilon_micros_after(&job.spec, key.round + 1)
+        .map_or(0, |total| total.saturating_sub(spent_before));
     Some(Command::CompleteRound {
         job: key.job.clone(),
         round: key.round,
@@ -277,6 +362,13 @@ fn agreed(state: &RoundState, inputs: &[GroupInput], record: &RoundRecord, key: 
 }
 
 /// Keeps `Arc<JobSpec>`s per job so roles share one copy.
-pub fn spec_of(cache: &mut BTreeMap<JobId, Arc<JobSpec>>, id: &JobId, spec: &JobSpec) -> Arc<JobSpec> {
-    cache.entry(id.clone()).or_insert_with(|| Arc::new(spec.clone())).clone()
+pub fn spec_of(
+    cache: &mut BTreeMap<JobId, Arc<JobSpec>>,
+    id: &JobId,
+    spec: &JobSpec,
+) -> Arc<JobSpec> {
+    cache
+        .entry(id.clone())
+        .or_insert_with(|| Arc::new(spec.clone()))
+        .clone()
 }

@@ -123,7 +123,10 @@ impl NodeEngine {
         }
         if let Some(j) = view.state.jobs().get(job) {
             let spec = spec_of(&mut self.specs, job, &j.spec);
-            self.sh.push(Action::BuildInitial { job: job.clone(), spec });
+            self.sh.push(Action::BuildInitial {
+                job: job.clone(),
+                spec,
+            });
         }
     }
 
@@ -151,7 +154,12 @@ impl NodeEngine {
             if let Some((key, record)) = running_round(id, job) {
                 let spec = spec_of(&mut self.specs, id, &job.spec);
                 let holders = self.holders(view, &key, &record);
-                if key.round == 0 && !self.sh.cache.contains(&crate::cache::BlobId(record.start_model_hash)) {
+                if key.round == 0
+                    && !self
+                        .sh
+                        .cache
+                        .contains(&crate::cache::BlobId(record.start_model_hash))
+                {
                     let involved = record.participants.contains(&me)
                         || record.plan.aggregators.contains(&me)
                         || record.plan.groups.iter().any(|g| g.aggregator == me);
@@ -170,7 +178,11 @@ impl NodeEngine {
                 .and_then(|r| r.plan.groups.get(*g as usize))
                 .is_some_and(|p| p.aggregator == me)
         });
-        self.finals.retain(|k, _| running.get(k).is_some_and(|r| r.plan.aggregators.contains(&me)));
+        self.finals.retain(|k, _| {
+            running
+                .get(k)
+                .is_some_and(|r| r.plan.aggregators.contains(&me))
+        });
         self.plans = running;
         let mut keep: BTreeSet<ModelHash> = BTreeSet::new();
         for r in self.plans.values() {
@@ -187,24 +199,55 @@ impl NodeEngine {
     fn holders(&self, view: &View<'_>, key: &RoundKey, record: &RoundRecord) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = Vec::new();
         if let Some(prev) = key.round.checked_sub(1) {
-            if let Some(r) = view.state.jobs().get(&key.job).and_then(|j| j.rounds.get(prev as usize)) {
+            if let Some(r) = view
+                .state
+                .jobs()
+                .get(&key.job)
+                .and_then(|j| j.rounds.get(prev as usize))
+            {
                 out.extend(r.plan.aggregators.iter().cloned());
             }
         }
         out.extend(record.plan.aggregators.iter().cloned());
-        let me_at = record.participants.iter().position(|p| *p == self.sh.me).unwrap_or(0);
+        let me_at = record
+            .participants
+            .iter()
+            .position(|p| *p == self.sh.me)
+            .unwrap_or(0);
         let others: Vec<NodeId> = record.participants.iter().cloned().collect();
-        out.extend(others.iter().cycle().skip(me_at + 1).take(others.len()).cloned());
+        out.extend(
+            others
+                .iter()
+                .cycle()
+                .skip(me_at + 1)
+                .take(others.len())
+                .cloned(),
+        );
         let mut seen = BTreeSet::new();
         out.retain(|n| *n != self.sh.me && seen.insert(n.clone()));
         out
     }
 
-    fn take_roles(&mut self, key: &RoundKey, record: &RoundRecord, spec: &Arc<JobSpec>, holders: Vec<NodeId>, now_ms: u64) {
+    fn take_roles(
+        &mut self,
+        key: &RoundKey,
+        record: &RoundRecord,
+        spec: &Arc<JobSpec>,
+        holders: Vec<NodeId>,
+        now_ms: u64,
+    ) {
         let me = self.sh.me.clone();
-        if let Some((g, group)) = record.plan.groups.iter().enumerate().find(|(_, g)| g.members.contains(&me)) {
+        if let Some((g, group)) = record
+            .plan
+            .groups
+            .iter()
+            .enumerate()
+            .find(|(_, g)| g.members.contains(&me))
+        {
             match self.trainers.get_mut(key) {
-                Some(t) if t.assignment().aggregator != group.aggregator => t.reassign(group.aggregator.clone()),
+                Some(t) if t.assignment().aggregator != group.aggregator => {
+                    t.reassign(group.aggregator.clone())
+                }
                 Some(_) => {}
                 None => {
                     let a = Assignment {
@@ -248,11 +291,19 @@ impl NodeEngine {
             t.poll(&mut self.sh);
         }
         for ((key, _), g) in &mut self.groups {
-            let finals = self.plans.get(key).map(|r| r.plan.aggregators.clone()).unwrap_or_default();
+            let finals = self
+                .plans
+                .get(key)
+                .map(|r| r.plan.aggregators.clone())
+                .unwrap_or_default();
             g.poll(&mut self.sh, &finals, view.leader, view.now_ms);
         }
         for (key, f) in &mut self.finals {
-            let groups = self.plans.get(key).map(|r| r.plan.groups.clone()).unwrap_or_default();
+            let groups = self
+                .plans
+                .get(key)
+                .map(|r| r.plan.groups.clone())
+                .unwrap_or_default();
             f.poll(&mut self.sh, &groups, view.leader, view.now_ms);
         }
     }
@@ -270,7 +321,8 @@ impl NodeEngine {
                 self.sh.send(from, RoundMessage::BlobReply { hash, bytes });
             }
             RoundMessage::BlobReply { hash, bytes } => self.sh.on_blob(hash, bytes),
-            RoundMessage::SecAgg { ref key, group, .. } | RoundMessage::Plain { ref key, group, .. } => {
+            RoundMessage::SecAgg { ref key, group, .. }
+            | RoundMessage::Plain { ref key, group, .. } => {
                 let key = key.clone();
                 self.route_group_message(from, key, group, message, view);
             }
@@ -280,7 +332,11 @@ impl NodeEngine {
                 }
             }
             RoundMessage::AggregateRequest { key, inputs } => {
-                let groups = self.plans.get(&key).map(|r| r.plan.groups.clone()).unwrap_or_default();
+                let groups = self
+                    .plans
+                    .get(&key)
+                    .map(|r| r.plan.groups.clone())
+                    .unwrap_or_default();
                 let leader_sent = view.leader == Some(from);
                 if let (Some(f), true) = (self.finals.get_mut(&key), leader_sent) {
                     f.on_request(inputs, &groups);
@@ -296,16 +352,27 @@ impl NodeEngine {
     }
 
     /// Steps towards trainers go to the trainer; updates and client steps to the group aggregator.
-    fn route_group_message(&mut self, from: &NodeId, key: RoundKey, group: u32, message: RoundMessage, view: &View<'_>) {
+    fn route_group_message(
+        &mut self,
+        from: &NodeId,
+        key: RoundKey,
+        group: u32,
+        message: RoundMessage,
+        view: &View<'_>,
+    ) {
         let to_client = matches!(
             &message,
             RoundMessage::SecAgg {
-                step: SecAggStep::NeighbourKeys(_) | SecAggStep::Shares(_) | SecAggStep::UnmaskRequest(_),
+                step: SecAggStep::NeighbourKeys(_)
+                    | SecAggStep::Shares(_)
+                    | SecAggStep::UnmaskRequest(_),
                 ..
             }
         );
         if to_client {
-            if let (Some(t), RoundMessage::SecAgg { step, .. }) = (self.trainers.get_mut(&key), message) {
+            if let (Some(t), RoundMessage::SecAgg { step, .. }) =
+                (self.trainers.get_mut(&key), message)
+            {
                 t.on_step(&mut self.sh, from, step);
             }
             return;
@@ -325,7 +392,12 @@ impl NodeEngine {
     }
 
     /// A combination finished.
-    pub fn on_combined(&mut self, key: &RoundKey, digest: [u8; 32], result: Result<CombinedModel, String>) {
+    pub fn on_combined(
+        &mut self,
+        key: &RoundKey,
+        digest: [u8; 32],
+        result: Result<CombinedModel, String>,
+    ) {
         if let Some(f) = self.finals.get_mut(key) {
             f.on_combined(&mut self.sh, digest, result);
         }

@@ -28,7 +28,12 @@ pub struct FinalRound {
 
 impl FinalRound {
     /// A final aggregator for round `key` starting from `start_hash`.
-    pub fn new(key: RoundKey, spec: Arc<JobSpec>, start_hash: ModelHash, holders: Vec<NodeId>) -> Self {
+    pub fn new(
+        key: RoundKey,
+        spec: Arc<JobSpec>,
+        start_hash: ModelHash,
+        holders: Vec<NodeId>,
+    ) -> Self {
         Self {
             key,
             spec,
@@ -64,7 +69,13 @@ impl FinalRound {
     }
 
     /// Starts the combination when every blob is here; reports the result to the leader.
-    pub fn poll(&mut self, sh: &mut Shared, groups: &[GroupPlan], leader: Option<&NodeId>, now_ms: u64) {
+    pub fn poll(
+        &mut self,
+        sh: &mut Shared,
+        groups: &[GroupPlan],
+        leader: Option<&NodeId>,
+        now_ms: u64,
+    ) {
         let Some(inputs) = self.request.clone() else {
             return;
         };
@@ -79,7 +90,9 @@ impl FinalRound {
         let Some((digest, model_hash, metrics)) = self.report else {
             return;
         };
-        let due = self.last_report_ms.is_none_or(|t| now_ms >= t + sh.config.retry_ms);
+        let due = self
+            .last_report_ms
+            .is_none_or(|t| now_ms >= t + sh.config.retry_ms);
         if let (Some(leader), true) = (leader, due) {
             self.last_report_ms = Some(now_ms);
             let message = RoundMessage::AggregateReport {
@@ -92,7 +105,13 @@ impl FinalRound {
         }
     }
 
-    fn task(&self, sh: &mut Shared, inputs: &[GroupInput], groups: &[GroupPlan], digest: [u8; 32]) -> Option<CombineTask> {
+    fn task(
+        &self,
+        sh: &mut Shared,
+        inputs: &[GroupInput],
+        groups: &[GroupPlan],
+        digest: [u8; 32],
+    ) -> Option<CombineTask> {
         let start = sh.blob(&self.start_hash);
         if start.is_none() {
             sh.want(self.start_hash, self.holders.clone());
@@ -100,9 +119,13 @@ impl FinalRound {
         let mut decoded = Vec::with_capacity(inputs.len());
         for input in inputs {
             match sh.blob(&input.hash) {
-                Some(bytes) => decoded.push((Arc::new(decode_params(&bytes).ok()?), input.contributors)),
+                Some(bytes) => {
+                    decoded.push((Arc::new(decode_params(&bytes).ok()?), input.contributors))
+                }
                 None => {
-                    let holder = groups.get(input.group as usize).map(|g| g.aggregator.clone());
+                    let holder = groups
+                        .get(input.group as usize)
+                        .map(|g| g.aggregator.clone());
                     sh.want(input.hash, holder.into_iter().collect());
                 }
             }
@@ -121,7 +144,12 @@ impl FinalRound {
     }
 
     /// The combination finished.
-    pub fn on_combined(&mut self, sh: &mut Shared, digest: [u8; 32], result: Result<CombinedModel, String>) {
+    pub fn on_combined(
+        &mut self,
+        sh: &mut Shared,
+        digest: [u8; 32],
+        result: Result<CombinedModel, String>,
+    ) {
         if self.combining != Some(digest) {
             return;
         }

@@ -97,7 +97,11 @@ impl GroupRound {
     }
 
     fn index_of(&self, node: &NodeId) -> Option<u32> {
-        self.a.members.iter().position(|m| m == node).map(|i| i as u32)
+        self.a
+            .members
+            .iter()
+            .position(|m| m == node)
+            .map(|i| i as u32)
     }
 
     fn enter(&mut self, stage: Stage, expected: BTreeSet<u32>, now_ms: u64) {
@@ -109,7 +113,13 @@ impl GroupRound {
 
     /// Advances on time: fetches the model, closes steps whose members all
     /// answered or whose deadline passed, and (re)sends the result.
-    pub fn poll(&mut self, sh: &mut Shared, finals: &[NodeId], leader: Option<&NodeId>, now_ms: u64) {
+    pub fn poll(
+        &mut self,
+        sh: &mut Shared,
+        finals: &[NodeId],
+        leader: Option<&NodeId>,
+        now_ms: u64,
+    ) {
         if self.stage == Stage::WaitingModel {
             self.start(sh, now_ms);
         }
@@ -145,7 +155,16 @@ impl GroupRound {
             let clip = f64::from(self.a.spec.training.clip_norm);
             let params = keys
                 .ok_or_else(|| SecAggError::BadParams("a member id is not a key".into()))
-                .and_then(|k| SecAggParams::new(self.session, k, dimension, clip, ModulusBits::B32, self.session))
+                .and_then(|k| {
+                    SecAggParams::new(
+                        self.session,
+                        k,
+                        dimension,
+                        clip,
+                        ModulusBits::B32,
+                        self.session,
+                    )
+                })
                 .and_then(SecAggAggregator::new);
             match params {
                 Ok(agg) => {
@@ -165,7 +184,13 @@ impl GroupRound {
     }
 
     /// A message from a member.
-    pub fn on_message(&mut self, sh: &mut Shared, from: &NodeId, message: RoundMessage, now_ms: u64) {
+    pub fn on_message(
+        &mut self,
+        sh: &mut Shared,
+        from: &NodeId,
+        message: RoundMessage,
+        now_ms: u64,
+    ) {
         let Some(index) = self.index_of(from) else {
             sh.stats.updates_invalid += 1;
             return;
@@ -227,14 +252,25 @@ impl GroupRound {
             (Stage::Sharing, SecAggStep::ShareKeys(m)) => agg.receive_shares(m)?,
             (Stage::Collecting, SecAggStep::Masked(m)) => agg.receive_masked_input(m)?,
             (Stage::Unmasking, SecAggStep::Unmask(m)) => agg.receive_unmask(m)?,
-            _ => return Err(SecAggError::UnexpectedMessage("step does not match the group's stage")),
+            _ => {
+                return Err(SecAggError::UnexpectedMessage(
+                    "step does not match the group's stage",
+                ))
+            }
         }
         Ok(true)
     }
 
-    fn on_plain(&mut self, index: u32, from: &NodeId, update: &Signed<PlainUpdate>) -> Result<bool, SecAggError> {
+    fn on_plain(
+        &mut self,
+        index: u32,
+        from: &NodeId,
+        update: &Signed<PlainUpdate>,
+    ) -> Result<bool, SecAggError> {
         if self.stage != Stage::Collecting {
-            return Err(SecAggError::UnexpectedMessage("plain update outside collection"));
+            return Err(SecAggError::UnexpectedMessage(
+                "plain update outside collection",
+            ));
         }
         let key = node_key(from).ok_or(SecAggError::BadKey { client: index })?;
         let body = update.verify(&key, &self.session, index)?;
@@ -243,7 +279,8 @@ impl GroupRound {
         }
         let mut values = body.values.clone();
         let clip = self.a.spec.training.clip_norm;
-        mesh_federated::privacy::clip_l2(&mut values, clip).map_err(|e| SecAggError::Malformed(e.to_string()))?;
+        mesh_federated::privacy::clip_l2(&mut values, clip)
+            .map_err(|e| SecAggError::Malformed(e.to_string()))?;
         self.plain.insert(index, values);
         Ok(true)
     }
@@ -285,7 +322,11 @@ impl GroupRound {
             Stage::Unmasking => {
                 let output = agg.finish()?;
                 let n = output.contributors.len();
-                let mean: Vec<f32> = output.sum.iter().map(|s| (*s / n.max(1) as f64) as f32).collect();
+                let mean: Vec<f32> = output
+                    .sum
+                    .iter()
+                    .map(|s| (*s / n.max(1) as f64) as f32)
+                    .collect();
                 self.finish_with(sh, mean, n);
             }
             Stage::WaitingModel | Stage::Done => {}
@@ -305,7 +346,9 @@ impl GroupRound {
         let dimension = self.plain.values().next().map_or(0, Vec::len);
         let mut mean = vec![0f32; dimension];
         for values in self.plain.values().filter(|v| v.len() == dimension) {
-            mean.iter_mut().zip(values).for_each(|(m, v)| *m += v / n as f32);
+            mean.iter_mut()
+                .zip(values)
+                .for_each(|(m, v)| *m += v / n as f32);
         }
         sh.stats.dropouts += (self.a.members.len() - n) as u64;
         self.finish_with(sh, mean, n);
@@ -329,7 +372,13 @@ impl GroupRound {
 
     /// Sends the result blob to every final aggregator once, and the report to
     /// the leader until the round ends.
-    fn deliver(&mut self, sh: &mut Shared, finals: &[NodeId], leader: Option<&NodeId>, now_ms: u64) {
+    fn deliver(
+        &mut self,
+        sh: &mut Shared,
+        finals: &[NodeId],
+        leader: Option<&NodeId>,
+        now_ms: u64,
+    ) {
         let Some((input, blob)) = self.result.clone() else {
             return;
         };
@@ -344,7 +393,9 @@ impl GroupRound {
                 sh.send(f, message);
             }
         }
-        let due = self.last_report_ms.is_none_or(|t| now_ms >= t + sh.config.retry_ms);
+        let due = self
+            .last_report_ms
+            .is_none_or(|t| now_ms >= t + sh.config.retry_ms);
         if let (Some(leader), true) = (leader, due) {
             self.last_report_ms = Some(now_ms);
             let message = RoundMessage::GroupReport {

@@ -155,6 +155,11 @@ impl RoundMessage {
         postcard::to_allocvec(self).expect("a round message always serializes")
     }
 
+    /// Length of the encoding, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
+    }
+
     /// Decodes, refusing more than [`MESSAGE_BYTES_MAX`] before parsing.
     pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
         if bytes.len() > MESSAGE_BYTES_MAX {
@@ -162,8 +167,8 @@ impl RoundMessage {
                 len_bytes: bytes.len(),
             });
         }
-        let (message, rest) = postcard::take_from_bytes(bytes)
-            .map_err(|e| MessageError::Malformed(e.to_string()))?;
+        let (message, rest) =
+            postcard::take_from_bytes(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(MessageError::Malformed(format!(
                 "{} trailing bytes",
@@ -211,6 +216,7 @@ mod tests {
             bytes: vec![1, 2, 3],
         };
         assert_eq!(RoundMessage::decode(&msg.encode()).unwrap(), msg);
+        assert_eq!(msg.encoded_len(), msg.encode().len());
         assert!(RoundMessage::decode(&[0xff, 0xff, 0xff]).is_err());
         let mut long = msg.encode();
         long.push(0);
@@ -229,7 +235,10 @@ mod tests {
             hash: [1; 32],
             contributors: 3,
         };
-        let b = GroupInput { contributors: 2, ..a };
+        let b = GroupInput {
+            contributors: 2,
+            ..a
+        };
         assert_ne!(inputs_digest(&[a]), inputs_digest(&[b]));
         assert_ne!(inputs_digest(&[a]), inputs_digest(&[a, b]));
     }

@@ -67,7 +67,13 @@ fn tie_break(seed: u64, job: &JobId, round: u32, node: &NodeId) -> [u8; 32] {
 }
 
 /// Orders `nodes` least recently used first, seeded ties.
-fn lru_order(state: &MeshState, nodes: Vec<NodeId>, job: &JobId, round: u32, seed: u64) -> Vec<NodeId> {
+fn lru_order(
+    state: &MeshState,
+    nodes: Vec<NodeId>,
+    job: &JobId,
+    round: u32,
+    seed: u64,
+) -> Vec<NodeId> {
     let used = last_used(state);
     let mut keyed: Vec<(u64, [u8; 32], NodeId)> = nodes
         .into_iter()
@@ -80,11 +86,13 @@ fn lru_order(state: &MeshState, nodes: Vec<NodeId>, job: &JobId, round: u32, see
     keyed.into_iter().map(|(_, _, n)| n).collect()
 }
 
-/// Splits sorted participants into groups of `size`; a short last group joins the one before.
-pub fn split_groups(participants: &[NodeId], size: usize) -> Vec<Vec<NodeId>> {
-    let size = size.max(PARTICIPANTS_MIN);
+/// Splits sorted participants into groups of `size`; a last group shorter
+/// than `min` (or half a group) joins the one before. Secure aggregation
+/// needs `min` = 2; plain updates may travel in groups of one.
+pub fn split_groups(participants: &[NodeId], size: usize, min: usize) -> Vec<Vec<NodeId>> {
+    let size = size.max(min).max(1);
     let mut groups: Vec<Vec<NodeId>> = participants.chunks(size).map(<[NodeId]>::to_vec).collect();
-    if groups.len() > 1 && groups.last().is_some_and(|g| g.len() < PARTICIPANTS_MIN.max(size / 2)) {
+    if groups.len() > 1 && groups.last().is_some_and(|g| g.len() < min.max(size / 2)) {
         if let Some(last) = groups.pop() {
             if let Some(prev) = groups.last_mut() {
                 prev.extend(last);
@@ -103,19 +111,36 @@ pub fn select(
     round: u32,
 ) -> Option<Selection> {
     let seed = spec.training.seed;
-    let trainers = lru_order(state, eligible(state, alive, Role::Trainer), job, round, seed);
+    let trainers = lru_order(
+        state,
+        eligible(state, alive, Role::Trainer),
+        job,
+        round,
+        seed,
+    );
     let count = (spec.participants_per_round as usize).min(trainers.len());
     if count < PARTICIPANTS_MIN {
         return None;
     }
     let participants: BTreeSet<NodeId> = trainers.into_iter().take(count).collect();
     let sorted: Vec<NodeId> = participants.iter().cloned().collect();
-    let groups = split_groups(&sorted, spec.training.group_size as usize);
-    let aggregators = lru_order(state, eligible(state, alive, Role::Aggregator), job, round, seed ^ 1);
+    let min = if spec.secagg { PARTICIPANTS_MIN } else { 1 };
+    let groups = split_groups(&sorted, spec.training.group_size as usize, min);
+    let aggregators = lru_order(
+        state,
+        eligible(state, alive, Role::Aggregator),
+        job,
+        round,
+        seed ^ 1,
+    );
     if aggregators.is_empty() {
         return None;
     }
-    let finals: Vec<NodeId> = aggregators.iter().take(FINAL_AGGREGATORS).cloned().collect();
+    let finals: Vec<NodeId> = aggregators
+        .iter()
+        .take(FINAL_AGGREGATORS)
+        .cloned()
+        .collect();
     let groups = groups
         .into_iter()
         .enumerate()
@@ -190,9 +215,10 @@ mod tests {
     #[test]
     fn groups_cover_participants_and_short_tails_merge() {
         let nodes: Vec<NodeId> = (0..10).map(node).collect();
-        let groups = split_groups(&nodes, 4);
+        let groups = split_groups(&nodes, 4, 2);
         assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 6]);
-        assert_eq!(split_groups(&nodes[..3], 4).len(), 1);
+        assert_eq!(split_groups(&nodes[..3], 4, 2).len(), 1);
+        assert_eq!(split_groups(&nodes[..3], 1, 1).len(), 3);
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl ProtocolStats {
     /// Counts a message about to be sent.
     pub fn count_sent(&mut self, message: &RoundMessage) {
         *self.sent_messages.entry(message.kind()).or_default() += 1;
-        self.sent_bytes += message.encode().len() as u64;
+        self.sent_bytes += message.encoded_len() as u64;
     }
 
     /// Counts a received message.

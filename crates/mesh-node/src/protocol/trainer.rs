@@ -139,7 +139,9 @@ impl TrainerRound {
                 self.client = Some(client);
                 self.send_step(sh, SecAggStep::Advertise(message));
             }
-            Err(err) => tracing::warn!(%err, round = %self.a.key, "secure aggregation refused to start"),
+            Err(err) => {
+                tracing::warn!(%err, round = %self.a.key, "secure aggregation refused to start")
+            }
         }
     }
 
@@ -191,18 +193,24 @@ impl TrainerRound {
             return;
         };
         let reply = match step {
-            SecAggStep::NeighbourKeys(keys) => client.share_keys(&keys).map(|m| Some(SecAggStep::ShareKeys(m))),
+            SecAggStep::NeighbourKeys(keys) => client
+                .share_keys(&keys)
+                .map(|m| Some(SecAggStep::ShareKeys(m))),
             SecAggStep::Shares(shares) => {
                 self.shares = Some(shares);
                 Ok(None)
             }
-            SecAggStep::UnmaskRequest(request) => client.unmask(&request).map(|m| Some(SecAggStep::Unmask(m))),
+            SecAggStep::UnmaskRequest(request) => {
+                client.unmask(&request).map(|m| Some(SecAggStep::Unmask(m)))
+            }
             _ => Ok(None),
         };
         match reply {
             Ok(Some(step)) => self.send_step(sh, step),
             Ok(None) => self.submit(sh),
-            Err(err) => tracing::debug!(%err, round = %self.a.key, "secure aggregation step refused"),
+            Err(err) => {
+                tracing::debug!(%err, round = %self.a.key, "secure aggregation step refused")
+            }
         }
     }
 

@@ -101,11 +101,18 @@ pub struct LocalWorker {
 
 impl LocalWorker {
     /// A worker holding `train` (private) and `validation` data, bound to the dataset name `dataset`.
-    pub fn new(dataset: &str, mut train: Option<Dataset>, validation: Option<Dataset>, conduct: Conduct) -> Self {
+    pub fn new(
+        dataset: &str,
+        mut train: Option<Dataset>,
+        validation: Option<Dataset>,
+        conduct: Conduct,
+    ) -> Self {
         if let (Conduct::Byzantine(attack), Some(data)) = (&conduct, train.as_mut()) {
             if attack.poisons_labels() {
                 let classes = data.num_classes as u8;
-                data.labels.iter_mut().for_each(|l| *l = flip_label(*l, classes));
+                data.labels
+                    .iter_mut()
+                    .for_each(|l| *l = flip_label(*l, classes));
             }
         }
         Self {
@@ -135,7 +142,8 @@ impl LocalWorker {
 
     fn model(&mut self, spec: &JobSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
         let shape = self.shape(spec)?;
-        let kind = ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
+        let kind =
+            ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
         let name = format!("{kind}");
         if !self.models.contains_key(&name) {
             let model = kind
@@ -151,7 +159,8 @@ impl LocalWorker {
     /// The job's initial parameters (same on every node: seeded).
     pub fn initial(&mut self, spec: &JobSpec) -> Result<Vec<f32>, WorkerError> {
         let shape = self.shape(spec)?;
-        let kind = ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
+        let kind =
+            ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
         let model = kind
             .build(shape, spec.training.seed)
             .map_err(|e| WorkerError::Spec(e.to_string()))?;
@@ -168,7 +177,10 @@ impl LocalWorker {
             proximal_mu: 0.0,
             seed: task.seed,
         };
-        let data = self.train.take().ok_or_else(|| WorkerError::NoData(t.dataset.clone()))?;
+        let data = self
+            .train
+            .take()
+            .ok_or_else(|| WorkerError::NoData(t.dataset.clone()))?;
         let outcome = self.train_on(&data, task, &options);
         self.train = Some(data);
         let (mut delta, report) = outcome?;
@@ -227,12 +239,21 @@ impl LocalWorker {
         })
     }
 
-    fn evaluate(&mut self, spec: &JobSpec, params: &[f32], data: &Dataset) -> Result<RoundMetrics, WorkerError> {
+    fn evaluate(
+        &mut self,
+        spec: &JobSpec,
+        params: &[f32],
+        data: &Dataset,
+    ) -> Result<RoundMetrics, WorkerError> {
         let compute = |e: mesh_federated::model::ModelError| WorkerError::Compute(e.to_string());
         let model = self.model(spec)?;
         model.set_parameters(params).map_err(compute)?;
         let eval = model.evaluate(data).map_err(compute)?;
-        let loss = if eval.loss.is_finite() { f64::from(eval.loss).max(0.0) } else { f64::MAX };
+        let loss = if eval.loss.is_finite() {
+            f64::from(eval.loss).max(0.0)
+        } else {
+            f64::MAX
+        };
         Ok(RoundMetrics {
             accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
             loss,
@@ -264,5 +285,10 @@ pub fn combine_params(task: &CombineTask) -> Result<Vec<f32>, WorkerError> {
             task.start.len()
         )));
     }
-    Ok(task.start.iter().zip(&aggregated).map(|(g, d)| g + d).collect())
+    Ok(task
+        .start
+        .iter()
+        .zip(&aggregated)
+        .map(|(g, d)| g + d)
+        .collect())
 }
