@@ -594,7 +594,7 @@ impl MeshSim {
             .filter_map(|(i, n)| by_node.remove(&i).map(|t| (i, &mut n.worker, t)))
             .collect();
         let per_thread = work.len().div_ceil(self.config.threads.max(1));
-        let results: Vec<Vec<(usize, RoundKey, Result<TrainedUpdate, String>)>> =
+        let results: Vec<Vec<TrainedBy>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = work
                     .chunks_mut(per_thread.max(1))
@@ -645,6 +645,9 @@ impl MeshSim {
         }
     }
 }
+
+/// A training result with the node that trained it.
+type TrainedBy = (usize, RoundKey, Result<TrainedUpdate, String>);
 
 struct ViewParts {
     alive: BTreeMap<NodeId, BTreeSet<Role>>,

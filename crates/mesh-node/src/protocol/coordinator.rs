@@ -99,10 +99,8 @@ impl Coordinator {
         let mut running = BTreeSet::new();
         for (id, job) in view.state.jobs().iter() {
             match job.status {
-                JobStatus::WaitingForRound => {
-                    if !self.start_round(sh, view, id, job, initial) {
-                        need_initial.push(id.clone());
-                    }
+                JobStatus::WaitingForRound if !self.start_round(sh, view, id, job, initial) => {
+                    need_initial.push(id.clone());
                 }
                 JobStatus::RoundRunning => {
                     if let Some((key, record)) = running_round(id, job) {
@@ -312,12 +310,10 @@ impl Coordinator {
                 model_hash,
                 metrics,
                 ..
-            } => {
-                if record.plan.aggregators.contains(from) {
-                    state
-                        .reports
-                        .insert(from.clone(), (inputs_digest, model_hash, metrics));
-                }
+            } if record.plan.aggregators.contains(from) => {
+                state
+                    .reports
+                    .insert(from.clone(), (inputs_digest, model_hash, metrics));
             }
             _ => {}
         }
