@@ -215,8 +215,10 @@ mod tests {
     #[test]
     fn groups_cover_participants_and_short_tails_merge() {
         let nodes: Vec<NodeId> = (0..10).map(node).collect();
+        let groups = split_groups(&nodes[..9], 4, 2);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 5]);
         let groups = split_groups(&nodes, 4, 2);
-        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 6]);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert_eq!(split_groups(&nodes[..3], 4, 2).len(), 1);
         assert_eq!(split_groups(&nodes[..3], 1, 1).len(), 3);
     }
