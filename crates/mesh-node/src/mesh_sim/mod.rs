@@ -150,6 +150,7 @@ enum Finished {
 pub struct MeshSim {
     config: MeshSimConfig,
     nodes: Vec<SimNode>,
+    by_name: BTreeMap<NodeId, usize>,
     roles: BTreeMap<NodeId, BTreeSet<Role>>,
     state: MeshState,
     index: u64,
@@ -241,7 +242,13 @@ impl MeshSim {
             });
         }
         let job = JobId::from("sim");
+        let by_name = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
         let mut sim = Self {
+            by_name,
             network: Network::new(config.faults.clone(), config.seed),
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x5EED),
             checker: Checker::new(config.spec.clone()),
@@ -438,21 +445,21 @@ impl MeshSim {
             self.commit(&command)?;
         }
         self.deliver_finished();
+        // Who is up and who leads changes only with faults and elections, above.
+        let parts = self.view_parts();
         for (from, to, message) in self.network.due(self.now_ms) {
-            let Some(i) = self.index_of(&to) else {
+            let Some(&i) = self.by_name.get(&to) else {
                 continue;
             };
             if !self.nodes[i].up {
                 continue;
             }
-            let view = self.view_parts();
             let node = &mut self.nodes[i];
             node.engine
-                .on_message(&from, message, &view.view(&self.state, self.now_ms));
+                .on_message(&from, message, &parts.view(&self.state, self.now_ms));
         }
         for i in 0..self.nodes.len() {
             if self.nodes[i].up {
-                let parts = self.view_parts();
                 let view = parts.view(&self.state, self.now_ms);
                 self.nodes[i].engine.observe(&view);
                 let actions = self.nodes[i].engine.take_actions(&view);
@@ -462,10 +469,6 @@ impl MeshSim {
         }
         self.run_compute();
         Ok(())
-    }
-
-    fn index_of(&self, node: &NodeId) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == *node)
     }
 
     fn view_parts(&self) -> ViewParts {
@@ -594,31 +597,30 @@ impl MeshSim {
             .filter_map(|(i, n)| by_node.remove(&i).map(|t| (i, &mut n.worker, t)))
             .collect();
         let per_thread = work.len().div_ceil(self.config.threads.max(1));
-        let results: Vec<Vec<TrainedBy>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = work
-                    .chunks_mut(per_thread.max(1))
-                    .map(|chunk| {
-                        scope.spawn(move || {
-                            let mut out = Vec::new();
-                            for (i, worker, tasks) in chunk.iter_mut() {
-                                for task in tasks.iter() {
-                                    let result = worker.train(task).map_err(|e| e.to_string());
-                                    out.push((*i, task.key.clone(), result));
-                                }
+        let results: Vec<Vec<TrainedBy>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks_mut(per_thread.max(1))
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut out = Vec::new();
+                        for (i, worker, tasks) in chunk.iter_mut() {
+                            for task in tasks.iter() {
+                                let result = worker.train(task).map_err(|e| e.to_string());
+                                out.push((*i, task.key.clone(), result));
                             }
-                            out
-                        })
+                        }
+                        out
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })
-                    .collect()
-            });
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
         for (i, key, result) in results.into_iter().flatten() {
             self.pending
                 .push((self.now_ms + TRAIN_MS, i, Finished::Trained(key, result)));

@@ -218,7 +218,10 @@ mod tests {
         let groups = split_groups(&nodes[..9], 4, 2);
         assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 5]);
         let groups = split_groups(&nodes, 4, 2);
-        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
         assert_eq!(split_groups(&nodes[..3], 4, 2).len(), 1);
         assert_eq!(split_groups(&nodes[..3], 1, 1).len(), 3);
     }
