@@ -37,6 +37,12 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// Sign a short-lived admin token for the HTTP API's write endpoints.
     Token(cli::token::TokenArgs),
+    /// Submit, list, inspect and cancel training jobs on a running mesh.
+    #[command(subcommand)]
+    Job(cli::job::JobCommand),
+    /// Download global models from a running mesh.
+    #[command(subcommand)]
+    Model(cli::job::ModelCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +56,8 @@ fn main() -> std::process::ExitCode {
         Command::Node(args) => cli::node::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Token(args) => cli::token::run(args),
+        Command::Job(cmd) => cli::job::run(cmd),
+        Command::Model(cmd) => cli::job::run_model(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -93,6 +93,43 @@ pub struct NodeConfig {
     pub consensus: ConsensusConfigFile,
     /// Logging.
     pub log: LogConfig,
+    /// This node's private training data.
+    pub data: DataConfig,
+}
+
+/// The node's private data: a folder of MNIST IDX files, either whole or one
+/// named shard of a seeded partition (for demos on one machine).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Name jobs bind to (a job's `dataset`); empty: this node trains nothing.
+    pub dataset: String,
+    /// Folder with `train-*` and `t10k-*` IDX files (gzip or not).
+    pub dir: Option<PathBuf>,
+    /// Split the training set into this many shards (1: use it all).
+    pub shards: usize,
+    /// Which shard this node holds, from 0.
+    pub shard: usize,
+    /// How to split: iid, dirichlet[:ALPHA], shards, quantity[:ALPHA].
+    pub partition: String,
+    /// Seed of the split (every node of a demo must use the same).
+    pub seed: u64,
+    /// Rows of the test set used to evaluate models this node aggregates.
+    pub validation_rows: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "mnist".into(),
+            dir: None,
+            shards: 1,
+            shard: 0,
+            partition: "iid".into(),
+            seed: 0,
+            validation_rows: 2_000,
+        }
+    }
 }
 
 /// Key, certificate and CA files.
@@ -199,6 +236,7 @@ impl Default for NodeConfig {
             http: HttpConfig::default(),
             consensus: ConsensusConfigFile::default(),
             log: LogConfig::default(),
+            data: DataConfig::default(),
         }
     }
 }
@@ -387,6 +425,27 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
             Ok(())
         },
     },
+    EnvOverride {
+        name: "AGENT_MESH_DATA",
+        help: "data.dir (folder of MNIST IDX files)",
+        apply: |c, v| {
+            c.data.dir = Some(v.into());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_DATA_SHARD",
+        help: "data.shard/data.shards, as SHARD/SHARDS",
+        apply: |c, v| {
+            let (shard, shards) = v
+                .split_once('/')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .ok_or_else(|| format!("{v:?} is not SHARD/SHARDS"))?;
+            c.data.shard = shard;
+            c.data.shards = shards;
+            Ok(())
+        },
+    },
 ];
 
 impl NodeConfig {
@@ -437,6 +496,9 @@ impl NodeConfig {
         if let Some(path) = &mut self.identity.revocations {
             join(path);
         }
+        if let Some(path) = &mut self.data.dir {
+            join(path);
+        }
         let pin_path = base.join(&self.identity.ca_pin);
         if !self.identity.ca_pin.is_empty() && !is_hex_pin(&self.identity.ca_pin) {
             self.identity.ca_pin = pin_path.to_string_lossy().into_owned();
@@ -482,6 +544,20 @@ impl NodeConfig {
         }
         if self.network.listen.is_empty() {
             return invalid("network.listen", "needs at least one address");
+        }
+        if self.data.shards == 0 || self.data.shard >= self.data.shards {
+            return invalid("data.shard", "must be below data.shards (at least 1)");
+        }
+        if self
+            .data
+            .partition
+            .parse::<mesh_federated::data::partition::Partition>()
+            .is_err()
+        {
+            return invalid(
+                "data.partition",
+                "expected iid, dirichlet[:ALPHA], shards or quantity[:ALPHA]",
+            );
         }
         if self.network.target_peers == 0 || self.network.max_connections == 0 {
             return invalid(

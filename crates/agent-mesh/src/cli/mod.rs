@@ -6,6 +6,7 @@ pub mod bench_net;
 pub mod bench_round;
 pub mod ca;
 pub mod dp;
+pub mod job;
 pub mod keygen;
 pub mod node;
 pub mod plot;

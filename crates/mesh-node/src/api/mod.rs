@@ -16,8 +16,13 @@
 //! | `GET /v1/peers`    | anyone      | the peer table                                    |
 //! | `GET /v1/consensus`| anyone      | leader, term, commit index, voters, last snapshot |
 //! | `POST /v1/kv`      | admin token | commits a key-value command through the committee |
+//! | `POST /v1/jobs`    | admin token | submits a job (`{"job": ID, "spec": JobSpec}`)     |
+//! | `POST /v1/jobs/{id}/cancel` | admin token | stops a job                              |
+//! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | observer token | jobs and their rounds             |
+//! | `GET /v1/jobs/{id}/model?round=R` | observer token | a round's model (parameter blob)    |
 
 mod auth;
+pub mod jobs;
 mod snapshot;
 
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use auth::{AdminAuth, AuthError};
+pub use jobs::JobView;
 pub use snapshot::{NodeSnapshot, PeerView, StatusView};
 
 /// Capacity of the queue from the API to the runtime; beyond it writes get 503.
@@ -51,6 +57,22 @@ pub enum ApiCommand {
         value: String,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<CommitView, String>>,
+    },
+    /// Propose a command (job submission, cancellation).
+    Propose {
+        /// The command.
+        command: mesh_consensus::Command,
+        /// Where the commit (or why not) goes.
+        reply: oneshot::Sender<Result<CommitView, String>>,
+    },
+    /// A round's model blob.
+    GetModel {
+        /// The job.
+        job: mesh_consensus::JobId,
+        /// The round (latest completed when `None`).
+        round: Option<u32>,
+        /// The bytes, or an HTTP status and why not.
+        reply: oneshot::Sender<Result<Vec<u8>, (u16, String)>>,
     },
 }
 
@@ -106,6 +128,10 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/consensus", get(consensus))
         .route("/v1/kv", post(put_kv))
+        .route("/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/model", get(jobs::model))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -15,6 +15,8 @@ pub struct NodeSnapshot {
     pub peers: Vec<PeerView>,
     /// `GET /v1/consensus`, when the node runs the committee protocol.
     pub consensus: Option<serde_json::Value>,
+    /// `GET /v1/jobs`: jobs in this node's committed state.
+    pub jobs: Vec<super::JobView>,
 }
 
 /// `GET /v1/status`.

@@ -288,7 +288,7 @@ impl NodeEngine {
 
     fn poll_roles(&mut self, view: &View<'_>) {
         for t in self.trainers.values_mut() {
-            t.poll(&mut self.sh);
+            t.poll(&mut self.sh, view.now_ms);
         }
         for ((key, _), g) in &mut self.groups {
             let finals = self
@@ -378,7 +378,11 @@ impl NodeEngine {
             return;
         }
         match self.groups.get_mut(&(key, group)) {
-            Some(g) if g.is_closed() => self.sh.stats.updates_late += 1,
+            Some(g) if g.is_closed() => {
+                if g.is_late(from, &message) {
+                    self.sh.stats.updates_late += 1;
+                }
+            }
             Some(g) => g.on_message(&mut self.sh, from, message, view.now_ms),
             None => self.sh.stats.updates_invalid += 1,
         }

@@ -69,6 +69,41 @@ pub struct GroupRound {
     result: Option<(GroupInput, Arc<[u8]>)>,
     sent_to: BTreeSet<NodeId>,
     last_report_ms: Option<u64>,
+    /// The last step sent to each client, sent again when the client repeats an earlier message.
+    last_out: BTreeMap<u32, SecAggStep>,
+    /// Clients whose updates are in the result.
+    contributors: BTreeSet<u32>,
+    failed: bool,
+}
+
+/// The order of a stage, and of the stage a client message belongs to.
+fn stage_order(stage: Stage) -> u8 {
+    match stage {
+        Stage::WaitingModel => 0,
+        Stage::Advertising => 1,
+        Stage::Sharing => 2,
+        Stage::Collecting => 3,
+        Stage::Unmasking => 4,
+        Stage::Done => 5,
+    }
+}
+
+fn message_order(message: &RoundMessage) -> u8 {
+    match message {
+        RoundMessage::SecAgg {
+            step: SecAggStep::Advertise(_),
+            ..
+        } => 1,
+        RoundMessage::SecAgg {
+            step: SecAggStep::ShareKeys(_),
+            ..
+        } => 2,
+        RoundMessage::SecAgg {
+            step: SecAggStep::Unmask(_),
+            ..
+        } => 4,
+        _ => 3,
+    }
 }
 
 impl GroupRound {
@@ -88,7 +123,19 @@ impl GroupRound {
             result: None,
             sent_to: BTreeSet::new(),
             last_report_ms: None,
+            last_out: BTreeMap::new(),
+            contributors: BTreeSet::new(),
+            failed: false,
         }
+    }
+
+    /// Whether a message that came after the group closed is a late update
+    /// (not a repeat from a client whose update is in).
+    pub fn is_late(&self, from: &NodeId, message: &RoundMessage) -> bool {
+        let contributed = self
+            .index_of(from)
+            .is_some_and(|i| self.contributors.contains(&i));
+        message_order(message) == 3 && !contributed
     }
 
     /// The group's result, once it has one.
@@ -133,9 +180,7 @@ impl GroupRound {
         };
         if close {
             if let Err(err) = self.close_stage(sh, now_ms) {
-                tracing::warn!(%err, round = %self.a.key, group = self.a.group, "group aggregation failed");
-                sh.stats.groups_failed += 1;
-                self.stage = Stage::Done;
+                self.fail(sh, &err);
             }
         }
         self.deliver(sh, finals, leader, now_ms);
@@ -171,11 +216,7 @@ impl GroupRound {
                     self.secagg = Some(agg);
                     self.enter(Stage::Advertising, everyone, now_ms);
                 }
-                Err(err) => {
-                    tracing::warn!(%err, round = %self.a.key, "cannot aggregate this group securely");
-                    sh.stats.groups_failed += 1;
-                    self.stage = Stage::Done;
-                }
+                Err(err) => self.fail(sh, &err),
             }
         }
         for (from, message) in std::mem::take(&mut self.pending) {
@@ -201,6 +242,14 @@ impl GroupRound {
             }
             return;
         }
+        let order = message_order(&message);
+        if order < stage_order(self.stage) {
+            // The client did not get our answer: send it again.
+            if let Some(step) = self.last_out.get(&index).cloned() {
+                self.send_step(sh, index, step);
+            }
+            return;
+        }
         let accepted = match message {
             RoundMessage::SecAgg { step, .. } => self.on_step(index, step),
             RoundMessage::Plain { update, .. } => self.on_plain(index, from, &update),
@@ -211,7 +260,7 @@ impl GroupRound {
                 self.seen.insert(index);
                 self.poll_close(sh, now_ms);
             }
-            Ok(false) => {}
+            Ok(false) | Err(SecAggError::Duplicate(_)) => {}
             Err(err) => {
                 sh.stats.updates_invalid += 1;
                 tracing::debug!(%err, round = %self.a.key, "group message refused");
@@ -222,11 +271,18 @@ impl GroupRound {
     fn poll_close(&mut self, sh: &mut Shared, now_ms: u64) {
         if self.expected.is_subset(&self.seen) && self.stage != Stage::Done {
             if let Err(err) = self.close_stage(sh, now_ms) {
-                tracing::warn!(%err, round = %self.a.key, "group aggregation failed");
-                sh.stats.groups_failed += 1;
-                self.stage = Stage::Done;
+                self.fail(sh, &err);
             }
         }
+    }
+
+    /// The group cannot produce a result this round; the coordinator hears
+    /// of it (a report with no contributors) so it need not wait for the deadline.
+    fn fail(&mut self, sh: &mut Shared, err: &SecAggError) {
+        tracing::warn!(%err, round = %self.a.key, group = self.a.group, "group aggregation failed");
+        sh.stats.groups_failed += 1;
+        self.stage = Stage::Done;
+        self.failed = true;
     }
 
     /// Feeds a SecAgg step; `Ok(true)` when it counts for the current stage.
@@ -321,6 +377,7 @@ impl GroupRound {
             }
             Stage::Unmasking => {
                 let output = agg.finish()?;
+                self.contributors = output.contributors.iter().copied().collect();
                 let n = output.contributors.len();
                 let mean: Vec<f32> = output
                     .sum
@@ -343,6 +400,7 @@ impl GroupRound {
                 need: 1,
             });
         }
+        self.contributors = self.plain.keys().copied().collect();
         let dimension = self.plain.values().next().map_or(0, Vec::len);
         let mut mean = vec![0f32; dimension];
         for values in self.plain.values().filter(|v| v.len() == dimension) {
@@ -382,7 +440,7 @@ impl GroupRound {
         let Some((input, blob)) = self.result.clone() else {
             return;
         };
-        for f in finals {
+        for f in finals.iter().filter(|_| !self.failed) {
             if self.sent_to.insert(f.clone()) {
                 let message = RoundMessage::GroupResult {
                     key: self.a.key.clone(),
@@ -411,7 +469,8 @@ impl GroupRound {
         self.stage == Stage::Done
     }
 
-    fn send_step(&self, sh: &mut Shared, client: u32, step: SecAggStep) {
+    fn send_step(&mut self, sh: &mut Shared, client: u32, step: SecAggStep) {
+        self.last_out.insert(client, step.clone());
         if let Some(member) = self.a.members.get(client as usize) {
             let message = RoundMessage::SecAgg {
                 key: self.a.key.clone(),

@@ -81,8 +81,8 @@ impl EngineConfig {
         Self {
             mesh_id: mesh_id.into(),
             cache_capacity_bytes: 512 * 1024 * 1024,
-            phase_timeout_ms: 10_000,
-            fetch_retry_ms: 3_000,
+            phase_timeout_ms: 20_000,
+            fetch_retry_ms: 2_000,
             retry_ms: 1_000,
             abort_grace_ms: 15_000,
             seed,

@@ -46,6 +46,9 @@ pub struct Assignment {
     pub participants: usize,
 }
 
+/// Times one message is sent again while its answer is missing.
+pub const RESENDS_MAX: u32 = 30;
+
 /// One node's part in one round as a participant.
 #[derive(Debug)]
 pub struct TrainerRound {
@@ -54,6 +57,8 @@ pub struct TrainerRound {
     client: Option<SecAggClient>,
     shares: Option<SharesForClient>,
     submitted: bool,
+    /// The last message sent to the aggregator, when, and how often again.
+    last: Option<(RoundMessage, u64, u32)>,
 }
 
 impl TrainerRound {
@@ -65,6 +70,7 @@ impl TrainerRound {
             client: None,
             shares: None,
             submitted: false,
+            last: None,
         }
     }
 
@@ -80,11 +86,13 @@ impl TrainerRound {
         self.client = None;
         self.shares = None;
         self.submitted = false;
+        self.last = None;
     }
 
     /// Moves on with what is available: starts training once the model is
     /// here, advertises keys, submits the update when ready.
-    pub fn poll(&mut self, sh: &mut Shared) {
+    pub fn poll(&mut self, sh: &mut Shared, now_ms: u64) {
+        self.resend(sh, now_ms);
         let Some(bytes) = sh.blob(&self.a.start_hash) else {
             sh.want(self.a.start_hash, self.a.holders.clone());
             return;
@@ -145,13 +153,36 @@ impl TrainerRound {
         }
     }
 
-    fn send_step(&self, sh: &mut Shared, step: SecAggStep) {
+    fn send_step(&mut self, sh: &mut Shared, step: SecAggStep) {
         let message = RoundMessage::SecAgg {
             key: self.a.key.clone(),
             group: self.a.group,
             step,
         };
-        sh.send(&self.a.aggregator.clone(), message);
+        self.send(sh, message);
+    }
+
+    /// Sends to the aggregator and remembers the message: the aggregator may
+    /// not know the round yet (its copy of the state lags) or the message may
+    /// be lost, so it goes again until the answer comes.
+    fn send(&mut self, sh: &mut Shared, message: RoundMessage) {
+        sh.send(&self.a.aggregator.clone(), message.clone());
+        self.last = Some((message, u64::MAX, 0));
+    }
+
+    fn resend(&mut self, sh: &mut Shared, now_ms: u64) {
+        let Some((message, at, count)) = self.last.as_mut() else {
+            return;
+        };
+        if *at == u64::MAX {
+            *at = now_ms;
+            return;
+        }
+        if now_ms >= *at + sh.config.retry_ms && *count < RESENDS_MAX {
+            *at = now_ms;
+            *count += 1;
+            sh.send(&self.a.aggregator.clone(), message.clone());
+        }
     }
 
     /// Local training finished (or failed).
@@ -207,7 +238,11 @@ impl TrainerRound {
         };
         match reply {
             Ok(Some(step)) => self.send_step(sh, step),
-            Ok(None) => self.submit(sh),
+            Ok(None) => {
+                // The answer to the last message came: stop repeating it.
+                self.last = None;
+                self.submit(sh);
+            }
             Err(err) => {
                 tracing::debug!(%err, round = %self.a.key, "secure aggregation step refused")
             }
@@ -248,7 +283,7 @@ impl TrainerRound {
                     group: self.a.group,
                     update,
                 };
-                sh.send(&self.a.aggregator.clone(), message);
+                self.send(sh, message);
             }
             Err(err) => tracing::warn!(%err, "cannot sign an update"),
         }

@@ -15,6 +15,7 @@
 pub mod bootstrap;
 pub mod credentials;
 pub mod raft_transport;
+pub mod rounds;
 mod view;
 
 use std::collections::HashMap;
@@ -74,6 +75,9 @@ pub enum RuntimeError {
     /// The committee store or node failed.
     #[error("consensus: {0}")]
     Consensus(#[from] mesh_consensus::ConsensusError),
+    /// The node's private data could not be loaded.
+    #[error(transparent)]
+    Data(#[from] rounds::DataError),
     /// The HTTP listener or a data file failed.
     #[error("{what}: {source}")]
     Io {
@@ -183,6 +187,7 @@ struct Runtime {
     proposals: Arc<Semaphore>,
     auth: Arc<AdminAuth>,
     revocations: RevocationWatch,
+    rounds: Option<rounds::RoundDriver>,
 }
 
 /// The revocations file as last read: its modification time and what it held.
@@ -247,6 +252,13 @@ pub async fn run(
     )?;
     tracing::info!(peer_id = %net.local_peer_id(), %http_url, ?listen_addrs, "node started");
     let mut certificates = consensus.as_ref().map(|c| c.certificates());
+    let worker = rounds::load_worker(&config.data)?;
+    let (round_driver, mut round_results) = rounds::RoundDriver::new(
+        &creds.identity,
+        creds.roles.iter().collect(),
+        &config.mesh_id,
+        worker,
+    );
     let mut runtime = Runtime {
         config,
         creds,
@@ -261,6 +273,7 @@ pub async fn run(
         proposals: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
         auth,
         revocations: RevocationWatch::default(),
+        rounds: Some(round_driver),
     };
     runtime.reload_revocations().await;
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -275,7 +288,8 @@ pub async fn run(
                     break;
                 }
             },
-            Some(command) = commands.recv() => runtime.on_api_command(command),
+            Some(command) = commands.recv() => runtime.on_api_command(command).await,
+            Some(done) = round_results.recv() => runtime.on_round_result(done).await,
             Some(cert) = next_certificate(&mut certificates) => runtime.gossip_certificate(cert).await,
             _ = tick.tick() => runtime.on_tick().await,
         }
@@ -348,6 +362,15 @@ async fn serve_http(
 impl Runtime {
     async fn on_net_event(&mut self, event: NetEvent) {
         match event {
+            NetEvent::Request {
+                peer,
+                protocol,
+                payload,
+                respond,
+            } if protocol == crate::protocol::ROUND_PROTOCOL => {
+                let outcome = self.on_round_message(&peer, &payload).await;
+                let _ = respond.send(outcome.map(|()| Vec::new()));
+            }
             NetEvent::Request {
                 peer,
                 protocol,
@@ -440,28 +463,44 @@ impl Runtime {
         }
     }
 
-    fn on_api_command(&self, command: ApiCommand) {
+    async fn on_api_command(&mut self, command: ApiCommand) {
         match command {
             ApiCommand::PutKv { key, value, reply } => {
-                let Some(consensus) = self.consensus.clone() else {
-                    let _ = reply.send(Err("this node does not run the committee protocol".into()));
-                    return;
+                let command = mesh_consensus::Command::Put {
+                    key: key.into_bytes(),
+                    value: value.into_bytes(),
                 };
-                let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
-                    let _ = reply.send(Err("too many writes in flight; retry later".into()));
-                    return;
+                self.propose_for_api(command, reply);
+            }
+            ApiCommand::Propose { command, reply } => self.propose_for_api(command, reply),
+            ApiCommand::GetModel { job, round, reply } => {
+                let outcome = match (self.rounds.as_mut(), self.consensus.as_ref()) {
+                    (Some(driver), Some(consensus)) => driver.model(consensus, &job, round).await,
+                    _ => Err((503, "this node does not hold the committee state".into())),
                 };
-                tokio::spawn(async move {
-                    let command = mesh_consensus::Command::Put {
-                        key: key.into_bytes(),
-                        value: value.into_bytes(),
-                    };
-                    let outcome = consensus.propose(command).await;
-                    drop(permit);
-                    let _ = reply.send(receipt_view(outcome));
-                });
+                let _ = reply.send(outcome);
             }
         }
+    }
+
+    fn propose_for_api(
+        &self,
+        command: mesh_consensus::Command,
+        reply: tokio::sync::oneshot::Sender<Result<CommitView, String>>,
+    ) {
+        let Some(consensus) = self.consensus.clone() else {
+            let _ = reply.send(Err("this node does not run the committee protocol".into()));
+            return;
+        };
+        let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
+            let _ = reply.send(Err("too many writes in flight; retry later".into()));
+            return;
+        };
+        tokio::spawn(async move {
+            let outcome = consensus.propose(command).await;
+            drop(permit);
+            let _ = reply.send(receipt_view(outcome));
+        });
     }
 
     async fn on_tick(&mut self) {
@@ -474,9 +513,56 @@ impl Runtime {
             self.maybe_bootstrap(status).await;
             self.add_missing_learners(status);
         }
+        self.tick_rounds().await;
+        let jobs = match &self.consensus {
+            Some(c) => c.read_state(rounds::job_views).await,
+            None => Vec::new(),
+        };
         let peers = self.net.peers().await;
-        let snapshot = view::snapshot(self, &peers, status);
+        let mut snapshot = view::snapshot(self, &peers, status);
+        snapshot.jobs = jobs;
         self.publish.send_replace(Arc::new(snapshot));
+    }
+
+    /// Admitted peers by mesh name, with their certificate roles.
+    fn admitted_names(
+        &self,
+    ) -> std::collections::BTreeMap<mesh_consensus::NodeId, std::collections::BTreeSet<Role>> {
+        self.admitted
+            .iter()
+            .filter_map(|(peer, roles)| {
+                let node = mesh_net::ids::node_id(peer)?;
+                Some((crate::protocol::node_name(&node), roles.iter().collect()))
+            })
+            .collect()
+    }
+
+    async fn tick_rounds(&mut self) {
+        let admitted = self.admitted_names();
+        if let (Some(driver), Some(consensus)) = (self.rounds.as_mut(), self.consensus.as_ref()) {
+            driver.tick(consensus, &self.net, &admitted, now_ms()).await;
+        }
+    }
+
+    async fn on_round_message(&mut self, peer: &PeerId, payload: &[u8]) -> Result<(), String> {
+        let admitted = self.admitted_names();
+        match (self.rounds.as_mut(), self.consensus.as_ref()) {
+            (Some(driver), Some(consensus)) => {
+                driver
+                    .on_message(peer, payload, consensus, &self.net, &admitted, now_ms())
+                    .await
+            }
+            _ => Err("this node does not take part in rounds (no committee state)".into()),
+        }
+    }
+
+    async fn on_round_result(&mut self, done: rounds::Done) {
+        let admitted = self.admitted_names();
+        if let (Some(driver), Some(consensus)) = (self.rounds.as_mut(), self.consensus.as_ref()) {
+            driver
+                .on_done(done, consensus, &self.net, &admitted, now_ms())
+                .await;
+        }
     }
 
     /// Re-reads the revocations file when it changed; newly revoked peers are

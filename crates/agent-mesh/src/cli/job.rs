@@ -1,0 +1,375 @@
+//! `agent-mesh job submit | list | status | cancel` and `agent-mesh model get`:
+//! the job API of a running node, with a token from `agent-mesh token`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use comfy_table::Table;
+use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
+use mesh_federated::aggregate::Rule;
+use mesh_federated::model::{store, ModelKind, ModelShape};
+use mesh_federated::privacy::noise_multiplier_for_epsilon;
+use serde_json::Value;
+
+/// Where the node is and who asks.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Base URL of the node's HTTP API.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// Bearer token (`agent-mesh token`); also read from AGENT_MESH_TOKEN.
+    #[arg(long, env = "AGENT_MESH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Request timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_s: u64,
+}
+
+/// Subcommands of `agent-mesh job`.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a training job (committed by the committee; rounds start by themselves).
+    Submit(Box<SubmitArgs>),
+    /// List the mesh's jobs.
+    List(ApiArgs),
+    /// One job and its rounds; --wait blocks until it ends.
+    Status(StatusArgs),
+    /// Stop a job.
+    Cancel(JobRef),
+}
+
+/// Flags of `agent-mesh job submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The job's id (never reused).
+    #[arg(long)]
+    id: String,
+    /// Model: logistic, mlp or cnn.
+    #[arg(long, default_value = "cnn")]
+    model: ModelKind,
+    /// Dataset name every node binds to its own private data.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// Rounds to run.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Participants per round.
+    #[arg(long, default_value_t = 5)]
+    participants: u32,
+    /// Robust rule across group results: fedavg, median, trimmed-mean, krum, multi-krum, ...
+    #[arg(long, default_value = "fedavg")]
+    rule: Rule,
+    /// Byzantine participants the rule must tolerate.
+    #[arg(long, default_value_t = 0)]
+    byzantine: u32,
+    /// Securely aggregate updates within groups.
+    #[arg(long)]
+    secagg: bool,
+    /// Participants per group (default 5 with --secagg, else 1).
+    #[arg(long)]
+    group_size: Option<u32>,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 1)]
+    epochs: u32,
+    /// Local mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: u32,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// L2 clipping norm of every update.
+    #[arg(long, default_value_t = 10.0)]
+    clip: f32,
+    /// Total DP epsilon budget; the noise multiplier is solved for it.
+    #[arg(long)]
+    dp_epsilon: Option<f64>,
+    /// DP delta.
+    #[arg(long, default_value_t = 1e-5)]
+    dp_delta: f64,
+    /// Nodes the participants are drawn from (sets the accountant's sampling rate).
+    #[arg(long)]
+    population: Option<u32>,
+    /// Round deadline in seconds.
+    #[arg(long, default_value_t = 300)]
+    deadline_s: u64,
+    /// Seed of the initial model and of every seeded choice.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// A job by id.
+#[derive(Debug, Args)]
+pub struct JobRef {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The job's id.
+    id: String,
+}
+
+/// Flags of `agent-mesh job status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    job: JobRef,
+    /// Wait until the job ends, printing each new round.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    wait_s: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `agent-mesh model get`.
+#[derive(Debug, Args)]
+pub struct ModelGetArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The job.
+    #[arg(long)]
+    job: String,
+    /// Round from 0 (default: the latest completed).
+    #[arg(long)]
+    round: Option<u32>,
+    /// Output file (safetensors).
+    #[arg(long, default_value = "model.safetensors")]
+    out: PathBuf,
+}
+
+/// Subcommands of `agent-mesh model`.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a round's global model as safetensors.
+    Get(ModelGetArgs),
+}
+
+fn client(api: &ApiArgs) -> anyhow::Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(api.timeout_s.max(1)))
+        .build()
+        .context("building the HTTP client")
+}
+
+fn call(
+    api: &ApiArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<reqwest::blocking::Response> {
+    let url = format!("{}{path}", api.api.trim_end_matches('/'));
+    let mut request = client(api)?
+        .request(method.clone(), &url)
+        .bearer_auth(api.token.trim());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().with_context(|| format!("{method} {url}"))
+}
+
+fn json(
+    api: &ApiArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let response = call(api, method, path, body)?;
+    let status = response.status();
+    let text = response.text().context("reading the answer")?;
+    if !status.is_success() {
+        bail!("{path}: {status}: {}", text.trim());
+    }
+    serde_json::from_str(&text).with_context(|| format!("{path}: answer is not JSON"))
+}
+
+impl SubmitArgs {
+    fn spec(&self) -> anyhow::Result<JobSpec> {
+        let population = self.population.unwrap_or(self.participants).max(1);
+        let sampling_rate = (f64::from(self.participants) / f64::from(population)).min(1.0);
+        let (noise_multiplier, dp_budget) = match self.dp_epsilon {
+            Some(eps) => (
+                noise_multiplier_for_epsilon(
+                    sampling_rate,
+                    u64::from(self.rounds),
+                    self.dp_delta,
+                    eps,
+                )?,
+                Some(DpBudget {
+                    epsilon_micros: (eps * 1e6) as u64,
+                    delta: self.dp_delta,
+                }),
+            ),
+            None => (0.0, None),
+        };
+        Ok(JobSpec {
+            model_name: self.model.to_string(),
+            rounds: self.rounds,
+            participants_per_round: self.participants,
+            rule_name: self.rule.to_string(),
+            byzantine_count: self.byzantine,
+            secagg: self.secagg,
+            dp_budget,
+            training: TrainingSpec {
+                dataset: self.data.clone(),
+                epochs: self.epochs,
+                batch_size: self.batch_size,
+                learning_rate: self.lr,
+                seed: self.seed,
+                round_deadline_ms: self.deadline_s.saturating_mul(1000),
+                group_size: self.group_size.unwrap_or(if self.secagg { 5 } else { 1 }),
+                clip_norm: self.clip,
+                noise_multiplier,
+                sampling_rate,
+            },
+        })
+    }
+}
+
+/// Runs a job subcommand.
+pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobCommand::Submit(args) => {
+            let spec = args.spec()?;
+            let body = serde_json::json!({ "job": args.id, "spec": spec });
+            let commit = json(&args.api, reqwest::Method::POST, "/v1/jobs", Some(body))?;
+            println!("job {} submitted (log index {})", args.id, commit["index"]);
+            Ok(())
+        }
+        JobCommand::List(api) => {
+            let jobs = json(&api, reqwest::Method::GET, "/v1/jobs", None)?;
+            let mut table = Table::new();
+            table.set_header([
+                "job", "status", "rounds", "aborted", "accuracy", "epsilon", "model",
+            ]);
+            for j in jobs.as_array().into_iter().flatten() {
+                table.add_row(row(j));
+            }
+            println!("{table}");
+            Ok(())
+        }
+        JobCommand::Status(args) => status(&args),
+        JobCommand::Cancel(job) => {
+            let path = format!("/v1/jobs/{}/cancel", job.id);
+            let commit = json(&job.api, reqwest::Method::POST, &path, None)?;
+            println!("job {} cancelled (log index {})", job.id, commit["index"]);
+            Ok(())
+        }
+    }
+}
+
+fn row(j: &Value) -> Vec<String> {
+    vec![
+        j["job"].as_str().unwrap_or("").to_string(),
+        j["status"].as_str().unwrap_or("").to_string(),
+        format!("{}/{}", j["rounds_completed"], j["rounds"]),
+        j["rounds_aborted"].to_string(),
+        j["accuracy"]
+            .as_f64()
+            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+        format!("{:.3}", j["epsilon_spent"].as_f64().unwrap_or(0.0)),
+        j["model_hash"]
+            .as_str()
+            .map_or("-".into(), |h| h.chars().take(12).collect()),
+    ]
+}
+
+fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/jobs/{}", args.job.id);
+    let started = Instant::now();
+    let mut shown = 0;
+    loop {
+        let job = json(&args.job.api, reqwest::Method::GET, &path, None);
+        match (&job, args.wait) {
+            (Ok(j), _) => {
+                let done = j["rounds_completed"].as_u64().unwrap_or(0);
+                if args.wait && !args.json && done > shown {
+                    println!("{}", row(j).join("  "));
+                    shown = done;
+                }
+                let ended = matches!(
+                    j["status"].as_str(),
+                    Some("Completed" | "BudgetExhausted" | "Cancelled")
+                );
+                if !args.wait || ended {
+                    if args.json {
+                        println!("{}", serde_json::to_string_pretty(j)?);
+                    } else {
+                        let mut table = Table::new();
+                        table.set_header([
+                            "job", "status", "rounds", "aborted", "accuracy", "epsilon", "model",
+                        ]);
+                        table.add_row(row(j));
+                        println!("{table}");
+                    }
+                    return Ok(());
+                }
+            }
+            (Err(err), false) => bail!("{err:#}"),
+            (Err(_), true) => {}
+        }
+        if started.elapsed() > Duration::from_secs(args.wait_s) {
+            bail!("job {} did not end within {} s", args.job.id, args.wait_s);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Runs a model subcommand: fetches the blob (retrying while the node fetches it) and saves safetensors.
+pub fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
+    let ModelCommand::Get(args) = cmd;
+    let job = json(
+        &args.api,
+        reqwest::Method::GET,
+        &format!("/v1/jobs/{}", args.job),
+        None,
+    )?;
+    let kind: ModelKind = job["detail"]["spec"]["model_name"]
+        .as_str()
+        .unwrap_or("")
+        .parse()?;
+    let round = args
+        .round
+        .map(|r| format!("?round={r}"))
+        .unwrap_or_default();
+    let path = format!("/v1/jobs/{}/model{round}", args.job);
+    let mut bytes = None;
+    for _ in 0..60 {
+        let response = call(&args.api, reqwest::Method::GET, &path, None)?;
+        let status = response.status();
+        if status.is_success() {
+            bytes = Some(response.bytes().context("reading the model")?.to_vec());
+            break;
+        }
+        if status.as_u16() != 503 {
+            bail!(
+                "{path}: {status}: {}",
+                response.text().unwrap_or_default().trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let bytes = bytes.context("the node could not fetch the model from its holders")?;
+    let params = mesh_node::protocol::blob::decode_params(&bytes)?;
+    let shape = ModelShape {
+        feature_count: 784,
+        num_classes: 10,
+        image_shape: Some([28, 28]),
+    };
+    let mut model = kind.build(shape, 0)?;
+    model
+        .set_parameters(&params)
+        .context("the model does not match the job's architecture on MNIST")?;
+    let metadata = HashMap::from([
+        ("job".to_string(), args.job.clone()),
+        ("model".to_string(), kind.to_string()),
+    ]);
+    store::save(model.as_ref(), &args.out, metadata)?;
+    println!("wrote {} ({} parameters)", args.out.display(), params.len());
+    Ok(())
+}

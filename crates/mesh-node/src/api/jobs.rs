@@ -1,0 +1,188 @@
+//! Job endpoints: submit and cancel (admin token), list, inspect and fetch a
+//! round's model (observer token or better).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mesh_consensus::command::{Command, JobId, JobSpec, StopReason};
+use mesh_security::rbac::Action;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{latest, ApiCommand, ApiError, ApiState, CommitView};
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Deserialize)]
+pub struct SubmitJobRequest {
+    /// The new job's id.
+    pub job: String,
+    /// What it runs.
+    pub spec: JobSpec,
+}
+
+/// A job as `GET /v1/jobs` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// Its id.
+    pub job: String,
+    /// WaitingForRound, RoundRunning, Completed, BudgetExhausted or Cancelled.
+    pub status: String,
+    /// Rounds asked for.
+    pub rounds: u32,
+    /// Rounds completed.
+    pub rounds_completed: u32,
+    /// Rounds aborted and run again.
+    pub rounds_aborted: u32,
+    /// Epsilon spent (0 without DP).
+    pub epsilon_spent: f64,
+    /// The latest committed model's hash (hex), if any.
+    pub model_hash: Option<String>,
+    /// Validation accuracy of the latest committed model.
+    pub accuracy: Option<f64>,
+    /// The whole committed record.
+    pub detail: serde_json::Value,
+}
+
+/// `?round=R` of the model endpoint.
+#[derive(Debug, Deserialize)]
+pub struct ModelQuery {
+    /// Round number from 0; the latest completed round when absent.
+    pub round: Option<u32>,
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap, action: Action) -> Result<(), Response> {
+    state
+        .auth
+        .check(headers, action)
+        .map_err(|err| ApiError(err.status(), err.to_string()).into_response())
+}
+
+async fn ask<T: Serialize>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> ApiCommand,
+) -> Response {
+    let (reply, outcome) = oneshot::channel();
+    if state.commands.try_send(make(reply)).is_err() {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is overloaded or stopping; retry later".into(),
+        )
+        .into_response();
+    }
+    match outcome.await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(message)) => ApiError(StatusCode::CONFLICT, message).into_response(),
+        Err(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the runtime stopped before answering".into(),
+        )
+        .into_response(),
+    }
+}
+
+/// `POST /v1/jobs`: commits `CreateJob`.
+pub async fn submit(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<SubmitJobRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::SubmitJob) {
+        return denied;
+    }
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(err) => return ApiError(err.status(), err.body_text()).into_response(),
+    };
+    let command = Command::CreateJob {
+        job: JobId(request.job),
+        spec: request.spec,
+    };
+    if let Err(err) = command.validate() {
+        return ApiError(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response();
+    }
+    ask::<CommitView>(&state, |reply| ApiCommand::Propose { command, reply }).await
+}
+
+/// `POST /v1/jobs/{id}/cancel`: commits `StopJob`.
+pub async fn cancel(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::CancelJob) {
+        return denied;
+    }
+    let command = Command::StopJob {
+        job: JobId(job),
+        reason: StopReason::Cancelled,
+    };
+    ask::<CommitView>(&state, |reply| ApiCommand::Propose { command, reply }).await
+}
+
+/// `GET /v1/jobs`.
+pub async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::ReadStatus) {
+        return denied;
+    }
+    Json(latest(&state).jobs.clone()).into_response()
+}
+
+/// `GET /v1/jobs/{id}`.
+pub async fn get_job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::ReadStatus) {
+        return denied;
+    }
+    match latest(&state).jobs.iter().find(|j| j.job == job) {
+        Some(view) => Json(view.clone()).into_response(),
+        None => ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no job {job:?} (yet) in this node's committed state"),
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /v1/jobs/{id}/model?round=R`: the parameter blob of a round's model.
+pub async fn model(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+    Query(query): Query<ModelQuery>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::FetchModel) {
+        return denied;
+    }
+    let (reply, outcome) = oneshot::channel();
+    let command = ApiCommand::GetModel {
+        job: JobId(job),
+        round: query.round,
+        reply,
+    };
+    if state.commands.try_send(command).is_err() {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is overloaded or stopping; retry later".into(),
+        )
+        .into_response();
+    }
+    match outcome.await {
+        Ok(Ok(bytes)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        Ok(Err((status, message))) => ApiError(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
+            message,
+        )
+        .into_response(),
+        Err(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the runtime stopped before answering".into(),
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,375 @@
+//! The node process's driver of the round protocol: it shows the
+//! [`NodeEngine`] this node's copy of the committed state, the committee
+//! leader and the admitted peers, carries its messages over the
+//! `/agent-mesh/round/1` request-response protocol, proposes its commands to
+//! the committee, and runs training and combining on blocking threads (the
+//! results come back through a bounded channel).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use mesh_consensus::command::{JobId, NodeId};
+use mesh_consensus::{ConsensusNode, MeshState};
+use mesh_federated::data::partition::Partition;
+use mesh_federated::data::Mnist;
+use mesh_net::{NetHandle, PeerId};
+use mesh_security::rbac::Role;
+use mesh_security::NodeIdentity;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::config::DataConfig;
+use crate::protocol::{
+    Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine, RoundKey, RoundMessage,
+    TrainedUpdate, View, ROUND_PROTOCOL,
+};
+
+/// Results of computations waiting for the loop.
+pub const DONE_QUEUE_CAPACITY: usize = 64;
+/// Round messages in flight at once; more are dropped (the protocol retries).
+pub const SENDS_IN_FLIGHT_MAX: usize = 512;
+
+/// A finished computation.
+#[derive(Debug)]
+pub enum Done {
+    /// Local training.
+    Trained(RoundKey, Result<TrainedUpdate, String>),
+    /// Combining group results.
+    Combined(RoundKey, [u8; 32], Result<CombinedModel, String>),
+    /// The initial model of a job.
+    Initial(JobId, Result<Vec<f32>, String>),
+}
+
+/// Why the node's data could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("data: {0}")]
+pub struct DataError(String);
+
+/// Loads the node's private data as its config says.
+pub fn load_worker(config: &DataConfig) -> Result<LocalWorker, DataError> {
+    let Some(dir) = &config.dir else {
+        return Ok(LocalWorker::new(
+            &config.dataset,
+            None,
+            None,
+            Conduct::Honest,
+        ));
+    };
+    let mnist = Mnist::load(dir).map_err(|e| DataError(format!("{}: {e}", dir.display())))?;
+    let train = if config.shards > 1 {
+        let partition =
+            Partition::from_str(&config.partition).map_err(|e| DataError(e.to_string()))?;
+        let shards = partition
+            .split(
+                &mnist.train.labels,
+                mnist.train.num_classes,
+                config.shards,
+                config.seed,
+            )
+            .map_err(|e| DataError(e.to_string()))?;
+        let rows = shards
+            .get(config.shard)
+            .ok_or_else(|| DataError(format!("shard {} of {}", config.shard, config.shards)))?;
+        mnist.train.subset(rows)
+    } else {
+        mnist.train
+    };
+    let rows: Vec<usize> = (0..mnist.test.len().min(config.validation_rows)).collect();
+    let validation = mnist.test.subset(&rows);
+    tracing::info!(
+        train_rows = train.len(),
+        validation_rows = validation.len(),
+        "private data loaded"
+    );
+    Ok(LocalWorker::new(
+        &config.dataset,
+        Some(train),
+        Some(validation),
+        Conduct::Honest,
+    ))
+}
+
+/// The round protocol inside a node process.
+pub struct RoundDriver {
+    engine: NodeEngine,
+    worker: Arc<Mutex<LocalWorker>>,
+    done: mpsc::Sender<Done>,
+    sends: Arc<Semaphore>,
+    roles: BTreeSet<Role>,
+}
+
+impl RoundDriver {
+    /// A driver for the node with `identity` and `roles`; results arrive on the returned receiver.
+    pub fn new(
+        identity: &NodeIdentity,
+        roles: BTreeSet<Role>,
+        mesh_id: &str,
+        worker: LocalWorker,
+    ) -> (Self, mpsc::Receiver<Done>) {
+        let me = crate::protocol::node_name(&identity.node_id());
+        let seed = rand::random::<u64>();
+        let engine = NodeEngine::new(me, identity.clone(), EngineConfig::new(mesh_id, seed));
+        let (done, rx) = mpsc::channel(DONE_QUEUE_CAPACITY);
+        let driver = Self {
+            engine,
+            worker: Arc::new(Mutex::new(worker)),
+            done,
+            sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT_MAX)),
+            roles,
+        };
+        (driver, rx)
+    }
+
+    /// The engine (for the API: blobs, counters).
+    pub fn engine_mut(&mut self) -> &mut NodeEngine {
+        &mut self.engine
+    }
+
+    fn alive(
+        &self,
+        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+    ) -> BTreeMap<NodeId, BTreeSet<Role>> {
+        let mut alive = admitted.clone();
+        alive.insert(self.engine.me().clone(), self.roles.clone());
+        alive
+    }
+
+    async fn with_view<R>(
+        &mut self,
+        consensus: &ConsensusNode,
+        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        now_ms: u64,
+        f: impl FnOnce(&mut NodeEngine, &View<'_>) -> R,
+    ) -> (R, Vec<Action>) {
+        let leader = consensus
+            .status()
+            .leader
+            .and_then(|id| consensus.member_info(id))
+            .map(|info| NodeId(info.node_id));
+        let alive = self.alive(admitted);
+        let engine = &mut self.engine;
+        consensus
+            .read_state(|state: &MeshState| {
+                let view = View {
+                    state,
+                    leader: leader.as_ref(),
+                    alive: &alive,
+                    now_ms,
+                };
+                let out = f(engine, &view);
+                let actions = engine.take_actions(&view);
+                (out, actions)
+            })
+            .await
+    }
+
+    /// One step on the committed state and the clock.
+    pub async fn tick(
+        &mut self,
+        consensus: &ConsensusNode,
+        net: &NetHandle,
+        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        now_ms: u64,
+    ) {
+        let ((), actions) = self
+            .with_view(consensus, admitted, now_ms, |e, v| e.observe(v))
+            .await;
+        self.carry_out(actions, consensus, net);
+    }
+
+    /// A round message from an admitted peer.
+    pub async fn on_message(
+        &mut self,
+        from: &PeerId,
+        payload: &[u8],
+        consensus: &ConsensusNode,
+        net: &NetHandle,
+        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let node = mesh_net::ids::node_id(from).ok_or("peer id is not a mesh key")?;
+        let from = crate::protocol::node_name(&node);
+        let message = RoundMessage::decode(payload).map_err(|e| e.to_string())?;
+        let ((), actions) = self
+            .with_view(consensus, admitted, now_ms, |e, v| {
+                e.on_message(&from, message, v)
+            })
+            .await;
+        self.carry_out(actions, consensus, net);
+        Ok(())
+    }
+
+    /// A computation finished.
+    pub async fn on_done(
+        &mut self,
+        done: Done,
+        consensus: &ConsensusNode,
+        net: &NetHandle,
+        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        now_ms: u64,
+    ) {
+        let ((), actions) = self
+            .with_view(consensus, admitted, now_ms, |e, v| {
+                match done {
+                    Done::Trained(key, r) => e.on_trained(&key, r),
+                    Done::Combined(key, digest, r) => e.on_combined(&key, digest, r),
+                    Done::Initial(job, r) => e.on_initial(&job, r),
+                }
+                e.observe(v);
+            })
+            .await;
+        self.carry_out(actions, consensus, net);
+    }
+
+    fn carry_out(&self, actions: Vec<Action>, consensus: &ConsensusNode, net: &NetHandle) {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => self.send(net, &to, &message),
+                Action::Propose(command) => {
+                    let consensus = consensus.clone();
+                    tokio::spawn(async move {
+                        let name = command.to_string();
+                        match consensus.propose(command).await {
+                            Ok(receipt) => {
+                                if let Some(reason) = receipt.rejected {
+                                    tracing::debug!(%name, %reason, "round command rejected");
+                                }
+                            }
+                            Err(err) => tracing::debug!(%name, %err, "round command not committed"),
+                        }
+                    });
+                }
+                Action::BuildInitial { job, spec } => self.compute(move |w| {
+                    Done::Initial(job, w.initial(&spec).map_err(|e| e.to_string()))
+                }),
+                Action::Train(task) => self.compute(move |w| {
+                    Done::Trained(task.key.clone(), w.train(&task).map_err(|e| e.to_string()))
+                }),
+                Action::Combine(task) => self.compute(move |w| {
+                    Done::Combined(
+                        task.key.clone(),
+                        task.inputs_digest,
+                        w.combine(&task).map_err(|e| e.to_string()),
+                    )
+                }),
+            }
+        }
+    }
+
+    fn send(&self, net: &NetHandle, to: &NodeId, message: &RoundMessage) {
+        let Ok(peer) = PeerId::from_str(&to.0) else {
+            tracing::debug!(%to, "round message to a name that is not a peer id");
+            return;
+        };
+        let Ok(permit) = self.sends.clone().try_acquire_owned() else {
+            tracing::debug!("too many round messages in flight; dropping one (it is retried)");
+            return;
+        };
+        let (net, bytes) = (net.clone(), message.encode());
+        tokio::spawn(async move {
+            if let Err(err) = net.request(peer, ROUND_PROTOCOL, bytes).await {
+                tracing::debug!(%peer, %err, "round message not delivered");
+            }
+            drop(permit);
+        });
+    }
+
+    fn compute(&self, job: impl FnOnce(&mut LocalWorker) -> Done + Send + 'static) {
+        let (worker, done) = (self.worker.clone(), self.done.clone());
+        tokio::task::spawn_blocking(move || {
+            let result = match worker.lock() {
+                Ok(mut w) => job(&mut w),
+                Err(poisoned) => job(&mut poisoned.into_inner()),
+            };
+            if done.blocking_send(result).is_err() {
+                tracing::debug!("node stopping; computation result dropped");
+            }
+        });
+    }
+}
+
+/// The jobs of the committed state as the API shows them.
+pub fn job_views(state: &MeshState) -> Vec<crate::api::JobView> {
+    state
+        .jobs()
+        .iter()
+        .map(|(id, job)| {
+            let completed: Vec<_> = job
+                .rounds
+                .iter()
+                .filter_map(|r| r.completion.as_ref())
+                .collect();
+            let spent: u64 = completed
+                .iter()
+                .map(|c| c.privacy_spent_epsilon_micros)
+                .sum();
+            let last = completed.last();
+            crate::api::JobView {
+                job: id.0.clone(),
+                status: format!("{:?}", job.status),
+                rounds: job.spec.rounds,
+                rounds_completed: completed.len() as u32,
+                rounds_aborted: job.aborted_rounds,
+                epsilon_spent: spent as f64 / 1e6,
+                model_hash: last.map(|c| hex::encode(c.model_hash)),
+                accuracy: last.map(|c| c.metrics.accuracy),
+                detail: serde_json::to_value(job).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The model hash of `round` (latest completed when `None`) and who holds it.
+pub fn model_location(
+    state: &MeshState,
+    job: &JobId,
+    round: Option<u32>,
+) -> Result<(mesh_consensus::ModelHash, Vec<NodeId>), (u16, String)> {
+    let record = state
+        .jobs()
+        .get(job)
+        .ok_or((404, format!("no job {job}")))?;
+    let index = match round {
+        Some(r) => r as usize,
+        None => record
+            .rounds
+            .iter()
+            .rposition(|r| r.completion.is_some())
+            .ok_or((404, format!("job {job} has no completed round yet")))?,
+    };
+    let r = record
+        .rounds
+        .get(index)
+        .ok_or((404, format!("job {job} has no round {index}")))?;
+    let completion = r
+        .completion
+        .as_ref()
+        .ok_or((409, format!("round {index} of job {job} has not completed")))?;
+    let mut holders: Vec<NodeId> = r.plan.aggregators.clone();
+    if let Some(next) = record.rounds.get(index + 1) {
+        holders.extend(next.participants.iter().cloned());
+    }
+    Ok((completion.model_hash, holders))
+}
+
+impl RoundDriver {
+    /// A round's model for the API: the blob if held, else a fetch is started.
+    pub async fn model(
+        &mut self,
+        consensus: &ConsensusNode,
+        job: &JobId,
+        round: Option<u32>,
+    ) -> Result<Vec<u8>, (u16, String)> {
+        let (hash, holders) = consensus
+            .read_state(|s| model_location(s, job, round))
+            .await?;
+        if let Some(bytes) = self.engine.blob(&hash) {
+            return Ok(bytes.to_vec());
+        }
+        self.engine.want(hash, holders);
+        Err((
+            503,
+            "fetching the model from the nodes that hold it; retry in a moment".into(),
+        ))
+    }
+}
