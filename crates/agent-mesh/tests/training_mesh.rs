@@ -113,6 +113,22 @@ fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
         .as_u64()
         .unwrap();
     assert!(updates >= 4, "only {updates} updates in the last round");
+    let metrics = wait_for("round metrics", Duration::from_secs(30), || {
+        let text = mesh.nodes[0].metrics();
+        text.lines()
+            .find(|l| l.starts_with("mesh_round_completed_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 5.0)
+            .map(|_| text)
+    });
+    assert!(
+        metrics.contains("mesh_round_messages_sent_total{kind=\"secagg\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_round_jobs{status=\"Completed\"} 1"),
+        "{metrics}"
+    );
 
     // Again, and kill -9 the committee leader once the first round is in.
     submit(&mesh, 2, &token, "second");

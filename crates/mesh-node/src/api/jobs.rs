@@ -51,11 +51,11 @@ pub struct ModelQuery {
     pub round: Option<u32>,
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap, action: Action) -> Result<(), Response> {
+fn authorize(state: &ApiState, headers: &HeaderMap, action: Action) -> Result<(), ApiError> {
     state
         .auth
         .check(headers, action)
-        .map_err(|err| ApiError(err.status(), err.to_string()).into_response())
+        .map_err(|err| ApiError(err.status(), err.to_string()))
 }
 
 async fn ask<T: Serialize>(
@@ -88,7 +88,7 @@ pub async fn submit(
     body: Result<Json<SubmitJobRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     if let Err(denied) = authorize(&state, &headers, Action::SubmitJob) {
-        return denied;
+        return denied.into_response();
     }
     let Json(request) = match body {
         Ok(body) => body,
@@ -111,7 +111,7 @@ pub async fn cancel(
     Path(job): Path<String>,
 ) -> Response {
     if let Err(denied) = authorize(&state, &headers, Action::CancelJob) {
-        return denied;
+        return denied.into_response();
     }
     let command = Command::StopJob {
         job: JobId(job),
@@ -123,7 +123,7 @@ pub async fn cancel(
 /// `GET /v1/jobs`.
 pub async fn list(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorize(&state, &headers, Action::ReadStatus) {
-        return denied;
+        return denied.into_response();
     }
     Json(latest(&state).jobs.clone()).into_response()
 }
@@ -135,7 +135,7 @@ pub async fn get_job(
     Path(job): Path<String>,
 ) -> Response {
     if let Err(denied) = authorize(&state, &headers, Action::ReadStatus) {
-        return denied;
+        return denied.into_response();
     }
     match latest(&state).jobs.iter().find(|j| j.job == job) {
         Some(view) => Json(view.clone()).into_response(),
@@ -155,7 +155,7 @@ pub async fn model(
     Query(query): Query<ModelQuery>,
 ) -> Response {
     if let Err(denied) = authorize(&state, &headers, Action::FetchModel) {
-        return denied;
+        return denied.into_response();
     }
     let (reply, outcome) = oneshot::channel();
     let command = ApiCommand::GetModel {

@@ -15,6 +15,7 @@
 pub mod bootstrap;
 pub mod credentials;
 pub mod raft_transport;
+pub mod round_metrics;
 pub mod rounds;
 mod view;
 
@@ -188,6 +189,7 @@ struct Runtime {
     auth: Arc<AdminAuth>,
     revocations: RevocationWatch,
     rounds: Option<rounds::RoundDriver>,
+    round_metrics: round_metrics::RoundMetrics,
 }
 
 /// The revocations file as last read: its modification time and what it held.
@@ -228,6 +230,7 @@ pub async fn run(
             now_ms(),
         )
     });
+    let round_metrics = round_metrics::RoundMetrics::new(&mut registry);
     let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
     let (commands_tx, mut commands) = mpsc::channel(api::COMMAND_QUEUE_CAPACITY);
     let auth = Arc::new(AdminAuth::new(
@@ -274,6 +277,7 @@ pub async fn run(
         auth,
         revocations: RevocationWatch::default(),
         rounds: Some(round_driver),
+        round_metrics,
     };
     runtime.reload_revocations().await;
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -514,9 +518,17 @@ impl Runtime {
             self.add_missing_learners(status);
         }
         self.tick_rounds().await;
-        let jobs = match &self.consensus {
-            Some(c) => c.read_state(rounds::job_views).await,
-            None => Vec::new(),
+        let jobs = match (&self.consensus, self.rounds.as_mut()) {
+            (Some(c), Some(driver)) => {
+                let stats = driver.engine_mut().stats().clone();
+                let metrics = &mut self.round_metrics;
+                c.read_state(|state| {
+                    metrics.update(&stats, state);
+                    rounds::job_views(state)
+                })
+                .await
+            }
+            _ => Vec::new(),
         };
         let peers = self.net.peers().await;
         let mut snapshot = view::snapshot(self, &peers, status);

@@ -1,0 +1,168 @@
+//! Prometheus metrics of the round protocol, under `mesh_round`: updates by
+//! result, messages and bytes sent, dropouts, rounds completed, round
+//! duration (as this node saw it: first seen running to first seen
+//! committed), epsilon spent and jobs by status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use mesh_consensus::MeshState;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ProtocolStats;
+
+type Label = [(&'static str, String); 1];
+
+/// Most rounds whose start time is remembered.
+const STARTS_MAX: usize = 10_000;
+
+/// The handles, and what was exported last (counters only move forward).
+#[derive(Debug)]
+pub struct RoundMetrics {
+    updates: Family<Label, Counter>,
+    messages: Family<Label, Counter>,
+    bytes: Counter,
+    dropouts: Counter,
+    rounds_completed: Counter,
+    round_duration: Histogram,
+    epsilon: Family<Label, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    jobs: Family<Label, Gauge>,
+    last: ProtocolStats,
+    starts: BTreeMap<(String, usize), Instant>,
+    completed: BTreeSet<(String, usize)>,
+}
+
+impl RoundMetrics {
+    /// Registers the metrics under `mesh_round`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let buckets = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+        let m = Self {
+            updates: Family::default(),
+            messages: Family::default(),
+            bytes: Counter::default(),
+            dropouts: Counter::default(),
+            rounds_completed: Counter::default(),
+            round_duration: Histogram::new(buckets),
+            epsilon: Family::default(),
+            jobs: Family::default(),
+            last: ProtocolStats::default(),
+            starts: BTreeMap::new(),
+            completed: BTreeSet::new(),
+        };
+        let r = registry.sub_registry_with_prefix("mesh_round");
+        r.register(
+            "updates",
+            "Updates this node handled as a group aggregator, by result",
+            m.updates.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "Round protocol messages sent, by kind",
+            m.messages.clone(),
+        );
+        r.register("bytes_sent", "Round protocol bytes sent", m.bytes.clone());
+        r.register(
+            "dropouts",
+            "Participants that dropped out of groups this node aggregated",
+            m.dropouts.clone(),
+        );
+        r.register(
+            "completed",
+            "Rounds committed (seen by this node)",
+            m.rounds_completed.clone(),
+        );
+        r.register(
+            "duration_seconds",
+            "Round duration from first seen running to committed",
+            m.round_duration.clone(),
+        );
+        r.register(
+            "epsilon_spent",
+            "Differential-privacy epsilon a job has spent",
+            m.epsilon.clone(),
+        );
+        r.register("jobs", "Jobs by status", m.jobs.clone());
+        m
+    }
+
+    /// Exports what changed since the last call.
+    pub fn update(&mut self, stats: &ProtocolStats, state: &MeshState) {
+        let delta = |now: u64, before: u64| now.saturating_sub(before);
+        for (result, now, before) in [
+            (
+                "accepted",
+                stats.updates_accepted,
+                self.last.updates_accepted,
+            ),
+            ("late", stats.updates_late, self.last.updates_late),
+            ("invalid", stats.updates_invalid, self.last.updates_invalid),
+            (
+                "rejected_by_rule",
+                stats.updates_rejected_by_rule,
+                self.last.updates_rejected_by_rule,
+            ),
+        ] {
+            self.updates
+                .get_or_create(&[("result", result.to_string())])
+                .inc_by(delta(now, before));
+        }
+        for (kind, now) in &stats.sent_messages {
+            let before = self.last.sent_messages.get(kind).copied().unwrap_or(0);
+            self.messages
+                .get_or_create(&[("kind", (*kind).to_string())])
+                .inc_by(delta(*now, before));
+        }
+        self.bytes
+            .inc_by(delta(stats.sent_bytes, self.last.sent_bytes));
+        self.dropouts
+            .inc_by(delta(stats.dropouts, self.last.dropouts));
+        self.last = stats.clone();
+        self.observe_state(state);
+    }
+
+    fn observe_state(&mut self, state: &MeshState) {
+        let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+        for (id, job) in state.jobs().iter() {
+            *by_status.entry(format!("{:?}", job.status)).or_default() += 1;
+            let spent: u64 = job
+                .rounds
+                .iter()
+                .filter_map(|r| r.completion.as_ref())
+                .map(|c| c.privacy_spent_epsilon_micros)
+                .sum();
+            self.epsilon
+                .get_or_create(&[("job", id.0.clone())])
+                .set(spent as f64 / 1e6);
+            for (i, round) in job.rounds.iter().enumerate() {
+                let key = (id.0.clone(), i);
+                if round.completion.is_none() {
+                    if self.starts.len() < STARTS_MAX {
+                        self.starts.entry(key).or_insert_with(Instant::now);
+                    }
+                } else if !self.completed.contains(&key) && self.completed.len() < STARTS_MAX {
+                    self.rounds_completed.inc();
+                    if let Some(start) = self.starts.remove(&key) {
+                        self.round_duration.observe(start.elapsed().as_secs_f64());
+                    }
+                    self.completed.insert(key);
+                }
+            }
+        }
+        for status in [
+            "WaitingForRound",
+            "RoundRunning",
+            "Completed",
+            "BudgetExhausted",
+            "Cancelled",
+        ] {
+            let count = by_status.get(status).copied().unwrap_or(0);
+            self.jobs
+                .get_or_create(&[("status", status.to_string())])
+                .set(count);
+        }
+    }
+}
