@@ -90,6 +90,16 @@ impl Attack {
         matches!(self, Attack::LabelFlip)
     }
 
+    /// Flips every label of a Byzantine node's data when this attack poisons labels.
+    pub fn poison(&self, data: &mut crate::data::Dataset) {
+        if self.poisons_labels() {
+            let classes = data.num_classes as u8;
+            data.labels
+                .iter_mut()
+                .for_each(|l| *l = flip_label(*l, classes));
+        }
+    }
+
     /// Fills in defaults that depend on the population: ALIE's `z` from `nodes` (n)
     /// and `byzantine` (f) by [`alie_z`]. Other attacks are returned unchanged.
     pub fn resolve(self, nodes: usize, byzantine: usize) -> Attack {

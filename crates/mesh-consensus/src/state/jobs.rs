@@ -94,6 +94,20 @@ pub struct Job {
     pub aborted_rounds: u32,
 }
 
+impl Job {
+    /// The completions of its completed rounds, in order.
+    pub fn completions(&self) -> impl Iterator<Item = &RoundCompletion> {
+        self.rounds.iter().filter_map(|r| r.completion.as_ref())
+    }
+
+    /// Epsilon its completed rounds spent, in millionths.
+    pub fn epsilon_spent_micros(&self) -> u64 {
+        self.completions()
+            .map(|c| c.privacy_spent_epsilon_micros)
+            .sum()
+    }
+}
+
 /// Where a model hash was first seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRecord {

@@ -108,12 +108,7 @@ impl Checker {
         for (id, job) in after.jobs().iter() {
             if let (Some(budget), Some(account)) = (job.spec.dp_budget, after.privacy().account(id))
             {
-                let spent: u64 = job
-                    .rounds
-                    .iter()
-                    .filter_map(|r| r.completion.as_ref())
-                    .map(|c| c.privacy_spent_epsilon_micros)
-                    .sum();
+                let spent: u64 = job.epsilon_spent_micros();
                 if spent > budget.epsilon_micros
                     || account.remaining_epsilon_micros() > budget.epsilon_micros
                 {
@@ -192,6 +187,8 @@ impl Checker {
             ));
         }
         self.verified_rounds += 1;
+        // Only the new model is needed from here on (the next round starts from it).
+        self.blobs.retain(|hash, _| *hash == model_hash);
         Ok(())
     }
 }

@@ -349,13 +349,7 @@ impl MeshSim {
         let job = self.state.jobs().get(&self.job);
         let record = job.and_then(|j| j.rounds.get(round as usize));
         let completion = record.and_then(|r| r.completion.as_ref());
-        let spent: u64 = job.map_or(0, |j| {
-            j.rounds
-                .iter()
-                .filter_map(|r| r.completion.as_ref())
-                .map(|c| c.privacy_spent_epsilon_micros)
-                .sum()
-        });
+        let spent: u64 = job.map_or(0, |j| j.epsilon_spent_micros());
         self.reports.push(MeshRoundReport {
             round: round + 1,
             test_accuracy: accuracy,

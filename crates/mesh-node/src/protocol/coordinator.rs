@@ -144,12 +144,7 @@ impl Coordinator {
                 .privacy()
                 .account(id)
                 .map(|a| a.remaining_epsilon_micros());
-            let spent: u64 = job
-                .rounds
-                .iter()
-                .filter_map(|r| r.completion.as_ref())
-                .map(|c| c.privacy_spent_epsilon_micros)
-                .sum();
+            let spent: u64 = job.epsilon_spent_micros();
             let next = epsilon_micros_after(&job.spec, round + 1);
             let fits =
                 matches!((next, budget), (Some(n), Some(left)) if n.saturating_sub(spent) <= left);
@@ -339,12 +334,7 @@ fn agreed(
         }
     }
     let (hash, (_, metrics)) = votes.into_iter().find(|(_, (n, _))| *n >= needed)?;
-    let spent_before: u64 = job
-        .rounds
-        .iter()
-        .filter_map(|r| r.completion.as_ref())
-        .map(|c| c.privacy_spent_epsilon_micros)
-        .sum();
+    let spent_before: u64 = job.epsilon_spent_micros();
     let spent = epsilon_micros_after(&job.spec, key.round + 1)
         .map_or(0, |total| total.saturating_sub(spent_before));
     Some(Command::CompleteRound {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use mesh_consensus::command::{JobSpec, RoundMetrics};
 use mesh_federated::aggregate::{Aggregator, AggregatorConfig, PreAggregation, Rule};
-use mesh_federated::attack::{flip_label, Attack};
+use mesh_federated::attack::Attack;
 use mesh_federated::data::Dataset;
 use mesh_federated::model::{Model, ModelKind, ModelShape, TrainOptions};
 use rand::SeedableRng;
@@ -108,12 +108,7 @@ impl LocalWorker {
         conduct: Conduct,
     ) -> Self {
         if let (Conduct::Byzantine(attack), Some(data)) = (&conduct, train.as_mut()) {
-            if attack.poisons_labels() {
-                let classes = data.num_classes as u8;
-                data.labels
-                    .iter_mut()
-                    .for_each(|l| *l = flip_label(*l, classes));
-            }
+            attack.poison(data);
         }
         Self {
             train,

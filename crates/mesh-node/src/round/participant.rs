@@ -1,7 +1,7 @@
 //! The participant (trainer) role: local training on private data.
 
 use super::derive_seed;
-use mesh_federated::attack::{flip_label, Attack};
+use mesh_federated::attack::Attack;
 use mesh_federated::data::Dataset;
 use mesh_federated::model::{Model, ModelError, TrainOptions};
 use mesh_federated::privacy::{GaussianMechanism, PrivacyError};
@@ -70,12 +70,7 @@ impl Participant {
         behaviour: Behaviour,
     ) -> Self {
         if let Behaviour::Byzantine(attack) = &behaviour {
-            if attack.poisons_labels() {
-                let classes = data.num_classes as u8;
-                data.labels
-                    .iter_mut()
-                    .for_each(|l| *l = flip_label(*l, classes));
-            }
+            attack.poison(&mut data);
         }
         Self {
             node,

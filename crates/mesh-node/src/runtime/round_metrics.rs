@@ -128,12 +128,7 @@ impl RoundMetrics {
         let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
         for (id, job) in state.jobs().iter() {
             *by_status.entry(format!("{:?}", job.status)).or_default() += 1;
-            let spent: u64 = job
-                .rounds
-                .iter()
-                .filter_map(|r| r.completion.as_ref())
-                .map(|c| c.privacy_spent_epsilon_micros)
-                .sum();
+            let spent: u64 = job.epsilon_spent_micros();
             self.epsilon
                 .get_or_create(&[("job", id.0.clone())])
                 .set(spent as f64 / 1e6);

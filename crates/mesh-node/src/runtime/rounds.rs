@@ -294,15 +294,8 @@ pub fn job_views(state: &MeshState) -> Vec<crate::api::JobView> {
         .jobs()
         .iter()
         .map(|(id, job)| {
-            let completed: Vec<_> = job
-                .rounds
-                .iter()
-                .filter_map(|r| r.completion.as_ref())
-                .collect();
-            let spent: u64 = completed
-                .iter()
-                .map(|c| c.privacy_spent_epsilon_micros)
-                .sum();
+            let completed: Vec<_> = job.completions().collect();
+            let spent = job.epsilon_spent_micros();
             let last = completed.last();
             crate::api::JobView {
                 job: id.0.clone(),
