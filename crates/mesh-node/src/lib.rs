@@ -19,6 +19,7 @@ pub mod api;
 pub mod cache;
 pub mod config;
 pub mod mesh_sim;
+pub mod parallel;
 pub mod protocol;
 pub mod round;
 pub mod runtime;

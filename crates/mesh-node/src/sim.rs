@@ -306,39 +306,11 @@ impl Simulation {
             .iter_mut()
             .filter(|p| selected.binary_search(&p.node()).is_ok())
             .collect();
-        let per_thread = chosen.len().div_ceil(self.config.threads);
-        let results: Vec<Result<Vec<LocalUpdate>, ParticipantError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = chosen
-                    .chunks_mut(per_thread)
-                    .map(|chunk| {
-                        scope.spawn(move || {
-                            chunk
-                                .iter_mut()
-                                .map(|p| {
-                                    p.local_round(
-                                        global,
-                                        options,
-                                        round,
-                                        client_dp.as_ref().map(|(m, k)| (m, *k)),
-                                    )
-                                })
-                                .collect::<Result<Vec<_>, _>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })
-                    .collect()
-            });
-        let mut updates = Vec::with_capacity(selected.len());
-        for chunk in results {
-            updates.extend(chunk?);
-        }
+        let client_dp = client_dp.as_ref().map(|(m, k)| (m, *k));
+        let updates = crate::parallel::map_in_threads(&mut chosen, self.config.threads, |p| {
+            p.local_round(global, options, round, client_dp)
+        });
+        let updates = updates.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(updates)
     }
 

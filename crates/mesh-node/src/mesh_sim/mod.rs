@@ -590,31 +590,19 @@ impl MeshSim {
             .enumerate()
             .filter_map(|(i, n)| by_node.remove(&i).map(|t| (i, &mut n.worker, t)))
             .collect();
-        let per_thread = work.len().div_ceil(self.config.threads.max(1));
-        let results: Vec<Vec<TrainedBy>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = work
-                .chunks_mut(per_thread.max(1))
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for (i, worker, tasks) in chunk.iter_mut() {
-                            for task in tasks.iter() {
-                                let result = worker.train(task).map_err(|e| e.to_string());
-                                out.push((*i, task.key.clone(), result));
-                            }
-                        }
-                        out
+        let results: Vec<Vec<TrainedBy>> = crate::parallel::map_in_threads(
+            &mut work,
+            self.config.threads,
+            |(i, worker, tasks)| {
+                tasks
+                    .iter()
+                    .map(|task| {
+                        let result = worker.train(task).map_err(|e| e.to_string());
+                        (*i, task.key.clone(), result)
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
+                    .collect()
+            },
+        );
         for (i, key, result) in results.into_iter().flatten() {
             self.pending
                 .push((self.now_ms + TRAIN_MS, i, Finished::Trained(key, result)));
