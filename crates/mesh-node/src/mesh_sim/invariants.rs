@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use mesh_consensus::command::{Command, JobId, JobSpec, ModelHash, NodeId};
+use mesh_consensus::command::{Command, JobId, JobSpec, ModelHash};
 use mesh_consensus::MeshState;
 
 use crate::protocol::blob::{blob_hash, decode_params, encode_params};
@@ -65,21 +65,17 @@ impl Checker {
         self.blobs.get(hash).cloned()
     }
 
-    /// Checks one committed command (`before` and `after` are the states around it).
-    pub fn on_commit(
-        &mut self,
-        before: &MeshState,
-        after: &MeshState,
-        command: &Command,
-        _nodes: &[NodeId],
-    ) -> Result<(), String> {
+    /// Checks one command the state machine accepted, against the state after
+    /// it. (A round start changes no reputation and a completion keeps the
+    /// round's record, so the state before is not needed.)
+    pub fn on_commit(&mut self, after: &MeshState, command: &Command) -> Result<(), String> {
         match command {
             Command::StartRound {
                 participants, plan, ..
             } => {
                 if let Some(q) = participants
                     .iter()
-                    .find(|p| before.reputation().is_quarantined(p))
+                    .find(|p| after.reputation().is_quarantined(p))
                 {
                     return Err(format!("quarantined node {q} was selected"));
                 }
@@ -101,7 +97,7 @@ impl Checker {
                         ));
                     }
                 }
-                self.check_model(before, job, *round, *model_hash, inputs)?;
+                self.check_model(after, job, *round, *model_hash, inputs)?;
             }
             _ => {}
         }
@@ -124,13 +120,13 @@ impl Checker {
 
     fn check_model(
         &mut self,
-        before: &MeshState,
+        state: &MeshState,
         job: &JobId,
         round: u32,
         model_hash: ModelHash,
         inputs: &[mesh_consensus::command::GroupInput],
     ) -> Result<(), String> {
-        let record = before
+        let record = state
             .jobs()
             .get(job)
             .and_then(|j| j.rounds.get(round as usize))

@@ -151,6 +151,7 @@ pub struct MeshSim {
     config: MeshSimConfig,
     nodes: Vec<SimNode>,
     by_name: BTreeMap<NodeId, usize>,
+    names: Vec<NodeId>,
     roles: BTreeMap<NodeId, BTreeSet<Role>>,
     state: MeshState,
     index: u64,
@@ -247,8 +248,10 @@ impl MeshSim {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let names = nodes.iter().map(|n| n.name.clone()).collect();
         let mut sim = Self {
             by_name,
+            names,
             network: Network::new(config.faults.clone(), config.seed),
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x5EED),
             checker: Checker::new(config.spec.clone()),
@@ -309,21 +312,10 @@ impl MeshSim {
 
     fn commit(&mut self, command: &Command) -> Result<(), MeshSimError> {
         self.index += 1;
-        let before = self.state.clone();
         if self.state.apply(self.index, command).is_ok() {
             let seed = self.config.seed;
             self.checker
-                .on_commit(
-                    &before,
-                    &self.state,
-                    command,
-                    &self
-                        .nodes
-                        .iter()
-                        .map(|n| &n.name)
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
+                .on_commit(&self.state, command)
                 .map_err(|message| MeshSimError::Invariant { seed, message })?;
             if let Command::CompleteRound {
                 round, model_hash, ..
@@ -497,8 +489,9 @@ impl MeshSim {
     }
 
     fn apply_faults(&mut self) {
-        let names: Vec<NodeId> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        let events = self.network.faults_due(self.now_ms, &names, &mut self.rng);
+        let events = self
+            .network
+            .faults_due(self.now_ms, &self.names, &mut self.rng);
         for (node, up) in events {
             if node >= self.nodes.len() || self.nodes[node].up == up {
                 continue;
