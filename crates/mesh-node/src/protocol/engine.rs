@@ -15,7 +15,7 @@ use super::coordinator::{running_round, spec_of, Coordinator};
 use super::finals::FinalRound;
 use super::group::{GroupAssignment, GroupRound};
 use super::messages::{RoundKey, RoundMessage, SecAggStep};
-use super::shared::{Action, EngineConfig, Shared, View};
+use super::shared::{Action, EngineConfig, Shared, View, FETCHES_MAX};
 use super::stats::ProtocolStats;
 use super::trainer::{Assignment, TrainerRound};
 use super::worker::{CombinedModel, TrainedUpdate};
@@ -35,6 +35,8 @@ pub struct NodeEngine {
     groups: BTreeMap<(RoundKey, u32), GroupRound>,
     finals: BTreeMap<RoundKey, FinalRound>,
     plans: BTreeMap<RoundKey, RoundRecord>,
+    /// Blobs asked for through [`NodeEngine::want`] and not here yet.
+    requested: BTreeSet<ModelHash>,
 }
 
 impl NodeEngine {
@@ -50,6 +52,7 @@ impl NodeEngine {
             groups: BTreeMap::new(),
             finals: BTreeMap::new(),
             plans: BTreeMap::new(),
+            requested: BTreeSet::new(),
         }
     }
 
@@ -73,8 +76,12 @@ impl NodeEngine {
         self.sh.cache.size_bytes()
     }
 
-    /// Fetches `hash` from `holders` in the background (for `model get`).
+    /// Fetches `hash` from `holders` in the background (for `model get`);
+    /// the fetch goes on until the blob arrives, whatever rounds run.
     pub fn want(&mut self, hash: ModelHash, holders: Vec<NodeId>) {
+        if self.requested.len() < FETCHES_MAX {
+            self.requested.insert(hash);
+        }
         self.sh.want(hash, holders);
     }
 
@@ -191,6 +198,10 @@ impl NodeEngine {
         for f in self.finals.values() {
             keep.extend(f.wanted());
         }
+        let cache = &self.sh.cache;
+        self.requested
+            .retain(|h| !cache.contains(&crate::cache::BlobId(*h)));
+        keep.extend(self.requested.iter().copied());
         self.sh.drop_fetches_except(&keep);
     }
 
@@ -405,5 +416,33 @@ impl NodeEngine {
         if let Some(f) = self.finals.get_mut(key) {
             f.on_combined(&mut self.sh, digest, result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_consensus::MeshState;
+
+    #[test]
+    fn a_requested_blob_is_fetched_even_when_no_round_needs_it() {
+        let identity = NodeIdentity::from_seed(&[1; 32]);
+        let me = super::super::node_name(&identity.node_id());
+        let mut engine = NodeEngine::new(me, identity, EngineConfig::new("m", 0));
+        let holder = NodeId::from("holder");
+        engine.want([9; 32], vec![holder.clone()]);
+        let (state, alive) = (MeshState::new(), BTreeMap::new());
+        let view = View {
+            state: &state,
+            leader: None,
+            alive: &alive,
+            now_ms: 1,
+        };
+        engine.observe(&view);
+        let asked = engine.take_actions(&view).into_iter().any(|a| {
+            matches!(a, Action::Send { to, message: RoundMessage::BlobRequest { hash } }
+                if to == holder && hash == [9; 32])
+        });
+        assert!(asked, "the fetch was dropped");
     }
 }
