@@ -211,7 +211,7 @@ impl SubmitArgs {
             model_name: self.model.to_string(),
             rounds: self.rounds,
             participants_per_round: self.participants,
-            rule_name: self.rule.to_string(),
+            rule_name: format!("{:#}", self.rule),
             byzantine_count: self.byzantine,
             secagg: self.secagg,
             dp_budget,

@@ -5,13 +5,12 @@
 //! statistics.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
-use mesh_federated::aggregate::Rule;
+use mesh_federated::aggregate::ServerOptimizer;
 use mesh_federated::data::Mnist;
 use mesh_federated::model::{store, ModelShape};
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
@@ -30,8 +29,11 @@ pub fn mesh_config(args: &SimArgs, c: &SimConfig) -> anyhow::Result<MeshSimConfi
     {
         anyhow::bail!("--pre and --prox-mu run only in the direct simulation (add --direct)");
     }
-    if format!("{:?}", c.server.kind()) != "Sgd" {
-        anyhow::bail!("--server-opt runs only in the direct simulation (add --direct)");
+    // The protocol's final aggregators step the model by the aggregate (server SGD, rate 1).
+    if c.server != ServerOptimizer::sgd(1.0) {
+        anyhow::bail!(
+            "--server-opt other than sgd:lr=1 runs only in the direct simulation (add --direct)"
+        );
     }
     let participants = c.participants_per_round;
     let group_size = args.group_size.unwrap_or(if args.secagg { 5 } else { 1 });
@@ -59,7 +61,7 @@ pub fn mesh_config(args: &SimArgs, c: &SimConfig) -> anyhow::Result<MeshSimConfi
         rounds: u32::try_from(c.rounds).context("--rounds is too large")?,
         participants_per_round: u32::try_from(participants)
             .context("--participants is too large")?,
-        rule_name: rule_name(c.rule),
+        rule_name: format!("{:#}", c.rule),
         byzantine_count: c.byzantine as u32,
         secagg: args.secagg,
         dp_budget,
@@ -101,15 +103,6 @@ pub fn mesh_config(args: &SimArgs, c: &SimConfig) -> anyhow::Result<MeshSimConfi
             .saturating_mul(c.rounds)
             .saturating_mul(4),
     })
-}
-
-/// The rule's name as the job spec stores it (parsed back by every node).
-fn rule_name(rule: Rule) -> String {
-    let name = rule.to_string();
-    match Rule::from_str(&name) {
-        Ok(_) => name,
-        Err(_) => rule.name().to_string(),
-    }
 }
 
 fn dp_settings(args: &SimArgs, c: &SimConfig) -> anyhow::Result<(f64, Option<DpBudget>)> {

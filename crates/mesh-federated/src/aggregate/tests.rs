@@ -397,3 +397,18 @@ proptest! {
         prop_assert!(u.contains(&chosen));
     }
 }
+
+#[test]
+fn alternate_display_round_trips_rules_with_parameters() {
+    for text in [
+        "fedavg",
+        "trimmed-mean:trim=2",
+        "multi-krum:m=3",
+        "geomed:iters=50,tol=0.001,nu=0.000001",
+        "cclip:tau=2,iters=5",
+    ] {
+        let rule: Rule = text.parse().unwrap();
+        let again: Rule = format!("{rule:#}").parse().unwrap();
+        assert_eq!(again, rule, "{text} -> {rule:#}");
+    }
+}
