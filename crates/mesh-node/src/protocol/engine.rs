@@ -301,21 +301,14 @@ impl NodeEngine {
         for t in self.trainers.values_mut() {
             t.poll(&mut self.sh, view.now_ms);
         }
+        // Roles exist only for running rounds, whose plans `sync_roles` just stored.
         for ((key, _), g) in &mut self.groups {
-            let finals = self
-                .plans
-                .get(key)
-                .map(|r| r.plan.aggregators.clone())
-                .unwrap_or_default();
-            g.poll(&mut self.sh, &finals, view.leader, view.now_ms);
+            let finals = self.plans.get(key).map_or(&[][..], |r| &r.plan.aggregators);
+            g.poll(&mut self.sh, finals, view.leader, view.now_ms);
         }
         for (key, f) in &mut self.finals {
-            let groups = self
-                .plans
-                .get(key)
-                .map(|r| r.plan.groups.clone())
-                .unwrap_or_default();
-            f.poll(&mut self.sh, &groups, view.leader, view.now_ms);
+            let groups = self.plans.get(key).map_or(&[][..], |r| &r.plan.groups);
+            f.poll(&mut self.sh, groups, view.leader, view.now_ms);
         }
     }
 

@@ -3,7 +3,6 @@
 //! reports the new model's hash. Two or more final aggregators compute the
 //! same deterministic result; the coordinator commits it only when they agree.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mesh_consensus::command::{GroupInput, GroupPlan, JobSpec, ModelHash, NodeId, RoundMetrics};
@@ -177,6 +176,3 @@ impl FinalRound {
         out
     }
 }
-
-/// A map from round to final-aggregator state.
-pub type FinalRounds = BTreeMap<RoundKey, FinalRound>;

@@ -464,7 +464,7 @@ impl GroupRound {
         }
     }
 
-    /// A message that came after the group closed.
+    /// Whether the group has finished (with or without a result).
     pub fn is_closed(&self) -> bool {
         self.stage == Stage::Done
     }
