@@ -552,7 +552,7 @@ impl Runtime {
     async fn tick_rounds(&mut self) {
         let admitted = self.admitted_names();
         if let (Some(driver), Some(consensus)) = (self.rounds.as_mut(), self.consensus.as_ref()) {
-            driver.tick(consensus, &self.net, &admitted, now_ms()).await;
+            driver.tick(consensus, &self.net, admitted, now_ms()).await;
         }
     }
 
@@ -561,7 +561,7 @@ impl Runtime {
         match (self.rounds.as_mut(), self.consensus.as_ref()) {
             (Some(driver), Some(consensus)) => {
                 driver
-                    .on_message(peer, payload, consensus, &self.net, &admitted, now_ms())
+                    .on_message(peer, payload, consensus, &self.net, admitted, now_ms())
                     .await
             }
             _ => Err("this node does not take part in rounds (no committee state)".into()),
@@ -572,7 +572,7 @@ impl Runtime {
         let admitted = self.admitted_names();
         if let (Some(driver), Some(consensus)) = (self.rounds.as_mut(), self.consensus.as_ref()) {
             driver
-                .on_done(done, consensus, &self.net, &admitted, now_ms())
+                .on_done(done, consensus, &self.net, admitted, now_ms())
                 .await;
         }
     }

@@ -127,9 +127,9 @@ impl RoundDriver {
 
     fn alive(
         &self,
-        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        admitted: BTreeMap<NodeId, BTreeSet<Role>>,
     ) -> BTreeMap<NodeId, BTreeSet<Role>> {
-        let mut alive = admitted.clone();
+        let mut alive = admitted;
         alive.insert(self.engine.me().clone(), self.roles.clone());
         alive
     }
@@ -137,7 +137,7 @@ impl RoundDriver {
     async fn with_view<R>(
         &mut self,
         consensus: &ConsensusNode,
-        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
         f: impl FnOnce(&mut NodeEngine, &View<'_>) -> R,
     ) -> (R, Vec<Action>) {
@@ -168,7 +168,7 @@ impl RoundDriver {
         &mut self,
         consensus: &ConsensusNode,
         net: &NetHandle,
-        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
     ) {
         let ((), actions) = self
@@ -184,7 +184,7 @@ impl RoundDriver {
         payload: &[u8],
         consensus: &ConsensusNode,
         net: &NetHandle,
-        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
     ) -> Result<(), String> {
         let node = mesh_net::ids::node_id(from).ok_or("peer id is not a mesh key")?;
@@ -205,7 +205,7 @@ impl RoundDriver {
         done: Done,
         consensus: &ConsensusNode,
         net: &NetHandle,
-        admitted: &BTreeMap<NodeId, BTreeSet<Role>>,
+        admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
     ) {
         let ((), actions) = self
