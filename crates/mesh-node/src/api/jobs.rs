@@ -8,9 +8,8 @@ use axum::Json;
 use mesh_consensus::command::{Command, JobId, JobSpec, StopReason};
 use mesh_security::rbac::Action;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
-use super::{latest, ApiCommand, ApiError, ApiState, CommitView};
+use super::{ask, commit_response, latest, ApiCommand, ApiError, ApiState};
 
 /// `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -58,29 +57,6 @@ fn authorize(state: &ApiState, headers: &HeaderMap, action: Action) -> Result<()
         .map_err(|err| ApiError(err.status(), err.to_string()))
 }
 
-async fn ask<T: Serialize>(
-    state: &ApiState,
-    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> ApiCommand,
-) -> Response {
-    let (reply, outcome) = oneshot::channel();
-    if state.commands.try_send(make(reply)).is_err() {
-        return ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is overloaded or stopping; retry later".into(),
-        )
-        .into_response();
-    }
-    match outcome.await {
-        Ok(Ok(value)) => Json(value).into_response(),
-        Ok(Err(message)) => ApiError(StatusCode::CONFLICT, message).into_response(),
-        Err(_) => ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the runtime stopped before answering".into(),
-        )
-        .into_response(),
-    }
-}
-
 /// `POST /v1/jobs`: commits `CreateJob`.
 pub async fn submit(
     State(state): State<ApiState>,
@@ -101,7 +77,8 @@ pub async fn submit(
     if let Err(err) = command.validate() {
         return ApiError(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response();
     }
-    ask::<CommitView>(&state, |reply| ApiCommand::Propose { command, reply }).await
+    let make = |reply| ApiCommand::Propose { command, reply };
+    ask(&state, make, |r| commit_response(r, StatusCode::CONFLICT)).await
 }
 
 /// `POST /v1/jobs/{id}/cancel`: commits `StopJob`.
@@ -117,7 +94,8 @@ pub async fn cancel(
         job: JobId(job),
         reason: StopReason::Cancelled,
     };
-    ask::<CommitView>(&state, |reply| ApiCommand::Propose { command, reply }).await
+    let make = |reply| ApiCommand::Propose { command, reply };
+    ask(&state, make, |r| commit_response(r, StatusCode::CONFLICT)).await
 }
 
 /// `GET /v1/jobs`.
@@ -157,32 +135,17 @@ pub async fn model(
     if let Err(denied) = authorize(&state, &headers, Action::FetchModel) {
         return denied.into_response();
     }
-    let (reply, outcome) = oneshot::channel();
-    let command = ApiCommand::GetModel {
+    let make = |reply| ApiCommand::GetModel {
         job: JobId(job),
         round: query.round,
         reply,
     };
-    if state.commands.try_send(command).is_err() {
-        return ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is overloaded or stopping; retry later".into(),
-        )
-        .into_response();
-    }
-    match outcome.await {
-        Ok(Ok(bytes)) => {
-            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+    ask(&state, make, |reply| match reply {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Err((status, message)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT);
+            ApiError(status, message).into_response()
         }
-        Ok(Err((status, message))) => ApiError(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::CONFLICT),
-            message,
-        )
-        .into_response(),
-        Err(_) => ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the runtime stopped before answering".into(),
-        )
-        .into_response(),
-    }
+    })
+    .await
 }

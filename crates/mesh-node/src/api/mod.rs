@@ -221,24 +221,41 @@ async fn put_kv(
         let message = format!("key and value are limited to {KV_FIELD_BYTES_MAX} bytes");
         return ApiError(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
     }
+    let (key, value) = (request.key, request.value);
+    let command = |reply| ApiCommand::PutKv { key, value, reply };
+    ask(&state, command, |r| {
+        commit_response(r, StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await
+}
+
+/// Sends a command to the runtime (never waiting for queue space) and turns
+/// its reply into a response with `answer`.
+async fn ask<T>(
+    state: &ApiState,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiCommand,
+    answer: impl FnOnce(T) -> Response,
+) -> Response {
     let (reply, outcome) = oneshot::channel();
-    let command = ApiCommand::PutKv {
-        key: request.key,
-        value: request.value,
-        reply,
-    };
-    if state.commands.try_send(command).is_err() {
+    if state.commands.try_send(make(reply)).is_err() {
         let message = "the node is overloaded or stopping; retry later".to_string();
         return ApiError(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     }
     match outcome.await {
-        Ok(Ok(commit)) => Json(commit).into_response(),
-        Ok(Err(message)) => ApiError(StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
+        Ok(reply) => answer(reply),
         Err(_) => ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the runtime stopped before answering".into(),
         )
         .into_response(),
+    }
+}
+
+/// A commit as JSON, or why not with `refused`.
+fn commit_response(reply: Result<CommitView, String>, refused: StatusCode) -> Response {
+    match reply {
+        Ok(commit) => Json(commit).into_response(),
+        Err(message) => ApiError(refused, message).into_response(),
     }
 }
 
