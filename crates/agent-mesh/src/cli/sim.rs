@@ -81,8 +81,9 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1e-5)]
     pub dp_delta: f64,
     /// Where DP noise is added: central (aggregator) or distributed (each node).
-    #[arg(long, default_value = "central", value_parser = ["central", "distributed"])]
-    pub dp_placement: String,
+    /// Default: distributed under the round protocol, central with --direct.
+    #[arg(long, value_parser = ["central", "distributed"])]
+    pub dp_placement: Option<String>,
     /// Stop before the round that would spend more than this epsilon.
     #[arg(long, requires = "dp_clip")]
     pub dp_budget: Option<f64>,
@@ -132,12 +133,14 @@ pub struct SimArgs {
     /// A round closes with the updates it has after this many simulated ms.
     #[arg(long, default_value_t = 30_000)]
     pub round_deadline_ms: u64,
-    /// Set when --dp-placement was given explicitly.
-    #[arg(skip)]
-    pub dp_placement_given: bool,
 }
 
 impl SimArgs {
+    /// Where the direct simulation adds DP noise (central unless told otherwise).
+    pub fn dp_placement(&self) -> &str {
+        self.dp_placement.as_deref().unwrap_or("central")
+    }
+
     fn dp_config(&self) -> anyhow::Result<Option<DpConfig>> {
         let Some(clip_norm) = self.dp_clip else {
             return Ok(None);
@@ -147,7 +150,7 @@ impl SimArgs {
             (None, Some(eps)) => NoiseLevel::TargetEpsilon(eps),
             _ => anyhow::bail!("--dp-clip needs --dp-noise-multiplier or --dp-epsilon"),
         };
-        let placement = match self.dp_placement.as_str() {
+        let placement = match self.dp_placement() {
             "distributed" => NoisePlacement::Distributed,
             _ => NoisePlacement::Central,
         };
@@ -195,8 +198,7 @@ impl SimArgs {
 }
 
 /// Runs the simulation.
-pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
-    args.dp_placement_given = std::env::args().any(|a| a.starts_with("--dp-placement"));
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     let mnist = Mnist::load(&args.data).with_context(|| {
         format!(
@@ -231,7 +233,8 @@ fn print_header(args: &SimArgs, sim: &Simulation) {
     if let Some(z) = sim.noise_multiplier() {
         println!(
             "differential privacy: clip {:?}, noise multiplier {z:.4}, {}",
-            args.dp_clip, args.dp_placement
+            args.dp_clip,
+            args.dp_placement()
         );
     }
     println!(
@@ -345,7 +348,7 @@ fn report_json(
             "byzantine": c.byzantine, "byzantine_nodes": sim.byzantine_nodes(), "attack": c.attack.to_string(),
             "dp_clip": args.dp_clip, "dp_noise_multiplier": sim.noise_multiplier(),
             "dp_target_epsilon": args.dp_epsilon, "dp_delta": args.dp_delta,
-            "dp_placement": args.dp_clip.map(|_| args.dp_placement.clone()), "dp_budget": args.dp_budget,
+            "dp_placement": args.dp_clip.map(|_| args.dp_placement()), "dp_budget": args.dp_budget,
             "seed": c.seed, "data": args.data.display().to_string(),
         },
         "rounds": reports,

@@ -109,7 +109,7 @@ fn dp_settings(args: &SimArgs, c: &SimConfig) -> anyhow::Result<(f64, Option<DpB
     let Some(dp) = c.dp else {
         return Ok((0.0, None));
     };
-    if args.dp_placement != "distributed" && args.dp_placement_given {
+    if args.dp_placement.as_deref() == Some("central") {
         anyhow::bail!("the round protocol adds DP noise on each node: use --dp-placement distributed (or --direct for central noise)");
     }
     let q = c.participants_per_round as f64 / c.nodes as f64;
