@@ -2,7 +2,9 @@
 //! each node holds one shard of MNIST; a job submitted through the API runs
 //! its rounds with secure aggregation through the committee, reaches 90%
 //! test accuracy, and completes even when the committee leader is killed
-//! with SIGKILL mid-job.
+//! with SIGKILL mid-job; a group aggregator killed mid-round has its group
+//! (its shard of the participants) reassigned to another node, and the
+//! round completes with that group's updates.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -42,7 +44,7 @@ fn start_mesh() -> Mesh {
     mesh
 }
 
-fn submit(mesh: &Mesh, node: usize, token: &str, job: &str) {
+fn submit(mesh: &Mesh, node: usize, token: &str, job: &str, group_size: u32) {
     let spec = serde_json::json!({
         "job": job,
         "spec": {
@@ -50,7 +52,7 @@ fn submit(mesh: &Mesh, node: usize, token: &str, job: &str) {
             "rule_name": "fedavg", "byzantine_count": 0, "secagg": true, "dp_budget": null,
             "training": {
                 "dataset": "mnist", "epochs": 2, "batch_size": 32, "learning_rate": 0.1, "seed": 7,
-                "round_deadline_ms": 120000, "group_size": 5, "clip_norm": 20.0,
+                "round_deadline_ms": 120000, "group_size": group_size, "clip_norm": 20.0,
                 "noise_multiplier": 0.0, "sampling_rate": 1.0
             }
         }
@@ -101,7 +103,7 @@ fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
     let token = mesh.admin_token();
     leader_index(&mesh);
 
-    submit(&mesh, 1, &token, "first");
+    submit(&mesh, 1, &token, "first", 5);
     let done = wait_completed(&mut mesh, &[0, 1, 2, 3, 4], &token, "first");
     let accuracy = done["accuracy"].as_f64().unwrap();
     assert!(
@@ -131,7 +133,7 @@ fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
     );
 
     // Again, and kill -9 the committee leader once the first round is in.
-    submit(&mesh, 2, &token, "second");
+    submit(&mesh, 2, &token, "second", 5);
     wait_for("the second job's first round", JOB_LIMIT, || {
         job_view(&mesh, 2, &token, "second").filter(|v| v["rounds_completed"].as_u64() >= Some(1))
     });
@@ -143,5 +145,80 @@ fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
     assert!(
         done["rounds_aborted"].as_u64().unwrap() <= 1,
         "more than one round repeated: {done}"
+    );
+}
+
+/// A group aggregator of the running round that can be killed without
+/// taking the committee leader or its group's updates with it: not the
+/// leader, and not a member of the group it aggregates (groups of two or
+/// three need every member for secure aggregation).
+fn victim(mesh: &Mesh, leader: usize, record: &serde_json::Value) -> Option<(usize, usize)> {
+    let groups = record["plan"]["groups"].as_array()?;
+    groups.iter().enumerate().find_map(|(g, group)| {
+        let aggregator = group["aggregator"].as_str()?;
+        let node = mesh.nodes.iter().position(|n| n.peer_id == aggregator)?;
+        let is_member = group["members"]
+            .as_array()?
+            .iter()
+            .any(|m| m.as_str() == Some(aggregator));
+        (node != leader && !is_member).then_some((g, node))
+    })
+}
+
+#[test]
+fn a_killed_group_aggregators_shard_is_reassigned() {
+    let mut mesh = start_mesh();
+    let token = mesh.admin_token();
+    let leader = leader_index(&mesh);
+    // Groups of two: five participants make two groups, each with its own aggregator.
+    submit(&mesh, 1, &token, "groups", 2);
+    let (round, group, node) =
+        wait_for("a round with a group aggregator to kill", JOB_LIMIT, || {
+            let view = job_view(&mesh, leader, &token, "groups")?;
+            let rounds = view["detail"]["rounds"].as_array()?;
+            let record = rounds.last().filter(|r| r["completion"].is_null())?;
+            let (group, node) = victim(&mesh, leader, record)?;
+            Some((rounds.len() - 1, group, node))
+        });
+    let killed = mesh.nodes[node].peer_id.clone();
+    let started = std::time::Instant::now();
+    mesh.nodes[node].kill9();
+    eprintln!("killed node {node}, aggregator of group {group} in round {round}");
+
+    let reassigned = wait_for(
+        "the group to be reassigned",
+        Duration::from_secs(120),
+        || {
+            let view = job_view(&mesh, leader, &token, "groups")?;
+            let aggregator = view["detail"]["rounds"][round]["plan"]["groups"][group]["aggregator"]
+                .as_str()?
+                .to_string();
+            (aggregator != killed).then_some(aggregator)
+        },
+    );
+    assert!(
+        mesh.nodes.iter().any(|n| n.peer_id == reassigned),
+        "group {group} of round {round} went to an unknown node {reassigned}"
+    );
+    eprintln!("reassigned to {reassigned} after {:?}", started.elapsed());
+    let alive: Vec<usize> = (0..NODES).filter(|&i| i != node).collect();
+    let done = wait_completed(&mut mesh, &alive, &token, "groups");
+    eprintln!("completed after {:?}", started.elapsed());
+    assert_eq!(done["rounds_completed"], 5);
+    assert_eq!(done["rounds_aborted"], 0, "a round was repeated: {done}");
+    let record = &done["detail"]["rounds"][round];
+    assert_eq!(
+        record["plan"]["groups"][group]["aggregator"],
+        reassigned.as_str()
+    );
+    let inputs = record["completion"]["inputs"].as_array().unwrap();
+    let contributors = inputs
+        .iter()
+        .find(|i| i["group"] == group)
+        .and_then(|i| i["contributors"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        contributors >= 1,
+        "group {group} of round {round} contributed nothing after reassignment: {record}"
     );
 }

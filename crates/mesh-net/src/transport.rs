@@ -27,6 +27,8 @@ use crate::NetError;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Most concurrent Yamux streams per connection.
 pub const STREAMS_PER_CONNECTION_MAX: usize = 256;
+/// A QUIC connection silent this long is closed, in milliseconds.
+pub const QUIC_IDLE_TIMEOUT_MS: u32 = 4_000;
 
 /// The boxed transport the swarm runs on.
 pub type MeshTransport = Boxed<(PeerId, StreamMuxerBox)>;
@@ -54,7 +56,7 @@ pub fn build(kind: TransportKind, keypair: &Keypair) -> Result<MeshTransport, Ne
                 .authenticate(noise)
                 .multiplex(yamux_config())
                 .timeout(HANDSHAKE_TIMEOUT);
-            let quic = quic::tokio::Transport::new(quic::Config::new(keypair));
+            let quic = quic::tokio::Transport::new(quic_config(keypair));
             Ok(tcp
                 .or_transport(quic)
                 .map(|either, _| match either {
@@ -64,4 +66,15 @@ pub fn build(kind: TransportKind, keypair: &Keypair) -> Result<MeshTransport, Ne
                 .boxed())
         }
     }
+}
+
+/// QUIC with a shorter silence limit than libp2p's 10 s: a QUIC connection
+/// has no close to see when its peer is killed, so the idle timeout is how
+/// long a dead peer still looks connected (and how long its round roles wait
+/// to be reassigned). Keep-alives every second keep a live but idle link open.
+fn quic_config(keypair: &Keypair) -> quic::Config {
+    let mut config = quic::Config::new(keypair);
+    config.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+    config.keep_alive_interval = Duration::from_secs(1);
+    config
 }

@@ -30,6 +30,8 @@ const PROPOSED_MAX: usize = 4_096;
 #[derive(Debug, Default)]
 struct RoundState {
     groups: BTreeMap<u32, GroupInput>,
+    /// Groups whose aggregator reported that they have no result.
+    failed: BTreeSet<u32>,
     request: Option<Vec<GroupInput>>,
     last_request_ms: Option<u64>,
     reports: BTreeMap<NodeId, ([u8; 32], ModelHash, RoundMetrics)>,
@@ -196,10 +198,18 @@ impl Coordinator {
         let now = view.now_ms;
         let state = self.rounds.entry(key.clone()).or_default();
         let groups_total = record.plan.groups.len();
+        let all_heard = state.groups.len() + state.failed.len() >= groups_total;
         let past_deadline = now >= record.deadline_unix_ms;
-        if state.request.is_none()
-            && (state.groups.len() == groups_total || (past_deadline && !state.groups.is_empty()))
-        {
+        if state.request.is_none() && state.groups.is_empty() && all_heard {
+            // Every group failed: nothing to combine, start the round again now.
+            let command = Command::AbortRound {
+                job: key.job.clone(),
+                round: key.round,
+            };
+            self.propose(sh, format!("abort:{key}"), command, now);
+            return;
+        }
+        if state.request.is_none() && !state.groups.is_empty() && (all_heard || past_deadline) {
             state.request = Some(state.groups.values().copied().collect());
         }
         if let Some(inputs) = state.request.clone() {
@@ -241,7 +251,7 @@ impl Coordinator {
         let reported: BTreeSet<u32> = self
             .rounds
             .get(key)
-            .map(|s| s.groups.keys().copied().collect())
+            .map(|s| s.groups.keys().chain(&s.failed).copied().collect())
             .unwrap_or_default();
         let mut slots = Vec::new();
         for (g, group) in record.plan.groups.iter().enumerate() {
@@ -272,9 +282,9 @@ impl Coordinator {
     /// A report from a group or final aggregator (only while leading).
     pub fn on_message(&mut self, from: &NodeId, message: RoundMessage, view: &View<'_>) {
         let key = match &message {
-            RoundMessage::GroupReport { key, .. } | RoundMessage::AggregateReport { key, .. } => {
-                key.clone()
-            }
+            RoundMessage::GroupReport { key, .. }
+            | RoundMessage::GroupFailed { key, .. }
+            | RoundMessage::AggregateReport { key, .. } => key.clone(),
             _ => return,
         };
         let Some((running, record)) = view
@@ -289,16 +299,24 @@ impl Coordinator {
             return;
         }
         let state = self.rounds.entry(key).or_default();
+        let assigned = |group: u32| {
+            record
+                .plan
+                .groups
+                .get(group as usize)
+                .is_some_and(|g| &g.aggregator == from)
+        };
         match message {
-            RoundMessage::GroupReport { input, .. } => {
-                let assigned = record
-                    .plan
-                    .groups
-                    .get(input.group as usize)
-                    .map(|g| &g.aggregator);
-                if assigned == Some(from) && state.request.is_none() {
-                    state.groups.insert(input.group, input);
-                }
+            RoundMessage::GroupReport { input, .. }
+                if assigned(input.group) && state.request.is_none() =>
+            {
+                state.failed.remove(&input.group);
+                state.groups.insert(input.group, input);
+            }
+            RoundMessage::GroupFailed { group, .. }
+                if assigned(group) && !state.groups.contains_key(&group) =>
+            {
+                state.failed.insert(group);
             }
             RoundMessage::AggregateReport {
                 inputs_digest,

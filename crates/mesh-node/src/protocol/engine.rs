@@ -347,7 +347,9 @@ impl NodeEngine {
                     f.poll(&mut self.sh, &groups, view.leader, view.now_ms);
                 }
             }
-            report @ (RoundMessage::GroupReport { .. } | RoundMessage::AggregateReport { .. }) => {
+            report @ (RoundMessage::GroupReport { .. }
+            | RoundMessage::GroupFailed { .. }
+            | RoundMessage::AggregateReport { .. }) => {
                 if view.leader == Some(&self.sh.me) {
                     self.coordinator.on_message(from, report, view);
                 }

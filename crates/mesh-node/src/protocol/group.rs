@@ -428,8 +428,8 @@ impl GroupRound {
         self.result = Some((input, Arc::from(blob)));
     }
 
-    /// Sends the result blob to every final aggregator once, and the report to
-    /// the leader until the round ends.
+    /// Sends the result blob to every final aggregator once, and the report
+    /// (or the failure) to the leader until the round ends.
     fn deliver(
         &mut self,
         sh: &mut Shared,
@@ -437,10 +437,24 @@ impl GroupRound {
         leader: Option<&NodeId>,
         now_ms: u64,
     ) {
+        let due = self
+            .last_report_ms
+            .is_none_or(|t| now_ms >= t + sh.config.retry_ms);
+        if self.failed {
+            if let (Some(leader), true) = (leader, due) {
+                self.last_report_ms = Some(now_ms);
+                let message = RoundMessage::GroupFailed {
+                    key: self.a.key.clone(),
+                    group: self.a.group,
+                };
+                sh.send(leader, message);
+            }
+            return;
+        }
         let Some((input, blob)) = self.result.clone() else {
             return;
         };
-        for f in finals.iter().filter(|_| !self.failed) {
+        for f in finals {
             if self.sent_to.insert(f.clone()) {
                 let message = RoundMessage::GroupResult {
                     key: self.a.key.clone(),
@@ -451,9 +465,6 @@ impl GroupRound {
                 sh.send(f, message);
             }
         }
-        let due = self
-            .last_report_ms
-            .is_none_or(|t| now_ms >= t + sh.config.retry_ms);
         if let (Some(leader), true) = (leader, due) {
             self.last_report_ms = Some(now_ms);
             let message = RoundMessage::GroupReport {

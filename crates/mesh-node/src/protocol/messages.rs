@@ -101,6 +101,14 @@ pub enum RoundMessage {
         /// The group result.
         input: GroupInput,
     },
+    /// Group aggregator to the coordinator: the group has no result this
+    /// round (too few members answered), so the round need not wait for it.
+    GroupFailed {
+        /// The round.
+        key: RoundKey,
+        /// The group.
+        group: u32,
+    },
     /// Coordinator to final aggregators: combine exactly these group results.
     AggregateRequest {
         /// The round.
@@ -185,6 +193,7 @@ impl RoundMessage {
             Self::Plain { .. } => "plain_update",
             Self::GroupResult { .. } => "group_result",
             Self::GroupReport { .. } => "group_report",
+            Self::GroupFailed { .. } => "group_failed",
             Self::AggregateRequest { .. } => "aggregate_request",
             Self::AggregateReport { .. } => "aggregate_report",
             Self::BlobRequest { .. } => "blob_request",

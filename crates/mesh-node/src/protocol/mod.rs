@@ -7,7 +7,7 @@
 //!  StartRound{plan} ───► fetch model by hash
 //!                        train, clip, DP noise
 //!                        SecAgg+ (or signed) ──► unmask group sum ──► GroupResult blob
-//!  ◄──────────────────────────────── GroupReport{hash}
+//!  ◄──────────────────────────────── GroupReport{hash} (or GroupFailed)
 //!  AggregateRequest{inputs} ─────────────────────────────────────────► robust rule + step
 //!  ◄────────────────────────────────────────────────────────────────── AggregateReport{hash}
 //!  CompleteRound (when the final aggregators agree)

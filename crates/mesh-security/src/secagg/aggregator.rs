@@ -112,8 +112,14 @@ impl SecAggAggregator {
     }
 
     /// Closes round 0: for each advertised client, its advertised neighbours' keys.
+    ///
+    /// A client with fewer advertised neighbours than the threshold could not
+    /// share its secrets, so it is treated as dropped here, and so are the
+    /// clients left short by its removal: the step fails now, not one
+    /// timeout later, when too few clients can go on.
     pub fn finish_advertising(&mut self) -> Result<Vec<(u32, NeighbourKeys)>, SecAggError> {
         self.expect(Stage::Advertising, "advertising already closed")?;
+        self.drop_isolated_adverts();
         self.require("advertise", self.adverts.len())?;
         self.stage = Stage::Sharing;
         let graph = &self.params.graph;
@@ -129,6 +135,34 @@ impl SecAggAggregator {
                 (u, NeighbourKeys { adverts })
             })
             .collect())
+    }
+
+    /// Removes, until none is left, adverts whose client has fewer advertised
+    /// neighbours than the threshold.
+    fn drop_isolated_adverts(&mut self) {
+        let graph = &self.params.graph;
+        let threshold = self.params.threshold;
+        loop {
+            let isolated: Vec<u32> = self
+                .adverts
+                .keys()
+                .copied()
+                .filter(|&u| {
+                    let advertised = graph
+                        .neighbours(u)
+                        .iter()
+                        .filter(|v| self.adverts.contains_key(v))
+                        .count();
+                    advertised < threshold
+                })
+                .collect();
+            if isolated.is_empty() {
+                return;
+            }
+            for u in isolated {
+                self.adverts.remove(&u);
+            }
+        }
     }
 
     /// Round 1 input: one client's encrypted shares.

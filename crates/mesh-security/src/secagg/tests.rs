@@ -158,6 +158,32 @@ fn too_many_dropouts_is_a_clear_error_never_a_wrong_sum() {
     assert!(matches!(err, SecAggError::NotEnoughShares { .. }), "{err}");
 }
 
+#[test]
+fn clients_left_without_enough_neighbours_fail_the_round_at_advertising() {
+    // Three clients: each has two neighbours and needs both, so one silent
+    // client leaves the other two unable to share their secrets.
+    let n = 3;
+    let (params, ids) = setup(n, 4, ModulusBits::B32);
+    let mut agg = SecAggAggregator::new(params.clone()).unwrap();
+    for i in 0..2 {
+        let mut client =
+            SecAggClient::new(params.clone(), i, ids[i as usize].clone(), [i as u8; 32]).unwrap();
+        agg.receive_advert(client.advertise().unwrap()).unwrap();
+    }
+    let err = agg.finish_advertising().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::TooFewClients {
+                stage: "advertise",
+                alive: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 /// A round after key sharing: params, identities, clients, aggregator, inboxes.
 type Shared = (
     SecAggParams,
