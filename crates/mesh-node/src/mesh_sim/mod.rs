@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::protocol::blob::decode_params;
 use crate::protocol::{
     node_name, Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine,
-    ProtocolStats, RoundKey, TrainTask, TrainedUpdate, View,
+    ProtocolStats, RoundKey, RoundMessage, TrainTask, TrainedUpdate, View,
 };
 pub use faults::Faults;
 use invariants::Checker;
@@ -125,6 +125,9 @@ pub struct MeshSimOutcome {
     pub training_wall_ms: u64,
     /// Wall-clock time the simulator spent evaluating committed models on the test set, ms.
     pub evaluation_wall_ms: u64,
+    /// Wall-clock time the simulator spent checking invariants (keeping every
+    /// model blob it sees and recomputing committed models), ms.
+    pub checking_wall_ms: u64,
     /// Wall-clock time of the whole run, ms.
     pub total_wall_ms: u64,
     /// Largest blob-cache size of any node, bytes.
@@ -169,6 +172,7 @@ pub struct MeshSim {
     reports: Vec<MeshRoundReport>,
     training_wall_ms: u64,
     evaluation_wall_ms: u64,
+    checking_wall: std::time::Duration,
     crashes: u64,
     cache_bytes_max: usize,
     last_round_wall: Instant,
@@ -271,6 +275,7 @@ impl MeshSim {
             reports: Vec::new(),
             training_wall_ms: 0,
             evaluation_wall_ms: 0,
+            checking_wall: std::time::Duration::ZERO,
             crashes: 0,
             cache_bytes_max: 0,
             last_round_wall: Instant::now(),
@@ -314,9 +319,10 @@ impl MeshSim {
         self.index += 1;
         if self.state.apply(self.index, command).is_ok() {
             let seed = self.config.seed;
-            self.checker
-                .on_commit(&self.state, command)
-                .map_err(|message| MeshSimError::Invariant { seed, message })?;
+            let started = Instant::now();
+            let checked = self.checker.on_commit(&self.state, command);
+            self.checking_wall += started.elapsed();
+            checked.map_err(|message| MeshSimError::Invariant { seed, message })?;
             if let Command::CompleteRound {
                 round, model_hash, ..
             } = command
@@ -325,6 +331,14 @@ impl MeshSim {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` on the invariant checker, counting its time as the simulator's own.
+    fn check<T>(&mut self, f: impl FnOnce(&mut Checker) -> T) -> T {
+        let started = Instant::now();
+        let out = f(&mut self.checker);
+        self.checking_wall += started.elapsed();
+        out
     }
 
     fn record_round(&mut self, round: u32, hash: ModelHash) {
@@ -410,6 +424,7 @@ impl MeshSim {
             crashes: self.crashes,
             training_wall_ms: self.training_wall_ms,
             evaluation_wall_ms: self.evaluation_wall_ms,
+            checking_wall_ms: self.checking_wall.as_millis() as u64,
             total_wall_ms: started.elapsed().as_millis() as u64,
             cache_bytes_max: self.cache_bytes_max,
         }
@@ -433,28 +448,50 @@ impl MeshSim {
         self.deliver_finished();
         // Who is up and who leads changes only with faults and elections, above.
         let parts = self.view_parts();
+        let mut inboxes: Vec<Inbox> = self.nodes.iter().map(|_| Vec::new()).collect();
         for (from, to, message) in self.network.due(self.now_ms) {
-            let Some(&i) = self.by_name.get(&to) else {
-                continue;
-            };
-            if !self.nodes[i].up {
-                continue;
+            if let Some(&i) = self.by_name.get(&to) {
+                inboxes[i].push((from, message));
             }
-            let node = &mut self.nodes[i];
-            node.engine
-                .on_message(&from, message, &parts.view(&self.state, self.now_ms));
         }
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].up {
-                let view = parts.view(&self.state, self.now_ms);
-                self.nodes[i].engine.observe(&view);
-                let actions = self.nodes[i].engine.take_actions(&view);
-                self.cache_bytes_max = self.cache_bytes_max.max(self.nodes[i].engine.cache_bytes());
-                self.carry_out(i, actions);
-            }
+        for (i, actions, cache_bytes) in self.run_engines(&parts, inboxes) {
+            self.cache_bytes_max = self.cache_bytes_max.max(cache_bytes);
+            self.carry_out(i, actions);
         }
         self.run_compute();
         Ok(())
+    }
+
+    /// Feeds every up node its messages, lets it observe the state and
+    /// collects its actions. Nodes are independent within a step (what they
+    /// send arrives in a later step), so when several have messages their
+    /// engines run on the configured threads; the actions come back in node
+    /// order, so the outcome does not depend on the thread count.
+    fn run_engines(
+        &mut self,
+        parts: &ViewParts,
+        inboxes: Vec<Inbox>,
+    ) -> Vec<(usize, Vec<Action>, usize)> {
+        let busy = inboxes.iter().filter(|m| !m.is_empty()).count();
+        let threads = if busy >= 2 { self.config.threads } else { 1 };
+        let (state, now_ms) = (&self.state, self.now_ms);
+        let mut work: Vec<(usize, &mut SimNode, Inbox)> = self
+            .nodes
+            .iter_mut()
+            .zip(inboxes)
+            .enumerate()
+            .filter(|(_, (node, _))| node.up)
+            .map(|(i, (node, inbox))| (i, node, inbox))
+            .collect();
+        crate::parallel::map_in_threads(&mut work, threads, |(i, node, inbox)| {
+            let view = parts.view(state, now_ms);
+            for (from, message) in inbox.drain(..) {
+                node.engine.on_message(&from, message, &view);
+            }
+            node.engine.observe(&view);
+            let actions = node.engine.take_actions(&view);
+            (*i, actions, node.engine.cache_bytes())
+        })
     }
 
     fn view_parts(&self) -> ViewParts {
@@ -518,7 +555,7 @@ impl MeshSim {
         for action in actions {
             match action {
                 Action::Send { to, message } => {
-                    self.checker.observe_message(&message);
+                    self.check(|c| c.observe_message(&message));
                     self.network.send(&from, &to, message, self.now_ms);
                 }
                 Action::Propose(command) => {
@@ -539,7 +576,7 @@ impl MeshSim {
                         .initial(&spec)
                         .map_err(|e| e.to_string());
                     if let Ok(params) = &result {
-                        self.checker.observe_model(params);
+                        self.check(|c| c.observe_model(params));
                     }
                     self.pending
                         .push((self.now_ms + STEP_MS, i, Finished::Initial(job, result)));
@@ -552,7 +589,7 @@ impl MeshSim {
                         .combine(&task)
                         .map_err(|e| e.to_string());
                     if let Ok(model) = &result {
-                        self.checker.observe_model(&model.params);
+                        self.check(|c| c.observe_model(&model.params));
                     }
                     self.pending.push((
                         self.now_ms + STEP_MS,
@@ -622,6 +659,9 @@ impl MeshSim {
         }
     }
 }
+
+/// Messages due at one node in one step, with their senders.
+type Inbox = Vec<(NodeId, RoundMessage)>;
 
 /// A training result with the node that trained it.
 type TrainedBy = (usize, RoundKey, Result<TrainedUpdate, String>);

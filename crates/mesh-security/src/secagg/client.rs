@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::{ChaCha12Rng, ChaCha20Rng};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -31,6 +31,9 @@ enum Stage {
     Advertised,
     Shared {
         neighbours: BTreeMap<u32, AdvertiseKeys>,
+        /// The share-encryption agreement with each neighbour, computed when
+        /// sharing and used again to open that neighbour's shares.
+        enc_shared: BTreeMap<u32, Zeroizing<[u8; 32]>>,
     },
     Masked {
         received: BTreeMap<u32, SharePair>,
@@ -44,7 +47,7 @@ pub struct SecAggClient {
     index: u32,
     identity: NodeIdentity,
     rng: ChaCha20Rng,
-    rounding: ChaCha20Rng,
+    rounding: ChaCha12Rng,
     secrets: Option<RoundSecrets>,
     stage: Stage,
 }
@@ -169,6 +172,7 @@ impl SecAggClient {
         let key_bytes = Zeroizing::new(secrets.mask_secret.to_bytes());
         let key_shares = shamir::split(&key_bytes, t, &xs, &mut self.rng).map_err(to_bad)?;
         let mut shares = Vec::with_capacity(neighbours.len());
+        let mut enc_shared = BTreeMap::new();
         for ((v, advert), (self_seed, mask_key)) in neighbours
             .iter()
             .zip(seed_shares.into_iter().zip(key_shares))
@@ -182,6 +186,7 @@ impl SecAggClient {
             );
             let shared = agree(&secrets.enc_secret, &advert.enc_public, *v)?;
             let ciphertext = seal_share(&self.params.session, &shared, self.index, *v, &plain)?;
+            enc_shared.insert(*v, shared);
             shares.push(EncryptedShare {
                 from: self.index,
                 to: *v,
@@ -197,7 +202,10 @@ impl SecAggClient {
             ),
             shares,
         };
-        self.stage = Stage::Shared { neighbours };
+        self.stage = Stage::Shared {
+            neighbours,
+            enc_shared,
+        };
         Signed::sign(&self.identity, &self.params.session, body)
     }
 
@@ -205,12 +213,11 @@ impl SecAggClient {
     fn open_shares(
         &self,
         msg: &SharesForClient,
-        neighbours: &BTreeMap<u32, AdvertiseKeys>,
-        secrets: &RoundSecrets,
+        enc_shared: &BTreeMap<u32, Zeroizing<[u8; 32]>>,
     ) -> Result<BTreeMap<u32, SharePair>, SecAggError> {
         let mut received = BTreeMap::new();
         for share in &msg.shares {
-            let advert = neighbours
+            let shared = enc_shared
                 .get(&share.from)
                 .ok_or(SecAggError::UnknownClient {
                     client: share.from,
@@ -222,10 +229,9 @@ impl SecAggClient {
                     reason: "addressed to another client",
                 });
             }
-            let shared = agree(&secrets.enc_secret, &advert.enc_public, share.from)?;
             let plain = open_share(
                 &self.params.session,
-                &shared,
+                shared,
                 share.from,
                 self.index,
                 &share.ciphertext,
@@ -256,7 +262,14 @@ impl SecAggClient {
         msg: &SharesForClient,
         update: &[f32],
     ) -> Result<Signed<MaskedInput>, SecAggError> {
-        let (Stage::Shared { neighbours }, Some(secrets)) = (&self.stage, &self.secrets) else {
+        let (
+            Stage::Shared {
+                neighbours,
+                enc_shared,
+            },
+            Some(secrets),
+        ) = (&self.stage, &self.secrets)
+        else {
             return Err(SecAggError::UnexpectedMessage("shares before sharing keys"));
         };
         if update.len() != self.params.dimension {
@@ -266,7 +279,7 @@ impl SecAggClient {
                 self.params.dimension
             )));
         }
-        let received = self.open_shares(msg, neighbours, secrets)?;
+        let received = self.open_shares(msg, enc_shared)?;
         let modulus = self.params.modulus;
         let mut values = encode_update(update, &self.params, &mut self.rounding);
         apply_mask(&mut values, &secrets.self_seed, modulus, Sign::Add);

@@ -2,7 +2,7 @@
 //! mapping between signed integers and the ring Z_(2^m).
 
 use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::ChaCha12Rng;
 use sha2::{Digest, Sha256};
 
 use super::params::SecAggParams;
@@ -32,6 +32,9 @@ pub fn clip(update: &[f32], clip_norm: f64) -> Vec<f64> {
         .collect()
 }
 
+/// 2^32, the range of the random word that decides a rounding.
+const TWO_POW_32: f64 = 4_294_967_296.0;
+
 /// Quantizes a clipped update: `x * scale` rounded up with probability equal
 /// to its fractional part (unbiased), clamped to `[-q_max, q_max]`, as ring
 /// elements (two's complement modulo 2^m).
@@ -44,7 +47,8 @@ pub fn quantize(clipped: &[f64], params: &SecAggParams, rng: &mut impl Rng) -> V
         .map(|&x| {
             let scaled = x * scale;
             let floor = scaled.floor();
-            let up = rng.random::<f64>() < scaled - floor;
+            // 32 random bits per value decide the rounding (2^-32 resolution).
+            let up = f64::from(rng.random::<u32>()) < (scaled - floor) * TWO_POW_32;
             let q = (floor as i64 + i64::from(up)).clamp(-q_max, q_max);
             (q as u64) & mask
         })
@@ -66,10 +70,11 @@ pub fn encode_update(update: &[f32], params: &SecAggParams, rng: &mut impl Rng) 
 
 /// The RNG a client uses for stochastic rounding, derived from its seed
 /// (separate from the key and share randomness, so a test can recompute
-/// exactly what a client quantized).
-pub fn rounding_rng(client_seed: &[u8; 32]) -> ChaCha20Rng {
+/// exactly what a client quantized). ChaCha12: rounding draws one word per
+/// parameter, and its bits protect nothing secret beyond the update itself.
+pub fn rounding_rng(client_seed: &[u8; 32]) -> ChaCha12Rng {
     let mut h = Sha256::new();
     h.update(b"agent-mesh/secagg/v1/rounding");
     h.update(client_seed);
-    ChaCha20Rng::from_seed(h.finalize().into())
+    ChaCha12Rng::from_seed(h.finalize().into())
 }
