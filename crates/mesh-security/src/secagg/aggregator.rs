@@ -195,10 +195,15 @@ impl SecAggAggregator {
     }
 
     /// Closes round 1: for each client that shared, the shares addressed to it.
+    ///
+    /// A client that would receive fewer shares than the threshold cannot
+    /// mask its input, so it gets none and counts as dropped after sharing
+    /// (the shares it gave out still let the survivors remove its masks);
+    /// the step fails now, not at the collection deadline, when too few
+    /// clients can go on.
     pub fn finish_sharing(&mut self) -> Result<Vec<(u32, SharesForClient)>, SecAggError> {
         self.expect(Stage::Sharing, "sharing already closed")?;
         self.require("share keys", self.shares.len())?;
-        self.stage = Stage::Masking;
         let mut inbox: BTreeMap<u32, Vec<EncryptedShare>> =
             self.shares.keys().map(|&u| (u, Vec::new())).collect();
         for msg in self.shares.values() {
@@ -208,6 +213,10 @@ impl SecAggAggregator {
                 }
             }
         }
+        let threshold = self.params.threshold;
+        inbox.retain(|_, shares| shares.len() >= threshold);
+        self.require("masked input", inbox.len())?;
+        self.stage = Stage::Masking;
         Ok(inbox
             .into_iter()
             .map(|(u, shares)| (u, SharesForClient { shares }))

@@ -184,6 +184,41 @@ fn clients_left_without_enough_neighbours_fail_the_round_at_advertising() {
     );
 }
 
+#[test]
+fn clients_left_without_enough_shares_fail_the_round_when_sharing_closes() {
+    // Three clients all advertise, one never shares: each of the other two
+    // would hold one share but needs two, so neither can mask its input.
+    let n = 3;
+    let (params, ids) = setup(n, 4, ModulusBits::B32);
+    let mut clients: Vec<SecAggClient> = (0..n as u32)
+        .map(|i| {
+            SecAggClient::new(params.clone(), i, ids[i as usize].clone(), [i as u8; 32]).unwrap()
+        })
+        .collect();
+    let mut agg = SecAggAggregator::new(params.clone()).unwrap();
+    for c in &mut clients {
+        agg.receive_advert(c.advertise().unwrap()).unwrap();
+    }
+    for (u, keys) in agg.finish_advertising().unwrap() {
+        if u != 2 {
+            agg.receive_shares(clients[u as usize].share_keys(&keys).unwrap())
+                .unwrap();
+        }
+    }
+    let err = agg.finish_sharing().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecAggError::TooFewClients {
+                stage: "masked input",
+                alive: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 /// A round after key sharing: params, identities, clients, aggregator, inboxes.
 type Shared = (
     SecAggParams,
