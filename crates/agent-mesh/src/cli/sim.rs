@@ -96,7 +96,8 @@ pub struct SimArgs {
     /// Output folder for report.json, accuracy.png and model.safetensors.
     #[arg(long, default_value = "sim-out")]
     pub out: PathBuf,
-    /// Worker threads for local training (default: all cores).
+    /// Worker threads for local training and for the protocol work of nodes
+    /// busy in the same step (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// No progress bar (the per-round table is still printed).
