@@ -158,6 +158,14 @@ fn too_many_dropouts_is_a_clear_error_never_a_wrong_sum() {
     assert!(matches!(err, SecAggError::NotEnoughShares { .. }), "{err}");
 }
 
+/// `err` says that no client could go on at `step`.
+fn assert_no_client_left(err: &SecAggError, step: &str) {
+    assert!(
+        matches!(err, SecAggError::TooFewClients { stage, alive: 0, .. } if *stage == step),
+        "{err}"
+    );
+}
+
 #[test]
 fn clients_left_without_enough_neighbours_fail_the_round_at_advertising() {
     // Three clients: each has two neighbours and needs both, so one silent
@@ -171,17 +179,7 @@ fn clients_left_without_enough_neighbours_fail_the_round_at_advertising() {
         agg.receive_advert(client.advertise().unwrap()).unwrap();
     }
     let err = agg.finish_advertising().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SecAggError::TooFewClients {
-                stage: "advertise",
-                alive: 0,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_no_client_left(&err, "advertise");
 }
 
 #[test]
@@ -206,17 +204,7 @@ fn clients_left_without_enough_shares_fail_the_round_when_sharing_closes() {
         }
     }
     let err = agg.finish_sharing().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SecAggError::TooFewClients {
-                stage: "masked input",
-                alive: 0,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_no_client_left(&err, "masked input");
 }
 
 /// A round after key sharing: params, identities, clients, aggregator, inboxes.
