@@ -40,7 +40,7 @@ pub struct RoundArgs {
     /// Worker threads: nodes' training and, when several nodes have messages
     /// in the same step, their protocol work run in parallel (a real mesh
     /// runs every node at once). 1 adds up every node's work one after another.
-    #[arg(long, default_value_t = default_threads())]
+    #[arg(long, default_value_t = super::sim::all_cores())]
     pub threads: usize,
     /// Seed of the run.
     #[arg(long, default_value_t = 42)]
@@ -48,10 +48,6 @@ pub struct RoundArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn crop(d: &Dataset) -> Dataset {

@@ -166,9 +166,7 @@ impl SimArgs {
 
     /// The simulation configuration these flags describe.
     pub fn to_config(&self) -> anyhow::Result<SimConfig> {
-        let threads = self
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = self.threads.unwrap_or_else(all_cores);
         Ok(SimConfig {
             nodes: self.nodes,
             rounds: self.rounds,
@@ -382,4 +380,9 @@ fn explain_divergence(err: anyhow::Error) -> anyhow::Error {
          (client-level DP needs many nodes or a small model), an attack the rule does not stop, \
          or a learning rate too high; the rounds completed so far are in the output folder",
     )
+}
+
+/// Worker threads when none are asked for: one per core this process may use.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
