@@ -1,0 +1,278 @@
+//! The store's one writer thread: group commit through the write-ahead file,
+//! checkpoints into redb.
+//!
+//! ```text
+//!   append/vote/truncate/purge/snapshot ──► bounded queue ──► writer thread
+//!     1. drain every queued write (up to WRITE_BATCH_MAX) into one batch
+//!     2. small batch: one record in the write-ahead file, one fdatasync,
+//!        acknowledge each write in order; keep the batch for redb
+//!     3. snapshot batch, or the write-ahead file past WAL_CHECKPOINT_BYTES:
+//!        checkpoint = every kept write (and the batch) in ONE durable redb
+//!        transaction, then empty the write-ahead file
+//! ```
+//!
+//! Every write is a "set" (insert a row, delete a range, set a key), so
+//! replaying writes that redb already holds, after a crash between a
+//! checkpoint's commit and the emptying of the file, changes nothing.
+
+use std::io;
+use std::sync::Arc;
+
+use openraft::storage::IOFlushed;
+use redb::{Database, Durability, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::wal::Wal;
+use crate::types::TypeConfig;
+
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+/// Most writes queued for the writer thread; `append` waits when it is full.
+pub const WRITE_QUEUE_LEN: usize = 4096;
+/// Most queued writes the writer folds into one batch.
+pub const WRITE_BATCH_MAX: usize = 1024;
+/// Size of the write-ahead file past which its writes are checkpointed into
+/// redb and it is emptied; it also bounds the writes kept in memory for that.
+pub const WAL_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A key of the store's metadata table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum MetaKey {
+    Vote,
+    Committed,
+    Purged,
+    SnapshotMeta,
+    SnapshotData,
+}
+
+impl MetaKey {
+    /// The key's name in the redb table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vote => "vote",
+            Self::Committed => "committed",
+            Self::Purged => "purged",
+            Self::SnapshotMeta => "snapshot_meta",
+            Self::SnapshotData => "snapshot_data",
+        }
+    }
+}
+
+/// One change to the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) enum WriteKind {
+    /// Log rows (index, encoded entry).
+    Append(Vec<(u64, Vec<u8>)>),
+    /// Sets a metadata key.
+    PutMeta(MetaKey, Vec<u8>),
+    /// Deletes log entries with index >= the value.
+    TruncateFrom(u64),
+    /// Deletes log entries with index <= the value, and records the purged id.
+    PurgeUpTo(u64, Vec<u8>),
+}
+
+impl WriteKind {
+    /// Snapshots go straight to redb: they are large and rare.
+    fn is_snapshot(&self) -> bool {
+        matches!(self, Self::PutMeta(MetaKey::SnapshotData, _))
+    }
+}
+
+/// How the writer reports that a write is durable.
+pub(super) enum Done {
+    Flushed(IOFlushed<TypeConfig>),
+    Reply(oneshot::Sender<Result<(), String>>),
+    Nothing,
+}
+
+struct WriteOp {
+    kinds: Vec<WriteKind>,
+    done: Done,
+}
+
+/// Handle to the writer thread; the last clone dropped closes the queue and
+/// waits for the thread, so the database file is closed when it returns.
+#[derive(Clone)]
+pub(super) struct Writer {
+    shared: Arc<WriterShared>,
+}
+
+struct WriterShared {
+    tx: Option<mpsc::Sender<WriteOp>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterShared {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread over `db` and its write-ahead file.
+    pub fn spawn(db: Database, wal: Wal) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_LEN);
+        let mut state = WriterState {
+            db,
+            wal,
+            kept: Vec::new(),
+            failed: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("raft-store-writer".into())
+            .spawn(move || state.run(rx))?;
+        Ok(Self {
+            shared: Arc::new(WriterShared {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Queues a write; completion is reported through `done`.
+    pub async fn submit(&self, kinds: Vec<WriteKind>, done: Done) -> io::Result<()> {
+        let stopped = || io::Error::other("the store writer has stopped");
+        let tx = self.shared.tx.as_ref().ok_or_else(stopped)?;
+        tx.send(WriteOp { kinds, done })
+            .await
+            .map_err(|_| stopped())
+    }
+
+    /// Queues a write and waits until it is durable.
+    pub async fn write(&self, kinds: Vec<WriteKind>) -> io::Result<()> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.submit(kinds, Done::Reply(done_tx)).await?;
+        match done_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::other(e)),
+            Err(_) => Err(io::Error::other("the store writer has stopped")),
+        }
+    }
+}
+
+struct WriterState {
+    db: Database,
+    wal: Wal,
+    /// Writes durable in the write-ahead file and not yet in redb.
+    kept: Vec<WriteKind>,
+    /// Set after a failure that leaves the files in doubt; every later write fails.
+    failed: Option<String>,
+}
+
+impl WriterState {
+    fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut ops = vec![first];
+            while ops.len() < WRITE_BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut kinds = Vec::new();
+            let mut dones = Vec::with_capacity(ops.len());
+            for op in ops {
+                kinds.extend(op.kinds);
+                dones.push(op.done);
+            }
+            let result = self.write_batch(kinds);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "raft store write failed");
+            }
+            for done in dones {
+                match done {
+                    Done::Flushed(cb) => cb.io_completed(result.clone().map_err(io::Error::other)),
+                    Done::Reply(tx) => {
+                        let _ = tx.send(result.clone());
+                    }
+                    Done::Nothing => {}
+                }
+            }
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.checkpoint(Vec::new()) {
+                tracing::warn!(error = %e, "raft store: final checkpoint failed; the write-ahead file is replayed on the next start");
+            }
+        }
+    }
+
+    /// Makes one batch durable; see the module docs for the two paths.
+    fn write_batch(&mut self, kinds: Vec<WriteKind>) -> Result<(), String> {
+        if let Some(reason) = &self.failed {
+            return Err(format!(
+                "the store stopped after an earlier failure: {reason}"
+            ));
+        }
+        if kinds.iter().any(WriteKind::is_snapshot) {
+            return self.checkpoint(kinds);
+        }
+        if let Err(e) = self.wal.append(&kinds) {
+            let reason = format!("write-ahead append: {e}");
+            self.failed = Some(reason.clone());
+            return Err(reason);
+        }
+        self.kept.extend(kinds);
+        if self.wal.len_bytes() >= WAL_CHECKPOINT_BYTES {
+            // The batch is already durable: a failed checkpoint fails later writes, not this one.
+            let _ = self.checkpoint(Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Moves every kept write, then `more`, into redb in one durable
+    /// transaction and empties the write-ahead file.
+    fn checkpoint(&mut self, more: Vec<WriteKind>) -> Result<(), String> {
+        let kept = std::mem::take(&mut self.kept);
+        let outcome = commit_to_redb(&self.db, kept.iter().chain(more.iter())).and_then(|()| {
+            self.wal
+                .reset()
+                .map_err(|e| format!("emptying the write-ahead file: {e}"))
+        });
+        if let Err(e) = &outcome {
+            self.failed = Some(format!("checkpoint: {e}"));
+        }
+        outcome
+    }
+}
+
+/// Applies `writes`, in order, in one durable redb transaction.
+pub(super) fn commit_to_redb<'a>(
+    db: &Database,
+    writes: impl Iterator<Item = &'a WriteKind>,
+) -> Result<(), String> {
+    let s = |e: &dyn std::fmt::Display| e.to_string();
+    let mut tx = db.begin_write().map_err(|e| s(&e))?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| s(&e))?;
+    {
+        let mut log = tx.open_table(LOG).map_err(|e| s(&e))?;
+        let mut meta = tx.open_table(META).map_err(|e| s(&e))?;
+        for kind in writes {
+            match kind {
+                WriteKind::Append(entries) => {
+                    for (index, bytes) in entries {
+                        log.insert(*index, bytes.as_slice()).map_err(|e| s(&e))?;
+                    }
+                }
+                WriteKind::PutMeta(key, value) => {
+                    meta.insert(key.name(), value.as_slice())
+                        .map_err(|e| s(&e))?;
+                }
+                WriteKind::TruncateFrom(from) => {
+                    log.retain_in(*from.., |_, _| false).map_err(|e| s(&e))?;
+                }
+                WriteKind::PurgeUpTo(upto, purged) => {
+                    log.retain_in(..=*upto, |_, _| false).map_err(|e| s(&e))?;
+                    meta.insert(MetaKey::Purged.name(), purged.as_slice())
+                        .map_err(|e| s(&e))?;
+                }
+            }
+        }
+    }
+    tx.commit().map_err(|e| s(&e))
+}
