@@ -52,6 +52,8 @@ pub struct MeshBehaviour {
     pub cert: request_response::Behaviour<FrameCodec>,
     /// Direct requests and blob transfers.
     pub rpc: request_response::Behaviour<FrameCodec>,
+    /// Long-lived application streams (see [`crate::streams`]).
+    pub streams: libp2p_stream::Behaviour,
 }
 
 fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
@@ -134,6 +136,7 @@ impl MeshBehaviour {
             gossipsub,
             cert,
             rpc,
+            streams: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -39,6 +39,7 @@ use crate::gossip::GossipGate;
 use crate::handle::{Command, NetEvent};
 use crate::metrics::NetMetrics;
 use crate::peers::{Backoff, PeerState, PeerTable, PeerTableConfig};
+use crate::streams::{AdmittedPeers, Streams};
 use crate::{ids, transport, NetError};
 
 /// The current time, Unix milliseconds.
@@ -98,6 +99,8 @@ pub(crate) struct Driver {
     held_gossip: HashMap<PeerId, Vec<(gossipsub::MessageId, gossipsub::Message)>>,
     /// Messages in `held_gossip`, at most [`GOSSIP_HELD_MAX`].
     gossip_held: usize,
+    /// Admitted peers, shared with the stream side of the handles.
+    admitted: AdmittedPeers,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -234,12 +237,21 @@ impl Driver {
             inbound: FuturesUnordered::new(),
             held_gossip: HashMap::new(),
             gossip_held: 0,
+            admitted: AdmittedPeers::default(),
         })
     }
 
     /// This node's peer id.
     pub(crate) fn local_peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
+    }
+
+    /// The stream side that handles use (see [`crate::streams`]).
+    pub(crate) fn streams(&self) -> Streams {
+        Streams {
+            control: self.swarm.behaviour().streams.new_control(),
+            admitted: self.admitted.clone(),
+        }
     }
 
     /// Runs until shut down or until every handle is dropped.
@@ -398,6 +410,13 @@ impl Driver {
     /// Hands an event to the application; when its queue is full the event
     /// is dropped and counted (the driver never blocks on the application).
     fn emit(&mut self, event: NetEvent) -> bool {
+        match &event {
+            NetEvent::PeerAdmitted { peer, .. } => self.admitted.set(*peer, true),
+            NetEvent::PeerDown { peer } | NetEvent::PeerRejected { peer, .. } => {
+                self.admitted.set(*peer, false);
+            }
+            NetEvent::Request { .. } | NetEvent::Gossip { .. } => {}
+        }
         match self.events.try_send(event) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(event)) => {

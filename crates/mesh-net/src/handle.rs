@@ -2,7 +2,7 @@
 //! returns a [`NetHandle`] (commands in) and a receiver of [`NetEvent`]s
 //! (events out). Both channels are bounded.
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, Stream};
 use mesh_security::ca::SignedRevocation;
 use mesh_security::rbac::{Role, RoleSet};
 use prometheus_client::registry::Registry;
@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::NetConfig;
 use crate::driver::Driver;
 use crate::metrics::NetMetrics;
+use crate::streams::{IncomingStreams, Streams};
 use crate::NetError;
 
 /// Something the network layer tells the application.
@@ -125,6 +126,7 @@ pub struct NetHandle {
     local_peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     metrics: NetMetrics,
+    streams: Streams,
 }
 
 /// Starts the network layer described by `config`: builds the transport,
@@ -139,11 +141,13 @@ pub async fn spawn(
     let (events_tx, events_rx) = mpsc::channel(config.queues.events_max.max(1));
     let driver = Driver::new(config, metrics.clone(), commands_rx, events_tx)?;
     let local_peer_id = driver.local_peer_id();
+    let streams = driver.streams();
     tokio::spawn(driver.run());
     let handle = NetHandle {
         local_peer_id,
         commands: commands_tx,
         metrics,
+        streams,
     };
     Ok((handle, events_rx))
 }
@@ -194,6 +198,24 @@ impl NetHandle {
             reply,
         })
         .await?
+    }
+
+    /// Opens a long-lived stream to the admitted `peer` under the protocol
+    /// `/agent-mesh/<name>` (see [`crate::streams`] for when to prefer it
+    /// over [`Self::request`]).
+    pub async fn open_stream(&self, peer: PeerId, name: &str) -> Result<Stream, NetError> {
+        self.streams.open(peer, name).await
+    }
+
+    /// Accepts the streams admitted peers open under `/agent-mesh/<name>`;
+    /// one acceptor per protocol and process.
+    pub fn accept_streams(&self, name: &str) -> Result<IncomingStreams, NetError> {
+        self.streams.accept(name)
+    }
+
+    /// Whether `peer` is admitted now.
+    pub fn is_admitted(&self, peer: &PeerId) -> bool {
+        self.streams.admitted.contains(peer)
     }
 
     /// Publishes an encoded signed envelope on `topic`.

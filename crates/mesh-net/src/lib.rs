@@ -52,6 +52,7 @@ pub mod ids;
 pub mod keep_alive;
 pub mod metrics;
 pub mod peers;
+pub mod streams;
 pub mod transport;
 
 pub use admission::{
@@ -63,6 +64,7 @@ pub use config::{
 };
 pub use error::NetError;
 pub use handle::{spawn, NetEvent, NetHandle, PeerInfo, PeerStatus};
-pub use libp2p::{multiaddr, Multiaddr, PeerId};
+pub use libp2p::{multiaddr, Multiaddr, PeerId, Stream};
 pub use metrics::NetMetrics;
 pub use peers::{Backoff, PeerError, PeerState, PeerTable, PeerTableConfig};
+pub use streams::{read_frame, write_frame, IncomingStreams};

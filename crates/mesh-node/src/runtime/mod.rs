@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!   mesh-net (NetHandle, NetEvent) ──► Runtime::run select loop ◄── API commands (bounded)
-//!        ▲   raft/1 requests ─► ConsensusNode::handle_rpc (one task each)
+//!        ▲   raft/2 streams ─► ConsensusNode::handle_rpc (one task per stream)
 //!        │   certificates   ◄─► gossip topic (signed envelopes)
-//!        └── NetRaftTransport ◄── ConsensusNode (openraft + redb)
+//!        └── NetRaftTransport (pooled streams) ◄── ConsensusNode (openraft + redb)
 //!   every tick: publish NodeSnapshot (API reads it), bootstrap check, add learners
 //! ```
 //!
@@ -37,7 +37,7 @@ use crate::api::{self, AdminAuth, ApiCommand, ApiLimits, ApiState, CommitView, N
 use crate::config::NodeConfig;
 pub use bootstrap::BootstrapPlanner;
 pub use credentials::Credentials;
-use raft_transport::{member_of_peer, NetRaftTransport, RAFT_PROTOCOL};
+use raft_transport::{member_of_peer, serve_raft_streams, NetRaftTransport};
 
 /// Gossip topic of commit certificates.
 pub const CERTIFICATE_TOPIC: &str = "agent-mesh/consensus/certificates/1";
@@ -213,12 +213,16 @@ pub async fn run(
     let listen_addrs = wait_for_listen_addrs(&net).await;
     let consensus = if config.consensus.enabled && creds.roles.contains(Role::Committee) {
         let address = listen_addrs.first().cloned().unwrap_or_default();
-        let transport = Arc::new(NetRaftTransport::new(net.clone(), 120_000));
+        let transport = Arc::new(NetRaftTransport::new(net.clone()));
         let cc = consensus_config(&config, address);
         Some(ConsensusNode::open(cc, creds.identity.clone(), transport, &mut registry).await?)
     } else {
         None
     };
+    let (stop_streams, streams_stopped) = watch::channel(false);
+    if let Some(consensus) = &consensus {
+        serve_raft_streams(&net, consensus.clone(), streams_stopped)?;
+    }
     if let Err(err) = net.subscribe(CERTIFICATE_TOPIC).await {
         tracing::warn!(%err, "cannot subscribe to commit certificates");
     }
@@ -300,6 +304,7 @@ pub async fn run(
     }
     tracing::info!("shutting down");
     server.abort();
+    let _ = stop_streams.send(true);
     if let Some(consensus) = runtime.consensus.take() {
         if let Err(err) = consensus.shutdown().await {
             tracing::warn!(%err, "consensus shutdown");
@@ -378,9 +383,9 @@ impl Runtime {
             NetEvent::Request {
                 peer,
                 protocol,
-                payload,
                 respond,
-            } => self.on_request(peer, protocol, payload, respond),
+                ..
+            } => self.on_request(peer, protocol, respond),
             NetEvent::Gossip { topic, payload, .. } => self.on_gossip(&topic, &payload).await,
             NetEvent::PeerAdmitted { peer, roles, .. } => {
                 self.admitted.insert(peer, roles);
@@ -406,21 +411,10 @@ impl Runtime {
         &self,
         peer: PeerId,
         protocol: String,
-        payload: Vec<u8>,
         respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     ) {
-        if protocol != RAFT_PROTOCOL {
-            let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
-            return;
-        }
-        let (Some(consensus), Some(from)) = (self.consensus.clone(), member_of_peer(&peer)) else {
-            let _ = respond.send(Err("this node does not run the committee protocol".into()));
-            return;
-        };
-        tokio::spawn(async move {
-            let answer = consensus.handle_rpc(from, &payload).await;
-            let _ = respond.send(Ok(answer));
-        });
+        tracing::debug!(%peer, %protocol, "request under a protocol this node does not serve");
+        let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
     }
 
     async fn on_gossip(&mut self, topic: &str, payload: &[u8]) {
