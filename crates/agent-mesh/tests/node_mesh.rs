@@ -189,23 +189,40 @@ fn node_at(root: &std::path::Path, name: &str) -> Node {
 #[test]
 fn committee_keeps_commits_across_a_leader_kill9_and_restart() {
     let mut mesh = Mesh::new(3);
+    // Node 3 does not run the committee: its writes are forwarded.
+    let outsider = mesh.add_member("trainer,observer");
     mesh.start_all();
     let token = mesh.admin_token();
     let leader = wait_leader(&mesh, &[0, 1, 2], 3);
+    assert!(consensus(&mesh.nodes[outsider]).is_none());
     let mut last = 0;
-    for k in 0..10 {
-        last = wait_for("a write to commit", LIMIT, || {
-            put(&mesh.nodes[k % 3], &token, &format!("a{k}"))
+    for k in 0..12 {
+        let index = wait_for("a write to commit", LIMIT, || {
+            put(&mesh.nodes[k % 4], &token, &format!("a{k}"))
         });
+        assert!(index > last, "every write is a new entry");
+        last = index;
     }
+    let (status, _) = http(
+        "POST",
+        &format!("{}/v1/kv", mesh.nodes[outsider].http_url),
+        Some("not-a-token"),
+        r#"{"key":"k","value":"v"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        status, 401,
+        "a bad token is refused before anything is forwarded"
+    );
 
     mesh.nodes[leader].kill9();
     let alive: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let new_leader = wait_leader(&mesh, &alive, 3);
     assert_ne!(new_leader, leader);
     for k in 0..10 {
+        let via = if k % 3 == 2 { outsider } else { alive[k % 2] };
         let index = wait_for("a write after the election", LIMIT, || {
-            put(&mesh.nodes[alive[k % 2]], &token, &format!("b{k}"))
+            put(&mesh.nodes[via], &token, &format!("b{k}"))
         });
         assert!(index > last, "no committed entry is lost or reused");
         last = index;

@@ -201,6 +201,17 @@ impl Mesh {
         Self { root, nodes }
     }
 
+    /// Adds one more node, `node-<n>`, with `roles` (comma-separated); returns its index.
+    pub fn add_member(&mut self, roles: &str) -> usize {
+        let i = self.nodes.len();
+        let name = format!("node-{i}");
+        make_member(self.root.path(), &self.ca(), &name, roles);
+        let dir = self.root.path().join(&name);
+        write_config(&dir, "../ca", i as u64);
+        self.nodes.push(Node::at(dir));
+        i
+    }
+
     /// The CA folder.
     pub fn ca(&self) -> PathBuf {
         self.root.path().join("ca")

@@ -55,6 +55,8 @@ pub enum ApiCommand {
         key: String,
         /// The value.
         value: String,
+        /// The caller's admin token, passed on if the write is forwarded.
+        token: String,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<CommitView, String>>,
     },
@@ -62,6 +64,8 @@ pub enum ApiCommand {
     Propose {
         /// The command.
         command: mesh_consensus::Command,
+        /// The caller's admin token, passed on if the write is forwarded.
+        token: String,
         /// Where the commit (or why not) goes.
         reply: oneshot::Sender<Result<CommitView, String>>,
     },
@@ -221,8 +225,13 @@ async fn put_kv(
         let message = format!("key and value are limited to {KV_FIELD_BYTES_MAX} bytes");
         return ApiError(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
     }
-    let (key, value) = (request.key, request.value);
-    let command = |reply| ApiCommand::PutKv { key, value, reply };
+    let (key, value, token) = (request.key, request.value, token_of(&headers));
+    let command = |reply| ApiCommand::PutKv {
+        key,
+        value,
+        token,
+        reply,
+    };
     ask(&state, command, |r| {
         commit_response(r, StatusCode::SERVICE_UNAVAILABLE)
     })
@@ -252,6 +261,11 @@ async fn ask<T>(
 }
 
 /// A commit as JSON, or why not with `refused`.
+/// The bearer token of a request that already passed its check.
+fn token_of(headers: &HeaderMap) -> String {
+    auth::bearer(headers).unwrap_or_default().to_string()
+}
+
 fn commit_response(reply: Result<CommitView, String>, refused: StatusCode) -> Response {
     match reply {
         Ok(commit) => Json(commit).into_response(),

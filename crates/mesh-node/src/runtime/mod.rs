@@ -14,6 +14,7 @@
 
 pub mod bootstrap;
 pub mod credentials;
+pub mod forward;
 pub mod raft_transport;
 pub mod round_metrics;
 pub mod rounds;
@@ -383,9 +384,9 @@ impl Runtime {
             NetEvent::Request {
                 peer,
                 protocol,
+                payload,
                 respond,
-                ..
-            } => self.on_request(peer, protocol, respond),
+            } => self.on_request(peer, protocol, payload, respond),
             NetEvent::Gossip { topic, payload, .. } => self.on_gossip(&topic, &payload).await,
             NetEvent::PeerAdmitted { peer, roles, .. } => {
                 self.admitted.insert(peer, roles);
@@ -411,10 +412,37 @@ impl Runtime {
         &self,
         peer: PeerId,
         protocol: String,
+        payload: Vec<u8>,
         respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     ) {
-        tracing::debug!(%peer, %protocol, "request under a protocol this node does not serve");
-        let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
+        if protocol != forward::WRITE_PROTOCOL {
+            tracing::debug!(%peer, %protocol, "request under a protocol this node does not serve");
+            let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
+            return;
+        }
+        let checked = forward::decode_request(&payload).and_then(|(write, action)| {
+            self.auth
+                .check_token(&write.token, action)
+                .map_err(|e| format!("forwarded write refused: {e}"))
+                .map(|()| write.command)
+        });
+        let (Ok(command), Some(consensus)) = (&checked, self.consensus.clone()) else {
+            let why = checked
+                .err()
+                .unwrap_or_else(|| "this node does not run the committee protocol".into());
+            let _ = respond.send(Err(why));
+            return;
+        };
+        let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
+            let _ = respond.send(Err("too many writes in flight; retry later".into()));
+            return;
+        };
+        let command = command.clone();
+        tokio::spawn(async move {
+            let outcome = receipt_view(consensus.propose(command).await);
+            drop(permit);
+            let _ = respond.send(Ok(forward::encode_answer(&outcome)));
+        });
     }
 
     async fn on_gossip(&mut self, topic: &str, payload: &[u8]) {
@@ -463,14 +491,23 @@ impl Runtime {
 
     async fn on_api_command(&mut self, command: ApiCommand) {
         match command {
-            ApiCommand::PutKv { key, value, reply } => {
+            ApiCommand::PutKv {
+                key,
+                value,
+                token,
+                reply,
+            } => {
                 let command = mesh_consensus::Command::Put {
                     key: key.into_bytes(),
                     value: value.into_bytes(),
                 };
-                self.propose_for_api(command, reply);
+                self.propose_for_api(command, token, reply);
             }
-            ApiCommand::Propose { command, reply } => self.propose_for_api(command, reply),
+            ApiCommand::Propose {
+                command,
+                token,
+                reply,
+            } => self.propose_for_api(command, token, reply),
             ApiCommand::GetModel { job, round, reply } => {
                 let outcome = match (self.rounds.as_mut(), self.consensus.as_ref()) {
                     (Some(driver), Some(consensus)) => driver.model(consensus, &job, round).await,
@@ -481,23 +518,39 @@ impl Runtime {
         }
     }
 
+    /// Proposes an API write here, or forwards it (with the caller's token)
+    /// to a committee member when this node does not run the committee.
     fn propose_for_api(
         &self,
         command: mesh_consensus::Command,
+        token: String,
         reply: tokio::sync::oneshot::Sender<Result<CommitView, String>>,
     ) {
-        let Some(consensus) = self.consensus.clone() else {
-            let _ = reply.send(Err("this node does not run the committee protocol".into()));
-            return;
-        };
         let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
             let _ = reply.send(Err("too many writes in flight; retry later".into()));
             return;
         };
+        if let Some(consensus) = self.consensus.clone() {
+            tokio::spawn(async move {
+                let outcome = consensus.propose(command).await;
+                drop(permit);
+                let _ = reply.send(receipt_view(outcome));
+            });
+            return;
+        }
+        let mut members: Vec<PeerId> = self
+            .admitted
+            .iter()
+            .filter(|(_, roles)| roles.contains(Role::Committee))
+            .map(|(peer, _)| *peer)
+            .collect();
+        members.sort();
+        let net = self.net.clone();
         tokio::spawn(async move {
-            let outcome = consensus.propose(command).await;
+            let write = forward::ForwardedWrite { token, command };
+            let outcome = forward::forward(&net, &members, &write).await;
             drop(permit);
-            let _ = reply.send(receipt_view(outcome));
+            let _ = reply.send(outcome);
         });
     }
 
