@@ -520,3 +520,58 @@ async fn a_request_the_application_refuses_or_drops_fails_at_the_requester() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_frames_refuse_oversized_ones_and_unadmitted_peers() {
+    use mesh_net::{read_frame, write_frame};
+    const LIMIT: usize = 1024;
+    let ca = TestCa::new(12);
+    let nodes = start_mesh(&ca, 2, TransportKind::Memory).await;
+    wait_full_mesh(&nodes).await;
+    let mut incoming = nodes[0].handle.accept_streams("echo/1").unwrap();
+    assert!(
+        nodes[0].handle.accept_streams("echo/1").is_err(),
+        "one acceptor per protocol"
+    );
+    tokio::spawn(async move {
+        while let Some((_, mut stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = read_frame(&mut stream, LIMIT).await {
+                    if write_frame(&mut stream, &frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let server = nodes[0].peer_id();
+    let client = &nodes[1].handle;
+    let mut stream = client.open_stream(server, "echo/1").await.unwrap();
+    for i in 0..3u8 {
+        write_frame(&mut stream, &[i; 100]).await.unwrap();
+        let echoed = read_frame(&mut stream, LIMIT).await.unwrap().unwrap();
+        assert_eq!(echoed, vec![i; 100]);
+    }
+    // Over the receiver's limit: it drops the stream without reading the body.
+    write_frame(&mut stream, &vec![0; LIMIT + 1]).await.ok();
+    let answer = read_frame(&mut stream, LIMIT).await;
+    assert!(
+        !matches!(answer, Ok(Some(_))),
+        "no answer to an oversized frame"
+    );
+    // The node lives on and a new stream works.
+    let mut fresh = client.open_stream(server, "echo/1").await.unwrap();
+    write_frame(&mut fresh, b"again").await.unwrap();
+    assert_eq!(
+        read_frame(&mut fresh, LIMIT).await.unwrap().unwrap(),
+        b"again"
+    );
+    // A peer that is not admitted gets no stream.
+    let stranger = mesh_net::PeerId::random();
+    assert!(matches!(
+        client.open_stream(stranger, "echo/1").await,
+        Err(NetError::NotAdmitted(_))
+    ));
+    // A protocol nobody accepts fails to open, with a reason.
+    assert!(client.open_stream(server, "nobody/1").await.is_err());
+}
