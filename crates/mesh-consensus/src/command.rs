@@ -351,6 +351,16 @@ pub enum Command {
         /// Key, at most [`KV_KEY_BYTES_MAX`].
         key: Vec<u8>,
     },
+    /// A proposal that takes effect once however often it is sent
+    /// (see [`crate::state::proposals`]).
+    Once {
+        /// The proposer's session (unique per process start).
+        session: u64,
+        /// The proposal's number in its session.
+        seq: u64,
+        /// The command itself; never another `Once`.
+        command: Box<Command>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -373,6 +383,7 @@ impl fmt::Display for Command {
             Self::ResetReputation { node } => write!(f, "ResetReputation({node})"),
             Self::Put { key, value } => write!(f, "Put({}B, {}B)", key.len(), value.len()),
             Self::Delete { key } => write!(f, "Delete({}B)", key.len()),
+            Self::Once { seq, command, .. } => write!(f, "Once({seq}, {command})"),
         }
     }
 }
@@ -448,6 +459,10 @@ impl Command {
                 check_len("value", value.len(), KV_VALUE_BYTES_MAX)
             }
             Self::Delete { key } => check_len("key", key.len(), KV_KEY_BYTES_MAX),
+            Self::Once { command, .. } if matches!(**command, Self::Once { .. }) => {
+                Err(invalid("a Once proposal cannot wrap another"))
+            }
+            Self::Once { command, .. } => command.validate(),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::state::MeshState;
 /// First bytes of every snapshot.
 pub const MAGIC: [u8; 4] = *b"AMSS";
 /// Format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Default largest snapshot [`decode`] accepts, in bytes.
 pub const SNAPSHOT_BYTES_MAX_DEFAULT: usize = 1024 * 1024 * 1024;
 

@@ -89,9 +89,10 @@ impl fmt::Display for MemberInfo {
 /// What applying one committed entry produced, returned to the proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitReceipt {
-    /// Log index of the entry.
+    /// Log index where the command took effect: the entry's own, or for a
+    /// retried proposal the index of its first copy.
     pub index: u64,
-    /// Term of the leader that proposed it.
+    /// Term of the leader that proposed the entry.
     pub term: u64,
     /// State hash after the entry (unchanged if the command was rejected).
     pub state_hash: StateHash,

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -192,6 +193,25 @@ struct Inner {
     evidence_seen: Mutex<BTreeSet<(MemberId, u64, u8)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    /// This process's proposal session ([`Command::Once`]).
+    session: u64,
+    /// The next proposal number in the session.
+    next_seq: AtomicU64,
+}
+
+/// A proposal session id unique to this process start: the member id, the
+/// wall clock in nanoseconds and the process id, hashed.
+fn proposal_session(id: MemberId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&id.0.to_le_bytes());
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +276,8 @@ impl ConsensusNode {
                 evidence_seen: Mutex::new(BTreeSet::new()),
                 tasks: Mutex::new(Vec::new()),
                 stop: watch::channel(false).0,
+                session: proposal_session(id),
+                next_seq: AtomicU64::new(0),
             }),
         };
         node.spawn_tasks();
@@ -306,6 +328,12 @@ impl ConsensusNode {
     /// leader, and retries across elections until `propose_timeout_ms`.
     pub async fn propose(&self, command: Command) -> Result<CommitReceipt, ConsensusError> {
         let started = Instant::now();
+        // Every retry below sends this same numbered proposal: it takes effect once.
+        let command = Command::Once {
+            session: self.inner.session,
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+            command: Box::new(command),
+        };
         let limit = Duration::from_millis(self.inner.config.propose_timeout_ms);
         let result = tokio::time::timeout(limit, self.propose_loop(command, started + limit))
             .await

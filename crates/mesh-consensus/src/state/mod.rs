@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod kv;
 pub mod members;
 pub mod privacy;
+pub mod proposals;
 pub mod reputation;
 
 use std::collections::BTreeSet;
@@ -23,6 +24,7 @@ use jobs::{JobStatus, Jobs, RoundCompletion, RoundStart};
 use kv::Kv;
 use members::{Member, Members, Revocation};
 use privacy::PrivacyLedger;
+use proposals::Proposals;
 use reputation::Reputation;
 
 /// The chained hash of every accepted entry; all-zero before the first.
@@ -65,6 +67,11 @@ pub enum Response {
         /// Whether it is now quarantined.
         quarantined: bool,
     },
+    /// A retried proposal: its first copy took effect at `index`, this one did nothing.
+    AlreadyCommitted {
+        /// Log index of the first copy.
+        index: u64,
+    },
     /// A round completed.
     RoundCompleted {
         /// The job's status after the round.
@@ -84,6 +91,7 @@ pub struct MeshState {
     reputation: Reputation,
     privacy: PrivacyLedger,
     kv: Kv,
+    proposals: Proposals,
 }
 
 impl MeshState {
@@ -147,6 +155,18 @@ impl MeshState {
 
     fn execute(&mut self, index: u64, cmd: &Command) -> Result<Response, ApplyError> {
         match cmd {
+            Command::Once {
+                session,
+                seq,
+                command,
+            } => {
+                if let Some(first) = self.proposals.committed_at(*session, *seq)? {
+                    return Ok(Response::AlreadyCommitted { index: first });
+                }
+                let response = self.execute(index, command)?;
+                self.proposals.record(*session, *seq, index);
+                Ok(response)
+            }
             Command::AddMember { node, roles, zone } => {
                 let member = Member::new(roles, zone.as_deref(), index);
                 self.members.add(node, member).map(|()| Response::Done)

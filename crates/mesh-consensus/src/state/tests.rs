@@ -328,3 +328,44 @@ fn invalid_commands_are_rejected_before_state_checks() {
     assert!(matches!(err, ApplyError::Invalid(_)));
     assert!(err.to_string().contains("cannot succeed"));
 }
+
+fn once(seq: u64, command: Command) -> Command {
+    Command::Once {
+        session: 42,
+        seq,
+        command: Box::new(command),
+    }
+}
+
+#[test]
+fn a_retried_proposal_takes_effect_once() {
+    let mut state = MeshState::new();
+    state
+        .apply(1, &once(0, add("a", &[Role::Trainer])))
+        .unwrap();
+    // The same proposal again: a no-op that points at the first copy,
+    // although AddMember on its own would now be refused as a duplicate.
+    let again = state
+        .apply(2, &once(0, add("a", &[Role::Trainer])))
+        .unwrap();
+    assert_eq!(again, Response::AlreadyCommitted { index: 1 });
+    assert_eq!(state.members().len(), 1);
+    assert_eq!(state.last_applied(), Some(2));
+    // A new number is a new proposal.
+    assert!(state
+        .apply(3, &once(1, add("a", &[Role::Trainer])))
+        .is_err());
+    state
+        .apply(4, &once(2, add("b", &[Role::Trainer])))
+        .unwrap();
+    assert_eq!(state.members().len(), 2);
+    // A rejected proposal is not remembered: the state is unchanged.
+    let before = state.clone();
+    assert!(state
+        .apply(5, &once(1, add("a", &[Role::Trainer])))
+        .is_err());
+    assert_eq!(state, before);
+    // Nesting is refused.
+    let nested = once(9, once(8, add("c", &[Role::Trainer])));
+    assert!(state.apply(6, &nested).is_err());
+}

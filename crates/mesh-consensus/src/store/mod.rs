@@ -47,7 +47,7 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::snapshot;
-use crate::state::{MeshState, StateHash};
+use crate::state::{MeshState, Response, StateHash};
 use crate::types::{
     CommitReceipt, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
@@ -478,12 +478,13 @@ impl StateMachineStore {
         let term = log_id.leader_id.term;
         let mut inner = lock(&self.shared.inner);
         let mut rejected = None;
+        let mut took_effect = index;
         match &entry.payload {
-            EntryPayload::Normal(cmd) => {
-                if let Err(e) = inner.state.apply(index, cmd) {
-                    rejected = Some(e.to_string());
-                }
-            }
+            EntryPayload::Normal(cmd) => match inner.state.apply(index, cmd) {
+                Ok(Response::AlreadyCommitted { index: first }) => took_effect = first,
+                Ok(_) => {}
+                Err(e) => rejected = Some(e.to_string()),
+            },
             EntryPayload::Membership(m) => {
                 inner.membership = StoredMembership::new(Some(log_id), m.clone());
             }
@@ -506,7 +507,7 @@ impl StateMachineStore {
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.shared.latest.send_replace(Some(record));
         Ok(CommitReceipt {
-            index,
+            index: took_effect,
             term,
             state_hash: record.state_hash,
             rejected,
