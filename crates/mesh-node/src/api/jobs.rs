@@ -9,7 +9,7 @@ use mesh_consensus::command::{Command, JobId, JobSpec, StopReason};
 use mesh_security::rbac::Action;
 use serde::{Deserialize, Serialize};
 
-use super::{ask, commit_response, latest, token_of, ApiCommand, ApiError, ApiState};
+use super::{ask, latest, write, ApiCommand, ApiError, ApiState};
 
 /// `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -77,13 +77,7 @@ pub async fn submit(
     if let Err(err) = command.validate() {
         return ApiError(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response();
     }
-    let token = token_of(&headers);
-    let make = |reply| ApiCommand::Propose {
-        command,
-        token,
-        reply,
-    };
-    ask(&state, make, |r| commit_response(r, StatusCode::CONFLICT)).await
+    write(&state, &headers, command, StatusCode::CONFLICT).await
 }
 
 /// `POST /v1/jobs/{id}/cancel`: commits `StopJob`.
@@ -99,13 +93,7 @@ pub async fn cancel(
         job: JobId(job),
         reason: StopReason::Cancelled,
     };
-    let token = token_of(&headers);
-    let make = |reply| ApiCommand::Propose {
-        command,
-        token,
-        reply,
-    };
-    ask(&state, make, |r| commit_response(r, StatusCode::CONFLICT)).await
+    write(&state, &headers, command, StatusCode::CONFLICT).await
 }
 
 /// `GET /v1/jobs`.

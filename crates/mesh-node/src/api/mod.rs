@@ -23,6 +23,7 @@
 
 mod auth;
 pub mod jobs;
+mod proposer;
 mod snapshot;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use auth::{AdminAuth, AuthError};
 pub use jobs::JobView;
+pub use proposer::{receipt_view, Proposer};
 pub use snapshot::{NodeSnapshot, PeerView, StatusView};
 
 /// Capacity of the queue from the API to the runtime; beyond it writes get 503.
@@ -49,18 +51,8 @@ pub const KV_FIELD_BYTES_MAX: usize = 4_096;
 /// A write the API asks the runtime to perform.
 #[derive(Debug)]
 pub enum ApiCommand {
-    /// Commit `key = value` through the committee.
-    PutKv {
-        /// The key.
-        key: String,
-        /// The value.
-        value: String,
-        /// The caller's admin token, passed on if the write is forwarded.
-        token: String,
-        /// Where the outcome goes.
-        reply: oneshot::Sender<Result<CommitView, String>>,
-    },
-    /// Propose a command (job submission, cancellation).
+    /// Propose a command (a key-value write, a job submission or cancellation)
+    /// on a node without the committee: the runtime forwards it.
     Propose {
         /// The command.
         command: mesh_consensus::Command,
@@ -109,6 +101,8 @@ pub struct ApiState {
     pub auth: Arc<AdminAuth>,
     /// Writes for the runtime.
     pub commands: mpsc::Sender<ApiCommand>,
+    /// Proposes writes here on a committee node; `None` elsewhere.
+    pub proposer: Option<Proposer>,
 }
 
 /// Limits applied to every request.
@@ -225,17 +219,32 @@ async fn put_kv(
         let message = format!("key and value are limited to {KV_FIELD_BYTES_MAX} bytes");
         return ApiError(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
     }
-    let (key, value, token) = (request.key, request.value, token_of(&headers));
-    let command = |reply| ApiCommand::PutKv {
-        key,
-        value,
+    let command = mesh_consensus::Command::Put {
+        key: request.key.into_bytes(),
+        value: request.value.into_bytes(),
+    };
+    write(&state, &headers, command, StatusCode::SERVICE_UNAVAILABLE).await
+}
+
+/// Commits `command` for a request that passed its checks: proposed here on
+/// a committee node, otherwise sent to the runtime with the caller's token
+/// to be forwarded. A refusal answers `refused`.
+async fn write(
+    state: &ApiState,
+    headers: &HeaderMap,
+    command: mesh_consensus::Command,
+    refused: StatusCode,
+) -> Response {
+    if let Some(proposer) = &state.proposer {
+        return commit_response(proposer.propose(command).await, refused);
+    }
+    let token = auth::bearer(headers).unwrap_or_default().to_string();
+    let make = |reply| ApiCommand::Propose {
+        command,
         token,
         reply,
     };
-    ask(&state, command, |r| {
-        commit_response(r, StatusCode::SERVICE_UNAVAILABLE)
-    })
-    .await
+    ask(state, make, |r| commit_response(r, refused)).await
 }
 
 /// Sends a command to the runtime (never waiting for queue space) and turns
@@ -261,11 +270,6 @@ async fn ask<T>(
 }
 
 /// A commit as JSON, or why not with `refused`.
-/// The bearer token of a request that already passed its check.
-fn token_of(headers: &HeaderMap) -> String {
-    auth::bearer(headers).unwrap_or_default().to_string()
-}
-
 fn commit_response(reply: Result<CommitView, String>, refused: StatusCode) -> Response {
     match reply {
         Ok(commit) => Json(commit).into_response(),

@@ -45,6 +45,7 @@ fn fixture() -> Fixture {
         registry: Arc::new(registry),
         auth: Arc::new(AdminAuth::new(verifier, "m".into())),
         commands: sender,
+        proposer: None,
     };
     let limits = ApiLimits {
         max_body_bytes: 16 * 1024,
@@ -153,7 +154,13 @@ async fn admin_write_goes_to_the_runtime_and_returns_its_commit() {
     let admin = token(&f.ca, &[Role::Admin], 4);
     let runtime = tokio::spawn(async move {
         for _ in 0..2 {
-            if let Some(ApiCommand::PutKv { key, reply, .. }) = f.commands.recv().await {
+            if let Some(ApiCommand::Propose {
+                command: mesh_consensus::Command::Put { key, .. },
+                token,
+                reply,
+            }) = f.commands.recv().await
+            {
+                assert!(!token.is_empty(), "the caller's token goes with the write");
                 let commit = CommitView {
                     index: key.len() as u64,
                     state_hash: "ab".into(),

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mesh_consensus::{CommitReceipt, ConsensusConfig, ConsensusNode, ConsensusStatus, MemberInfo};
+use mesh_consensus::{ConsensusConfig, ConsensusNode, ConsensusStatus, MemberInfo};
 use mesh_net::{NetConfig, NetEvent, NetHandle, PeerId, TransportKind};
 use mesh_security::envelope::{Envelope, MessageKind};
 use mesh_security::rbac::{Role, RoleSet};
@@ -34,7 +34,9 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::api::{self, AdminAuth, ApiCommand, ApiLimits, ApiState, CommitView, NodeSnapshot};
+use crate::api::{
+    self, AdminAuth, ApiCommand, ApiLimits, ApiState, CommitView, NodeSnapshot, Proposer,
+};
 use crate::config::NodeConfig;
 pub use bootstrap::BootstrapPlanner;
 pub use credentials::Credentials;
@@ -186,7 +188,10 @@ struct Runtime {
     publish: watch::Sender<Arc<NodeSnapshot>>,
     started: Instant,
     envelope_seq: u64,
-    proposals: Arc<Semaphore>,
+    /// Proposes API and forwarded writes (committee nodes only).
+    proposer: Option<Proposer>,
+    /// Bounds forwarded writes on a node without the committee.
+    forwards: Arc<Semaphore>,
     auth: Arc<AdminAuth>,
     revocations: RevocationWatch,
     rounds: Option<rounds::RoundDriver>,
@@ -242,11 +247,15 @@ pub async fn run(
         creds.verifier.clone(),
         config.mesh_id.clone(),
     ));
+    let proposer = consensus
+        .clone()
+        .map(|c| Proposer::new(c, PROPOSALS_IN_FLIGHT_MAX));
     let state = ApiState {
         snapshot,
         registry: Arc::new(registry),
         auth: auth.clone(),
         commands: commands_tx,
+        proposer: proposer.clone(),
     };
     let (http_url, server) = serve_http(&config, state).await?;
     write_node_info(
@@ -278,7 +287,8 @@ pub async fn run(
         publish,
         started: Instant::now(),
         envelope_seq: now_ms().saturating_mul(1_000),
-        proposals: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
+        proposer: proposer.clone(),
+        forwards: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
         auth,
         revocations: RevocationWatch::default(),
         rounds: Some(round_driver),
@@ -426,21 +436,15 @@ impl Runtime {
                 .map_err(|e| format!("forwarded write refused: {e}"))
                 .map(|()| write.command)
         });
-        let (Ok(command), Some(consensus)) = (&checked, self.consensus.clone()) else {
+        let (Ok(command), Some(proposer)) = (checked.clone(), self.proposer.clone()) else {
             let why = checked
                 .err()
                 .unwrap_or_else(|| "this node does not run the committee protocol".into());
             let _ = respond.send(Err(why));
             return;
         };
-        let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
-            let _ = respond.send(Err("too many writes in flight; retry later".into()));
-            return;
-        };
-        let command = command.clone();
         tokio::spawn(async move {
-            let outcome = receipt_view(consensus.propose(command).await);
-            drop(permit);
+            let outcome = proposer.propose(command).await;
             let _ = respond.send(Ok(forward::encode_answer(&outcome)));
         });
     }
@@ -491,18 +495,6 @@ impl Runtime {
 
     async fn on_api_command(&mut self, command: ApiCommand) {
         match command {
-            ApiCommand::PutKv {
-                key,
-                value,
-                token,
-                reply,
-            } => {
-                let command = mesh_consensus::Command::Put {
-                    key: key.into_bytes(),
-                    value: value.into_bytes(),
-                };
-                self.propose_for_api(command, token, reply);
-            }
             ApiCommand::Propose {
                 command,
                 token,
@@ -518,26 +510,25 @@ impl Runtime {
         }
     }
 
-    /// Proposes an API write here, or forwards it (with the caller's token)
-    /// to a committee member when this node does not run the committee.
+    /// Proposes an API write here (committee nodes propose from the
+    /// handler; this path is a fallback), or forwards it with the caller's
+    /// token to a committee member when this node does not run the committee.
     fn propose_for_api(
         &self,
         command: mesh_consensus::Command,
         token: String,
         reply: tokio::sync::oneshot::Sender<Result<CommitView, String>>,
     ) {
-        let Ok(permit) = self.proposals.clone().try_acquire_owned() else {
-            let _ = reply.send(Err("too many writes in flight; retry later".into()));
-            return;
-        };
-        if let Some(consensus) = self.consensus.clone() {
+        if let Some(proposer) = self.proposer.clone() {
             tokio::spawn(async move {
-                let outcome = consensus.propose(command).await;
-                drop(permit);
-                let _ = reply.send(receipt_view(outcome));
+                let _ = reply.send(proposer.propose(command).await);
             });
             return;
         }
+        let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
+            let _ = reply.send(Err("too many writes in flight; retry later".into()));
+            return;
+        };
         let mut members: Vec<PeerId> = self
             .admitted
             .iter()
@@ -712,22 +703,4 @@ impl Runtime {
 fn member_info(peer: &PeerId) -> Option<MemberInfo> {
     let node = mesh_net::ids::node_id(peer)?;
     Some(MemberInfo::new(&node, String::new(), None))
-}
-
-fn receipt_view(
-    outcome: Result<CommitReceipt, mesh_consensus::ConsensusError>,
-) -> Result<CommitView, String> {
-    match outcome {
-        Ok(receipt) => match receipt.rejected {
-            None => Ok(CommitView {
-                index: receipt.index,
-                state_hash: receipt.state_hash.to_string(),
-            }),
-            Some(reason) => Err(format!(
-                "committed at {} but rejected: {reason}",
-                receipt.index
-            )),
-        },
-        Err(err) => Err(err.to_string()),
-    }
 }
