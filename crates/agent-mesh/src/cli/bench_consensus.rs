@@ -3,7 +3,7 @@
 //!
 //! In the style of etcd's `benchmark put`: N clients, each with one write in
 //! flight, send `POST /v1/kv` to the leader for a fixed time; every write
-//! returns only after a majority has it on disk (redb, fsync) and the leader
+//! returns only after a majority has it on disk (its write-ahead file, fdatasync) and the leader
 //! applied it. The same disk's fsync latency is measured first, so the
 //! single-client latency can be compared with the floor the disk sets.
 
@@ -320,7 +320,7 @@ fn print(reports: &[(BenchReport, f64)], fsync_p50_ms: f64, json: bool) -> anyho
             format!("{leader_ms:.2}"),
         ]);
     }
-    println!("3 voters, real processes on loopback, durable redb stores");
+    println!("3 voters, real processes on loopback, durable stores (write-ahead file + redb)");
     println!("(leader propose: time inside the committee on the leader, without HTTP)");
     println!("fsync p50 on this disk: {fsync_p50_ms:.3} ms");
     println!("{table}");
