@@ -85,11 +85,7 @@ async fn acknowledged_writes_survive_a_crash_before_checkpoint() {
     let crashed = tempfile::tempdir().unwrap();
     let copy = crashed.path().join("raft.redb");
     std::fs::copy(&path, &copy).unwrap();
-    let wal = |p: &std::path::Path| {
-        let mut name = p.as_os_str().to_owned();
-        name.push(".wal");
-        std::path::PathBuf::from(name)
-    };
+    let wal = store::wal_path;
     std::fs::copy(wal(&path), wal(&copy)).unwrap();
     assert!(std::fs::metadata(wal(&copy)).unwrap().len() > 0);
     // A torn record at the end: an append the crash cut short.

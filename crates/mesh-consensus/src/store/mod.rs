@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -95,10 +95,18 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     Ok((log, sm))
 }
 
+/// The write-ahead file that belongs to the store at `store_path`
+/// (`<store_path>.wal`).
+pub fn wal_path(store_path: &Path) -> PathBuf {
+    let mut name = store_path.as_os_str().to_owned();
+    name.push(".wal");
+    PathBuf::from(name)
+}
+
 /// Moves what the write-ahead file of the store at `path` holds into redb
 /// (one durable transaction), empties it, and returns it open for appending.
 fn replay_wal(db: &Database, path: &Path) -> Result<Wal, StoreError> {
-    let wal_path = Wal::path_for(path);
+    let wal_path = wal_path(path);
     let open_err = |e: io::Error| StoreError::Open(format!("{}: {e}", wal_path.display()));
     let mut wal = Wal::open(&wal_path).map_err(open_err)?;
     if wal.len_bytes() == 0 {

@@ -17,8 +17,8 @@
 //! was never acknowledged, and it and anything after it are dropped.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 
 use super::writer::WriteKind;
 
@@ -37,7 +37,6 @@ fn checksum(body: &[u8]) -> [u8; 8] {
 /// The write-ahead file of one store.
 pub(super) struct Wal {
     file: File,
-    path: PathBuf,
     len_bytes: u64,
 }
 
@@ -50,13 +49,6 @@ pub(super) struct Replayed {
 }
 
 impl Wal {
-    /// The write-ahead file that belongs to the store at `store_path`.
-    pub fn path_for(store_path: &Path) -> PathBuf {
-        let mut name = store_path.as_os_str().to_owned();
-        name.push(".wal");
-        PathBuf::from(name)
-    }
-
     /// Opens (or creates) the file at `path` for appending.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new()
@@ -65,11 +57,7 @@ impl Wal {
             .append(true)
             .open(path)?;
         let len_bytes = file.metadata()?.len();
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            len_bytes,
-        })
+        Ok(Self { file, len_bytes })
     }
 
     /// Bytes in the file now.
@@ -80,7 +68,8 @@ impl Wal {
     /// Reads every intact record of the file.
     pub fn replay(&mut self) -> io::Result<Replayed> {
         let mut bytes = Vec::new();
-        File::open(&self.path)?.read_to_end(&mut bytes)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.read_to_end(&mut bytes)?;
         let mut writes = Vec::new();
         let mut pos = 0usize;
         while let Some((body, next)) = next_record(&bytes, pos) {
@@ -160,11 +149,17 @@ mod tests {
         WriteKind::Append(vec![(key, vec![key as u8; 3])])
     }
 
-    #[test]
-    fn appended_batches_replay_in_order() {
+    /// A new, empty write-ahead file in a temporary folder.
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Wal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.wal");
-        let mut wal = Wal::open(&path).unwrap();
+        let wal = Wal::open(&path).unwrap();
+        (dir, path, wal)
+    }
+
+    #[test]
+    fn appended_batches_replay_in_order() {
+        let (_dir, path, mut wal) = fresh();
         wal.append(&[put(1), put(2)]).unwrap();
         wal.append(&[WriteKind::TruncateFrom(2)]).unwrap();
         let mut wal = Wal::open(&path).unwrap();
@@ -178,9 +173,7 @@ mod tests {
 
     #[test]
     fn a_torn_or_corrupt_tail_is_dropped_and_earlier_records_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.wal");
-        let mut wal = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.append(&[put(1)]).unwrap();
         let good = wal.len_bytes();
         wal.append(&[put(2)]).unwrap();
@@ -201,9 +194,7 @@ mod tests {
 
     #[test]
     fn reset_empties_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.wal");
-        let mut wal = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.append(&[put(1)]).unwrap();
         wal.reset().unwrap();
         assert_eq!(wal.len_bytes(), 0);
