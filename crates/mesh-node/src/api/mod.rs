@@ -40,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use auth::{AdminAuth, AuthError};
 pub use jobs::JobView;
-pub use proposer::{receipt_view, Proposer};
+pub use proposer::Proposer;
 pub use snapshot::{NodeSnapshot, PeerView, StatusView};
 
 /// Capacity of the queue from the API to the runtime; beyond it writes get 503.

@@ -40,7 +40,7 @@ impl Proposer {
 }
 
 /// A commit as the API shows it; a command the state machine rejected is an error.
-pub fn receipt_view(outcome: Result<CommitReceipt, ConsensusError>) -> Result<CommitView, String> {
+fn receipt_view(outcome: Result<CommitReceipt, ConsensusError>) -> Result<CommitView, String> {
     match outcome {
         Ok(receipt) => match receipt.rejected {
             None => Ok(CommitView {

@@ -188,7 +188,7 @@ struct Runtime {
     publish: watch::Sender<Arc<NodeSnapshot>>,
     started: Instant,
     envelope_seq: u64,
-    /// Proposes API and forwarded writes (committee nodes only).
+    /// Proposes writes forwarded by other nodes (committee nodes only).
     proposer: Option<Proposer>,
     /// Bounds forwarded writes on a node without the committee.
     forwards: Arc<Semaphore>,
@@ -499,7 +499,7 @@ impl Runtime {
                 command,
                 token,
                 reply,
-            } => self.propose_for_api(command, token, reply),
+            } => self.forward_for_api(command, token, reply),
             ApiCommand::GetModel { job, round, reply } => {
                 let outcome = match (self.rounds.as_mut(), self.consensus.as_ref()) {
                     (Some(driver), Some(consensus)) => driver.model(consensus, &job, round).await,
@@ -510,21 +510,15 @@ impl Runtime {
         }
     }
 
-    /// Proposes an API write here (committee nodes propose from the
-    /// handler; this path is a fallback), or forwards it with the caller's
-    /// token to a committee member when this node does not run the committee.
-    fn propose_for_api(
+    /// Forwards an API write, with the caller's token, to a committee member.
+    /// Only nodes without the committee send writes here: committee nodes
+    /// propose from the HTTP handler.
+    fn forward_for_api(
         &self,
         command: mesh_consensus::Command,
         token: String,
         reply: tokio::sync::oneshot::Sender<Result<CommitView, String>>,
     ) {
-        if let Some(proposer) = self.proposer.clone() {
-            tokio::spawn(async move {
-                let _ = reply.send(proposer.propose(command).await);
-            });
-            return;
-        }
         let Ok(permit) = self.forwards.clone().try_acquire_owned() else {
             let _ = reply.send(Err("too many writes in flight; retry later".into()));
             return;
