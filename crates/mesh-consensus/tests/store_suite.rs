@@ -102,3 +102,34 @@ async fn acknowledged_writes_survive_a_crash_before_checkpoint() {
     assert_eq!(std::fs::metadata(wal(&copy)).unwrap().len(), 0);
     drop(log);
 }
+
+/// The committed id is held, not fsynced on its own (writer.rs): the next
+/// durable write carries it, so a crash after that write keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_committed_id_is_durable_after_the_next_write() {
+    use openraft::entry::RaftEntry;
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::vote::RaftLeaderId;
+    use openraft::Vote;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let (mut log, _sm) = store::open(&path).unwrap();
+    let leader = openraft::impls::leader_id_adv::LeaderId::new(2, mesh_consensus::MemberId(5));
+    let entries: Vec<_> = (1..=3)
+        .map(|i| openraft::Entry::<_, _>::new_blank(openraft::LogId::new(leader, i)))
+        .collect();
+    log.blocking_append(entries).await.unwrap();
+    let committed = Some(openraft::LogId::new(leader, 3));
+    log.save_committed(committed).await.unwrap();
+    // A durable write after it: the held committed id rides in front of it.
+    log.save_vote(&Vote::new(2, mesh_consensus::MemberId(5)))
+        .await
+        .unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let copy = crashed.path().join("raft.redb");
+    std::fs::copy(&path, &copy).unwrap();
+    std::fs::copy(store::wal_path(&path), store::wal_path(&copy)).unwrap();
+    let (mut reopened, _sm) = store::open(&copy).unwrap();
+    assert_eq!(reopened.read_committed().await.unwrap(), committed);
+    drop(log);
+}

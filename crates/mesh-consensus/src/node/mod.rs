@@ -124,6 +124,7 @@ impl ConsensusConfig {
             max_in_snapshot_log_to_keep: self.log_kept_after_snapshot,
             install_snapshot_timeout: self.rpc_timeout_ms,
             enable_pre_vote: Some(true),
+            broadcast_submitted_on_append: Some(true),
             ..Config::default()
         };
         config

@@ -306,14 +306,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(committed) = committed else {
             return Ok(());
         };
-        // Not waited for: a lost committed id only means re-applying from the
-        // snapshot is shorter after a crash; openraft re-learns it from the leader.
+        // Not waited for, and held until the next durable write (writer.rs):
+        // a lost committed id only means re-applying from the snapshot is
+        // shorter after a crash; openraft re-learns it from the leader.
         let bytes = encode(&committed)?;
         self.inner
             .writer
             .submit(
                 vec![WriteKind::PutMeta(MetaKey::Committed, bytes)],
-                Done::Nothing,
+                Done::Held,
             )
             .await
     }
