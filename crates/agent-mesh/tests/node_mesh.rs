@@ -285,3 +285,40 @@ fn deploy_script_starts_a_connected_mesh_and_stops_it() {
         );
     }
 }
+
+/// `agent-mesh bench consensus` starts its own committee of three node
+/// processes and its writers commit through it: the JSON row says so.
+#[test]
+fn bench_consensus_commits_through_a_committee_of_three_processes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
+        .args([
+            "bench",
+            "consensus",
+            "--clients",
+            "2",
+            "--duration-s",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench consensus failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows.as_array().expect("a JSON list")[0];
+    assert_eq!(row["clients"], 2);
+    assert_eq!(row["errors"], 0, "{row}");
+    assert!(row["commits"].as_u64().unwrap() > 0, "{row}");
+    for field in [
+        "throughput_per_s",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "fsync_p50_ms",
+    ] {
+        assert!(row[field].as_f64().is_some(), "{field} missing from {row}");
+    }
+}
