@@ -1,9 +1,8 @@
 //! `agent-mesh bench consensus`: closed-loop durable writes against a 3-voter
 //! committee of real `agent-mesh node` processes on loopback.
 //!
-//! In the style of etcd's `benchmark put`: N clients, each with its own
-//! connection and one write in flight, send `POST /v1/kv` to the leader for
-//! a fixed time; every write
+//! In the style of etcd's `benchmark put`: N clients, each with one write in
+//! flight, send `POST /v1/kv` to the leader for a fixed time; every write
 //! returns only after a majority has it on disk (its write-ahead file, fdatasync) and the leader
 //! applied it. The same disk's fsync latency is measured first, so the
 //! single-client latency can be compared with the floor the disk sets.
@@ -189,17 +188,38 @@ async fn proposal_totals(client: &reqwest::Client, leader: &str) -> (f64, f64) {
 }
 
 /// Runs `clients` closed-loop writers against `leader` for `duration`.
-async fn closed_loop(leader: &str, token: &str, clients: usize, duration: Duration) -> BenchReport {
+async fn closed_loop(
+    client: &reqwest::Client,
+    leader: &str,
+    token: &str,
+    clients: usize,
+    duration: Duration,
+) -> BenchReport {
     let started = Instant::now();
     let deadline = started + duration;
+    let url = format!("{leader}/v1/kv");
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let writer = Writer {
-            leader: leader.to_string(),
-            token: token.to_string(),
-            key: format!("c{c}"),
-        };
-        tasks.spawn(async move { writer.run(deadline).await });
+        let (client, url, token) = (client.clone(), url.clone(), token.to_string());
+        tasks.spawn(async move {
+            let (mut latencies, mut errors, mut seq) = (Vec::new(), 0usize, 0u64);
+            while Instant::now() < deadline {
+                seq += 1;
+                let body = serde_json::json!({ "key": format!("c{c}"), "value": seq.to_string() });
+                let t = Instant::now();
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => latencies.push(t.elapsed()),
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        });
     }
     let (mut all, mut errors) = (Vec::new(), 0);
     while let Some(joined) = tasks.join_next().await {
@@ -209,84 +229,6 @@ async fn closed_loop(leader: &str, token: &str, clients: usize, duration: Durati
         }
     }
     BenchReport::from_latencies(clients, all, errors, started.elapsed())
-}
-
-/// Most times a writer reconnects after its connection failed.
-const RECONNECTS_MAX: usize = 16;
-
-/// One closed-loop client: its own HTTP/1.1 connection to the leader, with
-/// one `POST /v1/kv` in flight at a time. The connection is driven in the
-/// writer's own task, so a request crosses no task of the client but its own.
-struct Writer {
-    leader: String,
-    token: String,
-    key: String,
-}
-
-impl Writer {
-    /// Writes until `deadline`; returns each commit's latency and the failures.
-    async fn run(&self, deadline: Instant) -> (Vec<Duration>, usize) {
-        let (mut latencies, mut errors, mut seq) = (Vec::new(), 0usize, 0u64);
-        for _ in 0..RECONNECTS_MAX {
-            if Instant::now() >= deadline {
-                break;
-            }
-            if let Err(e) = self.connection(deadline, &mut seq, &mut latencies).await {
-                tracing::debug!(error = %e, "bench writer: connection failed");
-                errors += 1;
-            }
-        }
-        (latencies, errors)
-    }
-
-    /// Writes over one connection until `deadline` or the first failure.
-    async fn connection(
-        &self,
-        deadline: Instant,
-        seq: &mut u64,
-        latencies: &mut Vec<Duration>,
-    ) -> anyhow::Result<()> {
-        let authority = self
-            .leader
-            .strip_prefix("http://")
-            .context("the leader's API URL is not http://")?;
-        let stream = tokio::net::TcpStream::connect(authority).await?;
-        stream.set_nodelay(true)?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-        let writes = async {
-            while Instant::now() < deadline {
-                *seq += 1;
-                let body = serde_json::json!({ "key": self.key, "value": seq.to_string() });
-                let request = hyper::Request::post("/v1/kv")
-                    .header(hyper::header::HOST, authority)
-                    .header(
-                        hyper::header::AUTHORIZATION,
-                        format!("Bearer {}", self.token),
-                    )
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .body(http_body_util::Full::new(hyper::body::Bytes::from(
-                        body.to_string(),
-                    )))?;
-                let t = Instant::now();
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                http_body_util::BodyExt::collect(response.into_body()).await?;
-                if !status.is_success() {
-                    bail!("POST /v1/kv: {status}");
-                }
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(())
-        };
-        tokio::select! {
-            closed = connection => {
-                closed?;
-                bail!("the leader closed the connection")
-            }
-            done = writes => done,
-        }
-    }
 }
 
 /// Runs the benchmark and prints the table (or JSON).
@@ -312,6 +254,7 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         .build()?;
     let reports = runtime.block_on(async {
         let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4_096)
             .timeout(Duration::from_secs(30))
             .build()?;
         let (processes, leader) = start_committee(root, &client).await?;
@@ -328,7 +271,7 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
             }
             let duration = Duration::from_secs(args.duration_s.max(1));
             let before = proposal_totals(&client, &leader).await;
-            let report = closed_loop(&leader, &token, clients, duration).await;
+            let report = closed_loop(&client, &leader, &token, clients, duration).await;
             let after = proposal_totals(&client, &leader).await;
             let count = (after.1 - before.1).max(1.0);
             let leader_mean_ms = (after.0 - before.0) / count * 1_000.0;
