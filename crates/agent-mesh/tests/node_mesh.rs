@@ -290,24 +290,16 @@ fn deploy_script_starts_a_connected_mesh_and_stops_it() {
 /// processes and its writers commit through it: the JSON row says so.
 #[test]
 fn bench_consensus_commits_through_a_committee_of_three_processes() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
-        .args([
-            "bench",
-            "consensus",
-            "--clients",
-            "2",
-            "--duration-s",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bench consensus failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stdout = run_ok(&[
+        "bench",
+        "consensus",
+        "--clients",
+        "2",
+        "--duration-s",
+        "1",
+        "--json",
+    ]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let row = &rows.as_array().expect("a JSON list")[0];
     assert_eq!(row["clients"], 2);
     assert_eq!(row["errors"], 0, "{row}");

@@ -62,6 +62,17 @@ async fn log_and_vote_survive_reopen() {
     );
 }
 
+/// A copy of the running store's files at `path` (redb and write-ahead
+/// file), as a power cut would leave them; the folder lives as long as the
+/// returned guard.
+fn crash_copy(path: &std::path::Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    let crashed = tempfile::tempdir().unwrap();
+    let copy = crashed.path().join("raft.redb");
+    std::fs::copy(path, &copy).unwrap();
+    std::fs::copy(store::wal_path(path), store::wal_path(&copy)).unwrap();
+    (crashed, copy)
+}
+
 /// A crash leaves writes in the write-ahead file only (no final checkpoint
 /// into redb): a copy of the files taken while the store runs must reopen
 /// with every acknowledged entry and the vote.
@@ -81,12 +92,8 @@ async fn acknowledged_writes_survive_a_crash_before_checkpoint() {
         let entry = openraft::Entry::<_, _>::new_blank(openraft::LogId::new(leader, i));
         log.blocking_append([entry]).await.unwrap();
     }
-    // The running store's files, as a power cut would leave them.
-    let crashed = tempfile::tempdir().unwrap();
-    let copy = crashed.path().join("raft.redb");
-    std::fs::copy(&path, &copy).unwrap();
+    let (_crashed, copy) = crash_copy(&path);
     let wal = store::wal_path;
-    std::fs::copy(wal(&path), wal(&copy)).unwrap();
     assert!(std::fs::metadata(wal(&copy)).unwrap().len() > 0);
     // A torn record at the end: an append the crash cut short.
     let mut bytes = std::fs::read(wal(&copy)).unwrap();
@@ -125,10 +132,7 @@ async fn a_held_committed_id_is_durable_after_the_next_write() {
     log.save_vote(&Vote::new(2, mesh_consensus::MemberId(5)))
         .await
         .unwrap();
-    let crashed = tempfile::tempdir().unwrap();
-    let copy = crashed.path().join("raft.redb");
-    std::fs::copy(&path, &copy).unwrap();
-    std::fs::copy(store::wal_path(&path), store::wal_path(&copy)).unwrap();
+    let (_crashed, copy) = crash_copy(&path);
     let (mut reopened, _sm) = store::open(&copy).unwrap();
     assert_eq!(reopened.read_committed().await.unwrap(), committed);
     drop(log);

@@ -137,13 +137,7 @@ impl Writer {
     /// Starts the writer thread over `db` and its write-ahead file.
     pub fn spawn(db: Database, wal: Wal) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_LEN);
-        let mut state = WriterState {
-            db,
-            wal,
-            kept: Vec::new(),
-            held: Vec::new(),
-            failed: None,
-        };
+        let mut state = WriterState::new(db, wal);
         let thread = std::thread::Builder::new()
             .name("raft-store-writer".into())
             .spawn(move || state.run(rx))?;
@@ -188,6 +182,16 @@ struct WriterState {
 }
 
 impl WriterState {
+    fn new(db: Database, wal: Wal) -> Self {
+        Self {
+            db,
+            wal,
+            kept: Vec::new(),
+            held: Vec::new(),
+            failed: None,
+        }
+    }
+
     fn run(&mut self, mut rx: mpsc::Receiver<WriteOp>) {
         while let Some(first) = rx.blocking_recv() {
             let mut ops = vec![first];
@@ -345,14 +349,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("s.redb")).unwrap();
         let wal = Wal::open(&dir.path().join("s.redb.wal")).unwrap();
-        let state = WriterState {
-            db,
-            wal,
-            kept: Vec::new(),
-            held: Vec::new(),
-            failed: None,
-        };
-        (dir, state)
+        (dir, WriterState::new(db, wal))
     }
 
     #[test]
