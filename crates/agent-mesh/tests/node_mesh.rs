@@ -203,6 +203,7 @@ fn committee_keeps_commits_across_a_leader_kill9_and_restart() {
         assert!(index > last, "every write is a new entry");
         last = index;
     }
+    wait_direct_raft_calls(&mesh.nodes[leader]);
     let (status, _) = http(
         "POST",
         &format!("{}/v1/kv", mesh.nodes[outsider].http_url),
@@ -240,6 +241,15 @@ fn committee_keeps_commits_across_a_leader_kill9_and_restart() {
     wait_for("the restarted node to catch up", LIMIT, || {
         let c = consensus(&mesh.nodes[leader])?;
         (c["state_hash"] == reference && c["last_applied"].as_u64()? >= last).then_some(())
+    });
+}
+
+/// Waits until `node` has sent Raft RPCs over direct links, not only over
+/// swarm streams (links open in the background after the first calls).
+fn wait_direct_raft_calls(node: &Node) {
+    wait_for("raft calls over a direct link", LIMIT, || {
+        let text = node.metrics();
+        (metric(&text, "mesh_raft_calls_total", &["path=\"direct\""]) > 0.0).then_some(())
     });
 }
 

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NetConfig;
+use crate::direct::DirectLinks;
 use crate::driver::Driver;
 use crate::metrics::NetMetrics;
 use crate::streams::{IncomingStreams, Streams};
@@ -127,6 +128,7 @@ pub struct NetHandle {
     commands: mpsc::Sender<Command>,
     metrics: NetMetrics,
     streams: Streams,
+    direct: DirectLinks,
 }
 
 /// Starts the network layer described by `config`: builds the transport,
@@ -139,15 +141,18 @@ pub async fn spawn(
     let metrics = NetMetrics::register(registry);
     let (commands_tx, commands_rx) = mpsc::channel(config.queues.commands_max.max(1));
     let (events_tx, events_rx) = mpsc::channel(config.queues.events_max.max(1));
+    let keypair = crate::ids::keypair(&config.identity)?;
     let driver = Driver::new(config, metrics.clone(), commands_rx, events_tx)?;
     let local_peer_id = driver.local_peer_id();
     let streams = driver.streams();
+    let direct = DirectLinks::new(&keypair, streams.admitted.clone())?;
     tokio::spawn(driver.run());
     let handle = NetHandle {
         local_peer_id,
         commands: commands_tx,
         metrics,
         streams,
+        direct,
     };
     Ok((handle, events_rx))
 }
@@ -211,6 +216,11 @@ impl NetHandle {
     /// one acceptor per protocol and process.
     pub fn accept_streams(&self, name: &str) -> Result<IncomingStreams, NetError> {
         self.streams.accept(name)
+    }
+
+    /// Direct links to admitted peers, outside the swarm (see [`crate::direct`]).
+    pub fn direct_links(&self) -> &DirectLinks {
+        &self.direct
     }
 
     /// Whether `peer` is admitted now.

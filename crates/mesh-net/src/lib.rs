@@ -43,6 +43,7 @@ pub mod bench;
 pub mod cert_exchange;
 pub mod codec;
 pub mod config;
+pub mod direct;
 pub mod discovery;
 mod driver;
 pub mod error;
@@ -62,6 +63,7 @@ pub use ban::{BanEntry, BanError, BanList};
 pub use config::{
     envelope_mesh_id, ConnectionLimits, NetConfig, QueueLimits, SizeLimits, Timing, TransportKind,
 };
+pub use direct::{DirectLink, DirectLinks, DirectListener};
 pub use error::NetError;
 pub use handle::{spawn, NetEvent, NetHandle, PeerInfo, PeerStatus};
 pub use libp2p::{multiaddr, Multiaddr, PeerId, Stream};

@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::StreamExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 
@@ -120,8 +120,12 @@ impl IncomingStreams {
     }
 }
 
-/// Writes one frame: the length (u32 LE), then `bytes`.
-pub async fn write_frame(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes one frame: the length (u32 LE), then `bytes`, and flushes; on a
+/// [`Stream`] or a [`crate::direct::DirectLink`].
+pub async fn write_frame<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let len =
         u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame larger than 4 GiB"))?;
     let mut frame = Vec::with_capacity(4 + bytes.len());
@@ -134,8 +138,8 @@ pub async fn write_frame(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<(
 /// Reads one frame of at most `limit_bytes`; a longer length is refused
 /// before anything is allocated. `Ok(None)` when the peer closed the stream
 /// between frames.
-pub async fn read_frame(
-    stream: &mut Stream,
+pub async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
     limit_bytes: usize,
 ) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];

@@ -203,6 +203,12 @@ pub struct ConsensusConfigFile {
     pub voter_down_limit_ms: u64,
     /// Nodes expected before the committee forms (the first committee).
     pub bootstrap_expect: usize,
+    /// Send Raft RPCs over a direct Noise-secured TCP link to each voter
+    /// (false: over streams of the swarm's connection only).
+    pub direct_link: bool,
+    /// TCP port of the direct link, on the IP of the first TCP listen address
+    /// (0: any free port; peers learn it from the node).
+    pub direct_link_port: u16,
 }
 
 /// Log output settings.
@@ -277,6 +283,8 @@ impl Default for ConsensusConfigFile {
             snapshot_every_entries: 10_000,
             voter_down_limit_ms: 15_000,
             bootstrap_expect: 3,
+            direct_link: true,
+            direct_link_port: 0,
         }
     }
 }
@@ -402,6 +410,14 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         help: "consensus.bootstrap_expect",
         apply: |c, v| {
             c.consensus.bootstrap_expect = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_DIRECT_LINK_PORT",
+        help: "consensus.direct_link_port",
+        apply: |c, v| {
+            c.consensus.direct_link_port = number(v)?;
             Ok(())
         },
     },

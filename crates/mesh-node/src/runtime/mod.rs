@@ -15,6 +15,8 @@
 pub mod bootstrap;
 pub mod credentials;
 pub mod forward;
+pub mod idle_pool;
+pub mod raft_links;
 pub mod raft_transport;
 pub mod round_metrics;
 pub mod rounds;
@@ -40,7 +42,7 @@ use crate::api::{
 use crate::config::NodeConfig;
 pub use bootstrap::BootstrapPlanner;
 pub use credentials::Credentials;
-use raft_transport::{member_of_peer, serve_raft_streams, NetRaftTransport};
+use raft_transport::{member_of_peer, serve_raft_links, serve_raft_streams, NetRaftTransport};
 
 /// Gossip topic of commit certificates.
 pub const CERTIFICATE_TOPIC: &str = "agent-mesh/consensus/certificates/1";
@@ -167,6 +169,33 @@ fn consensus_config(config: &NodeConfig, address: String) -> ConsensusConfig {
     out
 }
 
+/// Listens for direct Raft links and tells peers where; without a TCP
+/// listen address, or if the port is taken, Raft stays on swarm streams.
+async fn start_raft_link(
+    config: &NodeConfig,
+    net: &NetHandle,
+    consensus: &ConsensusNode,
+    stop: watch::Receiver<bool>,
+) {
+    let port = config.consensus.direct_link_port;
+    let Some(bind) = raft_links::link_bind_addr(&config.network.listen, port) else {
+        tracing::info!("no TCP listen address; raft goes over swarm streams only");
+        return;
+    };
+    let listener = match net.direct_links().listen(bind).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(%err, "no direct raft link; raft goes over swarm streams only");
+            return;
+        }
+    };
+    let bound = serve_raft_links(net, listener, consensus.clone(), stop.clone());
+    tracing::info!(%bound, "direct raft link listening");
+    if let Err(err) = raft_links::serve_link_addrs(net, bound, stop) {
+        tracing::warn!(%err, "cannot advertise the direct raft link");
+    }
+}
+
 /// Writes `node.json` atomically (temporary file, then rename).
 fn write_node_info(data_dir: &Path, info: &NodeInfo) -> Result<(), RuntimeError> {
     let path = data_dir.join(NODE_INFO_FILE);
@@ -219,7 +248,11 @@ pub async fn run(
     let listen_addrs = wait_for_listen_addrs(&net).await;
     let consensus = if config.consensus.enabled && creds.roles.contains(Role::Committee) {
         let address = listen_addrs.first().cloned().unwrap_or_default();
-        let transport = Arc::new(NetRaftTransport::new(net.clone()));
+        let transport = Arc::new(NetRaftTransport::new(
+            net.clone(),
+            config.consensus.direct_link,
+            &mut registry,
+        ));
         let cc = consensus_config(&config, address);
         Some(ConsensusNode::open(cc, creds.identity.clone(), transport, &mut registry).await?)
     } else {
@@ -227,7 +260,10 @@ pub async fn run(
     };
     let (stop_streams, streams_stopped) = watch::channel(false);
     if let Some(consensus) = &consensus {
-        serve_raft_streams(&net, consensus.clone(), streams_stopped)?;
+        serve_raft_streams(&net, consensus.clone(), streams_stopped.clone())?;
+        if config.consensus.direct_link {
+            start_raft_link(&config, &net, consensus, streams_stopped).await;
+        }
     }
     if let Err(err) = net.subscribe(CERTIFICATE_TOPIC).await {
         tracing::warn!(%err, "cannot subscribe to commit certificates");

@@ -1,74 +1,138 @@
-//! The committee's Raft RPCs over long-lived streams of the P2P layer.
+//! The committee's Raft RPCs over direct links, with long-lived streams of
+//! the P2P layer as the path that always works.
 //!
 //! `mesh-consensus` knows nothing of libp2p; it calls [`RaftTransport::call`]
 //! with a member's record. The record's `node_id` is the member's libp2p peer
-//! id, so routing is a parse; the link under it is the Noise-encrypted,
-//! certificate-admitted connection of `mesh-net`.
+//! id, so routing is a parse; both paths under it are Noise-encrypted and
+//! proved to belong to that peer, and are used only while the peer is
+//! admitted (certificate verified, not revoked).
 //!
 //! ```text
-//!   caller ── take an idle stream to the peer (or open one) ──► write frame
-//!          ◄── read the answer frame ── put the stream back (at most
-//!              STREAMS_IDLE_PER_PEER kept per peer)
-//!   peer:  serve_raft_streams: one task per inbound stream (at most
-//!          INBOUND_STREAMS_MAX), frame ─► ConsensusNode::handle_rpc ─► frame
+//!   caller ── idle direct link to the peer? ──► write frame, read answer, pool it
+//!          └─ none: RaftLinks::want(peer) opens one in the background, and
+//!             this call takes an idle swarm stream (or opens one)
+//!   peer:  serve_raft_streams / serve_raft_links: one task per inbound stream
+//!          or link (at most INBOUND_STREAMS_MAX each), frame ─►
+//!          ConsensusNode::handle_rpc ─► frame, while the sender is admitted
 //! ```
 //!
 //! Streams, not one request-response exchange per RPC: an exchange opens and
 //! negotiates a substream and crosses the swarm task and the node's event
 //! loop on both ends, which cost about 0.75 ms per append between processes
-//! on loopback, four times the disk's fsync. A stream is negotiated once and
-//! read and written by the Raft tasks themselves.
+//! on loopback, four times the disk's fsync. Direct links, not only streams:
+//! a stream still crosses each end's connection task, which polls every
+//! protocol handler of the connection on each wake-up (see
+//! [`mesh_net::direct`]).
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use futures::io::{AsyncRead, AsyncWrite};
 use mesh_consensus::network::RPC_BYTES_MAX;
 use mesh_consensus::{ConsensusNode, MemberId, MemberInfo, RaftTransport, TransportError};
-use mesh_net::{read_frame, write_frame, IncomingStreams, NetHandle, PeerId, Stream};
+use mesh_net::{read_frame, write_frame, DirectListener, NetHandle, PeerId, Stream};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::{watch, Semaphore};
+
+use super::idle_pool::IdlePool;
+use super::raft_links::RaftLinks;
 
 /// The stream protocol name of Raft RPCs (`/agent-mesh/raft/2`).
 pub const RAFT_STREAM: &str = "raft/2";
 /// Most idle streams kept per peer for later calls.
 pub const STREAMS_IDLE_PER_PEER: usize = 16;
-/// Most peers with idle streams kept (a membership is at most a few dozen).
-pub const STREAM_POOL_PEERS_MAX: usize = 256;
-/// Most inbound Raft streams served at once; more are closed.
+/// Most inbound Raft streams (and, apart, direct links) served at once; more are closed.
 pub const INBOUND_STREAMS_MAX: usize = 512;
 
-/// [`RaftTransport`] over streams of a [`NetHandle`].
+/// [`RaftTransport`] over direct links and streams of a [`NetHandle`].
 pub struct NetRaftTransport {
     net: NetHandle,
-    idle: Mutex<HashMap<PeerId, Vec<Stream>>>,
+    streams: IdlePool<Stream>,
+    links: Option<Arc<RaftLinks>>,
+    calls: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl NetRaftTransport {
-    /// Sends through `net`.
-    pub fn new(net: NetHandle) -> Self {
+    /// Sends through `net`; over direct links too when `direct_links`.
+    /// Registers `mesh_raft_calls_total{path="direct"|"stream"}`, the RPCs
+    /// sent by each path, in `registry`.
+    pub fn new(net: NetHandle, direct_links: bool, registry: &mut Registry) -> Self {
+        let links = direct_links.then(|| RaftLinks::new(net.clone()));
+        let calls = Family::default();
+        registry.sub_registry_with_prefix("mesh_raft").register(
+            "calls",
+            "Raft RPCs this node sent, by path (direct link or swarm stream)",
+            calls.clone(),
+        );
         Self {
             net,
-            idle: Mutex::new(HashMap::new()),
+            streams: IdlePool::new(STREAMS_IDLE_PER_PEER),
+            links,
+            calls,
         }
     }
 
-    fn take_idle(&self, peer: &PeerId) -> Option<Stream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    fn count(&self, path: &'static str) {
+        self.calls.get_or_create(&[("path", path)]).inc();
+    }
+
+    fn take_idle_stream(&self, peer: &PeerId) -> Option<Stream> {
         if !self.net.is_admitted(peer) {
-            idle.remove(peer);
+            self.streams.forget(peer);
             return None;
         }
-        idle.get_mut(peer)?.pop()
+        self.streams.take(peer)
     }
 
-    fn put_idle(&self, peer: PeerId, stream: Stream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() >= STREAM_POOL_PEERS_MAX && !idle.contains_key(&peer) {
-            idle.clear();
+    /// The exchange over a pooled direct link; `None` when there was none
+    /// to use (then one is being opened for later calls).
+    async fn call_direct(
+        &self,
+        peer: PeerId,
+        payload: &[u8],
+    ) -> Option<Result<Vec<u8>, std::io::Error>> {
+        let links = self.links.as_ref()?;
+        while let Some(mut pooled) = links.take_idle(&peer) {
+            match exchange(&mut pooled.link, payload).await {
+                Ok(answer) => {
+                    links.put_idle(peer, pooled);
+                    return Some(Ok(answer));
+                }
+                Err(Failure::Answer(e)) => return Some(Err(e)),
+                Err(Failure::Send(e)) => tracing::debug!(%peer, %e, "stale raft link"),
+            }
         }
-        let streams = idle.entry(peer).or_default();
-        if streams.len() < STREAMS_IDLE_PER_PEER {
-            streams.push(stream);
+        links.want(peer);
+        None
+    }
+
+    async fn call_stream(&self, peer: PeerId, payload: &[u8]) -> Result<Vec<u8>, String> {
+        // An idle stream may have died with its connection; a request that
+        // could not even be sent on it is sent once more on a fresh stream.
+        if let Some(mut stream) = self.take_idle_stream(&peer) {
+            match exchange(&mut stream, payload).await {
+                Ok(answer) => {
+                    self.streams.put(peer, stream);
+                    return Ok(answer);
+                }
+                Err(Failure::Answer(e)) => return Err(e.to_string()),
+                Err(Failure::Send(e)) => tracing::debug!(%peer, %e, "stale raft stream"),
+            }
+        }
+        let mut stream = self
+            .net
+            .open_stream(peer, RAFT_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        match exchange(&mut stream, payload).await {
+            Ok(answer) => {
+                self.streams.put(peer, stream);
+                Ok(answer)
+            }
+            Err(Failure::Send(e) | Failure::Answer(e)) => Err(e.to_string()),
         }
     }
 }
@@ -84,13 +148,18 @@ enum Failure {
     Answer(std::io::Error),
 }
 
-async fn exchange(stream: &mut Stream, payload: &[u8]) -> Result<Vec<u8>, Failure> {
-    write_frame(stream, payload).await.map_err(Failure::Send)?;
-    match read_frame(stream, RPC_BYTES_MAX).await {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut S,
+    payload: &[u8],
+) -> Result<Vec<u8>, Failure> {
+    write_frame(connection, payload)
+        .await
+        .map_err(Failure::Send)?;
+    match read_frame(connection, RPC_BYTES_MAX).await {
         Ok(Some(answer)) => Ok(answer),
         Ok(None) => Err(Failure::Answer(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
-            "the peer closed the stream",
+            "the peer closed the connection",
         ))),
         Err(e) => Err(Failure::Answer(e)),
     }
@@ -116,30 +185,12 @@ impl RaftTransport for NetRaftTransport {
         }
         let peer = PeerId::from_str(&route.node_id)
             .map_err(|e| unreachable(format!("bad peer id {:?}: {e}", route.node_id)))?;
-        // An idle stream may have died with its connection; a request that
-        // could not even be sent on it is sent once more on a fresh stream.
-        if let Some(mut stream) = self.take_idle(&peer) {
-            match exchange(&mut stream, &payload).await {
-                Ok(answer) => {
-                    self.put_idle(peer, stream);
-                    return Ok(answer);
-                }
-                Err(Failure::Answer(e)) => return Err(unreachable(e.to_string())),
-                Err(Failure::Send(e)) => tracing::debug!(%peer, %e, "stale raft stream"),
-            }
+        if let Some(answer) = self.call_direct(peer, &payload).await {
+            self.count("direct");
+            return answer.map_err(|e| unreachable(e.to_string()));
         }
-        let mut stream = self
-            .net
-            .open_stream(peer, RAFT_STREAM)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        match exchange(&mut stream, &payload).await {
-            Ok(answer) => {
-                self.put_idle(peer, stream);
-                Ok(answer)
-            }
-            Err(Failure::Send(e) | Failure::Answer(e)) => Err(unreachable(e.to_string())),
-        }
+        self.count("stream");
+        self.call_stream(peer, &payload).await.map_err(unreachable)
     }
 }
 
@@ -148,62 +199,111 @@ impl RaftTransport for NetRaftTransport {
 pub fn serve_raft_streams(
     net: &NetHandle,
     consensus: ConsensusNode,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) -> Result<(), mesh_net::NetError> {
-    let incoming = net.accept_streams(RAFT_STREAM)?;
-    tokio::spawn(accept_loop(incoming, consensus, stop));
+    let mut incoming = net.accept_streams(RAFT_STREAM)?;
+    let server = RpcServer::new(net.clone(), consensus, stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = incoming.next() => next,
+            };
+            let Some((peer, stream)) = next else { return };
+            server.serve(peer, stream);
+        }
+    });
     Ok(())
 }
 
-async fn accept_loop(
-    mut incoming: IncomingStreams,
+/// Serves the direct links admitted peers open to `listener`, like
+/// [`serve_raft_streams`] serves streams.
+pub fn serve_raft_links(
+    net: &NetHandle,
+    mut listener: DirectListener,
     consensus: ConsensusNode,
     mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(INBOUND_STREAMS_MAX));
-    loop {
-        let next = tokio::select! {
-            _ = stop.changed() => return,
-            next = incoming.next() => next,
-        };
-        let Some((peer, stream)) = next else { return };
+) -> SocketAddr {
+    let bound = listener.local_addr();
+    let server = RpcServer::new(net.clone(), consensus, stop.clone());
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = listener.next() => next,
+            };
+            let Some((peer, link)) = next else { return };
+            server.serve(peer, link);
+        }
+    });
+    bound
+}
+
+/// Serves Raft RPCs on inbound connections (streams or links), one task each.
+struct RpcServer {
+    net: NetHandle,
+    consensus: ConsensusNode,
+    stop: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
+}
+
+impl RpcServer {
+    fn new(net: NetHandle, consensus: ConsensusNode, stop: watch::Receiver<bool>) -> Self {
+        Self {
+            net,
+            consensus,
+            stop,
+            slots: Arc::new(Semaphore::new(INBOUND_STREAMS_MAX)),
+        }
+    }
+
+    fn serve<S>(&self, peer: PeerId, connection: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Some(from) = member_of_peer(&peer) else {
-            continue;
+            return;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many inbound raft streams; closing a new one");
-            continue;
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many inbound raft connections; closing a new one");
+            return;
         };
-        let (consensus, stop) = (consensus.clone(), stop.clone());
+        let (net, consensus, stop) = (self.net.clone(), self.consensus.clone(), self.stop.clone());
         tokio::spawn(async move {
-            serve_stream(stream, from, consensus, stop).await;
+            serve_connection(connection, peer, from, &net, consensus, stop).await;
             drop(slot);
         });
     }
 }
 
-async fn serve_stream(
-    mut stream: Stream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut connection: S,
+    peer: PeerId,
     from: MemberId,
+    net: &NetHandle,
     consensus: ConsensusNode,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let request = tokio::select! {
             _ = stop.changed() => return,
-            request = read_frame(&mut stream, RPC_BYTES_MAX) => request,
+            request = read_frame(&mut connection, RPC_BYTES_MAX) => request,
         };
         let request = match request {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(member = %from, %e, "raft stream closed on a bad frame");
+                tracing::debug!(member = %from, %e, "raft connection closed on a bad frame");
                 return;
             }
         };
+        if !net.is_admitted(&peer) {
+            tracing::debug!(member = %from, "raft connection of a peer no longer admitted closed");
+            return;
+        }
         let answer = consensus.handle_rpc(from, &request).await;
-        if let Err(e) = write_frame(&mut stream, &answer).await {
-            tracing::debug!(member = %from, %e, "raft stream: cannot answer");
+        if let Err(e) = write_frame(&mut connection, &answer).await {
+            tracing::debug!(member = %from, %e, "raft connection: cannot answer");
             return;
         }
     }
