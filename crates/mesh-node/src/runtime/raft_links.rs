@@ -26,6 +26,7 @@ use mesh_net::{read_frame, write_frame, DirectLink, Multiaddr, NetHandle, PeerId
 use tokio::sync::watch;
 
 use super::idle_pool::IdlePool;
+use super::raft_transport::{incoming_streams, spawn_serve_loop};
 
 /// The stream protocol that tells where a node's direct Raft link listens.
 pub const RAFT_LINK_ADDRS_STREAM: &str = "raft-link/1";
@@ -245,33 +246,24 @@ pub fn advertised_addrs(bound: SocketAddr, resolved: &[String]) -> Vec<SocketAdd
 pub fn serve_link_addrs(
     net: &NetHandle,
     bound: SocketAddr,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), mesh_net::NetError> {
-    let mut incoming = net.accept_streams(RAFT_LINK_ADDRS_STREAM)?;
+    let incoming = incoming_streams(net.accept_streams(RAFT_LINK_ADDRS_STREAM)?);
     let net = net.clone();
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                _ = stop.changed() => return,
-                next = incoming.next() => next,
-            };
-            let Some((peer, mut stream)) = next else {
-                return;
-            };
-            let net = net.clone();
-            tokio::spawn(async move {
-                let resolved: Vec<String> = net
-                    .listen_addrs()
-                    .await
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                let answer = format_addrs(&advertised_addrs(bound, &resolved));
-                if let Err(e) = write_frame(&mut stream, &answer).await {
-                    tracing::debug!(%peer, %e, "cannot tell a peer the raft link address");
-                }
-            });
-        }
+    spawn_serve_loop(incoming, stop, move |(peer, mut stream)| {
+        let net = net.clone();
+        tokio::spawn(async move {
+            let resolved: Vec<String> = net
+                .listen_addrs()
+                .await
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let answer = format_addrs(&advertised_addrs(bound, &resolved));
+            if let Err(e) = write_frame(&mut stream, &answer).await {
+                tracing::debug!(%peer, %e, "cannot tell a peer the raft link address");
+            }
+        });
     });
     Ok(())
 }

@@ -29,9 +29,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use futures::io::{AsyncRead, AsyncWrite};
+use futures::StreamExt;
 use mesh_consensus::network::RPC_BYTES_MAX;
 use mesh_consensus::{ConsensusNode, MemberId, MemberInfo, RaftTransport, TransportError};
-use mesh_net::{read_frame, write_frame, DirectListener, NetHandle, PeerId, Stream};
+use mesh_net::{
+    read_frame, write_frame, DirectListener, IncomingStreams, NetHandle, PeerId, Stream,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -194,48 +197,64 @@ impl RaftTransport for NetRaftTransport {
     }
 }
 
+/// Calls `handle` with every item of `items` in a task of its own, until
+/// the items end or `stop` fires.
+pub fn spawn_serve_loop<T: Send + 'static>(
+    items: impl futures::Stream<Item = T> + Send + 'static,
+    mut stop: watch::Receiver<bool>,
+    mut handle: impl FnMut(T) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut items = std::pin::pin!(items);
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = items.next() => next,
+            };
+            let Some(item) = next else { return };
+            handle(item);
+        }
+    });
+}
+
+/// The streams of `incoming` as a [`futures::Stream`].
+pub fn incoming_streams(
+    incoming: IncomingStreams,
+) -> impl futures::Stream<Item = (PeerId, Stream)> {
+    futures::stream::unfold(incoming, |mut incoming| async move {
+        incoming.next().await.map(|next| (next, incoming))
+    })
+}
+
 /// Starts accepting Raft streams for `consensus`; every stream is served in
 /// its own task until it closes, the peer is dropped, or `stop` fires.
 pub fn serve_raft_streams(
     net: &NetHandle,
     consensus: ConsensusNode,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), mesh_net::NetError> {
-    let mut incoming = net.accept_streams(RAFT_STREAM)?;
+    let incoming = incoming_streams(net.accept_streams(RAFT_STREAM)?);
     let server = RpcServer::new(net.clone(), consensus, stop.clone());
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                _ = stop.changed() => return,
-                next = incoming.next() => next,
-            };
-            let Some((peer, stream)) = next else { return };
-            server.serve(peer, stream);
-        }
+    spawn_serve_loop(incoming, stop, move |(peer, stream)| {
+        server.serve(peer, stream)
     });
     Ok(())
 }
 
 /// Serves the direct links admitted peers open to `listener`, like
-/// [`serve_raft_streams`] serves streams.
+/// [`serve_raft_streams`] serves streams; returns the address it listens on.
 pub fn serve_raft_links(
     net: &NetHandle,
-    mut listener: DirectListener,
+    listener: DirectListener,
     consensus: ConsensusNode,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> SocketAddr {
     let bound = listener.local_addr();
-    let server = RpcServer::new(net.clone(), consensus, stop.clone());
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                _ = stop.changed() => return,
-                next = listener.next() => next,
-            };
-            let Some((peer, link)) = next else { return };
-            server.serve(peer, link);
-        }
+    let links = futures::stream::unfold(listener, |mut listener| async move {
+        listener.next().await.map(|next| (next, listener))
     });
+    let server = RpcServer::new(net.clone(), consensus, stop.clone());
+    spawn_serve_loop(links, stop, move |(peer, link)| server.serve(peer, link));
     bound
 }
 
