@@ -243,6 +243,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn garbage_on_the_listener_is_dropped_and_links_still_work() {
+        use tokio::io::AsyncWriteExt;
+        let (a, b) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (a_id, b_id) = (a.public().to_peer_id(), b.public().to_peer_id());
+        let mut listener = links_of(&b, &[a_id]).listen(loopback()).await.unwrap();
+        let addr = listener.local_addr();
+        for garbage in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            &[0xff; 70_000][..],
+            &[0, 0][..],
+        ] {
+            let mut socket = TcpStream::connect(addr).await.unwrap();
+            let _ = socket.write_all(garbage).await;
+        }
+        let client = links_of(&a, &[b_id]);
+        let (link, accepted) = tokio::join!(client.connect(b_id, addr), listener.next());
+        assert!(link.is_ok(), "{:?}", link.err());
+        assert_eq!(
+            accepted.unwrap().0,
+            a_id,
+            "only the real link is handed out"
+        );
+    }
+
+    #[tokio::test]
     async fn a_link_to_the_wrong_peer_or_an_unadmitted_one_is_refused() {
         let (a, b, c) = (
             Keypair::generate_ed25519(),
