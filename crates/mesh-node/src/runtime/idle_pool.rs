@@ -34,6 +34,16 @@ impl<T> IdlePool<T> {
         self.lock().get_mut(peer)?.pop()
     }
 
+    /// Like [`Self::take`] while `peer` is `admitted`; otherwise drops every
+    /// idle connection to it (its connection, or its certificate, is gone).
+    pub fn take_admitted(&self, peer: &PeerId, admitted: bool) -> Option<T> {
+        if !admitted {
+            self.forget(peer);
+            return None;
+        }
+        self.take(peer)
+    }
+
     /// Returns a connection; dropped if `peer` already has `per_peer` idle.
     pub fn put(&self, peer: PeerId, connection: T) {
         let mut idle = self.lock();
@@ -69,5 +79,14 @@ mod tests {
         pool.put(peer, 7);
         pool.forget(&peer);
         assert_eq!(pool.take(&peer), None);
+        pool.put(peer, 8);
+        pool.put(peer, 9);
+        assert_eq!(pool.take_admitted(&peer, true), Some(9));
+        assert_eq!(pool.take_admitted(&peer, false), None);
+        assert_eq!(
+            pool.take(&peer),
+            None,
+            "a peer no longer admitted loses its idle connections"
+        );
     }
 }

@@ -82,11 +82,7 @@ impl RaftLinks {
 
     /// An idle link to the admitted `peer`, if one is open.
     pub fn take_idle(&self, peer: &PeerId) -> Option<PooledLink> {
-        if !self.net.is_admitted(peer) {
-            self.idle.forget(peer);
-            return None;
-        }
-        self.idle.take(peer)
+        self.idle.take_admitted(peer, self.net.is_admitted(peer))
     }
 
     /// Returns a link after a successful exchange.
@@ -221,15 +217,14 @@ pub fn link_bind_addr(listen: &[String], port: u16) -> Option<SocketAddr> {
 /// The addresses peers should dial: the bound address itself, or, when it
 /// binds every interface, each IP the swarm listens on (`resolved`) with the
 /// link's port.
-pub fn advertised_addrs(bound: SocketAddr, resolved: &[String]) -> Vec<SocketAddr> {
+pub fn advertised_addrs(bound: SocketAddr, resolved: &[Multiaddr]) -> Vec<SocketAddr> {
     if !bound.ip().is_unspecified() {
         return vec![bound];
     }
     let mut out: Vec<SocketAddr> = Vec::new();
     let candidates = resolved
         .iter()
-        .filter_map(|a| Multiaddr::from_str(a).ok())
-        .filter_map(|a| tcp_socket_addr(&a))
+        .filter_map(tcp_socket_addr)
         .filter(|a| a.is_ipv4() == bound.is_ipv4())
         .map(|a| SocketAddr::new(a.ip(), bound.port()));
     for addr in candidates {
@@ -253,12 +248,7 @@ pub fn serve_link_addrs(
     spawn_serve_loop(incoming, stop, move |(peer, mut stream)| {
         let net = net.clone();
         tokio::spawn(async move {
-            let resolved: Vec<String> = net
-                .listen_addrs()
-                .await
-                .iter()
-                .map(ToString::to_string)
-                .collect();
+            let resolved = net.listen_addrs().await;
             let answer = format_addrs(&advertised_addrs(bound, &resolved));
             if let Err(e) = write_frame(&mut stream, &answer).await {
                 tracing::debug!(%peer, %e, "cannot tell a peer the raft link address");
@@ -303,11 +293,14 @@ mod tests {
 
     #[test]
     fn an_unspecified_bind_advertises_every_resolved_ip() {
-        let resolved = vec![
-            "/ip4/127.0.0.1/tcp/4001".to_string(),
-            "/ip4/172.17.0.2/tcp/4001".into(),
-            "/ip4/172.17.0.2/udp/4001/quic-v1".into(),
-        ];
+        let resolved: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip4/172.17.0.2/tcp/4001",
+            "/ip4/172.17.0.2/udp/4001/quic-v1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
         let bound: SocketAddr = "0.0.0.0:5000".parse().unwrap();
         let want: Vec<SocketAddr> = vec![
             "127.0.0.1:5000".parse().unwrap(),

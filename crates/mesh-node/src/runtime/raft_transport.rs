@@ -82,14 +82,6 @@ impl NetRaftTransport {
         self.calls.get_or_create(&[("path", path)]).inc();
     }
 
-    fn take_idle_stream(&self, peer: &PeerId) -> Option<Stream> {
-        if !self.net.is_admitted(peer) {
-            self.streams.forget(peer);
-            return None;
-        }
-        self.streams.take(peer)
-    }
-
     /// The exchange over a pooled direct link; `None` when there was none
     /// to use (then one is being opened for later calls).
     async fn call_direct(
@@ -115,7 +107,10 @@ impl NetRaftTransport {
     async fn call_stream(&self, peer: PeerId, payload: &[u8]) -> Result<Vec<u8>, String> {
         // An idle stream may have died with its connection; a request that
         // could not even be sent on it is sent once more on a fresh stream.
-        if let Some(mut stream) = self.take_idle_stream(&peer) {
+        if let Some(mut stream) = self
+            .streams
+            .take_admitted(&peer, self.net.is_admitted(&peer))
+        {
             match exchange(&mut stream, payload).await {
                 Ok(answer) => {
                     self.streams.put(peer, stream);
