@@ -182,6 +182,76 @@ fn foreign_and_revoked_certificates_are_refused_and_counted() {
     });
 }
 
+/// Copies the CA folder, so that revoking in the copy leaves the file the nodes watch alone.
+fn offline_ca_copy(mesh: &Mesh) -> std::path::PathBuf {
+    let copy = mesh.root.path().join("ca-offline");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(mesh.ca()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
+    copy
+}
+
+#[test]
+fn a_committed_revocation_reaches_every_node_without_the_cas_file() {
+    let mut mesh = Mesh::new(3);
+    let outsider = mesh.add_member("trainer,observer");
+    let victim = mesh.add_member("trainer");
+    mesh.start_all();
+    let token = mesh.admin_token();
+    wait_leader(&mesh, &[0, 1, 2], 3);
+    let ca = offline_ca_copy(&mesh);
+    let cert = mesh.nodes[victim].dir.join("node.cert.pem");
+    // Through a node without the committee: the write is forwarded.
+    let api = mesh.nodes[outsider].http_url.clone();
+    let revoke = |what: &str| {
+        let args = [
+            "ca",
+            "revoke",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--reason",
+            "key compromise",
+            "--api",
+            &api,
+            "--token",
+            &token,
+        ];
+        let out = std::process::Command::new(common::mesh::bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{what}: {}", String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, text) = revoke("first revocation");
+    assert!(ok, "{text}");
+    assert!(text.contains("committed to the mesh at index"), "{text}");
+    let others: Vec<usize> = (0..mesh.nodes.len()).filter(|&i| i != victim).collect();
+    for &i in &others {
+        let node = &mesh.nodes[i];
+        let what = format!("node {i} to drop the revoked node\n{}", node.log_tail());
+        wait_for(&what, LIMIT, || {
+            (node.admitted() == others.len() - 1).then_some(())
+        });
+    }
+    wait_rejected(
+        &mesh.nodes[outsider],
+        "the outsider to refuse the revoked node's reconnection",
+        "revoked",
+    );
+    let (ok, text) = revoke("second revocation");
+    assert!(!ok, "the same certificate cannot be revoked twice: {text}");
+    assert!(text.contains("already revoked"), "{text}");
+}
+
 fn node_at(root: &std::path::Path, name: &str) -> Node {
     Node::at(root.join(name))
 }

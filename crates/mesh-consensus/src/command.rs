@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use mesh_security::ca::{SignedRevocation, REASON_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApplyError, CommandDecodeError};
@@ -82,6 +83,26 @@ pub enum RevocationReason {
     CessationOfOperation,
     /// The node was caught misbehaving (committed evidence).
     Misbehaviour,
+}
+
+impl RevocationReason {
+    /// Reads the CA's free-text reason: a known name in any case, with `-`,
+    /// `_` or spaces between words ("key compromise", "key-compromise");
+    /// anything else is [`RevocationReason::Unspecified`].
+    pub fn from_text(text: &str) -> Self {
+        let folded: String = text
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect();
+        match folded.as_str() {
+            "keycompromise" | "keyleaked" => Self::KeyCompromise,
+            "superseded" => Self::Superseded,
+            "cessationofoperation" | "retired" | "decommissioned" => Self::CessationOfOperation,
+            "misbehaviour" | "misbehavior" => Self::Misbehaviour,
+            _ => Self::Unspecified,
+        }
+    }
 }
 
 /// What a piece of reputation evidence accuses a node of.
@@ -257,10 +278,11 @@ pub enum Command {
         /// The member removed.
         node: NodeId,
     },
-    /// Revoke a certificate by serial number.
+    /// Revoke a certificate: the CA-signed revocation itself, so that every
+    /// node can check the CA's signature before it acts on the committed entry.
     RevokeCertificate {
-        /// Certificate serial number (big-endian bytes).
-        serial: Vec<u8>,
+        /// The revocation as the CA signed it (the serial is its entry's).
+        revocation: SignedRevocation,
         /// Why it was revoked.
         reason: RevocationReason,
     },
@@ -422,7 +444,11 @@ impl Command {
             Self::RemoveMember { node }
             | Self::RecordEvidence { node, .. }
             | Self::ResetReputation { node } => check_name("node id", &node.0),
-            Self::RevokeCertificate { serial, .. } => check_serial(serial),
+            Self::RevokeCertificate { revocation, .. } => {
+                check_serial(&revocation.entry.serial)?;
+                let reason_bytes = revocation.entry.reason.len();
+                check_len("revocation reason", reason_bytes, REASON_BYTES_MAX)
+            }
             Self::CreateJob { job, spec } => {
                 check_name("job id", &job.0)?;
                 check_spec(spec)

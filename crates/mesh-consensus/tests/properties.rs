@@ -43,6 +43,18 @@ fn spec() -> impl Strategy<Value = JobSpec> {
     })
 }
 
+/// A revocation of serial `[serial]` signed by a fixed CA key.
+fn revocation(serial: u8) -> mesh_security::ca::SignedRevocation {
+    let ca = mesh_security::identity::NodeIdentity::from_seed(&[3; 32]);
+    let entry = mesh_security::ca::RevocationEntry {
+        serial: vec![serial],
+        node_id: ca.node_id(),
+        revoked_at_unix_s: 1,
+        reason: "test".into(),
+    };
+    mesh_security::ca::SignedRevocation::sign(&ca, entry).expect("a small entry encodes")
+}
+
 fn command() -> impl Strategy<Value = Command> {
     let job = (0u8..2).prop_map(|i| mesh_consensus::JobId(format!("j{i}")));
     let metrics = (0.0f64..=1.0, 0.0f64..5.0).prop_map(|(accuracy, loss)| RoundMetrics {
@@ -59,7 +71,7 @@ fn command() -> impl Strategy<Value = Command> {
         (node(), roles()).prop_map(|(node, roles)| Command::SetRoles { node, roles }),
         node().prop_map(|node| Command::RemoveMember { node }),
         (0u8..4).prop_map(|s| Command::RevokeCertificate {
-            serial: vec![s],
+            revocation: revocation(s),
             reason: RevocationReason::Unspecified
         }),
         (job.clone(), spec()).prop_map(|(job, spec)| Command::CreateJob { job, spec }),

@@ -22,7 +22,10 @@ mod revoke;
 mod verify;
 
 pub use issue::{IssuedCert, MeshCa};
-pub use revoke::{RevocationEntry, RevocationList, SignedRevocation};
+pub use revoke::{
+    RevocationEntry, RevocationList, SignedRevocation, ENCODED_BYTES_MAX as REVOCATION_BYTES_MAX,
+    REASON_BYTES_MAX,
+};
 pub use verify::{ca_pin, CertInfo, CertVerifier, VerifiedCert};
 
 use pem_rfc7468::{self as pem, LineEnding};

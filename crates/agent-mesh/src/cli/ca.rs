@@ -110,9 +110,19 @@ pub struct RevokeArgs {
     /// The certificate to revoke (PEM).
     #[arg(long, value_name = "FILE")]
     pub cert: PathBuf,
-    /// Why (recorded in the entry).
+    /// Why (recorded in the entry; "key compromise", "superseded",
+    /// "cessation of operation" and "misbehaviour" are also recorded as such
+    /// in the mesh state).
     #[arg(long, default_value = "unspecified")]
     pub reason: String,
+    /// Also commit the revocation to the mesh through this node's HTTP API,
+    /// so that every node refuses the certificate, including nodes that
+    /// cannot read this CA's revocations file.
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// Admin token for --api (`agent-mesh token`); also read from AGENT_MESH_TOKEN.
+    #[arg(long, env = "AGENT_MESH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Flags of `agent-mesh ca verify`.
@@ -309,6 +319,29 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", path.display()))?;
     writeln!(file, "{text}").with_context(|| format!("writing {}", path.display()))?;
     println!("{text}");
+    match args.api {
+        Some(api) => publish_revocation(api, args.token, line.signed),
+        None => Ok(()),
+    }
+}
+
+/// Commits a signed revocation to the mesh through a node's API.
+fn publish_revocation(api: String, token: Option<String>, signed: String) -> anyhow::Result<()> {
+    let Some(token) = token else {
+        bail!("--api needs an admin token: --token or AGENT_MESH_TOKEN (make one with `agent-mesh token`)");
+    };
+    let api = super::job::ApiArgs {
+        api,
+        token,
+        timeout_s: 30,
+    };
+    let body = serde_json::json!({ "signed": signed });
+    let commit = super::job::json(&api, reqwest::Method::POST, "/v1/revocations", Some(body))
+        .context("the revocation is in the CA's file but was not committed to the mesh")?;
+    eprintln!(
+        "committed to the mesh at index {}",
+        commit["index"].as_u64().unwrap_or_default()
+    );
     Ok(())
 }
 

@@ -173,7 +173,8 @@ fn call(
     request.send().with_context(|| format!("{method} {url}"))
 }
 
-fn json(
+/// Sends a request and reads a JSON answer; a non-2xx status is an error with the node's message.
+pub(super) fn json(
     api: &ApiArgs,
     method: reqwest::Method,
     path: &str,

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use mesh_security::ca::SignedRevocation;
+
 use crate::command::{NodeId, RevocationReason, Role};
 use crate::error::ApplyError;
 
@@ -36,12 +38,15 @@ impl Member {
 }
 
 /// One revoked certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     /// Why it was revoked.
     pub reason: RevocationReason,
     /// Log index of the entry that revoked it.
     pub revoked_index: u64,
+    /// The revocation as the CA signed it; nodes check the signature before
+    /// they refuse the certificate.
+    pub signed: SignedRevocation,
 }
 
 /// Members and certificate revocations.
@@ -82,6 +87,11 @@ impl Members {
         self.revoked.len()
     }
 
+    /// Every revocation, in serial order.
+    pub fn revocations(&self) -> impl Iterator<Item = &Revocation> {
+        self.revoked.values()
+    }
+
     pub(crate) fn add(&mut self, node: &NodeId, member: Member) -> Result<(), ApplyError> {
         if self.members.contains_key(node) {
             return Err(ApplyError::MemberExists(node.clone()));
@@ -113,11 +123,8 @@ impl Members {
             .ok_or_else(|| ApplyError::UnknownMember(node.clone()))
     }
 
-    pub(crate) fn revoke(
-        &mut self,
-        serial: &[u8],
-        revocation: Revocation,
-    ) -> Result<(), ApplyError> {
+    pub(crate) fn revoke(&mut self, revocation: Revocation) -> Result<(), ApplyError> {
+        let serial = &revocation.signed.entry.serial;
         if self.revoked.contains_key(serial) {
             return Err(ApplyError::AlreadyRevoked {
                 serial_hex: hex(serial),
@@ -128,7 +135,7 @@ impl Members {
                 "the revocation list is full ({REVOCATIONS_MAX} entries)"
             )));
         }
-        self.revoked.insert(serial.to_vec(), revocation);
+        self.revoked.insert(serial.clone(), revocation);
         Ok(())
     }
 
@@ -189,11 +196,13 @@ mod tests {
         let r = Revocation {
             reason: RevocationReason::KeyCompromise,
             revoked_index: 4,
+            signed: crate::state::test_revocation(&[1, 2]),
         };
-        m.revoke(&[1, 2], r).unwrap();
-        let err = m.revoke(&[1, 2], r).unwrap_err();
+        m.revoke(r.clone()).unwrap();
+        let err = m.revoke(r.clone()).unwrap_err();
         assert!(err.is_permanent());
         assert!(err.to_string().contains("0102"));
         assert_eq!(m.revocation(&[1, 2]), Some(&r));
+        assert_eq!(m.revocations().count(), 1);
     }
 }

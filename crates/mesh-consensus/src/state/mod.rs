@@ -175,14 +175,13 @@ impl MeshState {
                 self.members.set_roles(node, roles).map(|()| Response::Done)
             }
             Command::RemoveMember { node } => self.members.remove(node).map(|()| Response::Done),
-            Command::RevokeCertificate { serial, reason } => {
+            Command::RevokeCertificate { revocation, reason } => {
                 let revocation = Revocation {
                     reason: *reason,
                     revoked_index: index,
+                    signed: revocation.clone(),
                 };
-                self.members
-                    .revoke(serial, revocation)
-                    .map(|()| Response::Done)
+                self.members.revoke(revocation).map(|()| Response::Done)
             }
             Command::CreateJob { job, spec } => {
                 self.jobs.check_create(job)?;
@@ -360,3 +359,16 @@ impl MeshState {
 
 #[cfg(test)]
 mod tests;
+
+/// A revocation of `serial` signed by a fixed test CA key.
+#[cfg(test)]
+pub(crate) fn test_revocation(serial: &[u8]) -> mesh_security::ca::SignedRevocation {
+    let ca = mesh_security::identity::NodeIdentity::from_seed(&[9; 32]);
+    let entry = mesh_security::ca::RevocationEntry {
+        serial: serial.to_vec(),
+        node_id: ca.node_id(),
+        revoked_at_unix_s: 1,
+        reason: "test".into(),
+    };
+    mesh_security::ca::SignedRevocation::sign(&ca, entry).expect("a small entry encodes")
+}

@@ -111,7 +111,7 @@ fn membership_and_revocation() {
             roles: BTreeSet::from([Role::Aggregator, Role::Observer]),
         },
         Command::RevokeCertificate {
-            serial: vec![7],
+            revocation: super::test_revocation(&[7]),
             reason: RevocationReason::Superseded,
         },
     ]);
@@ -122,7 +122,7 @@ fn membership_and_revocation() {
         .roles
         .contains(&Role::Aggregator));
     let again = Command::RevokeCertificate {
-        serial: vec![7],
+        revocation: super::test_revocation(&[7]),
         reason: RevocationReason::KeyCompromise,
     };
     assert!(matches!(

@@ -76,7 +76,12 @@ impl AdminAuth {
         }
     }
 
-    /// Replaces the revocation list (from the committed mesh state).
+    /// The mesh CA's public key (revocations must carry its signature).
+    pub fn ca_key(&self) -> &ed25519_dalek::VerifyingKey {
+        self.verifier.ca_key()
+    }
+
+    /// Replaces the revocation list (the CA's file and the committed mesh state).
     pub fn set_revocations(&self, revocations: Arc<RevocationList>) {
         if let Ok(mut slot) = self.revocations.lock() {
             *slot = revocations;

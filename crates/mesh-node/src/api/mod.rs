@@ -16,6 +16,7 @@
 //! | `GET /v1/peers`    | anyone      | the peer table                                    |
 //! | `GET /v1/consensus`| anyone      | leader, term, commit index, voters, last snapshot |
 //! | `POST /v1/kv`      | admin token | commits a key-value command through the committee |
+//! | `POST /v1/revocations` | admin token | commits a CA-signed revocation (`{"signed": HEX}`) |
 //! | `POST /v1/jobs`    | admin token | submits a job (`{"job": ID, "spec": JobSpec}`)     |
 //! | `POST /v1/jobs/{id}/cancel` | admin token | stops a job                              |
 //! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | observer token | jobs and their rounds             |
@@ -37,6 +38,8 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::runtime::revocations;
 
 pub use auth::{AdminAuth, AuthError};
 pub use jobs::JobView;
@@ -90,6 +93,14 @@ pub struct PutKvRequest {
     pub value: String,
 }
 
+/// Body of `POST /v1/revocations`.
+#[derive(Debug, Deserialize)]
+pub struct RevocationRequest {
+    /// Hex of the CA-signed revocation: the `signed` field of a line of the
+    /// CA's `revocations.jsonl` (`agent-mesh ca revoke` writes it).
+    pub signed: String,
+}
+
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct ApiState {
@@ -126,6 +137,7 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/consensus", get(consensus))
         .route("/v1/kv", post(put_kv))
+        .route("/v1/revocations", post(revoke))
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
@@ -224,6 +236,30 @@ async fn put_kv(
         value: request.value.into_bytes(),
     };
     write(&state, &headers, command, StatusCode::SERVICE_UNAVAILABLE).await
+}
+
+async fn revoke(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err(err) = state
+        .auth
+        .check(&headers, mesh_security::rbac::Action::RevokeCertificate)
+    {
+        return ApiError(err.status(), err.to_string()).into_response();
+    }
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(err) => return ApiError(err.status(), err.body_text()).into_response(),
+    };
+    let revocation = match revocations::decode_hex(&request.signed, state.auth.ca_key()) {
+        Ok(revocation) => revocation,
+        Err(err) => return ApiError(StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+    };
+    let reason = mesh_consensus::RevocationReason::from_text(&revocation.entry.reason);
+    let command = mesh_consensus::Command::RevokeCertificate { revocation, reason };
+    write(&state, &headers, command, StatusCode::CONFLICT).await
 }
 
 /// Commits `command` for a request that passed its checks: proposed here on

@@ -90,7 +90,11 @@ fn get(path: &str) -> Request<Body> {
 }
 
 fn put(body: &str, bearer: Option<&str>) -> Request<Body> {
-    let mut builder = Request::post("/v1/kv").header(header::CONTENT_TYPE, "application/json");
+    post("/v1/kv", body, bearer)
+}
+
+fn post(path: &str, body: &str, bearer: Option<&str>) -> Request<Body> {
+    let mut builder = Request::post(path).header(header::CONTENT_TYPE, "application/json");
     if let Some(token) = bearer {
         builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -190,4 +194,58 @@ async fn malformed_and_oversized_bodies_are_refused() {
     let huge = format!(r#"{{"key":"k","value":"{}"}}"#, "y".repeat(64 * 1024));
     let (code, _) = call(&f.router, put(&huge, Some(&admin))).await;
     assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn revocation_body(signer: &NodeIdentity, serial: u8) -> String {
+    let entry = mesh_security::ca::RevocationEntry {
+        serial: vec![serial],
+        node_id: NodeIdentity::from_seed(&[serial; 32]).node_id(),
+        revoked_at_unix_s: now(),
+        reason: "Key compromise".into(),
+    };
+    let signed = mesh_security::ca::SignedRevocation::sign(signer, entry).expect("sign");
+    let hex = hex::encode(signed.to_bytes().expect("encode"));
+    format!(r#"{{"signed":"{hex}"}}"#)
+}
+
+#[tokio::test]
+async fn revocations_need_an_admin_and_the_cas_signature() {
+    let mut f = fixture();
+    let good = revocation_body(f.ca.identity(), 7);
+    let forged = revocation_body(&NodeIdentity::from_seed(&[8; 32]), 7);
+    let (code, _) = call(&f.router, post("/v1/revocations", &good, None)).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let trainer = token(&f.ca, &[Role::Trainer], 3);
+    let (code, _) = call(&f.router, post("/v1/revocations", &good, Some(&trainer))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let admin = token(&f.ca, &[Role::Admin], 4);
+    let (code, text) = call(&f.router, post("/v1/revocations", &forged, Some(&admin))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("not signed by this mesh's CA"), "{text}");
+    let garbage = r#"{"signed":"not hex"}"#;
+    let (code, _) = call(&f.router, post("/v1/revocations", garbage, Some(&admin))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        f.commands.try_recv().is_err(),
+        "refused revocations never reach the runtime"
+    );
+    let runtime = tokio::spawn(async move {
+        let Some(ApiCommand::Propose { command, reply, .. }) = f.commands.recv().await else {
+            panic!("the revocation is proposed");
+        };
+        let mesh_consensus::Command::RevokeCertificate { revocation, reason } = command else {
+            panic!("a revocation command, not {command:?}");
+        };
+        assert_eq!(revocation.entry.serial, vec![7]);
+        assert_eq!(reason, mesh_consensus::RevocationReason::KeyCompromise);
+        let commit = CommitView {
+            index: 9,
+            state_hash: "cd".into(),
+        };
+        let _ = reply.send(Ok(commit));
+    });
+    let (code, text) = call(&f.router, post("/v1/revocations", &good, Some(&admin))).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    assert!(text.contains("\"index\":9"), "{text}");
+    runtime.await.expect("runtime task");
 }

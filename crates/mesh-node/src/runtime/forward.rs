@@ -12,9 +12,9 @@
 //! ```
 //!
 //! The member checks the token itself: a node's certificate lets it relay a
-//! write, never authorizes one. Only the writes the HTTP API makes can be
-//! forwarded; membership, revocations and round records are proposed by the
-//! committee's own logic.
+//! write, never authorizes one; a forwarded revocation must also carry the
+//! CA's signature. Only the writes the HTTP API makes can be forwarded;
+//! membership and round records are proposed by the committee's own logic.
 
 use mesh_consensus::Command;
 use mesh_net::{NetError, NetHandle, PeerId};
@@ -43,6 +43,7 @@ pub fn required_action(command: &Command) -> Option<Action> {
     match command {
         Command::Put { .. } | Command::CreateJob { .. } => Some(Action::SubmitJob),
         Command::StopJob { .. } => Some(Action::CancelJob),
+        Command::RevokeCertificate { .. } => Some(Action::RevokeCertificate),
         _ => None,
     }
 }

@@ -5,6 +5,7 @@
 //!   mesh-net (NetHandle, NetEvent) ──► Runtime::run select loop ◄── API commands (bounded)
 //!        ▲   raft/2 streams ─► ConsensusNode::handle_rpc (one task per stream)
 //!        │   certificates   ◄─► gossip topic (signed envelopes)
+//!        │   revocations    ◄─► gossip topic (CA-signed, see [`revocations`])
 //!        └── NetRaftTransport (pooled streams) ◄── ConsensusNode (openraft + redb)
 //!   every tick: publish NodeSnapshot (API reads it), bootstrap check, add learners
 //! ```
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod idle_pool;
 pub mod raft_links;
 pub mod raft_transport;
+pub mod revocations;
 pub mod round_metrics;
 pub mod rounds;
 mod view;
@@ -52,6 +54,8 @@ pub const CERTIFICATE_KIND: MessageKind = MessageKind(0x0101);
 pub const CERTIFICATE_ENVELOPE_BYTES_MAX: usize = 64 * 1024;
 /// How often the runtime refreshes its snapshot and runs its checks.
 pub const TICK_MS: u64 = 250;
+/// Ticks between two looks at the revocation sources (file, committed state).
+pub const REVOCATION_TICKS: u64 = 8;
 /// How long the committee-capable view must be stable before bootstrapping.
 pub const BOOTSTRAP_SETTLE_MS: u64 = 2_000;
 /// Most proposals from the API in flight at once.
@@ -222,17 +226,10 @@ struct Runtime {
     /// Bounds forwarded writes on a node without the committee.
     forwards: Arc<Semaphore>,
     auth: Arc<AdminAuth>,
-    revocations: RevocationWatch,
+    revocations: revocations::Revocations,
+    ticks: u64,
     rounds: Option<rounds::RoundDriver>,
     round_metrics: round_metrics::RoundMetrics,
-}
-
-/// The revocations file as last read: its modification time and what it held.
-#[derive(Default)]
-struct RevocationWatch {
-    modified: Option<SystemTime>,
-    applied: std::collections::HashSet<Vec<u8>>,
-    ticks: u64,
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly.
@@ -265,8 +262,10 @@ pub async fn run(
             start_raft_link(&config, &net, consensus, streams_stopped).await;
         }
     }
-    if let Err(err) = net.subscribe(CERTIFICATE_TOPIC).await {
-        tracing::warn!(%err, "cannot subscribe to commit certificates");
+    for topic in [CERTIFICATE_TOPIC, revocations::REVOCATION_TOPIC] {
+        if let Err(err) = net.subscribe(topic).await {
+            tracing::warn!(%err, topic, "cannot subscribe to a gossip topic");
+        }
     }
     let planner = consensus.as_ref().map(|c| {
         BootstrapPlanner::new(
@@ -326,7 +325,8 @@ pub async fn run(
         proposer: proposer.clone(),
         forwards: Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
         auth,
-        revocations: RevocationWatch::default(),
+        revocations: revocations::Revocations::default(),
+        ticks: 0,
         rounds: Some(round_driver),
         round_metrics,
     };
@@ -436,6 +436,7 @@ impl Runtime {
             NetEvent::Gossip { topic, payload, .. } => self.on_gossip(&topic, &payload).await,
             NetEvent::PeerAdmitted { peer, roles, .. } => {
                 self.admitted.insert(peer, roles);
+                self.revocations.peer_joined();
                 if roles.contains(Role::Committee) {
                     if let (Some(planner), Some(info)) = (&mut self.planner, member_info(&peer)) {
                         planner.peer_up(info, now_ms());
@@ -466,11 +467,14 @@ impl Runtime {
             let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
             return;
         }
+        let ca_key = self.creds.verifier.ca_key();
         let checked = forward::decode_request(&payload).and_then(|(write, action)| {
             self.auth
                 .check_token(&write.token, action)
-                .map_err(|e| format!("forwarded write refused: {e}"))
-                .map(|()| write.command)
+                .map_err(|e| format!("forwarded write refused: {e}"))?;
+            revocations::check_command(&write.command, ca_key)
+                .map_err(|e| format!("forwarded write refused: {e}"))?;
+            Ok(write.command)
         });
         let (Ok(command), Some(proposer)) = (checked.clone(), self.proposer.clone()) else {
             let why = checked
@@ -486,6 +490,9 @@ impl Runtime {
     }
 
     async fn on_gossip(&mut self, topic: &str, payload: &[u8]) {
+        if topic == revocations::REVOCATION_TOPIC {
+            return self.on_revocation_gossip(payload).await;
+        }
         if topic != CERTIFICATE_TOPIC {
             return;
         }
@@ -509,23 +516,29 @@ impl Runtime {
     }
 
     async fn gossip_certificate(&mut self, cert: mesh_consensus::certificate::CommitCertificate) {
+        self.publish_envelope(CERTIFICATE_TOPIC, CERTIFICATE_KIND, cert.encode())
+            .await;
+    }
+
+    /// Seals `payload` in a signed envelope of `kind` and gossips it on `topic`.
+    async fn publish_envelope(&mut self, topic: &str, kind: MessageKind, payload: Vec<u8>) {
         self.envelope_seq = self.envelope_seq.max(now_ms().saturating_mul(1_000)) + 1;
         let envelope = Envelope::seal(
             &self.creds.identity,
             mesh_net::config::envelope_mesh_id(&self.config.mesh_id),
-            CERTIFICATE_KIND,
+            kind,
             self.envelope_seq,
             now_ms(),
-            cert.encode(),
+            payload,
         )
         .and_then(|e| e.encode());
         match envelope {
             Ok(bytes) => {
-                if let Err(err) = self.net.publish(CERTIFICATE_TOPIC, bytes).await {
-                    tracing::debug!(%err, "certificate not gossiped");
+                if let Err(err) = self.net.publish(topic, bytes).await {
+                    tracing::debug!(%err, topic, "not gossiped");
                 }
             }
-            Err(err) => tracing::warn!(%err, "cannot seal a certificate"),
+            Err(err) => tracing::warn!(%err, topic, "cannot seal a gossip message"),
         }
     }
 
@@ -576,8 +589,8 @@ impl Runtime {
     }
 
     async fn on_tick(&mut self) {
-        self.revocations.ticks += 1;
-        if self.revocations.ticks.is_multiple_of(8) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(REVOCATION_TICKS) {
             self.reload_revocations().await;
         }
         let status = self.consensus.as_ref().map(ConsensusNode::status);
@@ -645,44 +658,115 @@ impl Runtime {
         }
     }
 
-    /// Re-reads the revocations file when it changed; newly revoked peers are
-    /// disconnected and their admin tokens stop working.
+    /// Gathers revocations from the CA's file and the committed state, acts
+    /// on the new ones, and gossips what the leader should send.
     async fn reload_revocations(&mut self) {
+        self.read_revocations_file();
+        self.read_committed_revocations().await;
+        self.apply_revocations().await;
+        let is_leader = self
+            .consensus
+            .as_ref()
+            .is_some_and(|c| c.status().role == "leader");
+        let outgoing = self.revocations.to_gossip(is_leader, now_ms());
+        for batch in revocations::encode_batches(&outgoing) {
+            self.publish_envelope(
+                revocations::REVOCATION_TOPIC,
+                revocations::REVOCATION_KIND,
+                batch,
+            )
+            .await;
+        }
+    }
+
+    /// Re-reads the revocations file when it changed.
+    fn read_revocations_file(&mut self) {
         let Some(path) = self.config.identity.revocations.clone() else {
             return;
         };
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if modified.is_none() || modified == self.revocations.modified {
+        if modified.is_none() || modified == self.revocations.file_modified {
             return;
         }
-        let signed = match credentials::read_revocations(&path, &self.creds.verifier) {
-            Ok(signed) => signed,
+        match credentials::read_revocations(&path, &self.creds.verifier) {
+            Ok(signed) => self.revocations.set_file(signed, modified),
             Err(err) => {
                 tracing::warn!(%err, "revocations file not applied; keeping the previous list");
-                return;
-            }
-        };
-        self.revocations.modified = modified;
-        let mut list = mesh_security::ca::RevocationList::new();
-        for revocation in signed {
-            if list
-                .insert(&revocation, self.creds.verifier.ca_key())
-                .is_err()
-            {
-                continue;
-            }
-            if self
-                .revocations
-                .applied
-                .insert(revocation.entry.serial.clone())
-            {
-                tracing::info!(node = %revocation.entry.node_id, "certificate revoked");
-                if let Err(err) = self.net.revoke(revocation).await {
-                    tracing::warn!(%err, "network layer refused a revocation");
-                }
             }
         }
+    }
+
+    /// Learns the revocations committed since the last look (committee nodes).
+    async fn read_committed_revocations(&mut self) {
+        let Some(consensus) = &self.consensus else {
+            return;
+        };
+        let seen = &self.revocations;
+        let committed = consensus
+            .read_state(|state| {
+                let members = state.members();
+                let count = members.revoked_count();
+                let changed = seen.committed_changed(count);
+                let all = changed.then(|| {
+                    members
+                        .revocations()
+                        .map(|r| r.signed.clone())
+                        .collect::<Vec<_>>()
+                });
+                (count, all)
+            })
+            .await;
+        let (count, Some(all)) = committed else {
+            return;
+        };
+        let ca_key = *self.creds.verifier.ca_key();
+        let (valid, forged): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|r| r.verify(&ca_key).is_ok());
+        if !forged.is_empty() {
+            tracing::warn!(
+                count = forged.len(),
+                "committed revocations not signed by the CA are ignored"
+            );
+        }
+        self.revocations.learn(valid);
+        self.revocations.set_committed_seen(count);
+    }
+
+    /// Disconnects and refuses newly revoked peers, and refuses their tokens.
+    async fn apply_revocations(&mut self) {
+        let fresh = self.revocations.take_unapplied();
+        if fresh.is_empty() {
+            return;
+        }
+        for revocation in fresh {
+            tracing::info!(node = %revocation.entry.node_id, "certificate revoked");
+            if let Err(err) = self.net.revoke(revocation).await {
+                tracing::warn!(%err, "network layer refused a revocation");
+            }
+        }
+        let list = self.revocations.list(self.creds.verifier.ca_key());
         self.auth.set_revocations(Arc::new(list));
+    }
+
+    /// Takes a gossiped batch of revocations; only CA-signed entries count.
+    async fn on_revocation_gossip(&mut self, payload: &[u8]) {
+        let batch = Envelope::decode(payload, revocations::REVOCATION_ENVELOPE_BYTES_MAX)
+            .map_err(|e| e.to_string())
+            .and_then(|env| {
+                revocations::decode_batch(&env.payload, self.creds.verifier.ca_key())
+                    .map_err(|e| e.to_string())
+            });
+        match batch {
+            Ok((taken, refused)) => {
+                if refused > 0 {
+                    tracing::warn!(refused, "gossiped revocations not signed by the CA");
+                }
+                if self.revocations.learn(taken) > 0 {
+                    self.apply_revocations().await;
+                }
+            }
+            Err(err) => tracing::debug!(%err, "undecodable revocation gossip"),
+        }
     }
 
     async fn maybe_bootstrap(&mut self, status: &ConsensusStatus) {
