@@ -10,7 +10,7 @@ use mesh_consensus::bench::LocalCommittee;
 use mesh_consensus::certificate::{CommitCertificate, CommitStatement, SignedStatement};
 use mesh_consensus::network::{RpcRequest, RpcResponse};
 use mesh_consensus::state::StateHash;
-use mesh_consensus::{Command, ConsensusConfig, MemberId, NodeId, Role};
+use mesh_consensus::{Command, ConsensusConfig, MemberId, NodeId, RevocationReason, Role};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -270,17 +270,10 @@ async fn unreachable_voter_is_replaced_automatically() {
     let status = c.nodes[&leader].status();
     let victim = *status.voters.iter().find(|id| **id != leader).unwrap();
     c.stop_node(victim).await.unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut replaced = false;
-    while std::time::Instant::now() < deadline && !replaced {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some(l) = c.wait_leader(WAIT).await else {
-            continue;
-        };
-        let s = c.nodes[&l].status();
-        replaced = s.voters.len() == 3 && !s.voters.contains(&victim);
-    }
-    assert!(replaced, "the down voter was replaced by a learner");
+    assert!(
+        wait_voter_replaced(&c, victim).await,
+        "the down voter was replaced by a learner"
+    );
     let l = c.wait_leader(WAIT).await.unwrap();
     let learners = c.nodes[&l].status().learners;
     assert!(
@@ -292,6 +285,67 @@ async fn unreachable_voter_is_replaced_automatically() {
         .propose(put(1))
         .await
         .expect("the healed committee commits");
+    c.shutdown().await;
+}
+
+/// A revocation of `key`'s certificate, signed by a stand-in CA (the state
+/// machine records revocations; nodes check the CA signature before acting).
+fn revocation_of(key: [u8; 32], reason: RevocationReason) -> Command {
+    let ca = mesh_security::identity::NodeIdentity::from_seed(&[5; 32]);
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap();
+    let entry = mesh_security::ca::RevocationEntry {
+        serial: key.as_bytes()[..8].to_vec(),
+        node_id: mesh_security::identity::NodeId::from_verifying_key(&key),
+        revoked_at_unix_s: 1,
+        reason: format!("{reason:?}"),
+    };
+    let revocation = mesh_security::ca::SignedRevocation::sign(&ca, entry).unwrap();
+    Command::RevokeCertificate { revocation, reason }
+}
+
+/// Waits (bounded) until the leader reports three voters without `victim`.
+async fn wait_voter_replaced(c: &LocalCommittee, victim: MemberId) -> bool {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(l) = c.wait_leader(WAIT).await else {
+            continue;
+        };
+        let s = c.nodes[&l].status();
+        if s.voters.len() == 3 && !s.voters.contains(&victim) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_voter_is_replaced_while_it_is_still_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LocalCommittee::start(dir.path(), 3, 2, fast_healing)
+        .await
+        .unwrap();
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let status = c.nodes[&leader].status();
+    let mut others = status.voters.iter().filter(|id| **id != leader);
+    let (renewed, victim) = (*others.next().unwrap(), *others.next().unwrap());
+    // A superseded certificate was renewed: its node stays a voter.
+    let key = c.nodes[&renewed].info().public_key;
+    let superseded = revocation_of(key, RevocationReason::Superseded);
+    c.nodes[&leader].propose(superseded).await.unwrap();
+    let key = c.nodes[&victim].info().public_key;
+    let compromised = revocation_of(key, RevocationReason::KeyCompromise);
+    c.nodes[&leader].propose(compromised).await.unwrap();
+    assert!(
+        wait_voter_replaced(&c, victim).await,
+        "the revoked voter was replaced by a learner"
+    );
+    let l = c.wait_leader(WAIT).await.unwrap();
+    assert!(c.nodes[&l].status().voters.contains(&renewed));
+    c.nodes[&l]
+        .propose(put(1))
+        .await
+        .expect("the new committee commits");
     c.shutdown().await;
 }
 

@@ -838,13 +838,15 @@ impl ConsensusNode {
             membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         drop(m);
         self.inner.sm.read(|state| {
+            let revoked = state.members().revoked_keys();
             nodes
                 .into_iter()
                 .map(|(id, info)| Candidate {
                     id,
-                    eligible: !state
-                        .reputation()
-                        .is_quarantined(&NodeId(info.node_id.clone())),
+                    eligible: !revoked.contains(&info.public_key)
+                        && !state
+                            .reputation()
+                            .is_quarantined(&NodeId(info.node_id.clone())),
                     zone: info.zone,
                     healthy: !down.contains(&id),
                     voter: voters.contains(&id),

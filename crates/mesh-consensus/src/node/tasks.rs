@@ -177,21 +177,23 @@ pub(super) async fn heal(weak: Weak<Inner>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let candidates = node.candidates(&unhealthy);
-        let next = if unhealthy.is_disjoint(&voters) {
-            // All voters healthy: grow the committee when the mesh has grown
-            // (never shrink on our own; removal is an operator's decision).
+        // Voters that are down, quarantined or revoked are replaced first.
+        let next = if let Some(next) = replacement(&candidates) {
+            tracing::warn!(
+                ?unhealthy,
+                ?next,
+                "replacing unreachable, quarantined or revoked voters"
+            );
+            next
+        } else {
+            // Grow the committee when the mesh has grown (never shrink on
+            // our own; removal is an operator's decision).
             let (desired, _) = committee::select_committee(&candidates);
             if desired.len() <= voters.len() {
                 continue;
             }
             tracing::info!(?desired, "growing the committee with the mesh");
             desired
-        } else {
-            let Some(next) = replacement(&candidates) else {
-                continue;
-            };
-            tracing::warn!(?unhealthy, ?next, "replacing unreachable voters");
-            next
         };
         if let Err(e) = node.replace_voters(next).await {
             tracing::warn!(error = %e, "committee change failed; will retry");

@@ -92,6 +92,16 @@ impl Members {
         self.revoked.values()
     }
 
+    /// Public keys of nodes whose certificate was revoked for any reason but
+    /// [`RevocationReason::Superseded`] (a renewed certificate keeps its key):
+    /// such a node is no longer eligible for the committee.
+    pub fn revoked_keys(&self) -> BTreeSet<[u8; 32]> {
+        self.revocations()
+            .filter(|r| r.reason != RevocationReason::Superseded)
+            .map(|r| *r.signed.entry.node_id.as_bytes())
+            .collect()
+    }
+
     pub(crate) fn add(&mut self, node: &NodeId, member: Member) -> Result<(), ApplyError> {
         if self.members.contains_key(node) {
             return Err(ApplyError::MemberExists(node.clone()));
@@ -204,5 +214,17 @@ mod tests {
         assert!(err.to_string().contains("0102"));
         assert_eq!(m.revocation(&[1, 2]), Some(&r));
         assert_eq!(m.revocations().count(), 1);
+        let renewed = Revocation {
+            reason: RevocationReason::Superseded,
+            revoked_index: 5,
+            signed: crate::state::test_revocation(&[3]),
+        };
+        m.revoke(renewed).unwrap();
+        let key = *r.signed.entry.node_id.as_bytes();
+        assert_eq!(
+            m.revoked_keys(),
+            BTreeSet::from([key]),
+            "a superseded certificate does not bar its key"
+        );
     }
 }

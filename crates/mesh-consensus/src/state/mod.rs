@@ -360,13 +360,16 @@ impl MeshState {
 #[cfg(test)]
 mod tests;
 
-/// A revocation of `serial` signed by a fixed test CA key.
+/// A revocation of `serial` (for a node whose key comes from its first
+/// byte) signed by a fixed test CA key.
 #[cfg(test)]
 pub(crate) fn test_revocation(serial: &[u8]) -> mesh_security::ca::SignedRevocation {
-    let ca = mesh_security::identity::NodeIdentity::from_seed(&[9; 32]);
+    use mesh_security::identity::NodeIdentity;
+    let ca = NodeIdentity::from_seed(&[9; 32]);
+    let node_seed = [serial.first().copied().unwrap_or(0); 32];
     let entry = mesh_security::ca::RevocationEntry {
         serial: serial.to_vec(),
-        node_id: ca.node_id(),
+        node_id: NodeIdentity::from_seed(&node_seed).node_id(),
         revoked_at_unix_s: 1,
         reason: "test".into(),
     };
