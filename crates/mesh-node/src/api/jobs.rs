@@ -9,7 +9,7 @@ use mesh_consensus::command::{Command, JobId, JobSpec, StopReason};
 use mesh_security::rbac::Action;
 use serde::{Deserialize, Serialize};
 
-use super::{ask, latest, write, ApiCommand, ApiError, ApiState};
+use super::{ask, authorize, authorized_body, latest, write, ApiCommand, ApiError, ApiState};
 
 /// `POST /v1/jobs`.
 #[derive(Debug, Deserialize)]
@@ -50,25 +50,15 @@ pub struct ModelQuery {
     pub round: Option<u32>,
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap, action: Action) -> Result<(), ApiError> {
-    state
-        .auth
-        .check(headers, action)
-        .map_err(|err| ApiError(err.status(), err.to_string()))
-}
-
 /// `POST /v1/jobs`: commits `CreateJob`.
 pub async fn submit(
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: Result<Json<SubmitJobRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(denied) = authorize(&state, &headers, Action::SubmitJob) {
-        return denied.into_response();
-    }
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(err) => return ApiError(err.status(), err.body_text()).into_response(),
+    let request = match authorized_body(&state, &headers, Action::SubmitJob, body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
     };
     let command = Command::CreateJob {
         job: JobId(request.job),

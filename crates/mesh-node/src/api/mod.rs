@@ -30,11 +30,13 @@ mod snapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use mesh_security::rbac::Action;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -212,20 +214,34 @@ async fn consensus(State(state): State<ApiState>) -> Response {
     }
 }
 
+/// Refuses the request unless the caller's token allows `action`.
+fn authorize(state: &ApiState, headers: &HeaderMap, action: Action) -> Result<(), ApiError> {
+    state
+        .auth
+        .check(headers, action)
+        .map_err(|err| ApiError(err.status(), err.to_string()))
+}
+
+/// A JSON body once the caller's token allows `action`, or the refusal to send.
+fn authorized_body<T>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    action: Action,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, ApiError> {
+    authorize(state, headers, action)?;
+    body.map(|Json(request)| request)
+        .map_err(|err| ApiError(err.status(), err.body_text()))
+}
+
 async fn put_kv(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Result<Json<PutKvRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<PutKvRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(err) = state
-        .auth
-        .check(&headers, mesh_security::rbac::Action::SubmitJob)
-    {
-        return ApiError(err.status(), err.to_string()).into_response();
-    }
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(err) => return ApiError(err.status(), err.body_text()).into_response(),
+    let request = match authorized_body(&state, &headers, Action::SubmitJob, body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
     };
     if request.key.len() > KV_FIELD_BYTES_MAX || request.value.len() > KV_FIELD_BYTES_MAX {
         let message = format!("key and value are limited to {KV_FIELD_BYTES_MAX} bytes");
@@ -241,17 +257,11 @@ async fn put_kv(
 async fn revoke(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<RevocationRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(err) = state
-        .auth
-        .check(&headers, mesh_security::rbac::Action::RevokeCertificate)
-    {
-        return ApiError(err.status(), err.to_string()).into_response();
-    }
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(err) => return ApiError(err.status(), err.body_text()).into_response(),
+    let request = match authorized_body(&state, &headers, Action::RevokeCertificate, body) {
+        Ok(request) => request,
+        Err(refused) => return refused.into_response(),
     };
     let revocation = match revocations::decode_hex(&request.signed, state.auth.ca_key()) {
         Ok(revocation) => revocation,
