@@ -49,7 +49,7 @@ use raft_transport::{member_of_peer, serve_raft_links, serve_raft_streams, NetRa
 /// Gossip topic of commit certificates.
 pub const CERTIFICATE_TOPIC: &str = "agent-mesh/consensus/certificates/1";
 /// Envelope kind of a gossiped commit certificate.
-pub const CERTIFICATE_KIND: MessageKind = MessageKind(0x0101);
+pub const CERTIFICATE_KIND: MessageKind = MessageKind(0x0111);
 /// Largest gossiped certificate envelope decoded (a certificate is a few hundred bytes per voter).
 pub const CERTIFICATE_ENVELOPE_BYTES_MAX: usize = 64 * 1024;
 /// How often the runtime refreshes its snapshot and runs its checks.
@@ -415,6 +415,19 @@ async fn serve_http(
     Ok((format!("http://{addr}"), server))
 }
 
+/// The payload of a gossiped envelope (already verified by the network
+/// layer) of at most `max_bytes`, if it is of the `kind` its topic carries.
+fn gossip_payload(data: &[u8], max_bytes: usize, kind: MessageKind) -> Result<Vec<u8>, String> {
+    let envelope = Envelope::decode(data, max_bytes).map_err(|e| e.to_string())?;
+    if envelope.header.kind != kind {
+        let got = envelope.header.kind;
+        return Err(format!(
+            "envelope kind {got:?} on a topic that carries {kind:?}"
+        ));
+    }
+    Ok(envelope.payload)
+}
+
 impl Runtime {
     async fn on_net_event(&mut self, event: NetEvent) {
         match event {
@@ -499,10 +512,9 @@ impl Runtime {
         let Some(consensus) = &self.consensus else {
             return;
         };
-        let cert = Envelope::decode(payload, CERTIFICATE_ENVELOPE_BYTES_MAX)
-            .map_err(|e| e.to_string())
-            .and_then(|env| {
-                mesh_consensus::certificate::CommitCertificate::decode(&env.payload)
+        let cert = gossip_payload(payload, CERTIFICATE_ENVELOPE_BYTES_MAX, CERTIFICATE_KIND)
+            .and_then(|body| {
+                mesh_consensus::certificate::CommitCertificate::decode(&body)
                     .map_err(|e| e.to_string())
             });
         match cert {
@@ -750,10 +762,10 @@ impl Runtime {
 
     /// Takes a gossiped batch of revocations; only CA-signed entries count.
     async fn on_revocation_gossip(&mut self, payload: &[u8]) {
-        let batch = Envelope::decode(payload, revocations::REVOCATION_ENVELOPE_BYTES_MAX)
-            .map_err(|e| e.to_string())
-            .and_then(|env| {
-                revocations::decode_batch(&env.payload, self.creds.verifier.ca_key())
+        let max_bytes = revocations::REVOCATION_ENVELOPE_BYTES_MAX;
+        let batch =
+            gossip_payload(payload, max_bytes, revocations::REVOCATION_KIND).and_then(|body| {
+                revocations::decode_batch(&body, self.creds.verifier.ca_key())
                     .map_err(|e| e.to_string())
             });
         match batch {
