@@ -240,9 +240,10 @@ impl<K: Ord + Clone + Debug> PeerTable<K> {
         Ok(())
     }
 
-    /// A dial failed or the connection closed: `peer` is down and its next
-    /// attempt is scheduled with backoff. Returns that time. A peer already
-    /// known or down is left as it is.
+    /// A dial failed or the connection closed, and no connection to `peer`
+    /// is left (the caller checks): `peer` is down and its next attempt is
+    /// scheduled with backoff. Returns that time. A peer already known or
+    /// down is left as it is.
     pub fn on_disconnected(&mut self, peer: &K, now_ms: u64) -> Result<u64, PeerError> {
         let info = self
             .peers

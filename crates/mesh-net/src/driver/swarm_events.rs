@@ -48,7 +48,11 @@ impl Driver {
                 if let Some(addr) = self.bootstrap_dials.remove(&connection_id) {
                     let _ = self.bootstrap.on_disconnected(&addr, now);
                 }
-                if let Some(peer) = peer_id {
+                // A failed extra dial (say, to the old address of a peer that
+                // restarted and is connected again) says nothing about a
+                // connection that is up: marking the peer down here left it
+                // out of the peer table while it was admitted.
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
                     let _ = self.peers.on_disconnected(&peer, now);
                 }
             }
