@@ -719,21 +719,22 @@ impl Runtime {
                 let members = state.members();
                 let count = members.revoked_count();
                 let changed = seen.committed_changed(count);
-                let all = changed.then(|| {
+                let unknown = changed.then(|| {
                     members
                         .revocations()
+                        .filter(|r| !seen.is_learned(&r.signed.entry.serial))
                         .map(|r| r.signed.clone())
                         .collect::<Vec<_>>()
                 });
-                (count, all)
+                (count, unknown)
             })
             .await;
-        let (count, Some(all)) = committed else {
+        let (count, Some(unknown)) = committed else {
             return;
         };
         let ca_key = *self.creds.verifier.ca_key();
         let (valid, forged): (Vec<_>, Vec<_>) =
-            all.into_iter().partition(|r| r.verify(&ca_key).is_ok());
+            unknown.into_iter().partition(|r| r.verify(&ca_key).is_ok());
         if !forged.is_empty() {
             tracing::warn!(
                 count = forged.len(),

@@ -166,6 +166,12 @@ impl Revocations {
         new
     }
 
+    /// Whether a revocation of `serial` was learned already (its signature
+    /// then need not be checked again).
+    pub fn is_learned(&self, serial: &[u8]) -> bool {
+        self.learned.contains_key(serial)
+    }
+
     /// Whether the committed state holds revocations not read yet.
     pub fn committed_changed(&self, committed_count: usize) -> bool {
         committed_count != self.committed_seen
@@ -290,6 +296,10 @@ mod tests {
         let mut r = Revocations::default();
         r.set_file(vec![signed(&ca, 1)], None);
         assert_eq!(r.learn([signed(&ca, 2), signed(&ca, 2)]), 1);
+        assert!(
+            r.is_learned(&[2]) && !r.is_learned(&[1]),
+            "the file's entries are not learned"
+        );
         let first: Vec<Vec<u8>> = r
             .take_unapplied()
             .into_iter()
