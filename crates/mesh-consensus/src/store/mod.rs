@@ -310,13 +310,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // a lost committed id only means re-applying from the snapshot is
         // shorter after a crash; openraft re-learns it from the leader.
         let bytes = encode(&committed)?;
-        self.inner
-            .writer
-            .submit(
-                vec![WriteKind::PutMeta(MetaKey::Committed, bytes)],
-                Done::Held,
-            )
-            .await
+        self.inner.writer.hold(MetaKey::Committed, bytes);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {

@@ -4,8 +4,9 @@
 //! ```text
 //!   append/vote/truncate/purge/snapshot ──► bounded queue ──► writer thread
 //!     1. drain every queued write (up to WRITE_BATCH_MAX) into one batch
-//!     2. a batch that nobody waits for (the committed id) is not written on
-//!        its own: it is held and rides in front of the next durable batch
+//!     2. writes that nobody waits for (the committed id) are not written on
+//!        their own: they wait in the held slot and ride in front of the next
+//!        durable batch
 //!     3. small batch: one record in the write-ahead file, one fdatasync,
 //!        acknowledge each write in order; keep the batch for redb
 //!     4. snapshot batch, or the write-ahead file past WAL_CHECKPOINT_BYTES:
@@ -19,13 +20,16 @@
 //! row on the leader and on the follower. Holding it loses nothing that
 //! matters: a committed id older than the log only means a restarted node
 //! re-applies fewer entries at start and learns the rest from the leader.
+//! A held write does not even go through the queue: it is put in a shared
+//! slot ([`Writer::hold`]) that the thread empties into its next batch, so a
+//! commit does not wake the writer thread only to have it hold a write.
 //!
 //! Every write is a "set" (insert a row, delete a range, set a key), so
 //! replaying writes that redb already holds, after a crash between a
 //! checkpoint's commit and the emptying of the file, changes nothing.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::IOFlushed;
 use redb::{Database, Durability, TableDefinition};
@@ -45,9 +49,6 @@ pub const WRITE_BATCH_MAX: usize = 1024;
 /// Size of the write-ahead file past which its writes are checkpointed into
 /// redb and it is emptied; it also bounds the writes kept in memory for that.
 pub const WAL_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
-/// Most held writes (see [`Done::Held`]) before they are written anyway;
-/// metadata keys replace their earlier value, so this is rarely reached.
-pub const HELD_WRITES_MAX: usize = 64;
 
 /// A key of the store's metadata table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,15 +97,32 @@ impl WriteKind {
 pub(super) enum Done {
     Flushed(IOFlushed<TypeConfig>),
     Reply(oneshot::Sender<Result<(), String>>),
-    /// Nobody waits: the write is held and made durable with the next
-    /// durable batch, a checkpoint, or the shutdown.
-    Held,
 }
 
-impl Done {
-    fn is_held(&self) -> bool {
-        matches!(self, Self::Held)
+/// Metadata writes nobody waits for, made durable with the next durable
+/// batch, a checkpoint, or the shutdown. A key's new value replaces the one
+/// held before, so the slot holds at most one value per [`MetaKey`].
+#[derive(Default)]
+struct Held(Vec<(MetaKey, Vec<u8>)>);
+
+impl Held {
+    fn put(&mut self, key: MetaKey, value: Vec<u8>) {
+        self.0.retain(|(k, _)| *k != key);
+        self.0.push((key, value));
     }
+
+    /// The held writes, oldest first, leaving the slot empty.
+    fn take(&mut self) -> Vec<WriteKind> {
+        self.0
+            .drain(..)
+            .map(|(key, value)| WriteKind::PutMeta(key, value))
+            .collect()
+    }
+}
+
+fn lock_held(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct WriteOp {
@@ -121,6 +139,7 @@ pub(super) struct Writer {
 
 struct WriterShared {
     tx: Option<mpsc::Sender<WriteOp>>,
+    held: Arc<Mutex<Held>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -137,16 +156,24 @@ impl Writer {
     /// Starts the writer thread over `db` and its write-ahead file.
     pub fn spawn(db: Database, wal: Wal) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_LEN);
-        let mut state = WriterState::new(db, wal);
+        let held = Arc::new(Mutex::new(Held::default()));
+        let mut state = WriterState::new(db, wal, held.clone());
         let thread = std::thread::Builder::new()
             .name("raft-store-writer".into())
             .spawn(move || state.run(rx))?;
         Ok(Self {
             shared: Arc::new(WriterShared {
                 tx: Some(tx),
+                held,
                 thread: Some(thread),
             }),
         })
+    }
+
+    /// Holds a metadata write nobody waits for until the next durable batch;
+    /// it replaces a value held before for the same key, and wakes nobody.
+    pub fn hold(&self, key: MetaKey, value: Vec<u8>) {
+        lock_held(&self.shared.held).put(key, value);
     }
 
     /// Queues a write; completion is reported through `done`.
@@ -175,19 +202,19 @@ struct WriterState {
     wal: Wal,
     /// Writes durable in the write-ahead file and not yet in redb.
     kept: Vec<WriteKind>,
-    /// Writes nobody waits for, not yet durable ([`Done::Held`]).
-    held: Vec<WriteKind>,
+    /// Writes nobody waits for, not yet durable ([`Writer::hold`]).
+    held: Arc<Mutex<Held>>,
     /// Set after a failure that leaves the files in doubt; every later write fails.
     failed: Option<String>,
 }
 
 impl WriterState {
-    fn new(db: Database, wal: Wal) -> Self {
+    fn new(db: Database, wal: Wal, held: Arc<Mutex<Held>>) -> Self {
         Self {
             db,
             wal,
             kept: Vec::new(),
-            held: Vec::new(),
+            held,
             failed: None,
         }
     }
@@ -201,9 +228,7 @@ impl WriterState {
                     Err(_) => break,
                 }
             }
-            let Some((kinds, dones)) = self.batch(ops) else {
-                continue;
-            };
+            let (kinds, dones) = self.batch(ops);
             let result = self.write_batch(kinds);
             if let Err(e) = &result {
                 tracing::error!(error = %e, "raft store write failed");
@@ -214,45 +239,27 @@ impl WriterState {
                     Done::Reply(tx) => {
                         let _ = tx.send(result.clone());
                     }
-                    Done::Held => {}
                 }
             }
         }
         if self.failed.is_none() {
-            let held = std::mem::take(&mut self.held);
+            let held = lock_held(&self.held).take();
             if let Err(e) = self.checkpoint(held) {
                 tracing::warn!(error = %e, "raft store: final checkpoint failed; the write-ahead file is replayed on the next start");
             }
         }
     }
 
-    /// The writes to make durable now (held ones first: they were queued
-    /// earlier) and who waits for them; `None` when every write is held.
-    fn batch(&mut self, ops: Vec<WriteOp>) -> Option<(Vec<WriteKind>, Vec<Done>)> {
-        if ops.iter().all(|op| op.done.is_held()) {
-            ops.into_iter().for_each(|op| self.hold(op.kinds));
-            let full = self.held.len() > HELD_WRITES_MAX;
-            return full.then(|| (std::mem::take(&mut self.held), Vec::new()));
-        }
-        let mut kinds = std::mem::take(&mut self.held);
+    /// The writes to make durable now, held ones first (they were made
+    /// earlier), and who waits for them.
+    fn batch(&mut self, ops: Vec<WriteOp>) -> (Vec<WriteKind>, Vec<Done>) {
+        let mut kinds = lock_held(&self.held).take();
         let mut dones = Vec::with_capacity(ops.len());
         for op in ops {
             kinds.extend(op.kinds);
             dones.push(op.done);
         }
-        Some((kinds, dones))
-    }
-
-    /// Holds writes nobody waits for; a metadata key's new value replaces the
-    /// one held before, so the committed id is held once however often it moves.
-    fn hold(&mut self, kinds: Vec<WriteKind>) {
-        for kind in kinds {
-            if let WriteKind::PutMeta(key, _) = &kind {
-                self.held
-                    .retain(|held| !matches!(held, WriteKind::PutMeta(k, _) if k == key));
-            }
-            self.held.push(kind);
-        }
+        (kinds, dones)
     }
 
     /// Makes one batch durable; see the module docs for the two paths.
@@ -335,13 +342,10 @@ pub(super) fn commit_to_redb<'a>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use redb::ReadableDatabase;
 
     fn committed(index: u8) -> WriteKind {
         WriteKind::PutMeta(MetaKey::Committed, vec![index])
-    }
-
-    fn op(kinds: Vec<WriteKind>, done: Done) -> WriteOp {
-        WriteOp { kinds, done }
     }
 
     /// A writer state over a fresh database and write-ahead file.
@@ -349,46 +353,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("s.redb")).unwrap();
         let wal = Wal::open(&dir.path().join("s.redb.wal")).unwrap();
-        (dir, WriterState::new(db, wal))
+        (dir, WriterState::new(db, wal, Arc::default()))
     }
 
     #[test]
     fn held_writes_take_no_fsync_of_their_own_and_ride_with_the_next_batch() {
         let (_dir, mut state) = fresh();
-        assert!(state
-            .batch(vec![op(vec![committed(1)], Done::Held)])
-            .is_none());
-        assert!(state
-            .batch(vec![op(vec![committed(2)], Done::Held)])
-            .is_none());
+        lock_held(&state.held).put(MetaKey::Committed, vec![1]);
+        lock_held(&state.held).put(MetaKey::Committed, vec![2]);
         // The newer committed id replaced the older one.
-        assert_eq!(state.held, vec![committed(2)]);
+        assert_eq!(lock_held(&state.held).0.len(), 1);
         assert_eq!(state.wal.len_bytes(), 0, "nothing written yet");
         let append = WriteKind::Append(vec![(1, vec![7])]);
         let (tx, _rx) = oneshot::channel();
-        let (kinds, dones) = state
-            .batch(vec![op(vec![append.clone()], Done::Reply(tx))])
-            .unwrap();
-        assert_eq!(
-            kinds,
-            vec![committed(2), append],
-            "held first, in queue order"
-        );
+        let (kinds, dones) = state.batch(vec![WriteOp {
+            kinds: vec![append.clone()],
+            done: Done::Reply(tx),
+        }]);
+        assert_eq!(kinds, vec![committed(2), append], "held first");
         assert_eq!(dones.len(), 1);
-        assert!(state.held.is_empty());
+        assert!(lock_held(&state.held).0.is_empty());
     }
 
-    #[test]
-    fn held_writes_are_written_once_too_many_are_held() {
-        let (_dir, mut state) = fresh();
-        for i in 0..HELD_WRITES_MAX {
-            let truncate = WriteKind::TruncateFrom(i as u64);
-            assert!(state.batch(vec![op(vec![truncate], Done::Held)]).is_none());
+    #[tokio::test]
+    async fn a_held_write_is_durable_after_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let read_committed = |path: &std::path::Path| {
+            let db = Database::create(path).unwrap();
+            let tx = db.begin_read().unwrap();
+            let meta = tx.open_table(META).unwrap();
+            let value = meta.get(MetaKey::Committed.name()).unwrap();
+            value.map(|v| v.value().to_vec())
+        };
+        {
+            let db = Database::create(&path).unwrap();
+            let wal = Wal::open(&path.with_extension("redb.wal")).unwrap();
+            let writer = Writer::spawn(db, wal).unwrap();
+            writer.hold(MetaKey::Committed, vec![3]);
+            writer.hold(MetaKey::Committed, vec![4]);
+            // Dropping the last handle checkpoints everything into redb.
         }
-        let (kinds, dones) = state
-            .batch(vec![op(vec![committed(1)], Done::Held)])
-            .unwrap();
-        assert_eq!(kinds.len(), HELD_WRITES_MAX + 1);
-        assert!(dones.is_empty());
+        assert_eq!(read_committed(&path), Some(vec![4]));
     }
 }
