@@ -42,6 +42,7 @@
 //! [`network::RaftTransport`] over the P2P layer and feeds inbound bytes to
 //! [`node::ConsensusNode::handle_rpc`].
 
+pub mod append_stream;
 pub mod bench;
 pub mod certificate;
 pub mod command;

@@ -17,16 +17,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::RaftNetworkV2;
+use openraft::{OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
 
+use crate::append_stream::AppendStream;
 use crate::certificate::SignedStatement;
 use crate::command::Command;
 use crate::error::TransportError;
@@ -194,6 +198,9 @@ pub(crate) async fn call(
     })
 }
 
+/// One answer of an append stream.
+type AppendStreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
 /// Creates [`RaftClient`]s for openraft.
 pub struct NetworkFactory {
     pub(crate) transport: Arc<dyn RaftTransport>,
@@ -275,6 +282,25 @@ impl RaftClient {
 
 impl RaftNetworkV2<TypeConfig> for RaftClient {
     type SnapshotData = Vec<u8>;
+
+    /// Sends openraft's appends one at a time, folding commit-only requests
+    /// into the next one (see [`crate::append_stream`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendStreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let appends = AppendStream::new(self, input, option);
+        let answers = futures_util::stream::unfold(appends, |mut appends| async move {
+            let item = appends.step().await?;
+            Some((item, appends))
+        });
+        let answers: BoxStream<'s, AppendStreamItem> = Box::pin(answers);
+        Box::pin(async move { Ok(answers) })
+    }
 
     async fn append_entries(
         &mut self,
