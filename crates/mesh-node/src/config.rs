@@ -95,7 +95,23 @@ pub struct NodeConfig {
     pub log: LogConfig,
     /// This node's private training data.
     pub data: DataConfig,
+    /// The async runtime the node runs on.
+    pub runtime: RuntimeConfig,
 }
+
+/// The node's async runtime.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 (the default) means one per CPU core. Set it lower
+    /// when several nodes share one machine: each node's workers wake each
+    /// other for work they could have done on one thread, and on a machine
+    /// with fewer cores than threads those wake-ups wait for a core.
+    pub worker_threads: usize,
+}
+
+/// Most worker threads `runtime.worker_threads` may ask for.
+pub const WORKER_THREADS_MAX: usize = 1_024;
 
 /// The node's private data: a folder of MNIST IDX files, either whole or one
 /// named shard of a seeded partition (for demos on one machine).
@@ -243,6 +259,7 @@ impl Default for NodeConfig {
             consensus: ConsensusConfigFile::default(),
             log: LogConfig::default(),
             data: DataConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -422,6 +439,14 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        name: "AGENT_MESH_WORKER_THREADS",
+        help: "runtime.worker_threads",
+        apply: |c, v| {
+            c.runtime.worker_threads = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
         name: "AGENT_MESH_LOG_FORMAT",
         help: "log.format (text/json)",
         apply: |c, v| {
@@ -558,6 +583,12 @@ impl NodeConfig {
         if self.identity.ca_pin.is_empty() {
             return invalid("identity.ca_pin", "is required (hex SHA-256 or a file)");
         }
+        if self.runtime.worker_threads > WORKER_THREADS_MAX {
+            return invalid(
+                "runtime.worker_threads",
+                "must be at most 1024 (0: one per core)",
+            );
+        }
         if self.network.listen.is_empty() {
             return invalid("network.listen", "needs at least one address");
         }
@@ -669,11 +700,13 @@ ca_pin = "ca.pin"
         let env = |name: &str| match name {
             "AGENT_MESH_BOOTSTRAP" => Some("/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2".into()),
             "AGENT_MESH_LOG_FORMAT" => Some("json".into()),
+            "AGENT_MESH_WORKER_THREADS" => Some("1".into()),
             _ => None,
         };
         let config = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect("load");
         assert_eq!(config.network.bootstrap.len(), 2);
         assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.runtime.worker_threads, 1);
     }
 
     #[test]
@@ -687,6 +720,10 @@ ca_pin = "ca.pin"
         let text = format!("{MINIMAL}\n[consensus]\nheartbeat_ms = 400\n");
         let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("range");
         assert!(err.to_string().contains("election_timeout_min_ms"), "{err}");
+
+        let text = format!("{MINIMAL}\n[runtime]\nworker_threads = 5000\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("threads");
+        assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
 
         let err = NodeConfig::load(&write(dir.path(), "colour = 1\n"), |_| None)
             .expect_err("unknown field");

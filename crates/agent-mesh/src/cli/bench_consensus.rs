@@ -33,9 +33,24 @@ pub struct ConsensusArgs {
     /// Where the nodes keep their stores (default: a temporary folder; the disk under test).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Async worker threads per node (default: the machine's cores shared
+    /// among the voters, at least 1; 0: one per core, as a lone node runs).
+    #[arg(long, value_name = "N")]
+    pub node_threads: Option<usize>,
     /// Print a JSON list instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The machine's CPU cores (1 when unknown).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Worker threads per node: the voters run on one machine, so by default
+/// they share its cores instead of each starting one thread per core.
+fn node_threads(args: &ConsensusArgs) -> usize {
+    args.node_threads.unwrap_or((cores() / VOTERS).max(1))
 }
 
 /// Node processes that are killed when dropped.
@@ -75,7 +90,7 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
 }
 
 /// Keys, certificates and configs for the admin and the voters.
-fn prepare(root: &Path) -> anyhow::Result<()> {
+fn prepare(root: &Path, worker_threads: usize) -> anyhow::Result<()> {
     let ca = root.join("ca");
     run_exe(&["ca", "init", "--out", path_str(&ca)?])?;
     for (name, roles) in std::iter::once(("admin".to_string(), "admin"))
@@ -91,7 +106,8 @@ fn prepare(root: &Path) -> anyhow::Result<()> {
         let config = format!(
             "mesh_id = \"{MESH_ID}\"\ndata_dir = \"data\"\n[identity]\nkey = \"node.key.pem\"\n\
              cert = \"node.cert.pem\"\nca_cert = \"../ca/ca.cert.pem\"\nca_pin = \"../ca/ca.pin\"\n\
-             [consensus]\nbootstrap_expect = {VOTERS}\n[log]\nlevel = \"warn\"\n"
+             [consensus]\nbootstrap_expect = {VOTERS}\n[log]\nlevel = \"warn\"\n\
+             [runtime]\nworker_threads = {worker_threads}\n"
         );
         std::fs::write(dir.join("node.toml"), config)?;
     }
@@ -247,9 +263,15 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         None => tempfile::tempdir()?,
     };
     let root = temp.path();
-    prepare(root)?;
+    if args.node_threads.is_some_and(|n| n > 1_024) {
+        bail!("--node-threads is limited to 1024");
+    }
+    prepare(root, node_threads(&args))?;
     let fsync = measure_fsync(root, 500).context("measuring fsync")?;
+    // The clients' own threads: no more than they can keep busy.
+    let client_threads = levels.iter().max().copied().unwrap_or(1).min(cores());
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
         .enable_all()
         .build()?;
     let reports = runtime.block_on(async {
@@ -280,10 +302,15 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         drop(processes);
         anyhow::Ok(reports)
     })?;
-    print(&reports, fsync.p50_ms, args.json)
+    print(&reports, fsync.p50_ms, node_threads(&args), args.json)
 }
 
-fn print(reports: &[(BenchReport, f64)], fsync_p50_ms: f64, json: bool) -> anyhow::Result<()> {
+fn print(
+    reports: &[(BenchReport, f64)],
+    fsync_p50_ms: f64,
+    node_threads: usize,
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         let rows: Vec<serde_json::Value> = reports
             .iter()
@@ -291,6 +318,7 @@ fn print(reports: &[(BenchReport, f64)], fsync_p50_ms: f64, json: bool) -> anyho
                 let mut row = serde_json::to_value(r).unwrap_or_default();
                 row["leader_propose_mean_ms"] = serde_json::json!(leader_ms);
                 row["fsync_p50_ms"] = serde_json::json!(fsync_p50_ms);
+                row["node_threads"] = serde_json::json!(node_threads);
                 row
             })
             .collect();
@@ -320,7 +348,10 @@ fn print(reports: &[(BenchReport, f64)], fsync_p50_ms: f64, json: bool) -> anyho
             format!("{leader_ms:.2}"),
         ]);
     }
-    println!("3 voters, real processes on loopback, durable stores (write-ahead file + redb)");
+    println!(
+        "3 voters, real processes on loopback, durable stores (write-ahead file + redb), \
+         {node_threads} worker thread(s) each (0: one per core)"
+    );
     println!("(leader propose: time inside the committee on the leader, without HTTP)");
     println!("fsync p50 on this disk: {fsync_p50_ms:.3} ms");
     println!("{table}");

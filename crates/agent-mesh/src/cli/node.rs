@@ -39,7 +39,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(config.log.format, &config.log.level)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        builder.worker_threads(config.runtime.worker_threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;
