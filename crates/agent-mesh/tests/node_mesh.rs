@@ -383,6 +383,8 @@ fn bench_consensus_commits_through_a_committee_of_three_processes() {
     let row = &rows.as_array().expect("a JSON list")[0];
     assert_eq!(row["clients"], 2);
     assert_eq!(row["errors"], 0, "{row}");
+    // More than one client: the nodes get one worker per core.
+    assert_eq!(row["node_threads"], 0, "{row}");
     assert!(row["commits"].as_u64().unwrap() > 0, "{row}");
     for field in [
         "throughput_per_s",

@@ -1,5 +1,5 @@
 //! The in-process commit benchmark (ignored by default; run it in release):
-//! `cargo test --release -p mesh-consensus --test bench -- --ignored --nocapture`
+//! `cargo test --release -p mesh-consensus --test bench -- --ignored --nocapture --test-threads 1`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -106,7 +106,10 @@ fn bench_floor_raw_replication() {
             while s.read_exact(&mut entry).is_ok() {
                 file.write_all(&entry).unwrap();
                 file.sync_data().unwrap();
-                s.write_all(&entry[..8]).unwrap();
+                // The leader hangs up when its run is over.
+                if s.write_all(&entry[..8]).is_err() {
+                    break;
+                }
             }
         });
         let s = nodelay(TcpStream::connect(addr).unwrap());

@@ -6,6 +6,8 @@
 //! returns only after a majority has it on disk (its write-ahead file, fdatasync) and the leader
 //! applied it. The same disk's fsync latency is measured first, so the
 //! single-client latency can be compared with the floor the disk sets.
+//! Each level gets a fresh committee (new stores), so one level's log does
+//! not slow the next, and its own thread count (see [`node_threads`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -33,8 +35,9 @@ pub struct ConsensusArgs {
     /// Where the nodes keep their stores (default: a temporary folder; the disk under test).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Async worker threads per node (default: the machine's cores shared
-    /// among the voters, at least 1; 0: one per core, as a lone node runs).
+    /// Async worker threads per node (default: with one client, the
+    /// machine's cores shared among the voters, at least 1; with more, one per
+    /// core, as a lone node runs). 0 means one per core.
     #[arg(long, value_name = "N")]
     pub node_threads: Option<usize>,
     /// Print a JSON list instead of a table.
@@ -47,10 +50,15 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Worker threads per node: the voters run on one machine, so by default
-/// they share its cores instead of each starting one thread per core.
-fn node_threads(args: &ConsensusArgs) -> usize {
-    args.node_threads.unwrap_or((cores() / VOTERS).max(1))
+/// Worker threads per node for a level of `clients` (0: one per core). One
+/// client's commit is a chain of wake-ups, and fewer threads per node wake
+/// each other less; many clients keep the leader busy, and it needs every core.
+fn node_threads(args: &ConsensusArgs, clients: usize) -> usize {
+    args.node_threads.unwrap_or(if clients == 1 {
+        (cores() / VOTERS).max(1)
+    } else {
+        0
+    })
 }
 
 /// Node processes that are killed when dropped.
@@ -89,12 +97,17 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-/// Keys, certificates and configs for the admin and the voters.
-fn prepare(root: &Path, worker_threads: usize) -> anyhow::Result<()> {
+/// The voters' directory names.
+fn voter_names() -> impl Iterator<Item = String> {
+    (0..VOTERS).map(|i| format!("node-{i}"))
+}
+
+/// Keys and certificates for the admin and the voters.
+fn prepare(root: &Path) -> anyhow::Result<()> {
     let ca = root.join("ca");
     run_exe(&["ca", "init", "--out", path_str(&ca)?])?;
     for (name, roles) in std::iter::once(("admin".to_string(), "admin"))
-        .chain((0..VOTERS).map(|i| (format!("node-{i}"), "committee,observer")))
+        .chain(voter_names().map(|name| (name, "committee,observer")))
     {
         let dir = root.join(&name);
         run_exe(&["keygen", "--out", path_str(&dir)?])?;
@@ -103,6 +116,18 @@ fn prepare(root: &Path, worker_threads: usize) -> anyhow::Result<()> {
         run_exe(&[
             "ca", "issue", "--ca", ca, "--node", dir_s, "--roles", roles, "--out", cert,
         ])?;
+    }
+    Ok(())
+}
+
+/// Fresh stores and configs for one level's committee.
+fn configure(root: &Path, worker_threads: usize) -> anyhow::Result<()> {
+    for name in voter_names() {
+        let dir = root.join(name);
+        match std::fs::remove_dir_all(dir.join("data")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let config = format!(
             "mesh_id = \"{MESH_ID}\"\ndata_dir = \"data\"\n[identity]\nkey = \"node.key.pem\"\n\
              cert = \"node.cert.pem\"\nca_cert = \"../ca/ca.cert.pem\"\nca_pin = \"../ca/ca.pin\"\n\
@@ -154,8 +179,8 @@ async fn start_committee(
     let mut processes = Processes(Vec::new());
     let mut urls = Vec::new();
     let mut boot: Option<String> = None;
-    for i in 0..VOTERS {
-        let dir = root.join(format!("node-{i}"));
+    for name in voter_names() {
+        let dir = root.join(name);
         processes.0.push(spawn_node(&dir, boot.as_deref())?);
         let info = wait_until("a node to start", || async { read_node_json(&dir) }).await?;
         urls.push(info["http_url"].as_str().unwrap_or_default().to_string());
@@ -266,15 +291,41 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
     if args.node_threads.is_some_and(|n| n > 1_024) {
         bail!("--node-threads is limited to 1024");
     }
-    prepare(root, node_threads(&args))?;
+    prepare(root)?;
     let fsync = measure_fsync(root, 500).context("measuring fsync")?;
+    let mut rows = Vec::new();
+    for clients in levels {
+        if !args.json {
+            eprintln!("running {clients} clients for {} s ...", args.duration_s);
+        }
+        let threads = node_threads(&args, clients);
+        configure(root, threads)?;
+        let (report, leader_ms) = run_level(root, clients, args.duration_s)?;
+        rows.push(Row {
+            report,
+            leader_propose_mean_ms: leader_ms,
+            node_threads: threads,
+        });
+    }
+    print(&rows, fsync.p50_ms, args.json)
+}
+
+/// One level's figures.
+struct Row {
+    report: BenchReport,
+    leader_propose_mean_ms: f64,
+    node_threads: usize,
+}
+
+/// Starts a committee, runs `clients` closed-loop writers for `duration_s`
+/// and stops it; returns the report and the leader's mean propose time.
+fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(BenchReport, f64)> {
     // The clients' own threads: no more than they can keep busy.
-    let client_threads = levels.iter().max().copied().unwrap_or(1).min(cores());
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(client_threads)
+        .worker_threads(clients.min(cores()))
         .enable_all()
         .build()?;
-    let reports = runtime.block_on(async {
+    runtime.block_on(async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(4_096)
             .timeout(Duration::from_secs(30))
@@ -286,40 +337,26 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
             mesh_id: MESH_ID.into(),
             ttl_s: 3_600,
         })?;
-        let mut reports = Vec::new();
-        for clients in levels {
-            if !args.json {
-                eprintln!("running {clients} clients for {} s ...", args.duration_s);
-            }
-            let duration = Duration::from_secs(args.duration_s.max(1));
-            let before = proposal_totals(&client, &leader).await;
-            let report = closed_loop(&client, &leader, &token, clients, duration).await;
-            let after = proposal_totals(&client, &leader).await;
-            let count = (after.1 - before.1).max(1.0);
-            let leader_mean_ms = (after.0 - before.0) / count * 1_000.0;
-            reports.push((report, leader_mean_ms));
-        }
+        let duration = Duration::from_secs(duration_s.max(1));
+        let before = proposal_totals(&client, &leader).await;
+        let report = closed_loop(&client, &leader, &token, clients, duration).await;
+        let after = proposal_totals(&client, &leader).await;
         drop(processes);
-        anyhow::Ok(reports)
-    })?;
-    print(&reports, fsync.p50_ms, node_threads(&args), args.json)
+        let count = (after.1 - before.1).max(1.0);
+        anyhow::Ok((report, (after.0 - before.0) / count * 1_000.0))
+    })
 }
 
-fn print(
-    reports: &[(BenchReport, f64)],
-    fsync_p50_ms: f64,
-    node_threads: usize,
-    json: bool,
-) -> anyhow::Result<()> {
+fn print(rows: &[Row], fsync_p50_ms: f64, json: bool) -> anyhow::Result<()> {
     if json {
-        let rows: Vec<serde_json::Value> = reports
+        let rows: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(r, leader_ms)| {
-                let mut row = serde_json::to_value(r).unwrap_or_default();
-                row["leader_propose_mean_ms"] = serde_json::json!(leader_ms);
-                row["fsync_p50_ms"] = serde_json::json!(fsync_p50_ms);
-                row["node_threads"] = serde_json::json!(node_threads);
-                row
+            .map(|row| {
+                let mut value = serde_json::to_value(&row.report).unwrap_or_default();
+                value["leader_propose_mean_ms"] = serde_json::json!(row.leader_propose_mean_ms);
+                value["fsync_p50_ms"] = serde_json::json!(fsync_p50_ms);
+                value["node_threads"] = serde_json::json!(row.node_threads);
+                value
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -335,8 +372,10 @@ fn print(
         "errors",
         "p50 / fsync",
         "leader propose mean ms",
+        "node threads",
     ]);
-    for (r, leader_ms) in reports {
+    for row in rows {
+        let r = &row.report;
         table.add_row([
             r.clients.to_string(),
             format!("{:.0}", r.throughput_per_s),
@@ -345,14 +384,15 @@ fn print(
             format!("{:.2}", r.max_ms),
             r.errors.to_string(),
             format!("{:.1}x", r.p50_ms / fsync_p50_ms.max(1e-6)),
-            format!("{leader_ms:.2}"),
+            format!("{:.2}", row.leader_propose_mean_ms),
+            match row.node_threads {
+                0 => "1 per core".to_string(),
+                n => n.to_string(),
+            },
         ]);
     }
-    println!(
-        "3 voters, real processes on loopback, durable stores (write-ahead file + redb), \
-         {node_threads} worker thread(s) each (0: one per core)"
-    );
-    println!("(leader propose: time inside the committee on the leader, without HTTP)");
+    println!("3 voters, real processes on loopback, durable stores (write-ahead file + redb)");
+    println!("(a fresh committee per level; leader propose: time inside the committee on the leader, without HTTP)");
     println!("fsync p50 on this disk: {fsync_p50_ms:.3} ms");
     println!("{table}");
     Ok(())
