@@ -37,7 +37,8 @@ use crate::types::{LogId, TypeConfig};
 pub const COMMIT_HOLD_MS: u64 = 2;
 
 type Request = AppendEntriesRequest<TypeConfig>;
-type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+/// One answer of an append stream.
+pub(crate) type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// The last log id a request covers (its previous log id when it has no entries).
 fn last_log_id(request: &Request) -> Option<LogId> {
@@ -88,7 +89,6 @@ pub(crate) struct AppendStream<'c, S> {
     /// The log id the follower matched at the last answer of this stream.
     matched: Option<Option<LogId>>,
     option: RPCOption,
-    hold: Duration,
     stopped: bool,
 }
 
@@ -104,7 +104,6 @@ where
             next: None,
             matched: None,
             option,
-            hold: Duration::from_millis(COMMIT_HOLD_MS),
             stopped: false,
         }
     }
@@ -127,7 +126,7 @@ where
         if !is_commit_only(&held, self.matched.as_ref()) {
             return Some(held);
         }
-        let deadline = tokio::time::sleep(self.hold);
+        let deadline = tokio::time::sleep(Duration::from_millis(COMMIT_HOLD_MS));
         tokio::pin!(deadline);
         loop {
             if self.input_done {

@@ -23,14 +23,13 @@ use openraft::errors::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::StreamAppendResult;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
 
-use crate::append_stream::AppendStream;
+use crate::append_stream::{AppendStream, StreamItem as AppendStreamItem};
 use crate::certificate::SignedStatement;
 use crate::command::Command;
 use crate::error::TransportError;
@@ -197,9 +196,6 @@ pub(crate) async fn call(
         reason: format!("undecodable answer: {reason}"),
     })
 }
-
-/// One answer of an append stream.
-type AppendStreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// Creates [`RaftClient`]s for openraft.
 pub struct NetworkFactory {

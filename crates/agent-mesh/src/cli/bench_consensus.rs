@@ -17,7 +17,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use comfy_table::Table;
 use mesh_consensus::bench::{measure_fsync, BenchReport};
+use mesh_node::config::WORKER_THREADS_MAX;
 
+use super::sim::all_cores;
 use super::status::get_json;
 
 const MESH_ID: &str = "bench";
@@ -45,17 +47,12 @@ pub struct ConsensusArgs {
     pub json: bool,
 }
 
-/// The machine's CPU cores (1 when unknown).
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
 /// Worker threads per node for a level of `clients` (0: one per core). One
 /// client's commit is a chain of wake-ups, and fewer threads per node wake
 /// each other less; many clients keep the leader busy, and it needs every core.
 fn node_threads(args: &ConsensusArgs, clients: usize) -> usize {
     args.node_threads.unwrap_or(if clients == 1 {
-        (cores() / VOTERS).max(1)
+        (all_cores() / VOTERS).max(1)
     } else {
         0
     })
@@ -288,8 +285,8 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         None => tempfile::tempdir()?,
     };
     let root = temp.path();
-    if args.node_threads.is_some_and(|n| n > 1_024) {
-        bail!("--node-threads is limited to 1024");
+    if args.node_threads.is_some_and(|n| n > WORKER_THREADS_MAX) {
+        bail!("--node-threads is limited to {WORKER_THREADS_MAX}");
     }
     prepare(root)?;
     let fsync = measure_fsync(root, 500).context("measuring fsync")?;
@@ -322,7 +319,7 @@ struct Row {
 fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(BenchReport, f64)> {
     // The clients' own threads: no more than they can keep busy.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(clients.min(cores()))
+        .worker_threads(clients.min(all_cores()))
         .enable_all()
         .build()?;
     runtime.block_on(async {

@@ -36,6 +36,7 @@ use redb::{Database, Durability, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::lock;
 use super::wal::Wal;
 use crate::types::TypeConfig;
 
@@ -120,11 +121,6 @@ impl Held {
     }
 }
 
-fn lock_held(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
-    held.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 struct WriteOp {
     kinds: Vec<WriteKind>,
     done: Done,
@@ -173,7 +169,7 @@ impl Writer {
     /// Holds a metadata write nobody waits for until the next durable batch;
     /// it replaces a value held before for the same key, and wakes nobody.
     pub fn hold(&self, key: MetaKey, value: Vec<u8>) {
-        lock_held(&self.shared.held).put(key, value);
+        lock(&self.shared.held).put(key, value);
     }
 
     /// Queues a write; completion is reported through `done`.
@@ -243,7 +239,7 @@ impl WriterState {
             }
         }
         if self.failed.is_none() {
-            let held = lock_held(&self.held).take();
+            let held = lock(&self.held).take();
             if let Err(e) = self.checkpoint(held) {
                 tracing::warn!(error = %e, "raft store: final checkpoint failed; the write-ahead file is replayed on the next start");
             }
@@ -253,7 +249,7 @@ impl WriterState {
     /// The writes to make durable now, held ones first (they were made
     /// earlier), and who waits for them.
     fn batch(&mut self, ops: Vec<WriteOp>) -> (Vec<WriteKind>, Vec<Done>) {
-        let mut kinds = lock_held(&self.held).take();
+        let mut kinds = lock(&self.held).take();
         let mut dones = Vec::with_capacity(ops.len());
         for op in ops {
             kinds.extend(op.kinds);
@@ -359,10 +355,10 @@ mod tests {
     #[test]
     fn held_writes_take_no_fsync_of_their_own_and_ride_with_the_next_batch() {
         let (_dir, mut state) = fresh();
-        lock_held(&state.held).put(MetaKey::Committed, vec![1]);
-        lock_held(&state.held).put(MetaKey::Committed, vec![2]);
+        lock(&state.held).put(MetaKey::Committed, vec![1]);
+        lock(&state.held).put(MetaKey::Committed, vec![2]);
         // The newer committed id replaced the older one.
-        assert_eq!(lock_held(&state.held).0.len(), 1);
+        assert_eq!(lock(&state.held).0.len(), 1);
         assert_eq!(state.wal.len_bytes(), 0, "nothing written yet");
         let append = WriteKind::Append(vec![(1, vec![7])]);
         let (tx, _rx) = oneshot::channel();
@@ -372,11 +368,11 @@ mod tests {
         }]);
         assert_eq!(kinds, vec![committed(2), append], "held first");
         assert_eq!(dones.len(), 1);
-        assert!(lock_held(&state.held).0.is_empty());
+        assert!(lock(&state.held).0.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_held_write_is_durable_after_shutdown() {
+    #[test]
+    fn a_held_write_is_durable_after_shutdown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let read_committed = |path: &std::path::Path| {
