@@ -12,10 +12,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::mesh::{http, start_node, wait_for, Mesh};
+use common::mesh::{http, start_node, wait_for, wait_for_described, Mesh};
 
 const NODES: usize = 5;
-const JOB_LIMIT: Duration = Duration::from_secs(600);
+/// Well inside the test runner's 10-minute limit, so a stuck job fails
+/// with its own message (a job takes about 30 s).
+const JOB_LIMIT: Duration = Duration::from_secs(240);
 
 fn data_dir() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,17 +76,21 @@ fn job_view(mesh: &Mesh, node: usize, token: &str, job: &str) -> Option<serde_js
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
-fn wait_completed(mesh: &mut Mesh, alive: &[usize], token: &str, job: &str) -> serde_json::Value {
-    wait_for(
-        &format!("job {job} to complete\n{}", mesh.nodes[alive[0]].log_tail()),
-        JOB_LIMIT,
-        || {
-            alive.iter().find_map(|&i| {
-                let view = job_view(mesh, i, token, job)?;
-                (view["status"] == "Completed").then_some(view)
-            })
-        },
-    )
+fn wait_completed(mesh: &Mesh, alive: &[usize], token: &str, job: &str) -> serde_json::Value {
+    let check = || {
+        alive.iter().find_map(|&i| {
+            let view = job_view(mesh, i, token, job)?;
+            (view["status"] == "Completed").then_some(view)
+        })
+    };
+    wait_for_described(JOB_LIMIT, check, || {
+        let view = job_view(mesh, alive[0], token, job).unwrap_or_default();
+        let logs: Vec<String> = alive
+            .iter()
+            .map(|&i| format!("node {i}:\n{}", mesh.nodes[i].log_tail()))
+            .collect();
+        format!("job {job} to complete: {view}\n{}", logs.join("\n"))
+    })
 }
 
 fn leader_index(mesh: &Mesh) -> usize {
@@ -104,7 +110,7 @@ fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
     leader_index(&mesh);
 
     submit(&mesh, 1, &token, "first", 5);
-    let done = wait_completed(&mut mesh, &[0, 1, 2, 3, 4], &token, "first");
+    let done = wait_completed(&mesh, &[0, 1, 2, 3, 4], &token, "first");
     let accuracy = done["accuracy"].as_f64().unwrap();
     assert!(
         accuracy >= 0.9,
@@ -140,7 +146,7 @@ fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
     let leader = leader_index(&mesh);
     mesh.nodes[leader].kill9();
     let alive: Vec<usize> = (0..NODES).filter(|&i| i != leader).collect();
-    let done = wait_completed(&mut mesh, &alive, &token, "second");
+    let done = wait_completed(&mesh, &alive, &token, "second");
     assert_eq!(done["rounds_completed"], 5);
     assert!(
         done["rounds_aborted"].as_u64().unwrap() <= 1,
@@ -175,6 +181,10 @@ fn a_killed_group_aggregators_shard_is_reassigned() {
     let (round, group, node) =
         wait_for("a round with a group aggregator to kill", JOB_LIMIT, || {
             let view = job_view(&mesh, leader, &token, "groups")?;
+            assert_ne!(
+                view["status"], "Completed",
+                "no round had a group aggregator to kill: {view}"
+            );
             let rounds = view["detail"]["rounds"].as_array()?;
             let record = rounds.last().filter(|r| r["completion"].is_null())?;
             let (group, node) = victim(&mesh, leader, record)?;
@@ -202,7 +212,7 @@ fn a_killed_group_aggregators_shard_is_reassigned() {
     );
     eprintln!("reassigned to {reassigned} after {:?}", started.elapsed());
     let alive: Vec<usize> = (0..NODES).filter(|&i| i != node).collect();
-    let done = wait_completed(&mut mesh, &alive, &token, "groups");
+    let done = wait_completed(&mesh, &alive, &token, "groups");
     eprintln!("completed after {:?}", started.elapsed());
     assert_eq!(done["rounds_completed"], 5);
     assert_eq!(done["rounds_aborted"], 0, "a round was repeated: {done}");

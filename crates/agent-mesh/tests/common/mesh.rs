@@ -28,16 +28,25 @@ pub fn run_ok(args: &[&str]) -> String {
 }
 
 /// Polls `check` every 200 ms until it returns `Some`, for at most `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, limit: Duration, check: impl FnMut() -> Option<T>) -> T {
+    wait_for_described(limit, check, || what.to_string())
+}
+
+/// [`wait_for`], describing what it waited for (logs, say) only once it
+/// timed out, so the description shows the state at the end.
+pub fn wait_for_described<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    describe: impl FnOnce() -> String,
+) -> T {
     let started = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if started.elapsed() >= limit {
+            panic!("timed out after {limit:?} waiting for {}", describe());
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -180,7 +189,16 @@ pub const MESH_ID: &str = "test-mesh";
 impl Mesh {
     /// Creates the CA, an admin, and `n` nodes' keys, certificates and configs.
     pub fn new(n: usize) -> Self {
-        let root = tempfile::tempdir().unwrap();
+        // AGENT_MESH_KEEP_TEST_DIRS=1 keeps the folders (node logs included) for a look afterwards.
+        let keep = std::env::var_os("AGENT_MESH_KEEP_TEST_DIRS").is_some();
+        let root = tempfile::Builder::new()
+            .prefix("agent-mesh-test-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .unwrap();
+        if keep {
+            eprintln!("test mesh folder: {}", root.path().display());
+        }
         let ca = root.path().join("ca");
         run_ok(&["ca", "init", "--out", ca.to_str().unwrap()]);
         make_member(root.path(), &ca, "admin", "admin,observer");
@@ -275,6 +293,17 @@ impl Mesh {
                 Duration::from_secs(90),
                 || (node.admitted() >= want).then_some(()),
             );
+        }
+    }
+}
+
+impl Drop for Mesh {
+    /// A failed test shows the end of every node's log.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("--- {} ---\n{}", node.dir.display(), node.log_tail());
+            }
         }
     }
 }

@@ -304,7 +304,7 @@ impl NodeEngine {
         // Roles exist only for running rounds, whose plans `sync_roles` just stored.
         for ((key, _), g) in &mut self.groups {
             let finals = self.plans.get(key).map_or(&[][..], |r| &r.plan.aggregators);
-            g.poll(&mut self.sh, finals, view.leader, view.now_ms);
+            g.poll(&mut self.sh, finals, view);
         }
         for (key, f) in &mut self.finals {
             let groups = self.plans.get(key).map_or(&[][..], |r| &r.plan.groups);

@@ -8,12 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mesh_consensus::command::{GroupInput, JobSpec, ModelHash, NodeId};
+use mesh_security::rbac::Role;
 use mesh_security::secagg::messages::Signed;
 use mesh_security::secagg::{ModulusBits, SecAggAggregator, SecAggError, SecAggParams};
 
 use super::blob::{blob_hash, encode_params};
 use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
-use super::shared::{node_key, Shared};
+use super::shared::{node_key, Shared, View};
 
 /// Most early messages held while the start model is fetched.
 const PENDING_MAX_PER_MEMBER: usize = 4;
@@ -159,18 +160,14 @@ impl GroupRound {
     }
 
     /// Advances on time: fetches the model, closes steps whose members all
-    /// answered or whose deadline passed, and (re)sends the result.
-    pub fn poll(
-        &mut self,
-        sh: &mut Shared,
-        finals: &[NodeId],
-        leader: Option<&NodeId>,
-        now_ms: u64,
-    ) {
+    /// answered (those of them still reachable, in `view.alive`) or whose
+    /// deadline passed, and (re)sends the result.
+    pub fn poll(&mut self, sh: &mut Shared, finals: &[NodeId], view: &View<'_>) {
+        let now_ms = view.now_ms;
         if self.stage == Stage::WaitingModel {
             self.start(sh, now_ms);
         }
-        let all_in = self.expected.is_subset(&self.seen);
+        let all_in = self.answered_or_gone(view.alive);
         let phase_over = now_ms >= self.stage_since_ms + sh.config.phase_timeout_ms;
         let collect_over = now_ms >= self.a.collect_until_ms;
         let close = match self.stage {
@@ -183,7 +180,21 @@ impl GroupRound {
                 self.fail(sh, &err);
             }
         }
-        self.deliver(sh, finals, leader, now_ms);
+        self.deliver(sh, finals, view.leader, now_ms);
+    }
+
+    /// Whether every member the stage waits for answered or is unreachable.
+    /// A member known to be down will not answer: waiting for it until the
+    /// stage's deadline only delays the group's result (or its failure).
+    fn answered_or_gone(&self, alive: &BTreeMap<NodeId, BTreeSet<Role>>) -> bool {
+        self.expected.iter().all(|i| {
+            self.seen.contains(i)
+                || self
+                    .a
+                    .members
+                    .get(*i as usize)
+                    .is_none_or(|m| !alive.contains_key(m))
+        })
     }
 
     fn start(&mut self, sh: &mut Shared, now_ms: u64) {
@@ -490,5 +501,94 @@ impl GroupRound {
             };
             sh.send(&member.clone(), message);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::protocol::node_name;
+    use crate::protocol::shared::EngineConfig;
+    use mesh_consensus::command::{JobId, TrainingSpec};
+    use mesh_consensus::MeshState;
+    use mesh_security::NodeIdentity;
+
+    fn plain_spec() -> JobSpec {
+        JobSpec {
+            model_name: "mlp".into(),
+            rounds: 1,
+            participants_per_round: 3,
+            rule_name: "fedavg".into(),
+            byzantine_count: 0,
+            secagg: false,
+            dp_budget: None,
+            training: TrainingSpec::default(),
+        }
+    }
+
+    #[test]
+    fn a_step_closes_once_every_member_still_reachable_answered() {
+        let identities: Vec<NodeIdentity> =
+            (1..=3).map(|i| NodeIdentity::from_seed(&[i; 32])).collect();
+        let members: Vec<NodeId> = identities.iter().map(|i| node_name(&i.node_id())).collect();
+        let me_identity = NodeIdentity::from_seed(&[9; 32]);
+        let me = node_name(&me_identity.node_id());
+        let mut sh = Shared::new(me.clone(), me_identity, EngineConfig::new("m", 0));
+        let start_hash = sh.store(encode_params(&[0.0; 4])).unwrap();
+        let key = RoundKey {
+            job: JobId::from("j"),
+            round: 0,
+            attempt: 0,
+        };
+        let assignment = GroupAssignment {
+            key: key.clone(),
+            spec: Arc::new(plain_spec()),
+            group: 0,
+            members: members.clone(),
+            start_hash,
+            holders: Vec::new(),
+            collect_until_ms: 1_000_000,
+        };
+        let mut group = GroupRound::new(assignment, &sh, 0);
+        let state = MeshState::new();
+        let mut alive: BTreeMap<NodeId, BTreeSet<Role>> = members
+            .iter()
+            .chain([&me])
+            .map(|n| (n.clone(), BTreeSet::new()))
+            .collect();
+        fn view<'a>(
+            state: &'a MeshState,
+            alive: &'a BTreeMap<NodeId, BTreeSet<Role>>,
+            now_ms: u64,
+        ) -> View<'a> {
+            View {
+                state,
+                leader: None,
+                alive,
+                now_ms,
+            }
+        }
+        group.poll(&mut sh, &[], &view(&state, &alive, 1));
+        let session = sh.session(&key, 0, &me);
+        for (identity, member) in identities.iter().zip(&members).take(2) {
+            let body = PlainUpdate {
+                values: vec![0.5; 4],
+                samples: 10,
+            };
+            let update = Signed::sign(identity, &session, body).unwrap();
+            let message = RoundMessage::Plain {
+                key: key.clone(),
+                group: 0,
+                update,
+            };
+            group.on_message(&mut sh, member, message, 2);
+        }
+        group.poll(&mut sh, &[], &view(&state, &alive, 3));
+        assert!(!group.is_closed(), "closed while a reachable member trains");
+        alive.remove(&members[2]);
+        group.poll(&mut sh, &[], &view(&state, &alive, 4));
+        assert!(group.is_closed(), "still waiting for a member that is gone");
+        assert_eq!(group.result().map(|r| r.contributors), Some(2));
     }
 }

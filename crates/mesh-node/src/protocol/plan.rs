@@ -141,15 +141,7 @@ pub fn select(
         .take(FINAL_AGGREGATORS)
         .cloned()
         .collect();
-    let groups = groups
-        .into_iter()
-        .enumerate()
-        .map(|(i, members)| GroupPlan {
-            // Group aggregators rotate through the aggregators after the finals.
-            aggregator: aggregators[(finals.len() + i) % aggregators.len()].clone(),
-            members,
-        })
-        .collect();
+    let groups = assign_group_aggregators(groups, &aggregators, finals.len());
     Some(Selection {
         participants,
         plan: RoundPlan {
@@ -157,6 +149,41 @@ pub fn select(
             aggregators: finals,
         },
     })
+}
+
+/// Gives each group an aggregator from `aggregators` (in order, starting
+/// after the `finals` first ones and wrapping round): the first one outside
+/// the group that no earlier group took, else the first outside the group,
+/// else plain rotation. An aggregator outside its group means a node that
+/// dies costs its group either its aggregator (reassigned, updates kept) or
+/// a member, not both at once, which a small group cannot survive.
+fn assign_group_aggregators(
+    groups: Vec<Vec<NodeId>>,
+    aggregators: &[NodeId],
+    finals: usize,
+) -> Vec<GroupPlan> {
+    let count = aggregators.len();
+    let mut taken = BTreeSet::new();
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, members)| {
+            let rotation = (0..count).map(|k| &aggregators[(finals + k) % count]);
+            let outside = |n: &&NodeId| !members.contains(n);
+            let aggregator = rotation
+                .clone()
+                .filter(outside)
+                .find(|n| !taken.contains(*n))
+                .or_else(|| rotation.clone().find(outside))
+                .unwrap_or(&aggregators[(finals + i) % count])
+                .clone();
+            taken.insert(aggregator.clone());
+            GroupPlan {
+                aggregator,
+                members,
+            }
+        })
+        .collect()
 }
 
 /// An alive aggregator to replace a failed one, not in `exclude`.
@@ -248,5 +275,30 @@ mod tests {
         assert!(!b.participants.contains(&node(3)));
         alive.retain(|n, _| *n == node(0));
         assert!(select(&state, &alive, &job, &spec(8), 0).is_none());
+    }
+
+    #[test]
+    fn group_aggregators_come_from_outside_their_groups_and_differ() {
+        let (state, alive) = state_with(5);
+        let job = JobId::from("j");
+        let mut five = spec(5);
+        five.training.group_size = 2;
+        for round in 0..20 {
+            let plan = select(&state, &alive, &job, &five, round).unwrap().plan;
+            assert_eq!(plan.groups.len(), 2);
+            for group in &plan.groups {
+                assert!(!group.members.contains(&group.aggregator), "{plan:?}");
+            }
+            assert_ne!(plan.groups[0].aggregator, plan.groups[1].aggregator);
+        }
+    }
+
+    #[test]
+    fn one_group_of_everyone_still_gets_an_aggregator() {
+        let (state, alive) = state_with(3);
+        let job = JobId::from("j");
+        let plan = select(&state, &alive, &job, &spec(3), 0).unwrap().plan;
+        assert_eq!(plan.groups.len(), 1);
+        assert!(plan.groups[0].members.contains(&plan.groups[0].aggregator));
     }
 }
