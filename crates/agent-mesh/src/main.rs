@@ -5,6 +5,12 @@
 
 mod cli;
 
+/// mimalloc instead of the system allocator: the node allocates and frees
+/// small buffers on every message, and glibc's per-thread arenas trimmed and
+/// regrew their heaps (an `mprotect` every few commits) under that pattern.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Agent Mesh: a decentralized federated-learning mesh.
