@@ -9,7 +9,7 @@
 //!        bounded queue ──► writer thread (writer.rs): every queued write in ONE batch
 //!             batch ──► <store>.wal: one record, one fdatasync, then acknowledged
 //!             every 8 MiB, and for snapshots ──► redb: ONE durable transaction,
-//!                                                then the .wal file is emptied
+//!                                                then the .wal file starts a new generation
 //! ```
 //!
 //! Group commit: one fsync covers every entry of an append call, and under
@@ -104,14 +104,12 @@ pub fn wal_path(store_path: &Path) -> PathBuf {
 }
 
 /// Moves what the write-ahead file of the store at `path` holds into redb
-/// (one durable transaction), empties it, and returns it open for appending.
+/// (one durable transaction), starts its next generation, and returns it
+/// open for appending.
 fn replay_wal(db: &Database, path: &Path) -> Result<Wal, StoreError> {
     let wal_path = wal_path(path);
     let open_err = |e: io::Error| StoreError::Open(format!("{}: {e}", wal_path.display()));
     let mut wal = Wal::open(&wal_path).map_err(open_err)?;
-    if wal.len_bytes() == 0 {
-        return Ok(wal);
-    }
     let replayed = wal.replay().map_err(open_err)?;
     if replayed.torn_bytes > 0 {
         tracing::warn!(
@@ -119,7 +117,9 @@ fn replay_wal(db: &Database, path: &Path) -> Result<Wal, StoreError> {
             "raft store: dropped the torn end of the write-ahead file (a write cut by a crash, never acknowledged)"
         );
     }
-    commit_to_redb(db, replayed.writes.iter()).map_err(StoreError::Corrupt)?;
+    if !replayed.writes.is_empty() {
+        commit_to_redb(db, replayed.writes.iter()).map_err(StoreError::Corrupt)?;
+    }
     wal.reset().map_err(open_err)?;
     Ok(wal)
 }

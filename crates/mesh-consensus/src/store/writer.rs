@@ -11,7 +11,7 @@
 //!        acknowledge each write in order; keep the batch for redb
 //!     4. snapshot batch, or the write-ahead file past WAL_CHECKPOINT_BYTES:
 //!        checkpoint = every kept write (and the batch) in ONE durable redb
-//!        transaction, then empty the write-ahead file
+//!        transaction, then start the write-ahead file's next generation
 //! ```
 //!
 //! Why step 2: openraft saves the committed id after every commit. An fsync
@@ -26,7 +26,7 @@
 //!
 //! Every write is a "set" (insert a row, delete a range, set a key), so
 //! replaying writes that redb already holds, after a crash between a
-//! checkpoint's commit and the emptying of the file, changes nothing.
+//! checkpoint's commit and the start of the file's next generation, changes nothing.
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -48,7 +48,7 @@ pub const WRITE_QUEUE_LEN: usize = 4096;
 /// Most queued writes the writer folds into one batch.
 pub const WRITE_BATCH_MAX: usize = 1024;
 /// Size of the write-ahead file past which its writes are checkpointed into
-/// redb and it is emptied; it also bounds the writes kept in memory for that.
+/// redb and it starts a new generation; it also bounds the writes kept in memory for that.
 pub const WAL_CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A key of the store's metadata table.
@@ -282,13 +282,13 @@ impl WriterState {
     }
 
     /// Moves every kept write, then `more`, into redb in one durable
-    /// transaction and empties the write-ahead file.
+    /// transaction and starts the write-ahead file's next generation.
     fn checkpoint(&mut self, more: Vec<WriteKind>) -> Result<(), String> {
         let kept = std::mem::take(&mut self.kept);
         let outcome = commit_to_redb(&self.db, kept.iter().chain(more.iter())).and_then(|()| {
             self.wal
                 .reset()
-                .map_err(|e| format!("emptying the write-ahead file: {e}"))
+                .map_err(|e| format!("starting the write-ahead file's next generation: {e}"))
         });
         if let Err(e) = &outcome {
             self.failed = Some(format!("checkpoint: {e}"));
