@@ -206,14 +206,9 @@ impl Wal {
 fn next_record(bytes: &[u8], pos: usize, generation: Option<u64>) -> Option<(&[u8], usize)> {
     let header_bytes = generation.map_or(LEGACY_HEADER_BYTES, |_| HEADER_BYTES);
     let header = bytes.get(pos..pos.checked_add(header_bytes)?)?;
-    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
-    if len > RECORD_BYTES_MAX {
+    let (len, claimed) = length_and_generation(header)?;
+    if len > RECORD_BYTES_MAX || generation.is_some_and(|g| g != claimed) {
         return None;
-    }
-    if let Some(generation) = generation {
-        if header[4..12] != generation.to_le_bytes() {
-            return None;
-        }
     }
     let start = pos + header_bytes;
     let body = bytes.get(start..start.checked_add(len)?)?;
@@ -228,11 +223,20 @@ fn torn_at(bytes: &[u8], pos: usize, generation: Option<u64>) -> u64 {
     let Some(generation) = generation else {
         return rest.len() as u64;
     };
-    if rest.len() < 12 || rest[4..12] != generation.to_le_bytes() {
-        return 0;
+    match length_and_generation(rest) {
+        Some((len, claimed)) if claimed == generation => {
+            HEADER_BYTES.saturating_add(len).min(rest.len()) as u64
+        }
+        _ => 0,
     }
-    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    (HEADER_BYTES.saturating_add(len)).min(rest.len()) as u64
+}
+
+/// The body length and generation a record header at the start of `bytes`
+/// claims (in the earlier layout the "generation" is checksum bytes, unused).
+fn length_and_generation(bytes: &[u8]) -> Option<(usize, u64)> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let generation = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+    Some((len, generation))
 }
 
 #[cfg(test)]
