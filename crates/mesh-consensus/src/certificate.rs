@@ -179,11 +179,13 @@ impl CommitCertificate {
 /// The voters a certificate is checked against: Raft id to Ed25519 public key.
 pub type VoterKeys = BTreeMap<MemberId, [u8; 32]>;
 
-/// Checks that a majority of distinct current `voters` validly signed the statement.
+/// Checks that a majority of distinct current `voters` validly signed the
+/// statement; returns the positions in `cert.signatures` of the signatures
+/// that verified, so callers need not check any signature twice.
 pub fn verify_certificate(
     cert: &CommitCertificate,
     voters: &VoterKeys,
-) -> Result<(), CertificateError> {
+) -> Result<Vec<usize>, CertificateError> {
     if cert.signatures.len() > CERTIFICATE_SIGNATURES_MAX {
         return Err(CertificateError::Malformed("too many signatures".into()));
     }
@@ -192,12 +194,14 @@ pub fn verify_certificate(
     }
     let message = cert.statement.signing_bytes();
     let mut valid = BTreeSet::new();
-    for (signer, signature) in &cert.signatures {
+    let mut verified = Vec::new();
+    for (position, (signer, signature)) in cert.signatures.iter().enumerate() {
         let Some(key) = voters.get(signer) else {
             continue;
         };
         if verify_raw(key, &message, signature).is_ok() {
             valid.insert(*signer);
+            verified.push(position);
         }
     }
     let needed = voters.len() / 2 + 1;
@@ -207,7 +211,7 @@ pub fn verify_certificate(
             needed,
         });
     }
-    Ok(())
+    Ok(verified)
 }
 
 /// Proof that a voter misbehaved, checkable by anyone holding its public key.
@@ -451,6 +455,30 @@ mod tests {
             signatures: vec![(a.signer, a.signature.clone()), (a.signer, a.signature)],
         };
         assert!(verify_certificate(&dup, &keys(&voters)).is_err());
+    }
+
+    #[test]
+    fn only_the_signatures_that_verified_are_returned() {
+        let voters = ids(3);
+        let s = statement(5, 9);
+        let signed: Vec<_> = voters
+            .iter()
+            .map(|v| SignedStatement::sign(s.clone(), v))
+            .collect();
+        let mut bad = signed[1].signature.clone();
+        bad[0] ^= 1;
+        let cert = CommitCertificate {
+            statement: s,
+            signatures: vec![
+                (signed[0].signer, signed[0].signature.clone()),
+                (signed[1].signer, bad),
+                (signed[2].signer, signed[2].signature.clone()),
+            ],
+        };
+        assert_eq!(
+            verify_certificate(&cert, &keys(&voters)).unwrap(),
+            vec![0, 2]
+        );
     }
 
     #[test]

@@ -553,13 +553,13 @@ impl ConsensusNode {
             return Err(CertificateError::WrongMesh(cert.statement.mesh_id.clone()));
         }
         let voters = self.voter_keys();
-        verify_certificate(cert, &voters)?;
+        let verified = verify_certificate(cert, &voters)?;
         self.inner.metrics.certificates.inc();
         let Some(local) = self.inner.sm.applied_record(cert.statement.index) else {
             return Ok(false);
         };
         let mut matches = true;
-        for (signer, signature) in &cert.signatures {
+        for (signer, signature) in verified.iter().filter_map(|i| cert.signatures.get(*i)) {
             let Some(public_key) = voters.get(signer) else {
                 continue;
             };
@@ -569,9 +569,6 @@ impl ConsensusNode {
                 public_key: *public_key,
                 signature: signature.clone(),
             };
-            if signed.verify().is_err() {
-                continue;
-            }
             if let Some(evidence) = check_against_local(&signed, &local) {
                 matches = false;
                 self.report_evidence(evidence);
