@@ -24,6 +24,7 @@
 //! protocol handler of the connection on each wake-up (see
 //! [`mesh_net::direct`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -50,12 +51,21 @@ pub const STREAMS_IDLE_PER_PEER: usize = 16;
 /// Most inbound Raft streams (and, apart, direct links) served at once; more are closed.
 pub const INBOUND_STREAMS_MAX: usize = 512;
 
+/// Most parsed peer ids remembered (members are far fewer; the map is
+/// emptied when full).
+const PEER_IDS_CACHED_MAX: usize = 1024;
+
 /// [`RaftTransport`] over direct links and streams of a [`NetHandle`].
 pub struct NetRaftTransport {
     net: NetHandle,
     streams: IdlePool<Stream>,
     links: Option<Arc<RaftLinks>>,
-    calls: Family<[(&'static str, &'static str); 1], Counter>,
+    /// RPCs sent over direct links and over swarm streams.
+    direct_calls: Counter,
+    stream_calls: Counter,
+    /// A member record's `node_id` text to its parsed peer id: base58
+    /// decoding it on every RPC was about 1% of a busy leader's time.
+    peer_ids: std::sync::Mutex<HashMap<String, PeerId>>,
 }
 
 impl NetRaftTransport {
@@ -64,22 +74,37 @@ impl NetRaftTransport {
     /// sent by each path, in `registry`.
     pub fn new(net: NetHandle, direct_links: bool, registry: &mut Registry) -> Self {
         let links = direct_links.then(|| RaftLinks::new(net.clone()));
-        let calls = Family::default();
+        let calls = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.sub_registry_with_prefix("mesh_raft").register(
             "calls",
             "Raft RPCs this node sent, by path (direct link or swarm stream)",
             calls.clone(),
         );
+        let direct_calls = calls.get_or_create(&[("path", "direct")]).clone();
+        let stream_calls = calls.get_or_create(&[("path", "stream")]).clone();
         Self {
             net,
             streams: IdlePool::new(STREAMS_IDLE_PER_PEER),
             links,
-            calls,
+            direct_calls,
+            stream_calls,
+            peer_ids: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn count(&self, path: &'static str) {
-        self.calls.get_or_create(&[("path", path)]).inc();
+    /// The peer id of `route`, parsed once per distinct text.
+    fn peer_id(&self, route: &MemberInfo) -> Result<PeerId, String> {
+        let mut cache = self.peer_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = cache.get(&route.node_id) {
+            return Ok(*peer);
+        }
+        let peer = PeerId::from_str(&route.node_id)
+            .map_err(|e| format!("bad peer id {:?}: {e}", route.node_id))?;
+        if cache.len() >= PEER_IDS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.insert(route.node_id.clone(), peer);
+        Ok(peer)
     }
 
     /// The exchange over a pooled direct link; `None` when there was none
@@ -181,13 +206,12 @@ impl RaftTransport for NetRaftTransport {
                 max_bytes: RPC_BYTES_MAX,
             });
         }
-        let peer = PeerId::from_str(&route.node_id)
-            .map_err(|e| unreachable(format!("bad peer id {:?}: {e}", route.node_id)))?;
+        let peer = self.peer_id(route).map_err(unreachable)?;
         if let Some(answer) = self.call_direct(peer, &payload).await {
-            self.count("direct");
+            self.direct_calls.inc();
             return answer.map_err(|e| unreachable(e.to_string()));
         }
-        self.count("stream");
+        self.stream_calls.inc();
         self.call_stream(peer, &payload).await.map_err(unreachable)
     }
 }
