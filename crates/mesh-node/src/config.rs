@@ -106,7 +106,8 @@ pub struct RuntimeConfig {
     /// Worker threads; 0 (the default) means one per CPU core. Set it lower
     /// when several nodes share one machine: each node's workers wake each
     /// other for work they could have done on one thread, and on a machine
-    /// with fewer cores than threads those wake-ups wait for a core.
+    /// with fewer cores than threads those wake-ups wait for a core. 1 is a
+    /// current-thread runtime: all tasks on the thread that drives the node.
     pub worker_threads: usize,
 }
 

@@ -2,7 +2,8 @@
 //! committee of real `agent-mesh node` processes on loopback.
 //!
 //! In the style of etcd's `benchmark put`: N clients, each with one write in
-//! flight, send `POST /v1/kv` to the leader for a fixed time; every write
+//! flight on a keep-alive connection of its own ([`kv_client`]), send
+//! `POST /v1/kv` to the leader for a fixed time; every write
 //! returns only after a majority has it on disk (its write-ahead file, fdatasync) and the leader
 //! applied it. The same disk's fsync latency is measured first, so the
 //! single-client latency can be compared with the floor the disk sets.
@@ -21,6 +22,9 @@ use mesh_node::config::WORKER_THREADS_MAX;
 
 use super::sim::all_cores;
 use super::status::get_json;
+
+mod kv_client;
+use kv_client::KvClient;
 
 const MESH_ID: &str = "bench";
 const VOTERS: usize = 3;
@@ -225,39 +229,74 @@ async fn proposal_totals(client: &reqwest::Client, leader: &str) -> (f64, f64) {
     )
 }
 
-/// Runs `clients` closed-loop writers against `leader` for `duration`.
+/// The socket address of an API URL such as `http://127.0.0.1:8080`.
+fn api_addr(url: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("bad API URL {url:?}"))?;
+    parsed
+        .socket_addrs(|| None)?
+        .into_iter()
+        .next()
+        .with_context(|| format!("API URL {url:?} has no address"))
+}
+
+/// Pause after a failed connection, so a node that is down is not spun on.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+/// Longest one write may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One closed-loop writer: writes key `c{index}` with a rising value until
+/// `deadline`; returns the latencies of the successful ones and
+/// the number that failed.
+async fn writer_loop(
+    addr: std::net::SocketAddr,
+    token: String,
+    index: usize,
+    deadline: Instant,
+) -> (Vec<Duration>, usize) {
+    let (mut latencies, mut errors, mut seq) = (Vec::new(), 0usize, 0u64);
+    let mut connection: Option<KvClient> = None;
+    while Instant::now() < deadline {
+        let client = match &mut connection {
+            Some(client) => client,
+            None => match KvClient::connect(addr, &token).await {
+                Ok(client) => connection.insert(client),
+                Err(_) => {
+                    errors += 1;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        seq += 1;
+        let body = serde_json::json!({ "key": format!("c{index}"), "value": seq.to_string() });
+        let body = body.to_string().into_bytes();
+        let t = Instant::now();
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.put(&body)).await {
+            Ok(Ok(status)) if (200..300).contains(&status) => latencies.push(t.elapsed()),
+            Ok(Ok(_)) => errors += 1,
+            Ok(Err(_)) | Err(_) => {
+                errors += 1;
+                connection = None;
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+/// Runs `clients` closed-loop writers against `leader` for `duration`, each
+/// on a keep-alive connection of its own.
 async fn closed_loop(
-    client: &reqwest::Client,
     leader: &str,
     token: &str,
     clients: usize,
     duration: Duration,
-) -> BenchReport {
+) -> anyhow::Result<BenchReport> {
+    let addr = api_addr(leader)?;
     let started = Instant::now();
     let deadline = started + duration;
-    let url = format!("{leader}/v1/kv");
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (client, url, token) = (client.clone(), url.clone(), token.to_string());
-        tasks.spawn(async move {
-            let (mut latencies, mut errors, mut seq) = (Vec::new(), 0usize, 0u64);
-            while Instant::now() < deadline {
-                seq += 1;
-                let body = serde_json::json!({ "key": format!("c{c}"), "value": seq.to_string() });
-                let t = Instant::now();
-                let sent = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .json(&body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status().is_success() => latencies.push(t.elapsed()),
-                    _ => errors += 1,
-                }
-            }
-            (latencies, errors)
-        });
+        tasks.spawn(writer_loop(addr, token.to_string(), c, deadline));
     }
     let (mut all, mut errors) = (Vec::new(), 0);
     while let Some(joined) = tasks.join_next().await {
@@ -266,7 +305,12 @@ async fn closed_loop(
             errors += failed;
         }
     }
-    BenchReport::from_latencies(clients, all, errors, started.elapsed())
+    Ok(BenchReport::from_latencies(
+        clients,
+        all,
+        errors,
+        started.elapsed(),
+    ))
 }
 
 /// Runs the benchmark and prints the table (or JSON).
@@ -318,13 +362,9 @@ struct Row {
 /// and stops it; returns the report and the leader's mean propose time.
 fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(BenchReport, f64)> {
     // The clients' own threads: no more than they can keep busy.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(clients.min(all_cores()))
-        .enable_all()
-        .build()?;
+    let runtime = super::node::runtime_with_threads(clients.min(all_cores()))?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(4_096)
             .timeout(Duration::from_secs(30))
             .build()?;
         let (processes, leader) = start_committee(root, &client).await?;
@@ -336,7 +376,7 @@ fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(Be
         })?;
         let duration = Duration::from_secs(duration_s.max(1));
         let before = proposal_totals(&client, &leader).await;
-        let report = closed_loop(&client, &leader, &token, clients, duration).await;
+        let report = closed_loop(&leader, &token, clients, duration).await?;
         let after = proposal_totals(&client, &leader).await;
         drop(processes);
         let count = (after.1 - before.1).max(1.0);

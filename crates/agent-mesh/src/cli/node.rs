@@ -39,16 +39,25 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(config.log.format, &config.log.level)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.runtime.worker_threads > 0 {
-        builder.worker_threads(config.runtime.worker_threads);
-    }
-    let runtime = builder
-        .enable_all()
-        .build()
+    let runtime = runtime_with_threads(config.runtime.worker_threads)
         .context("starting the async runtime")?;
     runtime.block_on(mesh_node::runtime::run(config, shutdown_signal()))?;
     Ok(())
+}
+
+/// A tokio runtime with `threads` worker threads (0: one per core). One
+/// thread is a current-thread runtime: every task then runs on the thread
+/// that drives it, where a multi-thread runtime of one worker would still
+/// hand work between that worker and the driving thread.
+pub fn runtime_with_threads(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
@@ -85,5 +94,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::runtime_with_threads;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_thread_is_a_current_thread_runtime_and_more_are_multi_thread() {
+        let flavor = |threads| {
+            let runtime = runtime_with_threads(threads).unwrap();
+            // Timers and I/O are enabled on both flavors.
+            runtime.block_on(async {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            });
+            runtime.handle().runtime_flavor()
+        };
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(0), RuntimeFlavor::MultiThread);
     }
 }
