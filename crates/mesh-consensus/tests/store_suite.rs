@@ -62,6 +62,27 @@ async fn log_and_vote_survive_reopen() {
     );
 }
 
+/// The generation in the header of the write-ahead file of the store at `path`.
+fn wal_generation(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(store::wal_path(path)).unwrap();
+    u64::from_le_bytes(bytes[8..16].try_into().unwrap())
+}
+
+/// Opening a store resets its write-ahead file (a durable header write)
+/// only when the file held something to replay: a new file gets its header
+/// once, and a file left clean by a shutdown is used as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_store_with_nothing_to_replay_starts_no_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let opened = store::open(&path).unwrap();
+    assert_eq!(wal_generation(&path), 1, "a new file is reset once");
+    drop(opened);
+    let after_shutdown = wal_generation(&path);
+    let _reopened = store::open(&path).unwrap();
+    assert_eq!(wal_generation(&path), after_shutdown);
+}
+
 /// A copy of the running store's files at `path` (redb and write-ahead
 /// file), as a power cut would leave them; the folder lives as long as the
 /// returned guard.

@@ -104,8 +104,8 @@ pub fn wal_path(store_path: &Path) -> PathBuf {
 }
 
 /// Moves what the write-ahead file of the store at `path` holds into redb
-/// (one durable transaction), starts its next generation, and returns it
-/// open for appending.
+/// (one durable transaction), starts its next generation if it held
+/// anything, and returns it open for appending.
 fn replay_wal(db: &Database, path: &Path) -> Result<Wal, StoreError> {
     let wal_path = wal_path(path);
     let open_err = |e: io::Error| StoreError::Open(format!("{}: {e}", wal_path.display()));
@@ -120,7 +120,12 @@ fn replay_wal(db: &Database, path: &Path) -> Result<Wal, StoreError> {
     if !replayed.writes.is_empty() {
         commit_to_redb(db, replayed.writes.iter()).map_err(StoreError::Corrupt)?;
     }
-    wal.reset().map_err(open_err)?;
+    // A file with nothing of its generation to replay is ready as it is
+    // (a new one was given its header when created); only one that held
+    // records, a torn end or the earlier layout starts a new generation.
+    if wal.len_bytes() > 0 || replayed.torn_bytes > 0 || !wal.has_generation() {
+        wal.reset().map_err(open_err)?;
+    }
     Ok(wal)
 }
 

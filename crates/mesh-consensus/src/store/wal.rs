@@ -122,6 +122,12 @@ impl Wal {
         self.len_bytes
     }
 
+    /// Whether the file has the generation layout (a file of the earlier
+    /// layout has none until its first reset).
+    pub fn has_generation(&self) -> bool {
+        self.generation.is_some()
+    }
+
     /// Where this generation's records start.
     fn records_start(&self) -> usize {
         match self.generation {
