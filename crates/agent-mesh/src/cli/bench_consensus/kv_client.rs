@@ -10,6 +10,7 @@
 //! node's API answers is understood: a response with `content-length`;
 //! anything else is an error, never a guess.
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,14 +63,14 @@ impl KvClient {
     pub async fn put(&mut self, body: &[u8]) -> Result<u16, KvClientError> {
         self.request.clear();
         self.request.extend_from_slice(&self.head_prefix);
-        self.request
-            .extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
+        write!(self.request, "{}\r\n\r\n", body.len())?;
         self.request.extend_from_slice(body);
         self.stream.write_all(&self.request).await?;
         self.read_response().await
     }
 
-    /// Reads one whole response and returns its status.
+    /// Reads one whole response and returns its status (the node sends
+    /// nothing after it: one request is in flight at a time).
     async fn read_response(&mut self) -> Result<u16, KvClientError> {
         self.response.clear();
         loop {
@@ -77,8 +78,6 @@ impl KvClient {
                 while self.response.len() < total {
                     self.read_more().await?;
                 }
-                // A well-behaved server sends nothing after the body.
-                self.response.drain(..total);
                 return Ok(status);
             }
             self.read_more().await?;
