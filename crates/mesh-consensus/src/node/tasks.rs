@@ -55,6 +55,7 @@ pub(super) async fn watch_metrics(weak: Weak<Inner>, mut stop: watch::Receiver<b
         mx.apply_lag
             .set(gauge_value(committed.saturating_sub(applied)));
         mx.is_leader.set(i64::from(state == ServerState::Leader));
+        inner.log.set_flush_in_place(state != ServerState::Leader);
         if leader != last_leader {
             if leader.is_some() {
                 mx.leader_changes.inc();

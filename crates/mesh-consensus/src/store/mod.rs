@@ -259,6 +259,13 @@ impl LogStore {
     pub fn len_bytes(&self) -> u64 {
         lock(&self.inner.cache).bytes
     }
+
+    /// Whether writes are made durable on the caller's thread instead of the
+    /// writer thread's (see `writer.rs`): for a node that is not the
+    /// leader, whose answer waits for the flush anyway.
+    pub fn set_flush_in_place(&self, in_place: bool) {
+        self.inner.writer.set_in_place(in_place);
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
