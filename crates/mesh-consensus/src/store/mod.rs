@@ -52,6 +52,7 @@ use crate::types::{
     CommitReceipt, Entry, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 
+mod durable_write;
 mod wal;
 mod writer;
 

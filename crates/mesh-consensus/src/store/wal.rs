@@ -3,7 +3,8 @@
 //! A durable redb transaction rewrites several B-tree and allocator pages
 //! spread over the file, so its fsync costs about four times one small fsync
 //! on the same disk. The write-ahead file makes a batch durable with one
-//! sequential write and one `fdatasync`; redb takes the same writes later,
+//! sequential write ([`super::durable_write`]: one direct, synchronous write
+//! of whole blocks on Linux, else a write and an `fdatasync`); redb takes the same writes later,
 //! many batches in one transaction ([`super::writer`] decides when), after
 //! which the file starts a new generation.
 //!
@@ -34,6 +35,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::durable_write::DurableWriter;
 use super::writer::{WriteKind, WAL_CHECKPOINT_BYTES};
 
 /// The file's first bytes.
@@ -63,7 +65,10 @@ fn checksum(generation: Option<u64>, body: &[u8]) -> [u8; 8] {
 
 /// The write-ahead file of one store.
 pub(super) struct Wal {
+    /// The buffered handle: replay, sizing.
     file: File,
+    /// How records and headers are made durable.
+    durable: DurableWriter,
     /// The header's generation; `None` for a file of the earlier layout,
     /// until its first reset.
     generation: Option<u64>,
@@ -91,10 +96,13 @@ impl Wal {
             .truncate(false)
             .open(path)?;
         let size = file.metadata()?.len();
+        let durable = DurableWriter::open(path);
+        tracing::debug!(path = %path.display(), direct = durable.is_direct(), "write-ahead file opened");
         let mut header = [0u8; FILE_HEADER_BYTES as usize];
         let generation = if size == 0 {
             let mut wal = Self {
                 file,
+                durable,
                 generation: Some(0),
                 len_bytes: 0,
             };
@@ -112,6 +120,7 @@ impl Wal {
         };
         Ok(Self {
             file,
+            durable,
             generation,
             len_bytes: 0,
         })
@@ -152,6 +161,7 @@ impl Wal {
             pos = next;
         }
         self.len_bytes = (pos - start) as u64;
+        self.durable.set_end(&bytes, pos as u64);
         Ok(Replayed {
             writes,
             torn_bytes: torn_at(&bytes, pos, self.generation),
@@ -159,7 +169,7 @@ impl Wal {
     }
 
     /// Writes one batch after this generation's records and makes it
-    /// durable (`fdatasync`). A failed write is not counted: the next one
+    /// durable. A failed write is not counted: the next one
     /// goes to the same place, and replay stops at whatever it left.
     pub fn append(&mut self, writes: &[WriteKind]) -> io::Result<()> {
         let generation = self
@@ -177,8 +187,7 @@ impl Wal {
         record.extend_from_slice(&checksum(Some(generation), &body));
         record.extend_from_slice(&body);
         let at = FILE_HEADER_BYTES + self.len_bytes;
-        self.file.write_all_at(&record, at)?;
-        self.file.sync_data()?;
+        self.durable.write(&self.file, &record, at)?;
         self.len_bytes += record.len() as u64;
         Ok(())
     }
@@ -195,11 +204,10 @@ impl Wal {
         if resized {
             self.file.set_len(SIZED_BYTES)?;
         }
-        self.file.write_all_at(&header, 0)?;
+        self.durable.write(&self.file, &header, 0)?;
         if resized {
+            // The new length is metadata the data write may not carry.
             self.file.sync_all()?;
-        } else {
-            self.file.sync_data()?;
         }
         self.generation = Some(generation);
         self.len_bytes = 0;
@@ -281,6 +289,19 @@ mod tests {
             replayed.writes,
             vec![put(1), put(2), WriteKind::TruncateFrom(2)]
         );
+    }
+
+    #[test]
+    fn an_append_after_reopening_keeps_the_header_and_records_before_it() {
+        let (_dir, path, mut wal) = fresh();
+        wal.append(&[put(1)]).unwrap();
+        drop(wal);
+        // Reopened without a reset: the next record shares a block with
+        // the header and the first record.
+        let mut wal = Wal::open(&path).unwrap();
+        assert_eq!(wal.replay().unwrap().writes, vec![put(1)]);
+        wal.append(&[put(2)]).unwrap();
+        assert_eq!(reopen(&path).writes, vec![put(1), put(2)]);
     }
 
     #[test]
