@@ -4,7 +4,7 @@
 //! In the style of etcd's `benchmark put`: N clients, each with one write in
 //! flight on a keep-alive connection of its own ([`kv_client`]), send
 //! `POST /v1/kv` to the leader for a fixed time; every write
-//! returns only after a majority has it on disk (its write-ahead file, fdatasync) and the leader
+//! returns only after a majority has it on disk (its write-ahead file, flushed) and the leader
 //! applied it. The same disk's fsync latency is measured first, so the
 //! single-client latency can be compared with the floor the disk sets.
 //! Each level gets a fresh committee (new stores), so one level's log does

@@ -7,7 +7,8 @@
 //!   openraft sm   ──apply/build/install─────────► StateMachineStore ─┤   reads never block)
 //!                                                                     ▼
 //!        bounded queue ──► writer thread (writer.rs): every queued write in ONE batch
-//!             batch ──► <store>.wal: one record, one fdatasync, then acknowledged
+//!          (a follower with nothing queued writes in place, on the calling thread)
+//!             batch ──► <store>.wal: one record, one durable write, then acknowledged
 //!             every 8 MiB, and for snapshots ──► redb: ONE durable transaction,
 //!                                                then the .wal file starts a new generation
 //! ```
