@@ -31,7 +31,10 @@
 //! back cost two thread wake-ups on the critical path of every commit (on
 //! the development machine a wake-up of an idle core alone is 10-30 µs).
 //! The leader keeps the thread: its flush runs while its replication sends
-//! go out, and blocking its async thread would hold them back. A write in
+//! go out, and blocking its async thread would hold them back. Only the
+//! write-ahead record is written in place: snapshots, and the checkpoint a
+//! full write-ahead file calls for, are redb transactions of many pages and
+//! go to the thread, so they never stall a follower's async thread. A write in
 //! place never overtakes a queued one: it is made only when the count of
 //! queued writes is 0, under the lock the thread takes for each batch, and
 //! the thread reports its batch before it lowers that count.
@@ -111,6 +114,17 @@ impl WriteKind {
 pub(super) enum Done {
     Flushed(IOFlushed<TypeConfig>),
     Reply(oneshot::Sender<Result<(), String>>),
+    /// Nobody waits: a checkpoint a write in place handed to the thread.
+    Nobody,
+}
+
+/// What [`Writer::try_in_place`] did with a write.
+enum InPlace {
+    /// Durable and reported; `checkpoint_due` when the write-ahead file is
+    /// full and the thread should move it into redb.
+    Written { checkpoint_due: bool },
+    /// Not made in place: for the thread's queue.
+    Queue(WriteOp),
 }
 
 /// Metadata writes nobody waits for, made durable with the next durable
@@ -202,20 +216,30 @@ impl Writer {
     }
 
     /// Makes `op` durable on this thread and reports it, unless writes for
-    /// the thread are queued; then it is handed back.
-    fn try_in_place(&self, op: WriteOp) -> Option<WriteOp> {
+    /// the thread are queued or it holds a snapshot; then it is handed back.
+    /// Only the write-ahead file is written in place: snapshots and
+    /// checkpoints are redb transactions of many pages, left to the thread
+    /// so they never hold up the caller's async thread.
+    fn try_in_place(&self, op: WriteOp) -> InPlace {
         let shared = &self.shared;
-        if !shared.in_place.load(Ordering::Relaxed) || shared.queued.load(Ordering::SeqCst) > 0 {
-            return Some(op);
+        let queued = || shared.queued.load(Ordering::SeqCst) > 0;
+        if !shared.in_place.load(Ordering::Relaxed)
+            || queued()
+            || op.kinds.iter().any(WriteKind::is_snapshot)
+        {
+            return InPlace::Queue(op);
         }
         let mut state = lock(&shared.state);
         // A write queued meanwhile (by another caller) goes first.
-        if shared.queued.load(Ordering::SeqCst) > 0 {
-            return Some(op);
+        if queued() {
+            return InPlace::Queue(op);
         }
-        let (dones, result) = state.write_ops(vec![op]);
+        let (kinds, dones) = state.batch(vec![op]);
+        let result = state.append_batch(kinds);
         complete(dones, &result);
-        None
+        InPlace::Written {
+            checkpoint_due: state.checkpoint_due(),
+        }
     }
 
     /// Holds a metadata write nobody waits for until the next durable batch;
@@ -226,11 +250,25 @@ impl Writer {
 
     /// Queues a write; completion is reported through `done`.
     pub async fn submit(&self, kinds: Vec<WriteKind>, done: Done) -> io::Result<()> {
+        let op = match self.try_in_place(WriteOp { kinds, done }) {
+            InPlace::Written {
+                checkpoint_due: false,
+            } => return Ok(()),
+            InPlace::Written {
+                checkpoint_due: true,
+            } => WriteOp {
+                kinds: Vec::new(),
+                done: Done::Nobody,
+            },
+            InPlace::Queue(op) => op,
+        };
+        self.enqueue(op).await
+    }
+
+    /// Hands `op` to the writer thread.
+    async fn enqueue(&self, op: WriteOp) -> io::Result<()> {
         let stopped = || io::Error::other("the store writer has stopped");
         let tx = self.shared.tx.as_ref().ok_or_else(stopped)?;
-        let Some(op) = self.try_in_place(WriteOp { kinds, done }) else {
-            return Ok(());
-        };
         self.shared.queued.fetch_add(1, Ordering::SeqCst);
         let sent = tx.send(op).await;
         if sent.is_err() {
@@ -307,13 +345,24 @@ impl WriterState {
 
     /// Makes one batch durable; see the module docs for the two paths.
     fn write_batch(&mut self, kinds: Vec<WriteKind>) -> Result<(), String> {
-        if let Some(reason) = &self.failed {
-            return Err(format!(
-                "the store stopped after an earlier failure: {reason}"
-            ));
-        }
         if kinds.iter().any(WriteKind::is_snapshot) {
+            self.check_not_failed()?;
             return self.checkpoint(kinds);
+        }
+        self.append_batch(kinds)?;
+        if self.checkpoint_due() {
+            // The batch is already durable: a failed checkpoint fails later writes, not this one.
+            let _ = self.checkpoint(Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Makes `kinds` durable in the write-ahead file and keeps them for redb
+    /// (nothing to write: nothing done).
+    fn append_batch(&mut self, kinds: Vec<WriteKind>) -> Result<(), String> {
+        self.check_not_failed()?;
+        if kinds.is_empty() {
+            return Ok(());
         }
         if let Err(e) = self.wal.append(&kinds) {
             let reason = format!("write-ahead append: {e}");
@@ -321,11 +370,21 @@ impl WriterState {
             return Err(reason);
         }
         self.kept.extend(kinds);
-        if self.wal.len_bytes() >= WAL_CHECKPOINT_BYTES {
-            // The batch is already durable: a failed checkpoint fails later writes, not this one.
-            let _ = self.checkpoint(Vec::new());
-        }
         Ok(())
+    }
+
+    /// Whether the write-ahead file is full enough to move into redb.
+    fn checkpoint_due(&self) -> bool {
+        self.wal.len_bytes() >= WAL_CHECKPOINT_BYTES
+    }
+
+    fn check_not_failed(&self) -> Result<(), String> {
+        match &self.failed {
+            Some(reason) => Err(format!(
+                "the store stopped after an earlier failure: {reason}"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Moves every kept write, then `more`, into redb in one durable
@@ -373,6 +432,7 @@ fn complete(dones: Vec<Done>, result: &Result<(), String>) {
             Done::Reply(tx) => {
                 let _ = tx.send(result.clone());
             }
+            Done::Nobody => {}
         }
     }
 }
@@ -534,5 +594,45 @@ mod tests {
         let tx = db.begin_read().unwrap();
         let log = tx.open_table(LOG).unwrap();
         assert!(log.get(1).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_in_place_leaves_checkpoints_and_snapshots_to_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = spawn_in(dir.path());
+        writer.set_in_place(true);
+        let snapshot = WriteKind::PutMeta(MetaKey::SnapshotData, vec![1]);
+        let (done, _rx) = reply();
+        let op = WriteOp {
+            kinds: vec![snapshot],
+            done,
+        };
+        assert!(matches!(writer.try_in_place(op), InPlace::Queue(_)));
+        // One write that fills the write-ahead file: durable in place, the
+        // checkpoint due but not made here.
+        let big = WriteKind::Append(vec![(1, vec![7; WAL_CHECKPOINT_BYTES as usize])]);
+        let (done, mut rx) = reply();
+        let op = WriteOp {
+            kinds: vec![big],
+            done,
+        };
+        let InPlace::Written { checkpoint_due } = writer.try_in_place(op) else {
+            panic!("written in place");
+        };
+        assert!(checkpoint_due);
+        assert_eq!(rx.try_recv().unwrap(), Ok(()));
+        assert_eq!(
+            lock(&writer.shared.state).kept.len(),
+            1,
+            "still in the file only"
+        );
+        // An empty write through submit finds the checkpoint due and hands
+        // it to the thread; a later write waits behind it.
+        writer.submit(Vec::new(), Done::Nobody).await.unwrap();
+        writer.write(vec![committed(1)]).await.unwrap();
+        let state = lock(&writer.shared.state);
+        assert!(state.wal.len_bytes() < WAL_CHECKPOINT_BYTES);
+        let tx = state.db.begin_read().unwrap();
+        assert!(tx.open_table(LOG).unwrap().get(1).unwrap().is_some());
     }
 }
