@@ -248,7 +248,8 @@ impl Writer {
         lock(&self.shared.held).put(key, value);
     }
 
-    /// Queues a write; completion is reported through `done`.
+    /// Makes a write durable, in place or through the thread's queue (see
+    /// [`Self::set_in_place`]); completion is reported through `done`.
     pub async fn submit(&self, kinds: Vec<WriteKind>, done: Done) -> io::Result<()> {
         let op = match self.try_in_place(WriteOp { kinds, done }) {
             InPlace::Written {
