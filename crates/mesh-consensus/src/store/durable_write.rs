@@ -65,10 +65,10 @@ impl DurableWriter {
 
     /// Records what the file holds around offset `at`, where the next write
     /// starts: `contents` is the whole file as read.
-    pub fn set_end(&mut self, contents: &[u8], at: u64) {
-        self.tail_block = at / BLOCK_BYTES as u64;
+    pub fn set_end(&mut self, contents: &[u8], at: usize) {
+        let start = at - at % BLOCK_BYTES;
+        self.tail_block = (at / BLOCK_BYTES) as u64;
         self.tail.fill(0);
-        let start = usize::try_from(self.tail_block).unwrap_or(usize::MAX) * BLOCK_BYTES;
         if let Some(held) = contents.get(start..) {
             let len = held.len().min(BLOCK_BYTES);
             self.tail[..len].copy_from_slice(&held[..len]);
@@ -97,6 +97,9 @@ impl DurableWriter {
     }
 
     fn write_direct(&mut self, bytes: &[u8], at: u64) -> io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return Err(io::Error::other("direct writes are off"));
+        };
         let block = BLOCK_BYTES as u64;
         let first = at / block;
         let last = (at + bytes.len() as u64 - 1) / block;
@@ -111,9 +114,6 @@ impl DurableWriter {
         }
         let start = (at - first * block) as usize;
         aligned[start..start + bytes.len()].copy_from_slice(bytes);
-        let Some(direct) = &self.direct else {
-            return Err(io::Error::other("direct writes are off"));
-        };
         direct.write_all_at(aligned, first * block)?;
         self.tail.copy_from_slice(&aligned[len - BLOCK_BYTES..]);
         self.tail_block = last;

@@ -161,7 +161,7 @@ impl Wal {
             pos = next;
         }
         self.len_bytes = (pos - start) as u64;
-        self.durable.set_end(&bytes, pos as u64);
+        self.durable.set_end(&bytes, pos);
         Ok(Replayed {
             writes,
             torn_bytes: torn_at(&bytes, pos, self.generation),

@@ -316,9 +316,6 @@ impl WriterState {
     fn write_ops(&mut self, ops: Vec<WriteOp>) -> (Vec<Done>, Result<(), String>) {
         let (kinds, dones) = self.batch(ops);
         let result = self.write_batch(kinds);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "raft store write failed");
-        }
         (dones, result)
     }
 
@@ -425,8 +422,12 @@ fn run(state: &Mutex<WriterState>, queued: &AtomicUsize, mut rx: mpsc::Receiver<
     lock(state).finish();
 }
 
-/// Tells each waiter the outcome of its batch.
+/// Tells each waiter the outcome of its batch (a failure is logged once,
+/// whether the thread or a write in place made the batch).
 fn complete(dones: Vec<Done>, result: &Result<(), String>) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "raft store write failed");
+    }
     for done in dones {
         match done {
             Done::Flushed(cb) => cb.io_completed(result.clone().map_err(io::Error::other)),
