@@ -392,6 +392,7 @@ fn bench_consensus_commits_through_a_committee_of_three_processes() {
         "p99_ms",
         "max_ms",
         "fsync_p50_ms",
+        "fsync_voters_p50_ms",
     ] {
         assert!(row[field].as_f64().is_some(), "{field} missing from {row}");
     }

@@ -39,9 +39,59 @@ pub struct FsyncReport {
 
 /// Times `samples` small writes each followed by an fsync, in a file under `dir`.
 pub fn measure_fsync(dir: &Path, samples: usize) -> std::io::Result<FsyncReport> {
+    measure_fsync_concurrent(dir, 1, samples)
+}
+
+/// Most writers [`measure_fsync_concurrent`] runs at once.
+pub const FSYNC_WRITERS_MAX: usize = 64;
+
+/// Like [`measure_fsync`], with `writers` threads (one file each) writing and
+/// fsyncing at the same time, as the voters of a committee on one disk do at
+/// every commit; the report covers every writer's samples.
+pub fn measure_fsync_concurrent(
+    dir: &Path,
+    writers: usize,
+    samples: usize,
+) -> std::io::Result<FsyncReport> {
+    let writers = writers.clamp(1, FSYNC_WRITERS_MAX);
     let samples = samples.clamp(1, FSYNC_SAMPLES_MAX);
-    let path = dir.join(".fsync-probe");
-    let mut file = std::fs::File::create(&path)?;
+    let start = std::sync::Barrier::new(writers);
+    let mut times = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let path = dir.join(format!(".fsync-probe-{w}"));
+                let start = &start;
+                scope.spawn(move || probe_file(&path, samples, start))
+            })
+            .collect();
+        let mut all = Vec::with_capacity(writers * samples);
+        for handle in handles {
+            let joined = handle
+                .join()
+                .map_err(|_| std::io::Error::other("an fsync probe thread panicked"))?;
+            all.extend(joined?);
+        }
+        Ok::<_, std::io::Error>(all)
+    })?;
+    times.sort();
+    Ok(FsyncReport {
+        samples: times.len(),
+        p50_ms: ms(percentile(&times, 0.50)),
+        p99_ms: ms(percentile(&times, 0.99)),
+    })
+}
+
+/// One probe: appends 8 bytes and fsyncs, `samples` times, once every
+/// writer is ready; the file is removed after.
+fn probe_file(
+    path: &Path,
+    samples: usize,
+    start: &std::sync::Barrier,
+) -> std::io::Result<Vec<Duration>> {
+    let created = std::fs::File::create(path);
+    // Every writer passes the barrier, even one whose file failed, so none waits forever.
+    start.wait();
+    let mut file = created?;
     let mut times = Vec::with_capacity(samples);
     for i in 0..samples {
         let started = Instant::now();
@@ -50,13 +100,8 @@ pub fn measure_fsync(dir: &Path, samples: usize) -> std::io::Result<FsyncReport>
         times.push(started.elapsed());
     }
     drop(file);
-    let _ = std::fs::remove_file(&path);
-    times.sort();
-    Ok(FsyncReport {
-        samples,
-        p50_ms: ms(percentile(&times, 0.50)),
-        p99_ms: ms(percentile(&times, 0.99)),
-    })
+    let _ = std::fs::remove_file(path);
+    Ok(times)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -350,5 +395,28 @@ impl BenchReport {
             p99_ms: ms(percentile(&latencies, 0.99)),
             max_ms: ms(latencies.last().copied().unwrap_or_default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_concurrent_probe_reports_every_writers_samples_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = measure_fsync_concurrent(dir.path(), 3, 20).unwrap();
+        assert_eq!(report.samples, 60);
+        assert!(report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_probe_in_a_missing_directory_fails_without_waiting_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent");
+        assert!(measure_fsync_concurrent(&missing, 3, 5).is_err());
+        assert!(measure_fsync(&missing, 5).is_err());
     }
 }

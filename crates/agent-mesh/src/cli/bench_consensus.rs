@@ -6,7 +6,10 @@
 //! `POST /v1/kv` to the leader for a fixed time; every write
 //! returns only after a majority has it on disk (its write-ahead file, flushed) and the leader
 //! applied it. The same disk's fsync latency is measured first, so the
-//! single-client latency can be compared with the floor the disk sets.
+//! single-client latency can be compared with the floor the disk sets:
+//! once alone, and once with one writer per voter at the same time, because
+//! voters sharing one disk flush together at every commit and wait for each
+//! other's flushes.
 //! Each level gets a fresh committee (new stores), so one level's log does
 //! not slow the next, and its own thread count (see [`node_threads`]).
 
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use comfy_table::Table;
-use mesh_consensus::bench::{measure_fsync, BenchReport};
+use mesh_consensus::bench::{measure_fsync, measure_fsync_concurrent, BenchReport, FsyncReport};
 use mesh_node::config::WORKER_THREADS_MAX;
 
 use super::sim::all_cores;
@@ -334,6 +337,7 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
     }
     prepare(root)?;
     let fsync = measure_fsync(root, 500).context("measuring fsync")?;
+    let fsync_voters = measure_fsync_concurrent(root, VOTERS, 500).context("measuring fsync")?;
     let mut rows = Vec::new();
     for clients in levels {
         if !args.json {
@@ -348,7 +352,7 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
             node_threads: threads,
         });
     }
-    print(&rows, fsync.p50_ms, args.json)
+    print(&rows, &fsync, &fsync_voters, args.json)
 }
 
 /// One level's figures.
@@ -384,7 +388,13 @@ fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(Be
     })
 }
 
-fn print(rows: &[Row], fsync_p50_ms: f64, json: bool) -> anyhow::Result<()> {
+fn print(
+    rows: &[Row],
+    fsync: &FsyncReport,
+    voters: &FsyncReport,
+    json: bool,
+) -> anyhow::Result<()> {
+    let fsync_p50_ms = fsync.p50_ms;
     if json {
         let rows: Vec<serde_json::Value> = rows
             .iter()
@@ -392,6 +402,7 @@ fn print(rows: &[Row], fsync_p50_ms: f64, json: bool) -> anyhow::Result<()> {
                 let mut value = serde_json::to_value(&row.report).unwrap_or_default();
                 value["leader_propose_mean_ms"] = serde_json::json!(row.leader_propose_mean_ms);
                 value["fsync_p50_ms"] = serde_json::json!(fsync_p50_ms);
+                value["fsync_voters_p50_ms"] = serde_json::json!(voters.p50_ms);
                 value["node_threads"] = serde_json::json!(row.node_threads);
                 value
             })
@@ -430,7 +441,10 @@ fn print(rows: &[Row], fsync_p50_ms: f64, json: bool) -> anyhow::Result<()> {
     }
     println!("3 voters, real processes on loopback, durable stores (write-ahead file + redb)");
     println!("(a fresh committee per level; leader propose: time inside the committee on the leader, without HTTP)");
-    println!("fsync p50 on this disk: {fsync_p50_ms:.3} ms");
+    println!(
+        "fsync p50 on this disk: {fsync_p50_ms:.3} ms alone, {:.3} ms with {VOTERS} writers at once (as the voters flush)",
+        voters.p50_ms
+    );
     println!("{table}");
     Ok(())
 }
