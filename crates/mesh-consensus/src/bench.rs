@@ -53,10 +53,16 @@ pub fn measure_fsync_concurrent(
     writers: usize,
     samples: usize,
 ) -> std::io::Result<FsyncReport> {
+    Ok(FsyncReport::from_times(fsync_times(dir, writers, samples)?))
+}
+
+/// The time of every write+fsync of [`measure_fsync_concurrent`], unsorted,
+/// for callers that pool samples taken at several moments.
+pub fn fsync_times(dir: &Path, writers: usize, samples: usize) -> std::io::Result<Vec<Duration>> {
     let writers = writers.clamp(1, FSYNC_WRITERS_MAX);
     let samples = samples.clamp(1, FSYNC_SAMPLES_MAX);
     let start = std::sync::Barrier::new(writers);
-    let mut times = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = (0..writers)
             .map(|w| {
                 let path = dir.join(format!(".fsync-probe-{w}"));
@@ -71,14 +77,20 @@ pub fn measure_fsync_concurrent(
                 .map_err(|_| std::io::Error::other("an fsync probe thread panicked"))?;
             all.extend(joined?);
         }
-        Ok::<_, std::io::Error>(all)
-    })?;
-    times.sort();
-    Ok(FsyncReport {
-        samples: times.len(),
-        p50_ms: ms(percentile(&times, 0.50)),
-        p99_ms: ms(percentile(&times, 0.99)),
+        Ok(all)
     })
+}
+
+impl FsyncReport {
+    /// The report of write+fsync `times`, in any order.
+    pub fn from_times(mut times: Vec<Duration>) -> Self {
+        times.sort();
+        Self {
+            samples: times.len(),
+            p50_ms: ms(percentile(&times, 0.50)),
+            p99_ms: ms(percentile(&times, 0.99)),
+        }
+    }
 }
 
 /// One probe: appends 8 bytes and fsyncs, `samples` times, once every
@@ -418,5 +430,15 @@ mod tests {
         let missing = dir.path().join("absent");
         assert!(measure_fsync_concurrent(&missing, 3, 5).is_err());
         assert!(measure_fsync(&missing, 5).is_err());
+    }
+
+    #[test]
+    fn a_report_of_pooled_times_takes_their_median() {
+        let times = [3u64, 1, 2, 5, 4].map(Duration::from_millis).to_vec();
+        let report = FsyncReport::from_times(times);
+        assert_eq!(report.samples, 5);
+        assert!((report.p50_ms - 3.0).abs() < 1e-9);
+        assert!((report.p99_ms - 5.0).abs() < 1e-9);
+        assert_eq!(FsyncReport::from_times(Vec::new()).samples, 0);
     }
 }

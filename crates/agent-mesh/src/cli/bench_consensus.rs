@@ -5,10 +5,11 @@
 //! flight on a keep-alive connection of its own ([`kv_client`]), send
 //! `POST /v1/kv` to the leader for a fixed time; every write
 //! returns only after a majority has it on disk (its write-ahead file, flushed) and the leader
-//! applied it. The same disk's fsync latency is measured first, so the
+//! applied it. The same disk's fsync latency is measured too, so the
 //! single-client latency can be compared with the floor the disk sets:
-//! once alone, and once with one writer per voter at the same time, because
-//! voters sharing one disk flush together at every commit and wait for each
+//! alone, just before and just after each level (the disk's speed drifts),
+//! and once with one writer per voter at the same time, because voters
+//! sharing one disk flush together at every commit and wait for each
 //! other's flushes.
 //! Each level gets a fresh committee (new stores), so one level's log does
 //! not slow the next, and its own thread count (see [`node_threads`]).
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use comfy_table::Table;
-use mesh_consensus::bench::{measure_fsync, measure_fsync_concurrent, BenchReport, FsyncReport};
+use mesh_consensus::bench::{fsync_times, measure_fsync_concurrent, BenchReport, FsyncReport};
 use mesh_node::config::WORKER_THREADS_MAX;
 
 use super::sim::all_cores;
@@ -336,8 +337,8 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         bail!("--node-threads is limited to {WORKER_THREADS_MAX}");
     }
     prepare(root)?;
-    let fsync = measure_fsync(root, 500).context("measuring fsync")?;
-    let fsync_voters = measure_fsync_concurrent(root, VOTERS, 500).context("measuring fsync")?;
+    let fsync_voters =
+        measure_fsync_concurrent(root, VOTERS, FSYNC_PROBE_SAMPLES).context("measuring fsync")?;
     let mut rows = Vec::new();
     for clients in levels {
         if !args.json {
@@ -345,21 +346,31 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         }
         let threads = node_threads(&args, clients);
         configure(root, threads)?;
+        let mut fsync = fsync_times(root, 1, FSYNC_PROBE_SAMPLES / 2).context("measuring fsync")?;
         let (report, leader_ms) = run_level(root, clients, args.duration_s)?;
+        fsync.extend(fsync_times(root, 1, FSYNC_PROBE_SAMPLES / 2).context("measuring fsync")?);
         rows.push(Row {
             report,
             leader_propose_mean_ms: leader_ms,
             node_threads: threads,
+            fsync: FsyncReport::from_times(fsync),
         });
     }
-    print(&rows, &fsync, &fsync_voters, args.json)
+    print(&rows, &fsync_voters, args.json)
 }
+
+/// Write+fsync samples behind each figure of the disk: a level's own
+/// fsync is half of them taken just before it and half just after, since
+/// the disk's speed drifts over minutes.
+const FSYNC_PROBE_SAMPLES: usize = 500;
 
 /// One level's figures.
 struct Row {
     report: BenchReport,
     leader_propose_mean_ms: f64,
     node_threads: usize,
+    /// The disk's fsync alone, around this level.
+    fsync: FsyncReport,
 }
 
 /// Starts a committee, runs `clients` closed-loop writers for `duration_s`
@@ -388,20 +399,14 @@ fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(Be
     })
 }
 
-fn print(
-    rows: &[Row],
-    fsync: &FsyncReport,
-    voters: &FsyncReport,
-    json: bool,
-) -> anyhow::Result<()> {
-    let fsync_p50_ms = fsync.p50_ms;
+fn print(rows: &[Row], voters: &FsyncReport, json: bool) -> anyhow::Result<()> {
     if json {
         let rows: Vec<serde_json::Value> = rows
             .iter()
             .map(|row| {
                 let mut value = serde_json::to_value(&row.report).unwrap_or_default();
                 value["leader_propose_mean_ms"] = serde_json::json!(row.leader_propose_mean_ms);
-                value["fsync_p50_ms"] = serde_json::json!(fsync_p50_ms);
+                value["fsync_p50_ms"] = serde_json::json!(row.fsync.p50_ms);
                 value["fsync_voters_p50_ms"] = serde_json::json!(voters.p50_ms);
                 value["node_threads"] = serde_json::json!(row.node_threads);
                 value
@@ -418,6 +423,7 @@ fn print(
         "p99 ms",
         "max ms",
         "errors",
+        "fsync p50 ms",
         "p50 / fsync",
         "leader propose mean ms",
         "node threads",
@@ -431,7 +437,8 @@ fn print(
             format!("{:.2}", r.p99_ms),
             format!("{:.2}", r.max_ms),
             r.errors.to_string(),
-            format!("{:.1}x", r.p50_ms / fsync_p50_ms.max(1e-6)),
+            format!("{:.3}", row.fsync.p50_ms),
+            format!("{:.1}x", r.p50_ms / row.fsync.p50_ms.max(1e-6)),
             format!("{:.2}", row.leader_propose_mean_ms),
             match row.node_threads {
                 0 => "1 per core".to_string(),
@@ -442,7 +449,7 @@ fn print(
     println!("3 voters, real processes on loopback, durable stores (write-ahead file + redb)");
     println!("(a fresh committee per level; leader propose: time inside the committee on the leader, without HTTP)");
     println!(
-        "fsync p50 on this disk: {fsync_p50_ms:.3} ms alone, {:.3} ms with {VOTERS} writers at once (as the voters flush)",
+        "fsync: a small append + fdatasync alone, around each level; {:.3} ms p50 with {VOTERS} writers at once (as the voters flush)",
         voters.p50_ms
     );
     println!("{table}");
