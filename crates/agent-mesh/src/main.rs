@@ -49,6 +49,9 @@ enum Command {
     /// Download global models from a running mesh.
     #[command(subcommand)]
     Model(cli::job::ModelCommand),
+    /// Operate a running mesh: node reputations and quarantines.
+    #[command(subcommand)]
+    Admin(cli::admin::AdminCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Token(args) => cli::token::run(args),
         Command::Job(cmd) => cli::job::run(cmd),
         Command::Model(cmd) => cli::job::run_model(cmd),
+        Command::Admin(cmd) => cli::admin::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

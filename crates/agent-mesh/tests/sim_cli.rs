@@ -46,13 +46,7 @@ fn sim_writes_report_chart_and_model_and_is_deterministic() {
     let r = report(&a);
     let rounds = r["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 2);
-    for key in [
-        "round",
-        "test_accuracy",
-        "test_loss",
-        "epsilon",
-        "duration_ms",
-    ] {
+    for key in ["round", "test_accuracy", "test_loss", "epsilon", "wall_ms"] {
         assert!(rounds[0].get(key).is_some(), "missing {key}");
     }
     let accuracy = r["final_test_accuracy"].as_f64().unwrap();
@@ -71,11 +65,67 @@ fn sim_writes_report_chart_and_model_and_is_deterministic() {
     assert_eq!(report(&b)["final_test_accuracy"], r["final_test_accuracy"]);
 }
 
+/// Without a terminal the progress bar is hidden; every round's row must
+/// still reach standard output (logs and CI read it).
+#[test]
+fn sim_prints_every_round_row_when_stdout_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
+        .args([
+            "sim", "--model", "logistic", "--nodes", "4", "--rounds", "2",
+        ])
+        .args(["--local-epochs", "1", "--batch-size", "64", "--lr", "0.1"])
+        .arg("--data")
+        .arg(data_dir())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains('%'))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+}
+
+#[test]
+fn pre_aggregation_and_server_optimizers_run_in_the_round_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--byzantine",
+        "1",
+        "--rule",
+        "trimmed-mean",
+        "--pre",
+        "nnm",
+        "--server-opt",
+        "fedadam:lr=0.05",
+        "--prox-mu",
+        "0.01",
+    ];
+    let output = sim(dir.path(), &flags);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = report(dir.path());
+    assert_eq!(r["config"]["engine"], "protocol");
+    assert_eq!(r["config"]["pre_aggregation"], "nnm");
+    assert_eq!(r["rounds"].as_array().unwrap().len(), 2);
+}
+
 #[test]
 fn bad_flags_get_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--rule", "bogus"], "bogus"),
+        (
+            &["--secagg", "--byzantine", "1", "--rule", "median"],
+            "--secagg off",
+        ),
         (&["--partition", "dirichlet:-2"], "alpha"),
         (&["--byzantine", "2", "--rule", "krum"], "krum"),
         (&["--dp-clip", "1.0"], "--dp-noise-multiplier"),

@@ -141,6 +141,13 @@ pub struct JobSpec {
     pub participants_per_round: u32,
     /// Robust aggregation rule name (for example `multi-krum`).
     pub rule_name: String,
+    /// Pre-aggregation step before the rule (`none`, `nnm`, `bucketing[:size=S]`).
+    #[serde(default = "default_pre_aggregation")]
+    pub pre_aggregation: String,
+    /// Server optimizer that steps the global model by the aggregate
+    /// (`sgd[:lr=..]`, `fedadam[:..]`, `fedyogi[:..]`).
+    #[serde(default = "default_server_optimizer")]
+    pub server_optimizer: String,
     /// Byzantine participants the rule must tolerate per round.
     pub byzantine_count: u32,
     /// Whether updates go through secure aggregation.
@@ -162,6 +169,9 @@ pub struct TrainingSpec {
     pub batch_size: u32,
     /// Local SGD step size.
     pub learning_rate: f32,
+    /// FedProx proximal coefficient `mu` of local training (0: plain local SGD).
+    #[serde(default)]
+    pub proximal_mu: f32,
     /// Seed of the initial model and of every seeded choice of the job.
     pub seed: u64,
     /// How long a round may run, in milliseconds, before it closes with the updates it has.
@@ -177,6 +187,14 @@ pub struct TrainingSpec {
     pub sampling_rate: f64,
 }
 
+fn default_pre_aggregation() -> String {
+    "none".into()
+}
+
+fn default_server_optimizer() -> String {
+    "sgd".into()
+}
+
 impl Default for TrainingSpec {
     fn default() -> Self {
         Self {
@@ -184,6 +202,7 @@ impl Default for TrainingSpec {
             epochs: 1,
             batch_size: 32,
             learning_rate: 0.05,
+            proximal_mu: 0.0,
             seed: 0,
             round_deadline_ms: 120_000,
             group_size: 5,
@@ -322,6 +341,11 @@ pub enum Command {
         privacy_spent_epsilon_micros: u64,
         /// The group results combined into the model.
         inputs: Vec<GroupInput>,
+        /// What the final aggregators found while combining (participants
+        /// whose updates were outliers, aggregators that disagreed), applied
+        /// to reputations with the round: exactly once, whoever leads.
+        #[serde(default)]
+        evidence: Vec<(NodeId, EvidenceKind)>,
     },
     /// Replace one aggregator of the running round (it failed).
     ReassignAggregator {
@@ -467,11 +491,16 @@ impl Command {
                 job,
                 metrics,
                 inputs,
+                evidence,
                 ..
             } => {
                 check_name("job id", &job.0)?;
                 check_metrics(metrics)?;
-                check_len("group inputs", inputs.len(), PARTICIPANTS_MAX as usize)
+                check_len("group inputs", inputs.len(), PARTICIPANTS_MAX as usize)?;
+                check_len("evidence", evidence.len(), PARTICIPANTS_MAX as usize)?;
+                evidence
+                    .iter()
+                    .try_for_each(|(node, _)| check_name("node id", &node.0))
             }
             Self::ReassignAggregator { job, node, .. } => {
                 check_name("job id", &job.0)?;
@@ -530,6 +559,8 @@ fn check_serial(serial: &[u8]) -> Result<(), ApplyError> {
 fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
     check_name("model name", &spec.model_name)?;
     check_name("rule name", &spec.rule_name)?;
+    check_name("pre-aggregation", &spec.pre_aggregation)?;
+    check_name("server optimizer", &spec.server_optimizer)?;
     if spec.rounds == 0 || spec.rounds > ROUNDS_MAX {
         return Err(invalid(format!(
             "rounds must be in 1..={ROUNDS_MAX}, got {}",
@@ -568,6 +599,9 @@ fn check_training(t: &TrainingSpec) -> Result<(), ApplyError> {
     }
     if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
         return Err(invalid("learning rate must be positive"));
+    }
+    if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
+        return Err(invalid("proximal mu must be finite and >= 0"));
     }
     if !(t.clip_norm.is_finite() && t.clip_norm > 0.0) {
         return Err(invalid("clip norm must be positive"));
@@ -660,6 +694,8 @@ mod tests {
             rounds: 3,
             participants_per_round: 5,
             rule_name: "krum".into(),
+            pre_aggregation: "none".into(),
+            server_optimizer: "sgd".into(),
             byzantine_count: 1,
             secagg: true,
             dp_budget: Some(DpBudget {
@@ -745,6 +781,7 @@ mod tests {
             },
             privacy_spent_epsilon_micros: 0,
             inputs: Vec::new(),
+            evidence: Vec::new(),
         };
         assert!(cmd.validate().is_err());
     }

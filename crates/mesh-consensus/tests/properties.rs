@@ -33,6 +33,8 @@ fn spec() -> impl Strategy<Value = JobSpec> {
         rounds,
         participants_per_round: n,
         rule_name: "fedavg".into(),
+        pre_aggregation: "none".into(),
+        server_optimizer: "sgd".into(),
         byzantine_count: 0,
         secagg: false,
         dp_budget: eps.map(|epsilon_micros| DpBudget {
@@ -111,6 +113,7 @@ fn command() -> impl Strategy<Value = Command> {
                 metrics,
                 privacy_spent_epsilon_micros: spent,
                 inputs: Vec::new(),
+                evidence: Vec::new(),
             }
         }),
         (

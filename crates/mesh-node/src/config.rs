@@ -97,6 +97,31 @@ pub struct NodeConfig {
     pub data: DataConfig,
     /// The async runtime the node runs on.
     pub runtime: RuntimeConfig,
+    /// Misbehaviour for robustness tests; the node refuses to start with it
+    /// unless `agent-mesh node --allow-adversary` is given.
+    pub adversary: AdversaryConfig,
+}
+
+/// Makes the node a Byzantine participant that shapes every update it sends
+/// with one attack of mesh-federated (`sign-flip`, `label-flip`, `gaussian`,
+/// `alie`, `ipm`, `mimic`, with `:key=value` parameters). For testing the
+/// mesh's robust rules and detection against real processes only: the node
+/// logs a warning at start and exports `mesh_node_adversarial 1`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdversaryConfig {
+    /// The attack; empty (the default): an honest node.
+    pub attack: String,
+}
+
+impl AdversaryConfig {
+    /// The configured attack, if any (checked by [`NodeConfig::validate`]).
+    pub fn attack(&self) -> Option<mesh_federated::attack::Attack> {
+        if self.attack.is_empty() {
+            return None;
+        }
+        self.attack.parse().ok()
+    }
 }
 
 /// The node's async runtime.
@@ -261,6 +286,7 @@ impl Default for NodeConfig {
             log: LogConfig::default(),
             data: DataConfig::default(),
             runtime: RuntimeConfig::default(),
+            adversary: AdversaryConfig::default(),
         }
     }
 }
@@ -592,6 +618,15 @@ impl NodeConfig {
         }
         if self.network.listen.is_empty() {
             return invalid("network.listen", "needs at least one address");
+        }
+        if !self.adversary.attack.is_empty() {
+            if let Err(e) = self
+                .adversary
+                .attack
+                .parse::<mesh_federated::attack::Attack>()
+            {
+                return invalid("adversary.attack", &e.to_string());
+            }
         }
         if self.data.shards == 0 || self.data.shard >= self.data.shards {
             return invalid("data.shard", "must be below data.shards (at least 1)");

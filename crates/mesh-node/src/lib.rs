@@ -1,26 +1,17 @@
-//! The Agent Mesh node: what each node does in a federated round, and the
-//! drivers that run nodes.
+//! The Agent Mesh node runtime: what turns the round engine (`mesh-round`)
+//! and the committee (`mesh-consensus`) into a process on a real network.
 //!
 //! ```text
-//!   driver (sim: in-process)           round roles (no I/O)
-//!   ------------------------           --------------------
-//!   Simulation::run_round ──global──►  Participant::local_round ──► LocalUpdate
-//!        │                                                            │
-//!        └──────────── updates ──►  RoundAggregator::aggregate ◄──────┘
-//!                                      (DP, robust rule, server optimizer,
-//!                                       privacy ledger) ──► new global model
+//!   config ──► runtime::run ──┬── mesh-net swarm (links, admission, gossip, blobs)
+//!                             ├── mesh-consensus committee (Raft over direct links)
+//!                             ├── mesh-round NodeEngine (events in, actions out)
+//!                             └── api (HTTP: jobs, status, metrics, health)
 //! ```
 //!
-//! The roles take inputs and return outputs; they never touch sockets, clocks or
-//! files, so the in-process [`sim`] driver and the networked node run the same code.
-//! The [`cache`] holds content-addressed blobs (models by BLAKE3 hash) bounded in bytes.
+//! The engine decides; the runtime only carries out its actions (send, propose,
+//! train on a blocking thread, combine) and feeds it the committed state, the
+//! clock and the messages that arrive.
 
 pub mod api;
-pub mod cache;
 pub mod config;
-pub mod mesh_sim;
-pub mod parallel;
-pub mod protocol;
-pub mod round;
 pub mod runtime;
-pub mod sim;

@@ -145,11 +145,13 @@ pub enum Action {
     ReadStatus,
     /// Read metrics.
     ReadMetrics,
+    /// Restore a node's reputation and lift its quarantine.
+    ResetReputation,
 }
 
 impl Action {
     /// All actions, the rows of the table.
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::SubmitJob,
         Action::CancelJob,
         Action::IssueCertificate,
@@ -161,6 +163,7 @@ impl Action {
         Action::FetchModel,
         Action::ReadStatus,
         Action::ReadMetrics,
+        Action::ResetReputation,
     ];
 }
 
@@ -168,7 +171,7 @@ impl Action {
 pub fn required_roles(action: Action) -> RoleSet {
     use Role::*;
     match action {
-        Action::SubmitJob | Action::CancelJob => RoleSet::of(&[Admin]),
+        Action::SubmitJob | Action::CancelJob | Action::ResetReputation => RoleSet::of(&[Admin]),
         Action::IssueCertificate | Action::RevokeCertificate => RoleSet::of(&[Admin]),
         Action::ChangeMembership => RoleSet::of(&[Admin, Committee]),
         Action::CommitteeVote => RoleSet::of(&[Committee]),
@@ -245,6 +248,7 @@ mod tests {
             Action::FetchModel => &[Admin, Committee, Aggregator, Trainer],
             Action::ReadStatus => &[Admin, Committee, Aggregator, Trainer, Observer],
             Action::ReadMetrics => &[Admin, Committee, Aggregator, Trainer, Observer],
+            Action::ResetReputation => &[Admin],
         }
     }
 

@@ -17,7 +17,7 @@ use comfy_table::Table;
 use mesh_consensus::command::{JobSpec, TrainingSpec};
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::{Dataset, Mnist};
-use mesh_node::mesh_sim::{Faults, MeshSim, MeshSimConfig};
+use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
 
 /// Pixels kept per image: a 12 x 24 band through the middle (288 features).
 const FEATURES: std::ops::Range<usize> = 280..568;
@@ -71,6 +71,8 @@ fn spec(nodes: usize, rounds: u32, secagg: bool, seed: u64) -> JobSpec {
         rounds,
         participants_per_round: nodes as u32,
         rule_name: "fedavg".into(),
+        pre_aggregation: "none".into(),
+        server_optimizer: "sgd".into(),
         byzantine_count: 0,
         secagg,
         dp_budget: None,

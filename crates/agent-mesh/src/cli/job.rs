@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comfy_table::Table;
 use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
-use mesh_federated::aggregate::Rule;
 use mesh_federated::model::{store, ModelKind, ModelShape};
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
+use mesh_round::job::{JobSpecCheck, PrivacyMode};
 use serde_json::Value;
 
 /// Where the node is and who asks.
@@ -61,9 +61,16 @@ pub struct SubmitArgs {
     /// Participants per round.
     #[arg(long, default_value_t = 5)]
     participants: u32,
-    /// Robust rule across group results: fedavg, median, trimmed-mean, krum, multi-krum, ...
+    /// Robust rule across group results: fedavg, median, trimmed-mean, krum,
+    /// multi-krum, bulyan, geomed, cclip (optionally `name:key=value,...`).
     #[arg(long, default_value = "fedavg")]
-    rule: Rule,
+    rule: String,
+    /// Pre-aggregation before the rule: none, nnm, bucketing[:size=S].
+    #[arg(long, default_value = "none")]
+    pre: String,
+    /// Server optimizer: sgd, fedadam, fedyogi (optionally `:lr=..`).
+    #[arg(long, default_value = "sgd")]
+    server_opt: String,
     /// Byzantine participants the rule must tolerate.
     #[arg(long, default_value_t = 0)]
     byzantine: u32,
@@ -212,7 +219,9 @@ impl SubmitArgs {
             model_name: self.model.to_string(),
             rounds: self.rounds,
             participants_per_round: self.participants,
-            rule_name: format!("{:#}", self.rule),
+            rule_name: self.rule.clone(),
+            pre_aggregation: self.pre.clone(),
+            server_optimizer: self.server_opt.clone(),
             byzantine_count: self.byzantine,
             secagg: self.secagg,
             dp_budget,
@@ -221,6 +230,7 @@ impl SubmitArgs {
                 epochs: self.epochs,
                 batch_size: self.batch_size,
                 learning_rate: self.lr,
+                proximal_mu: 0.0,
                 seed: self.seed,
                 round_deadline_ms: self.deadline_s.saturating_mul(1000),
                 group_size: self.group_size.unwrap_or(if self.secagg { 5 } else { 1 }),
@@ -237,6 +247,13 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Submit(args) => {
             let spec = args.spec()?;
+            // The node runs the same check; refusing here saves the round trip.
+            let job = spec
+                .check()
+                .map_err(|e| anyhow::anyhow!("job {} refused: {e}", args.id))?;
+            if job.privacy == PrivacyMode::Local {
+                println!("privacy: {} (add --secagg for distributed DP)", job.privacy);
+            }
             let body = serde_json::json!({ "job": args.id, "spec": spec });
             let commit = json(&args.api, reqwest::Method::POST, "/v1/jobs", Some(body))?;
             println!("job {} submitted (log index {})", args.id, commit["index"]);
@@ -245,9 +262,7 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
         JobCommand::List(api) => {
             let jobs = json(&api, reqwest::Method::GET, "/v1/jobs", None)?;
             let mut table = Table::new();
-            table.set_header([
-                "job", "status", "rounds", "aborted", "accuracy", "epsilon", "model",
-            ]);
+            table.set_header(COLUMNS);
             for j in jobs.as_array().into_iter().flatten() {
                 table.add_row(row(j));
             }
@@ -277,8 +292,14 @@ fn row(j: &Value) -> Vec<String> {
         j["model_hash"]
             .as_str()
             .map_or("-".into(), |h| h.chars().take(12).collect()),
+        j["privacy"].as_str().unwrap_or("-").to_string(),
     ]
 }
+
+/// Column names of [`row`].
+const COLUMNS: [&str; 8] = [
+    "job", "status", "rounds", "aborted", "accuracy", "epsilon", "model", "privacy",
+];
 
 fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let path = format!("/v1/jobs/{}", args.job.id);
@@ -302,9 +323,7 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
                         println!("{}", serde_json::to_string_pretty(j)?);
                     } else {
                         let mut table = Table::new();
-                        table.set_header([
-                            "job", "status", "rounds", "aborted", "accuracy", "epsilon", "model",
-                        ]);
+                        table.set_header(COLUMNS);
                         table.add_row(row(j));
                         println!("{table}");
                     }
@@ -356,7 +375,7 @@ pub fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
     }
     let bytes = bytes.context("the node could not fetch the model from its holders")?;
-    let params = mesh_node::protocol::blob::decode_params(&bytes)?;
+    let params = mesh_round::protocol::blob::decode_params(&bytes)?;
     let shape = ModelShape {
         feature_count: 784,
         num_classes: 10,

@@ -1,5 +1,6 @@
 //! One module per subcommand of `agent-mesh`.
 
+pub mod admin;
 pub mod bench;
 pub mod bench_consensus;
 pub mod bench_net;

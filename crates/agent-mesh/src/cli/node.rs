@@ -17,6 +17,10 @@ pub struct NodeArgs {
     /// Check the config and credentials, print the resolved config, and exit.
     #[arg(long)]
     pub check: bool,
+    /// Let a config with an `[adversary]` section start: the node then shapes
+    /// every update it sends with that attack. For robustness tests only.
+    #[arg(long)]
+    pub allow_adversary: bool,
 }
 
 fn env_help() -> String {
@@ -30,6 +34,14 @@ fn env_help() -> String {
 /// Loads the config, starts logging, and runs the node on a tokio runtime.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args.config, |name| std::env::var(name).ok())?;
+    if !config.adversary.attack.is_empty() && !args.allow_adversary {
+        anyhow::bail!(
+            "{} makes this node adversarial ([adversary] attack = {:?}): it would poison every update it sends. \
+             Pass --allow-adversary to run it anyway (robustness tests only), or remove the [adversary] section",
+            args.config.display(),
+            config.adversary.attack
+        );
+    }
     if args.check {
         mesh_node::runtime::Credentials::load(&config)?;
         println!(

@@ -1,7 +1,7 @@
 //! Charts written by the commands: test accuracy and loss per round, as PNG.
 
 use anyhow::Context;
-use mesh_node::sim::RoundReport;
+use mesh_round::sim::MeshRoundReport as RoundReport;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -24,14 +24,14 @@ pub fn accuracy_and_loss(path: &Path, reports: &[RoundReport]) -> anyhow::Result
     let root = BitMapBackend::new(path, (900, 700)).into_drawing_area();
     root.fill(&WHITE).context("drawing chart")?;
     let (top, bottom) = root.split_vertically(350);
-    let rounds = reports.last().map_or(1, |r| r.round).max(1);
+    let rounds = reports.last().map_or(1, |r| u64::from(r.round)).max(1);
     let accuracy: Vec<(u64, f64)> = reports
         .iter()
-        .map(|r| (r.round, 100.0 * f64::from(r.test_accuracy)))
+        .map(|r| (u64::from(r.round), 100.0 * f64::from(r.test_accuracy)))
         .collect();
     let loss: Vec<(u64, f64)> = reports
         .iter()
-        .map(|r| (r.round, f64::from(r.test_loss)))
+        .map(|r| (u64::from(r.round), f64::from(r.test_loss)))
         .collect();
     let acc_min = accuracy
         .iter()

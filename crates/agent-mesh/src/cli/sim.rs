@@ -1,29 +1,30 @@
-//! `agent-mesh sim`: an in-process federation training on MNIST.
+//! `agent-mesh sim`: an in-process federation training on MNIST, every
+//! simulated node running the node's own round engine (`mesh-round`) over a
+//! simulated network ([`super::sim_mesh`] runs it and writes the outputs).
 //!
-//! By default every simulated node runs the round protocol ([`super::sim_mesh`]).
-//! With `--direct` it builds a [`mesh_node::sim::Simulation`] from the flags, runs it round by round
-//! with a progress bar and a per-round table, and writes `OUT/report.json`,
-//! `OUT/accuracy.png` and `OUT/model.safetensors`.
+//! The flags describe one job, built into the same [`JobSpec`] a deployed
+//! mesh commits and checked by the same [`JobSpecCheck::check`]
+//! `POST /v1/jobs` calls, so a value the node would refuse is refused here
+//! with the same message.
 
-use super::plot;
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
 use mesh_federated::aggregate::{PreAggregation, Rule, ServerOptimizer};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::Mnist;
-use mesh_federated::model::{store, ModelError, ModelKind, TrainOptions};
-use mesh_federated::privacy::NoisePlacement;
-use mesh_node::round::participant::ParticipantError;
-use mesh_node::sim::{DpConfig, NoiseLevel, RoundReport, SimConfig, SimError, Simulation};
-use std::collections::HashMap;
+use mesh_federated::model::ModelKind;
+use mesh_federated::privacy::noise_multiplier_for_epsilon;
+use mesh_round::job::JobSpecCheck;
+use mesh_round::protocol::Conduct;
+use mesh_round::sim::{Faults, MeshSimConfig};
 use std::path::{Path, PathBuf};
 
 /// Flags of `agent-mesh sim`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --dp-placement distributed\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30"
+    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --secagg\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30"
 )]
 pub struct SimArgs {
     /// Number of nodes in the mesh.
@@ -68,7 +69,9 @@ pub struct SimArgs {
     /// What Byzantine nodes do: sign-flip, label-flip, gaussian, alie, ipm, mimic.
     #[arg(long, default_value = "sign-flip")]
     pub attack: Attack,
-    /// Turn on client-level DP: L2 clipping norm of each update.
+    /// Turn on client-level DP: L2 clipping norm of each update. Every value an
+    /// aggregator sees in the clear carries the full calibrated noise: a group
+    /// sum with --secagg, each single update without it (local DP).
     #[arg(long)]
     pub dp_clip: Option<f32>,
     /// DP noise multiplier z (noise std = z * clip).
@@ -80,10 +83,6 @@ pub struct SimArgs {
     /// DP delta.
     #[arg(long, default_value_t = 1e-5)]
     pub dp_delta: f64,
-    /// Where DP noise is added: central (aggregator) or distributed (each node).
-    /// Default: distributed under the round protocol, central with --direct.
-    #[arg(long, value_parser = ["central", "distributed"])]
-    pub dp_placement: Option<String>,
     /// Stop before the round that would spend more than this epsilon.
     #[arg(long, requires = "dp_clip")]
     pub dp_budget: Option<f64>,
@@ -103,14 +102,12 @@ pub struct SimArgs {
     /// No progress bar (the per-round table is still printed).
     #[arg(long)]
     pub quiet: bool,
-    /// Run the old single-process aggregation (no round protocol): needed for
-    /// --pre, --prox-mu, --server-opt, central DP noise and omniscient attacks.
-    #[arg(long)]
-    pub direct: bool,
     /// Securely aggregate updates (SecAgg+ with dropout recovery) within groups.
     #[arg(long)]
     pub secagg: bool,
-    /// Participants per aggregation group (default 5 with --secagg, else 1).
+    /// Most participants per aggregation group (default 5 with --secagg, else 1);
+    /// with --secagg groups shrink (to 4 at least) until the rule has the
+    /// group results it needs to tolerate --byzantine.
     #[arg(long)]
     pub group_size: Option<usize>,
     /// L2 norm every update is clipped to before it leaves its node (without DP).
@@ -137,68 +134,149 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    /// Where the direct simulation adds DP noise (central unless told otherwise).
-    pub fn dp_placement(&self) -> &str {
-        self.dp_placement.as_deref().unwrap_or("central")
+    /// The group size asked for (the planner may shrink it with --secagg).
+    fn group_size(&self) -> usize {
+        self.group_size.unwrap_or(if self.secagg { 5 } else { 1 })
     }
 
-    fn dp_config(&self) -> anyhow::Result<Option<DpConfig>> {
-        let Some(clip_norm) = self.dp_clip else {
-            return Ok(None);
-        };
-        let noise = match (self.dp_noise_multiplier, self.dp_epsilon) {
-            (Some(z), None) => NoiseLevel::Multiplier(z),
-            (None, Some(eps)) => NoiseLevel::TargetEpsilon(eps),
-            _ => anyhow::bail!("--dp-clip needs --dp-noise-multiplier or --dp-epsilon"),
-        };
-        let placement = match self.dp_placement() {
-            "distributed" => NoisePlacement::Distributed,
-            _ => NoisePlacement::Central,
-        };
-        Ok(Some(DpConfig {
-            clip_norm,
-            noise,
-            placement,
-            delta: self.dp_delta,
-            epsilon_budget: self.dp_budget,
-        }))
-    }
-
-    /// The simulation configuration these flags describe.
-    pub fn to_config(&self) -> anyhow::Result<SimConfig> {
-        let threads = self.threads.unwrap_or_else(all_cores);
-        Ok(SimConfig {
-            nodes: self.nodes,
-            rounds: self.rounds,
-            participants_per_round: self.participants.unwrap_or(self.nodes),
-            local: TrainOptions {
-                epochs: self.local_epochs,
-                batch_size: self.batch_size,
+    /// The job these flags describe, checked as the node checks a submitted job.
+    pub fn job_spec(&self) -> anyhow::Result<JobSpec> {
+        let participants = self.participants.unwrap_or(self.nodes);
+        anyhow::ensure!(
+            (2..=self.nodes).contains(&participants),
+            "--participants must be in 2..={} (the number of nodes), got {participants}",
+            self.nodes
+        );
+        let (noise_multiplier, dp_budget) = self.dp_settings(participants)?;
+        let spec = JobSpec {
+            model_name: self.model.to_string(),
+            rounds: u32::try_from(self.rounds).context("--rounds is too large")?,
+            participants_per_round: u32::try_from(participants)
+                .context("--participants is too large")?,
+            rule_name: format!("{:#}", self.rule),
+            pre_aggregation: format!("{:#}", self.pre),
+            server_optimizer: format!("{:#}", self.server_opt),
+            byzantine_count: u32::try_from(self.byzantine).context("--byzantine is too large")?,
+            secagg: self.secagg,
+            dp_budget,
+            training: TrainingSpec {
+                dataset: "mnist".into(),
+                epochs: u32::try_from(self.local_epochs).context("--local-epochs is too large")?,
+                batch_size: u32::try_from(self.batch_size).context("--batch-size is too large")?,
                 learning_rate: self.lr,
                 proximal_mu: self.prox_mu,
                 seed: self.seed,
+                round_deadline_ms: self.round_deadline_ms,
+                group_size: u32::try_from(self.group_size())
+                    .context("--group-size is too large")?,
+                clip_norm: self.dp_clip.unwrap_or(self.clip),
+                noise_multiplier,
+                sampling_rate: participants as f64 / self.nodes as f64,
             },
-            model: self.model,
+        };
+        spec.check()
+            .map_err(|e| anyhow::anyhow!("{}", flag_words(&e.to_string())))?;
+        Ok(spec)
+    }
+
+    /// The noise multiplier and budget of `--dp-*` (none without `--dp-clip`).
+    fn dp_settings(&self, participants: usize) -> anyhow::Result<(f64, Option<DpBudget>)> {
+        if self.dp_clip.is_none() {
+            return Ok((0.0, None));
+        }
+        let q = participants as f64 / self.nodes as f64;
+        let (z, epsilon) = match (self.dp_noise_multiplier, self.dp_epsilon) {
+            (Some(z), None) => (z, self.dp_budget),
+            (None, Some(eps)) => (
+                noise_multiplier_for_epsilon(q, self.rounds, self.dp_delta, eps)?,
+                Some(self.dp_budget.unwrap_or(eps)),
+            ),
+            _ => anyhow::bail!("--dp-clip needs --dp-noise-multiplier or --dp-epsilon"),
+        };
+        let epsilon_micros = epsilon.map_or(u64::MAX / 4, |e| (e * 1e6) as u64);
+        let budget = DpBudget {
+            epsilon_micros,
+            delta: self.dp_delta,
+        };
+        Ok((z, Some(budget)))
+    }
+
+    /// The simulated mesh: the job, the data split, the Byzantine nodes and the faults.
+    pub fn mesh_config(&self) -> anyhow::Result<MeshSimConfig> {
+        let spec = self.job_spec()?;
+        let faults = Faults {
+            latency_min_ms: self.latency_ms.0,
+            latency_max_ms: self.latency_ms.1,
+            loss: self.loss,
+            crashes: self.crashes,
+            down_ms: self.down_ms,
+            partitions: self.partitions,
+            window_ms: self.round_deadline_ms.saturating_mul(self.rounds),
+        };
+        faults.validate().map_err(anyhow::Error::msg)?;
+        Ok(MeshSimConfig {
+            nodes: self.nodes,
+            byzantine: self.pick_byzantine(spec.participants_per_round as usize),
+            spec,
             partition: self.partition,
-            rule: self.rule,
-            pre: self.pre,
-            server: self.server_opt.clone(),
-            byzantine: self.byzantine,
-            attack: if self.byzantine == 0 {
-                Attack::None
-            } else {
-                self.attack
-            },
-            dp: self.dp_config()?,
-            threads,
+            quarantined: Vec::new(),
+            faults,
+            threads: self.threads.unwrap_or_else(all_cores),
             seed: self.seed,
+            time_limit_ms: self
+                .round_deadline_ms
+                .saturating_mul(self.rounds)
+                .saturating_mul(4),
         })
     }
+
+    /// The Byzantine nodes, a seeded choice, each running `--attack`.
+    fn pick_byzantine(&self, participants: usize) -> Vec<(usize, Conduct)> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut order: Vec<usize> = (0..self.nodes).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.seed ^ 0xB42,
+        ));
+        let attack = self.attack.resolve(participants, self.byzantine);
+        order
+            .into_iter()
+            .take(self.byzantine)
+            .map(|n| (n, Conduct::Byzantine(attack)))
+            .collect()
+    }
+
+    /// The attack the Byzantine nodes run (none without `--byzantine`).
+    pub fn attack(&self) -> Attack {
+        if self.byzantine == 0 {
+            Attack::None
+        } else {
+            self.attack
+        }
+    }
+}
+
+/// Rewords a job-spec message in the flags' terms.
+fn flag_words(message: &str) -> String {
+    [
+        ("byzantine_count", "--byzantine"),
+        ("group_size", "--group-size"),
+        ("secure aggregation off", "--secagg off"),
+        ("rule:", "--rule:"),
+        ("pre_aggregation:", "--pre:"),
+        ("server_optimizer:", "--server-opt:"),
+        ("model_name:", "--model:"),
+        ("add participants", "add nodes or --participants"),
+    ]
+    .iter()
+    .fold(message.to_string(), |text, (from, to)| {
+        text.replace(from, to)
+    })
 }
 
 /// Runs the simulation.
 pub fn run(args: SimArgs) -> anyhow::Result<()> {
-    let config = args.to_config()?;
+    let config = args.mesh_config()?;
     let mnist = Mnist::load(&args.data).with_context(|| {
         format!(
             "loading MNIST from {} (pass --data DIR)",
@@ -207,153 +285,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
-    if !args.direct {
-        return super::sim_mesh::run(&args, &config, mnist);
-    }
-    let mut sim = Simulation::new(config, &mnist.train, mnist.test)?;
-    print_header(&args, &sim);
-    let reports = run_rounds(&mut sim, &args).map_err(explain_divergence)?;
-    let stopped_by_budget = sim.rounds_done() < args.rounds;
-    if stopped_by_budget {
-        println!(
-            "stopped after round {}: the next round would exceed the privacy budget",
-            sim.rounds_done()
-        );
-    }
-    write_outputs(&args, &sim, &reports, stopped_by_budget)
-}
-
-fn print_header(args: &SimArgs, sim: &Simulation) {
-    let c = sim.config();
-    println!(
-        "agent-mesh sim: {} nodes ({} Byzantine: {}), {} rounds, model {}, partition {}, rule {} (pre {}), seed {}",
-        c.nodes, c.byzantine, c.attack, c.rounds, c.model, c.partition, c.rule, c.pre, c.seed
-    );
-    if let Some(z) = sim.noise_multiplier() {
-        println!(
-            "differential privacy: clip {:?}, noise multiplier {z:.4}, {}",
-            args.dp_clip,
-            args.dp_placement()
-        );
-    }
-    println!(
-        "{:>5}  {:>9}  {:>9}  {:>10}  {:>9}  {:>8}",
-        "round", "test acc", "test loss", "train loss", "epsilon", "time"
-    );
-}
-
-/// Runs every round; after each one the outputs are rewritten, so an interrupted
-/// run keeps everything up to its last completed round.
-fn run_rounds(sim: &mut Simulation, args: &SimArgs) -> anyhow::Result<Vec<RoundReport>> {
-    let quiet = args.quiet;
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(sim.config().rounds)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} round {pos}/{len} [{elapsed_precise}, eta {eta}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut reports = Vec::new();
-    while let Some(r) = sim.run_round()? {
-        let line = format!(
-            "{:>5}  {:>8.2}%  {:>9.4}  {:>10.4}  {:>9.3}  {:>6.1} s",
-            r.round,
-            100.0 * r.test_accuracy,
-            r.test_loss,
-            r.train_loss,
-            r.epsilon,
-            r.duration_ms as f64 / 1000.0
-        );
-        if quiet {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
-        bar.set_message(format!("acc {:.2}%", 100.0 * r.test_accuracy));
-        bar.inc(1);
-        reports.push(r);
-        save_outputs(args, sim, &reports, false)?;
-    }
-    bar.finish_and_clear();
-    Ok(reports)
-}
-
-fn write_outputs(
-    args: &SimArgs,
-    sim: &Simulation,
-    reports: &[RoundReport],
-    stopped_by_budget: bool,
-) -> anyhow::Result<()> {
-    save_outputs(args, sim, reports, stopped_by_budget)?;
-    if let Some(last) = reports.last() {
-        println!(
-            "final test accuracy {:.2}% after {} rounds",
-            100.0 * last.test_accuracy,
-            last.round
-        );
-    }
-    println!(
-        "wrote {}/report.json, accuracy.png, model.safetensors",
-        args.out.display()
-    );
-    Ok(())
-}
-
-/// Writes report.json, accuracy.png and model.safetensors for the rounds so far.
-fn save_outputs(
-    args: &SimArgs,
-    sim: &Simulation,
-    reports: &[RoundReport],
-    stopped_by_budget: bool,
-) -> anyhow::Result<()> {
-    let report = report_json(args, sim, reports, stopped_by_budget);
-    write_atomically(
-        &args.out.join("report.json"),
-        serde_json::to_vec_pretty(&report)?.as_slice(),
-    )?;
-    plot::accuracy_and_loss(&args.out.join("accuracy.png"), reports)?;
-    let metadata = HashMap::from([
-        ("model".to_string(), sim.config().model.to_string()),
-        ("rounds".to_string(), sim.rounds_done().to_string()),
-        ("seed".to_string(), sim.config().seed.to_string()),
-    ]);
-    store::save(
-        sim.global_model(),
-        &args.out.join("model.safetensors"),
-        metadata,
-    )?;
-    Ok(())
-}
-
-fn report_json(
-    args: &SimArgs,
-    sim: &Simulation,
-    reports: &[RoundReport],
-    stopped_by_budget: bool,
-) -> serde_json::Value {
-    let c = sim.config();
-    serde_json::json!({
-        "config": {
-            "nodes": c.nodes, "rounds": c.rounds, "participants_per_round": c.participants_per_round,
-            "local_epochs": c.local.epochs, "batch_size": c.local.batch_size,
-            "learning_rate": c.local.learning_rate, "proximal_mu": c.local.proximal_mu,
-            "model": c.model.to_string(), "partition": c.partition.to_string(),
-            "rule": c.rule.to_string(), "pre_aggregation": format!("{:#}", c.pre),
-            "server_optimizer": format!("{:?}", c.server.kind()),
-            "byzantine": c.byzantine, "byzantine_nodes": sim.byzantine_nodes(), "attack": c.attack.to_string(),
-            "dp_clip": args.dp_clip, "dp_noise_multiplier": sim.noise_multiplier(),
-            "dp_target_epsilon": args.dp_epsilon, "dp_delta": args.dp_delta,
-            "dp_placement": args.dp_clip.map(|_| args.dp_placement()), "dp_budget": args.dp_budget,
-            "seed": c.seed, "data": args.data.display().to_string(),
-        },
-        "rounds": reports,
-        "final_test_accuracy": reports.last().map(|r| r.test_accuracy),
-        "stopped_by_privacy_budget": stopped_by_budget,
-    })
+    super::sim_mesh::run(&args, config, mnist)
 }
 
 /// Writes beside the target, then renames: a crash never leaves half a file.
@@ -361,25 +293,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Adds the likely causes to a divergence: the global model was destroyed.
-fn explain_divergence(err: anyhow::Error) -> anyhow::Error {
-    let diverged = matches!(
-        err.downcast_ref::<SimError>(),
-        Some(SimError::Participant(ParticipantError::Model {
-            source: ModelError::Diverged { .. },
-            ..
-        }))
-    );
-    if !diverged {
-        return err;
-    }
-    err.context(
-        "the global model was destroyed: too much DP noise for this many nodes and parameters \
-         (client-level DP needs many nodes or a small model), an attack the rule does not stop, \
-         or a learning rate too high; the rounds completed so far are in the output folder",
-    )
 }
 
 /// Worker threads when none are asked for: one per core this process may use.

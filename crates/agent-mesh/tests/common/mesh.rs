@@ -355,6 +355,16 @@ voter_down_limit_ms = 8000
 
 /// Spawns `agent-mesh node` for `node` and waits (bounded) for its node.json.
 pub fn start_node(node: &mut Node, bootstrap: Option<&str>, extra_env: &[(&str, &str)]) {
+    start_node_with_args(node, bootstrap, extra_env, &[]);
+}
+
+/// [`start_node`] with extra command-line flags (e.g. `--allow-adversary`).
+pub fn start_node_with_args(
+    node: &mut Node,
+    bootstrap: Option<&str>,
+    extra_env: &[(&str, &str)],
+    extra_args: &[&str],
+) {
     let info = node.dir.join("data").join("node.json");
     let _ = std::fs::remove_file(&info);
     let log = std::fs::File::create(node.dir.join("node.log")).unwrap();
@@ -365,6 +375,7 @@ pub fn start_node(node: &mut Node, bootstrap: Option<&str>, extra_env: &[(&str, 
             "--config",
             node.dir.join("node.toml").to_str().unwrap(),
         ])
+        .args(extra_args)
         .env("AGENT_MESH_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log);

@@ -373,6 +373,8 @@ mod tests {
             rounds,
             participants_per_round: 2,
             rule_name: "median".into(),
+            pre_aggregation: "none".into(),
+            server_optimizer: "sgd".into(),
             byzantine_count: 0,
             secagg: true,
             dp_budget: None,

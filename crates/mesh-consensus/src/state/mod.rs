@@ -216,6 +216,7 @@ impl MeshState {
                 metrics,
                 privacy_spent_epsilon_micros,
                 inputs,
+                evidence,
             } => {
                 let completion = RoundCompletion {
                     model_hash: *model_hash,
@@ -224,7 +225,14 @@ impl MeshState {
                     completed_index: index,
                     inputs: inputs.clone(),
                 };
-                self.complete_round(job, *round, completion)
+                let response = self.complete_round(job, *round, completion)?;
+                // Evidence against nodes that are no longer members is dropped.
+                for (node, kind) in evidence {
+                    if self.members.get(node).is_some() {
+                        self.reputation.record(node, *kind);
+                    }
+                }
+                Ok(response)
             }
             Command::ReassignAggregator {
                 job,

@@ -38,6 +38,11 @@ impl Reputation {
         self.scores.get(node).copied().unwrap_or(INITIAL_SCORE)
     }
 
+    /// Nodes with evidence against them and their scores, by node id.
+    pub fn scores(&self) -> impl Iterator<Item = (&NodeId, u32)> {
+        self.scores.iter().map(|(node, score)| (node, *score))
+    }
+
     /// Whether the node is quarantined.
     pub fn is_quarantined(&self, node: &NodeId) -> bool {
         self.score(node) < QUARANTINE_BELOW_SCORE

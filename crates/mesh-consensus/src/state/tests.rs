@@ -21,6 +21,8 @@ fn spec(rounds: u32, budget_epsilon_micros: Option<u64>) -> JobSpec {
         rounds,
         participants_per_round: 3,
         rule_name: "fedavg".into(),
+        pre_aggregation: "none".into(),
+        server_optimizer: "sgd".into(),
         byzantine_count: 0,
         secagg: false,
         dp_budget: budget_epsilon_micros.map(|e| DpBudget {
@@ -60,6 +62,7 @@ fn complete(round: u32, spent_epsilon_micros: u64) -> Command {
         },
         privacy_spent_epsilon_micros: spent_epsilon_micros,
         inputs: Vec::new(),
+        evidence: Vec::new(),
     }
 }
 
@@ -194,6 +197,7 @@ fn duplicate_and_unknown_jobs_are_rejected() {
         },
         privacy_spent_epsilon_micros: 0,
         inputs: Vec::new(),
+        evidence: Vec::new(),
     };
     assert!(matches!(
         assert_rejected(&mut s, &other),

@@ -311,6 +311,17 @@ impl Aggregator {
         &self.config
     }
 
+    /// The centered-clipping centre (the previous aggregate; empty before the
+    /// first call or for other rules), so another node can resume from it.
+    pub fn center(&self) -> &[f32] {
+        &self.center
+    }
+
+    /// Resumes centered clipping around `center` (empty: around zero).
+    pub fn restore_center(&mut self, center: Vec<f32>) {
+        self.center = center;
+    }
+
     /// Forgets the centered-clipping centre and the call counter.
     pub fn reset(&mut self) {
         self.calls = 0;

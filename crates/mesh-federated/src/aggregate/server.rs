@@ -80,6 +80,26 @@ impl ServerOptimizer {
         self.v.clear();
     }
 
+    /// The first and second moments (empty before the first adaptive step), so
+    /// another node can resume this optimizer from a committed model.
+    pub fn moments(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
+    /// Resumes from moments that [`moments`](Self::moments) returned; both empty
+    /// starts afresh. Fails if their lengths differ.
+    pub fn restore_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<(), AggregateError> {
+        if m.len() != v.len() {
+            return Err(AggregateError::DimensionMismatch {
+                index: 1,
+                expected: m.len(),
+                found: v.len(),
+            });
+        }
+        (self.m, self.v) = (m, v);
+        Ok(())
+    }
+
     /// Applies the aggregated update to `global` in place.
     ///
     /// Fails if the lengths differ, or if a dimension different from the previous

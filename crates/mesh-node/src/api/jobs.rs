@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mesh_consensus::command::{Command, JobId, JobSpec, StopReason};
+use mesh_round::job::{JobSpecCheck, JobSpecError};
 use mesh_security::rbac::Action;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,10 @@ pub struct JobView {
     pub rounds_aborted: u32,
     /// Epsilon spent (0 without DP).
     pub epsilon_spent: f64,
+    /// How DP protects updates: `off`, distributed (noise in every group sum
+    /// under secure aggregation) or local DP (no secure aggregation).
+    #[serde(default)]
+    pub privacy: String,
     /// The latest committed model's hash (hex), if any.
     pub model_hash: Option<String>,
     /// Validation accuracy of the latest committed model.
@@ -50,7 +55,8 @@ pub struct ModelQuery {
     pub round: Option<u32>,
 }
 
-/// `POST /v1/jobs`: commits `CreateJob`.
+/// `POST /v1/jobs`: checks the spec ([`JobSpecCheck::check`]: a 400 naming the
+/// field, nothing proposed) and commits `CreateJob`.
 pub async fn submit(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -60,6 +66,9 @@ pub async fn submit(
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
+    if let Err(err) = request.spec.check() {
+        return spec_refused(&err);
+    }
     let command = Command::CreateJob {
         job: JobId(request.job),
         spec: request.spec,
@@ -68,6 +77,21 @@ pub async fn submit(
         return ApiError(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response();
     }
     write(&state, &headers, command, StatusCode::CONFLICT).await
+}
+
+/// A 400 that names the field to change and, for names, the accepted values:
+/// `{"error": "rule: unknown ...", "field": "rule", "accepted": ["fedavg", ...]}`.
+fn spec_refused(err: &JobSpecError) -> Response {
+    let accepted = match err {
+        JobSpecError::Field { accepted, .. } => accepted.clone(),
+        JobSpecError::TooSmall(_) => Vec::new(),
+    };
+    let body = serde_json::json!({
+        "error": err.to_string(),
+        "field": err.field(),
+        "accepted": accepted,
+    });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// `POST /v1/jobs/{id}/cancel`: commits `StopJob`.

@@ -25,6 +25,7 @@
 mod auth;
 pub mod jobs;
 mod proposer;
+pub mod reputation;
 mod snapshot;
 
 use std::sync::Arc;
@@ -46,7 +47,7 @@ use crate::runtime::revocations;
 pub use auth::{AdminAuth, AuthError};
 pub use jobs::JobView;
 pub use proposer::Proposer;
-pub use snapshot::{NodeSnapshot, PeerView, StatusView};
+pub use snapshot::{NodeSnapshot, PeerView, ReputationView, StatusView};
 
 /// Capacity of the queue from the API to the runtime; beyond it writes get 503.
 pub const COMMAND_QUEUE_CAPACITY: usize = 1_024;
@@ -59,8 +60,8 @@ pub enum ApiCommand {
     /// Propose a command (a key-value write, a job submission or cancellation)
     /// on a node without the committee: the runtime forwards it.
     Propose {
-        /// The command.
-        command: mesh_consensus::Command,
+        /// The command (boxed: a job spec makes it the largest variant by far).
+        command: Box<mesh_consensus::Command>,
         /// The caller's admin token, passed on if the write is forwarded.
         token: String,
         /// Where the commit (or why not) goes.
@@ -144,6 +145,8 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/model", get(jobs::model))
+        .route("/v1/reputation", get(reputation::list))
+        .route("/v1/reputation/{node}/reset", post(reputation::reset))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -286,7 +289,7 @@ async fn write(
     }
     let token = auth::bearer(headers).unwrap_or_default().to_string();
     let make = |reply| ApiCommand::Propose {
-        command,
+        command: Box::new(command),
         token,
         reply,
     };

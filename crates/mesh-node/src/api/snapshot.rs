@@ -17,6 +17,19 @@ pub struct NodeSnapshot {
     pub consensus: Option<serde_json::Value>,
     /// `GET /v1/jobs`: jobs in this node's committed state.
     pub jobs: Vec<super::JobView>,
+    /// `GET /v1/reputation`: members with evidence against them.
+    pub reputation: Vec<ReputationView>,
+}
+
+/// One row of `GET /v1/reputation`: a node with evidence against it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReputationView {
+    /// The node's id.
+    pub node: String,
+    /// Its score (starts at 1000; evidence lowers it).
+    pub score: u32,
+    /// Whether it is quarantined (score below 500): never selected for rounds.
+    pub quarantined: bool,
 }
 
 /// `GET /v1/status`.

@@ -159,11 +159,14 @@ async fn admin_write_goes_to_the_runtime_and_returns_its_commit() {
     let runtime = tokio::spawn(async move {
         for _ in 0..2 {
             if let Some(ApiCommand::Propose {
-                command: mesh_consensus::Command::Put { key, .. },
+                command,
                 token,
                 reply,
             }) = f.commands.recv().await
             {
+                let mesh_consensus::Command::Put { key, .. } = *command else {
+                    continue;
+                };
                 assert!(!token.is_empty(), "the caller's token goes with the write");
                 let commit = CommitView {
                     index: key.len() as u64,
@@ -233,7 +236,7 @@ async fn revocations_need_an_admin_and_the_cas_signature() {
         let Some(ApiCommand::Propose { command, reply, .. }) = f.commands.recv().await else {
             panic!("the revocation is proposed");
         };
-        let mesh_consensus::Command::RevokeCertificate { revocation, reason } = command else {
+        let mesh_consensus::Command::RevokeCertificate { revocation, reason } = *command else {
             panic!("a revocation command, not {command:?}");
         };
         assert_eq!(revocation.entry.serial, vec![7]);
@@ -248,4 +251,36 @@ async fn revocations_need_an_admin_and_the_cas_signature() {
     assert_eq!(code, StatusCode::OK, "{text}");
     assert!(text.contains("\"index\":9"), "{text}");
     runtime.await.expect("runtime task");
+}
+
+/// A misspelled rule is a 400 that names `rule` and the accepted values, and
+/// nothing reaches the runtime (so nothing is proposed or committed).
+#[tokio::test]
+async fn a_job_with_a_misspelled_rule_is_refused_before_it_is_proposed() {
+    let mut f = fixture();
+    let admin = token(&f.ca, &[Role::Admin], 6);
+    let mut spec = serde_json::json!({
+        "model_name": "cnn", "rounds": 2, "participants_per_round": 5,
+        "rule_name": "krumm", "byzantine_count": 0, "secagg": false, "dp_budget": null,
+        "training": {
+            "dataset": "mnist", "epochs": 1, "batch_size": 32, "learning_rate": 0.05,
+            "seed": 1, "round_deadline_ms": 60000, "group_size": 1, "clip_norm": 5.0,
+            "noise_multiplier": 0.0, "sampling_rate": 1.0
+        }
+    });
+    let body = serde_json::json!({ "job": "j1", "spec": spec }).to_string();
+    let (code, text) = call(&f.router, post("/v1/jobs", &body, Some(&admin))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(answer["field"], "rule");
+    assert!(answer["accepted"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|v| v == "krum")));
+    assert!(f.commands.try_recv().is_err(), "nothing was proposed");
+    spec["rule_name"] = "median".into();
+    spec["pre_aggregation"] = "nmm".into();
+    let body = serde_json::json!({ "job": "j2", "spec": spec }).to_string();
+    let (code, text) = call(&f.router, post("/v1/jobs", &body, Some(&admin))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("\"field\":\"pre_aggregation\""), "{text}");
 }

@@ -276,6 +276,7 @@ pub async fn run(
         )
     });
     let round_metrics = round_metrics::RoundMetrics::new(&mut registry);
+    round_metrics::register_adversary(&mut registry, &config.adversary);
     let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
     let (commands_tx, mut commands) = mpsc::channel(api::COMMAND_QUEUE_CAPACITY);
     let auth = Arc::new(AdminAuth::new(
@@ -304,7 +305,7 @@ pub async fn run(
     )?;
     tracing::info!(peer_id = %net.local_peer_id(), %http_url, ?listen_addrs, "node started");
     let mut certificates = consensus.as_ref().map(|c| c.certificates());
-    let worker = rounds::load_worker(&config.data)?;
+    let worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
     let (round_driver, mut round_results) = rounds::RoundDriver::new(
         &creds.identity,
         creds.roles.iter().collect(),
@@ -436,7 +437,7 @@ impl Runtime {
                 protocol,
                 payload,
                 respond,
-            } if protocol == crate::protocol::ROUND_PROTOCOL => {
+            } if protocol == mesh_round::protocol::ROUND_PROTOCOL => {
                 let outcome = self.on_round_message(&peer, &payload).await;
                 let _ = respond.send(outcome.map(|()| Vec::new()));
             }
@@ -560,7 +561,7 @@ impl Runtime {
                 command,
                 token,
                 reply,
-            } => self.forward_for_api(command, token, reply),
+            } => self.forward_for_api(*command, token, reply),
             ApiCommand::GetModel { job, round, reply } => {
                 let outcome = match (self.rounds.as_mut(), self.consensus.as_ref()) {
                     (Some(driver), Some(consensus)) => driver.model(consensus, &job, round).await,
@@ -611,21 +612,22 @@ impl Runtime {
             self.add_missing_learners(status);
         }
         self.tick_rounds().await;
-        let jobs = match (&self.consensus, self.rounds.as_mut()) {
+        let (jobs, reputation) = match (&self.consensus, self.rounds.as_mut()) {
             (Some(c), Some(driver)) => {
                 let stats = driver.engine_mut().stats().clone();
                 let metrics = &mut self.round_metrics;
                 c.read_state(|state| {
                     metrics.update(&stats, state);
-                    rounds::job_views(state)
+                    (rounds::job_views(state), rounds::reputation_views(state))
                 })
                 .await
             }
-            _ => Vec::new(),
+            _ => (Vec::new(), Vec::new()),
         };
         let peers = self.net.peers().await;
         let mut snapshot = view::snapshot(self, &peers, status);
         snapshot.jobs = jobs;
+        snapshot.reputation = reputation;
         self.publish.send_replace(Arc::new(snapshot));
     }
 
@@ -637,7 +639,10 @@ impl Runtime {
             .iter()
             .filter_map(|(peer, roles)| {
                 let node = mesh_net::ids::node_id(peer)?;
-                Some((crate::protocol::node_name(&node), roles.iter().collect()))
+                Some((
+                    mesh_round::protocol::node_name(&node),
+                    roles.iter().collect(),
+                ))
             })
             .collect()
     }

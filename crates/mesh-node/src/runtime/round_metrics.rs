@@ -13,7 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::protocol::ProtocolStats;
+use mesh_round::protocol::ProtocolStats;
+
+use crate::config::AdversaryConfig;
 
 type Label = [(&'static str, String); 1];
 
@@ -34,6 +36,25 @@ pub struct RoundMetrics {
     last: ProtocolStats,
     starts: BTreeMap<(String, usize), Instant>,
     completed: BTreeSet<(String, usize)>,
+}
+
+/// Exports `mesh_node_adversarial` (1 with the configured attack as its label
+/// when the node runs an `[adversary]` attack, 0 otherwise) and warns in the log,
+/// so an adversarial node is never mistaken for an honest one.
+pub fn register_adversary(registry: &mut Registry, config: &AdversaryConfig) {
+    let gauge = Family::<Vec<(String, String)>, Gauge>::default();
+    let attack = config.attack.clone();
+    gauge
+        .get_or_create(&vec![("attack".into(), attack.clone())])
+        .set(i64::from(!attack.is_empty()));
+    registry.sub_registry_with_prefix("mesh_node").register(
+        "adversarial",
+        "1 when this node runs an [adversary] attack (robustness tests only)",
+        gauge,
+    );
+    if !attack.is_empty() {
+        tracing::warn!(%attack, "this node is ADVERSARIAL: it shapes every update it sends with an attack");
+    }
 }
 
 impl RoundMetrics {

@@ -18,8 +18,9 @@ use mesh_security::rbac::Role;
 use mesh_security::NodeIdentity;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::config::DataConfig;
-use crate::protocol::{
+use crate::config::{AdversaryConfig, DataConfig};
+use mesh_round::job::JobSpecCheck;
+use mesh_round::protocol::{
     Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine, RoundKey, RoundMessage,
     TrainedUpdate, View, ROUND_PROTOCOL,
 };
@@ -45,15 +46,19 @@ pub enum Done {
 #[error("data: {0}")]
 pub struct DataError(String);
 
+/// How the node behaves in rounds: honest, or (only in robustness tests,
+/// with `--allow-adversary`) shaping its updates with the configured attack.
+pub fn conduct(config: &AdversaryConfig) -> Conduct {
+    match config.attack() {
+        Some(attack) => Conduct::Byzantine(attack),
+        None => Conduct::Honest,
+    }
+}
+
 /// Loads the node's private data as its config says.
-pub fn load_worker(config: &DataConfig) -> Result<LocalWorker, DataError> {
+pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker, DataError> {
     let Some(dir) = &config.dir else {
-        return Ok(LocalWorker::new(
-            &config.dataset,
-            None,
-            None,
-            Conduct::Honest,
-        ));
+        return Ok(LocalWorker::new(&config.dataset, None, None, conduct));
     };
     let mnist = Mnist::load(dir).map_err(|e| DataError(format!("{}: {e}", dir.display())))?;
     let train = if config.shards > 1 {
@@ -85,7 +90,7 @@ pub fn load_worker(config: &DataConfig) -> Result<LocalWorker, DataError> {
         &config.dataset,
         Some(train),
         Some(validation),
-        Conduct::Honest,
+        conduct,
     ))
 }
 
@@ -106,7 +111,7 @@ impl RoundDriver {
         mesh_id: &str,
         worker: LocalWorker,
     ) -> (Self, mpsc::Receiver<Done>) {
-        let me = crate::protocol::node_name(&identity.node_id());
+        let me = mesh_round::protocol::node_name(&identity.node_id());
         let seed = rand::random::<u64>();
         let engine = NodeEngine::new(me, identity.clone(), EngineConfig::new(mesh_id, seed));
         let (done, rx) = mpsc::channel(DONE_QUEUE_CAPACITY);
@@ -188,7 +193,7 @@ impl RoundDriver {
         now_ms: u64,
     ) -> Result<(), String> {
         let node = mesh_net::ids::node_id(from).ok_or("peer id is not a mesh key")?;
-        let from = crate::protocol::node_name(&node);
+        let from = mesh_round::protocol::node_name(&node);
         let message = RoundMessage::decode(payload).map_err(|e| e.to_string())?;
         let ((), actions) = self
             .with_view(consensus, admitted, now_ms, |e, v| {
@@ -288,6 +293,19 @@ impl RoundDriver {
     }
 }
 
+/// The reputation of the committed state as the API shows it.
+pub fn reputation_views(state: &MeshState) -> Vec<crate::api::ReputationView> {
+    let reputation = state.reputation();
+    reputation
+        .scores()
+        .map(|(node, score)| crate::api::ReputationView {
+            node: node.0.clone(),
+            score,
+            quarantined: reputation.is_quarantined(node),
+        })
+        .collect()
+}
+
 /// The jobs of the committed state as the API shows them.
 pub fn job_views(state: &MeshState) -> Vec<crate::api::JobView> {
     state
@@ -304,6 +322,10 @@ pub fn job_views(state: &MeshState) -> Vec<crate::api::JobView> {
                 rounds_completed: completed.len() as u32,
                 rounds_aborted: job.aborted_rounds,
                 epsilon_spent: spent as f64 / 1e6,
+                privacy: job
+                    .spec
+                    .check()
+                    .map_or_else(|e| format!("invalid spec: {e}"), |j| j.privacy.to_string()),
                 model_hash: last.map(|c| hex::encode(c.model_hash)),
                 accuracy: last.map(|c| c.metrics.accuracy),
                 detail: serde_json::to_value(job).unwrap_or_default(),

@@ -70,5 +70,6 @@ pub(super) fn snapshot(
         peers: peers.iter().map(|p| peer_view(p, now)).collect(),
         consensus: consensus.and_then(|s| serde_json::to_value(s).ok()),
         jobs: Vec::new(),
+        reputation: Vec::new(),
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use mesh_consensus::command::{Command, JobId, JobSpec, ModelHash};
 use mesh_consensus::MeshState;
 
-use crate::protocol::blob::{blob_hash, decode_params, encode_params};
+use crate::protocol::blob::{blob_hash, decode_model, decode_params, encode_model, GlobalModel};
 use crate::protocol::worker::{combine_params, CombineTask};
 use crate::protocol::{RoundKey, RoundMessage};
 
@@ -56,8 +56,8 @@ impl Checker {
     }
 
     /// Remembers a model some node computed.
-    pub fn observe_model(&mut self, params: &[f32]) {
-        self.keep(&encode_params(params));
+    pub fn observe_model(&mut self, model: &GlobalModel) {
+        self.keep(&encode_model(model));
     }
 
     /// A blob seen so far.
@@ -158,8 +158,12 @@ impl Checker {
                 .and_then(|b| decode_params(b).ok())
                 .map(Arc::new)
         };
-        let start =
-            blob(&record.start_model_hash).ok_or("the round's start model was never seen")?;
+        let start = self
+            .blobs
+            .get(&record.start_model_hash)
+            .and_then(|b| decode_model(b).ok())
+            .map(Arc::new)
+            .ok_or("the round's start model was never seen")?;
         let decoded: Option<Vec<_>> = inputs
             .iter()
             .map(|i| blob(&i.hash).map(|b| (b, i.contributors)))
@@ -175,9 +179,9 @@ impl Checker {
             inputs: decoded.ok_or("a group result of the round was never seen")?,
             inputs_digest: [0; 32],
         };
-        let params =
+        let (model, _) =
             combine_params(&task).map_err(|e| format!("recomputing round {round}: {e}"))?;
-        if blob_hash(&encode_params(&params)) != model_hash {
+        if blob_hash(&encode_model(&model)) != model_hash {
             return Err(format!(
                 "round {round}'s committed model is not the combination of its inputs"
             ));

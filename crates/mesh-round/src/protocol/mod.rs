@@ -13,7 +13,7 @@
 //!  CompleteRound (when the final aggregators agree)
 //! ```
 //!
-//! The node process ([`crate::runtime`]) and the simulator ([`crate::mesh_sim`])
+//! The node process ((`mesh-node`'s runtime)) and the simulator ([`crate::sim`])
 //! drive the same engine: they show it the committed state, the clock and the
 //! messages, and carry out its [`Action`]s (send, propose, train, combine).
 

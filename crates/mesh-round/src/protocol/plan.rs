@@ -8,6 +8,8 @@ use mesh_consensus::command::{GroupPlan, JobId, JobSpec, NodeId, RoundPlan};
 use mesh_consensus::MeshState;
 use mesh_security::rbac::Role;
 
+use crate::job::{JobSpecCheck, SECAGG_GROUP_MIN};
+
 /// Fewest participants a round starts with (secure aggregation needs two).
 pub const PARTICIPANTS_MIN: usize = 2;
 /// Final aggregators per round that must agree on the model hash.
@@ -102,7 +104,9 @@ pub fn split_groups(participants: &[NodeId], size: usize, min: usize) -> Vec<Vec
     groups
 }
 
-/// Selects round `round` of `job`, or `None` when too few nodes are eligible.
+/// Selects round `round` of `job`, or `None` when too few nodes are eligible
+/// (for the rule to tolerate the job's `f` with secure aggregation, groups are
+/// sized by [`crate::job::CheckedJob::group_size_for`]).
 pub fn select(
     state: &MeshState,
     alive: &BTreeMap<NodeId, BTreeSet<Role>>,
@@ -122,10 +126,14 @@ pub fn select(
     if count < PARTICIPANTS_MIN {
         return None;
     }
+    let size = spec
+        .check()
+        .and_then(|job| job.group_size_for(count, spec.training.group_size as usize))
+        .ok()?;
     let participants: BTreeSet<NodeId> = trainers.into_iter().take(count).collect();
     let sorted: Vec<NodeId> = participants.iter().cloned().collect();
-    let min = if spec.secagg { PARTICIPANTS_MIN } else { 1 };
-    let groups = split_groups(&sorted, spec.training.group_size as usize, min);
+    let min = if spec.secagg { SECAGG_GROUP_MIN } else { 1 };
+    let groups = split_groups(&sorted, size, min);
     let aggregators = lru_order(
         state,
         eligible(state, alive, Role::Aggregator),
@@ -229,6 +237,8 @@ mod tests {
             rounds: 3,
             participants_per_round: participants,
             rule_name: "fedavg".into(),
+            pre_aggregation: "none".into(),
+            server_optimizer: "sgd".into(),
             byzantine_count: 0,
             secagg: true,
             dp_budget: None,

@@ -126,6 +126,8 @@ pub enum RoundMessage {
         model_hash: ModelHash,
         /// Its evaluation of the new model.
         metrics: RoundMetrics,
+        /// Positions (in the requested inputs) of the outliers it found.
+        outliers: Vec<u32>,
     },
     /// Asks for a blob by hash.
     BlobRequest {

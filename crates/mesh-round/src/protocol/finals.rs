@@ -7,10 +7,13 @@ use std::sync::Arc;
 
 use mesh_consensus::command::{GroupInput, GroupPlan, JobSpec, ModelHash, NodeId, RoundMetrics};
 
-use super::blob::{blob_hash, decode_params, encode_params};
+use super::blob::{blob_hash, decode_model, decode_params, encode_model};
 use super::messages::{inputs_digest, RoundKey, RoundMessage};
 use super::shared::{Action, Shared};
 use super::worker::{CombineTask, CombinedModel};
+
+/// What a final aggregator reports: inputs digest, model hash, metrics, outliers.
+type Report = ([u8; 32], ModelHash, RoundMetrics, Vec<u32>);
 
 /// A final aggregator's state for one round.
 #[derive(Debug)]
@@ -21,7 +24,7 @@ pub struct FinalRound {
     holders: Vec<NodeId>,
     request: Option<Vec<GroupInput>>,
     combining: Option<[u8; 32]>,
-    report: Option<([u8; 32], ModelHash, RoundMetrics)>,
+    report: Option<Report>,
     last_report_ms: Option<u64>,
 }
 
@@ -86,7 +89,7 @@ impl FinalRound {
                 sh.push(Action::Combine(task));
             }
         }
-        let Some((digest, model_hash, metrics)) = self.report else {
+        let Some((digest, model_hash, metrics, outliers)) = self.report.clone() else {
             return;
         };
         let due = self
@@ -99,6 +102,7 @@ impl FinalRound {
                 inputs_digest: digest,
                 model_hash,
                 metrics,
+                outliers,
             };
             sh.send(leader, message);
         }
@@ -129,7 +133,7 @@ impl FinalRound {
                 }
             }
         }
-        let start = decode_params(&start?).ok()?;
+        let start = decode_model(&start?).ok()?;
         if decoded.len() != inputs.len() {
             return None;
         }
@@ -154,10 +158,10 @@ impl FinalRound {
         }
         match result {
             Ok(model) => {
-                let blob = encode_params(&model.params);
+                let blob = encode_model(&model.model);
                 let hash = blob_hash(&blob);
                 sh.store(blob);
-                self.report = Some((digest, hash, model.metrics));
+                self.report = Some((digest, hash, model.metrics, model.outliers));
             }
             Err(err) => {
                 tracing::warn!(%err, round = %self.key, "combining group results failed");

@@ -11,7 +11,7 @@ use mesh_security::secagg::{ModulusBits, SecAggClient, SecAggParams};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::blob::decode_params;
+use super::blob::{decode_params, model_dimension};
 use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
 use super::shared::{node_key, Action, Shared};
 use super::worker::{TrainTask, TrainedUpdate};
@@ -42,8 +42,18 @@ pub struct Assignment {
     pub start_hash: ModelHash,
     /// Who may hold it.
     pub holders: Vec<NodeId>,
-    /// Participants in the whole round (for the DP noise share).
+    /// Participants in the whole round.
     pub participants: usize,
+}
+
+/// How many participants' noise is certain to be in every value an
+/// aggregator sees in the clear: with secure aggregation (`params` of the
+/// group), the group's unmasking threshold (a group sum is only revealed with
+/// at least that many inputs in it); without it, one (each update is seen
+/// alone: local DP). Each participant adds `1 / sharers` of the calibrated
+/// noise variance, so each clear value carries at least the full calibrated noise.
+pub fn noise_sharers(params: Option<&SecAggParams>) -> usize {
+    params.map_or(1, |p| p.threshold.max(1))
 }
 
 /// Times one message is sent again while its answer is missing.
@@ -116,9 +126,19 @@ impl TrainerRound {
             }
         }
         if self.a.spec.secagg && self.client.is_none() {
-            self.advertise(sh, bytes.len().saturating_sub(8) / 4);
+            self.advertise(sh, model_dimension(&bytes));
         }
         self.submit(sh);
+    }
+
+    fn noise_sharers(&self, sh: &Shared, dimension: usize) -> usize {
+        let params = self
+            .a
+            .spec
+            .secagg
+            .then(|| self.params(sh, dimension))
+            .flatten();
+        noise_sharers(params.as_ref())
     }
 
     fn params(&self, sh: &Shared, dimension: usize) -> Option<SecAggParams> {
@@ -199,8 +219,9 @@ impl TrainerRound {
         let t = &self.a.spec.training;
         let mut rng = ChaCha8Rng::seed_from_u64(sh.round_seed(&self.a.key, "dp-noise"));
         let privatized = if t.noise_multiplier > 0.0 {
+            let sharers = self.noise_sharers(sh, delta.len());
             GaussianMechanism::new(t.clip_norm, t.noise_multiplier, NoisePlacement::Distributed)
-                .and_then(|m| m.privatize_client(&mut delta, self.a.participants, &mut rng))
+                .and_then(|m| m.privatize_client(&mut delta, sharers, &mut rng))
         } else {
             clip_l2(&mut delta, t.clip_norm)
         };
@@ -287,5 +308,63 @@ impl TrainerRound {
             }
             Err(err) => tracing::warn!(%err, "cannot sign an update"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mesh_security::NodeIdentity;
+
+    fn group_params(members: usize) -> SecAggParams {
+        let keys = (0..members)
+            .map(|i| NodeIdentity::from_seed(&[i as u8 + 1; 32]).verifying_key())
+            .collect();
+        SecAggParams::new([7; 32], keys, 8, 1.0, ModulusBits::B32, [7; 32]).unwrap()
+    }
+
+    /// Empirical standard deviation of the sum of `members` privatized zero
+    /// updates, each adding its share of noise for `sharers`.
+    fn sum_noise_std(members: usize, sharers: usize, clip: f32, z: f64) -> f64 {
+        let d = 200_000;
+        let mechanism = GaussianMechanism::new(clip, z, NoisePlacement::Distributed).unwrap();
+        let mut sum = vec![0.0_f64; d];
+        for m in 0..members {
+            let mut update = vec![0.0_f32; d];
+            let mut rng = ChaCha8Rng::seed_from_u64(m as u64);
+            mechanism
+                .privatize_client(&mut update, sharers, &mut rng)
+                .unwrap();
+            sum.iter_mut()
+                .zip(&update)
+                .for_each(|(s, u)| *s += f64::from(*u));
+        }
+        let mean = sum.iter().sum::<f64>() / d as f64;
+        (sum.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d as f64).sqrt()
+    }
+
+    /// The group sum a final aggregator sees carries at least the calibrated
+    /// noise `zC`, even when only the threshold's worth of members survive;
+    /// without secure aggregation a single update carries it alone.
+    #[test]
+    fn every_value_seen_in_the_clear_carries_the_calibrated_noise() {
+        let (clip, z) = (2.0_f32, 1.5_f64);
+        let calibrated = z * f64::from(clip);
+        for members in [4, 5, 8] {
+            let params = group_params(members);
+            let t = noise_sharers(Some(&params));
+            assert!(t >= 2 && t < members, "threshold {t} of {members}");
+            let all = sum_noise_std(members, t, clip, z);
+            let expected = calibrated * (members as f64 / t as f64).sqrt();
+            assert!((all / expected - 1.0).abs() < 0.02, "{all} vs {expected}");
+            let fewest = sum_noise_std(t, t, clip, z);
+            assert!(
+                (fewest / calibrated - 1.0).abs() < 0.02,
+                "{fewest} vs {calibrated}"
+            );
+        }
+        let single = sum_noise_std(1, noise_sharers(None), clip, z);
+        assert!((single / calibrated - 1.0).abs() < 0.02, "{single}");
     }
 }

@@ -12,7 +12,7 @@ use mesh_security::rbac::Role;
 use mesh_security::secagg::messages::Signed;
 use mesh_security::secagg::{ModulusBits, SecAggAggregator, SecAggError, SecAggParams};
 
-use super::blob::{blob_hash, encode_params};
+use super::blob::{blob_hash, encode_params, model_dimension};
 use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
 use super::shared::{node_key, Shared, View};
 
@@ -206,7 +206,7 @@ impl GroupRound {
         if !self.a.spec.secagg {
             self.enter(Stage::Collecting, everyone, now_ms);
         } else {
-            let dimension = bytes.len().saturating_sub(8) / 4;
+            let dimension = model_dimension(&bytes);
             let keys: Option<Vec<_>> = self.a.members.iter().map(node_key).collect();
             let clip = f64::from(self.a.spec.training.clip_norm);
             let params = keys
@@ -520,6 +520,8 @@ mod tests {
             rounds: 1,
             participants_per_round: 3,
             rule_name: "fedavg".into(),
+            pre_aggregation: "none".into(),
+            server_optimizer: "sgd".into(),
             byzantine_count: 0,
             secagg: false,
             dp_budget: None,

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mesh_consensus::command::{
-    AggregatorSlot, Command, GroupInput, JobId, JobSpec, ModelHash, NodeId, RoundMetrics,
-    StopReason,
+    AggregatorSlot, Command, EvidenceKind, GroupInput, JobId, JobSpec, ModelHash, NodeId,
+    RoundMetrics, StopReason,
 };
 use mesh_consensus::state::jobs::{Job, JobStatus, RoundRecord};
 use mesh_federated::privacy::epsilon_for;
@@ -34,8 +34,11 @@ struct RoundState {
     failed: BTreeSet<u32>,
     request: Option<Vec<GroupInput>>,
     last_request_ms: Option<u64>,
-    reports: BTreeMap<NodeId, ([u8; 32], ModelHash, RoundMetrics)>,
+    reports: BTreeMap<NodeId, FinalReport>,
 }
+
+/// A final aggregator's report: inputs digest, model hash, metrics, outliers.
+type FinalReport = ([u8; 32], ModelHash, RoundMetrics, Vec<u32>);
 
 /// The coordinator's memory (all of it can be lost on a leader change).
 #[derive(Debug, Default)]
@@ -322,11 +325,12 @@ impl Coordinator {
                 inputs_digest,
                 model_hash,
                 metrics,
+                outliers,
                 ..
             } if record.plan.aggregators.contains(from) => {
                 state
                     .reports
-                    .insert(from.clone(), (inputs_digest, model_hash, metrics));
+                    .insert(from.clone(), (inputs_digest, model_hash, metrics, outliers));
             }
             _ => {}
         }
@@ -334,7 +338,10 @@ impl Coordinator {
 }
 
 /// The completing command, when enough final aggregators agree on the model
-/// for exactly the requested inputs.
+/// (and on the outliers) for exactly the requested inputs. It carries the
+/// evidence the agreement shows: outliers whose group is one participant
+/// (with secure aggregation a group's sum cannot be pinned on one member), and
+/// final aggregators that reported another model for the same inputs.
 fn agreed(
     state: &RoundState,
     inputs: &[GroupInput],
@@ -344,14 +351,24 @@ fn agreed(
 ) -> Option<Command> {
     let digest = inputs_digest(inputs);
     let needed = FINAL_AGGREGATORS.min(record.plan.aggregators.len());
-    let mut votes: BTreeMap<ModelHash, (usize, RoundMetrics)> = BTreeMap::new();
-    for (node, (d, hash, metrics)) in &state.reports {
+    let mut votes: BTreeMap<(ModelHash, &[u32]), (usize, RoundMetrics)> = BTreeMap::new();
+    for (node, (d, hash, metrics, outliers)) in &state.reports {
         if *d == digest && record.plan.aggregators.contains(node) {
-            let entry = votes.entry(*hash).or_insert((0, *metrics));
+            let entry = votes
+                .entry((*hash, outliers.as_slice()))
+                .or_insert((0, *metrics));
             entry.0 += 1;
         }
     }
-    let (hash, (_, metrics)) = votes.into_iter().find(|(_, (n, _))| *n >= needed)?;
+    let ((hash, outliers), (_, metrics)) = votes.into_iter().find(|(_, (n, _))| *n >= needed)?;
+    let mut evidence = attributable_outliers(outliers, inputs, record);
+    evidence.extend(
+        state
+            .reports
+            .iter()
+            .filter(|(_, (d, h, _, _))| *d == digest && *h != hash)
+            .map(|(node, _)| (node.clone(), EvidenceKind::AggregatorDisagreement)),
+    );
     let spent_before: u64 = job.epsilon_spent_micros();
     let spent = epsilon_micros_after(&job.spec, key.round + 1)
         .map_or(0, |total| total.saturating_sub(spent_before));
@@ -362,7 +379,23 @@ fn agreed(
         metrics,
         privacy_spent_epsilon_micros: spent,
         inputs: inputs.to_vec(),
+        evidence,
     })
+}
+
+/// `AnomalousUpdate` evidence for outlier inputs that are one participant's update.
+fn attributable_outliers(
+    outliers: &[u32],
+    inputs: &[GroupInput],
+    record: &RoundRecord,
+) -> Vec<(NodeId, EvidenceKind)> {
+    outliers
+        .iter()
+        .filter_map(|&i| inputs.get(i as usize))
+        .filter_map(|input| record.plan.groups.get(input.group as usize))
+        .filter(|group| group.members.len() == 1)
+        .map(|group| (group.members[0].clone(), EvidenceKind::AnomalousUpdate))
+        .collect()
 }
 
 /// Keeps `Arc<JobSpec>`s per job so roles share one copy.

@@ -9,14 +9,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use mesh_consensus::command::{JobSpec, RoundMetrics};
-use mesh_federated::aggregate::{Aggregator, AggregatorConfig, PreAggregation, Rule};
+use mesh_federated::aggregate::{Aggregator, AggregatorConfig, Rule};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::Dataset;
 use mesh_federated::model::{Model, ModelKind, ModelShape, TrainOptions};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::blob::{GlobalModel, ServerState};
 use super::messages::RoundKey;
+use crate::job::JobSpecCheck;
 
 /// Why a computation failed (the round goes on without this node's part).
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +65,8 @@ pub struct CombineTask {
     pub key: RoundKey,
     /// The job.
     pub spec: Arc<JobSpec>,
-    /// The global model the round started from.
-    pub start: Arc<Vec<f32>>,
+    /// The global model the round started from, with its server state.
+    pub start: Arc<GlobalModel>,
     /// Group mean updates with their contributor counts, in group order.
     pub inputs: Vec<(Arc<Vec<f32>>, u32)>,
     /// Digest of the inputs (echoed in the report).
@@ -74,8 +76,10 @@ pub struct CombineTask {
 /// The combined model and how it scores on this node's validation data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CombinedModel {
-    /// New global parameters.
-    pub params: Vec<f32>,
+    /// New global model (parameters and server state).
+    pub model: GlobalModel,
+    /// Indices of the inputs that were outliers ([`crate::detect::outliers`]).
+    pub outliers: Vec<u32>,
     /// Validation accuracy and loss.
     pub metrics: RoundMetrics,
 }
@@ -169,7 +173,7 @@ impl LocalWorker {
             epochs: t.epochs as usize,
             batch_size: t.batch_size as usize,
             learning_rate: t.learning_rate,
-            proximal_mu: 0.0,
+            proximal_mu: t.proximal_mu,
             seed: task.seed,
         };
         let data = self
@@ -211,10 +215,10 @@ impl LocalWorker {
 
     /// Combines group results with the job's robust rule, steps the model and evaluates it.
     pub fn combine(&mut self, task: &CombineTask) -> Result<CombinedModel, WorkerError> {
-        let params = combine_params(task)?;
+        let (model, outliers) = combine_params(task)?;
         let metrics = match self.validation.take() {
             Some(validation) => {
-                let outcome = self.evaluate(&task.spec, &params, &validation);
+                let outcome = self.evaluate(&task.spec, &model.params, &validation);
                 self.validation = Some(validation);
                 outcome?
             }
@@ -226,7 +230,8 @@ impl LocalWorker {
         };
         let updates_count = task.inputs.iter().map(|(_, c)| *c).sum();
         Ok(CombinedModel {
-            params,
+            model,
+            outliers,
             metrics: RoundMetrics {
                 updates_count,
                 ..metrics
@@ -257,33 +262,53 @@ impl LocalWorker {
     }
 }
 
-/// The deterministic part of combining: robust rule over the group means
-/// (weighted by contributors), then one server SGD step of rate 1.
-pub fn combine_params(task: &CombineTask) -> Result<Vec<f32>, WorkerError> {
-    let spec = &task.spec;
-    let rule = Rule::from_str(&spec.rule_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
+/// The deterministic part of combining: the job's pre-aggregation and robust
+/// rule over the group means (weighted by contributors), then the job's server
+/// optimizer steps the model, resuming from the server state the start model
+/// carries and handing the new state on in the result. Also returns the
+/// indices of the inputs that were outliers relative to the rule's aggregate.
+pub fn combine_params(task: &CombineTask) -> Result<(GlobalModel, Vec<u32>), WorkerError> {
+    let job = task
+        .spec
+        .check()
+        .map_err(|e| WorkerError::Spec(e.to_string()))?;
     let mut aggregator = Aggregator::new(AggregatorConfig {
-        rule,
-        pre: PreAggregation::None,
-        byzantine_count: spec.byzantine_count as usize,
-        seed: spec.training.seed ^ u64::from(task.key.round),
+        rule: job.rule,
+        pre: job.pre,
+        byzantine_count: job.byzantine_count,
+        seed: task.spec.training.seed ^ u64::from(task.key.round),
     });
+    let start = &task.start;
+    if matches!(job.rule, Rule::CenteredClip(_)) {
+        aggregator.restore_center(start.server.center.clone());
+    }
     let updates: Vec<Vec<f32>> = task.inputs.iter().map(|(u, _)| u.to_vec()).collect();
     let weights: Vec<f32> = task.inputs.iter().map(|(_, c)| *c as f32).collect();
-    let aggregated = aggregator
-        .aggregate(&updates, &weights)
-        .map_err(|e| WorkerError::Compute(e.to_string()))?;
-    if aggregated.len() != task.start.len() {
+    let compute =
+        |e: mesh_federated::aggregate::AggregateError| WorkerError::Compute(e.to_string());
+    let aggregated = aggregator.aggregate(&updates, &weights).map_err(compute)?;
+    if aggregated.len() != start.params.len() {
         return Err(WorkerError::Compute(format!(
             "aggregate has {} values, the model {}",
             aggregated.len(),
-            task.start.len()
+            start.params.len()
         )));
     }
-    Ok(task
-        .start
-        .iter()
-        .zip(&aggregated)
-        .map(|(g, d)| g + d)
-        .collect())
+    let mut optimizer = job.server_optimizer;
+    let server = &start.server;
+    optimizer
+        .restore_moments(server.first_moment.clone(), server.second_moment.clone())
+        .map_err(compute)?;
+    let mut params = start.params.clone();
+    optimizer.apply(&mut params, &aggregated).map_err(compute)?;
+    let (first_moment, second_moment) = optimizer.moments();
+    let model = GlobalModel {
+        params,
+        server: ServerState {
+            first_moment: first_moment.to_vec(),
+            second_moment: second_moment.to_vec(),
+            center: aggregator.center().to_vec(),
+        },
+    };
+    Ok((model, crate::detect::outliers(&updates, &aggregated)))
 }

@@ -26,7 +26,8 @@ use mesh_security::NodeIdentity;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::protocol::blob::decode_params;
+use crate::job::JobSpecCheck;
+use crate::protocol::blob::{decode_params, GlobalModel};
 use crate::protocol::{
     node_name, Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine,
     ProtocolStats, RoundKey, RoundMessage, TrainTask, TrainedUpdate, View,
@@ -198,9 +199,9 @@ impl MeshSim {
         .map_err(|e| MeshSimError::Config(e.to_string()))?;
         let kind: ModelKind = config
             .spec
-            .model_name
-            .parse()
-            .map_err(|e: mesh_federated::model::ModelError| MeshSimError::Config(e.to_string()))?;
+            .check()
+            .map_err(|e| MeshSimError::Config(e.to_string()))?
+            .model;
         let evaluator = kind
             .build(ModelShape::of(&test), config.spec.training.seed)
             .map_err(|e| MeshSimError::Config(e.to_string()))?;
@@ -576,7 +577,11 @@ impl MeshSim {
                         .initial(&spec)
                         .map_err(|e| e.to_string());
                     if let Ok(params) = &result {
-                        self.check(|c| c.observe_model(params));
+                        let initial = GlobalModel {
+                            params: params.clone(),
+                            server: Default::default(),
+                        };
+                        self.check(|c| c.observe_model(&initial));
                     }
                     self.pending
                         .push((self.now_ms + STEP_MS, i, Finished::Initial(job, result)));
@@ -589,7 +594,7 @@ impl MeshSim {
                         .combine(&task)
                         .map_err(|e| e.to_string());
                     if let Ok(model) = &result {
-                        self.check(|c| c.observe_model(&model.params));
+                        self.check(|c| c.observe_model(&model.model));
                     }
                     self.pending.push((
                         self.now_ms + STEP_MS,
