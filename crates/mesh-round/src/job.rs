@@ -229,7 +229,7 @@ mod tests {
             secagg,
             dp_budget: None,
             training: TrainingSpec {
-                group_size: 5,
+                group_size: if secagg { 5 } else { 1 },
                 ..TrainingSpec::default()
             },
         }

@@ -20,6 +20,7 @@ pub mod idle_pool;
 pub mod raft_links;
 pub mod raft_transport;
 pub mod revocations;
+pub mod round_gate;
 pub mod round_metrics;
 pub mod rounds;
 mod view;
@@ -277,6 +278,14 @@ pub async fn run(
     });
     let round_metrics = round_metrics::RoundMetrics::new(&mut registry);
     round_metrics::register_adversary(&mut registry, &config.adversary);
+    let worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
+    let (round_driver, mut round_results) = rounds::RoundDriver::new(
+        &creds.identity,
+        creds.roles.iter().collect(),
+        &config.mesh_id,
+        worker,
+        &mut registry,
+    );
     let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
     let (commands_tx, mut commands) = mpsc::channel(api::COMMAND_QUEUE_CAPACITY);
     let auth = Arc::new(AdminAuth::new(
@@ -305,13 +314,6 @@ pub async fn run(
     )?;
     tracing::info!(peer_id = %net.local_peer_id(), %http_url, ?listen_addrs, "node started");
     let mut certificates = consensus.as_ref().map(|c| c.certificates());
-    let worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
-    let (round_driver, mut round_results) = rounds::RoundDriver::new(
-        &creds.identity,
-        creds.roles.iter().collect(),
-        &config.mesh_id,
-        worker,
-    );
     let mut runtime = Runtime {
         config,
         creds,

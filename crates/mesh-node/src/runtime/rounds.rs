@@ -16,8 +16,10 @@ use mesh_federated::data::Mnist;
 use mesh_net::{NetHandle, PeerId};
 use mesh_security::rbac::Role;
 use mesh_security::NodeIdentity;
+use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, Semaphore};
 
+use super::round_gate::RoundGate;
 use crate::config::{AdversaryConfig, DataConfig};
 use mesh_round::job::JobSpecCheck;
 use mesh_round::protocol::{
@@ -94,6 +96,13 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
     ))
 }
 
+/// Milliseconds since the Unix epoch (the envelopes' timestamps).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The round protocol inside a node process.
 pub struct RoundDriver {
     engine: NodeEngine,
@@ -101,6 +110,7 @@ pub struct RoundDriver {
     done: mpsc::Sender<Done>,
     sends: Arc<Semaphore>,
     roles: BTreeSet<Role>,
+    gate: RoundGate,
 }
 
 impl RoundDriver {
@@ -110,7 +120,10 @@ impl RoundDriver {
         roles: BTreeSet<Role>,
         mesh_id: &str,
         worker: LocalWorker,
+        registry: &mut Registry,
     ) -> (Self, mpsc::Receiver<Done>) {
+        let gate = RoundGate::starting_now(identity.clone(), mesh_net::envelope_mesh_id(mesh_id));
+        gate.register(registry);
         let me = mesh_round::protocol::node_name(&identity.node_id());
         let seed = rand::random::<u64>();
         let engine = NodeEngine::new(me, identity.clone(), EngineConfig::new(mesh_id, seed));
@@ -121,6 +134,7 @@ impl RoundDriver {
             done,
             sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT_MAX)),
             roles,
+            gate,
         };
         (driver, rx)
     }
@@ -182,7 +196,8 @@ impl RoundDriver {
         self.carry_out(actions, consensus, net);
     }
 
-    /// A round message from an admitted peer.
+    /// A round message from an admitted peer: its envelope, sender and role
+    /// are checked ([`RoundGate::open`]) before the engine sees it.
     pub async fn on_message(
         &mut self,
         from: &PeerId,
@@ -194,7 +209,14 @@ impl RoundDriver {
     ) -> Result<(), String> {
         let node = mesh_net::ids::node_id(from).ok_or("peer id is not a mesh key")?;
         let from = mesh_round::protocol::node_name(&node);
-        let message = RoundMessage::decode(payload).map_err(|e| e.to_string())?;
+        let roles = admitted.get(&from).cloned().unwrap_or_default();
+        let message = self
+            .gate
+            .open(&from, &roles, payload, now_ms)
+            .map_err(|refusal| {
+                tracing::debug!(peer = %from, %refusal, "round message refused");
+                refusal.to_string()
+            })?;
         let ((), actions) = self
             .with_view(consensus, admitted, now_ms, |e, v| {
                 e.on_message(&from, message, v)
@@ -226,7 +248,7 @@ impl RoundDriver {
         self.carry_out(actions, consensus, net);
     }
 
-    fn carry_out(&self, actions: Vec<Action>, consensus: &ConsensusNode, net: &NetHandle) {
+    fn carry_out(&mut self, actions: Vec<Action>, consensus: &ConsensusNode, net: &NetHandle) {
         for action in actions {
             match action {
                 Action::Send { to, message } => self.send(net, &to, &message),
@@ -261,7 +283,7 @@ impl RoundDriver {
         }
     }
 
-    fn send(&self, net: &NetHandle, to: &NodeId, message: &RoundMessage) {
+    fn send(&mut self, net: &NetHandle, to: &NodeId, message: &RoundMessage) {
         let Ok(peer) = PeerId::from_str(&to.0) else {
             tracing::debug!(%to, "round message to a name that is not a peer id");
             return;
@@ -270,7 +292,14 @@ impl RoundDriver {
             tracing::debug!("too many round messages in flight; dropping one (it is retried)");
             return;
         };
-        let (net, bytes) = (net.clone(), message.encode());
+        let bytes = match self.gate.seal(message, wall_clock_ms()) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(%err, "round message could not be sealed");
+                return;
+            }
+        };
+        let net = net.clone();
         tokio::spawn(async move {
             if let Err(err) = net.request(peer, ROUND_PROTOCOL, bytes).await {
                 tracing::debug!(%peer, %err, "round message not delivered");

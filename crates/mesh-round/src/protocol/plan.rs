@@ -291,7 +291,9 @@ mod tests {
     fn group_aggregators_come_from_outside_their_groups_and_differ() {
         let (state, alive) = state_with(5);
         let job = JobId::from("j");
-        let mut five = spec(5);
+        // Four plain updates in groups of two (secure groups need four members).
+        let mut five = spec(4);
+        five.secagg = false;
         five.training.group_size = 2;
         for round in 0..20 {
             let plan = select(&state, &alive, &job, &five, round).unwrap().plan;
@@ -303,11 +305,19 @@ mod tests {
         }
     }
 
+    /// Three participants cannot form a secure group that survives a dropout:
+    /// the round waits for a fourth instead of starting one that cannot.
+    #[test]
+    fn three_participants_make_no_secure_round() {
+        let (state, alive) = state_with(3);
+        assert!(select(&state, &alive, &JobId::from("j"), &spec(3), 0).is_none());
+    }
+
     #[test]
     fn one_group_of_everyone_still_gets_an_aggregator() {
-        let (state, alive) = state_with(3);
+        let (state, alive) = state_with(4);
         let job = JobId::from("j");
-        let plan = select(&state, &alive, &job, &spec(3), 0).unwrap().plan;
+        let plan = select(&state, &alive, &job, &spec(4), 0).unwrap().plan;
         assert_eq!(plan.groups.len(), 1);
         assert!(plan.groups[0].members.contains(&plan.groups[0].aggregator));
     }
