@@ -4,14 +4,22 @@
 //! ```text
 //!   inputs x_1..x_n (updates, or group means with secure aggregation)
 //!   robust aggregate a  (the job's rule over the inputs)
-//!   d_i = ||x_i - a||_2            distance of each input to the aggregate
-//!   outlier  <=>  d_i > OUTLIER_FACTOR * median(d)  and  d_i > ABSOLUTE_FLOOR
+//!   d_i = ||x_i - a||_2         c_i = cos(x_i, a)
+//!   far:       d_i > median(d) + MAD_FACTOR * mad(d)  and  d_i > DISTANCE_RATIO_MIN * median(d)
+//!   turned:    c_i < median(c) - MAD_FACTOR * mad(c)  and  c_i < COSINE_RATIO_MAX * median(c)
+//!   outlier  <=>  far or turned (and d_i > ABSOLUTE_FLOOR)
 //! ```
 //!
-//! Why the distance to the robust aggregate: the rule is built to land among
-//! the honest inputs, so an input far from it (sign-flipped, scaled, random)
-//! is far from the honest ones; the median distance sets the scale, so the
-//! test adapts to how spread honest updates are (non-IID data spreads them).
+//! Why these two: the rule is built to land among the honest inputs, so an
+//! input far from it (scaled, random) or pointing away from it (sign-flipped)
+//! is unlike the honest ones. Measured on MNIST with an MLP, a sign-flipped
+//! update is only 1.2-1.5x farther from the trimmed mean than honest updates
+//! are (local SGD noise dominates both), but its cosine with the aggregate is
+//! negative or near zero while honest cosines cluster at 0.4-0.65. The median
+//! and the median absolute deviation (mad) set the scale, so the test adapts
+//! to how spread honest inputs are (non-IID data spreads them) and a minority
+//! of attackers cannot move it; the ratio to the median keeps an ordinary
+//! member of a tight cluster from being flagged for a tiny difference.
 //! Inputs shaped to stay within the honest spread (ALIE) are not flagged:
 //! they are also the ones the rule cannot tell apart.
 //!
@@ -21,8 +29,12 @@
 //! reputation a little (`penalty(AnomalousUpdate)`); a node is quarantined
 //! only when it stays an outlier round after round.
 
-/// An input this many times farther from the aggregate than the median input is an outlier.
-pub const OUTLIER_FACTOR: f64 = 3.0;
+/// An outlier lies this many median absolute deviations beyond the median.
+pub const MAD_FACTOR: f64 = 5.0;
+/// A far input is also at least this many times the median distance.
+pub const DISTANCE_RATIO_MIN: f64 = 1.5;
+/// A turned input's cosine is also below this fraction of the median cosine.
+pub const COSINE_RATIO_MAX: f64 = 0.6;
 /// Distances at or below this (L2, in parameter units) are never outliers,
 /// so a round where every input is nearly identical flags nothing.
 pub const ABSOLUTE_FLOOR: f64 = 1e-6;
@@ -36,40 +48,59 @@ pub fn outliers<U: AsRef<[f32]>>(inputs: &[U], aggregate: &[f32]) -> Vec<u32> {
     if inputs.len() < INPUTS_MIN {
         return Vec::new();
     }
-    let distances: Vec<f64> = inputs
+    let scores: Vec<(f64, f64)> = inputs
         .iter()
-        .map(|x| distance(x.as_ref(), aggregate))
+        .map(|x| distance_and_cosine(x.as_ref(), aggregate))
         .collect();
-    let mut sorted: Vec<f64> = distances
-        .iter()
-        .copied()
-        .filter(|d| d.is_finite())
-        .collect();
-    sorted.sort_by(f64::total_cmp);
-    let Some(&median) = sorted.get(sorted.len() / 2) else {
+    let distances: Vec<f64> = scores.iter().map(|s| s.0).collect();
+    let cosines: Vec<f64> = scores.iter().map(|s| s.1).collect();
+    let (Some((d_median, d_spread)), Some((c_median, c_spread))) =
+        (center_and_spread(&distances), center_and_spread(&cosines))
+    else {
         return Vec::new();
     };
-    let bound = (OUTLIER_FACTOR * median).max(ABSOLUTE_FLOOR);
-    distances
+    let far = (d_median + MAD_FACTOR * d_spread).max(DISTANCE_RATIO_MIN * d_median);
+    let turned = (c_median - MAD_FACTOR * c_spread).min(COSINE_RATIO_MAX * c_median);
+    scores
         .iter()
         .enumerate()
-        .filter(|(_, d)| !d.is_finite() || **d > bound)
+        .filter(|(_, (d, c))| {
+            !d.is_finite() || !c.is_finite() || (*d > ABSOLUTE_FLOOR && (*d > far || *c < turned))
+        })
         .map(|(i, _)| i as u32)
         .collect()
 }
 
-fn distance(x: &[f32], a: &[f32]) -> f64 {
+/// Median and median absolute deviation of the finite values.
+fn center_and_spread(values: &[f64]) -> Option<(f64, f64)> {
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let median = median_of(finite.clone())?;
+    let spread = median_of(finite.iter().map(|v| (v - median).abs()).collect())?;
+    Some((median, spread))
+}
+
+fn median_of(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+/// L2 distance and cosine similarity of `x` to `a` (infinite and NaN for
+/// another length; cosine 0 when either is zero).
+fn distance_and_cosine(x: &[f32], a: &[f32]) -> (f64, f64) {
     if x.len() != a.len() {
-        return f64::INFINITY;
+        return (f64::INFINITY, f64::NAN);
     }
-    x.iter()
-        .zip(a)
-        .map(|(&x, &a)| {
-            let d = f64::from(x) - f64::from(a);
-            d * d
-        })
-        .sum::<f64>()
-        .sqrt()
+    let (mut dd, mut xa, mut xx, mut aa) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
+    for (&x, &a) in x.iter().zip(a) {
+        let (x, a) = (f64::from(x), f64::from(a));
+        dd += (x - a) * (x - a);
+        xa += x * a;
+        xx += x * x;
+        aa += a * a;
+    }
+    let norms = (xx * aa).sqrt();
+    let cosine = if norms > 0.0 { xa / norms } else { 0.0 };
+    (dd.sqrt(), cosine)
 }
 
 #[cfg(test)]
@@ -86,6 +117,23 @@ mod tests {
         inputs.push(vec![-4.0, -8.0, -2.0]);
         assert_eq!(outliers(&inputs, &aggregate), vec![8]);
         assert!(outliers(&honest, &aggregate).is_empty());
+    }
+
+    /// Sign-flipped updates no farther from the aggregate than honest ones
+    /// (local noise dominates) still point away from it.
+    #[test]
+    fn a_sign_flipped_input_of_ordinary_length_is_caught_by_its_direction() {
+        let signal = [1.0_f32, 1.0, 0.0, 0.0];
+        let noise = |i: usize| {
+            let s = if i % 2 == 0 { 1.0 } else { -1.0 };
+            [0.0, 0.0, 1.2 * s, 0.9 * s + 0.05 * i as f32]
+        };
+        let mut inputs: Vec<Vec<f32>> = (0..6)
+            .map(|i| signal.iter().zip(noise(i)).map(|(a, b)| a + b).collect())
+            .collect();
+        let flipped: Vec<f32> = inputs[0].iter().map(|v| -v).collect();
+        inputs.push(flipped);
+        assert_eq!(outliers(&inputs, &signal), vec![6]);
     }
 
     #[test]

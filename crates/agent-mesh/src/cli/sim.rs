@@ -232,18 +232,23 @@ impl SimArgs {
 
     /// The Byzantine nodes, a seeded choice, each running `--attack`.
     fn pick_byzantine(&self, participants: usize) -> Vec<(usize, Conduct)> {
+        let attack = self.attack.resolve(participants, self.byzantine);
+        self.byzantine_nodes()
+            .into_iter()
+            .map(|n| (n, Conduct::Byzantine(attack)))
+            .collect()
+    }
+
+    /// Indices of the Byzantine nodes (a seeded choice of `--byzantine` nodes).
+    pub fn byzantine_nodes(&self) -> Vec<usize> {
         use rand::seq::SliceRandom;
         use rand::SeedableRng;
         let mut order: Vec<usize> = (0..self.nodes).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
             self.seed ^ 0xB42,
         ));
-        let attack = self.attack.resolve(participants, self.byzantine);
+        order.truncate(self.byzantine);
         order
-            .into_iter()
-            .take(self.byzantine)
-            .map(|n| (n, Conduct::Byzantine(attack)))
-            .collect()
     }
 
     /// The attack the Byzantine nodes run (none without `--byzantine`).

@@ -107,6 +107,20 @@ fn print_summary(args: &SimArgs, o: &MeshSimOutcome) {
         "protocol: {} messages, {:.1} MiB sent, {} updates accepted, {} late, {} invalid, {} dropouts, {} messages lost, {} crashes",
         o.stats.messages_sent(), o.stats.sent_bytes as f64 / (1 << 20) as f64, o.stats.updates_accepted, o.stats.updates_late, o.stats.updates_invalid, o.stats.dropouts, o.messages_dropped, o.crashes
     );
+    if !o.reputation.is_empty() {
+        let byzantine = args.byzantine_nodes();
+        let describe = |(node, score, quarantined): &(usize, u32, bool)| {
+            let role = if byzantine.contains(node) {
+                "Byzantine"
+            } else {
+                "honest"
+            };
+            let state = if *quarantined { ", quarantined" } else { "" };
+            format!("node {node} ({role}) {score}{state}")
+        };
+        let rows: Vec<String> = o.reputation.iter().map(describe).collect();
+        println!("reputation: {}", rows.join("; "));
+    }
     println!(
         "wrote {}/report.json, accuracy.png, model.safetensors",
         args.out.display()
@@ -171,6 +185,10 @@ fn report_json(args: &SimArgs, o: &MeshSimOutcome) -> serde_json::Value {
         "final_test_accuracy": o.rounds.last().map(|r| r.test_accuracy),
         "job_status": o.status.map(|s| format!("{s:?}")),
         "stopped_by_privacy_budget": o.status == Some(JobStatus::BudgetExhausted),
+        "reputation": o.reputation.iter().map(|(node, score, quarantined)| serde_json::json!({
+            "node": node, "score": score, "quarantined": quarantined,
+            "byzantine": args.byzantine_nodes().contains(node),
+        })).collect::<Vec<_>>(),
         "protocol": {
             "messages_sent": o.stats.sent_messages, "bytes_sent": o.stats.sent_bytes,
             "updates_accepted": o.stats.updates_accepted, "updates_late": o.stats.updates_late,

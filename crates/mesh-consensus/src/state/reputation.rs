@@ -21,7 +21,7 @@ pub fn penalty(kind: EvidenceKind) -> u32 {
     match kind {
         EvidenceKind::Equivocation | EvidenceKind::StateHashMismatch => 600,
         EvidenceKind::AggregatorDisagreement => 200,
-        EvidenceKind::AnomalousUpdate => 100,
+        EvidenceKind::AnomalousUpdate => 125,
         EvidenceKind::MissedDeadline => 10,
     }
 }

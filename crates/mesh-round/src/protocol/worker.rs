@@ -310,5 +310,6 @@ pub fn combine_params(task: &CombineTask) -> Result<(GlobalModel, Vec<u32>), Wor
             center: aggregator.center().to_vec(),
         },
     };
-    Ok((model, crate::detect::outliers(&updates, &aggregated)))
+    let outliers = crate::detect::outliers(&updates, &aggregated);
+    Ok((model, outliers))
 }

@@ -133,6 +133,8 @@ pub struct MeshSimOutcome {
     pub total_wall_ms: u64,
     /// Largest blob-cache size of any node, bytes.
     pub cache_bytes_max: usize,
+    /// Nodes with evidence against them: (node index, score, quarantined).
+    pub reputation: Vec<(usize, u32, bool)>,
 }
 
 struct SimNode {
@@ -385,6 +387,18 @@ impl MeshSim {
         self.status().is_none_or(JobStatus::is_finished) || self.now_ms >= self.config.time_limit_ms
     }
 
+    /// Nodes with evidence against them: (node index, score, quarantined).
+    pub fn reputation(&self) -> Vec<(usize, u32, bool)> {
+        let reputation = self.state.reputation();
+        reputation
+            .scores()
+            .filter_map(|(name, score)| {
+                let index = self.nodes.iter().position(|n| n.name == *name)?;
+                Some((index, score, reputation.is_quarantined(name)))
+            })
+            .collect()
+    }
+
     /// Runs steps until the next round commits or the run ends; returns the new round, if any.
     pub fn run_until_round(&mut self) -> Result<Option<MeshRoundReport>, MeshSimError> {
         let done = self.reports.len();
@@ -428,6 +442,7 @@ impl MeshSim {
             checking_wall_ms: self.checking_wall.as_millis() as u64,
             total_wall_ms: started.elapsed().as_millis() as u64,
             cache_bytes_max: self.cache_bytes_max,
+            reputation: self.reputation(),
         }
     }
 
