@@ -125,7 +125,7 @@ mod tests {
     fn a_sign_flipped_input_of_ordinary_length_is_caught_by_its_direction() {
         let signal = [1.0_f32, 1.0, 0.0, 0.0];
         let noise = |i: usize| {
-            let s = if i % 2 == 0 { 1.0 } else { -1.0 };
+            let s = if i.is_multiple_of(2) { 1.0 } else { -1.0 };
             [0.0, 0.0, 1.2 * s, 0.9 * s + 0.05 * i as f32]
         };
         let mut inputs: Vec<Vec<f32>> = (0..6)
