@@ -324,6 +324,29 @@ mod tests {
     }
 
     #[test]
+    fn gram_kernel_is_the_same_at_every_width() {
+        // 1, 8 and 16 lanes (emulated; 2 x 4 register blocks) and the CPU's own.
+        let data = pseudo_random(11, 1100, 5);
+        let rows: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+        let kernel = || CenteredGram {
+            rows: &rows,
+            center: Some(rows[3]),
+        };
+        let grams = [
+            kernel().with_simd(pulp::Scalar),
+            kernel().with_simd(pulp::Scalar256b),
+            kernel().with_simd(pulp::Scalar512b),
+            Arch::new().dispatch(kernel()),
+        ];
+        for gram in &grams {
+            let got = distances_from_gram(&rows, gram).sq;
+            for (g, e) in got.iter().zip(naive(&data)) {
+                assert!((g - e).abs() <= 1e-5 * e, "{g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
     fn gram_distances_keep_precision_for_large_norm_vectors() {
         // A common offset of 1e4 on every coordinate and per-update noise of 1e-2:
         // ||x||^2 is 1e8 d while the distances are 1e-4 d, far below f32's 1e-7.

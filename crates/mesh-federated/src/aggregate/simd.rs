@@ -393,6 +393,89 @@ mod tests {
     }
 
     #[test]
+    fn kernels_agree_at_every_width() {
+        let data: Vec<Vec<f32>> = (0..9).map(|r| ramp(1000 + 37, 0.1 + r as f32)).collect();
+        let rows: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+        let coefficients = [0.5_f32, -1.0, 0.25, 2.0, 0.0, 1.5, -0.75, 0.125, 3.0];
+        let mixing: Vec<f32> = (0..5 * 9).map(|k| (k % 7) as f32 * 0.1).collect();
+        let d = data[0].len();
+        let mut sums = vec![vec![0.0_f32; d]; 4];
+        let mut mixes = vec![vec![vec![0.0_f32; d]; 5]; 4];
+        let mut dists = Vec::new();
+        for (k, (sum, mix)) in sums.iter_mut().zip(mixes.iter_mut()).enumerate() {
+            let sum_kernel = WeightedSum {
+                rows: &rows,
+                coefficients: &coefficients,
+                scale: 1.0,
+                out: sum,
+            };
+            let mix_kernel = MixRows {
+                rows: &rows,
+                mixing: &mixing,
+                outs: mix,
+            };
+            let dist_kernel = DistancesTo {
+                rows: &rows,
+                point: rows[2],
+            };
+            match k {
+                0 => {
+                    sum_kernel.with_simd(pulp::Scalar);
+                    mix_kernel.with_simd(pulp::Scalar);
+                    dists.push(dist_kernel.with_simd(pulp::Scalar));
+                }
+                1 => {
+                    sum_kernel.with_simd(pulp::Scalar256b);
+                    mix_kernel.with_simd(pulp::Scalar256b);
+                    dists.push(dist_kernel.with_simd(pulp::Scalar256b));
+                }
+                2 => {
+                    sum_kernel.with_simd(pulp::Scalar512b);
+                    mix_kernel.with_simd(pulp::Scalar512b);
+                    dists.push(dist_kernel.with_simd(pulp::Scalar512b));
+                }
+                _ => {
+                    Arch::new().dispatch(sum_kernel);
+                    Arch::new().dispatch(mix_kernel);
+                    dists.push(Arch::new().dispatch(dist_kernel));
+                }
+            }
+        }
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+        for j in 0..d {
+            let sum: f64 = rows
+                .iter()
+                .zip(&coefficients)
+                .map(|(r, &c)| f64::from(c) * f64::from(r[j]))
+                .sum();
+            for o in 0..5 {
+                let expected: f64 = (0..9)
+                    .map(|i| f64::from(mixing[o * 9 + i]) * f64::from(rows[i][j]))
+                    .sum();
+                for (width, mix) in mixes.iter().enumerate() {
+                    assert!(
+                        close(f64::from(mix[o][j]), expected),
+                        "mix {o} {j} #{width}"
+                    );
+                }
+            }
+            for s in &sums {
+                assert!(close(f64::from(s[j]), sum), "sum {j}: {} vs {sum}", s[j]);
+            }
+        }
+        for (i, row) in rows.iter().enumerate() {
+            let expected = sq_dist_f64(row, rows[2]);
+            for dist in &dists {
+                assert!(
+                    close(dist[i], expected),
+                    "distance {i}: {} vs {expected}",
+                    dist[i]
+                );
+            }
+        }
+    }
+
+    #[test]
     fn weighted_sum_skips_zero_coefficients() {
         let rows = vec![vec![1.0, 2.0], vec![f32::NAN, f32::INFINITY]];
         let mut out = vec![0.0; 2];
