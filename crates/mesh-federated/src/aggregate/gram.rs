@@ -305,12 +305,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 (0..d)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 17;
-                        state ^= state << 5;
-                        (state % 20_000) as f32 / 10_000.0 - 1.0
-                    })
+                    .map(|_| (kernels::xorshift32(&mut state) % 20_000) as f32 / 10_000.0 - 1.0)
                     .collect()
             })
             .collect()

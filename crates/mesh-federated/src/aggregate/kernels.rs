@@ -69,6 +69,15 @@ pub(crate) fn key_sum(keys: &[i32]) -> f64 {
     keys.iter().map(|&k| f64::from(from_key(k))).sum()
 }
 
+/// Next value of a xorshift32 generator: cheap reproducible test data.
+#[cfg(test)]
+pub(crate) fn xorshift32(state: &mut u32) -> u32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    *state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,7 +250,7 @@ fn reduce<S: Simd>(simd: S, keys: &[S::i32s], g: usize, n: usize, statistic: Sta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::kernels::to_key;
+    use crate::aggregate::kernels::{to_key, xorshift32};
     use crate::aggregate::median::column_median;
     use crate::aggregate::trimmed_mean::column_trimmed_mean;
 
@@ -295,13 +295,11 @@ mod tests {
                 .map(|_| {
                     (0..d)
                         .map(|_| {
-                            state ^= state << 13;
-                            state ^= state >> 17;
-                            state ^= state << 5;
-                            match state % 16 {
-                                0 => specials[(state >> 8) as usize % specials.len()],
-                                1..=4 => (state % 5) as f32, // ties
-                                _ => (state % 100_000) as f32 / 1000.0 - 50.0,
+                            let value = xorshift32(&mut state);
+                            match value % 16 {
+                                0 => specials[(value >> 8) as usize % specials.len()],
+                                1..=4 => (value % 5) as f32, // ties
+                                _ => (value % 100_000) as f32 / 1000.0 - 50.0,
                             }
                         })
                         .collect()
@@ -377,14 +375,7 @@ mod tests {
             let network = merge_exchange(n);
             assert!(network.iter().all(|&(a, b)| a < b && usize::from(b) < n));
             for _ in 0..50 {
-                let mut v: Vec<u32> = (0..n)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 17;
-                        state ^= state << 5;
-                        state % 1000
-                    })
-                    .collect();
+                let mut v: Vec<u32> = (0..n).map(|_| xorshift32(&mut state) % 1000).collect();
                 let mut expected = v.clone();
                 expected.sort_unstable();
                 run(&network, &mut v);

@@ -431,6 +431,13 @@ fn twelve_with_one_bad(bad: f32, whole: bool) -> Vec<Vec<f32>> {
     u
 }
 
+/// `u` without update `index`.
+fn without(u: &[Vec<f32>], index: usize) -> Vec<Vec<f32>> {
+    let mut rest = u.to_vec();
+    rest.remove(index);
+    rest
+}
+
 /// Every rule, with parameters that make a non-finite update visible: a centred
 /// clipping radius larger than the updates and a geometric median run to convergence.
 fn every_rule() -> Vec<Rule> {
@@ -495,12 +502,7 @@ fn centered_clip_with_a_non_finite_update_stays_finite() {
         let u = twelve_with_one_bad(bad, false);
         let out = centered_clip(&u, &[0.0; 37], 2, &params).unwrap();
         // The bad update moves nothing: the others, unclipped, give 11/12 of their mean.
-        let honest: Vec<Vec<f32>> = u
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 5)
-            .map(|(_, r)| r.clone())
-            .collect();
+        let honest = without(&u, 5);
         let mean = weighted_mean(&honest, &[1.0; 11]).unwrap();
         let expected: Vec<f32> = mean.iter().map(|m| m * 11.0 / 12.0).collect();
         assert_close(&out, &expected, 1e-6);
@@ -528,12 +530,7 @@ fn geometric_median_with_a_non_finite_update_stays_finite() {
         let u = twelve_with_one_bad(bad, false);
         let out = geometric_median(&u, &[1.0; 12], 2, &params).unwrap();
         // The bad update is infinitely far: the median is that of the other eleven.
-        let honest: Vec<Vec<f32>> = u
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 5)
-            .map(|(_, r)| r.clone())
-            .collect();
+        let honest = without(&u, 5);
         let expected = geometric_median(&honest, &[1.0; 11], 2, &params).unwrap();
         assert_close(&out, &expected, 1e-5);
     }
