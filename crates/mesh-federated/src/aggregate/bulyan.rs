@@ -2,7 +2,9 @@
 //! coordinate-wise average of the values closest to the median.
 
 use super::krum::{pairwise_sq_distances, rank_by_score, scores};
-use super::{check_shape, kernels, median::column_median, require_n, AggregateError};
+use super::{
+    check_shape, finite_or_error, kernels, median::column_median, require_n, AggregateError,
+};
 
 /// Bulyan with `f = byzantine`.
 ///
@@ -12,7 +14,10 @@ use super::{check_shape, kernels, median::column_median, require_n, AggregateErr
 /// 2. Aggregation: for each coordinate, average the `beta = theta - 2f` selected
 ///    values closest to the coordinate's median among the selected.
 ///
-/// Preconditions: `n >= 4f + 3` updates of equal non-zero dimension.
+/// Preconditions: `n >= 4f + 3` updates of equal non-zero dimension. An update
+/// holding a NaN or an infinity is infinitely far in the selection and an extreme
+/// outlier in the aggregation; if one still reaches the aggregate the call fails
+/// with [`AggregateError::NonFiniteUpdate`].
 pub fn bulyan<U: AsRef<[f32]>>(
     updates: &[U],
     byzantine: usize,
@@ -42,7 +47,7 @@ pub fn bulyan<U: AsRef<[f32]>>(
     kernels::reduce_columns(&selected, &mut out, |column| {
         closest_to_median_mean(column, beta, &mut gaps)
     });
-    Ok(out)
+    finite_or_error(updates, out)
 }
 
 /// Mean of the `beta` values of `column` (order keys) closest to its median;

@@ -1,7 +1,7 @@
 //! Centered clipping (Karimireddy, He and Jaggi 2021, "Learning from History for
 //! Byzantine Robust Optimization").
 
-use super::{check_shape, kernels, require_n, AggregateError};
+use super::{check_shape, finite_or_error, require_n, simd, AggregateError};
 
 /// Parameters of centered clipping.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,8 +47,14 @@ impl CenteredClipParams {
 /// Centered clipping: starting from `center` (the previous aggregate), repeat
 /// `L` times `v = v + (1/n) sum_i (x_i - v) min(1, tau / ||x_i - v||)`.
 ///
+/// Each iteration reads the input twice: once for the distances to `v`, once for
+/// the clipped sum, which is computed as the weighted sum
+/// `(1 - sum_i c_i) v + sum_i c_i x_i` with `c_i = min(1, tau / ||x_i - v||) / n`.
+/// An update holding a NaN or an infinity is infinitely far from `v`: its `c_i` is
+/// zero and it moves nothing.
+///
 /// Preconditions: `n >= 2f + 1` updates of equal non-zero dimension,
-/// `center.len() == d`, valid `params`.
+/// `center.len() == d` and finite, valid `params`.
 pub fn centered_clip<U: AsRef<[f32]>>(
     updates: &[U],
     center: &[f32],
@@ -65,26 +71,37 @@ pub fn centered_clip<U: AsRef<[f32]>>(
             found: center.len(),
         });
     }
+    if !simd::all_finite(center) {
+        return Err(AggregateError::InvalidParameter {
+            name: "center",
+            value: "a vector holding a NaN or an infinity".to_owned(),
+            reason: "the clipping centre must be finite",
+        });
+    }
     let tau = f64::from(params.radius);
     let mut v = center.to_vec();
-    let mut coefficients = vec![0.0_f64; n];
-    let mut step = vec![0.0_f32; d];
+    let mut next = vec![0.0_f32; d];
+    let mut coefficients = vec![0.0_f64; n + 1];
     for _ in 0..params.iterations {
-        // v + (1/n) sum_i c_i (x_i - v) = (1 - sum c_i / n) v + sum_i (c_i / n) x_i
-        for (c, u) in coefficients.iter_mut().zip(updates) {
-            let distance = kernels::sq_dist(u.as_ref(), &v).sqrt();
-            let scale = if distance > tau { tau / distance } else { 1.0 };
-            *c = if scale.is_finite() {
-                scale / n as f64
-            } else {
+        let sq_distances = simd::sq_dists_to(updates, &v);
+        for (c, &sq) in coefficients.iter_mut().zip(&sq_distances) {
+            let distance = sq.sqrt();
+            *c = if !distance.is_finite() {
                 0.0
+            } else if distance > tau {
+                tau / distance / n as f64
+            } else {
+                1.0 / n as f64
             };
         }
-        kernels::weighted_sum_into(updates, &coefficients, &mut step);
-        let keep = 1.0 - coefficients.iter().sum::<f64>();
-        for (x, &s) in v.iter_mut().zip(&step) {
-            *x = (keep * f64::from(*x) + f64::from(s)) as f32;
-        }
+        coefficients[n] = 1.0 - coefficients[..n].iter().sum::<f64>();
+        let rows: Vec<&[f32]> = updates
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(std::iter::once(&v[..]))
+            .collect();
+        simd::weighted_sum_into(&rows, &coefficients, &mut next);
+        std::mem::swap(&mut v, &mut next);
     }
-    Ok(v)
+    finite_or_error(updates, v)
 }

@@ -1,6 +1,6 @@
 //! Weighted federated averaging (McMahan et al. 2017).
 
-use super::{check_shape, kernels, normalized_weights, AggregateError};
+use super::{check_shape, finite_or_error_among, normalized_weights, simd, AggregateError};
 
 /// Weighted mean `sum_i w_i x_i / sum_i w_i` of the updates (FedAvg).
 ///
@@ -8,7 +8,9 @@ use super::{check_shape, kernels, normalized_weights, AggregateError};
 ///
 /// Preconditions: `n >= 1` updates of equal non-zero dimension; `weights.len() == n`,
 /// every weight finite and `>= 0`, and their sum `> 0`. Not robust: a single
-/// Byzantine update moves the result arbitrarily far.
+/// Byzantine update moves the result arbitrarily far, and one holding a NaN or an
+/// infinity with a non-zero weight is rejected
+/// ([`AggregateError::NonFiniteUpdate`]).
 pub fn weighted_mean<U: AsRef<[f32]>>(
     updates: &[U],
     weights: &[f32],
@@ -16,6 +18,6 @@ pub fn weighted_mean<U: AsRef<[f32]>>(
     let (n, d) = check_shape(updates)?;
     let coefficients = normalized_weights(weights, n)?;
     let mut out = vec![0.0_f32; d];
-    kernels::weighted_sum_into(updates, &coefficients, &mut out);
-    Ok(out)
+    simd::weighted_sum_into(updates, &coefficients, &mut out);
+    finite_or_error_among(updates, out, |i| coefficients[i] != 0.0)
 }

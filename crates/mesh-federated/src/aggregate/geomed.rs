@@ -1,12 +1,16 @@
 //! Geometric median by the smoothed Weiszfeld algorithm, as in RFA (Pillutla, Kakade
 //! and Harchaoui 2022, "Robust Aggregation for Federated Learning").
 
-use super::{check_shape, kernels, normalized_weights, require_n, AggregateError};
+use super::{
+    check_shape, finite_or_error, first_non_finite, normalized_weights, require_n, simd,
+    AggregateError,
+};
 
 /// Parameters of the smoothed Weiszfeld iteration.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WeiszfeldParams {
-    /// Upper bound on iterations (each costs two passes over the n x d input).
+    /// Upper bound on iterations (each costs two passes over the n x d input: the
+    /// weighted sum and the distances to it).
     pub iterations_max: usize,
     /// Stop when the objective changes by at most `tolerance * objective`.
     pub tolerance: f64,
@@ -65,7 +69,13 @@ fn invalid(name: &'static str, value: String, reason: &'static str) -> Aggregate
 /// Weighted geometric median `argmin_z sum_i w_i ||z - x_i||` by smoothed Weiszfeld:
 /// starting from the weighted mean, repeat `beta_i = w_i / max(nu, ||z - x_i||)`,
 /// `z = sum_i beta_i x_i / sum_i beta_i` until the objective's relative change is at
-/// most `tolerance` or `iterations_max` is reached.
+/// most `tolerance` or `iterations_max` is reached. Each iteration reads the input
+/// twice: once for the new `z`, once for the distances that serve both its objective
+/// and the next weights.
+///
+/// An update holding a NaN or an infinity is infinitely far from every `z`, so its
+/// weight `beta_i` is zero from the start: it is left out. If every update with a
+/// non-zero weight is such, the call fails with [`AggregateError::NonFiniteUpdate`].
 ///
 /// Preconditions: `n >= 2f + 1` updates of equal non-zero dimension (the geometric
 /// median's breakdown point is 1/2); weights as for
@@ -79,43 +89,72 @@ pub fn geometric_median<U: AsRef<[f32]>>(
     let (n, d) = check_shape(updates)?;
     require_n("geomed", n, byzantine, 2 * byzantine + 1)?;
     params.validate()?;
-    let alpha = normalized_weights(weights, n)?;
+    let mut alpha = normalized_weights(weights, n)?;
     let mut z = vec![0.0_f32; d];
-    kernels::weighted_sum_into(updates, &alpha, &mut z);
-    let mut objective_prev = objective(updates, &alpha, &z, params.smoothing).0;
+    simd::weighted_sum_into(updates, &alpha, &mut z);
+    if !simd::all_finite(&z) {
+        alpha = without_non_finite(updates, &alpha)?;
+        simd::weighted_sum_into(updates, &alpha, &mut z);
+    }
+    let nu = params.smoothing;
+    let mut distances = distances_to(updates, &z);
+    let mut objective_prev = objective(&alpha, &distances, nu);
     let mut beta = vec![0.0_f64; n];
     for _ in 0..params.iterations_max {
-        let (_, distances) = objective(updates, &alpha, &z, params.smoothing);
         let mut total = 0.0;
         for ((b, &a), &dist) in beta.iter_mut().zip(&alpha).zip(&distances) {
-            *b = a / dist.max(params.smoothing);
+            *b = if a == 0.0 { 0.0 } else { a / dist.max(nu) };
             total += *b;
         }
         if !(total.is_finite() && total > 0.0) {
             break;
         }
         beta.iter_mut().for_each(|b| *b /= total);
-        kernels::weighted_sum_into(updates, &beta, &mut z);
-        let objective_now = objective(updates, &alpha, &z, params.smoothing).0;
+        simd::weighted_sum_into(updates, &beta, &mut z);
+        distances = distances_to(updates, &z);
+        let objective_now = objective(&alpha, &distances, nu);
         let converged = (objective_prev - objective_now).abs() <= params.tolerance * objective_now;
         objective_prev = objective_now;
         if converged {
             break;
         }
     }
-    Ok(z)
+    finite_or_error(updates, z)
 }
 
-/// Returns `(sum_i alpha_i max(nu, ||z - x_i||), distances)`.
-fn objective<U: AsRef<[f32]>>(updates: &[U], alpha: &[f64], z: &[f32], nu: f64) -> (f64, Vec<f64>) {
-    let distances: Vec<f64> = updates
-        .iter()
-        .map(|u| kernels::sq_dist(u.as_ref(), z).sqrt())
-        .collect();
-    let total = distances
+/// `alpha` with the weights of updates holding a NaN or an infinity set to zero,
+/// renormalized; fails if no weight is left.
+fn without_non_finite<U: AsRef<[f32]>>(
+    updates: &[U],
+    alpha: &[f64],
+) -> Result<Vec<f64>, AggregateError> {
+    let mut kept: Vec<f64> = updates
         .iter()
         .zip(alpha)
+        .map(|(u, &a)| if simd::all_finite(u.as_ref()) { a } else { 0.0 })
+        .collect();
+    let total: f64 = kept.iter().sum();
+    if total <= 0.0 {
+        let index = first_non_finite(updates).unwrap_or(0);
+        return Err(AggregateError::NonFiniteUpdate { index });
+    }
+    kept.iter_mut().for_each(|a| *a /= total);
+    Ok(kept)
+}
+
+/// Euclidean distance of each update to `z`.
+fn distances_to<U: AsRef<[f32]>>(updates: &[U], z: &[f32]) -> Vec<f64> {
+    let mut distances = simd::sq_dists_to(updates, z);
+    distances.iter_mut().for_each(|x| *x = x.sqrt());
+    distances
+}
+
+/// `sum_i alpha_i max(nu, distance_i)`; updates of weight zero add nothing.
+fn objective(alpha: &[f64], distances: &[f64], nu: f64) -> f64 {
+    distances
+        .iter()
+        .zip(alpha)
+        .filter(|(_, &a)| a != 0.0)
         .map(|(&dist, &a)| a * dist.max(nu))
-        .sum();
-    (total, distances)
+        .sum()
 }

@@ -1,95 +1,10 @@
-//! Inner loops shared by the aggregation rules: squared distances, weighted sums and
-//! the column-blocked transpose that per-coordinate rules (median, trimmed mean, Bulyan)
-//! run on.
-//!
-//! The loops are written so the compiler vectorizes them: fixed-width lane
-//! accumulators, no bounds checks in the hot path, no allocation per coordinate.
-
-/// Number of `f32` lanes the distance kernel accumulates in parallel.
-const LANES: usize = 16;
+//! Scalar helpers shared by the aggregation rules: the IEEE-754 total-order keys, the
+//! column-blocked transpose that per-coordinate selection runs on (Bulyan, and the
+//! median and trimmed mean beyond the sorting network's size), and the lexicographic
+//! tie-breaker. The SIMD kernels live in `simd`, `gram` and `sortnet`.
 
 /// Columns per tile in the column-blocked transpose. With n = 100 a tile is 25 KiB.
 pub(crate) const TILE_COLUMNS: usize = 64;
-
-/// Columns per block when accumulating weighted sums (the `f64` accumulator stays in L1).
-const SUM_BLOCK_COLUMNS: usize = 2048;
-
-/// Squared Euclidean distance between `a` and `b` (equal lengths), accumulated in `f32`
-/// lanes. Callers keep slices short (a few thousand values) and add the partial
-/// results in `f64`.
-pub(crate) fn sq_dist_f32(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0_f32; LANES];
-    let chunks_a = a.chunks_exact(LANES);
-    let chunks_b = b.chunks_exact(LANES);
-    let (tail_a, tail_b) = (chunks_a.remainder(), chunks_b.remainder());
-    for (ca, cb) in chunks_a.zip(chunks_b) {
-        for k in 0..LANES {
-            let t = ca[k] - cb[k];
-            acc[k] += t * t;
-        }
-    }
-    let mut total: f32 = acc.iter().sum();
-    for (x, y) in tail_a.iter().zip(tail_b) {
-        let t = x - y;
-        total += t * t;
-    }
-    total
-}
-
-/// Squared Euclidean distance between two full-length vectors, summed in `f64` over
-/// blocks so long vectors keep their precision.
-pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    const BLOCK: usize = 4096;
-    a.chunks(BLOCK)
-        .zip(b.chunks(BLOCK))
-        .map(|(x, y)| f64::from(sq_dist_f32(x, y)))
-        .sum()
-}
-
-/// Writes `sum_i coefficients[i] * rows[i]` into `out`, column-blocked with `f64`
-/// accumulators. All rows have `out.len()` values; `coefficients.len() == rows.len()`.
-///
-/// Rows are consumed four at a time: their products are combined in `f32` and added
-/// to the `f64` accumulator once, which quarters the accumulator traffic.
-pub(crate) fn weighted_sum_into<U: AsRef<[f32]>>(
-    rows: &[U],
-    coefficients: &[f64],
-    out: &mut [f32],
-) {
-    debug_assert_eq!(rows.len(), coefficients.len());
-    let d = out.len();
-    let mut acc = vec![0.0_f64; SUM_BLOCK_COLUMNS.min(d)];
-    let mut start = 0;
-    while start < d {
-        let end = (start + SUM_BLOCK_COLUMNS).min(d);
-        let acc = &mut acc[..end - start];
-        acc.fill(0.0);
-        let mut quads = rows.chunks_exact(4).zip(coefficients.chunks_exact(4));
-        for (r, c) in quads.by_ref() {
-            let (r0, r1, r2, r3) = (
-                &r[0].as_ref()[start..end],
-                &r[1].as_ref()[start..end],
-                &r[2].as_ref()[start..end],
-                &r[3].as_ref()[start..end],
-            );
-            let (c0, c1, c2, c3) = (c[0] as f32, c[1] as f32, c[2] as f32, c[3] as f32);
-            for ((((a, &x0), &x1), &x2), &x3) in acc.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
-                *a += f64::from(c0 * x0 + c1 * x1 + c2 * x2 + c3 * x3);
-            }
-        }
-        let tail = rows.len() - rows.len() % 4;
-        for (row, &c) in rows[tail..].iter().zip(&coefficients[tail..]) {
-            for (a, &x) in acc.iter_mut().zip(&row.as_ref()[start..end]) {
-                *a += c * f64::from(x);
-            }
-        }
-        for (o, &a) in out[start..end].iter_mut().zip(acc.iter()) {
-            *o = a as f32;
-        }
-        start = end;
-    }
-}
 
 /// Maps an `f32` to an `i32` whose integer order is the IEEE-754 total order
 /// (the transform behind [`f32::total_cmp`]). NaNs sort beyond the infinities, so
@@ -154,6 +69,15 @@ pub(crate) fn key_sum(keys: &[i32]) -> f64 {
     keys.iter().map(|&k| f64::from(from_key(k))).sum()
 }
 
+/// Next value of a xorshift32 generator: cheap reproducible test data.
+#[cfg(test)]
+pub(crate) fn xorshift32(state: &mut u32) -> u32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    *state
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,20 +100,6 @@ mod tests {
             assert_eq!(from_key(to_key(v)).to_bits(), v.to_bits());
         }
         assert!(to_key(f32::NAN) > to_key(f32::INFINITY));
-    }
-
-    #[test]
-    fn distance_and_weighted_sum_by_hand() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32).collect();
-        let b: Vec<f32> = (0..37).map(|i| i as f32 + 2.0).collect();
-        assert_eq!(sq_dist(&a, &b), 37.0 * 4.0);
-        let mut out = vec![0.0; 3];
-        weighted_sum_into(
-            &[vec![1.0, 2.0, 3.0], vec![10.0, 20.0, 30.0]],
-            &[0.5, 0.25],
-            &mut out,
-        );
-        assert_eq!(out, vec![3.0, 6.0, 9.0]);
     }
 
     #[test]

@@ -1,40 +1,17 @@
 //! Krum and Multi-Krum (Blanchard et al. 2017), and the pairwise distance matrix they
 //! (and Bulyan and NNM) share.
 
-use super::{check_shape, kernels, mean_of, require_n, AggregateError};
-
-/// Columns per block when accumulating pairwise distances: with n = 100 the block's
-/// rows (200 KiB) stay in L2 while all n^2 / 2 pairs are visited.
-const DISTANCE_BLOCK_COLUMNS: usize = 512;
+use super::{check_shape, finite_or_error, gram, kernels, mean_of, require_n, AggregateError};
 
 /// Symmetric `n x n` matrix of squared Euclidean distances, row-major, with NaN
 /// replaced by `+inf` (a NaN or infinite update is infinitely far from everything).
 ///
-/// Cost `O(n^2 d)`; the inner loop is [`kernels::sq_dist_f32`] over column blocks.
+/// Cost `O(n^2 d)`, as one blocked matrix product of the updates (see the `gram`
+/// module): distances that the product's cancellation could have made imprecise are
+/// recomputed directly, so each is within about 1e-4 of its exact value.
 pub fn pairwise_sq_distances<U: AsRef<[f32]>>(updates: &[U]) -> Result<Vec<f64>, AggregateError> {
-    let (n, d) = check_shape(updates)?;
-    let mut dist = vec![0.0_f64; n * n];
-    let mut start = 0;
-    while start < d {
-        let end = (start + DISTANCE_BLOCK_COLUMNS).min(d);
-        for i in 0..n {
-            let a = &updates[i].as_ref()[start..end];
-            for j in i + 1..n {
-                let b = &updates[j].as_ref()[start..end];
-                dist[i * n + j] += f64::from(kernels::sq_dist_f32(a, b));
-            }
-        }
-        start = end;
-    }
-    for i in 0..n {
-        for j in i + 1..n {
-            let v = dist[i * n + j];
-            let v = if v.is_nan() { f64::INFINITY } else { v };
-            dist[i * n + j] = v;
-            dist[j * n + i] = v;
-        }
-    }
-    Ok(dist)
+    check_shape(updates)?;
+    Ok(gram::pairwise(updates).sq)
 }
 
 /// Krum score of each update among the updates in `members` (indices into the
@@ -100,17 +77,22 @@ pub fn krum_index<U: AsRef<[f32]>>(
 
 /// Krum: returns a copy of the update selected by [`krum_index`].
 ///
-/// Preconditions: `n >= 2f + 3` updates of equal non-zero dimension.
+/// Preconditions: `n >= 2f + 3` updates of equal non-zero dimension. An update
+/// holding a NaN or an infinity is infinitely far from the others and never
+/// selected while at most `f` updates are such; past that the call may fail with
+/// [`AggregateError::NonFiniteUpdate`].
 pub fn krum<U: AsRef<[f32]>>(updates: &[U], byzantine: usize) -> Result<Vec<f32>, AggregateError> {
     let index = krum_index(updates, byzantine)?;
-    Ok(updates[index].as_ref().to_vec())
+    finite_or_error(updates, updates[index].as_ref().to_vec())
 }
 
 /// Multi-Krum: the mean of the `selected` updates with the lowest Krum scores
 /// (scores computed once, as in ByzFL); `selected = None` means `n - f`.
 ///
 /// Preconditions: `n >= 2f + 3` updates of equal non-zero dimension and
-/// `1 <= selected <= n`.
+/// `1 <= selected <= n`. Updates holding a NaN or an infinity score infinitely
+/// badly; if one is among the selected the call fails with
+/// [`AggregateError::NonFiniteUpdate`].
 pub fn multi_krum<U: AsRef<[f32]>>(
     updates: &[U],
     byzantine: usize,
@@ -131,5 +113,5 @@ pub fn multi_krum<U: AsRef<[f32]>>(
     let members: Vec<usize> = (0..n).collect();
     let s = scores(&dist, n, &members, n - byzantine - 2);
     let chosen = &rank_by_score(updates, &members, &s)[..m];
-    Ok(mean_of(updates, chosen, d))
+    finite_or_error(updates, mean_of(updates, chosen, d))
 }

@@ -16,13 +16,18 @@
 //!                      ServerOptimizer (sgd | fedadam | fedyogi) ──► new global model
 //! ```
 //!
-//! Order-based rules (median, trimmed mean, Bulyan) use the IEEE-754 total order, so a
-//! NaN or infinity sent by a Byzantine node is treated as an extreme outlier; distance
-//! based rules (Krum, Multi-Krum, NNM) treat a NaN distance as infinitely far.
+//! A NaN or an infinity in an update is either neutralised or rejected, never
+//! passed on: order-based rules (median, trimmed mean, Bulyan) use the IEEE-754 total
+//! order, so it is an extreme outlier; distance-based rules (Krum, Multi-Krum, NNM,
+//! the geometric median, centered clipping) treat such an update as infinitely far,
+//! which gives it no weight. Whenever a non-finite value would still reach the
+//! aggregate (FedAvg, or more outliers than the rule tolerates), the rule fails with
+//! [`AggregateError::NonFiniteUpdate`] naming the first such update.
 //!
-//! Per-coordinate rules work column-blocked: tiles of columns are transposed so each
-//! coordinate's `n` values form a small contiguous array, reduced with
-//! `select_nth_unstable` and no allocation per coordinate.
+//! The hot loops run at the CPU's SIMD width, chosen at run time (`simd`, `gram`,
+//! `sortnet`): pairwise distances are one blocked matrix product, per-coordinate
+//! median and trimmed mean a sorting network across SIMD lanes, and weighted sums and
+//! distances to a point single streaming passes.
 
 pub mod bench;
 pub mod bucketing;
@@ -30,12 +35,15 @@ pub mod bulyan;
 pub mod cclip;
 pub mod fedavg;
 pub mod geomed;
+mod gram;
 mod kernels;
 pub mod krum;
 pub mod median;
 pub mod nnm;
 mod pipeline;
 pub mod server;
+mod simd;
+mod sortnet;
 pub(crate) mod spec;
 pub mod trimmed_mean;
 
@@ -118,6 +126,16 @@ pub enum AggregateError {
         /// The valid range.
         reason: &'static str,
     },
+    /// An update holds a NaN or an infinity that would reach the aggregate (FedAvg,
+    /// or more such updates than the rule tolerates).
+    #[error("update {index} holds a NaN or an infinity, which would reach the aggregate")]
+    NonFiniteUpdate {
+        /// Index of the first update holding a non-finite value.
+        index: usize,
+    },
+    /// Every update is finite but the aggregate overflowed to an infinity.
+    #[error("the aggregate overflowed although every update is finite")]
+    NonFiniteResult,
 }
 
 /// Checks that there is at least one update, that all have the same non-zero
@@ -186,8 +204,39 @@ fn mean_of<U: AsRef<[f32]>>(updates: &[U], indices: &[usize], d: usize) -> Vec<f
     let coefficient = 1.0 / rows.len() as f64;
     let coefficients = vec![coefficient; rows.len()];
     let mut out = vec![0.0_f32; d];
-    kernels::weighted_sum_into(&rows, &coefficients, &mut out);
+    simd::weighted_sum_into(&rows, &coefficients, &mut out);
     out
+}
+
+/// Index of the first update holding a NaN or an infinity.
+pub(crate) fn first_non_finite<U: AsRef<[f32]>>(updates: &[U]) -> Option<usize> {
+    updates.iter().position(|u| !simd::all_finite(u.as_ref()))
+}
+
+/// Returns `aggregate` if it is finite; otherwise the error that names the first
+/// non-finite update (or says that finite updates overflowed).
+fn finite_or_error<U: AsRef<[f32]>>(
+    updates: &[U],
+    aggregate: Vec<f32>,
+) -> Result<Vec<f32>, AggregateError> {
+    finite_or_error_among(updates, aggregate, |_| true)
+}
+
+/// Like [`finite_or_error`], naming only an update for which `counts(index)` holds
+/// (e.g. one with a non-zero weight).
+fn finite_or_error_among<U: AsRef<[f32]>>(
+    updates: &[U],
+    aggregate: Vec<f32>,
+    counts: impl Fn(usize) -> bool,
+) -> Result<Vec<f32>, AggregateError> {
+    if simd::all_finite(&aggregate) {
+        return Ok(aggregate);
+    }
+    let culprit = (0..updates.len()).find(|&i| counts(i) && !simd::all_finite(updates[i].as_ref()));
+    Err(match culprit {
+        Some(index) => AggregateError::NonFiniteUpdate { index },
+        None => AggregateError::NonFiniteResult,
+    })
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::str::FromStr;
 
 use super::spec::{ParseSpecError, Spec};
 use super::{
-    bucketing, bulyan, centered_clip, check_shape, geometric_median, krum, median, multi_krum,
-    nearest_neighbour_mixing, trimmed_mean, weighted_mean, AggregateError, CenteredClipParams,
-    WeiszfeldParams,
+    bucketing, bulyan, centered_clip, check_shape, first_non_finite, geometric_median, krum,
+    median, multi_krum, nearest_neighbour_mixing, trimmed_mean, weighted_mean, AggregateError,
+    CenteredClipParams, WeiszfeldParams,
 };
 
 /// An aggregation rule. Parse with [`FromStr`] from `name` or `name:key=value,...`:
@@ -332,7 +332,10 @@ impl Aggregator {
     /// counts; used by FedAvg and the geometric median, ignored by the others).
     ///
     /// Fails when the updates are empty or ragged, `weights.len() != updates.len()`,
-    /// or the rule's precondition on `n` (after pre-aggregation) and `f` is violated.
+    /// the rule's precondition on `n` (after pre-aggregation) and `f` is violated, or
+    /// a NaN or an infinity would reach the aggregate
+    /// ([`AggregateError::NonFiniteUpdate`] names an update of `updates`, also after
+    /// bucketing).
     pub fn aggregate(
         &mut self,
         updates: &[Vec<f32>],
@@ -359,6 +362,12 @@ impl Aggregator {
                     self.config.seed ^ round.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let (buckets, bucket_weights) = bucketing(updates, weights, bucket_size, seed)?;
                 self.apply_rule(&buckets, &bucket_weights, d)
+                    .map_err(|e| match e {
+                        // The rule names a bucket; name an update instead.
+                        AggregateError::NonFiniteUpdate { .. } => first_non_finite(updates)
+                            .map_or(e, |index| AggregateError::NonFiniteUpdate { index }),
+                        other => other,
+                    })
             }
         }?;
         if matches!(self.config.rule, Rule::CenteredClip(_)) {

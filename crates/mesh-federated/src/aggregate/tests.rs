@@ -412,3 +412,256 @@ fn alternate_display_round_trips_rules_with_parameters() {
         assert_eq!(again, rule, "{text} -> {rule:#}");
     }
 }
+
+/// Twelve updates of dimension 37 around 1.0, the sixth of which is `bad` in
+/// coordinate 20 (`whole`: in every coordinate).
+fn twelve_with_one_bad(bad: f32, whole: bool) -> Vec<Vec<f32>> {
+    let mut u: Vec<Vec<f32>> = (0..12)
+        .map(|i| {
+            (0..37)
+                .map(|j| 1.0 + ((i * 37 + j) % 11) as f32 * 0.01)
+                .collect()
+        })
+        .collect();
+    if whole {
+        u[5].fill(bad);
+    } else {
+        u[5][20] = bad;
+    }
+    u
+}
+
+/// `u` without update `index`.
+fn without(u: &[Vec<f32>], index: usize) -> Vec<Vec<f32>> {
+    let mut rest = u.to_vec();
+    rest.remove(index);
+    rest
+}
+
+/// Every rule, with parameters that make a non-finite update visible: a centred
+/// clipping radius larger than the updates and a geometric median run to convergence.
+fn every_rule() -> Vec<Rule> {
+    Rule::all()
+        .into_iter()
+        .map(|rule| match rule {
+            Rule::CenteredClip(_) => Rule::CenteredClip(CenteredClipParams {
+                radius: 100.0,
+                iterations: 3,
+            }),
+            other => other,
+        })
+        .collect()
+}
+
+#[test]
+fn every_rule_neutralises_or_rejects_a_non_finite_update() {
+    let pres = [
+        PreAggregation::None,
+        PreAggregation::Nnm,
+        PreAggregation::Bucketing { bucket_size: 1 },
+    ];
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for whole in [false, true] {
+            let u = twelve_with_one_bad(bad, whole);
+            for rule in every_rule() {
+                for pre in pres {
+                    let config = AggregatorConfig {
+                        rule,
+                        pre,
+                        byzantine_count: 2,
+                        seed: 1,
+                    };
+                    let got = Aggregator::new(config).aggregate(&u, &[1.0; 12]);
+                    let case = format!("{rule} after {pre} with {bad} (whole: {whole})");
+                    match (rule, got) {
+                        (Rule::FedAvg, Err(e)) => {
+                            assert_eq!(e, AggregateError::NonFiniteUpdate { index: 5 }, "{case}")
+                        }
+                        (Rule::FedAvg, Ok(out)) => panic!("{case}: accepted, gave {out:?}"),
+                        (_, Ok(out)) => {
+                            assert!(
+                                out.iter().all(|x| (0.9..1.2).contains(x)),
+                                "{case}: {out:?}"
+                            )
+                        }
+                        (_, Err(e)) => panic!("{case}: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn centered_clip_with_a_non_finite_update_stays_finite() {
+    let params = CenteredClipParams {
+        radius: 100.0,
+        iterations: 1,
+    };
+    for bad in [f32::NAN, f32::INFINITY] {
+        let u = twelve_with_one_bad(bad, false);
+        let out = centered_clip(&u, &[0.0; 37], 2, &params).unwrap();
+        // The bad update moves nothing: the others, unclipped, give 11/12 of their mean.
+        let honest = without(&u, 5);
+        let mean = weighted_mean(&honest, &[1.0; 11]).unwrap();
+        let expected: Vec<f32> = mean.iter().map(|m| m * 11.0 / 12.0).collect();
+        assert_close(&out, &expected, 1e-6);
+    }
+    let err = centered_clip(
+        &twelve_with_one_bad(0.0, false),
+        &[f32::NAN; 37],
+        2,
+        &params,
+    );
+    assert!(matches!(
+        err,
+        Err(AggregateError::InvalidParameter { name: "center", .. })
+    ));
+}
+
+#[test]
+fn geometric_median_with_a_non_finite_update_stays_finite() {
+    let params = WeiszfeldParams {
+        iterations_max: 500,
+        tolerance: 1e-12,
+        smoothing: 1e-9,
+    };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let u = twelve_with_one_bad(bad, false);
+        let out = geometric_median(&u, &[1.0; 12], 2, &params).unwrap();
+        // The bad update is infinitely far: the median is that of the other eleven.
+        let honest = without(&u, 5);
+        let expected = geometric_median(&honest, &[1.0; 11], 2, &params).unwrap();
+        assert_close(&out, &expected, 1e-5);
+    }
+    let all_bad = vec![vec![f32::NAN; 3]; 3];
+    assert_eq!(
+        geometric_median(&all_bad, &[1.0; 3], 1, &params).unwrap_err(),
+        AggregateError::NonFiniteUpdate { index: 0 }
+    );
+}
+
+#[test]
+fn too_many_non_finite_updates_are_rejected_with_their_index() {
+    // Three infinities among five: the median of that coordinate is infinite.
+    let u = rows(&[
+        &[1.0, 1.0],
+        &[2.0, f32::INFINITY],
+        &[3.0, f32::INFINITY],
+        &[4.0, f32::INFINITY],
+        &[5.0, 0.0],
+    ]);
+    assert_eq!(
+        median(&u, 2).unwrap_err(),
+        AggregateError::NonFiniteUpdate { index: 1 }
+    );
+    assert_eq!(
+        trimmed_mean(&u, 2).unwrap_err(),
+        AggregateError::NonFiniteUpdate { index: 1 }
+    );
+    assert_eq!(
+        trimmed_mean(&u, 0).unwrap_err(),
+        AggregateError::NonFiniteUpdate { index: 1 }
+    );
+    // A zero weight keeps a NaN out of FedAvg; a positive one is named.
+    let u = rows(&[&[1.0], &[f32::NAN], &[3.0], &[f32::NAN]]);
+    assert_eq!(weighted_mean(&u, &[1.0, 0.0, 1.0, 0.0]).unwrap(), vec![2.0]);
+    assert_eq!(
+        weighted_mean(&u, &[1.0, 0.0, 1.0, 1.0]).unwrap_err(),
+        AggregateError::NonFiniteUpdate { index: 3 }
+    );
+}
+
+/// Smoothed Weiszfeld written plainly in `f64`, the reference.
+fn weiszfeld_reference(u: &[Vec<f32>], iterations: usize, nu: f64) -> Vec<f64> {
+    let d = u[0].len();
+    let n = u.len() as f64;
+    let mut z: Vec<f64> = (0..d)
+        .map(|j| u.iter().map(|r| f64::from(r[j])).sum::<f64>() / n)
+        .collect();
+    for _ in 0..iterations {
+        let beta: Vec<f64> = u
+            .iter()
+            .map(|r| {
+                let dist: f64 = r
+                    .iter()
+                    .zip(&z)
+                    .map(|(&x, &c)| (f64::from(x) - c).powi(2))
+                    .sum();
+                1.0 / dist.sqrt().max(nu)
+            })
+            .collect();
+        let total: f64 = beta.iter().sum();
+        z = (0..d)
+            .map(|j| {
+                u.iter()
+                    .zip(&beta)
+                    .map(|(r, b)| b * f64::from(r[j]))
+                    .sum::<f64>()
+                    / total
+            })
+            .collect();
+    }
+    z
+}
+
+#[test]
+fn geometric_median_matches_reference_weiszfeld() {
+    let u = bench::synthetic_updates(15, 1000, 9);
+    let params = WeiszfeldParams {
+        iterations_max: 3,
+        tolerance: 0.0,
+        smoothing: 0.1,
+    };
+    let got = geometric_median(&u, &[1.0; 15], 3, &params).unwrap();
+    let expected = weiszfeld_reference(&u, 3, 0.1);
+    for (g, e) in got.iter().zip(&expected) {
+        assert!(
+            (f64::from(*g) - e).abs() <= 1e-5 * (1.0 + e.abs()),
+            "{g} vs {e}"
+        );
+    }
+}
+
+#[test]
+fn nnm_mixing_product_matches_means_of_neighbours() {
+    // 13 updates of dimension 101: the product's full steps, a partial group of
+    // outputs and the column tail all run.
+    let u = bench::synthetic_updates(13, 101, 4);
+    let f = 3;
+    let mixed = nearest_neighbour_mixing(&u, f).unwrap();
+    let dist = krum::pairwise_sq_distances(&u).unwrap();
+    for (i, m) in mixed.iter().enumerate() {
+        let mut order: Vec<usize> = (0..13).collect();
+        order.sort_by(|&a, &b| {
+            let key = |k: usize| if k == i { -1.0 } else { dist[i * 13 + k] };
+            key(a).total_cmp(&key(b))
+        });
+        let expected = mean_of(&u, &order[..13 - f], 101);
+        assert_close(m, &expected, 1e-6);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn gram_distances_match_naive_distances_with_offsets(
+        u in updates_strategy(),
+        offset in prop_oneof![Just(0.0_f32), -1e4_f32..1e4],
+    ) {
+        let shifted: Vec<Vec<f32>> = u.iter().map(|r| r.iter().map(|x| x * 1e-3 + offset).collect()).collect();
+        let n = shifted.len();
+        let got = krum::pairwise_sq_distances(&shifted).unwrap();
+        for i in 0..n {
+            for j in 0..n {
+                let naive: f64 = shifted[i]
+                    .iter()
+                    .zip(&shifted[j])
+                    .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                    .sum();
+                prop_assert!((got[i * n + j] - naive).abs() <= 1e-4 * naive, "{} vs {naive}", got[i * n + j]);
+            }
+        }
+    }
+}

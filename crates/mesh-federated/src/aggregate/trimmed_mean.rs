@@ -1,24 +1,40 @@
 //! Coordinate-wise trimmed mean (Yin et al. 2018).
 
-use super::{check_shape, kernels, require_n, AggregateError};
+use super::sortnet::{self, Statistic};
+use super::{check_shape, finite_or_error, kernels, mean_of, require_n, AggregateError};
 
 /// Coordinate-wise trimmed mean: for each coordinate, drops the `trim` smallest and
 /// the `trim` largest values and averages the remaining `n - 2 trim`.
 ///
 /// Preconditions: `n >= 2 trim + 1` updates of equal non-zero dimension. With
 /// `trim >= f` Byzantine updates, each output coordinate lies within the range of the
-/// honest values of that coordinate. `trim = 0` is the plain mean.
+/// honest values of that coordinate. `trim = 0` is the plain mean. NaNs and
+/// infinities are extreme outliers; one that is not trimmed fails the call with
+/// [`AggregateError::NonFiniteUpdate`].
+///
+/// Up to [`sortnet::NETWORK_N_MAX`] updates are sorted by a network across SIMD
+/// lanes; more are reduced by selection one coordinate at a time.
 pub fn trimmed_mean<U: AsRef<[f32]>>(
     updates: &[U],
     trim: usize,
 ) -> Result<Vec<f32>, AggregateError> {
     let (n, d) = check_shape(updates)?;
     require_n("trimmed-mean", n, trim, 2 * trim + 1)?;
-    let mut out = vec![0.0_f32; d];
-    kernels::reduce_columns(updates, &mut out, |column| {
-        column_trimmed_mean(column, trim)
-    });
-    Ok(out)
+    let out = if trim == 0 {
+        mean_of(updates, &(0..n).collect::<Vec<_>>(), d)
+    } else if n <= sortnet::NETWORK_N_MAX {
+        let rows: Vec<&[f32]> = updates.iter().map(AsRef::as_ref).collect();
+        let mut out = vec![0.0_f32; d];
+        sortnet::per_coordinate(&rows, Statistic::TrimmedMean { trim }, &mut out);
+        out
+    } else {
+        let mut out = vec![0.0_f32; d];
+        kernels::reduce_columns(updates, &mut out, |column| {
+            column_trimmed_mean(column, trim)
+        });
+        out
+    };
+    finite_or_error(updates, out)
 }
 
 /// Largest trim handled by [`extremes_sum`]; larger trims use two selections.
