@@ -30,10 +30,14 @@ use openraft::{OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
 
 use crate::append_stream::{AppendStream, StreamItem as AppendStreamItem};
+use crate::backoff::{Backoffs, Outcome};
 use crate::certificate::SignedStatement;
 use crate::command::Command;
 use crate::error::TransportError;
-use crate::types::{CommitReceipt, MemberId, MemberInfo, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::node::RejoinRequests;
+use crate::types::{
+    CommitReceipt, MemberId, MemberInfo, RejoinGrant, Snapshot, SnapshotMeta, TypeConfig, Vote,
+};
 
 /// Version byte in front of every frame.
 pub const WIRE_VERSION: u8 = 1;
@@ -89,6 +93,10 @@ pub enum RpcRequest {
     Forward(Command),
     /// A voter's signed commit statement.
     Statement(SignedStatement),
+    /// A leader's answer to a member that refused with
+    /// [`RemoteFailure::Rejoining`]: the member was removed from the
+    /// membership and may catch up (see `node/rejoin.rs`).
+    RejoinGrant(RejoinGrant),
 }
 
 /// Why the remote side could not serve a request.
@@ -105,6 +113,10 @@ pub enum RemoteFailure {
     Stopped(String),
     /// The receiver refused the request.
     Refused(String),
+    /// The receiver lost Raft state it had acknowledged and neither votes
+    /// nor acknowledges appends until the leader removes it from the
+    /// membership and sends it a [`RpcRequest::RejoinGrant`].
+    Rejoining,
 }
 
 /// A response on the wire.
@@ -201,6 +213,10 @@ pub(crate) async fn call(
 pub struct NetworkFactory {
     pub(crate) transport: Arc<dyn RaftTransport>,
     pub(crate) timeout: Duration,
+    /// Per-member backoff, shared by every client of this node.
+    pub(crate) backoffs: Arc<Backoffs>,
+    /// Members that answered [`RemoteFailure::Rejoining`], for the leader.
+    pub(crate) rejoins: Arc<RejoinRequests>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -212,6 +228,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             route: node.clone(),
             transport: self.transport.clone(),
             timeout: self.timeout,
+            backoffs: self.backoffs.clone(),
+            rejoins: self.rejoins.clone(),
         }
     }
 }
@@ -222,6 +240,28 @@ pub struct RaftClient {
     route: MemberInfo,
     transport: Arc<dyn RaftTransport>,
     timeout: Duration,
+    backoffs: Arc<Backoffs>,
+    rejoins: Arc<RejoinRequests>,
+}
+
+/// How the answer to `request` counts for the backoff (`None`: not at all).
+fn outcome_of(
+    request: &RpcRequest,
+    answer: &Result<RpcResponse, TransportError>,
+) -> Option<Outcome> {
+    if matches!(request, RpcRequest::Vote(_) | RpcRequest::PreVote(_)) {
+        return None;
+    }
+    Some(match (request, answer) {
+        (_, Err(_) | Ok(RpcResponse::Failed(_))) => Outcome::Failure,
+        (RpcRequest::Append(req), Ok(RpcResponse::Append(AppendEntriesResponse::Conflict))) => {
+            Outcome::Conflict {
+                prev_index: req.prev_log_id.map(|l| l.index),
+            }
+        }
+        (_, Ok(RpcResponse::Append(AppendEntriesResponse::HigherVote(_)))) => return None,
+        (_, Ok(_)) => Outcome::Success,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,15 +275,27 @@ impl RaftClient {
         ttl: Duration,
     ) -> Result<RpcResponse, RPCError<TypeConfig>> {
         let timeout = ttl.min(self.timeout);
-        match call(
+        if !matches!(request, RpcRequest::Vote(_) | RpcRequest::PreVote(_)) {
+            let delay = self.backoffs.delay(self.target);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let answer = call(
             self.transport.as_ref(),
             self.target,
             &self.route,
             request,
             timeout,
         )
-        .await
-        {
+        .await;
+        if let Some(outcome) = outcome_of(request, &answer) {
+            self.backoffs.record(self.target, outcome);
+        }
+        if matches!(answer, Ok(RpcResponse::Failed(RemoteFailure::Rejoining))) {
+            self.rejoins.report(self.target, &self.route);
+        }
+        match answer {
             Ok(RpcResponse::Failed(f)) => Err(RPCError::Unreachable(Unreachable::new(&WireError(
                 format!("{f:?}"),
             )))),

@@ -129,6 +129,55 @@ fn damaged(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
+/// The store's file in a node's raft folder (its write-ahead file is
+/// [`wal_path`] of it).
+pub const STORE_FILE: &str = "raft.redb";
+
+/// Moves the raft folder `raft_dir` aside, to `<raft_dir>.damaged-<unix ms>`
+/// beside it, never deleting anything: the recovery from
+/// [`StoreError::Damaged`]. The seal beside the folder stays, so the node's
+/// next start finds a new store under the old seal and rejoins the
+/// committee as a learner (see `node/rejoin.rs`). Returns where the folder
+/// went, or `None` if there is no folder. Refused while a node has the store open.
+pub fn move_aside(raft_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    if !raft_dir.exists() {
+        return Ok(None);
+    }
+    let store = raft_dir.join(STORE_FILE);
+    if in_use(&store) {
+        return Err(StoreError::Open(format!(
+            "{} is open in a running node; stop the node first",
+            store.display()
+        )));
+    }
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = raft_dir.as_os_str().to_owned();
+    name.push(format!(".damaged-{unix_ms}"));
+    let aside = PathBuf::from(name);
+    let failed = |e: io::Error| {
+        StoreError::Open(format!(
+            "moving {} to {}: {e}",
+            raft_dir.display(),
+            aside.display()
+        ))
+    };
+    if aside.exists() {
+        return Err(failed(io::ErrorKind::AlreadyExists.into()));
+    }
+    std::fs::rename(raft_dir, &aside).map_err(failed)?;
+    seal::sync_parent(raft_dir).map_err(failed)?;
+    Ok(Some(aside))
+}
+
+/// Whether a running node holds the redb file at `path` (redb locks it
+/// while open). A file redb cannot read at all is held by nobody.
+fn in_use(path: &Path) -> bool {
+    let opened = std::panic::catch_unwind(|| redb::ReadOnlyDatabase::open(path));
+    matches!(opened, Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)))
+}
+
 /// The write-ahead file that belongs to the store at `store_path`
 /// (`<store_path>.wal`).
 pub fn wal_path(store_path: &Path) -> PathBuf {
