@@ -21,6 +21,14 @@
 //!
 //! Votes are never delayed: an election must not wait on a member that
 //! failed as a follower.
+//!
+//! The same answers show a member whose log went back: a conflict at or
+//! below the index it matched under the same leader term means it lost entries it
+//! had acknowledged (its store removed together with its seal, or a node of
+//! a build without seals). [`Backoffs::record`] says so, and the leader then
+//! removes and re-adds it as for a member that refuses as rejoining
+//! (`node/rejoin.rs`), so its replication starts again from nothing instead
+//! of stalling.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -57,10 +65,19 @@ pub fn backoff_delay_ms(stuck: u32) -> u64 {
 pub enum Outcome {
     /// The member accepted it.
     Success,
+    /// The member's log matches this leader's up to `index`.
+    Matched {
+        /// Term of the leader that sent the append.
+        term: u64,
+        /// The last index matched (`None`: an empty log).
+        index: Option<u64>,
+    },
     /// It failed or was refused.
     Failure,
     /// The member's log does not match at the index before the entries sent.
     Conflict {
+        /// Term of the leader that sent the append.
+        term: u64,
         /// Index of the previous log id of the refused append (`None`: the start).
         prev_index: Option<u64>,
     },
@@ -70,6 +87,8 @@ pub enum Outcome {
 struct MemberState {
     stuck: u32,
     last_conflict: Option<Option<u64>>,
+    /// The highest index the member matched under a leader of this term.
+    matched: Option<(u64, u64)>,
 }
 
 /// The stuck counts of every member this node sends RPCs to.
@@ -93,26 +112,53 @@ impl Backoffs {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records how an RPC to `member` ended.
-    pub fn record(&self, member: MemberId, outcome: Outcome) {
+    /// Records how an RPC to `member` ended; `true` when the answer shows
+    /// that the member's log went back to before what it matched under the
+    /// same leader term: it lost entries it had acknowledged (a store
+    /// removed with its seal, or a node from before seals). Within one
+    /// term nothing else shortens a follower's log below what that term's
+    /// leader matched.
+    pub fn record(&self, member: MemberId, outcome: Outcome) -> bool {
         let mut members = self.members();
         if members.len() >= BACKOFF_MEMBERS_MAX && !members.contains_key(&member) {
             members.retain(|_, s| s.stuck > 0);
             if members.len() >= BACKOFF_MEMBERS_MAX {
-                return;
+                return false;
             }
         }
         let state = members.entry(member).or_default();
         match outcome {
-            Outcome::Success => *state = MemberState::default(),
+            Outcome::Success => {
+                state.stuck = 0;
+                state.last_conflict = None;
+            }
+            Outcome::Matched { term, index } => {
+                state.stuck = 0;
+                state.last_conflict = None;
+                let held = state.matched.filter(|(t, _)| *t == term).map(|(_, i)| i);
+                if let Some(index) = index.filter(|i| held.is_none_or(|h| *i > h)) {
+                    state.matched = Some((term, index));
+                }
+            }
             Outcome::Failure => state.stuck = state.stuck.saturating_add(1),
-            Outcome::Conflict { prev_index } => {
+            Outcome::Conflict { term, prev_index } => {
                 if state.last_conflict.is_some_and(|last| prev_index >= last) {
                     state.stuck = state.stuck.saturating_add(1);
                 }
                 state.last_conflict = Some(prev_index);
+                let matched = state.matched.filter(|(t, _)| *t == term);
+                // A member that matched index m holds it: an append after
+                // it (prev_index = m) or before it cannot conflict.
+                return matched.is_some_and(|(_, m)| prev_index.is_none_or(|p| p <= m));
             }
         }
+        false
+    }
+
+    /// Forgets what `member` matched and its stuck count: it was removed
+    /// from the membership, and added back it starts from nothing.
+    pub fn forget(&self, member: MemberId) {
+        self.members().remove(&member);
     }
 
     /// The delay due before the next RPC to `member`; a non-zero one is counted.
@@ -145,25 +191,19 @@ mod tests {
         let delayed = Counter::default();
         let backoffs = Backoffs::new(delayed.clone());
         let follower = MemberId(2);
+        let conflict = |prev| Outcome::Conflict {
+            term: 1,
+            prev_index: Some(prev),
+        };
         // The log search moving back is progress: no delay.
         for prev in [100, 50, 25, 12] {
-            backoffs.record(
-                follower,
-                Outcome::Conflict {
-                    prev_index: Some(prev),
-                },
-            );
+            backoffs.record(follower, conflict(prev));
             assert_eq!(backoffs.delay(follower), Duration::ZERO);
         }
         // The same append refused again and again: the delay grows to the cap.
         let mut last = Duration::ZERO;
         for _ in 0..20 {
-            backoffs.record(
-                follower,
-                Outcome::Conflict {
-                    prev_index: Some(12),
-                },
-            );
+            backoffs.record(follower, conflict(12));
             let delay = backoffs.delay(follower);
             assert!(delay >= last);
             last = delay;
@@ -181,5 +221,40 @@ mod tests {
             backoffs.delay(follower),
             Duration::from_millis(BACKOFF_BASE_MS)
         );
+    }
+
+    #[test]
+    fn a_conflict_at_or_below_what_the_member_matched_in_the_same_term_is_a_lost_log() {
+        let backoffs = Backoffs::default();
+        let member = MemberId(4);
+        let matched = |term, index| Outcome::Matched {
+            term,
+            index: Some(index),
+        };
+        let conflict = |term, prev| Outcome::Conflict {
+            term,
+            prev_index: Some(prev),
+        };
+        assert!(!backoffs.record(member, matched(3, 40)));
+        assert!(!backoffs.record(member, matched(3, 30)), "an older answer");
+        assert!(
+            !backoffs.record(member, conflict(3, 41)),
+            "after what it matched: normal"
+        );
+        assert!(
+            backoffs.record(member, conflict(3, 40)),
+            "at what it matched: lost"
+        );
+        assert!(
+            backoffs.record(member, conflict(3, 39)),
+            "below it: the log went back"
+        );
+        // Under a later leader term an earlier match proves nothing (a newer
+        // leader may have truncated entries that were never committed).
+        assert!(!backoffs.record(member, conflict(5, 10)));
+        // Removed and added back, it starts from nothing.
+        assert!(!backoffs.record(member, matched(5, 20)));
+        backoffs.forget(member);
+        assert!(!backoffs.record(member, conflict(5, 3)));
     }
 }

@@ -252,15 +252,27 @@ fn outcome_of(
     if matches!(request, RpcRequest::Vote(_) | RpcRequest::PreVote(_)) {
         return None;
     }
-    Some(match (request, answer) {
-        (_, Err(_) | Ok(RpcResponse::Failed(_))) => Outcome::Failure,
-        (RpcRequest::Append(req), Ok(RpcResponse::Append(AppendEntriesResponse::Conflict))) => {
-            Outcome::Conflict {
-                prev_index: req.prev_log_id.map(|l| l.index),
-            }
-        }
-        (_, Ok(RpcResponse::Append(AppendEntriesResponse::HigherVote(_)))) => return None,
-        (_, Ok(_)) => Outcome::Success,
+    let (RpcRequest::Append(req), Ok(RpcResponse::Append(append))) = (request, answer) else {
+        return Some(match answer {
+            Err(_) | Ok(RpcResponse::Failed(_)) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+        });
+    };
+    let term = req.vote.leader_id().term;
+    Some(match append {
+        AppendEntriesResponse::Success => Outcome::Matched {
+            term,
+            index: crate::append_stream::last_log_id(req).map(|l| l.index),
+        },
+        AppendEntriesResponse::PartialSuccess(matched) => Outcome::Matched {
+            term,
+            index: matched.map(|l| l.index),
+        },
+        AppendEntriesResponse::Conflict => Outcome::Conflict {
+            term,
+            prev_index: req.prev_log_id.map(|l| l.index),
+        },
+        AppendEntriesResponse::HigherVote(_) => return None,
     })
 }
 
@@ -289,11 +301,22 @@ impl RaftClient {
             timeout,
         )
         .await;
-        if let Some(outcome) = outcome_of(request, &answer) {
-            self.backoffs.record(self.target, outcome);
+        let reverted = outcome_of(request, &answer)
+            .is_some_and(|outcome| self.backoffs.record(self.target, outcome));
+        if reverted {
+            tracing::warn!(member = %self.target, "the member's log went back behind what it had matched: it lost acknowledged entries");
         }
-        if matches!(answer, Ok(RpcResponse::Failed(RemoteFailure::Rejoining))) {
+        if reverted || matches!(answer, Ok(RpcResponse::Failed(RemoteFailure::Rejoining))) {
             self.rejoins.report(self.target, &self.route);
+        }
+        if reverted {
+            // Not handed to openraft as a conflict: it does not expect a
+            // follower's log to go back (it asserts so in debug builds, and
+            // resends the same append in a loop in release builds). The
+            // leader removes and re-adds the member instead (`node/rejoin.rs`).
+            return Err(RPCError::Unreachable(Unreachable::new(&WireError(
+                "the member lost entries it had acknowledged; it is removed and added back".into(),
+            ))));
         }
         match answer {
             Ok(RpcResponse::Failed(f)) => Err(RPCError::Unreachable(Unreachable::new(&WireError(

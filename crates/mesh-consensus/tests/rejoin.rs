@@ -121,6 +121,30 @@ async fn a_wiped_voter_refuses_to_vote_then_rejoins_as_a_learner_and_catches_up(
     c.shutdown().await;
 }
 
+/// Issue 27: a voter that lost its log without knowing it (here its seal
+/// went with its raft folder) stayed behind forever while its leader sent it
+/// the same append in a busy loop; only a leader change healed it. The
+/// leader now sees the member's log go back behind what it had matched,
+/// removes it and adds it back, and it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_log_went_back_unnoticed_is_re_added_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = LocalCommittee::start(dir.path(), 3, 0, fast_healing)
+        .await
+        .unwrap();
+    let last = commit_n(&c, 0, 30).await;
+    let victim = caught_up_follower(&c, last).await;
+    c.stop_node(victim).await.unwrap();
+    let raft_dir = c.data_dir(victim);
+    std::fs::remove_dir_all(&raft_dir).unwrap();
+    std::fs::remove_file(store::seal::seal_path(&raft_dir)).unwrap();
+    c.start_node(victim).await.unwrap();
+    assert!(!c.nodes[&victim].status().rejoining, "it cannot tell");
+    let last = commit_n(&c, 30, 10).await;
+    wait_rejoined(&c, victim, last).await;
+    c.shutdown().await;
+}
+
 /// The files of a running node's store copied to `to`, as a kill -9 leaves them.
 fn crash_copy(raft_dir: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -193,8 +193,11 @@ struct Inner {
     metrics: ConsensusMetrics,
     /// This node's standing: sealed, or rejoining after losing state.
     guard: rejoin::Guard,
-    /// Members that refused this node's RPCs as rejoining (for the leader).
+    /// Members that refused this node's RPCs as rejoining, or whose log
+    /// went back (for the leader).
     rejoins: Arc<RejoinRequests>,
+    /// Per-member backoff and what each member matched (see `backoff.rs`).
+    backoffs: Arc<Backoffs>,
     assemblies: Mutex<HashMap<MemberId, Assembly>>,
     collector: Mutex<CertificateCollector>,
     certificates: broadcast::Sender<CommitCertificate>,
@@ -261,10 +264,11 @@ impl ConsensusNode {
         let id = info.member_id();
         let metrics = ConsensusMetrics::register(registry);
         let rejoins = Arc::new(RejoinRequests::default());
+        let backoffs = Arc::new(Backoffs::new(metrics.replication_backoffs.clone()));
         let factory = NetworkFactory {
             transport: transport.clone(),
             timeout: Duration::from_millis(config.rpc_timeout_ms),
-            backoffs: Arc::new(Backoffs::new(metrics.replication_backoffs.clone())),
+            backoffs: backoffs.clone(),
             rejoins: rejoins.clone(),
         };
         let raft = Raft::new(id, raft_config, factory, log.clone(), sm.clone())
@@ -291,6 +295,7 @@ impl ConsensusNode {
                 metrics,
                 guard,
                 rejoins,
+                backoffs,
                 assemblies: Mutex::new(HashMap::new()),
                 collector: Mutex::new(collector),
                 certificates: broadcast::channel(CERTIFICATE_CHANNEL_LEN).0,

@@ -292,6 +292,8 @@ impl ConsensusNode {
         tokio::time::timeout(limit, self.remove_member(member))
             .await
             .map_err(|_| timed_out())??;
+        // Added back, it starts from nothing: what it matched before is moot.
+        self.inner.backoffs.forget(member);
         let timeout = Duration::from_millis(self.inner.config.rpc_timeout_ms);
         let grant = self.rejoin_grant(member, timeout).await?;
         let request = RpcRequest::RejoinGrant(grant);
