@@ -86,6 +86,36 @@ fn wait_rejoined(mesh: &Mesh, i: usize, index: u64) {
     )
 }
 
+/// A mesh of three committee nodes that committed `writes` writes, an admin
+/// token, and a follower that applied them all and was then killed with kill -9.
+fn with_a_killed_follower(writes: usize) -> (Mesh, String, usize) {
+    let mut mesh = Mesh::new(3);
+    mesh.start_all();
+    let token = mesh.admin_token();
+    let last = commit(&mesh, &token, "a", writes);
+    let victim = caught_up_follower(&mesh, last);
+    mesh.nodes[victim].kill9();
+    (mesh, token, victim)
+}
+
+/// Starts node `victim` again and waits until it has rejoined and caught up
+/// with writes made after its restart.
+fn restart_and_wait_rejoined(mesh: &mut Mesh, token: &str, victim: usize) {
+    let leader = wait_leader(mesh);
+    let boot = mesh.nodes[leader].listen[0].clone();
+    mesh.start(victim, Some(&boot));
+    let last = commit(mesh, token, "b", 5);
+    wait_rejoined(mesh, victim, last);
+}
+
+/// Commits a few more writes and waits until every node holds them as a voter.
+fn all_caught_up(mesh: &Mesh, token: &str) {
+    let last = commit(mesh, token, "c", 3);
+    for i in 0..mesh.nodes.len() {
+        wait_rejoined(mesh, i, last);
+    }
+}
+
 /// The node's raft folder.
 fn raft_dir(node: &Node) -> PathBuf {
     node.dir.join("data").join("raft")
@@ -141,12 +171,7 @@ fn damage_first_wal_record(raft: &Path) {
 /// its latest vote, stayed behind forever, and its leader spun on it.
 #[test]
 fn a_voter_with_a_damaged_wal_stops_with_the_recovery_command_then_rejoins() {
-    let mut mesh = Mesh::new(3);
-    mesh.start_all();
-    let token = mesh.admin_token();
-    let last = commit(&mesh, &token, "a", 12);
-    let victim = caught_up_follower(&mesh, last);
-    mesh.nodes[victim].kill9();
+    let (mut mesh, token, victim) = with_a_killed_follower(12);
     damage_first_wal_record(&raft_dir(&mesh.nodes[victim]));
 
     let (ok, stderr) = run_until_exit(&mesh.nodes[victim]);
@@ -169,11 +194,7 @@ fn a_voter_with_a_damaged_wal_stops_with_the_recovery_command_then_rejoins() {
         "--reset-raft-state",
     ]);
     assert!(moved.contains("nothing was deleted"), "{moved}");
-    let leader = wait_leader(&mesh);
-    let boot = mesh.nodes[leader].listen[0].clone();
-    mesh.start(victim, Some(&boot));
-    let last = commit(&mesh, &token, "b", 5);
-    wait_rejoined(&mesh, victim, last);
+    restart_and_wait_rejoined(&mut mesh, &token, victim);
     assert!(
         metric(&mesh.nodes[victim], "consensus_rejoin_refusals") > 0.0,
         "it refused raft calls while it had lost state"
@@ -184,32 +205,17 @@ fn a_voter_with_a_damaged_wal_stops_with_the_recovery_command_then_rejoins() {
         .map(|n| metric(n, "consensus_rejoins_granted"))
         .sum();
     assert!(granted >= 1.0, "a leader removed it and granted the rejoin");
-    let last = commit(&mesh, &token, "c", 3);
-    for i in 0..3 {
-        wait_rejoined(&mesh, i, last);
-    }
+    all_caught_up(&mesh, &token);
 }
 
 /// Issue 27: a voter whose `data/raft` was removed came back empty under the
 /// same identity, still a voter in the committee's eyes.
 #[test]
 fn a_voter_whose_raft_folder_was_removed_rejoins_and_catches_up() {
-    let mut mesh = Mesh::new(3);
-    mesh.start_all();
-    let token = mesh.admin_token();
-    let last = commit(&mesh, &token, "a", 8);
-    let victim = caught_up_follower(&mesh, last);
-    mesh.nodes[victim].kill9();
+    let (mut mesh, token, victim) = with_a_killed_follower(8);
     std::fs::remove_dir_all(raft_dir(&mesh.nodes[victim])).unwrap();
 
-    let leader = wait_leader(&mesh);
-    let boot = mesh.nodes[leader].listen[0].clone();
-    mesh.start(victim, Some(&boot));
-    let last = commit(&mesh, &token, "b", 5);
-    wait_rejoined(&mesh, victim, last);
+    restart_and_wait_rejoined(&mut mesh, &token, victim);
     assert!(metric(&mesh.nodes[victim], "consensus_rejoin_refusals") > 0.0);
-    let last = commit(&mesh, &token, "c", 3);
-    for i in 0..3 {
-        wait_rejoined(&mesh, i, last);
-    }
+    all_caught_up(&mesh, &token);
 }

@@ -61,6 +61,18 @@ async fn answers_to_raft(c: &LocalCommittee, member: MemberId, from: MemberId) -
     out.try_into().unwrap()
 }
 
+/// A committee of three voters that committed `n` writes, and a follower
+/// that applied them all and was then stopped.
+async fn with_a_stopped_follower(root: &Path, n: u64) -> (LocalCommittee, MemberId) {
+    let mut c = LocalCommittee::start(root, 3, 0, fast_healing)
+        .await
+        .unwrap();
+    let last = commit_n(&c, 0, n).await;
+    let victim = caught_up_follower(&c, last).await;
+    c.stop_node(victim).await.unwrap();
+    (c, victim)
+}
+
 /// Waits until `member` is sealed again, holds the leader's state and is a voter.
 async fn wait_rejoined(c: &LocalCommittee, member: MemberId, index: u64) {
     let started = Instant::now();
@@ -88,12 +100,7 @@ async fn wait_rejoined(c: &LocalCommittee, member: MemberId, index: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_voter_refuses_to_vote_then_rejoins_as_a_learner_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = LocalCommittee::start(dir.path(), 3, 0, fast_healing)
-        .await
-        .unwrap();
-    let last = commit_n(&c, 0, 30).await;
-    let victim = caught_up_follower(&c, last).await;
-    c.stop_node(victim).await.unwrap();
+    let (mut c, victim) = with_a_stopped_follower(dir.path(), 30).await;
     std::fs::remove_dir_all(c.data_dir(victim)).unwrap();
 
     // Cut off from the others, it cannot be granted a rejoin: it refuses
@@ -129,12 +136,7 @@ async fn a_wiped_voter_refuses_to_vote_then_rejoins_as_a_learner_and_catches_up(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_voter_whose_log_went_back_unnoticed_is_re_added_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = LocalCommittee::start(dir.path(), 3, 0, fast_healing)
-        .await
-        .unwrap();
-    let last = commit_n(&c, 0, 30).await;
-    let victim = caught_up_follower(&c, last).await;
-    c.stop_node(victim).await.unwrap();
+    let (mut c, victim) = with_a_stopped_follower(dir.path(), 30).await;
     let raft_dir = c.data_dir(victim);
     std::fs::remove_dir_all(&raft_dir).unwrap();
     std::fs::remove_file(store::seal::seal_path(&raft_dir)).unwrap();
