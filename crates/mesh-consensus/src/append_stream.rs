@@ -41,7 +41,7 @@ type Request = AppendEntriesRequest<TypeConfig>;
 pub(crate) type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 /// The last log id a request covers (its previous log id when it has no entries).
-fn last_log_id(request: &Request) -> Option<LogId> {
+pub(crate) fn last_log_id(request: &Request) -> Option<LogId> {
     request
         .entries
         .last()

@@ -148,15 +148,33 @@ pub enum SnapshotError {
     Inconsistent(String),
 }
 
+/// The command that moves a damaged raft folder aside (it never deletes it),
+/// named in [`StoreError::Damaged`].
+pub const RESET_RAFT_STATE_COMMAND: &str =
+    "agent-mesh node --config <node config> --reset-raft-state";
+
 /// Why the durable Raft store could not be opened or read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
     /// The database file could not be opened or created.
     #[error("cannot open the raft store: {0} (check the data directory's path, permissions and free space, then retry)")]
     Open(String),
-    /// The database holds bytes this build cannot read.
-    #[error("the raft store is corrupt: {0} (retrying does not help; restore the node from a peer by wiping its data directory)")]
-    Corrupt(String),
+    /// A store file holds damaged data, or lost writes it had acknowledged.
+    /// The node must not take part in the committee with what is left.
+    #[error("the raft store file {} is damaged: {reason} (retrying does not help; stop the node and run `{RESET_RAFT_STATE_COMMAND}`, which moves the raft folder aside without deleting it; the node then rejoins the committee as a learner and catches up from the leader)", path.display())]
+    Damaged {
+        /// The damaged file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// Whether opening the store again, unchanged, may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Open(_))
+    }
 }
 
 /// Why the transport could not deliver a Raft RPC.

@@ -43,6 +43,7 @@
 //! [`node::ConsensusNode::handle_rpc`].
 
 pub mod append_stream;
+pub mod backoff;
 pub mod bench;
 pub mod certificate;
 pub mod command;

@@ -31,6 +31,14 @@ pub struct ConsensusMetrics {
     pub certificates: Counter,
     /// Evidence this node proposed.
     pub evidence: Counter,
+    /// RPCs to a member delayed because it kept failing or refusing (see `backoff.rs`).
+    pub replication_backoffs: Counter,
+    /// Raft RPCs this node refused because it lost state and is rejoining.
+    pub rejoin_refusals: Counter,
+    /// Members this node, as leader, removed and granted a rejoin.
+    pub rejoins_granted: Counter,
+    /// 1 while this node is rejoining after losing Raft state, 0 otherwise.
+    pub rejoining: Gauge,
 }
 
 impl ConsensusMetrics {
@@ -49,6 +57,10 @@ impl ConsensusMetrics {
             snapshot_size_bytes: Gauge::default(),
             certificates: Counter::default(),
             evidence: Counter::default(),
+            replication_backoffs: Counter::default(),
+            rejoin_refusals: Counter::default(),
+            rejoins_granted: Counter::default(),
+            rejoining: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("consensus");
         r.register("term", "Current Raft term", m.term.clone());
@@ -101,6 +113,26 @@ impl ConsensusMetrics {
             "evidence",
             "Evidence proposed by this node",
             m.evidence.clone(),
+        );
+        r.register(
+            "replication_backoffs",
+            "RPCs to a member delayed because it kept failing or refusing the same append",
+            m.replication_backoffs.clone(),
+        );
+        r.register(
+            "rejoin_refusals",
+            "Raft RPCs refused because this node lost state and is rejoining",
+            m.rejoin_refusals.clone(),
+        );
+        r.register(
+            "rejoins_granted",
+            "Members that lost raft state, removed and granted a rejoin by this node as leader",
+            m.rejoins_granted.clone(),
+        );
+        r.register(
+            "rejoining",
+            "1 while this node is rejoining after losing raft state",
+            m.rejoining.clone(),
         );
         m
     }

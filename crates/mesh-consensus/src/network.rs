@@ -30,10 +30,14 @@ use openraft::{OptionalSend, RaftNetworkV2};
 use serde::{Deserialize, Serialize};
 
 use crate::append_stream::{AppendStream, StreamItem as AppendStreamItem};
+use crate::backoff::{Backoffs, Outcome};
 use crate::certificate::SignedStatement;
 use crate::command::Command;
 use crate::error::TransportError;
-use crate::types::{CommitReceipt, MemberId, MemberInfo, Snapshot, SnapshotMeta, TypeConfig, Vote};
+use crate::node::RejoinRequests;
+use crate::types::{
+    CommitReceipt, MemberId, MemberInfo, RejoinGrant, Snapshot, SnapshotMeta, TypeConfig, Vote,
+};
 
 /// Version byte in front of every frame.
 pub const WIRE_VERSION: u8 = 1;
@@ -89,6 +93,10 @@ pub enum RpcRequest {
     Forward(Command),
     /// A voter's signed commit statement.
     Statement(SignedStatement),
+    /// A leader's answer to a member that refused with
+    /// [`RemoteFailure::Rejoining`]: the member was removed from the
+    /// membership and may catch up (see `node/rejoin.rs`).
+    RejoinGrant(RejoinGrant),
 }
 
 /// Why the remote side could not serve a request.
@@ -105,6 +113,10 @@ pub enum RemoteFailure {
     Stopped(String),
     /// The receiver refused the request.
     Refused(String),
+    /// The receiver lost Raft state it had acknowledged and neither votes
+    /// nor acknowledges appends until the leader removes it from the
+    /// membership and sends it a [`RpcRequest::RejoinGrant`].
+    Rejoining,
 }
 
 /// A response on the wire.
@@ -201,6 +213,10 @@ pub(crate) async fn call(
 pub struct NetworkFactory {
     pub(crate) transport: Arc<dyn RaftTransport>,
     pub(crate) timeout: Duration,
+    /// Per-member backoff, shared by every client of this node.
+    pub(crate) backoffs: Arc<Backoffs>,
+    /// Members that answered [`RemoteFailure::Rejoining`], for the leader.
+    pub(crate) rejoins: Arc<RejoinRequests>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -212,6 +228,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             route: node.clone(),
             transport: self.transport.clone(),
             timeout: self.timeout,
+            backoffs: self.backoffs.clone(),
+            rejoins: self.rejoins.clone(),
         }
     }
 }
@@ -222,6 +240,40 @@ pub struct RaftClient {
     route: MemberInfo,
     transport: Arc<dyn RaftTransport>,
     timeout: Duration,
+    backoffs: Arc<Backoffs>,
+    rejoins: Arc<RejoinRequests>,
+}
+
+/// How the answer to `request` counts for the backoff (`None`: not at all).
+fn outcome_of(
+    request: &RpcRequest,
+    answer: &Result<RpcResponse, TransportError>,
+) -> Option<Outcome> {
+    if matches!(request, RpcRequest::Vote(_) | RpcRequest::PreVote(_)) {
+        return None;
+    }
+    let (RpcRequest::Append(req), Ok(RpcResponse::Append(append))) = (request, answer) else {
+        return Some(match answer {
+            Err(_) | Ok(RpcResponse::Failed(_)) => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+        });
+    };
+    let term = req.vote.leader_id().term;
+    Some(match append {
+        AppendEntriesResponse::Success => Outcome::Matched {
+            term,
+            index: crate::append_stream::last_log_id(req).map(|l| l.index),
+        },
+        AppendEntriesResponse::PartialSuccess(matched) => Outcome::Matched {
+            term,
+            index: matched.map(|l| l.index),
+        },
+        AppendEntriesResponse::Conflict => Outcome::Conflict {
+            term,
+            prev_index: req.prev_log_id.map(|l| l.index),
+        },
+        AppendEntriesResponse::HigherVote(_) => return None,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,15 +287,38 @@ impl RaftClient {
         ttl: Duration,
     ) -> Result<RpcResponse, RPCError<TypeConfig>> {
         let timeout = ttl.min(self.timeout);
-        match call(
+        if !matches!(request, RpcRequest::Vote(_) | RpcRequest::PreVote(_)) {
+            let delay = self.backoffs.delay(self.target);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let answer = call(
             self.transport.as_ref(),
             self.target,
             &self.route,
             request,
             timeout,
         )
-        .await
-        {
+        .await;
+        let reverted = outcome_of(request, &answer)
+            .is_some_and(|outcome| self.backoffs.record(self.target, outcome));
+        if reverted {
+            tracing::warn!(member = %self.target, "the member's log went back behind what it had matched: it lost acknowledged entries");
+        }
+        if reverted || matches!(answer, Ok(RpcResponse::Failed(RemoteFailure::Rejoining))) {
+            self.rejoins.report(self.target, &self.route);
+        }
+        if reverted {
+            // Not handed to openraft as a conflict: it does not expect a
+            // follower's log to go back (it asserts so in debug builds, and
+            // resends the same append in a loop in release builds). The
+            // leader removes and re-adds the member instead (`node/rejoin.rs`).
+            return Err(RPCError::Unreachable(Unreachable::new(&WireError(
+                "the member lost entries it had acknowledged; it is removed and added back".into(),
+            ))));
+        }
+        match answer {
             Ok(RpcResponse::Failed(f)) => Err(RPCError::Unreachable(Unreachable::new(&WireError(
                 format!("{f:?}"),
             )))),

@@ -86,6 +86,20 @@ impl fmt::Display for MemberInfo {
     }
 }
 
+/// What a leader sends a member that lost acknowledged Raft state, once a
+/// membership without that member is committed (see `node/rejoin.rs`): the
+/// member then accepts appends from this leader's term on, and votes again
+/// only once its log holds the removal entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinGrant {
+    /// Term of the leader that committed the removal.
+    pub term: u64,
+    /// That leader; only it may send the grant.
+    pub leader: MemberId,
+    /// Log index of the committed membership without the member.
+    pub removed_at: u64,
+}
+
 /// What applying one committed entry produced, returned to the proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitReceipt {

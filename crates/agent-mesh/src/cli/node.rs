@@ -1,10 +1,12 @@
 //! `agent-mesh node --config node.toml`: run one mesh node until SIGTERM or SIGINT.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
+use mesh_consensus::{ConsensusError, StoreError};
 use mesh_node::config::{LogFormat, NodeConfig, ENV_OVERRIDES};
+use mesh_node::runtime::RuntimeError;
 
 /// Flags of `agent-mesh node`.
 #[derive(Debug, Args)]
@@ -21,6 +23,12 @@ pub struct NodeArgs {
     /// every update it sends with that attack. For robustness tests only.
     #[arg(long)]
     pub allow_adversary: bool,
+    /// Move the node's raft folder aside (renamed, never deleted) and exit.
+    /// The recovery from a damaged raft store: started again, the node finds
+    /// its state gone and rejoins the committee as a learner, catching up
+    /// from the leader. Refused while the node runs.
+    #[arg(long, conflicts_with = "check")]
+    pub reset_raft_state: bool,
 }
 
 fn env_help() -> String {
@@ -34,14 +42,6 @@ fn env_help() -> String {
 /// Loads the config, starts logging, and runs the node on a tokio runtime.
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = NodeConfig::load(&args.config, |name| std::env::var(name).ok())?;
-    if !config.adversary.attack.is_empty() && !args.allow_adversary {
-        anyhow::bail!(
-            "{} makes this node adversarial ([adversary] attack = {:?}): it would poison every update it sends. \
-             Pass --allow-adversary to run it anyway (robustness tests only), or remove the [adversary] section",
-            args.config.display(),
-            config.adversary.attack
-        );
-    }
     if args.check {
         mesh_node::runtime::Credentials::load(&config)?;
         println!(
@@ -50,11 +50,55 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if args.reset_raft_state {
+        return reset_raft_state(&config);
+    }
+    if !config.adversary.attack.is_empty() && !args.allow_adversary {
+        anyhow::bail!(
+            "{} makes this node adversarial ([adversary] attack = {:?}): it would poison every update it sends. \
+             Pass --allow-adversary to run it anyway (robustness tests only), or remove the [adversary] section",
+            args.config.display(),
+            config.adversary.attack
+        );
+    }
     init_logging(config.log.format, &config.log.level)?;
     let runtime = runtime_with_threads(config.runtime.worker_threads)
         .context("starting the async runtime")?;
-    runtime.block_on(mesh_node::runtime::run(config, shutdown_signal()))?;
+    runtime
+        .block_on(mesh_node::runtime::run(config, shutdown_signal()))
+        .map_err(|err| with_recovery(err, &args.config))
+}
+
+/// `--reset-raft-state`: moves the raft folder aside and says what happens next.
+fn reset_raft_state(config: &NodeConfig) -> anyhow::Result<()> {
+    let dir = mesh_node::runtime::raft_dir(config);
+    match mesh_consensus::store::move_aside(&dir)? {
+        Some(aside) => println!(
+            "moved {} to {} (nothing was deleted); start the node as usual: it rejoins the \
+             committee as a learner and catches up from the leader",
+            dir.display(),
+            aside.display()
+        ),
+        None => println!("{} does not exist; nothing to move", dir.display()),
+    }
     Ok(())
+}
+
+/// A damaged raft store stops the node; the error then ends with the exact
+/// command that recovers it, for this node's config file.
+fn with_recovery(err: RuntimeError, config_path: &Path) -> anyhow::Error {
+    let damaged = matches!(
+        &err,
+        RuntimeError::Consensus(ConsensusError::Store(StoreError::Damaged { .. }))
+    );
+    let err = anyhow::Error::new(err);
+    if !damaged {
+        return err;
+    }
+    err.context(format!(
+        "the raft store is damaged; to recover, run: agent-mesh node --config {} --reset-raft-state",
+        config_path.display()
+    ))
 }
 
 /// A tokio runtime with `threads` worker threads (0: one per core). One

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoffs;
 use crate::certificate::{
     check_against_local, verify_certificate, CertificateCollector, CertificateError,
     CollectOutcome, CommitCertificate, CommitStatement, Evidence, SignedStatement, VoterKeys,
@@ -169,6 +170,9 @@ pub struct ConsensusStatus {
     pub log_entries: usize,
     /// Snapshots received from a leader and installed since this node started.
     pub snapshots_installed: u64,
+    /// Whether this node lost Raft state it had acknowledged and is rejoining
+    /// (it votes and counts toward commits only once caught up; see `rejoin.rs`).
+    pub rejoining: bool,
 }
 
 struct Assembly {
@@ -187,6 +191,13 @@ struct Inner {
     log: LogStore,
     transport: Arc<dyn RaftTransport>,
     metrics: ConsensusMetrics,
+    /// This node's standing: sealed, or rejoining after losing state.
+    guard: rejoin::Guard,
+    /// Members that refused this node's RPCs as rejoining, or whose log
+    /// went back (for the leader).
+    rejoins: Arc<RejoinRequests>,
+    /// Per-member backoff and what each member matched (see `backoff.rs`).
+    backoffs: Arc<Backoffs>,
     assemblies: Mutex<HashMap<MemberId, Assembly>>,
     collector: Mutex<CertificateCollector>,
     certificates: broadcast::Sender<CommitCertificate>,
@@ -243,21 +254,33 @@ impl ConsensusNode {
                 config.data_dir.display()
             )))
         })?;
-        let (log, sm) = store::open(&config.data_dir.join("raft.redb"))?;
+        let (log, sm) = store::open(&config.data_dir.join(store::STORE_FILE))?;
+        let (guard, lost) = rejoin::Guard::open(&config.data_dir, log.incarnation())?;
         let info = MemberInfo::new(
             &identity.node_id(),
             config.address.clone(),
             config.zone.clone(),
         );
         let id = info.member_id();
+        let metrics = ConsensusMetrics::register(registry);
+        let rejoins = Arc::new(RejoinRequests::default());
+        let backoffs = Arc::new(Backoffs::new(metrics.replication_backoffs.clone()));
         let factory = NetworkFactory {
             transport: transport.clone(),
             timeout: Duration::from_millis(config.rpc_timeout_ms),
+            backoffs: backoffs.clone(),
+            rejoins: rejoins.clone(),
         };
         let raft = Raft::new(id, raft_config, factory, log.clone(), sm.clone())
             .await
             .map_err(|e| ConsensusError::Stopped(e.to_string()))?;
-        let metrics = ConsensusMetrics::register(registry);
+        if let Some(why) = &lost {
+            tracing::warn!(reason = %why, "raft state lost: this node neither votes nor acknowledges appends until the leader removes it and it has caught up as a learner");
+        }
+        if guard.is_rejoining() {
+            raft.runtime_config().elect(false);
+            metrics.rejoining.set(1);
+        }
         let collector = CertificateCollector::new(config.mesh_id.clone(), VoterKeys::new());
         let node = Self {
             inner: Arc::new(Inner {
@@ -270,6 +293,9 @@ impl ConsensusNode {
                 log,
                 transport,
                 metrics,
+                guard,
+                rejoins,
+                backoffs,
                 assemblies: Mutex::new(HashMap::new()),
                 collector: Mutex::new(collector),
                 certificates: broadcast::channel(CERTIFICATE_CHANNEL_LEN).0,
@@ -301,12 +327,19 @@ impl ConsensusNode {
     }
 
     /// Initializes a new committee with `members` as its voters. Idempotent:
-    /// returns `Ok` if this node already belongs to an initialized committee.
+    /// returns `Ok` if this node already belongs to an initialized committee,
+    /// and does nothing on a node rejoining after losing its state.
     pub async fn bootstrap(
         &self,
         members: BTreeMap<MemberId, MemberInfo>,
     ) -> Result<(), ConsensusError> {
         if self.is_initialized().await? {
+            return Ok(());
+        }
+        if self.inner.guard.is_rejoining() {
+            // An empty store under an old seal is a member that lost its
+            // state, not the start of a new committee: it waits for the leader.
+            tracing::debug!("no bootstrap while rejoining after losing raft state");
             return Ok(());
         }
         match self.inner.raft.initialize(members).await {
@@ -510,6 +543,7 @@ impl ConsensusNode {
             state_hash: self.inner.sm.read(|s| s.state_hash().to_string()),
             log_entries: self.inner.log.len_entries(),
             snapshots_installed: self.inner.sm.snapshots_installed(),
+            rejoining: self.inner.guard.is_rejoining(),
         }
     }
 
@@ -658,6 +692,10 @@ impl ConsensusNode {
         let raft = &self.inner.raft;
         let stopped =
             |e: &dyn std::fmt::Display| RpcResponse::Failed(RemoteFailure::Stopped(e.to_string()));
+        if !self.inner.guard.admits(&request) {
+            self.inner.metrics.rejoin_refusals.inc();
+            return RpcResponse::Failed(RemoteFailure::Rejoining);
+        }
         match request {
             RpcRequest::Append(req) => {
                 if let Err(reason) = check_append(&req) {
@@ -693,6 +731,7 @@ impl ConsensusNode {
                 }
                 _ => RpcResponse::Ack,
             },
+            RpcRequest::RejoinGrant(grant) => self.accept_grant(from, grant),
         }
     }
 
@@ -771,6 +810,7 @@ impl ConsensusNode {
         let weak = Arc::downgrade(&self.inner);
         let stop = self.inner.stop.subscribe();
         self.spawn(tasks::watch_metrics(weak.clone(), stop.clone()));
+        self.spawn(rejoin::grant_rejoins(weak.clone(), stop.clone()));
         if self.inner.config.certificates {
             self.spawn(tasks::sign_statements(weak.clone(), stop.clone()));
         }
@@ -819,7 +859,10 @@ fn check_append(req: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> Resul
     Ok(())
 }
 
+mod rejoin;
 mod tasks;
+
+pub use rejoin::RejoinRequests;
 
 impl ConsensusNode {
     fn from_inner(inner: Arc<Inner>) -> Self {

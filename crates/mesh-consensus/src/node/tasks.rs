@@ -25,7 +25,7 @@ const LEARNER_DOWN_FACTOR: u32 = 4;
 const SNAPSHOT_TRIGGER_GAP: Duration = Duration::from_secs(1);
 
 /// Sleeps for `d` unless the stop signal fires first; `false` means stop.
-async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+pub(super) async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     tokio::select! {
         _ = stop.changed() => false,
         _ = tokio::time::sleep(d) => !*stop.borrow(),
@@ -37,17 +37,22 @@ pub(super) async fn watch_metrics(weak: Weak<Inner>, mut stop: watch::Receiver<b
     let mut last_trigger: Option<Instant> = None;
     while pause(&mut stop, METRICS_TICK).await {
         let Some(inner) = weak.upgrade() else { return };
-        let (term, committed, applied, leader, state) = {
+        let (term, committed, applied, leader, state, vote_term) = {
             let rx = inner.raft.metrics();
             let m = rx.borrow_watched();
             (
                 m.current_term,
                 m.local_committed.map_or(0, |l| l.index),
-                m.last_applied.map_or(0, |l| l.index),
+                m.last_applied.map(|l| l.index),
                 m.current_leader,
                 m.state,
+                m.vote.leader_id().term,
             )
         };
+        if inner.guard.is_rejoining() {
+            ConsensusNode::from_inner(inner.clone()).seal_when_caught_up(applied, vote_term);
+        }
+        let applied = applied.unwrap_or(0);
         let mx = &inner.metrics;
         mx.term.set(gauge_value(term));
         mx.commit_index.set(gauge_value(committed));

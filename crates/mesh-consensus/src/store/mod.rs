@@ -54,10 +54,11 @@ use crate::types::{
 };
 
 mod durable_write;
+pub mod seal;
 mod wal;
 mod writer;
 
-use wal::Wal;
+use wal::{Wal, WalError};
 use writer::{commit_to_redb, Done, MetaKey, WriteKind, Writer, LOG, META};
 pub use writer::{WAL_CHECKPOINT_BYTES, WRITE_BATCH_MAX, WRITE_QUEUE_LEN};
 
@@ -82,19 +83,99 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Opens (or creates) the store at `path`; returns the log half and the state
 /// machine half, which share one database and one writer thread.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let db = create_with_retry(path)?;
-    let wal = replay_wal(&db, path)?;
-    let loaded = load(&db)?;
+    let (db, wal, loaded) = open_files(path)?;
     let writer = Writer::spawn(db, wal)
         .map_err(|e| StoreError::Open(format!("cannot start the writer thread: {e}")))?;
     let log = LogStore {
         inner: Arc::new(LogInner {
             cache: Mutex::new(loaded.log),
             writer: writer.clone(),
+            incarnation: loaded.incarnation,
         }),
     };
-    let sm = StateMachineStore::restore(loaded.snapshot, writer)?;
+    let sm = StateMachineStore::restore(loaded.snapshot, writer, path)?;
     Ok((log, sm))
+}
+
+/// Opens redb, replays the write-ahead file into it and reads the store.
+/// redb panics on some damaged files (a page header it cannot read is
+/// "unreachable" to it); the panic is caught here and becomes
+/// [`StoreError::Damaged`], so the node stops with advice instead of a trace.
+fn open_files(path: &Path) -> Result<(Database, Wal, Loaded), StoreError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let db = create_with_retry(path)?;
+        let wal = replay_wal(&db, path)?;
+        let loaded = load(&db, path)?;
+        Ok((db, wal, loaded))
+    }));
+    opened.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(damaged(
+            path,
+            format!("the database library stopped on it ({what})"),
+        ))
+    })
+}
+
+/// [`StoreError::Damaged`] for the file at `path`.
+fn damaged(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Damaged {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The store's file in a node's raft folder (its write-ahead file is
+/// [`wal_path`] of it).
+pub const STORE_FILE: &str = "raft.redb";
+
+/// Moves the raft folder `raft_dir` aside, to `<raft_dir>.damaged-<unix ms>`
+/// beside it, never deleting anything: the recovery from
+/// [`StoreError::Damaged`]. The seal beside the folder stays, so the node's
+/// next start finds a new store under the old seal and rejoins the
+/// committee as a learner (see `node/rejoin.rs`). Returns where the folder
+/// went, or `None` if there is no folder. Refused while a node has the store open.
+pub fn move_aside(raft_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    if !raft_dir.exists() {
+        return Ok(None);
+    }
+    let store = raft_dir.join(STORE_FILE);
+    if in_use(&store) {
+        return Err(StoreError::Open(format!(
+            "{} is open in a running node; stop the node first",
+            store.display()
+        )));
+    }
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = raft_dir.as_os_str().to_owned();
+    name.push(format!(".damaged-{unix_ms}"));
+    let aside = PathBuf::from(name);
+    let failed = |e: io::Error| {
+        StoreError::Open(format!(
+            "moving {} to {}: {e}",
+            raft_dir.display(),
+            aside.display()
+        ))
+    };
+    if aside.exists() {
+        return Err(failed(io::ErrorKind::AlreadyExists.into()));
+    }
+    std::fs::rename(raft_dir, &aside).map_err(failed)?;
+    seal::sync_parent(raft_dir).map_err(failed)?;
+    Ok(Some(aside))
+}
+
+/// Whether a running node holds the redb file at `path` (redb locks it
+/// while open). A file redb cannot read at all is held by nobody.
+fn in_use(path: &Path) -> bool {
+    let opened = std::panic::catch_unwind(|| redb::ReadOnlyDatabase::open(path));
+    matches!(opened, Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)))
 }
 
 /// The write-ahead file that belongs to the store at `store_path`
@@ -107,20 +188,24 @@ pub fn wal_path(store_path: &Path) -> PathBuf {
 
 /// Moves what the write-ahead file of the store at `path` holds into redb
 /// (one durable transaction), starts its next generation if it held
-/// anything, and returns it open for appending.
+/// anything, and returns it open for appending. Damaged records, as opposed
+/// to a write cut at the end by a crash, are [`StoreError::Damaged`].
 fn replay_wal(db: &Database, path: &Path) -> Result<Wal, StoreError> {
     let wal_path = wal_path(path);
     let open_err = |e: io::Error| StoreError::Open(format!("{}: {e}", wal_path.display()));
     let mut wal = Wal::open(&wal_path).map_err(open_err)?;
-    let replayed = wal.replay().map_err(open_err)?;
+    let replayed = wal.replay().map_err(|e| match e {
+        WalError::Io(e) => open_err(e),
+        WalError::Corrupt(reason) => damaged(&wal_path, reason),
+    })?;
     if replayed.torn_bytes > 0 {
         tracing::warn!(
             torn_bytes = replayed.torn_bytes,
-            "raft store: dropped the torn end of the write-ahead file (a write cut by a crash, never acknowledged)"
+            "raft store: dropped the torn end of the write-ahead file (the last write, cut by a crash, never acknowledged)"
         );
     }
     if !replayed.writes.is_empty() {
-        commit_to_redb(db, replayed.writes.iter()).map_err(StoreError::Corrupt)?;
+        commit_to_redb(db, replayed.writes.iter()).map_err(|e| damaged(path, e))?;
     }
     // A file with nothing of its generation to replay is ready as it is
     // (a new one was given its header when created); only one that held
@@ -142,7 +227,16 @@ fn create_with_retry(path: &Path) -> Result<Database, StoreError> {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(e) => return Err(StoreError::Open(e.to_string())),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
+                return Err(damaged(path, reason))
+            }
+            // redb's word for a file it does not recognise (bad magic).
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
+                if e.kind() == io::ErrorKind::InvalidData =>
+            {
+                return Err(damaged(path, e.to_string()))
+            }
+            Err(e) => return Err(StoreError::Open(format!("{}: {e}", path.display()))),
         }
     }
 }
@@ -153,10 +247,50 @@ const OPEN_RETRIES: u32 = 300;
 struct Loaded {
     log: LogCache,
     snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    incarnation: Incarnation,
 }
 
-fn load(db: &Database) -> Result<Loaded, StoreError> {
-    let bad = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+/// Which store this is: a random id written when the store is first
+/// opened, and whether this open wrote it (a new store, or one from before
+/// stores had one). The node compares it with its seal (see `seal.rs`) to
+/// notice a store that was removed or replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incarnation {
+    /// The store's id.
+    pub id: u128,
+    /// Whether this open created it.
+    pub created: bool,
+}
+
+/// A new incarnation id: BLAKE3 of the wall clock in nanoseconds, the
+/// process id and the path. Unique per store creation in practice, which is
+/// all it is for (it is no secret).
+fn new_incarnation_id(path: &Path) -> u128 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(path.as_os_str().as_encoded_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
+/// Decodes a stored value, if there is one, of the store at `path`.
+fn decode_opt<T: DeserializeOwned>(
+    bytes: Option<Vec<u8>>,
+    path: &Path,
+) -> Result<Option<T>, StoreError> {
+    bytes
+        .map(|b| decode(&b))
+        .transpose()
+        .map_err(|e| damaged(path, e.to_string()))
+}
+
+fn load(db: &Database, path: &Path) -> Result<Loaded, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| damaged(path, e.to_string());
     // Create the tables so that a fresh file reads like an empty one.
     let tx = db.begin_write().map_err(|e| bad(&e))?;
     tx.open_table(LOG).map_err(|e| bad(&e))?;
@@ -171,7 +305,7 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         let (k, v) = row.map_err(|e| bad(&e))?;
         let entry: Entry = decode(v.value()).map_err(|e| bad(&e))?;
         if entry.index() != k.value() {
-            return Err(StoreError::Corrupt(format!(
+            return Err(bad(&format!(
                 "log key {} holds entry {}",
                 k.value(),
                 entry.index()
@@ -179,33 +313,35 @@ fn load(db: &Database) -> Result<Loaded, StoreError> {
         }
         cache.insert(entry, v.value().len());
     }
-    let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+    let get = |key: MetaKey| -> Result<Option<Vec<u8>>, StoreError> {
         Ok(meta
-            .get(key)
+            .get(key.name())
             .map_err(|e| bad(&e))?
             .map(|v| v.value().to_vec()))
     };
-    cache.vote = dec_opt(get(MetaKey::Vote.name())?)?;
-    cache.committed = dec_opt(get(MetaKey::Committed.name())?)?;
-    cache.purged = dec_opt(get(MetaKey::Purged.name())?)?;
-    let snapshot = match (
-        get(MetaKey::SnapshotMeta.name())?,
-        get(MetaKey::SnapshotData.name())?,
-    ) {
+    cache.vote = decode_opt(get(MetaKey::Vote)?, path)?;
+    cache.committed = decode_opt(get(MetaKey::Committed)?, path)?;
+    cache.purged = decode_opt(get(MetaKey::Purged)?, path)?;
+    let snapshot = match (get(MetaKey::SnapshotMeta)?, get(MetaKey::SnapshotData)?) {
         (Some(m), Some(d)) => Some((decode::<SnapshotMeta>(&m).map_err(|e| bad(&e))?, d)),
         _ => None,
+    };
+    let stored: Option<u128> = decode_opt(get(MetaKey::Incarnation)?, path)?;
+    drop((log_table, meta, tx));
+    let incarnation = match stored {
+        Some(id) => Incarnation { id, created: false },
+        None => {
+            let id = new_incarnation_id(path);
+            let row = WriteKind::PutMeta(MetaKey::Incarnation, encode(&id).map_err(|e| bad(&e))?);
+            commit_to_redb(db, [row].iter()).map_err(|e| bad(&e))?;
+            Incarnation { id, created: true }
+        }
     };
     Ok(Loaded {
         log: cache,
         snapshot,
+        incarnation,
     })
-}
-
-fn dec_opt<T: DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StoreError> {
-    bytes
-        .map(|b| decode(&b))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 // ---------------------------------------------------------------------------
@@ -243,6 +379,7 @@ impl LogCache {
 struct LogInner {
     cache: Mutex<LogCache>,
     writer: Writer,
+    incarnation: Incarnation,
 }
 
 /// The Raft log, vote and committed id (openraft's `RaftLogStorage`).
@@ -260,6 +397,11 @@ impl LogStore {
     /// Encoded bytes of the entries held in the log now.
     pub fn len_bytes(&self) -> u64 {
         lock(&self.inner.cache).bytes
+    }
+
+    /// Which store this is, and whether this open created it.
+    pub fn incarnation(&self) -> Incarnation {
+        self.inner.incarnation
     }
 
     /// Whether writes are made durable on the caller's thread instead of the
@@ -422,6 +564,7 @@ impl StateMachineStore {
     fn restore(
         snapshot: Option<(SnapshotMeta, Vec<u8>)>,
         writer: Writer,
+        path: &Path,
     ) -> Result<Self, StoreError> {
         let mut inner = SmInner {
             state: MeshState::new(),
@@ -432,7 +575,7 @@ impl StateMachineStore {
         };
         if let Some((meta, data)) = snapshot {
             inner.state = snapshot::decode_bounded(&data, SNAPSHOT_BYTES_MAX)
-                .map_err(|e| StoreError::Corrupt(format!("stored snapshot: {e}")))?;
+                .map_err(|e| damaged(path, format!("stored snapshot: {e}")))?;
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.snapshot = Some((meta, Arc::new(data)));

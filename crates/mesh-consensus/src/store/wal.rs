@@ -25,8 +25,21 @@
 //!
 //! Replay reads records of the header's generation until the first that is
 //! short, of another generation or fails its checksum: the end of what was
-//! written, or a batch whose write was cut by a crash (never acknowledged),
-//! which is dropped with anything after it. A file without the magic is of
+//! written, or a batch whose write was cut by a crash. Only the last write
+//! can be cut (each waits for the one before it to be durable), and it was
+//! never acknowledged, so it is dropped. A bad record with an intact record
+//! of the same generation anywhere after it is not a cut write but damage to
+//! acknowledged writes: replay fails with [`WalError::Corrupt`] instead of
+//! dropping them, and so does a record that passes its checksum but does not
+//! decode, and a file shorter than it was sized (cut off from the end).
+//!
+//! ```text
+//!   records: [ok][ok][bad][ok][ok]   → Corrupt (acknowledged writes after the bad one)
+//!   records: [ok][ok][bad]  zeros    → torn tail, dropped (never acknowledged)
+//! ```
+//!
+//! A flipped byte in the very last record reads like a torn write and is
+//! dropped: nothing in the file tells them apart. A file without the magic is of
 //! the earlier append-only layout (records of `len | checksum(body) | body`
 //! from offset 0, no generation) and replays as such.
 
@@ -74,6 +87,17 @@ pub(super) struct Wal {
     generation: Option<u64>,
     /// Bytes of this generation's records.
     len_bytes: u64,
+}
+
+/// Why [`Wal::replay`] could not read the file.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WalError {
+    /// Reading failed; retrying may help.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// Acknowledged writes are damaged: dropping them would lose them.
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// What [`Wal::replay`] found in the file.
@@ -145,27 +169,40 @@ impl Wal {
         }
     }
 
-    /// Reads every intact record of this generation.
-    pub fn replay(&mut self) -> io::Result<Replayed> {
+    /// Reads every intact record of this generation; fails with
+    /// [`WalError::Corrupt`] where records are damaged, not only cut at the end.
+    pub fn replay(&mut self) -> Result<Replayed, WalError> {
         let mut bytes = Vec::new();
         self.file.seek(SeekFrom::Start(0))?;
         self.file.read_to_end(&mut bytes)?;
+        if self.generation.is_some() && (bytes.len() as u64) < SIZED_BYTES {
+            return Err(WalError::Corrupt(format!(
+                "the file is {} bytes, shorter than the {SIZED_BYTES} it was sized to: cut off from the end",
+                bytes.len()
+            )));
+        }
         let start = self.records_start();
         let mut writes = Vec::new();
         let mut pos = start;
         while let Some((body, next)) = next_record(&bytes, pos, self.generation) {
-            match postcard::from_bytes::<Vec<WriteKind>>(body) {
-                Ok(batch) => writes.extend(batch),
-                Err(_) => break,
-            }
+            let batch = postcard::from_bytes::<Vec<WriteKind>>(body).map_err(|e| {
+                WalError::Corrupt(format!(
+                    "the record at offset {pos} passes its checksum but does not decode: {e}"
+                ))
+            })?;
+            writes.extend(batch);
             pos = next;
+        }
+        let torn_bytes = torn_at(&bytes, pos, self.generation);
+        if let Some(valid) = intact_record_after(&bytes, pos, self.generation) {
+            return Err(WalError::Corrupt(format!(
+                "the record at offset {pos} is damaged and an intact record follows at offset {valid}: \
+                 acknowledged writes were lost, not a write cut by a crash"
+            )));
         }
         self.len_bytes = (pos - start) as u64;
         self.durable.set_end(&bytes, pos);
-        Ok(Replayed {
-            writes,
-            torn_bytes: torn_at(&bytes, pos, self.generation),
-        })
+        Ok(Replayed { writes, torn_bytes })
     }
 
     /// Writes one batch after this generation's records and makes it
@@ -227,6 +264,16 @@ fn next_record(bytes: &[u8], pos: usize, generation: Option<u64>) -> Option<(&[u
     let start = pos + header_bytes;
     let body = bytes.get(start..start.checked_add(len)?)?;
     (checksum(generation, body) == header[header_bytes - 8..]).then_some((body, start + len))
+}
+
+/// Where the first intact record of `generation` after the end of the
+/// intact records at `pos` starts, if any: looked for at every offset, since
+/// the length in a damaged header cannot be trusted. Zeros and records of
+/// earlier generations never match (the checksum covers the generation).
+fn intact_record_after(bytes: &[u8], pos: usize, generation: Option<u64>) -> Option<usize> {
+    let header_bytes = generation.map_or(LEGACY_HEADER_BYTES, |_| HEADER_BYTES);
+    let last = bytes.len().checked_sub(header_bytes)?;
+    (pos + 1..=last).find(|&at| next_record(bytes, at, generation).is_some())
 }
 
 /// Bytes of a torn record at `pos`: one that claims this generation (or,
@@ -305,7 +352,9 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_or_corrupt_record_is_dropped_and_earlier_records_kept() {
+    fn a_damaged_last_record_is_dropped_and_earlier_records_kept() {
+        // A flipped byte in the last record reads like a torn write: nothing
+        // after it tells them apart (see the module docs).
         let (_dir, path, mut wal) = fresh();
         wal.append(&[put(1)]).unwrap();
         let good = FILE_HEADER_BYTES + wal.len_bytes();
@@ -324,6 +373,68 @@ mod tests {
         let replayed = reopen(&path);
         assert_eq!(replayed.writes, vec![put(1)]);
         assert!(replayed.torn_bytes > 0);
+    }
+
+    /// Replays the file at `path` as a restart does, expecting corruption.
+    fn corrupt(path: &Path) -> String {
+        match Wal::open(path).unwrap().replay() {
+            Err(WalError::Corrupt(reason)) => reason,
+            Err(e) => panic!("an I/O error, not corruption: {e}"),
+            Ok(r) => panic!("replayed {} writes instead of failing", r.writes.len()),
+        }
+    }
+
+    /// Issue 27: one byte flipped near the start of a follower's write-ahead
+    /// file made replay drop all 23 records (acknowledged entries and the
+    /// vote among them) as if they were the torn end of a crashed write.
+    #[test]
+    fn wal_damage_before_acknowledged_records_is_corruption_not_a_torn_tail() {
+        let (_dir, path, mut wal) = fresh();
+        for key in 1..=23 {
+            wal.append(&[put(key)]).unwrap();
+        }
+        let pristine = std::fs::read(&path).unwrap();
+        let first = FILE_HEADER_BYTES as usize;
+        // A body byte, the length, and the generation of the first record.
+        for at in [first + HEADER_BYTES + 1, first, first + 5] {
+            let mut bytes = pristine.clone();
+            bytes[at] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            let reason = corrupt(&path);
+            assert!(reason.contains("intact record follows"), "{reason}");
+        }
+        // A record that passes its checksum but does not decode.
+        let mut bytes = pristine.clone();
+        let body = [0xffu8; 6];
+        let mut record = (body.len() as u32).to_le_bytes().to_vec();
+        record.extend_from_slice(&wal.generation.unwrap().to_le_bytes());
+        record.extend_from_slice(&checksum(wal.generation, &body));
+        record.extend_from_slice(&body);
+        let end = first + wal.len_bytes() as usize;
+        bytes[end..end + record.len()].copy_from_slice(&record);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(corrupt(&path).contains("does not decode"));
+        // Cut off from the end.
+        std::fs::write(&path, &pristine[..end]).unwrap();
+        assert!(corrupt(&path).contains("shorter"));
+    }
+
+    #[test]
+    fn a_write_cut_at_the_end_is_still_dropped_as_a_torn_tail() {
+        let (_dir, path, mut wal) = fresh();
+        for key in 1..=5 {
+            wal.append(&[put(key)]).unwrap();
+        }
+        let before_last = FILE_HEADER_BYTES + wal.len_bytes();
+        wal.append(&[put(6), put(7)]).unwrap();
+        let end = FILE_HEADER_BYTES + wal.len_bytes();
+        // The last write reached the disk only in part: its tail is zeros.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[before_last as usize + HEADER_BYTES + 2..end as usize].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let replayed = reopen(&path);
+        assert_eq!(replayed.writes, (1..=5).map(put).collect::<Vec<_>>());
+        assert_eq!(replayed.torn_bytes, end - before_last);
     }
 
     #[test]

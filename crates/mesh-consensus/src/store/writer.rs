@@ -75,6 +75,8 @@ pub(super) enum MetaKey {
     Purged,
     SnapshotMeta,
     SnapshotData,
+    /// The store's incarnation id (see `Incarnation` in the store module).
+    Incarnation,
 }
 
 impl MetaKey {
@@ -86,6 +88,7 @@ impl MetaKey {
             Self::Purged => "purged",
             Self::SnapshotMeta => "snapshot_meta",
             Self::SnapshotData => "snapshot_data",
+            Self::Incarnation => "incarnation",
         }
     }
 }

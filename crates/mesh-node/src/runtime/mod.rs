@@ -162,9 +162,14 @@ fn net_config(config: &NodeConfig, creds: &Credentials) -> Result<NetConfig, Run
     Ok(net)
 }
 
+/// The node's raft folder (`<data_dir>/raft`); its seal is `<data_dir>/raft.seal`.
+pub fn raft_dir(config: &NodeConfig) -> std::path::PathBuf {
+    config.data_dir.join("raft")
+}
+
 fn consensus_config(config: &NodeConfig, address: String) -> ConsensusConfig {
     let c = &config.consensus;
-    let mut out = ConsensusConfig::new(config.data_dir.join("raft"), config.mesh_id.clone());
+    let mut out = ConsensusConfig::new(raft_dir(config), config.mesh_id.clone());
     out.address = address;
     out.heartbeat_ms = c.heartbeat_ms;
     out.election_timeout_min_ms = c.election_timeout_min_ms;
