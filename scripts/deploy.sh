@@ -10,7 +10,8 @@
 #   AGENT_MESH_DEPLOY_DIR  where keys, configs, data and logs go (default: ./deploy-dev)
 #   AGENT_MESH_BASE_PORT   node i listens on TCP and QUIC port BASE+i (default: 7100)
 #   AGENT_MESH_WAIT_S      how long to wait for the mesh to connect (default: 60)
-#   AGENT_MESH_DEPLOY_DATA MNIST IDX folder; node i trains on shard i of N (default: data/mnist-10k)
+#   AGENT_MESH_DEPLOY_DATA MNIST IDX folder, or builtin:mnist-10k (the default: the subset built
+#                          into the binary); node i trains on shard i of N
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +19,7 @@ DIR="${AGENT_MESH_DEPLOY_DIR:-$PWD/deploy-dev}"
 BIN="${AGENT_MESH_BIN:-$ROOT/target/debug/agent-mesh}"
 BASE_PORT="${AGENT_MESH_BASE_PORT:-7100}"
 WAIT_S="${AGENT_MESH_WAIT_S:-60}"
-DATA="${AGENT_MESH_DEPLOY_DATA:-$ROOT/data/mnist-10k}"
+DATA="${AGENT_MESH_DEPLOY_DATA:-builtin:mnist-10k}"
 MESH_ID="dev"
 
 die() { echo "deploy.sh: $*" >&2; exit 1; }

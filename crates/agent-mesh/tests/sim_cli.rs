@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// `cat` of the four files in `data/mnist-10k` piped to `sha256sum`.
+const MNIST_10K_SHA256: &str = "f041027efc5af71e58b66d0dfc399b8e2fd7a43ffe01d5f55cc9569d1ce5b95a";
+
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-10k")
 }
@@ -52,6 +55,7 @@ fn sim_writes_report_chart_and_model_and_is_deterministic() {
     let accuracy = r["final_test_accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.8, "accuracy {accuracy}");
     assert_eq!(r["config"]["model"], "logistic");
+    assert_eq!(r["config"]["data_sha256"], MNIST_10K_SHA256);
     let png = std::fs::read(a.join("accuracy.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
     assert!(
@@ -142,4 +146,58 @@ fn bad_flags_get_clear_messages() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&missing.stderr).contains("--data"));
+}
+
+/// Started from a folder with no data files (as after `cargo install`, or in
+/// a container), the default run trains on the set built into the binary.
+#[test]
+fn sim_runs_on_the_built_in_data_from_any_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
+        .args(["sim", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("[default: builtin:mnist-10k]"));
+    let output = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
+        .current_dir(dir.path())
+        .args(["sim", "--quiet", "--rounds", "1", "--nodes", "2"])
+        .args([
+            "--model",
+            "logistic",
+            "--local-epochs",
+            "1",
+            "--batch-size",
+            "64",
+        ])
+        .args(["--lr", "0.1"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let r = report(&dir.path().join("sim-out"));
+    assert_eq!(r["config"]["data"], "builtin:mnist-10k");
+    assert_eq!(r["config"]["data_sha256"], MNIST_10K_SHA256);
+    let accuracy = r["final_test_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.7, "accuracy {accuracy}");
+}
+
+/// A missing data folder printed its cause twice: "cannot read X: No such
+/// file or directory (os error 2): No such file or directory (os error 2)".
+#[test]
+fn regression_missing_data_error_repeats_its_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
+        .args(["sim", "--data"])
+        .arg(dir.path().join("absent"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let cause = stderr.trim_end().rsplit(": ").next().unwrap();
+    assert!(cause.contains("os error"), "{stderr}");
+    assert_eq!(stderr.matches(cause).count(), 1, "{stderr}");
+    assert!(stderr.contains("train-images-idx3-ubyte"), "{stderr}");
 }

@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mesh_federated::data::{DataError, DataSource};
 use serde::{Deserialize, Serialize};
 
 /// Largest config file read (a config is a few hundred bytes).
@@ -31,8 +32,8 @@ pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 /// What is wrong with a configuration. Fix the file or variable and start again.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    /// The file could not be read (the cause is the error's `source()`).
+    #[error("cannot read config {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -139,15 +140,17 @@ pub struct RuntimeConfig {
 /// Most worker threads `runtime.worker_threads` may ask for.
 pub const WORKER_THREADS_MAX: usize = 1_024;
 
-/// The node's private data: a folder of MNIST IDX files, either whole or one
-/// named shard of a seeded partition (for demos on one machine).
+/// The node's private data: a folder of MNIST IDX files or the MNIST subset
+/// built into the binary, either whole or one named shard of a seeded
+/// partition (for demos on one machine).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Name jobs bind to (a job's `dataset`); empty: this node trains nothing.
     pub dataset: String,
-    /// Folder with `train-*` and `t10k-*` IDX files (gzip or not).
-    pub dir: Option<PathBuf>,
+    /// Folder with `train-*` and `t10k-*` IDX files (gzip or not), or
+    /// `builtin:mnist-10k` for the set built into the binary.
+    pub dir: Option<DataSource>,
     /// Split the training set into this many shards (1: use it all).
     pub shards: usize,
     /// Which shard this node holds, from 0.
@@ -495,9 +498,9 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     },
     EnvOverride {
         name: "AGENT_MESH_DATA",
-        help: "data.dir (folder of MNIST IDX files)",
+        help: "data.dir (folder of MNIST IDX files, or builtin:mnist-10k)",
         apply: |c, v| {
-            c.data.dir = Some(v.into());
+            c.data.dir = Some(v.parse().map_err(|e: DataError| e.to_string())?);
             Ok(())
         },
     },
@@ -564,7 +567,7 @@ impl NodeConfig {
         if let Some(path) = &mut self.identity.revocations {
             join(path);
         }
-        if let Some(path) = &mut self.data.dir {
+        if let Some(DataSource::Dir(path)) = &mut self.data.dir {
             join(path);
         }
         let pin_path = base.join(&self.identity.ca_pin);
@@ -768,6 +771,31 @@ ca_pin = "ca.pin"
         let err = NodeConfig::load(&write(dir.path(), "mesh_id = \"x\"\n"), |_| None)
             .expect_err("missing key");
         assert!(err.to_string().contains("identity.key"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_is_a_folder_relative_to_the_file_or_a_built_in_set() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = format!("{MINIMAL}\n[data]\ndir = \"mnist\"\n");
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("folder");
+        assert_eq!(
+            config.data.dir,
+            Some(DataSource::Dir(dir.path().join("mnist")))
+        );
+
+        let text = format!("{MINIMAL}\n[data]\ndir = \"builtin:mnist-10k\"\n");
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("builtin");
+        assert_eq!(config.data.dir, Some(DataSource::default()));
+        let printed = toml::to_string(&config).expect("print");
+        assert!(printed.contains("dir = \"builtin:mnist-10k\""), "{printed}");
+
+        let env = |name: &str| (name == "AGENT_MESH_DATA").then(|| "builtin:mnist-10k".into());
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect("env");
+        assert_eq!(config.data.dir, Some(DataSource::default()));
+
+        let text = format!("{MINIMAL}\n[data]\ndir = \"builtin:nope\"\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("unknown");
+        assert!(err.to_string().contains("mnist-10k"), "{err}");
     }
 
     #[test]

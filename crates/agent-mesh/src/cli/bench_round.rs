@@ -9,14 +9,11 @@
 //! The model is an MLP with 100,010 parameters (288 MNIST pixels, two hidden
 //! layers of 200, 10 classes).
 
-use std::path::PathBuf;
-
-use anyhow::Context;
 use clap::Args;
 use comfy_table::Table;
 use mesh_consensus::command::{JobSpec, TrainingSpec};
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::{Dataset, Mnist};
+use mesh_federated::data::{DataSource, Dataset};
 use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
 
 /// Pixels kept per image: a 12 x 24 band through the middle (288 features).
@@ -34,9 +31,9 @@ pub struct RoundArgs {
     /// Send plain signed updates instead of securely aggregating them.
     #[arg(long)]
     pub plain: bool,
-    /// Folder with the MNIST IDX files.
-    #[arg(long, default_value = "data/mnist-10k")]
-    pub data: PathBuf,
+    /// MNIST data: builtin:mnist-10k (built into the binary) or a folder with the IDX files.
+    #[arg(long, default_value = "builtin:mnist-10k")]
+    pub data: DataSource,
     /// Worker threads: nodes' training and, when several nodes have messages
     /// in the same step, their protocol work run in parallel (a real mesh
     /// runs every node at once). 1 adds up every node's work one after another.
@@ -95,12 +92,7 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    let mnist = Mnist::load(&args.data).with_context(|| {
-        format!(
-            "loading MNIST from {} (pass --data DIR)",
-            args.data.display()
-        )
-    })?;
+    let mnist = super::sim::load_mnist(&args.data)?.mnist;
     let (train, test) = (
         crop(&mnist.train),
         crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),

@@ -9,7 +9,7 @@
 //! `--byzantine`. Prints a Markdown table with the worst case per rule, and
 //! writes it with the raw numbers to `OUT/robustness.{md,json}`.
 
-use super::sim::{write_atomically, SimArgs};
+use super::sim::{load_mnist, write_atomically, SimArgs};
 use anyhow::Context;
 use clap::Args;
 use mesh_federated::aggregate::{PreAggregation, Rule};
@@ -53,12 +53,7 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| parse_config(c))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mnist = Mnist::load(&args.sim.data).with_context(|| {
-        format!(
-            "loading MNIST from {} (pass --data DIR)",
-            args.sim.data.display()
-        )
-    })?;
+    let mnist = load_mnist(&args.sim.data)?.mnist;
     std::fs::create_dir_all(&args.sim.out)?;
     let mut cells: Vec<Vec<Option<Cell>>> = vec![vec![None; configs.len()]; args.attacks.len()];
     let total = args.attacks.len() * configs.len();

@@ -13,7 +13,7 @@ use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
 use mesh_federated::aggregate::{PreAggregation, Rule, ServerOptimizer};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::Mnist;
+use mesh_federated::data::{DataSource, LoadedMnist};
 use mesh_federated::model::ModelKind;
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
 use mesh_round::job::JobSpecCheck;
@@ -89,9 +89,13 @@ pub struct SimArgs {
     /// Seed of every random choice; the same seed gives the same result.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Folder with the MNIST IDX files.
-    #[arg(long, default_value = "data/mnist-10k")]
-    pub data: PathBuf,
+    /// MNIST data: builtin:mnist-10k (the 10,000-digit subset built into the
+    /// binary, needs no files) or a folder with the IDX files.
+    #[arg(long, default_value = "builtin:mnist-10k")]
+    pub data: DataSource,
+    /// SHA-256 of the data's files, set when they are loaded (for the report).
+    #[arg(skip)]
+    pub data_sha256: Option<String>,
     /// Output folder for report.json, accuracy.png and model.safetensors.
     #[arg(long, default_value = "sim-out")]
     pub out: PathBuf,
@@ -280,17 +284,21 @@ fn flag_words(message: &str) -> String {
 }
 
 /// Runs the simulation.
-pub fn run(args: SimArgs) -> anyhow::Result<()> {
+pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
     let config = args.mesh_config()?;
-    let mnist = Mnist::load(&args.data).with_context(|| {
-        format!(
-            "loading MNIST from {} (pass --data DIR)",
-            args.data.display()
-        )
-    })?;
+    let loaded = load_mnist(&args.data)?;
+    args.data_sha256 = Some(loaded.sha256_hex);
+    let mnist = loaded.mnist;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     super::sim_mesh::run(&args, config, mnist)
+}
+
+/// Loads the MNIST set `--data` names, built in or from a folder.
+pub fn load_mnist(source: &DataSource) -> anyhow::Result<LoadedMnist> {
+    source.load_mnist().with_context(|| {
+        format!("loading MNIST from {source} (pass --data DIR, or builtin:mnist-10k)")
+    })
 }
 
 /// Writes beside the target, then renames: a crash never leaves half a file.

@@ -178,7 +178,7 @@ fn report_json(args: &SimArgs, o: &MeshSimOutcome) -> serde_json::Value {
             "server_optimizer": format!("{:#}", args.server_opt),
             "byzantine": args.byzantine, "attack": args.attack().to_string(), "secagg": args.secagg,
             "dp_clip": args.dp_clip, "dp_delta": args.dp_delta, "dp_privacy": privacy,
-            "seed": args.seed, "data": args.data.display().to_string(),
+            "seed": args.seed, "data": args.data.to_string(), "data_sha256": args.data_sha256,
             "latency_ms": [args.latency_ms.0, args.latency_ms.1], "loss": args.loss, "crashes": args.crashes, "partitions": args.partitions,
         },
         "rounds": o.rounds,

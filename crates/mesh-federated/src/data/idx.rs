@@ -7,6 +7,7 @@
 
 use super::{DataError, Dataset};
 use flate2::read::GzDecoder;
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,10 @@ pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
 /// The largest IDX payload we accept (the full 60k MNIST is 47 MB).
 pub const MAX_PAYLOAD_BYTES: u64 = 512 * 1024 * 1024;
+/// The largest stored (gzip or raw) IDX file we read: a raw file of
+/// [`MAX_PAYLOAD_BYTES`] plus its header, or a gzip file of it (deflate adds
+/// at most 5 bytes per 64 KiB block to incompressible data).
+pub const MAX_STORED_BYTES: u64 = MAX_PAYLOAD_BYTES + MAX_PAYLOAD_BYTES / 1024 + 1024;
 /// Mean pixel value of MNIST (after scaling to `[0, 1]`).
 pub const MNIST_MEAN: f32 = 0.1307;
 /// Standard deviation of MNIST pixels (after scaling to `[0, 1]`).
@@ -30,10 +35,19 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads an IDX file whose magic number must be `expected_magic`.
+/// Reads an IDX file (gzip or raw) whose magic number must be `expected_magic`.
 pub fn read_idx(path: &Path, expected_magic: u32) -> Result<IdxArray, DataError> {
-    let bytes = read_maybe_gzip(path)?;
-    parse_idx(&bytes, expected_magic, &path.display().to_string())
+    let name = path.display().to_string();
+    parse_stored_idx(&read_stored(path)?, expected_magic, &name)
+}
+
+/// Parses IDX bytes as stored, gzip-compressed or raw; `name` is used in error messages.
+pub fn parse_stored_idx(
+    stored: &[u8],
+    expected_magic: u32,
+    name: &str,
+) -> Result<IdxArray, DataError> {
+    parse_idx(&decode_maybe_gzip(stored, name)?, expected_magic, name)
 }
 
 /// Parses IDX bytes already in memory; `name` is used in error messages.
@@ -81,18 +95,16 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, name: &str) -> Result<IdxArr
     })
 }
 
-/// Loads the image/label pair `{prefix}-images-idx3-ubyte[.gz]` and
-/// `{prefix}-labels-idx1-ubyte[.gz]` from `dir` as a normalized [`Dataset`].
-pub fn load_pair(dir: &Path, prefix: &str) -> Result<Dataset, DataError> {
-    let images = read_idx(
-        &find_file(dir, &format!("{prefix}-images-idx3-ubyte")),
-        IMAGES_MAGIC,
-    )?;
-    let labels = read_idx(
-        &find_file(dir, &format!("{prefix}-labels-idx1-ubyte")),
-        LABELS_MAGIC,
-    )?;
-    images_to_dataset(&images, &labels)
+/// Parses a stored images file and its labels file (gzip or raw) into a
+/// normalized [`Dataset`]; the names are used in error messages.
+pub fn pair_from_stored(
+    (images_name, images): (&str, &[u8]),
+    (labels_name, labels): (&str, &[u8]),
+) -> Result<Dataset, DataError> {
+    images_to_dataset(
+        &parse_stored_idx(images, IMAGES_MAGIC, images_name)?,
+        &parse_stored_idx(labels, LABELS_MAGIC, labels_name)?,
+    )
 }
 
 /// Combines an images array `[n, h, w]` and a labels array `[n]` into a data set.
@@ -131,7 +143,7 @@ pub fn images_to_dataset(images: &IdxArray, labels: &IdxArray) -> Result<Dataset
 }
 
 /// `dir/name.gz` if it exists, else `dir/name`.
-fn find_file(dir: &Path, name: &str) -> PathBuf {
+pub fn find_file(dir: &Path, name: &str) -> PathBuf {
     let gz = dir.join(format!("{name}.gz"));
     if gz.exists() {
         gz
@@ -140,31 +152,51 @@ fn find_file(dir: &Path, name: &str) -> PathBuf {
     }
 }
 
-/// Reads a file, gunzipping it when it starts with the gzip magic bytes.
-/// Decompressed output is capped so a gzip bomb cannot exhaust memory.
-fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, DataError> {
+/// Reads a whole stored file of at most [`MAX_STORED_BYTES`].
+pub fn read_stored(path: &Path) -> Result<Vec<u8>, DataError> {
     let io_err = |source| DataError::Io {
         path: path.display().to_string(),
         source,
     };
-    let raw = std::fs::read(path).map_err(io_err)?;
-    if !raw.starts_with(&[0x1f, 0x8b]) {
-        return Ok(raw);
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io_err)?
+        .take(MAX_STORED_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_err)?;
+    if raw.len() as u64 > MAX_STORED_BYTES {
+        return Err(DataError::TooLarge {
+            path: path.display().to_string(),
+            announced_bytes: raw.len() as u64,
+            limit_bytes: MAX_STORED_BYTES,
+        });
+    }
+    Ok(raw)
+}
+
+/// Gunzips `stored` when it starts with the gzip magic bytes, else returns it.
+/// Decompressed output is capped so a gzip bomb cannot exhaust memory.
+fn decode_maybe_gzip<'a>(stored: &'a [u8], name: &str) -> Result<Cow<'a, [u8]>, DataError> {
+    if !stored.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Cow::Borrowed(stored));
     }
     let cap = MAX_PAYLOAD_BYTES + 64;
     let mut out = Vec::new();
-    GzDecoder::new(raw.as_slice())
+    GzDecoder::new(stored)
         .take(cap + 1)
         .read_to_end(&mut out)
-        .map_err(io_err)?;
+        .map_err(|source| DataError::Io {
+            path: name.to_string(),
+            source,
+        })?;
     if out.len() as u64 > cap {
         return Err(DataError::TooLarge {
-            path: path.display().to_string(),
+            path: name.to_string(),
             announced_bytes: out.len() as u64,
             limit_bytes: cap,
         });
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 fn read_u32(bytes: &[u8], offset: usize) -> Option<u32> {
@@ -278,6 +310,23 @@ mod tests {
             read_idx(&path, LABELS_MAGIC),
             Err(DataError::Io { .. })
         ));
+    }
+
+    /// The I/O error used to be both in the message and the `source()`, so
+    /// `{:#}` (how the CLI prints errors) said "No such file or directory" twice.
+    #[test]
+    fn regression_io_error_cause_printed_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-idx1-ubyte");
+        let err = read_idx(&missing, LABELS_MAGIC).unwrap_err();
+        let chain = format!(
+            "{:#}",
+            anyhow::Error::new(err).context("loading MNIST from builtin:mnist-10k")
+        );
+        let os_message = chain.rsplit(": ").next().unwrap();
+        assert!(os_message.contains("os error"), "{chain}");
+        assert_eq!(chain.matches(os_message).count(), 1, "{chain}");
+        assert!(chain.contains("missing-idx1-ubyte"), "{chain}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Data sets and how they are split across nodes.
 //!
 //! * [`idx`]: the standard MNIST IDX file format (gzip or raw).
+//! * [`source`]: where a data set comes from: the MNIST subset built into the
+//!   binary (`builtin:mnist-10k`) or a folder of IDX files.
 //! * [`synthetic`]: the FedProx `Synthetic(alpha, beta)` generator.
 //! * [`partition`]: IID, Dirichlet label skew, McMahan shards and quantity skew.
 //!
@@ -9,7 +11,10 @@
 
 pub mod idx;
 pub mod partition;
+pub mod source;
 pub mod synthetic;
+
+pub use source::{BuiltinSet, DataSource, LoadedMnist};
 
 use std::path::Path;
 
@@ -17,8 +22,10 @@ use std::path::Path;
 /// the input file or the parameters must change.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    /// The file could not be opened, read or gunzipped. The cause is the
+    /// error's `source()` only, not part of this message, so a chain printed
+    /// cause by cause (`{:#}`) names it once.
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: String,
@@ -48,11 +55,11 @@ pub enum DataError {
         found_bytes: u64,
     },
     /// The file is larger than any data set we accept.
-    #[error("{path}: header announces {announced_bytes} bytes, over the limit of {limit_bytes}")]
+    #[error("{path}: {announced_bytes} bytes, over the limit of {limit_bytes}")]
     TooLarge {
         /// The file.
         path: String,
-        /// Bytes announced by the header.
+        /// Bytes announced by the header, stored or decompressed.
         announced_bytes: u64,
         /// The limit.
         limit_bytes: u64,
@@ -76,6 +83,14 @@ pub enum DataError {
         label: u8,
         /// Number of classes.
         num_classes: usize,
+    },
+    /// A `builtin:NAME` data source names no set built into this binary.
+    #[error("no built-in data set {name:?} (built in: {known})")]
+    UnknownBuiltin {
+        /// The name asked for.
+        name: String,
+        /// The names built in, comma-separated.
+        known: String,
     },
     /// Parameters out of range (partitioning or generation).
     #[error("invalid parameter: {0}")]
@@ -155,9 +170,18 @@ impl Mnist {
     /// `t10k-` pair from `dir`. Pixels are scaled to `[0, 1]` and then normalized
     /// with the usual MNIST mean and standard deviation.
     pub fn load(dir: &Path) -> Result<Mnist, DataError> {
+        DataSource::Dir(dir.to_owned())
+            .load_mnist()
+            .map(|loaded| loaded.mnist)
+    }
+
+    /// Parses the four files of an MNIST set as stored (gzip or raw), each a
+    /// `(name, bytes)` pair in [`source::MNIST_FILE_STEMS`] order.
+    pub fn from_stored(files: [(&str, &[u8]); 4]) -> Result<Mnist, DataError> {
+        let [train_images, train_labels, test_images, test_labels] = files;
         Ok(Mnist {
-            train: idx::load_pair(dir, "train")?,
-            test: idx::load_pair(dir, "t10k")?,
+            train: idx::pair_from_stored(train_images, train_labels)?,
+            test: idx::pair_from_stored(test_images, test_labels)?,
         })
     }
 }

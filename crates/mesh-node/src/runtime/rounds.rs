@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use mesh_consensus::command::{JobId, NodeId};
 use mesh_consensus::{ConsensusNode, MeshState};
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::Mnist;
+use mesh_federated::data::DataSource;
 use mesh_net::{NetHandle, PeerId};
 use mesh_security::rbac::Role;
 use mesh_security::NodeIdentity;
@@ -43,10 +43,22 @@ pub enum Done {
     Initial(JobId, Result<Vec<f32>, String>),
 }
 
-/// Why the node's data could not be loaded.
+/// Why the node's data could not be loaded. Fix `[data]` and start again.
 #[derive(Debug, thiserror::Error)]
-#[error("data: {0}")]
-pub struct DataError(String);
+pub enum DataError {
+    /// The data source could not be read or parsed (the cause is the
+    /// error's `source()`).
+    #[error("data: loading {from}")]
+    Load {
+        /// The source, as written in `[data] dir`.
+        from: DataSource,
+        /// What went wrong.
+        source: mesh_federated::data::DataError,
+    },
+    /// The split asked for in `[data]` cannot be made.
+    #[error("data: {0}")]
+    Split(String),
+}
 
 /// How the node behaves in rounds: honest, or (only in robustness tests,
 /// with `--allow-adversary`) shaping its updates with the configured attack.
@@ -59,13 +71,17 @@ pub fn conduct(config: &AdversaryConfig) -> Conduct {
 
 /// Loads the node's private data as its config says.
 pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker, DataError> {
-    let Some(dir) = &config.dir else {
+    let Some(from) = &config.dir else {
         return Ok(LocalWorker::new(&config.dataset, None, None, conduct));
     };
-    let mnist = Mnist::load(dir).map_err(|e| DataError(format!("{}: {e}", dir.display())))?;
+    let loaded = from.load_mnist().map_err(|source| DataError::Load {
+        from: from.clone(),
+        source,
+    })?;
+    let mnist = loaded.mnist;
     let train = if config.shards > 1 {
         let partition =
-            Partition::from_str(&config.partition).map_err(|e| DataError(e.to_string()))?;
+            Partition::from_str(&config.partition).map_err(|e| DataError::Split(e.to_string()))?;
         let shards = partition
             .split(
                 &mnist.train.labels,
@@ -73,10 +89,10 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
                 config.shards,
                 config.seed,
             )
-            .map_err(|e| DataError(e.to_string()))?;
-        let rows = shards
-            .get(config.shard)
-            .ok_or_else(|| DataError(format!("shard {} of {}", config.shard, config.shards)))?;
+            .map_err(|e| DataError::Split(e.to_string()))?;
+        let rows = shards.get(config.shard).ok_or_else(|| {
+            DataError::Split(format!("no shard {} of {}", config.shard, config.shards))
+        })?;
         mnist.train.subset(rows)
     } else {
         mnist.train
@@ -84,6 +100,8 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
     let rows: Vec<usize> = (0..mnist.test.len().min(config.validation_rows)).collect();
     let validation = mnist.test.subset(&rows);
     tracing::info!(
+        source = %from,
+        sha256 = %loaded.sha256_hex,
         train_rows = train.len(),
         validation_rows = validation.len(),
         "private data loaded"
