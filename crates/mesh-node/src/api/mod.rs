@@ -25,6 +25,7 @@
 mod auth;
 pub mod jobs;
 mod proposer;
+pub mod server;
 mod snapshot;
 
 use std::sync::Arc;
@@ -125,6 +126,8 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Requests slower than this get 408.
     pub timeout_ms: u64,
+    /// A request body that sends nothing for this long is cut off (400).
+    pub body_read_timeout_ms: u64,
     /// Most requests in flight.
     pub max_concurrent_requests: usize,
 }
@@ -145,6 +148,9 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/model", get(jobs::model))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_millis(limits.body_read_timeout_ms),
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(limits.timeout_ms),
