@@ -4,7 +4,9 @@
 //! A command is checked twice: here, for what can be judged from the command
 //! alone (lengths, ranges, finite numbers), and in [`crate::state`], against
 //! the current state (does the job exist, is the round running). Both checks
-//! are deterministic, so every node accepts or rejects an entry alike.
+//! are deterministic, so every node accepts or rejects an entry alike. A job
+//! spec is checked a third time, before it is proposed at all:
+//! [`JobSpec::check_bounds`] keeps every numeric field in a sane range.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,6 +15,14 @@ use mesh_security::ca::{SignedRevocation, REASON_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApplyError, CommandDecodeError};
+
+mod bounds;
+
+pub use bounds::{
+    JobSpecError, BATCH_SIZE_MAX, CLIP_NORM_MAX, EPOCHS_MAX, EPSILON_MICROS_MAX,
+    JOB_PARTICIPANTS_MIN, LEARNING_RATE_MAX, NOISE_MULTIPLIER_MAX, ROUND_DEADLINE_MS_MAX,
+    ROUND_DEADLINE_MS_MIN,
+};
 
 /// Longest node id, job id, model name or rule name, in bytes.
 pub const NAME_BYTES_MAX: usize = 128;

@@ -59,8 +59,8 @@ pub mod store;
 pub mod types;
 
 pub use command::{
-    Command, DpBudget, EvidenceKind, JobId, JobSpec, ModelHash, NodeId, RevocationReason, Role,
-    RoundMetrics,
+    Command, DpBudget, EvidenceKind, JobId, JobSpec, JobSpecError, ModelHash, NodeId,
+    RevocationReason, Role, RoundMetrics,
 };
 pub use error::{
     ApplyError, CommandDecodeError, ConsensusError, SnapshotError, StoreError, TransportError,

@@ -15,7 +15,9 @@ pub struct ConsensusMetrics {
     pub commit_index: Gauge,
     /// Highest applied log index.
     pub last_applied: Gauge,
-    /// Committed but not yet applied entries.
+    /// The leader's commit index as this node last heard it.
+    pub leader_commit_index: Gauge,
+    /// Entries the leader has committed that this node has not applied yet.
     pub apply_lag: Gauge,
     /// 1 on the leader, 0 elsewhere.
     pub is_leader: Gauge,
@@ -48,6 +50,7 @@ impl ConsensusMetrics {
             term: Gauge::default(),
             commit_index: Gauge::default(),
             last_applied: Gauge::default(),
+            leader_commit_index: Gauge::default(),
             apply_lag: Gauge::default(),
             is_leader: Gauge::default(),
             leader_changes: Counter::default(),
@@ -75,8 +78,13 @@ impl ConsensusMetrics {
             m.last_applied.clone(),
         );
         r.register(
+            "leader_commit_index",
+            "The leader's commit index as this node last heard it",
+            m.leader_commit_index.clone(),
+        );
+        r.register(
             "apply_lag",
-            "Committed entries not yet applied",
+            "Entries the leader has committed that this node has not applied yet",
             m.apply_lag.clone(),
         );
         r.register(

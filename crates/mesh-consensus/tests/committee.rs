@@ -506,3 +506,51 @@ async fn committee_grows_with_the_mesh() {
     c.nodes[&l].propose(put(1)).await.unwrap();
     c.shutdown().await;
 }
+
+/// Polls `check` every 50 ms until it holds, at most [`WAIT`].
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 27: `/readyz` could not tell a follower cut off from the leader,
+/// and the apply lag was measured against the node's own commit index. The
+/// status now gives the leader's commit index, the lag behind it, and how
+/// long ago the leader was heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_27_status_tells_the_lag_behind_the_leader_and_when_it_was_heard() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LocalCommittee::start(dir.path(), 3, 0, default_tweak)
+        .await
+        .unwrap();
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let last = commit_n(&c, leader, 0, 5).await;
+    assert!(c.wait_applied(&c.ids(), last, WAIT).await);
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    eventually("the follower caught up and hears the leader", || {
+        let s = c.nodes[&follower].status();
+        s.leader_commit_index >= Some(last)
+            && s.apply_lag == 0
+            && s.leader_contact_ms_ago.is_some_and(|ms| ms < 2_000)
+    })
+    .await;
+    eventually("a quorum acknowledges the leader", || {
+        let s = c.nodes[&leader].status();
+        s.leader_contact_ms_ago.is_some_and(|ms| ms < 2_000) && s.apply_lag == 0
+    })
+    .await;
+    c.net.isolate(&[follower]);
+    eventually(
+        "the isolated follower has not heard the leader for 2 s",
+        || {
+            let s = c.nodes[&follower].status();
+            s.leader_contact_ms_ago.is_some_and(|ms| ms > 2_000)
+        },
+    )
+    .await;
+    c.net.heal();
+    c.shutdown().await;
+}

@@ -2,22 +2,34 @@
 //! only after it presents a mesh certificate that verifies.
 //!
 //! ```text
-//!   on_connected ──> AwaitingCertificate { deadline_ms }
+//!   on_connected ──> AwaitingCertificate { deadline_ms, attempt: 1 }
 //!                      | certificate verifies          -> Admitted { cert }
-//!                      | certificate fails             -> Rejected(reason)
+//!                      | certificate fails             -> Rejected(reason)       (ban)
 //!                      | peer says it has none         -> Rejected(Missing)
-//!                      | poll() from deadline_ms on    -> Rejected(Timeout)
-//!   Admitted ──> revocation learned                    -> Rejected(Revoked)
-//!            ──> poll() after the certificate expires  -> Rejected(Expired)
-//!            ──> new certificate (renewal) fails       -> Rejected(reason)
+//!                      | poll() from deadline_ms on,   -> AwaitingCertificate { deadline_ms
+//!                      |   attempts left                    doubled, attempt + 1 } + Retry
+//!                      | poll() from the last deadline -> Rejected(Timeout)
+//!   Admitted ──> revocation learned                    -> Rejected(Revoked)      (ban)
+//!            ──> poll() after the certificate expires  -> Rejected(Expired)      (ban)
+//!            ──> new certificate (renewal) fails       -> Rejected(reason)       (ban)
 //!   any ──> on_disconnected                            -> forgotten
 //! ```
 //!
 //! The mesh is identified by its pinned CA: a certificate issued by any other
 //! CA (a self-signed one included) is [`RejectReason::WrongMesh`]. Certificate
 //! validity is checked at `now_ms / 1000` Unix seconds. Every rejection the
-//! driver receives means "disconnect this peer and ban it for a while"; until
-//! then [`Admission::may_process`] refuses the peer's application messages.
+//! driver receives means "disconnect this peer"; until then
+//! [`Admission::may_process`] refuses the peer's application messages.
+//!
+//! Slow is not hostile. A certificate exchange that does not finish by its
+//! deadline is tried again ([`Retry`]: the driver sends the certificate again)
+//! with a doubled deadline, up to [`AdmissionConfig::cert_attempts_max`]
+//! attempts; a certificate that arrives late is still verified. Only a peer
+//! that showed a certificate that fails verification is banned
+//! ([`RejectReason::bans`]): a peer that timed out on every attempt is
+//! disconnected and dialled again later with backoff, like any peer that went
+//! down. Five nodes starting at once on two cores used to ban each other for
+//! a minute because one exchange missed its first deadline.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +87,13 @@ impl RejectReason {
         }
     }
 
+    /// Whether a peer refused for this reason is banned: only when it showed
+    /// a certificate that failed verification. A timeout (slow, not hostile)
+    /// and a peer without a certificate are disconnected, not banned.
+    pub fn bans(self) -> bool {
+        !matches!(self, Self::Timeout | Self::Missing)
+    }
+
     /// The reason a certificate verification error amounts to.
     pub fn from_cert_error(error: &CertError) -> Self {
         match error {
@@ -102,10 +121,12 @@ impl std::fmt::Display for RejectReason {
 /// Where one connected peer stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdmissionState {
-    /// Connected; its certificate must arrive before `deadline_ms`.
+    /// Connected; its certificate should arrive before `deadline_ms`.
     AwaitingCertificate {
-        /// When the wait ends, Unix milliseconds.
+        /// When this attempt's wait ends, Unix milliseconds.
         deadline_ms: u64,
+        /// Which attempt of the exchange this is, from 1.
+        attempt: u32,
     },
     /// Its certificate verified.
     Admitted {
@@ -133,7 +154,8 @@ pub enum Verdict {
     },
 }
 
-/// A peer that was just refused: disconnect and ban it.
+/// A peer that was just refused: disconnect it, and ban it if
+/// [`RejectReason::bans`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// The peer.
@@ -142,11 +164,35 @@ pub struct Rejection {
     pub reason: RejectReason,
 }
 
+/// A peer whose certificate exchange missed its deadline and is tried again:
+/// send it this node's certificate again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retry {
+    /// The peer.
+    pub peer: NodeId,
+    /// The attempt now starting, from 2.
+    pub attempt: u32,
+    /// When it ends, Unix milliseconds.
+    pub deadline_ms: u64,
+}
+
+/// What [`Admission::poll`] found due.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Exchanges to try again.
+    pub retries: Vec<Retry>,
+    /// Peers refused: disconnect them.
+    pub rejections: Vec<Rejection>,
+}
+
 /// Admission limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AdmissionConfig {
-    /// How long a connected peer has to present its certificate.
+    /// How long the first attempt of the certificate exchange may take; each
+    /// further attempt may take twice as long as the one before.
     pub cert_timeout_ms: u64,
+    /// Attempts of the exchange before a silent peer is disconnected (at least 1).
+    pub cert_attempts_max: u32,
     /// Most peers tracked at once (connected, in any state).
     pub peers_max: usize,
 }
@@ -155,8 +201,25 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             cert_timeout_ms: 10_000,
+            cert_attempts_max: 3,
             peers_max: 4_096,
         }
+    }
+}
+
+impl AdmissionConfig {
+    /// How long `attempt` (from 1) of the exchange may take: the first
+    /// attempt's timeout, doubled per attempt before it (saturating).
+    pub fn attempt_timeout_ms(&self, attempt: u32) -> u64 {
+        let doublings = attempt.saturating_sub(1).min(32);
+        self.cert_timeout_ms.saturating_mul(1u64 << doublings)
+    }
+
+    /// The longest a peer can wait for admission over every attempt.
+    pub fn wait_total_ms(&self) -> u64 {
+        (1..=self.cert_attempts_max.max(1))
+            .map(|attempt| self.attempt_timeout_ms(attempt))
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -217,7 +280,8 @@ impl Admission {
     /// a rejected one starts over.
     pub fn on_connected(&mut self, peer: NodeId, now_ms: u64) -> Result<(), AdmissionError> {
         let awaiting = AdmissionState::AwaitingCertificate {
-            deadline_ms: now_ms.saturating_add(self.config.cert_timeout_ms),
+            deadline_ms: now_ms.saturating_add(self.config.attempt_timeout_ms(1)),
+            attempt: 1,
         };
         let full = self.peers.len() >= self.config.peers_max;
         match self.peers.get_mut(&peer) {
@@ -236,8 +300,9 @@ impl Admission {
     }
 
     /// `peer` presented `cert_der` at `now_ms`. A waiting peer is admitted or
-    /// rejected; an admitted peer is renewing, and a certificate that fails
-    /// rejects it; a rejected peer stays rejected.
+    /// rejected, even past its deadline (late is slow, not hostile); an
+    /// admitted peer is renewing, and a certificate that fails rejects it; a
+    /// rejected peer stays rejected.
     pub fn on_certificate(
         &mut self,
         peer: NodeId,
@@ -255,10 +320,6 @@ impl Admission {
                     detail: "already rejected".into(),
                 })
             }
-            AdmissionState::AwaitingCertificate { deadline_ms } if now_ms >= *deadline_ms => Err((
-                RejectReason::Timeout,
-                format!("certificate arrived at or after the deadline ({deadline_ms} ms)"),
-            )),
             _ => self.verify(peer, cert_der, now_ms),
         };
         Ok(self.settle(peer, verdict))
@@ -311,16 +372,32 @@ impl Admission {
         verdict
     }
 
-    /// Applies timers at `now_ms`: waiting peers past their deadline are
-    /// rejected with [`RejectReason::Timeout`], admitted peers whose
-    /// certificate has expired with [`RejectReason::Expired`].
-    pub fn poll(&mut self, now_ms: u64) -> Vec<Rejection> {
+    /// Applies timers at `now_ms`: a waiting peer past its deadline is tried
+    /// again ([`Due::retries`]) while it has attempts left, and rejected with
+    /// [`RejectReason::Timeout`] after the last; an admitted peer whose
+    /// certificate has expired is rejected with [`RejectReason::Expired`].
+    pub fn poll(&mut self, now_ms: u64) -> Due {
         let now_s = unix_s(now_ms);
-        let mut rejected = Vec::new();
+        let config = self.config;
+        let mut due = Due::default();
         for (peer, state) in &mut self.peers {
             let reason = match state {
-                AdmissionState::AwaitingCertificate { deadline_ms } if now_ms >= *deadline_ms => {
-                    RejectReason::Timeout
+                AdmissionState::AwaitingCertificate {
+                    deadline_ms,
+                    attempt,
+                } if now_ms >= *deadline_ms => {
+                    if *attempt >= config.cert_attempts_max {
+                        RejectReason::Timeout
+                    } else {
+                        *attempt += 1;
+                        *deadline_ms = now_ms.saturating_add(config.attempt_timeout_ms(*attempt));
+                        due.retries.push(Retry {
+                            peer: *peer,
+                            attempt: *attempt,
+                            deadline_ms: *deadline_ms,
+                        });
+                        continue;
+                    }
                 }
                 AdmissionState::Admitted { cert } if now_s > cert.info.not_after_unix_s => {
                     RejectReason::Expired
@@ -328,12 +405,12 @@ impl Admission {
                 _ => continue,
             };
             *state = AdmissionState::Rejected { reason };
-            rejected.push(Rejection {
+            due.rejections.push(Rejection {
                 peer: *peer,
                 reason,
             });
         }
-        rejected
+        due
     }
 
     /// The earliest time [`Admission::poll`] can change something, if any.
@@ -341,7 +418,7 @@ impl Admission {
         self.peers
             .values()
             .filter_map(|state| match state {
-                AdmissionState::AwaitingCertificate { deadline_ms } => Some(*deadline_ms),
+                AdmissionState::AwaitingCertificate { deadline_ms, .. } => Some(*deadline_ms),
                 AdmissionState::Admitted { cert } => {
                     let after_s = u64::try_from(cert.info.not_after_unix_s).unwrap_or(0);
                     Some(after_s.saturating_add(1).saturating_mul(1000))

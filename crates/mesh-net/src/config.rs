@@ -106,8 +106,12 @@ impl Default for QueueLimits {
 /// Timers of the network layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
-    /// How long a connected peer has to present its certificate.
+    /// How long the first attempt of the certificate exchange may take (each
+    /// further attempt may take twice as long as the one before).
     pub admission_deadline: Duration,
+    /// Attempts of the certificate exchange before a silent peer is
+    /// disconnected (not banned: only a bad certificate bans).
+    pub admission_attempts: u32,
     /// How long a refused peer is kept out.
     pub ban_duration: Duration,
     /// Timeout of one request (sending the request and receiving the response).
@@ -130,6 +134,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             admission_deadline: Duration::from_secs(10),
+            admission_attempts: 3,
             ban_duration: Duration::from_secs(600),
             request_timeout: Duration::from_secs(120),
             ping_interval: Duration::from_secs(15),

@@ -28,16 +28,17 @@ use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admission::{Admission, AdmissionConfig, RejectReason};
+use crate::admission::{Admission, AdmissionConfig, RejectReason, Retry};
 use crate::ban::BanList;
 use crate::behaviour::MeshBehaviour;
 use crate::cert_exchange::CertMessage;
-use crate::codec::WireResponse;
+use crate::codec::{WireRequest, WireResponse};
 use crate::config::{NetConfig, TransportKind};
 use crate::discovery::AddressBook;
 use crate::gossip::GossipGate;
 use crate::handle::{Command, NetEvent};
-use crate::metrics::NetMetrics;
+use crate::log_limit::LogLimiter;
+use crate::metrics::{Direction, Kind, NetMetrics};
 use crate::peers::{Backoff, PeerState, PeerTable, PeerTableConfig};
 use crate::streams::{AdmittedPeers, Streams};
 use crate::{ids, transport, NetError};
@@ -101,6 +102,8 @@ pub(crate) struct Driver {
     gossip_held: usize,
     /// Admitted peers, shared with the stream side of the handles.
     admitted: AdmittedPeers,
+    /// Paces log lines about hostile or broken input (one per source per interval).
+    log_limit: LogLimiter,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -119,6 +122,10 @@ fn validate(config: &NetConfig) -> Result<(), NetError> {
             "queues.inbound_requests_max must be at least 1",
         ),
         (config.timing.tick.is_zero(), "timing.tick must be positive"),
+        (
+            config.timing.admission_attempts == 0,
+            "timing.admission_attempts must be at least 1",
+        ),
     ];
     match checks.iter().find(|(bad, _)| *bad) {
         Some((_, message)) => Err(NetError::Config((*message).to_string())),
@@ -147,6 +154,15 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<MeshBehaviour>, NetError> {
     Ok(swarm)
 }
 
+/// Admission's settings from the configuration.
+fn admission_config(config: &NetConfig) -> AdmissionConfig {
+    AdmissionConfig {
+        cert_timeout_ms: ms(config.timing.admission_deadline),
+        cert_attempts_max: config.timing.admission_attempts,
+        peers_max: config.peers_max,
+    }
+}
+
 /// The peer table (keyed by peer id) and the bootstrap table (keyed by
 /// address, holding every bootstrap address).
 fn peer_tables(config: &NetConfig) -> Result<(PeerTable<PeerId>, PeerTable<Multiaddr>), NetError> {
@@ -154,9 +170,11 @@ fn peer_tables(config: &NetConfig) -> Result<(PeerTable<PeerId>, PeerTable<Multi
         base_ms: ms(config.timing.redial_base).max(1),
         max_ms: ms(config.timing.redial_max).max(1),
     };
+    // A connecting peer is not "silent" while admission may still retry it.
+    let admission_wait_ms = admission_config(config).wait_total_ms();
     let silence_timeout_ms = ms(config.timing.ping_interval)
         .saturating_mul(4)
-        .max(ms(config.timing.admission_deadline).saturating_mul(2));
+        .max(admission_wait_ms.saturating_add(ms(config.timing.admission_deadline)));
     let table = PeerTableConfig {
         peers_max: config.peers_max,
         connections_target: config.target_peers,
@@ -194,13 +212,7 @@ impl Driver {
         }
         .encode()
         .map_err(|e| NetError::Config(format!("own certificate: {e}")))?;
-        let admission = Admission::new(
-            config.verifier.clone(),
-            AdmissionConfig {
-                cert_timeout_ms: ms(config.timing.admission_deadline),
-                peers_max: config.peers_max,
-            },
-        );
+        let admission = Admission::new(config.verifier.clone(), admission_config(&config));
         let bans = BanList::new(config.peers_max)
             .map_err(|e| NetError::Config(format!("ban list: {e}")))?;
         let (peers, bootstrap) = peer_tables(&config)?;
@@ -238,6 +250,7 @@ impl Driver {
             held_gossip: HashMap::new(),
             gossip_held: 0,
             admitted: AdmittedPeers::default(),
+            log_limit: LogLimiter::default(),
         })
     }
 
@@ -284,7 +297,11 @@ impl Driver {
     /// Timers: admission deadlines, expired bans, silent peers, dialling.
     fn on_tick(&mut self) {
         let now = now_ms();
-        for rejection in self.admission.poll(now) {
+        let due = self.admission.poll(now);
+        for retry in due.retries {
+            self.retry_certificate(&retry);
+        }
+        for rejection in due.rejections {
             match ids::peer_id(&rejection.peer) {
                 Ok(peer) => self.reject(peer, rejection.reason, "deadline or expiry".into()),
                 Err(e) => tracing::warn!("rejected node has no peer id: {e}"),
@@ -367,12 +384,38 @@ impl Driver {
         }
     }
 
-    /// Refuses `peer`: ban, count, tell the application, disconnect.
+    /// Sends `peer` this node's certificate again: its exchange missed a
+    /// deadline, which on a loaded machine says nothing bad about the peer.
+    fn retry_certificate(&mut self, retry: &Retry) {
+        let Ok(peer) = ids::peer_id(&retry.peer) else {
+            return;
+        };
+        tracing::info!(%peer, attempt = retry.attempt, "certificate exchange slow; trying again");
+        self.metrics.admission_retries.inc();
+        self.send_certificate(peer);
+    }
+
+    /// Sends this node's certificate to `peer` as a request; the answer
+    /// carries the peer's own.
+    pub(super) fn send_certificate(&mut self, peer: PeerId) {
+        let request = WireRequest {
+            protocol: crate::cert_exchange::REQUEST_NAME.to_string(),
+            payload: self.settings.cert_message.clone(),
+        };
+        self.metrics.message(Kind::Cert, Direction::Out, "sent");
+        self.swarm.behaviour_mut().cert.send_request(&peer, request);
+    }
+
+    /// Refuses `peer`: count, tell the application, disconnect, and ban it
+    /// when the reason says it showed a bad certificate ([`RejectReason::bans`]).
     fn reject(&mut self, peer: PeerId, reason: RejectReason, detail: String) {
         let now = now_ms();
         let label = reason.as_str();
-        tracing::info!(%peer, reason = label, %detail, "peer refused");
-        self.bans.ban(peer, now, self.settings.ban_ms, label);
+        let banned = reason.bans();
+        tracing::info!(%peer, reason = label, banned, %detail, "peer refused");
+        if banned {
+            self.bans.ban(peer, now, self.settings.ban_ms, label);
+        }
         self.metrics.rejection(label);
         // Admission may already have moved an admitted peer to rejected
         // (revocation, expiry); the peer table still says whether it was up.

@@ -27,8 +27,10 @@
 //!
 //! On a new connection the driver first asks [`ban::BanList::is_banned`], then
 //! [`admission::Admission::on_connected`]; the dialer sends its certificate
-//! ([`cert_exchange`]) and the listener answers with its own. Every rejection
-//! means "disconnect and ban". Until a peer is admitted its requests are
+//! ([`cert_exchange`]) and the listener answers with its own. An exchange that
+//! misses its deadline is tried again with a doubled deadline; every rejection
+//! means "disconnect", and one for a certificate that failed verification
+//! also means "ban" (a peer that was only slow is not banned). Until a peer is admitted its requests are
 //! answered with an error and the gossip it relays is held (bounded) until
 //! its admission settles, then validated or ignored; nothing it sends reaches
 //! the application unadmitted. On a
@@ -51,13 +53,15 @@ pub mod gossip;
 pub mod handle;
 pub mod ids;
 pub mod keep_alive;
+pub mod log_limit;
 pub mod metrics;
 pub mod peers;
 pub mod streams;
 pub mod transport;
 
 pub use admission::{
-    Admission, AdmissionConfig, AdmissionError, AdmissionState, RejectReason, Rejection, Verdict,
+    Admission, AdmissionConfig, AdmissionError, AdmissionState, Due, RejectReason, Rejection,
+    Retry, Verdict,
 };
 pub use ban::{BanEntry, BanError, BanList};
 pub use config::{
@@ -67,6 +71,7 @@ pub use direct::{DirectLink, DirectLinks, DirectListener};
 pub use error::NetError;
 pub use handle::{spawn, NetEvent, NetHandle, PeerInfo, PeerStatus};
 pub use libp2p::{multiaddr, Multiaddr, PeerId, Stream};
+pub use log_limit::{LogLimiter, Suppressed};
 pub use metrics::NetMetrics;
 pub use peers::{Backoff, PeerError, PeerState, PeerTable, PeerTableConfig};
 pub use streams::{read_frame, write_frame, IncomingStreams};

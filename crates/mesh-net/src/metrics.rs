@@ -8,6 +8,8 @@
 //! | `mesh_net_messages_total` | counter | `kind` (gossip, request, response, cert), `direction` (in, out), `result` |
 //! | `mesh_net_bytes_total` | counter | `kind`, `direction` |
 //! | `mesh_net_admission_rejections_total` | counter | `reason` ([`crate::RejectReason`] labels, plus `banned`) |
+//! | `mesh_net_admission_retries_total` | counter | |
+//! | `mesh_net_incoming_connection_errors_total` | counter | `error` (handshake, denied, aborted, other) |
 //! | `mesh_net_events_dropped_total` | counter | |
 
 use prometheus_client::metrics::counter::Counter;
@@ -74,7 +76,14 @@ pub struct NetMetrics {
     bytes: Family<Labels2, Counter>,
     rejections: Family<Labels1, Counter>,
     events_dropped: Counter,
+    /// Certificate exchanges tried again after missing their deadline.
+    pub admission_retries: Counter,
+    incoming_errors: Family<Labels1, Counter>,
 }
+
+/// Labels of `mesh_net_incoming_connection_errors_total`: why an incoming
+/// connection failed before it was established.
+pub const INCOMING_ERRORS: [&str; 4] = ["handshake", "denied", "aborted", "other"];
 
 impl NetMetrics {
     /// Creates the metrics and registers them into `registry` under `mesh_net`.
@@ -111,6 +120,19 @@ impl NetMetrics {
             "Events dropped because the application's queue was full",
             metrics.events_dropped.clone(),
         );
+        sub.register(
+            "admission_retries",
+            "Certificate exchanges tried again after missing their deadline",
+            metrics.admission_retries.clone(),
+        );
+        sub.register(
+            "incoming_connection_errors",
+            "Incoming connections that failed before they were established (garbage, failed handshakes, limits)",
+            metrics.incoming_errors.clone(),
+        );
+        for error in INCOMING_ERRORS {
+            let _ = metrics.incoming_errors.get_or_create(&[("error", error)]);
+        }
         for reason in RejectReason::ALL {
             let _ = metrics
                 .rejections
@@ -145,6 +167,14 @@ impl NetMetrics {
     /// Counts one admission rejection under `reason`.
     pub fn rejection(&self, reason: &'static str) {
         self.rejections.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Counts one incoming connection that failed, under an
+    /// [`INCOMING_ERRORS`] label.
+    pub fn incoming_error(&self, error: &'static str) {
+        self.incoming_errors
+            .get_or_create(&[("error", error)])
+            .inc();
     }
 
     /// The number of rejections counted under `reason` so far.

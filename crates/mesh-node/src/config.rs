@@ -90,6 +90,8 @@ pub struct NodeConfig {
     pub network: NetworkConfig,
     /// HTTP API.
     pub http: HttpConfig,
+    /// What `/readyz` demands of a committee member.
+    pub health: HealthConfig,
     /// Raft committee.
     pub consensus: ConsensusConfigFile,
     /// Logging.
@@ -208,8 +210,12 @@ pub struct NetworkConfig {
     pub target_peers: usize,
     /// Most connections in total.
     pub max_connections: u32,
-    /// How long a new peer has to present its certificate.
+    /// How long the first attempt of a new peer's certificate exchange may
+    /// take; each further attempt may take twice as long.
     pub admission_deadline_ms: u64,
+    /// Attempts of the certificate exchange before a silent peer is
+    /// disconnected (not banned: only a certificate that fails verification bans).
+    pub admission_attempts: u32,
     /// How long a refused peer stays banned.
     pub ban_ms: u64,
     /// Seed for reconnection jitter.
@@ -228,6 +234,36 @@ pub struct HttpConfig {
     pub timeout_ms: u64,
     /// Most requests served at once; more wait in the listener backlog.
     pub max_concurrent_requests: usize,
+    /// A connection that has not sent a whole request header this long after
+    /// it opened, or after its previous response (an idle keep-alive
+    /// connection), is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request body that sends nothing for this long is cut off (400).
+    pub body_read_timeout_ms: u64,
+    /// Most open connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Most open connections from one client IP address.
+    pub max_connections_per_ip: usize,
+}
+
+/// What `/readyz` demands of a node that runs the committee protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Most entries the node may be behind the leader's commit index.
+    pub apply_lag_entries_max: u64,
+    /// Longest time since the node last heard from the leader (on the
+    /// leader: since a quorum of voters last acknowledged it).
+    pub leader_contact_ms_max: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            apply_lag_entries_max: 1_000,
+            leader_contact_ms_max: 5_000,
+        }
+    }
 }
 
 /// Raft committee settings.
@@ -285,6 +321,7 @@ impl Default for NodeConfig {
             identity: IdentityConfig::default(),
             network: NetworkConfig::default(),
             http: HttpConfig::default(),
+            health: HealthConfig::default(),
             consensus: ConsensusConfigFile::default(),
             log: LogConfig::default(),
             data: DataConfig::default(),
@@ -303,6 +340,7 @@ impl Default for NetworkConfig {
             target_peers: 16,
             max_connections: 256,
             admission_deadline_ms: 5_000,
+            admission_attempts: 3,
             ban_ms: 60_000,
             seed: 0,
         }
@@ -316,6 +354,10 @@ impl Default for HttpConfig {
             max_body_bytes: 1 << 20,
             timeout_ms: 30_000,
             max_concurrent_requests: 4_096,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 1_024,
+            max_connections_per_ip: 128,
         }
     }
 }
@@ -673,7 +715,51 @@ impl NodeConfig {
                 "max_body_bytes and max_concurrent_requests must be positive",
             );
         }
-        Ok(())
+        self.validate_limits()
+    }
+
+    /// Checks the timeouts and caps that bound what clients and peers can hold.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        let checks: [(bool, &'static str, &str); 6] = [
+            (
+                h.header_read_timeout_ms == 0 || h.body_read_timeout_ms == 0,
+                "http.header_read_timeout_ms",
+                "header_read_timeout_ms and body_read_timeout_ms must be positive",
+            ),
+            (
+                h.max_connections == 0,
+                "http.max_connections",
+                "must be at least 1",
+            ),
+            (
+                h.max_connections_per_ip == 0 || h.max_connections_per_ip > h.max_connections,
+                "http.max_connections_per_ip",
+                "must be 1 to http.max_connections",
+            ),
+            (
+                !(1..=10).contains(&self.network.admission_attempts),
+                "network.admission_attempts",
+                "must be 1 to 10",
+            ),
+            (
+                self.network.admission_deadline_ms == 0,
+                "network.admission_deadline_ms",
+                "must be positive",
+            ),
+            (
+                self.health.apply_lag_entries_max == 0 || self.health.leader_contact_ms_max == 0,
+                "health.leader_contact_ms_max",
+                "apply_lag_entries_max and leader_contact_ms_max must be positive",
+            ),
+        ];
+        match checks.into_iter().find(|(bad, _, _)| *bad) {
+            Some((_, field, message)) => Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The CA pin bytes: the hex in the field, or the hex in the file it names.
@@ -796,6 +882,39 @@ ca_pin = "ca.pin"
         let text = format!("{MINIMAL}\n[data]\ndir = \"builtin:nope\"\n");
         let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("unknown");
         assert!(err.to_string().contains("mnist-10k"), "{err}");
+    }
+
+    #[test]
+    fn connection_caps_timeouts_and_health_bounds_are_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cases = [
+            (
+                "[http]\nheader_read_timeout_ms = 0",
+                "http.header_read_timeout_ms",
+            ),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            (
+                "[http]\nmax_connections = 10\nmax_connections_per_ip = 11",
+                "http.max_connections_per_ip",
+            ),
+            (
+                "[network]\nadmission_attempts = 0",
+                "network.admission_attempts",
+            ),
+            (
+                "[health]\napply_lag_entries_max = 0",
+                "health.leader_contact_ms_max",
+            ),
+        ];
+        for (section, field) in cases {
+            let text = format!("{MINIMAL}\n{section}\n");
+            let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err(field);
+            assert!(err.to_string().contains(field), "{section}: {err}");
+        }
+        let text = format!("{MINIMAL}\n[http]\nheader_read_timeout_ms = 250\n");
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("load");
+        assert_eq!(config.http.header_read_timeout_ms, 250);
+        assert_eq!(config.health, HealthConfig::default());
     }
 
     #[test]

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 use mesh_security::identity::NodeIdentity;
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
 use openraft::rt::watch::WatchReceiver;
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -134,47 +133,6 @@ impl ConsensusConfig {
     }
 }
 
-/// Index and size of a snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct SnapshotStatus {
-    /// Last log index it covers.
-    pub index: u64,
-    /// Its size, in bytes.
-    pub size_bytes: u64,
-}
-
-/// What `GET /v1/consensus` shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ConsensusStatus {
-    /// This node.
-    pub member: MemberId,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    /// The leader this node knows of.
-    pub leader: Option<MemberId>,
-    /// Current term.
-    pub term: u64,
-    /// Highest committed index.
-    pub commit_index: Option<u64>,
-    /// Highest applied index.
-    pub last_applied: Option<u64>,
-    /// Current voters.
-    pub voters: Vec<MemberId>,
-    /// Current learners (non-voters).
-    pub learners: Vec<MemberId>,
-    /// The current snapshot.
-    pub last_snapshot: Option<SnapshotStatus>,
-    /// State hash of the applied state (hex).
-    pub state_hash: String,
-    /// Entries in the local log.
-    pub log_entries: usize,
-    /// Snapshots received from a leader and installed since this node started.
-    pub snapshots_installed: u64,
-    /// Whether this node lost Raft state it had acknowledged and is rejoining
-    /// (it votes and counts toward commits only once caught up; see `rejoin.rs`).
-    pub rejoining: bool,
-}
-
 struct Assembly {
     digest: [u8; 32],
     total_bytes: u64,
@@ -209,6 +167,9 @@ struct Inner {
     session: u64,
     /// The next proposal number in the session.
     next_seq: AtomicU64,
+    /// When this node last accepted an append (heartbeats included) from a
+    /// leader; see [`status`].
+    leader_contact: Mutex<Option<Instant>>,
 }
 
 /// A proposal session id unique to this process start: the member id, the
@@ -305,6 +266,7 @@ impl ConsensusNode {
                 stop: watch::channel(false).0,
                 session: proposal_session(id),
                 next_seq: AtomicU64::new(0),
+                leader_contact: Mutex::new(None),
             }),
         };
         node.spawn_tasks();
@@ -514,39 +476,6 @@ impl ConsensusNode {
             .map_err(membership_error)
     }
 
-    /// A snapshot of the node's consensus state.
-    pub fn status(&self) -> ConsensusStatus {
-        let metrics = self.inner.raft.metrics();
-        let m = metrics.borrow_watched();
-        let membership = m.membership_config.membership();
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
-        ConsensusStatus {
-            member: self.inner.id,
-            role: role.to_owned(),
-            leader: m.current_leader,
-            term: m.current_term,
-            commit_index: m.local_committed.map(|l| l.index),
-            last_applied: m.last_applied.map(|l| l.index),
-            voters: membership.voter_ids().collect(),
-            learners: membership.learner_ids().collect(),
-            last_snapshot: self
-                .inner
-                .sm
-                .snapshot_info()
-                .map(|(index, size_bytes)| SnapshotStatus { index, size_bytes }),
-            state_hash: self.inner.sm.read(|s| s.state_hash().to_string()),
-            log_entries: self.inner.log.len_entries(),
-            snapshots_installed: self.inner.sm.snapshots_installed(),
-            rejoining: self.inner.guard.is_rejoining(),
-        }
-    }
-
     /// Runs `f` on the applied mesh state (this node's copy; it may lag the
     /// leader by the entries not yet replicated here).
     pub async fn read_state<R>(&self, f: impl FnOnce(&MeshState) -> R) -> R {
@@ -702,7 +631,13 @@ impl ConsensusNode {
                     return RpcResponse::Failed(RemoteFailure::Malformed(reason));
                 }
                 match raft.append_entries(req).await {
-                    Ok(r) => RpcResponse::Append(r),
+                    Ok(r) => {
+                        // Anything but a higher vote means the sender leads now.
+                        if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                            *lock(&self.inner.leader_contact) = Some(Instant::now());
+                        }
+                        RpcResponse::Append(r)
+                    }
                     Err(e) => stopped(&e),
                 }
             }
@@ -860,9 +795,11 @@ fn check_append(req: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> Resul
 }
 
 mod rejoin;
+mod status;
 mod tasks;
 
 pub use rejoin::RejoinRequests;
+pub use status::{ConsensusStatus, SnapshotStatus};
 
 impl ConsensusNode {
     fn from_inner(inner: Arc<Inner>) -> Self {

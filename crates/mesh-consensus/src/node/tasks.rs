@@ -37,12 +37,14 @@ pub(super) async fn watch_metrics(weak: Weak<Inner>, mut stop: watch::Receiver<b
     let mut last_trigger: Option<Instant> = None;
     while pause(&mut stop, METRICS_TICK).await {
         let Some(inner) = weak.upgrade() else { return };
-        let (term, committed, applied, leader, state, vote_term) = {
+        let (term, committed, leader_committed, applied, leader, state, vote_term) = {
             let rx = inner.raft.metrics();
             let m = rx.borrow_watched();
+            let committed = m.local_committed.map_or(0, |l| l.index);
             (
                 m.current_term,
-                m.local_committed.map_or(0, |l| l.index),
+                committed,
+                m.cluster_committed.map_or(0, |l| l.index).max(committed),
                 m.last_applied.map(|l| l.index),
                 m.current_leader,
                 m.state,
@@ -56,9 +58,11 @@ pub(super) async fn watch_metrics(weak: Weak<Inner>, mut stop: watch::Receiver<b
         let mx = &inner.metrics;
         mx.term.set(gauge_value(term));
         mx.commit_index.set(gauge_value(committed));
+        mx.leader_commit_index.set(gauge_value(leader_committed));
         mx.last_applied.set(gauge_value(applied));
+        // Behind the leader's commit index, not this node's own (see status.rs).
         mx.apply_lag
-            .set(gauge_value(committed.saturating_sub(applied)));
+            .set(gauge_value(leader_committed.saturating_sub(applied)));
         mx.is_leader.set(i64::from(state == ServerState::Leader));
         inner.log.set_flush_in_place(state != ServerState::Leader);
         if leader != last_leader {

@@ -5,14 +5,14 @@ use futures::FutureExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::request_response::{self, Message, ResponseChannel};
-use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::swarm::{ConnectionId, ListenError, SwarmEvent};
 use libp2p::{identify, kad, mdns, ping, Multiaddr, PeerId};
 use tokio::sync::oneshot;
 
 use super::{now_ms, Driver};
 use crate::admission::{AdmissionError, RejectReason, Verdict};
 use crate::behaviour::MeshBehaviourEvent;
-use crate::cert_exchange::{self, CertMessage};
+use crate::cert_exchange::CertMessage;
 use crate::codec::{WireRequest, WireResponse};
 use crate::discovery::ADDRS_PER_PEER_MAX;
 use crate::driver::GOSSIP_HELD_MAX;
@@ -56,14 +56,38 @@ impl Driver {
                     let _ = self.peers.on_disconnected(&peer, now);
                 }
             }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                tracing::debug!("incoming connection failed: {error}");
-            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => self.on_incoming_error(&send_back_addr, &error),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// An incoming connection failed before it was established: counted, and
+    /// logged at most once per source IP and interval. Random bytes sent to
+    /// the P2P port end here (the protocol negotiation or Noise handshake fails).
+    fn on_incoming_error(&mut self, from: &Multiaddr, error: &ListenError) {
+        let label = match error {
+            ListenError::Transport(_) | ListenError::WrongPeerId { .. } => "handshake",
+            ListenError::Denied { .. } => "denied",
+            ListenError::Aborted => "aborted",
+            _ => "other",
+        };
+        self.metrics.incoming_error(label);
+        let source = source_ip(from);
+        let Some(suppressed) = self.log_limit.admit("incoming", &source, now_ms()) else {
+            return;
+        };
+        if label == "handshake" {
+            tracing::warn!(%source, "incoming connection failed its handshake: {error}{suppressed}");
+        } else {
+            tracing::debug!(%source, label, "incoming connection failed: {error}{suppressed}");
         }
     }
 
@@ -105,12 +129,7 @@ impl Driver {
             let _ = self.peers.on_dialing(&peer, now);
         }
         if endpoint.is_dialer() && !self.admission.may_process(&node) {
-            let request = WireRequest {
-                protocol: cert_exchange::REQUEST_NAME.to_string(),
-                payload: self.settings.cert_message.clone(),
-            };
-            self.metrics.message(Kind::Cert, Direction::Out, "sent");
-            self.swarm.behaviour_mut().cert.send_request(&peer, request);
+            self.send_certificate(peer);
         }
     }
 
@@ -463,4 +482,16 @@ impl Driver {
             self.on_gossip(*peer, &id, message);
         }
     }
+}
+
+/// The IP of a remote address, or the whole address when it has none
+/// (memory transport): the key that paces log lines per source.
+fn source_ip(addr: &Multiaddr) -> String {
+    addr.iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.to_string()),
+            libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| addr.to_string())
 }

@@ -93,6 +93,7 @@ pub fn config(
     config.limits.memory_fraction_max = None;
     config.timing = Timing {
         admission_deadline: Duration::from_secs(5),
+        admission_attempts: 3,
         ban_duration: Duration::from_secs(120),
         request_timeout: Duration::from_secs(60),
         ping_interval: Duration::from_secs(1),

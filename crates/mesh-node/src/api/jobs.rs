@@ -1,5 +1,11 @@
 //! Job endpoints: submit and cancel (admin token), list, inspect and fetch a
 //! round's model (observer token or better).
+//!
+//! Nothing that cannot run reaches the log: a spec with a numeric field out
+//! of range is refused with 400 naming the field and its range
+//! ([`JobSpec::check_bounds`]), and cancelling a job this node's committed
+//! state does not hold (or holds as ended) is refused with 409 before any
+//! entry is written (the proposer checks; see `proposer.rs`).
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -68,6 +74,9 @@ pub async fn submit(
     };
     if let Err(err) = request.spec.check() {
         return spec_refused(&err);
+    }
+    if let Err(err) = request.spec.check_bounds() {
+        return ApiError(StatusCode::BAD_REQUEST, err.to_string()).into_response();
     }
     let command = Command::CreateJob {
         job: JobId(request.job),

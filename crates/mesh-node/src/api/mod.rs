@@ -26,6 +26,7 @@ mod auth;
 pub mod jobs;
 mod proposer;
 pub mod reputation;
+pub mod server;
 mod snapshot;
 
 use std::sync::Arc;
@@ -126,6 +127,8 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Requests slower than this get 408.
     pub timeout_ms: u64,
+    /// A request body that sends nothing for this long is cut off (400).
+    pub body_read_timeout_ms: u64,
     /// Most requests in flight.
     pub max_concurrent_requests: usize,
 }
@@ -148,6 +151,9 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/reputation", get(reputation::list))
         .route("/v1/reputation/{node}/reset", post(reputation::reset))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_millis(limits.body_read_timeout_ms),
+        ))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(limits.timeout_ms),

@@ -6,10 +6,18 @@
 //! A node without the committee sends its writes to the runtime, which
 //! forwards them (`runtime/forward.rs`). The runtime proposes forwarded
 //! writes through the same [`Proposer`], so one semaphore bounds them all.
+//!
+//! Being the one door for API writes, it also refuses, before any entry is
+//! written, the writes that could only be rejected once committed: a job
+//! spec out of bounds, and stopping a job this node's committed state does
+//! not hold or holds as ended. That check reads this node's copy, which may
+//! lag the leader by a few entries; the state machine still rejects a stop
+//! that races another.
 
 use std::sync::Arc;
 
-use mesh_consensus::{Command, CommitReceipt, ConsensusError, ConsensusNode};
+use mesh_consensus::command::JobId;
+use mesh_consensus::{Command, CommitReceipt, ConsensusError, ConsensusNode, MeshState};
 use tokio::sync::Semaphore;
 
 use super::CommitView;
@@ -35,7 +43,36 @@ impl Proposer {
         let Ok(_permit) = self.permits.try_acquire() else {
             return Err("too many writes in flight; retry later".into());
         };
+        self.precheck(&command).await?;
         receipt_view(self.consensus.propose(command).await)
+    }
+
+    /// Refuses a write that would only be rejected once committed (see the module docs).
+    async fn precheck(&self, command: &Command) -> Result<(), String> {
+        match command {
+            Command::CreateJob { spec, .. } => spec.check_bounds().map_err(|e| e.to_string()),
+            Command::StopJob { job, .. } => {
+                self.consensus
+                    .read_state(|state| stoppable(state, job))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `job` is in `state` and still running or waiting.
+fn stoppable(state: &MeshState, job: &JobId) -> Result<(), String> {
+    match state.jobs().get(job) {
+        None => Err(format!(
+            "no job {job} in this node's committed state; nothing was written \
+             (a job submitted moments ago through another node may not be here yet: retry)"
+        )),
+        Some(record) if record.status.is_finished() => Err(format!(
+            "job {job} already ended ({:?}); nothing was written",
+            record.status
+        )),
+        Some(_) => Ok(()),
     }
 }
 

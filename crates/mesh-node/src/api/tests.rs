@@ -24,7 +24,20 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+fn limits() -> ApiLimits {
+    ApiLimits {
+        max_body_bytes: 16 * 1024,
+        timeout_ms: 10_000,
+        body_read_timeout_ms: 10_000,
+        max_concurrent_requests: 8,
+    }
+}
+
 fn fixture() -> Fixture {
+    fixture_with(limits(), None)
+}
+
+fn fixture_with(limits: ApiLimits, proposer: Option<Proposer>) -> Fixture {
     let ca = MeshCa::init(
         NodeIdentity::from_seed(&[9; 32]),
         "api test CA",
@@ -45,12 +58,7 @@ fn fixture() -> Fixture {
         registry: Arc::new(registry),
         auth: Arc::new(AdminAuth::new(verifier, "m".into())),
         commands: sender,
-        proposer: None,
-    };
-    let limits = ApiLimits {
-        max_body_bytes: 16 * 1024,
-        timeout_ms: 10_000,
-        max_concurrent_requests: 8,
+        proposer,
     };
     Fixture {
         router: router(state, limits),
@@ -283,4 +291,288 @@ async fn a_job_with_a_misspelled_rule_is_refused_before_it_is_proposed() {
     let (code, text) = call(&f.router, post("/v1/jobs", &body, Some(&admin))).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("\"field\":\"pre_aggregation\""), "{text}");
+}
+
+/// A one-voter committee that leads and has committed one write.
+async fn single_voter(dir: &std::path::Path) -> mesh_consensus::ConsensusNode {
+    use mesh_consensus::memnet::MemNet;
+    let identity = mesh_consensus::bench::local_identity(0);
+    let mut registry = Registry::default();
+    let mut config = mesh_consensus::ConsensusConfig::new(dir, "m");
+    config.address = "mem://0".into();
+    let net = MemNet::new();
+    let id = mesh_consensus::MemberId::from_node_id(&identity.node_id());
+    let node =
+        mesh_consensus::ConsensusNode::open(config, identity, net.transport(id), &mut registry)
+            .await
+            .expect("open");
+    net.register(node.clone());
+    let info = node.info().clone();
+    node.bootstrap([(id, info)].into())
+        .await
+        .expect("bootstrap");
+    let put = mesh_consensus::Command::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    };
+    node.propose(put).await.expect("the single voter leads");
+    node
+}
+
+fn job_body(job: &str, round_deadline_ms: u64) -> String {
+    let spec = mesh_consensus::JobSpec {
+        model_name: "mlp".into(),
+        rounds: 2,
+        participants_per_round: 3,
+        rule_name: "fedavg".into(),
+        pre_aggregation: "none".into(),
+        server_optimizer: "sgd".into(),
+        byzantine_count: 0,
+        secagg: false,
+        dp_budget: None,
+        training: mesh_consensus::command::TrainingSpec {
+            round_deadline_ms,
+            ..Default::default()
+        },
+    };
+    serde_json::json!({ "job": job, "spec": spec }).to_string()
+}
+
+/// Issue 27, findings 4 and 7: a spec with `round_deadline_ms = 2^64 - 1`
+/// was committed, and cancelling an unknown job wrote a Raft entry before
+/// answering 409. Both are now refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = single_voter(dir.path()).await;
+    let f = fixture_with(limits(), Some(Proposer::new(node.clone(), 8)));
+    let admin = token(&f.ca, &[Role::Admin], 6);
+    let before = node.status().last_applied;
+    let (code, text) = call(&f.router, post("/v1/jobs/nope/cancel", "", Some(&admin))).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("nothing was written"), "{text}");
+    let huge = job_body("j1", u64::MAX);
+    let (code, text) = call(&f.router, post("/v1/jobs", &huge, Some(&admin))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{text}");
+    assert!(
+        text.contains("training.round_deadline_ms must be in 1000..=86400000"),
+        "{text}"
+    );
+    assert_eq!(node.status().last_applied, before, "no entry was written");
+
+    // A job that exists is cancelled once; cancelling it again writes nothing.
+    let (code, text) = call(
+        &f.router,
+        post("/v1/jobs", &job_body("j1", 60_000), Some(&admin)),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    let (code, text) = call(&f.router, post("/v1/jobs/j1/cancel", "", Some(&admin))).await;
+    assert_eq!(code, StatusCode::OK, "{text}");
+    let stopped = node.status().last_applied;
+    let (code, text) = call(&f.router, post("/v1/jobs/j1/cancel", "", Some(&admin))).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("already ended"), "{text}");
+    assert_eq!(node.status().last_applied, stopped);
+    node.shutdown().await.expect("shutdown");
+}
+
+/// The committee view names every member id as a string and by peer id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_27_consensus_view_gives_member_ids_as_strings_and_peer_ids() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = single_voter(dir.path()).await;
+    let status = node.status();
+    let json = serde_json::to_value(&status).expect("json");
+    let id = status.member.0;
+    assert_eq!(json["member_str"], id.to_string());
+    assert_eq!(json["voters_str"][0], id.to_string());
+    assert_eq!(json["leader_str"], id.to_string());
+    assert_eq!(json["member_peers"][id.to_string()], node.info().node_id);
+    assert_eq!(json["apply_lag"], 0);
+    assert_eq!(
+        json["leader_contact_ms_ago"], 0,
+        "a lone voter leads itself"
+    );
+    node.shutdown().await.expect("shutdown");
+}
+
+mod sockets {
+    //! The HTTP server over real sockets on 127.0.0.1: header, idle and
+    //! body timeouts, and the per-address connection cap.
+
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::api::server::{self, HttpMetrics, ServerLimits};
+
+    /// Generous bound for the server to close a connection; a timeout of a
+    /// second or less is what the tests configure.
+    const CLOSE_BOUND: Duration = Duration::from_secs(30);
+
+    async fn start(router: Router, limits: ServerLimits) -> (SocketAddr, HttpMetrics) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = HttpMetrics::default();
+        tokio::spawn(server::serve(listener, router, limits, metrics.clone()));
+        (addr, metrics)
+    }
+
+    /// A connection from `ip` (any 127.0.0.0/8 address is loopback on Linux).
+    async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(ip.parse().expect("ip"), 0))
+            .expect("bind");
+        socket.connect(to).await.expect("connect")
+    }
+
+    /// Reads until the server closes the connection (or resets it); returns
+    /// what arrived, or `None` if it stayed open for [`CLOSE_BOUND`].
+    async fn until_closed(stream: &mut TcpStream) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read_all = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(CLOSE_BOUND, read_all).await.ok()?;
+        Some(String::from_utf8_lossy(&got).into_owned())
+    }
+
+    /// The status code of `GET path` sent from 127.0.0.1 on a fresh connection.
+    async fn status_of(to: SocketAddr, path: &str) -> Option<u16> {
+        let mut stream = TcpStream::connect(to).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let text = until_closed(&mut stream).await?;
+        text.split(' ').nth(1)?.parse().ok()
+    }
+
+    fn ready_fixture(limits: ApiLimits) -> Fixture {
+        let f = fixture_with(limits, None);
+        let ready = NodeSnapshot {
+            ready: true,
+            ..NodeSnapshot::default()
+        };
+        f.publish.send_replace(Arc::new(ready));
+        f
+    }
+
+    fn server_limits(header_read_timeout_ms: u64, per_ip: usize) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout_ms,
+            max_connections: 1_024,
+            max_connections_per_ip: per_ip,
+        }
+    }
+
+    /// Issue 27, finding 5: 500 connections that sent half a request header,
+    /// or nothing, were closed only after about 298 s. They are now closed by
+    /// the header read timeout, and the node answers `/readyz` throughout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn issue_27_500_half_sent_requests_are_closed_while_the_node_stays_ready() {
+        let f = ready_fixture(limits());
+        let (addr, _) = start(f.router.clone(), server_limits(1_000, 600)).await;
+        let mut hanging = Vec::new();
+        for i in 0..500 {
+            let mut stream = connect_from("127.0.0.2", addr).await;
+            if i % 2 == 0 {
+                let half = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Half: ";
+                stream.write_all(half).await.expect("half a header");
+            }
+            hanging.push(stream);
+        }
+        assert_eq!(
+            status_of(addr, "/readyz").await,
+            Some(200),
+            "ready while they hang"
+        );
+        let closed = futures::future::join_all(hanging.iter_mut().map(until_closed)).await;
+        let open = closed.iter().filter(|c| c.is_none()).count();
+        assert_eq!(open, 0, "{open} of 500 connections were left open");
+        assert_eq!(status_of(addr, "/readyz").await, Some(200));
+        assert_eq!(status_of(addr, "/healthz").await, Some(200));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+        let f = ready_fixture(limits());
+        let (addr, _) = start(f.router.clone(), server_limits(300, 8)).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+        stream.write_all(request).await.expect("request");
+        let text = until_closed(&mut stream).await.expect("closed once idle");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_body_that_stops_arriving_is_cut_off() {
+        let f = ready_fixture(ApiLimits {
+            body_read_timeout_ms: 300,
+            ..limits()
+        });
+        let admin = token(&f.ca, &[Role::Admin], 7);
+        let (addr, _) = start(f.router.clone(), server_limits(10_000, 8)).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /v1/kv HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"key\":"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        let text = until_closed(&mut stream)
+            .await
+            .expect("answered and closed");
+        // 400 from the body timeout, not 408 from the 10 s request timeout.
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_over_the_per_address_cap_are_closed_and_others_served() {
+        let f = ready_fixture(limits());
+        let (addr, metrics) = start(f.router.clone(), server_limits(60_000, 4)).await;
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(connect_from("127.0.0.2", addr).await);
+        }
+        let mut over = connect_from("127.0.0.2", addr).await;
+        let text = until_closed(&mut over).await.expect("closed at once");
+        assert!(text.is_empty(), "nothing is served over the cap: {text}");
+        assert_eq!(metrics.refused("per_ip"), 1);
+        assert_eq!(
+            status_of(addr, "/healthz").await,
+            Some(200),
+            "other addresses are served"
+        );
+        drop(held);
+        // The slots come back once the server sees the closes.
+        let mut served = false;
+        for _ in 0..300 {
+            let mut stream = connect_from("127.0.0.2", addr).await;
+            let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+            if stream.write_all(request).await.is_ok() {
+                if let Some(text) = until_closed(&mut stream).await {
+                    if text.starts_with("HTTP/1.1 200") {
+                        served = true;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            served,
+            "the address is served again once its connections close"
+        );
+    }
 }

@@ -157,6 +157,7 @@ fn net_config(config: &NodeConfig, creds: &Credentials) -> Result<NetConfig, Run
     net.target_peers = config.network.target_peers;
     net.limits.established_max = config.network.max_connections;
     net.timing.admission_deadline = Duration::from_millis(config.network.admission_deadline_ms);
+    net.timing.admission_attempts = config.network.admission_attempts;
     net.timing.ban_duration = Duration::from_millis(config.network.ban_ms);
     net.seed = config.network.seed;
     Ok(net)
@@ -291,6 +292,7 @@ pub async fn run(
         worker,
         &mut registry,
     );
+    let http_metrics = api::server::HttpMetrics::register(&mut registry);
     let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
     let (commands_tx, mut commands) = mpsc::channel(api::COMMAND_QUEUE_CAPACITY);
     let auth = Arc::new(AdminAuth::new(
@@ -307,7 +309,7 @@ pub async fn run(
         commands: commands_tx,
         proposer: proposer.clone(),
     };
-    let (http_url, server) = serve_http(&config, state).await?;
+    let (http_url, server) = serve_http(&config, state, http_metrics).await?;
     write_node_info(
         &config.data_dir,
         &NodeInfo {
@@ -402,6 +404,7 @@ async fn wait_for_listen_addrs(net: &NetHandle) -> Vec<String> {
 async fn serve_http(
     config: &NodeConfig,
     state: ApiState,
+    metrics: api::server::HttpMetrics,
 ) -> Result<(String, tokio::task::JoinHandle<()>), RuntimeError> {
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
         .await
@@ -409,17 +412,20 @@ async fn serve_http(
     let addr = listener
         .local_addr()
         .map_err(io_err("reading the HTTP API address"))?;
+    let h = &config.http;
     let limits = ApiLimits {
-        max_body_bytes: config.http.max_body_bytes,
-        timeout_ms: config.http.timeout_ms,
-        max_concurrent_requests: config.http.max_concurrent_requests,
+        max_body_bytes: h.max_body_bytes,
+        timeout_ms: h.timeout_ms,
+        body_read_timeout_ms: h.body_read_timeout_ms,
+        max_concurrent_requests: h.max_concurrent_requests,
+    };
+    let server_limits = api::server::ServerLimits {
+        header_read_timeout_ms: h.header_read_timeout_ms,
+        max_connections: h.max_connections,
+        max_connections_per_ip: h.max_connections_per_ip,
     };
     let app = api::router(state, limits);
-    let server = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
-            tracing::error!(%err, "HTTP API stopped");
-        }
-    });
+    let server = tokio::spawn(api::server::serve(listener, app, server_limits, metrics));
     Ok((format!("http://{addr}"), server))
 }
 

@@ -4,6 +4,12 @@
 //! `/agent-mesh/round/1` request-response protocol, proposes its commands to
 //! the committee, and runs training and combining on blocking threads (the
 //! results come back through a bounded channel).
+//!
+//! A job's initial model that cannot be built (a model this build does not
+//! know, a dataset this node does not hold) is reported back to the engine
+//! only after [`INITIAL_RETRY_MS`]: the engine asks again as soon as it
+//! hears of a failure, and a leader used to rebuild and log the failure
+//! about 19,000 times a second until the job was cancelled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -31,6 +37,20 @@ use mesh_round::protocol::{
 pub const DONE_QUEUE_CAPACITY: usize = 64;
 /// Round messages in flight at once; more are dropped (the protocol retries).
 pub const SENDS_IN_FLIGHT_MAX: usize = 512;
+/// How long a failed build of a job's initial model waits before the engine
+/// hears of it (and so before it is tried again), in ms.
+pub const INITIAL_RETRY_MS: u64 = 10_000;
+// A failed job logs no more often than the log limiter's interval.
+const _: () = assert!(INITIAL_RETRY_MS >= mesh_net::log_limit::LOG_INTERVAL_MS);
+
+/// How long `done` waits before the engine hears of it: a failed initial
+/// model waits [`INITIAL_RETRY_MS`], everything else goes at once.
+pub fn report_pause_ms(done: &Done) -> u64 {
+    match done {
+        Done::Initial(_, Err(_)) => INITIAL_RETRY_MS,
+        _ => 0,
+    }
+}
 
 /// A finished computation.
 #[derive(Debug)]
@@ -328,12 +348,21 @@ impl RoundDriver {
 
     fn compute(&self, job: impl FnOnce(&mut LocalWorker) -> Done + Send + 'static) {
         let (worker, done) = (self.worker.clone(), self.done.clone());
-        tokio::task::spawn_blocking(move || {
-            let result = match worker.lock() {
+        tokio::spawn(async move {
+            let computed = tokio::task::spawn_blocking(move || match worker.lock() {
                 Ok(mut w) => job(&mut w),
                 Err(poisoned) => job(&mut poisoned.into_inner()),
+            })
+            .await;
+            let Ok(result) = computed else {
+                tracing::debug!("a computation panicked or was cancelled; result dropped");
+                return;
             };
-            if done.blocking_send(result).is_err() {
+            let pause_ms = report_pause_ms(&result);
+            if pause_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            }
+            if done.send(result).await.is_err() {
                 tracing::debug!("node stopping; computation result dropped");
             }
         });
@@ -433,5 +462,20 @@ impl RoundDriver {
             503,
             "fetching the model from the nodes that hold it; retry in a moment".into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 27, finding 3: a job whose initial model cannot be built was
+    /// rebuilt (and its failure logged) as fast as the loop could go.
+    #[test]
+    fn issue_27_a_failed_initial_model_is_reported_only_after_a_pause() {
+        let failed = Done::Initial(JobId("j".into()), Err("unknown model".into()));
+        assert_eq!(report_pause_ms(&failed), INITIAL_RETRY_MS);
+        let built = Done::Initial(JobId("j".into()), Ok(vec![0.0]));
+        assert_eq!(report_pause_ms(&built), 0);
     }
 }

@@ -181,7 +181,9 @@ impl Coordinator {
             round,
             model_hash: start,
             participants: selection.participants,
-            deadline_unix_ms: view.now_ms + job.spec.training.round_deadline_ms,
+            deadline_unix_ms: view
+                .now_ms
+                .saturating_add(job.spec.training.round_deadline_ms),
             plan: selection.plan,
         };
         let tag = format!("start:{id}:{round}:{}", job.aborted_rounds);
@@ -235,7 +237,11 @@ impl Coordinator {
                 return;
             }
         }
-        if now >= record.deadline_unix_ms + sh.config.abort_grace_ms {
+        if now
+            >= record
+                .deadline_unix_ms
+                .saturating_add(sh.config.abort_grace_ms)
+        {
             let command = Command::AbortRound {
                 job: key.job.clone(),
                 round: key.round,
