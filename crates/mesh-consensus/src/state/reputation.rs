@@ -85,7 +85,7 @@ mod tests {
         let mut r = Reputation::default();
         let n = NodeId::from("n");
         assert_eq!(r.score(&n), INITIAL_SCORE);
-        assert_eq!(r.record(&n, EvidenceKind::AnomalousUpdate), 900);
+        assert_eq!(r.record(&n, EvidenceKind::AnomalousUpdate), 875);
         assert!(!r.is_quarantined(&n));
         r.record(&n, EvidenceKind::Equivocation);
         assert!(r.is_quarantined(&n));
