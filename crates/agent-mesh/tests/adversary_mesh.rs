@@ -9,23 +9,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::mesh::{bin, http, start_node_with_args, wait_for, wait_for_described, Mesh};
+use common::mesh::{
+    bin, http, mnist_dir, start_node_with_args, wait_for, wait_for_described, Mesh,
+};
 
 const NODES: usize = 7;
 const ADVERSARIES: [usize; 2] = [2, 5];
 const JOB_LIMIT: Duration = Duration::from_secs(420);
-
-fn data_dir() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/mnist-10k")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
 
 fn make_adversarial(mesh: &Mesh, i: usize) {
     let path = mesh.nodes[i].dir.join("node.toml");
@@ -39,7 +32,7 @@ fn start_mesh() -> Mesh {
     for i in ADVERSARIES {
         make_adversarial(&mesh, i);
     }
-    let data = data_dir();
+    let data = mnist_dir();
     let mut boot = None::<String>;
     for i in 0..NODES {
         let shard = format!("{i}/{NODES}");

@@ -9,27 +9,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::mesh::{http, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{http, mnist_dir, start_node, wait_for, wait_for_described, Mesh};
 
 const NODES: usize = 5;
 /// Well inside the test runner's 10-minute limit, so a stuck job fails
 /// with its own message (a job takes about 30 s).
 const JOB_LIMIT: Duration = Duration::from_secs(240);
 
-fn data_dir() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../data/mnist-10k")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 fn start_mesh() -> Mesh {
     let mut mesh = Mesh::new(NODES);
-    let data = data_dir();
+    let data = mnist_dir();
     let mut boot = None::<String>;
     for i in 0..NODES {
         let shard = format!("{i}/{NODES}");

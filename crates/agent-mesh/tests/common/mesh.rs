@@ -353,6 +353,15 @@ voter_down_limit_ms = 8000
     std::fs::write(dir.join("node.toml"), text).unwrap();
 }
 
+/// The bundled MNIST subset's folder, for nodes that train on files.
+pub fn mnist_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/mnist-10k")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Spawns `agent-mesh node` for `node` and waits (bounded) for its node.json.
 pub fn start_node(node: &mut Node, bootstrap: Option<&str>, extra_env: &[(&str, &str)]) {
     start_node_with_args(node, bootstrap, extra_env, &[]);
