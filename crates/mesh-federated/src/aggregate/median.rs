@@ -11,8 +11,8 @@ use super::{check_shape, finite_or_error, kernels, require_n, AggregateError};
 /// infinities are extreme outliers; if they are so many in a coordinate that one
 /// becomes the median, the call fails with [`AggregateError::NonFiniteUpdate`].
 ///
-/// Up to [`sortnet::NETWORK_N_MAX`] updates are sorted by a network across SIMD
-/// lanes; more are reduced by selection one coordinate at a time.
+/// Up to 256 updates are sorted by a network across SIMD lanes, a tile of columns
+/// at a time; more are reduced by selection one coordinate at a time.
 pub fn median<U: AsRef<[f32]>>(
     updates: &[U],
     byzantine: usize,

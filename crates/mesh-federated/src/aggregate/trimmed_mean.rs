@@ -12,8 +12,8 @@ use super::{check_shape, finite_or_error, kernels, mean_of, require_n, Aggregate
 /// infinities are extreme outliers; one that is not trimmed fails the call with
 /// [`AggregateError::NonFiniteUpdate`].
 ///
-/// Up to [`sortnet::NETWORK_N_MAX`] updates are sorted by a network across SIMD
-/// lanes; more are reduced by selection one coordinate at a time.
+/// Up to 256 updates are sorted by a network across SIMD lanes, a tile of columns
+/// at a time; more are reduced by selection one coordinate at a time.
 pub fn trimmed_mean<U: AsRef<[f32]>>(
     updates: &[U],
     trim: usize,
