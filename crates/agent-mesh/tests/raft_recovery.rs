@@ -186,6 +186,15 @@ fn a_voter_with_a_damaged_wal_stops_with_the_recovery_command_then_rejoins() {
         "names the recovery command: {stderr}"
     );
     assert!(stderr.contains("raft.redb.wal"), "names the file: {stderr}");
+    // Meanwhile the leader's calls to the stopped node are delayed, not retried at once.
+    wait_for(
+        "the leader to back off from the stopped node",
+        LIMIT,
+        || {
+            let leader = &mesh.nodes[wait_leader(&mesh)];
+            (metric(leader, "consensus_replication_backoffs") > 0.0).then_some(())
+        },
+    );
 
     let moved = run_ok(&[
         "node",

@@ -19,6 +19,14 @@
 //! small fsyncs on the same disk, because it rewrites pages all over its file.
 //! Opening the store replays the write-ahead file into redb first.
 //!
+//! Opening never goes on with less than the store acknowledged without
+//! saying so: damaged write-ahead records with intact ones after them
+//! (wal.rs), a redb file redb cannot read (its panics included) and
+//! undecodable rows are [`StoreError::Damaged`], naming the file; a torn
+//! last record (never acknowledged) is dropped. Every store carries a random
+//! [`Incarnation`] id from its creation, which the node's seal (seal.rs)
+//! records, so a store that was removed or replaced is noticed too.
+//!
 //! The log is also kept in memory (bounded by compaction: snapshots by entry
 //! count and by bytes purge it), so replication reads never wait for the
 //! disk, and an entry is readable as soon as `append` returns, before its
