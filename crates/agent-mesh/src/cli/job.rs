@@ -237,6 +237,8 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Submit(args) => {
             let spec = args.spec()?;
+            // Refused here, a spec never costs the mesh a request or a log entry.
+            spec.check_bounds()?;
             let body = serde_json::json!({ "job": args.id, "spec": spec });
             let commit = json(&args.api, reqwest::Method::POST, "/v1/jobs", Some(body))?;
             println!("job {} submitted (log index {})", args.id, commit["index"]);
