@@ -102,6 +102,10 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
+/// The nodes' HTTP connection caps: every client of the benchmark connects
+/// from the same address, up to 4,096 of them plus the benchmark's own scrapes.
+const HTTP_CONNECTIONS_MAX: usize = 8_192;
+
 /// The voters' directory names.
 fn voter_names() -> impl Iterator<Item = String> {
     (0..VOTERS).map(|i| format!("node-{i}"))
@@ -137,7 +141,9 @@ fn configure(root: &Path, worker_threads: usize) -> anyhow::Result<()> {
             "mesh_id = \"{MESH_ID}\"\ndata_dir = \"data\"\n[identity]\nkey = \"node.key.pem\"\n\
              cert = \"node.cert.pem\"\nca_cert = \"../ca/ca.cert.pem\"\nca_pin = \"../ca/ca.pin\"\n\
              [consensus]\nbootstrap_expect = {VOTERS}\n[log]\nlevel = \"warn\"\n\
-             [runtime]\nworker_threads = {worker_threads}\n"
+             [runtime]\nworker_threads = {worker_threads}\n\
+             [http]\nmax_connections = {HTTP_CONNECTIONS_MAX}\n\
+             max_connections_per_ip = {HTTP_CONNECTIONS_MAX}\n"
         );
         std::fs::write(dir.join("node.toml"), config)?;
     }

@@ -247,6 +247,8 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
     match cmd {
         JobCommand::Submit(args) => {
             let spec = args.spec()?;
+            // Refused here, a spec never costs the mesh a request or a log entry.
+            spec.check_bounds()?;
             // The node runs the same check; refusing here saves the round trip.
             let job = spec
                 .check()

@@ -6,11 +6,13 @@
 //! handlers read the latest one; writes go to the runtime as [`ApiCommand`]s
 //! on a bounded channel, each with its own reply. A slow or stuck runtime so
 //! cannot block reads, and a flood of writes cannot grow a queue without bound.
+//! Connections are accepted by [`server`], which caps them in total and per
+//! client address and closes any that is slow to send its request header.
 //!
 //! | route              | who         | what                                              |
 //! |--------------------|-------------|---------------------------------------------------|
 //! | `GET /healthz`     | anyone      | 200 while the runtime loop is alive               |
-//! | `GET /readyz`      | anyone      | 200 once admitted to the mesh and connected       |
+//! | `GET /readyz`      | anyone      | 200 when admitted and, on a committee member, in step with the leader |
 //! | `GET /metrics`     | anyone      | Prometheus text format                            |
 //! | `GET /v1/status`   | anyone      | node id, mesh, uptime, counts                     |
 //! | `GET /v1/peers`    | anyone      | the peer table                                    |

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 /// The node as the API shows it; replaced whole on every change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeSnapshot {
-    /// True once the node is admitted to the mesh and connected to a peer.
+    /// True when the node is admitted to the mesh and, if it runs the
+    /// committee protocol, a member in step with the leader (`runtime/view.rs`).
     pub ready: bool,
     /// Why the node is not ready (empty when it is).
     pub not_ready_reason: String,

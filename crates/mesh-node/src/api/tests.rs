@@ -425,12 +425,10 @@ mod sockets {
     }
 
     /// A connection from `ip` (any 127.0.0.0/8 address is loopback on Linux).
-    async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(SocketAddr::new(ip.parse().expect("ip"), 0))
-            .expect("bind");
-        socket.connect(to).await.expect("connect")
+    async fn connect_from(ip: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(ip.parse().expect("ip"), 0))?;
+        socket.connect(to).await
     }
 
     /// Reads until the server closes the connection (or resets it); returns
@@ -450,9 +448,9 @@ mod sockets {
         Some(String::from_utf8_lossy(&got).into_owned())
     }
 
-    /// The status code of `GET path` sent from 127.0.0.1 on a fresh connection.
-    async fn status_of(to: SocketAddr, path: &str) -> Option<u16> {
-        let mut stream = TcpStream::connect(to).await.ok()?;
+    /// The status code of `GET path` sent from `ip` on a fresh connection.
+    async fn status_of(ip: &str, to: SocketAddr, path: &str) -> Option<u16> {
+        let mut stream = connect_from(ip, to).await.ok()?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let text = until_closed(&mut stream).await?;
@@ -486,7 +484,7 @@ mod sockets {
         let (addr, _) = start(f.router.clone(), server_limits(1_000, 600)).await;
         let mut hanging = Vec::new();
         for i in 0..500 {
-            let mut stream = connect_from("127.0.0.2", addr).await;
+            let mut stream = connect_from("127.0.0.2", addr).await.expect("connect");
             if i % 2 == 0 {
                 let half = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Half: ";
                 stream.write_all(half).await.expect("half a header");
@@ -494,15 +492,15 @@ mod sockets {
             hanging.push(stream);
         }
         assert_eq!(
-            status_of(addr, "/readyz").await,
+            status_of("127.0.0.1", addr, "/readyz").await,
             Some(200),
             "ready while they hang"
         );
         let closed = futures::future::join_all(hanging.iter_mut().map(until_closed)).await;
         let open = closed.iter().filter(|c| c.is_none()).count();
         assert_eq!(open, 0, "{open} of 500 connections were left open");
-        assert_eq!(status_of(addr, "/readyz").await, Some(200));
-        assert_eq!(status_of(addr, "/healthz").await, Some(200));
+        assert_eq!(status_of("127.0.0.1", addr, "/readyz").await, Some(200));
+        assert_eq!(status_of("127.0.0.1", addr, "/healthz").await, Some(200));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,14 +541,14 @@ mod sockets {
         let (addr, metrics) = start(f.router.clone(), server_limits(60_000, 4)).await;
         let mut held = Vec::new();
         for _ in 0..4 {
-            held.push(connect_from("127.0.0.2", addr).await);
+            held.push(connect_from("127.0.0.2", addr).await.expect("connect"));
         }
-        let mut over = connect_from("127.0.0.2", addr).await;
+        let mut over = connect_from("127.0.0.2", addr).await.expect("connect");
         let text = until_closed(&mut over).await.expect("closed at once");
         assert!(text.is_empty(), "nothing is served over the cap: {text}");
         assert_eq!(metrics.refused("per_ip"), 1);
         assert_eq!(
-            status_of(addr, "/healthz").await,
+            status_of("127.0.0.1", addr, "/healthz").await,
             Some(200),
             "other addresses are served"
         );
@@ -558,15 +556,9 @@ mod sockets {
         // The slots come back once the server sees the closes.
         let mut served = false;
         for _ in 0..300 {
-            let mut stream = connect_from("127.0.0.2", addr).await;
-            let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
-            if stream.write_all(request).await.is_ok() {
-                if let Some(text) = until_closed(&mut stream).await {
-                    if text.starts_with("HTTP/1.1 200") {
-                        served = true;
-                        break;
-                    }
-                }
+            if status_of("127.0.0.2", addr, "/healthz").await == Some(200) {
+                served = true;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
