@@ -478,4 +478,29 @@ mod tests {
         let built = Done::Initial(JobId("j".into()), Ok(vec![0.0]));
         assert_eq!(report_pause_ms(&built), 0);
     }
+
+    #[test]
+    fn a_node_trains_on_its_shard_of_the_built_in_set() {
+        let config = DataConfig {
+            dir: Some(DataSource::default()),
+            shards: 4,
+            shard: 1,
+            ..DataConfig::default()
+        };
+        let worker = load_worker(&config, Conduct::Honest).expect("built-in data");
+        assert_eq!(worker.train_rows(), 8_000 / 4);
+    }
+
+    #[test]
+    fn a_missing_folder_keeps_its_cause_as_the_source() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = DataConfig {
+            dir: Some(DataSource::Dir(dir.path().join("absent"))),
+            ..DataConfig::default()
+        };
+        let err = load_worker(&config, Conduct::Honest).expect_err("no files");
+        assert!(err.to_string().contains("absent"), "{err}");
+        let cause = std::error::Error::source(&err).expect("loader error");
+        assert!(cause.source().is_some(), "the io::Error is kept: {cause}");
+    }
 }
