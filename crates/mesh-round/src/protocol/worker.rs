@@ -4,15 +4,14 @@
 //! blocking thread, or on the simulation's worker threads) and hands the
 //! result back. All of it is deterministic for the task's seed.
 
-use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use mesh_consensus::command::{JobSpec, RoundMetrics};
 use mesh_federated::aggregate::{Aggregator, AggregatorConfig, Rule};
 use mesh_federated::attack::Attack;
-use mesh_federated::data::Dataset;
-use mesh_federated::model::{Model, ModelKind, ModelShape, TrainOptions};
+use mesh_federated::data::{bind, Dataset};
+use mesh_federated::model::{self, Model, TrainOptions};
+use mesh_spec::{DataSchema, ModelSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -29,6 +28,9 @@ pub enum WorkerError {
     /// The job names an unknown model or rule.
     #[error("job spec: {0}")]
     Spec(String),
+    /// The node's data does not match the job's schema; it does not take part.
+    #[error("{0}")]
+    Schema(String),
     /// Training, evaluation or aggregation failed.
     #[error("{0}")]
     Compute(String),
@@ -99,8 +101,18 @@ pub struct LocalWorker {
     train: Option<Dataset>,
     validation: Option<Dataset>,
     dataset: String,
-    models: HashMap<String, Box<dyn Model>>,
+    bound: Option<BoundData>,
+    models: Vec<(ModelSpec, DataSchema, Box<dyn Model>)>,
     conduct: Conduct,
+}
+
+/// The node's data as one job's schema sees it (classes in the job's order,
+/// table features standardized).
+#[derive(Debug)]
+struct BoundData {
+    schema: DataSchema,
+    train: Option<Dataset>,
+    validation: Option<Dataset>,
 }
 
 impl LocalWorker {
@@ -118,7 +130,8 @@ impl LocalWorker {
             train,
             validation,
             dataset: dataset.to_owned(),
-            models: HashMap::new(),
+            bound: None,
+            models: Vec::new(),
             conduct,
         }
     }
@@ -128,40 +141,78 @@ impl LocalWorker {
         self.train.as_ref().map_or(0, Dataset::len)
     }
 
-    fn shape(&self, spec: &JobSpec) -> Result<ModelShape, WorkerError> {
+    /// The schema the job's models are built for: the job's own, else the
+    /// schema of this node's data.
+    fn schema(&self, spec: &JobSpec) -> Result<DataSchema, WorkerError> {
+        if let Some(schema) = &spec.training.schema {
+            return Ok(schema.clone());
+        }
         if spec.training.dataset != self.dataset {
             return Err(WorkerError::NoData(spec.training.dataset.clone()));
         }
         self.train
             .as_ref()
             .or(self.validation.as_ref())
-            .map(ModelShape::of)
+            .map(Dataset::schema)
             .ok_or_else(|| WorkerError::NoData(spec.training.dataset.clone()))
     }
 
-    fn model(&mut self, spec: &JobSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
-        let shape = self.shape(spec)?;
-        let kind =
-            ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
-        let name = format!("{kind}");
-        if !self.models.contains_key(&name) {
-            let model = kind
-                .build(shape, spec.training.seed)
-                .map_err(|e| WorkerError::Spec(e.to_string()))?;
-            self.models.insert(name.clone(), model);
+    /// This node's data bound to the job's schema; refuses data of another
+    /// schema with the reason ("schema mismatch: 31 columns, job wants 30").
+    fn bind(&mut self, spec: &JobSpec) -> Result<&mut BoundData, WorkerError> {
+        if spec.training.dataset != self.dataset {
+            return Err(WorkerError::NoData(spec.training.dataset.clone()));
         }
-        self.models
-            .get_mut(&name)
-            .ok_or_else(|| WorkerError::Compute("model vanished".into()))
+        let schema = self.schema(spec)?;
+        if self.bound.as_ref().is_none_or(|b| b.schema != schema) {
+            let raw = self
+                .train
+                .as_ref()
+                .or(self.validation.as_ref())
+                .ok_or_else(|| WorkerError::NoData(self.dataset.clone()))?;
+            let norm = bind::normalization_for(&schema, raw);
+            let bind_one = |d: &Dataset| {
+                bind::bind(d, &schema, norm.as_ref()).map_err(|e| WorkerError::Schema(e.to_string()))
+            };
+            let train = self.train.as_ref().map(bind_one).transpose()?;
+            let validation = self.validation.as_ref().map(bind_one).transpose()?;
+            self.bound = Some(BoundData {
+                schema,
+                train,
+                validation,
+            });
+        }
+        self.bound
+            .as_mut()
+            .ok_or_else(|| WorkerError::Compute("bound data vanished".into()))
     }
 
-    /// The job's initial parameters (same on every node: seeded).
+    fn model(&mut self, spec: &JobSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
+        let schema = self.schema(spec)?;
+        let position = self
+            .models
+            .iter()
+            .position(|(m, s, _)| *m == spec.model && *s == schema);
+        let index = match position {
+            Some(i) => i,
+            None => {
+                let model = model::build(&spec.model, &schema, spec.training.seed)
+                    .map_err(|e| WorkerError::Spec(e.to_string()))?;
+                self.models.push((spec.model.clone(), schema, model));
+                self.models.len() - 1
+            }
+        };
+        Ok(&mut self.models[index].2)
+    }
+
+    /// The job's initial parameters (same on every node: seeded). A job
+    /// with a schema needs no local data for it.
     pub fn initial(&mut self, spec: &JobSpec) -> Result<Vec<f32>, WorkerError> {
-        let shape = self.shape(spec)?;
-        let kind =
-            ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
-        let model = kind
-            .build(shape, spec.training.seed)
+        if let ModelSpec::Learner(learner) = &spec.model {
+            return Ok(model::initial_values(&learner.parameters, spec.training.seed));
+        }
+        let schema = self.schema(spec)?;
+        let model = model::build(&spec.model, &schema, spec.training.seed)
             .map_err(|e| WorkerError::Spec(e.to_string()))?;
         Ok(model.parameters())
     }
@@ -176,12 +227,15 @@ impl LocalWorker {
             proximal_mu: t.proximal_mu,
             seed: task.seed,
         };
-        let data = self
+        let bound = self.bind(&task.spec)?;
+        let data = bound
             .train
             .take()
             .ok_or_else(|| WorkerError::NoData(t.dataset.clone()))?;
         let outcome = self.train_on(&data, task, &options);
-        self.train = Some(data);
+        if let Some(bound) = self.bound.as_mut() {
+            bound.train = Some(data);
+        }
         let (mut delta, report) = outcome?;
         if let Conduct::Byzantine(attack) = &self.conduct {
             let mut rng = ChaCha8Rng::seed_from_u64(task.seed ^ 0xB17E);
@@ -216,10 +270,16 @@ impl LocalWorker {
     /// Combines group results with the job's robust rule, steps the model and evaluates it.
     pub fn combine(&mut self, task: &CombineTask) -> Result<CombinedModel, WorkerError> {
         let (model, outliers) = combine_params(task)?;
-        let metrics = match self.validation.take() {
+        let validation = match self.bind(&task.spec) {
+            Ok(bound) => bound.validation.take(),
+            Err(_) => None,
+        };
+        let metrics = match validation {
             Some(validation) => {
                 let outcome = self.evaluate(&task.spec, &model.params, &validation);
-                self.validation = Some(validation);
+                if let Some(bound) = self.bound.as_mut() {
+                    bound.validation = Some(validation);
+                }
                 outcome?
             }
             None => RoundMetrics {
