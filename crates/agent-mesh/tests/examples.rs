@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 fn sim(out: &Path, args: &[&str]) -> Output {
@@ -65,7 +67,10 @@ fn diabetes_regression_example_beats_the_mean_predictor() {
         "10",
     ]);
     let rmse = r["final_test_rmse"].as_f64().unwrap();
-    assert!(rmse <= 62.0, "rmse {rmse} (mean predictor 71.7, ridge 58.6)");
+    assert!(
+        rmse <= 62.0,
+        "rmse {rmse} (mean predictor 71.7, ridge 58.6)"
+    );
     assert!(r["final_test_accuracy"].is_null());
 }
 
@@ -95,8 +100,14 @@ fn bad_table_data_is_refused_naming_the_row_and_column() {
 #[test]
 fn a_model_that_cannot_take_the_data_is_refused_naming_the_layer() {
     let out = tempfile::tempdir().unwrap();
-    let output = sim(out.path(), &["--data", "data/breast-cancer", "--model", "cnn"]);
+    let output = sim(
+        out.path(),
+        &["--data", "data/breast-cancer", "--model", "cnn"],
+    );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--model") && stderr.contains("needs image input"), "{stderr}");
+    assert!(
+        stderr.contains("--model") && stderr.contains("needs image input"),
+        "{stderr}"
+    );
 }

@@ -18,13 +18,18 @@ const GOOD: usize = 3;
 const JOB_LIMIT: Duration = Duration::from_secs(300);
 
 fn dataset(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/breast-cancer").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../data/breast-cancer")
+        .join(file)
 }
 
 /// Row `r` of `table` as CSV text, with `extra` appended to the features.
 fn csv_row(table: &Table, r: usize, extra: Option<f32>) -> String {
     let f = table.feature_names.len();
-    let mut cells: Vec<String> = table.features[r * f..(r + 1) * f].iter().map(|v| v.to_string()).collect();
+    let mut cells: Vec<String> = table.features[r * f..(r + 1) * f]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
     cells.extend(extra.map(|v| v.to_string()));
     cells.push(table.labels[r].clone());
     cells.join(",")
@@ -59,7 +64,10 @@ fn shards(root: &Path) -> Vec<PathBuf> {
             if s == 1 {
                 let mut part = train.clone();
                 let f = part.feature_names.len();
-                part.features = rows.iter().flat_map(|&r| train.features[r * f..(r + 1) * f].to_vec()).collect();
+                part.features = rows
+                    .iter()
+                    .flat_map(|&r| train.features[r * f..(r + 1) * f].to_vec())
+                    .collect();
                 part.labels = rows.iter().map(|&r| train.labels[r].clone()).collect();
                 write_parquet(&part, &dir.join("train.parquet")).unwrap();
             } else {
@@ -74,7 +82,10 @@ fn shards(root: &Path) -> Vec<PathBuf> {
 fn bind_data(node_dir: &Path, shard: &Path) {
     let config = node_dir.join("node.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text += &format!("\n[data]\ndataset = \"breast-cancer\"\ndir = {:?}\n", shard.to_str().unwrap());
+    text += &format!(
+        "\n[data]\ndataset = \"breast-cancer\"\ndir = {:?}\n",
+        shard.to_str().unwrap()
+    );
     std::fs::write(config, text).unwrap();
 }
 
@@ -124,7 +135,11 @@ fn csv_and_parquet_shards_train_securely_and_a_mismatched_node_declines() {
         || job_view(&mesh, 0, &token, "cancer").filter(|v| v["status"] == "Completed"),
         || {
             let logs: Vec<String> = mesh.nodes.iter().map(|n| n.log_tail()).collect();
-            format!("the job to complete: {:?}\n{}", job_view(&mesh, 0, &token, "cancer"), logs.join("\n"))
+            format!(
+                "the job to complete: {:?}\n{}",
+                job_view(&mesh, 0, &token, "cancer"),
+                logs.join("\n")
+            )
         },
     );
     let accuracy = done["accuracy"].as_f64().unwrap();
@@ -141,15 +156,23 @@ fn csv_and_parquet_shards_train_securely_and_a_mismatched_node_declines() {
     assert!(log.contains("schema mismatch"), "{}", bad.log_tail());
     let metrics = bad.metrics();
     assert!(
-        metrics.lines().any(|l| l.starts_with("mesh_round_schema_mismatches_total") && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mesh_round_schema_mismatches_total") && !l.ends_with(" 0")),
         "{metrics}"
     );
     let rounds = done["detail"]["rounds"].as_array().unwrap();
-    let bad_name = &declined[0].as_str().unwrap()[5..].split(':').next().unwrap().to_string();
+    let bad_name = &declined[0].as_str().unwrap()[5..]
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
     for round in &rounds[2..] {
         let participants = round["participants"].as_array().unwrap();
         assert!(
-            !participants.iter().any(|p| p.as_str() == Some(bad_name.as_str())),
+            !participants
+                .iter()
+                .any(|p| p.as_str() == Some(bad_name.as_str())),
             "the declining node was selected again: {round}"
         );
     }

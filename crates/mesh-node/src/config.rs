@@ -552,7 +552,8 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     },
     EnvOverride {
         name: "AGENT_MESH_DATA",
-        help: "data.dir (a folder of tables, image folders or MNIST IDX files, or builtin:mnist-10k)",
+        help:
+            "data.dir (a folder of tables, image folders or MNIST IDX files, or builtin:mnist-10k)",
         apply: |c, v| {
             c.data.dir = Some(v.parse().map_err(|e: DataError| e.to_string())?);
             Ok(())

@@ -171,18 +171,30 @@ impl LearnerSpec {
         let refuse = |m: String| Err(ModelSpecError::Model(m));
         let n = self.parameters.len();
         if n == 0 || n > MAX_LEARNER_TENSORS {
-            return refuse(format!("a learner layout needs 1..={MAX_LEARNER_TENSORS} tensors, got {n}"));
+            return refuse(format!(
+                "a learner layout needs 1..={MAX_LEARNER_TENSORS} tensors, got {n}"
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         let mut total = 0usize;
         for p in &self.parameters {
             if p.name.is_empty() || p.name.len() > MAX_NAME_BYTES || !names.insert(&p.name) {
-                return refuse(format!("tensor name {:?} is empty, too long or repeated", p.name));
+                return refuse(format!(
+                    "tensor name {:?} is empty, too long or repeated",
+                    p.name
+                ));
             }
-            let count = p.shape.iter().try_fold(1usize, |acc, &d| (d > 0).then(|| acc.checked_mul(d)).flatten());
+            let count = p.shape.iter().try_fold(1usize, |acc, &d| {
+                (d > 0).then(|| acc.checked_mul(d)).flatten()
+            });
             match count {
                 Some(c) if c <= MAX_PARAMETERS => total = total.saturating_add(c),
-                _ => return refuse(format!("tensor {:?} has a zero or oversized shape {:?}", p.name, p.shape)),
+                _ => {
+                    return refuse(format!(
+                        "tensor {:?} has a zero or oversized shape {:?}",
+                        p.name, p.shape
+                    ))
+                }
             }
         }
         if total > MAX_PARAMETERS {
@@ -193,7 +205,10 @@ impl LearnerSpec {
 
     /// Values in all tensors.
     pub fn parameter_count(&self) -> usize {
-        self.parameters.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+        self.parameters
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 }
 
@@ -401,7 +416,11 @@ impl ModelSpec {
 
     /// Every layer with its name and shapes, the output layer of `outputs`
     /// units last, for input of shape `input`.
-    pub fn plan(&self, input: &InputShape, outputs: usize) -> Result<Vec<PlannedLayer>, ModelSpecError> {
+    pub fn plan(
+        &self,
+        input: &InputShape,
+        outputs: usize,
+    ) -> Result<Vec<PlannedLayer>, ModelSpecError> {
         let hidden = self.hidden_layers().ok_or_else(|| {
             ModelSpecError::Model("an external learner's model has no layers to plan".into())
         })?;
@@ -544,7 +563,9 @@ impl Layer {
                 };
                 match (side(h), side(w)) {
                     (Some(oh), Some(ow)) => Ok(Shape::Image([*filters as usize, oh, ow])),
-                    _ => Err(format!("input {h}x{w} is smaller than the kernel {kernel}x{kernel}")),
+                    _ => Err(format!(
+                        "input {h}x{w} is smaller than the kernel {kernel}x{kernel}"
+                    )),
                 }
             }
             (Layer::MaxPool2d { size } | Layer::AvgPool2d { size }, Shape::Image([c, h, w])) => {
@@ -554,9 +575,9 @@ impl Layer {
                 }
                 Ok(Shape::Image([c, h / s, w / s]))
             }
-            (Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. }, Shape::Flat(n)) => Err(format!(
-                "needs image input, got a flat row of {n} values"
-            )),
+            (Layer::MaxPool2d { .. } | Layer::AvgPool2d { .. }, Shape::Flat(n)) => {
+                Err(format!("needs image input, got a flat row of {n} values"))
+            }
             (Layer::Flatten, shape) => Ok(Shape::Flat(shape.len())),
             (Layer::Dropout { rate }, shape) => {
                 if !(0.0..1.0).contains(rate) {
@@ -568,9 +589,10 @@ impl Layer {
                 Err("normalizes flat rows; put a flatten or dense layer before it".into())
             }
             (Layer::LayerNorm, shape) => Ok(shape),
-            (Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu | Layer::LeakyRelu, shape) => {
-                Ok(shape)
-            }
+            (
+                Layer::Relu | Layer::Tanh | Layer::Sigmoid | Layer::Gelu | Layer::LeakyRelu,
+                shape,
+            ) => Ok(shape),
         }
     }
 }
@@ -587,7 +609,10 @@ mod tests {
     };
 
     fn count(layout: &[ParameterInfo]) -> usize {
-        layout.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+        layout
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 
     #[test]
@@ -611,13 +636,18 @@ mod tests {
         assert_eq!(plan[6].input, Shape::Image([32, 4, 4]));
         let table = InputShape::Table { features: 784 };
         let mlp = ModelSpec::Preset(Preset::Mlp).plan(&table, 10).unwrap();
-        assert_eq!(count(&parameter_layout(&mlp)), 784 * 200 + 200 + 200 * 200 + 200 + 2010);
+        assert_eq!(
+            count(&parameter_layout(&mlp)),
+            784 * 200 + 200 + 200 * 200 + 200 + 2010
+        );
         let small = InputShape::Image {
             channels: 1,
             height: 8,
             width: 8,
         };
-        let plan = ModelSpec::Preset(Preset::SmallCnn).plan(&small, 10).unwrap();
+        let plan = ModelSpec::Preset(Preset::SmallCnn)
+            .plan(&small, 10)
+            .unwrap();
         assert_eq!(plan[6].input, Shape::Image([32, 2, 2]));
     }
 
@@ -628,7 +658,9 @@ mod tests {
             height: 8,
             width: 8,
         };
-        let err = ModelSpec::Preset(Preset::Cnn).plan(&digits, 10).unwrap_err();
+        let err = ModelSpec::Preset(Preset::Cnn)
+            .plan(&digits, 10)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "layer 4 (conv2): input 2x2 is smaller than the kernel 5x5"
@@ -639,7 +671,10 @@ mod tests {
         let bad = ModelSpec::Layers(vec![Layer::Dropout { rate: 1.5 }]);
         assert!(bad.plan(&table, 2).is_err());
         let huge = ModelSpec::Layers(vec![Layer::Dense { units: 1_000_000 }]);
-        assert!(matches!(huge.plan(&MNIST, 10), Err(ModelSpecError::Model(_))));
+        assert!(matches!(
+            huge.plan(&MNIST, 10),
+            Err(ModelSpecError::Model(_))
+        ));
     }
 
     #[test]
@@ -647,7 +682,8 @@ mod tests {
         let json = r#"{"layers": [{"dense": {"units": 64}}, "relu",
             {"dropout": {"rate": 0.1}}, "layer_norm"]}"#;
         let spec: ModelSpec = serde_json::from_str(json).unwrap();
-        let toml_text = r#"layers = [{dense = {units = 64}}, "relu", {dropout = {rate = 0.1}}, "layer_norm"]"#;
+        let toml_text =
+            r#"layers = [{dense = {units = 64}}, "relu", {dropout = {rate = 0.1}}, "layer_norm"]"#;
         let from_toml: ModelSpec = toml::from_str(toml_text).unwrap();
         assert_eq!(spec, from_toml);
         let plan = spec.plan(&InputShape::Table { features: 30 }, 2).unwrap();
@@ -662,6 +698,9 @@ mod tests {
         assert_eq!(tagged, bare);
         let err = serde_json::from_str::<ModelSpec>("\"resnet\"").unwrap_err();
         assert!(err.to_string().contains("unknown model"), "{err}");
-        assert_eq!("small-cnn".parse::<ModelSpec>().unwrap().to_string(), "small-cnn");
+        assert_eq!(
+            "small-cnn".parse::<ModelSpec>().unwrap().to_string(),
+            "small-cnn"
+        );
     }
 }

@@ -227,7 +227,9 @@ impl DataSchema {
                 ));
             }
             let all = n.feature_mean.iter().chain(&n.feature_std);
-            let finite = all.chain([&n.target_mean, &n.target_std]).all(|v| v.is_finite());
+            let finite = all
+                .chain([&n.target_mean, &n.target_std])
+                .all(|v| v.is_finite());
             if !finite || n.target_std <= 0.0 || n.feature_std.iter().any(|s| *s < 0.0) {
                 return invalid("normalization values must be finite, deviations positive".into());
             }
@@ -296,9 +298,7 @@ mod tests {
     fn regression_and_classification_do_not_mix() {
         let job = DataSchema {
             input: InputShape::Table { features: 4 },
-            task: Task::Regression {
-                target: "y".into(),
-            },
+            task: Task::Regression { target: "y".into() },
             normalization: None,
         };
         let err = job.check_matches(&table(4, &["a", "b"])).unwrap_err();

@@ -399,15 +399,19 @@ fn model_layout(spec: &JobSpec) -> anyhow::Result<Vec<mesh_federated::model::Par
     if let mesh_spec::ModelSpec::Learner(learner) = &spec.model {
         return Ok(learner.parameters.clone());
     }
-    let schema = spec.training.schema.clone().unwrap_or(mesh_spec::DataSchema {
-        input: mesh_spec::InputShape::Image {
-            channels: 1,
-            height: 28,
-            width: 28,
-        },
-        task: mesh_federated::data::numbered_classes(10),
-        normalization: None,
-    });
+    let schema = spec
+        .training
+        .schema
+        .clone()
+        .unwrap_or(mesh_spec::DataSchema {
+            input: mesh_spec::InputShape::Image {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            task: mesh_federated::data::numbered_classes(10),
+            normalization: None,
+        });
     let plan = spec.model.plan(&schema.input, schema.task.outputs())?;
     Ok(mesh_federated::model::parameter_layout(&plan))
 }

@@ -16,11 +16,11 @@ use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::table::{MissingValues, TableOptions};
 use mesh_federated::data::{normalize, DataSource, Dataset, LoadOptions, LoadedData};
-use mesh_spec::{DataSchema, ModelSpec};
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
 use mesh_round::job::JobSpecCheck;
 use mesh_round::protocol::Conduct;
 use mesh_round::sim::{Faults, MeshSimConfig};
+use mesh_spec::{DataSchema, ModelSpec};
 use std::path::{Path, PathBuf};
 
 /// Flags of `agent-mesh sim`.
@@ -371,21 +371,30 @@ pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
 /// Loads the train and test sets `source` names, built in or from a folder.
 pub fn load_data(source: &DataSource, options: &LoadOptions) -> anyhow::Result<LoadedData> {
     source.load(options).with_context(|| {
-        format!("loading data from {source} (a folder with train.csv + test.csv, train/ + test/ image folders, or MNIST IDX files; or builtin:mnist-10k)")
+        format!("loading --data {source} (a folder with train.csv + test.csv, train/ + test/ image folders, or MNIST IDX files; or builtin:mnist-10k)")
     })
 }
 
 /// A model spec from a JSON or TOML file (`{"layers": [...]}` or `layers = [...]`).
 pub fn read_model_file(path: &Path) -> anyhow::Result<ModelSpec> {
     let meta = std::fs::metadata(path).with_context(|| {
-        format!("--model {}: not a preset (logistic, mlp, cnn, small-cnn) nor a readable file", path.display())
+        format!(
+            "--model {}: not a preset (logistic, mlp, cnn, small-cnn) nor a readable file",
+            path.display()
+        )
     })?;
-    anyhow::ensure!(meta.len() <= 1 << 20, "--model {}: over 1 MiB", path.display());
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        meta.len() <= 1 << 20,
+        "--model {}: over 1 MiB",
+        path.display()
+    );
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let spec = if path.extension().is_some_and(|e| e == "toml") {
         toml::from_str(&text).with_context(|| format!("{}: not a model spec", path.display()))?
     } else {
-        serde_json::from_str(&text).with_context(|| format!("{}: not a model spec", path.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a model spec", path.display()))?
     };
     Ok(spec)
 }

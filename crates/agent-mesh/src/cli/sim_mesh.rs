@@ -13,8 +13,8 @@ use mesh_consensus::command::JobSpec;
 use mesh_consensus::state::jobs::JobStatus;
 use mesh_federated::data::LoadedData;
 use mesh_federated::model::{self, store};
-use mesh_round::sim::MeshRoundReport;
 use mesh_round::job::JobSpecCheck;
+use mesh_round::sim::MeshRoundReport;
 use mesh_round::sim::{MeshSim, MeshSimConfig, MeshSimOutcome};
 
 use super::plot;
@@ -172,12 +172,7 @@ fn save(args: &SimArgs, spec: &JobSpec, o: &MeshSimOutcome) -> anyhow::Result<()
     Ok(())
 }
 
-fn save_model(
-    args: &SimArgs,
-    spec: &JobSpec,
-    params: &[f32],
-    rounds: usize,
-) -> anyhow::Result<()> {
+fn save_model(args: &SimArgs, spec: &JobSpec, params: &[f32], rounds: usize) -> anyhow::Result<()> {
     let schema = spec
         .training
         .schema

@@ -294,7 +294,12 @@ impl Jobs {
     }
 
     /// Records that `node` declines the job; the latest reason is kept.
-    pub(crate) fn decline(&mut self, job_id: &JobId, node: &NodeId, reason: &str) -> Result<(), ApplyError> {
+    pub(crate) fn decline(
+        &mut self,
+        job_id: &JobId,
+        node: &NodeId,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
         let job = self
             .jobs
             .get_mut(job_id)

@@ -27,19 +27,31 @@ pub fn normalization_for(job: &DataSchema, train: &Dataset) -> Option<Normalizat
     if !train.needs_standardizing {
         return None;
     }
-    Some(job.normalization.clone().unwrap_or_else(|| normalize::fit(train)))
+    Some(
+        job.normalization
+            .clone()
+            .unwrap_or_else(|| normalize::fit(train)),
+    )
 }
 
 /// `data` as the job sees it: checked against `job`, classes in the job's
 /// order, standardized with `norm`.
-pub fn bind(data: &Dataset, job: &DataSchema, norm: Option<&Normalization>) -> Result<Dataset, BindError> {
+pub fn bind(
+    data: &Dataset,
+    job: &DataSchema,
+    norm: Option<&Normalization>,
+) -> Result<Dataset, BindError> {
     job.check_matches(&data.schema())?;
     let mut bound = match norm {
         Some(n) if data.needs_standardizing => normalize::apply(n, data)?,
         _ => data.clone(),
     };
-    if let (Task::Classification { classes: job_classes }, Task::Classification { classes: own }) =
-        (&job.task, &data.task)
+    if let (
+        Task::Classification {
+            classes: job_classes,
+        },
+        Task::Classification { classes: own },
+    ) = (&job.task, &data.task)
     {
         let map: Vec<u8> = own
             .iter()

@@ -83,7 +83,10 @@ pub fn read_folder(root: &Path, options: &ImageOptions) -> Result<Dataset, DataE
         Some(c) => c.clone(),
         None => class_folders(root)?,
     };
-    let mut shape: Option<[usize; 3]> = options.size.zip(options.channels).map(|([h, w], c)| [c, h, w]);
+    let mut shape: Option<[usize; 3]> = options
+        .size
+        .zip(options.channels)
+        .map(|([h, w], c)| [c, h, w]);
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     for (index, class) in classes.iter().enumerate() {
         let folder = root.join(class);
@@ -129,7 +132,11 @@ pub fn read_folder(root: &Path, options: &ImageOptions) -> Result<Dataset, DataE
 }
 
 fn is_image(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     matches!(ext.as_str(), "png" | "jpg" | "jpeg")
 }
 
@@ -160,12 +167,18 @@ fn decode(path: &Path) -> Result<DynamicImage, DataError> {
     limits.max_image_width = Some(16_384);
     limits.max_image_height = Some(16_384);
     reader.limits(limits);
-    reader.decode().map_err(|e| bad(format!("cannot decode image: {e}")))
+    reader
+        .decode()
+        .map_err(|e| bad(format!("cannot decode image: {e}")))
 }
 
 fn first_shape(image: &DynamicImage, options: &ImageOptions) -> [usize; 3] {
-    let channels = options.channels.unwrap_or(if image.color().has_color() { 3 } else { 1 });
-    let [h, w] = options.size.unwrap_or([image.height() as usize, image.width() as usize]);
+    let channels = options
+        .channels
+        .unwrap_or(if image.color().has_color() { 3 } else { 1 });
+    let [h, w] = options
+        .size
+        .unwrap_or([image.height() as usize, image.width() as usize]);
     [channels, h, w]
 }
 
@@ -177,7 +190,11 @@ fn pixels(image: &DynamicImage, c: usize, h: usize, w: usize) -> Vec<f32> {
         image.resize_exact(w as u32, h as u32, FilterType::Triangle)
     };
     if c == 1 {
-        return resized.to_luma8().pixels().map(|p| f32::from(p.0[0]) / 255.0).collect();
+        return resized
+            .to_luma8()
+            .pixels()
+            .map(|p| f32::from(p.0[0]) / 255.0)
+            .collect();
     }
     let rgb = resized.to_rgb8();
     let mut out = vec![0.0; 3 * h * w];
@@ -213,12 +230,28 @@ mod tests {
     fn class_folders_become_labels_in_numeric_order_and_images_are_resized() {
         let dir = folder();
         let data = read_folder(dir.path(), &ImageOptions::default()).unwrap();
-        assert_eq!(data.task, Task::Classification { classes: vec!["2".into(), "10".into()] });
+        assert_eq!(
+            data.task,
+            Task::Classification {
+                classes: vec!["2".into(), "10".into()]
+            }
+        );
         assert_eq!(data.image_shape, Some([1, 4, 4]));
         assert_eq!(data.labels, [0, 0, 1, 1]);
         assert!((data.row(0)[0] - 50.0 / 255.0).abs() < 1e-6);
-        assert!((data.row(3)[5] - 200.0 / 255.0).abs() < 0.01, "resized 8x8 to 4x4");
-        let rgb = read_folder(dir.path(), &ImageOptions { channels: Some(3), size: Some([6, 6]), classes: None }).unwrap();
+        assert!(
+            (data.row(3)[5] - 200.0 / 255.0).abs() < 0.01,
+            "resized 8x8 to 4x4"
+        );
+        let rgb = read_folder(
+            dir.path(),
+            &ImageOptions {
+                channels: Some(3),
+                size: Some([6, 6]),
+                classes: None,
+            },
+        )
+        .unwrap();
         assert_eq!(rgb.feature_count, 3 * 36);
     }
 
@@ -227,15 +260,26 @@ mod tests {
         let dir = folder();
         let bad = dir.path().join("2").join("c.png");
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\n garbage").unwrap();
-        let err = read_folder(dir.path(), &ImageOptions::default()).unwrap_err().to_string();
-        assert!(err.contains("c.png") && err.contains("cannot decode"), "{err}");
+        let err = read_folder(dir.path(), &ImageOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.png") && err.contains("cannot decode"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_folder_without_classes_or_images_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(read_folder(dir.path(), &ImageOptions::default()).unwrap_err().to_string().contains("no class folders"));
+        assert!(read_folder(dir.path(), &ImageOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("no class folders"));
         std::fs::create_dir(dir.path().join("a")).unwrap();
-        assert!(read_folder(dir.path(), &ImageOptions::default()).unwrap_err().to_string().contains("no PNG"));
+        assert!(read_folder(dir.path(), &ImageOptions::default())
+            .unwrap_err()
+            .to_string()
+            .contains("no PNG"));
     }
 }

@@ -27,7 +27,11 @@ pub fn fit(data: &Dataset) -> Normalization {
         (0.0, 1.0)
     } else {
         let s: f64 = data.targets.iter().map(|&t| f64::from(t)).sum();
-        let s2: f64 = data.targets.iter().map(|&t| f64::from(t) * f64::from(t)).sum();
+        let s2: f64 = data
+            .targets
+            .iter()
+            .map(|&t| f64::from(t) * f64::from(t))
+            .sum();
         let (m, sd) = moments(s, s2, n);
         (m, if sd > 0.0 { sd } else { 1.0 })
     };
@@ -94,9 +98,7 @@ mod tests {
             num_classes: 10,
             image_shape: None,
             targets: targets.to_vec(),
-            task: Task::Regression {
-                target: "y".into(),
-            },
+            task: Task::Regression { target: "y".into() },
             needs_standardizing: true,
             target_std: None,
         }
@@ -112,7 +114,11 @@ mod tests {
         let col0: Vec<f32> = (0..3).map(|r| out.row(r)[0]).collect();
         assert!((col0.iter().sum::<f32>()).abs() < 1e-6);
         assert!((col0.iter().map(|v| v * v).sum::<f32>() / 3.0 - 1.0).abs() < 1e-5);
-        assert_eq!(out.row(0)[1], 0.0, "a constant column is centred, not divided by 0");
+        assert_eq!(
+            out.row(0)[1],
+            0.0,
+            "a constant column is centred, not divided by 0"
+        );
         assert!((out.targets[0] + out.targets[2]).abs() < 1e-6);
         assert!(!out.needs_standardizing);
     }

@@ -122,7 +122,15 @@ impl Table {
             let mut labels = Vec::with_capacity(self.labels.len());
             for (i, l) in self.labels.iter().enumerate() {
                 let index = classes.iter().position(|c| c == l).ok_or_else(|| {
-                    malformed(&self.path, Some(i + 1), Some(&self.label_name), format!("label {l:?} is not one of the classes ({})", classes.join(", ")))
+                    malformed(
+                        &self.path,
+                        Some(i + 1),
+                        Some(&self.label_name),
+                        format!(
+                            "label {l:?} is not one of the classes ({})",
+                            classes.join(", ")
+                        ),
+                    )
                 })?;
                 labels.push(u8::try_from(index).map_err(|_| {
                     DataError::InvalidParameter(format!("{} classes, at most 256", classes.len()))
@@ -163,7 +171,10 @@ fn deciles(targets: &[f32]) -> Vec<u8> {
 /// The classes of the given tables in the documented order: numeric when
 /// every label is an integer, else by text.
 pub fn class_order(tables: &[&Table]) -> Vec<String> {
-    let mut classes: Vec<String> = tables.iter().flat_map(|t| t.labels.iter().cloned()).collect();
+    let mut classes: Vec<String> = tables
+        .iter()
+        .flat_map(|t| t.labels.iter().cloned())
+        .collect();
     classes.sort();
     classes.dedup();
     if classes.iter().all(|c| c.trim().parse::<i64>().is_ok()) {
@@ -205,20 +216,38 @@ struct Columns {
     label: usize,
 }
 
-fn pick_columns(path: &str, header: &[String], options: &TableOptions) -> Result<Columns, DataError> {
+fn pick_columns(
+    path: &str,
+    header: &[String],
+    options: &TableOptions,
+) -> Result<Columns, DataError> {
     let position = |name: &str| {
         header.iter().position(|h| h == name).ok_or_else(|| {
-            malformed(path, None, Some(name), format!("no such column (columns: {})", header.join(", ")))
+            malformed(
+                path,
+                None,
+                Some(name),
+                format!("no such column (columns: {})", header.join(", ")),
+            )
         })
     };
     let label = position(&options.label)?;
     let features = if options.features.is_empty() {
         (0..header.len()).filter(|&i| i != label).collect()
     } else {
-        options.features.iter().map(|f| position(f)).collect::<Result<_, _>>()?
+        options
+            .features
+            .iter()
+            .map(|f| position(f))
+            .collect::<Result<_, _>>()?
     };
     if Vec::<usize>::is_empty(&features) {
-        return Err(malformed(path, None, None, "no feature columns besides the label".into()));
+        return Err(malformed(
+            path,
+            None,
+            None,
+            "no feature columns besides the label".into(),
+        ));
     }
     Ok(Columns { features, label })
 }
@@ -250,7 +279,12 @@ pub fn read_csv(path: &Path, options: &TableOptions) -> Result<Table, DataError>
         .map(|h| h.trim().to_string())
         .collect();
     if header.iter().all(String::is_empty) {
-        return Err(malformed(&name, None, None, "empty file: no header row".into()));
+        return Err(malformed(
+            &name,
+            None,
+            None,
+            "empty file: no header row".into(),
+        ));
     }
     let columns = pick_columns(&name, &header, options)?;
     let mut table = empty_table(&name, &header, &columns);
@@ -284,7 +318,11 @@ fn csv_error(path: &str, e: csv::Error) -> DataError {
 fn empty_table(path: &str, header: &[String], columns: &Columns) -> Table {
     Table {
         path: path.to_string(),
-        feature_names: columns.features.iter().map(|&c| header[c].clone()).collect(),
+        feature_names: columns
+            .features
+            .iter()
+            .map(|&c| header[c].clone())
+            .collect(),
         features: Vec::new(),
         labels: Vec::new(),
         targets: Vec::new(),
@@ -309,7 +347,12 @@ fn push_label(table: &mut Table, text: &str, regression: bool) -> Result<(), Str
 /// Checks the table has rows and fills or refuses missing cells.
 fn finish(mut table: Table, options: &TableOptions) -> Result<Table, DataError> {
     if table.is_empty() {
-        return Err(malformed(&table.path, None, None, "no data rows after the header".into()));
+        return Err(malformed(
+            &table.path,
+            None,
+            None,
+            "no data rows after the header".into(),
+        ));
     }
     let f = table.feature_names.len();
     let means = column_means(&table.features, f);
@@ -344,7 +387,15 @@ fn column_means(features: &[f32], f: usize) -> Vec<f32> {
             }
         }
     }
-    sums.iter().map(|(s, n)| if *n == 0 { 0.0 } else { (*s / *n as f64) as f32 }).collect()
+    sums.iter()
+        .map(|(s, n)| {
+            if *n == 0 {
+                0.0
+            } else {
+                (*s / *n as f64) as f32
+            }
+        })
+        .collect()
 }
 
 /// Reads a Parquet file: feature columns of numeric type (INT32, INT64,
@@ -352,10 +403,20 @@ fn column_means(features: &[f32], f: usize) -> Vec<f32> {
 pub fn read_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataError> {
     let file = checked_size(path, options.max_bytes)?;
     let name = path.display().to_string();
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| malformed(&name, None, None, format!("not a readable Parquet file: {e}")))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| {
+        malformed(
+            &name,
+            None,
+            None,
+            format!("not a readable Parquet file: {e}"),
+        )
+    })?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
-    let header: Vec<String> = schema.columns().iter().map(|c| c.name().to_string()).collect();
+    let header: Vec<String> = schema
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
     let columns = pick_columns(&name, &header, options)?;
     for &c in &columns.features {
         let physical = schema.column(c).physical_type();
@@ -364,7 +425,9 @@ pub fn read_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataEr
         }
     }
     let rows = reader.metadata().file_metadata().num_rows();
-    let cells = u64::try_from(rows).unwrap_or(u64::MAX).saturating_mul(header.len() as u64);
+    let cells = u64::try_from(rows)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(header.len() as u64);
     if cells.saturating_mul(4) > options.max_bytes {
         return Err(DataError::TooLarge {
             path: name,
@@ -385,8 +448,9 @@ pub fn read_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataEr
             table.features.push(value.unwrap_or(f32::NAN));
         }
         let label = field_text(fields.get(columns.label).copied());
-        push_label(&mut table, &label, options.regression)
-            .map_err(|reason| malformed(&name, Some(r + 1), Some(&header[columns.label]), reason))?;
+        push_label(&mut table, &label, options.regression).map_err(|reason| {
+            malformed(&name, Some(r + 1), Some(&header[columns.label]), reason)
+        })?;
     }
     finish(table, options)
 }
@@ -394,7 +458,11 @@ pub fn read_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataEr
 fn is_numeric(t: PhysicalType) -> bool {
     matches!(
         t,
-        PhysicalType::INT32 | PhysicalType::INT64 | PhysicalType::FLOAT | PhysicalType::DOUBLE | PhysicalType::BOOLEAN
+        PhysicalType::INT32
+            | PhysicalType::INT64
+            | PhysicalType::FLOAT
+            | PhysicalType::DOUBLE
+            | PhysicalType::BOOLEAN
     )
 }
 
@@ -439,7 +507,9 @@ pub fn write_parquet(table: &Table, path: &Path) -> Result<(), DataError> {
     use parquet::schema::parser::parse_message_type;
     use std::sync::Arc;
 
-    let err = |e: parquet::errors::ParquetError| malformed(&path.display().to_string(), None, None, e.to_string());
+    let err = |e: parquet::errors::ParquetError| {
+        malformed(&path.display().to_string(), None, None, e.to_string())
+    };
     let regression = table.labels.is_empty();
     let mut message = String::from("message table {\n");
     for name in &table.feature_names {
@@ -447,28 +517,52 @@ pub fn write_parquet(table: &Table, path: &Path) -> Result<(), DataError> {
     }
     let label_type = if regression { "DOUBLE" } else { "BYTE_ARRAY" };
     let annotation = if regression { "" } else { " (UTF8)" };
-    message.push_str(&format!("  REQUIRED {label_type} {}{annotation};\n}}", quote_name(&table.label_name)));
+    message.push_str(&format!(
+        "  REQUIRED {label_type} {}{annotation};\n}}",
+        quote_name(&table.label_name)
+    ));
     let schema = Arc::new(parse_message_type(&message).map_err(err)?);
     let file = File::create(path).map_err(|source| DataError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    let mut writer = SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build())).map_err(err)?;
+    let mut writer =
+        SerializedFileWriter::new(file, schema, Arc::new(WriterProperties::builder().build()))
+            .map_err(err)?;
     let mut group = writer.next_row_group().map_err(err)?;
     let f = table.feature_names.len();
     for c in 0..f {
-        let column: Vec<f64> = table.features.chunks(f).map(|row| f64::from(row[c])).collect();
-        let mut w = group.next_column().map_err(err)?.ok_or_else(|| DataError::InvalidParameter("parquet schema has too few columns".into()))?;
-        w.typed::<DoubleType>().write_batch(&column, None, None).map_err(err)?;
+        let column: Vec<f64> = table
+            .features
+            .chunks(f)
+            .map(|row| f64::from(row[c]))
+            .collect();
+        let mut w = group.next_column().map_err(err)?.ok_or_else(|| {
+            DataError::InvalidParameter("parquet schema has too few columns".into())
+        })?;
+        w.typed::<DoubleType>()
+            .write_batch(&column, None, None)
+            .map_err(err)?;
         w.close().map_err(err)?;
     }
-    let mut w = group.next_column().map_err(err)?.ok_or_else(|| DataError::InvalidParameter("parquet schema has no label column".into()))?;
+    let mut w = group
+        .next_column()
+        .map_err(err)?
+        .ok_or_else(|| DataError::InvalidParameter("parquet schema has no label column".into()))?;
     if regression {
         let column: Vec<f64> = table.targets.iter().map(|&t| f64::from(t)).collect();
-        w.typed::<DoubleType>().write_batch(&column, None, None).map_err(err)?;
+        w.typed::<DoubleType>()
+            .write_batch(&column, None, None)
+            .map_err(err)?;
     } else {
-        let column: Vec<ByteArray> = table.labels.iter().map(|l| ByteArray::from(l.as_str())).collect();
-        w.typed::<ByteArrayType>().write_batch(&column, None, None).map_err(err)?;
+        let column: Vec<ByteArray> = table
+            .labels
+            .iter()
+            .map(|l| ByteArray::from(l.as_str()))
+            .collect();
+        w.typed::<ByteArrayType>()
+            .write_batch(&column, None, None)
+            .map_err(err)?;
     }
     w.close().map_err(err)?;
     group.close().map_err(err)?;
@@ -478,7 +572,15 @@ pub fn write_parquet(table: &Table, path: &Path) -> Result<(), DataError> {
 
 /// Column names as the Parquet schema parser takes them (letters, digits, `_`).
 fn quote_name(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -490,7 +592,10 @@ mod tests {
 
     fn csv_file(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
         let path = dir.path().join(name);
-        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         path
     }
 
@@ -508,7 +613,10 @@ mod tests {
         assert_eq!(classes, ["cat", "dog"]);
         let d = t.into_dataset(&classes).unwrap();
         assert_eq!(d.labels, [0, 1]);
-        assert_eq!(d.schema().to_string(), "2 columns, classification into 2 classes");
+        assert_eq!(
+            d.schema().to_string(),
+            "2 columns, classification into 2 classes"
+        );
     }
 
     #[test]
@@ -519,8 +627,13 @@ mod tests {
 
     #[test]
     fn bad_cells_name_the_file_row_and_column() {
-        let err = read("a,b,label\n1,2,0\n3,oops,1\n").unwrap_err().to_string();
-        assert!(err.ends_with("t.csv: row 3, column \"b\": \"oops\" is not a number"), "{err}");
+        let err = read("a,b,label\n1,2,0\n3,oops,1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("t.csv: row 3, column \"b\": \"oops\" is not a number"),
+            "{err}"
+        );
         let err = read("a,b,label\n1,2,0\n3,1\n").unwrap_err().to_string();
         assert!(err.contains("row 3") && err.contains("ragged"), "{err}");
         let err = read("").unwrap_err().to_string();
@@ -590,9 +703,14 @@ mod tests {
             ..TableOptions::default()
         };
         let err = read_parquet(&path, &options).unwrap_err().to_string();
-        assert!(err.contains("column \"label\": type BYTE_ARRAY is not numeric"), "{err}");
+        assert!(
+            err.contains("column \"label\": type BYTE_ARRAY is not numeric"),
+            "{err}"
+        );
         let junk = csv_file(&dir, "junk.parquet", "not parquet at all");
-        let err = read_parquet(&junk, &TableOptions::default()).unwrap_err().to_string();
+        let err = read_parquet(&junk, &TableOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a readable Parquet file"), "{err}");
     }
 

@@ -43,7 +43,10 @@ impl BurnModel {
         let mut collector = FlatCollector::values(0);
         network.visit(&mut collector);
         let flat = collector.finish()?;
-        let declared: usize = layout.iter().map(|p| p.shape.iter().product::<usize>()).sum();
+        let declared: usize = layout
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
         if declared != flat.len() {
             return Err(ModelError::Backend(format!(
                 "layout declares {declared} parameters, the network has {}",
@@ -101,7 +104,8 @@ impl BurnModel {
             (diff.clone() * diff).mean()
         } else {
             let labels: Vec<i64> = rows.iter().map(|&r| i64::from(data.labels[r])).collect();
-            let y: Tensor<1, Int> = Tensor::from_data(TensorData::new(labels, [rows.len()]), &self.device);
+            let y: Tensor<1, Int> =
+                Tensor::from_data(TensorData::new(labels, [rows.len()]), &self.device);
             CrossEntropyLoss::new(None, &self.device).forward(output, y)
         }
     }
@@ -266,7 +270,11 @@ fn regression_metrics(data: &Dataset, predictions: &[f32]) -> Evaluation {
         accuracy: 0.0,
         macro_f1: 0.0,
         rmse: Some((mse.sqrt() * f64::from(data.target_std.unwrap_or(1.0))) as f32),
-        r2: Some(if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 0.0 } as f32),
+        r2: Some(if ss_tot > 0.0 {
+            1.0 - ss_res / ss_tot
+        } else {
+            0.0
+        } as f32),
         samples: data.len(),
     }
 }

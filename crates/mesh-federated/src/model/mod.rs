@@ -161,7 +161,11 @@ pub trait Model: Send + fmt::Debug {
 /// drawn from `seed` (He-uniform weights, zero-mean uniform biases, unit
 /// scales), on the CPU backend. An external learner's spec has no layers to
 /// build here: the node's learner runtime builds it.
-pub fn build(spec: &ModelSpec, schema: &DataSchema, seed: u64) -> Result<Box<dyn Model>, ModelError> {
+pub fn build(
+    spec: &ModelSpec,
+    schema: &DataSchema,
+    seed: u64,
+) -> Result<Box<dyn Model>, ModelError> {
     let plan = spec
         .plan(&schema.input, schema.task.outputs())
         .map_err(|e| ModelError::Unsupported {
@@ -281,8 +285,8 @@ mod tests {
         let m = mnist();
         let train = m.train.subset(&(0..500).collect::<Vec<_>>());
         let distance = |mu| {
-            let mut model = build(&ModelSpec::Preset(Preset::Logistic), &train.schema(), 1)
-                .unwrap();
+            let mut model =
+                build(&ModelSpec::Preset(Preset::Logistic), &train.schema(), 1).unwrap();
             let start = model.parameters();
             model
                 .train(

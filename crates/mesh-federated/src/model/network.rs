@@ -63,7 +63,11 @@ impl Activations {
         }
     }
 
-    fn map(self, f2: impl FnOnce(Tensor<2>) -> Tensor<2>, f4: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Self {
+    fn map(
+        self,
+        f2: impl FnOnce(Tensor<2>) -> Tensor<2>,
+        f4: impl FnOnce(Tensor<4>) -> Tensor<4>,
+    ) -> Self {
         match self {
             Activations::Flat(x) => Activations::Flat(f2(x)),
             Activations::Image(x) => Activations::Image(f4(x)),
@@ -169,7 +173,10 @@ impl LayerNet {
                 Step::Tanh => x.map(tanh, tanh),
                 Step::Sigmoid => x.map(sigmoid, sigmoid),
                 Step::Gelu => x.map(gelu, gelu),
-                Step::LeakyRelu => x.map(|t| leaky_relu(t, LEAKY_SLOPE), |t| leaky_relu(t, LEAKY_SLOPE)),
+                Step::LeakyRelu => x.map(
+                    |t| leaky_relu(t, LEAKY_SLOPE),
+                    |t| leaky_relu(t, LEAKY_SLOPE),
+                ),
             };
         }
         x.flat()
@@ -205,7 +212,13 @@ fn drop_out(x: Activations, rate: f32, rng: &mut ChaCha8Rng) -> Activations {
     let mut masked = |dims: Vec<usize>, device: &Device| {
         let n: usize = dims.iter().product();
         let mask: Vec<f32> = (0..n)
-            .map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 })
+            .map(|_| {
+                if rng.random::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
             .collect();
         (TensorData::new(mask, dims), device.clone())
     };

@@ -26,7 +26,12 @@ pub fn save(
     path: &Path,
     metadata: HashMap<String, String>,
 ) -> Result<(), ModelError> {
-    save_layout(&model.parameter_layout(), &model.parameters(), path, metadata)
+    save_layout(
+        &model.parameter_layout(),
+        &model.parameters(),
+        path,
+        metadata,
+    )
 }
 
 /// Writes flat parameters under the names and shapes of `layout` (what
@@ -38,7 +43,10 @@ pub fn save_layout(
     path: &Path,
     metadata: HashMap<String, String>,
 ) -> Result<(), ModelError> {
-    let expected: usize = layout.iter().map(|p| p.shape.iter().product::<usize>()).sum();
+    let expected: usize = layout
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum();
     if expected != flat.len() {
         return Err(ModelError::ParameterCount {
             expected,
@@ -157,12 +165,7 @@ mod tests {
     fn wrong_model_and_corrupt_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        save(
-            preset(Preset::Logistic, 1).as_ref(),
-            &path,
-            HashMap::new(),
-        )
-        .unwrap();
+        save(preset(Preset::Logistic, 1).as_ref(), &path, HashMap::new()).unwrap();
         let mut cnn = preset(Preset::Cnn, 1);
         assert!(matches!(
             load_into(cnn.as_mut(), &path),

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use mesh_consensus::command::{Command, JobSpec, ModelHash, NodeId, DECLINE_REASON_BYTES_MAX};
-use mesh_spec::schema::SCHEMA_MISMATCH_PREFIX;
 use mesh_federated::privacy::{clip_l2, GaussianMechanism, NoisePlacement};
 use mesh_security::secagg::messages::{SharesForClient, Signed};
 use mesh_security::secagg::{ModulusBits, SecAggClient, SecAggParams};
+use mesh_spec::schema::SCHEMA_MISMATCH_PREFIX;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

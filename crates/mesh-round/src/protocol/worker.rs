@@ -172,7 +172,8 @@ impl LocalWorker {
                 .ok_or_else(|| WorkerError::NoData(self.dataset.clone()))?;
             let norm = bind::normalization_for(&schema, raw);
             let bind_one = |d: &Dataset| {
-                bind::bind(d, &schema, norm.as_ref()).map_err(|e| WorkerError::Schema(e.to_string()))
+                bind::bind(d, &schema, norm.as_ref())
+                    .map_err(|e| WorkerError::Schema(e.to_string()))
             };
             let train = self.train.as_ref().map(bind_one).transpose()?;
             let validation = self.validation.as_ref().map(bind_one).transpose()?;
@@ -209,7 +210,10 @@ impl LocalWorker {
     /// with a schema needs no local data for it.
     pub fn initial(&mut self, spec: &JobSpec) -> Result<Vec<f32>, WorkerError> {
         if let ModelSpec::Learner(learner) = &spec.model {
-            return Ok(model::initial_values(&learner.parameters, spec.training.seed));
+            return Ok(model::initial_values(
+                &learner.parameters,
+                spec.training.seed,
+            ));
         }
         let schema = self.schema(spec)?;
         let model = model::build(&spec.model, &schema, spec.training.seed)
@@ -370,6 +374,13 @@ pub fn combine_params(task: &CombineTask) -> Result<(GlobalModel, Vec<u32>), Wor
             center: aggregator.center().to_vec(),
         },
     };
-    let outliers = crate::detect::outliers(&updates, &aggregated);
+    // Detection serves a job that declares Byzantine participants; a job
+    // that tolerates none (f = 0) penalizes no one: honest inputs on small
+    // or skewed data are often far from the mean, and nothing is to be found.
+    let outliers = if job.byzantine_count > 0 {
+        crate::detect::outliers(&updates, &aggregated)
+    } else {
+        Vec::new()
+    };
     Ok((model, outliers))
 }
