@@ -34,6 +34,9 @@ pub enum WorkerError {
     /// Training, evaluation or aggregation failed.
     #[error("{0}")]
     Compute(String),
+    /// The node's conduct is [`Conduct::Silent`]: it trains nothing.
+    #[error("this node is silent: it sends no update")]
+    Silent,
 }
 
 /// Train from `params` for one round.
@@ -86,13 +89,16 @@ pub struct CombinedModel {
     pub metrics: RoundMetrics,
 }
 
-/// What a simulated Byzantine node does with its update.
+/// How a node behaves as a participant (honest, or misbehaving for tests).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Conduct {
     /// Follows the protocol.
     Honest,
     /// Shapes its update with this attack (it sees only its own update).
     Byzantine(Attack),
+    /// Never finishes local training, so it never sends an update: a
+    /// selected participant that misses every round's deadline.
+    Silent,
 }
 
 /// One node's private data and models.
@@ -223,6 +229,9 @@ impl LocalWorker {
 
     /// Local training for one round.
     pub fn train(&mut self, task: &TrainTask) -> Result<TrainedUpdate, WorkerError> {
+        if self.conduct == Conduct::Silent {
+            return Err(WorkerError::Silent);
+        }
         let t = &task.spec.training;
         let options = TrainOptions {
             epochs: t.epochs as usize,
