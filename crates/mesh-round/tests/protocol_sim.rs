@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use mesh_consensus::command::{DpBudget, EvidenceKind, JobSpec, TrainingSpec};
-use mesh_consensus::state::reputation::{penalty, INITIAL_SCORE, QUARANTINE_BELOW_SCORE};
 use mesh_consensus::state::jobs::JobStatus;
+use mesh_consensus::state::reputation::{penalty, INITIAL_SCORE, QUARANTINE_BELOW_SCORE};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::{Dataset, Mnist};
@@ -212,7 +212,11 @@ fn a_silent_participant_gets_one_missed_deadline_per_round() {
         let out = run(c, &train, &test).unwrap();
         assert_eq!(out.status, Some(JobStatus::Completed), "secagg {secagg}");
         assert_eq!(out.rounds.len(), 3);
-        assert!(out.rounds.iter().all(|r| r.updates == 7), "{:?}", out.rounds);
+        assert!(
+            out.rounds.iter().all(|r| r.updates == 7),
+            "{:?}",
+            out.rounds
+        );
         let score = INITIAL_SCORE - 3 * penalty(EvidenceKind::MissedDeadline);
         assert_eq!(out.reputation, vec![(4, score, false)], "secagg {secagg}");
     }
@@ -224,9 +228,8 @@ fn a_silent_participant_gets_one_missed_deadline_per_round() {
 #[test]
 fn repeated_missed_deadlines_quarantine_a_silent_participant() {
     let (train, test) = data(600, 100);
-    let misses = (INITIAL_SCORE - QUARANTINE_BELOW_SCORE)
-        / penalty(EvidenceKind::MissedDeadline)
-        + 1;
+    let misses =
+        (INITIAL_SCORE - QUARANTINE_BELOW_SCORE) / penalty(EvidenceKind::MissedDeadline) + 1;
     let rounds = misses * 6 / 5 + 12;
     let mut s = spec(rounds, 5, false);
     s.training.group_size = 1;
