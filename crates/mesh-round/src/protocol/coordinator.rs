@@ -318,12 +318,14 @@ impl Coordinator {
                 .is_some_and(|g| &g.aggregator == from)
         };
         match message {
-            RoundMessage::GroupReport { input, missed, .. }
-                if assigned(input.group) && state.request.is_none() =>
-            {
-                state.failed.remove(&input.group);
+            RoundMessage::GroupReport { input, missed, .. } if assigned(input.group) => {
+                // A group that closed at the deadline reports after the inputs
+                // were fixed: its result is too late, but whom it missed is not.
                 state.missed.insert(input.group, missed);
-                state.groups.insert(input.group, input);
+                if state.request.is_none() {
+                    state.failed.remove(&input.group);
+                    state.groups.insert(input.group, input);
+                }
             }
             RoundMessage::GroupFailed { group, missed, .. }
                 if assigned(group) && !state.groups.contains_key(&group) =>
