@@ -81,7 +81,7 @@ fn adversarial_nodes_are_outvoted_and_quarantined_and_honest_ones_are_not() {
     let spec = serde_json::json!({
         "job": "robust",
         "spec": {
-            "model_name": "mlp", "rounds": 8, "participants_per_round": NODES,
+            "model": "mlp", "rounds": 8, "participants_per_round": NODES,
             "rule_name": "trimmed-mean", "pre_aggregation": "none", "server_optimizer": "sgd",
             "byzantine_count": 2, "secagg": false, "dp_budget": null,
             "training": {

@@ -41,7 +41,7 @@ fn submit(mesh: &Mesh, node: usize, token: &str, job: &str, group_size: u32, sec
     let spec = serde_json::json!({
         "job": job,
         "spec": {
-            "model_name": "mlp", "rounds": 5, "participants_per_round": NODES,
+            "model": "mlp", "rounds": 5, "participants_per_round": NODES,
             "rule_name": "fedavg", "byzantine_count": 0, "secagg": secagg, "dp_budget": null,
             "training": {
                 "dataset": "mnist", "epochs": 2, "batch_size": 32, "learning_rate": 0.1, "seed": 7,

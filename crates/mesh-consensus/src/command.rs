@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use mesh_security::ca::{SignedRevocation, REASON_BYTES_MAX};
+use mesh_spec::{DataSchema, ModelSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApplyError, CommandDecodeError};
@@ -38,6 +39,8 @@ pub const ROUNDS_MAX: u32 = 100_000;
 pub const PARTICIPANTS_MAX: u32 = 10_000;
 /// Largest encoded command accepted by [`Command::decode`], in bytes.
 pub const COMMAND_BYTES_MAX: usize = 1024 * 1024;
+/// Longest reason a node may give for declining a job.
+pub const DECLINE_REASON_BYTES_MAX: usize = 512;
 
 /// A node's identity as the mesh names it (the libp2p peer id in text form).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -143,8 +146,9 @@ pub struct DpBudget {
 /// What an admin asks for when submitting a job.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
-    /// Model architecture name (for example `mnist-cnn`).
-    pub model_name: String,
+    /// The model: a preset (`"mlp"`), a layer list, or an external
+    /// learner's parameter layout (mesh-spec's model language).
+    pub model: ModelSpec,
     /// Number of rounds to run.
     pub rounds: u32,
     /// Most participants in one round.
@@ -173,6 +177,10 @@ pub struct JobSpec {
 pub struct TrainingSpec {
     /// Name of the data each node binds to this job (its own private copy), e.g. `mnist`.
     pub dataset: String,
+    /// What that data must look like; `None` takes each node's data as it is
+    /// (every node must then hold data of one shape, e.g. MNIST).
+    #[serde(default)]
+    pub schema: Option<DataSchema>,
     /// Local epochs per round.
     pub epochs: u32,
     /// Rows per SGD step.
@@ -209,6 +217,7 @@ impl Default for TrainingSpec {
     fn default() -> Self {
         Self {
             dataset: "mnist".into(),
+            schema: None,
             epochs: 1,
             batch_size: 32,
             learning_rate: 0.05,
@@ -383,6 +392,16 @@ pub enum Command {
         /// Why.
         reason: StopReason,
     },
+    /// A node declines a job it cannot take part in (its data does not
+    /// match the job's schema); it is not selected for the job again.
+    DeclineJob {
+        /// The job.
+        job: JobId,
+        /// The node that declines.
+        node: NodeId,
+        /// Why, in words (at most [`DECLINE_REASON_BYTES_MAX`] bytes).
+        reason: String,
+    },
     /// Commit evidence against a node; lowers its reputation.
     RecordEvidence {
         /// The accused node.
@@ -435,6 +454,7 @@ impl fmt::Display for Command {
             } => write!(f, "ReassignAggregator({job}, {round}, {slot:?})"),
             Self::AbortRound { job, round } => write!(f, "AbortRound({job}, {round})"),
             Self::StopJob { job, reason } => write!(f, "StopJob({job}, {reason:?})"),
+            Self::DeclineJob { job, node, .. } => write!(f, "DeclineJob({job}, {node})"),
             Self::RecordEvidence { node, kind } => write!(f, "RecordEvidence({node}, {kind:?})"),
             Self::ResetReputation { node } => write!(f, "ResetReputation({node})"),
             Self::Put { key, value } => write!(f, "Put({}B, {}B)", key.len(), value.len()),
@@ -519,6 +539,11 @@ impl Command {
             Self::AbortRound { job, .. } | Self::StopJob { job, .. } => {
                 check_name("job id", &job.0)
             }
+            Self::DeclineJob { job, node, reason } => {
+                check_name("job id", &job.0)?;
+                check_name("node id", &node.0)?;
+                check_len("decline reason", reason.len(), DECLINE_REASON_BYTES_MAX)
+            }
             Self::Put { key, value } => {
                 check_len("key", key.len(), KV_KEY_BYTES_MAX)?;
                 check_len("value", value.len(), KV_VALUE_BYTES_MAX)
@@ -567,7 +592,12 @@ fn check_serial(serial: &[u8]) -> Result<(), ApplyError> {
 }
 
 fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
-    check_name("model name", &spec.model_name)?;
+    spec.model
+        .check_bounds()
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(schema) = &spec.training.schema {
+        schema.validate().map_err(|e| invalid(e.to_string()))?;
+    }
     check_name("rule name", &spec.rule_name)?;
     check_name("pre-aggregation", &spec.pre_aggregation)?;
     check_name("server optimizer", &spec.server_optimizer)?;
@@ -700,7 +730,7 @@ mod tests {
 
     fn spec() -> JobSpec {
         JobSpec {
-            model_name: "mnist-cnn".into(),
+            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Cnn),
             rounds: 3,
             participants_per_round: 5,
             rule_name: "krum".into(),

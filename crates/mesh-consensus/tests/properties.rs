@@ -29,7 +29,7 @@ fn roles() -> impl Strategy<Value = BTreeSet<Role>> {
 
 fn spec() -> impl Strategy<Value = JobSpec> {
     (1u32..4, 1u32..4, prop::option::of(1u64..2_000)).prop_map(|(rounds, n, eps)| JobSpec {
-        model_name: "m".into(),
+        model: mesh_spec::ModelSpec::default(),
         rounds,
         participants_per_round: n,
         rule_name: "fedavg".into(),

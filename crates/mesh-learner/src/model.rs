@@ -7,7 +7,7 @@
 
 use mesh_federated::data::Dataset;
 use mesh_federated::model::{
-    initial_parameters, Evaluation, Model, ModelError, ParameterInfo, TrainOptions, TrainReport,
+    initial_values, Evaluation, Model, ModelError, ParameterInfo, TrainOptions, TrainReport,
 };
 use serde_json::{Map, Value};
 
@@ -53,17 +53,16 @@ impl LearnerModel {
     pub fn new(learner: SharedLearner, layout: Vec<ParameterInfo>) -> Result<Self, ModelError> {
         layout::validate(&layout)
             .map_err(|e| ModelError::InvalidOption(format!("learner model: {e}")))?;
-        let shapes: Vec<Vec<usize>> = layout.iter().map(|p| p.shape.clone()).collect();
         Ok(Self {
             learner,
-            parameters: initial_parameters(&shapes, PLACEHOLDER_SEED),
+            parameters: initial_values(&layout, PLACEHOLDER_SEED),
             layout,
         })
     }
 }
 
 fn backend(err: crate::LearnerError) -> ModelError {
-    ModelError::Backend(format!("learner: {err}"))
+    ModelError::Learner(err.to_string())
 }
 
 impl Model for LearnerModel {
@@ -111,9 +110,15 @@ impl Model for LearnerModel {
         let outcome = lock(&self.learner)
             .evaluate(&self.layout, &self.parameters, Map::new())
             .map_err(backend)?;
+        let fraction =
+            |name| finite_metric(&outcome.metrics, name).filter(|v| (0.0..=1.0).contains(v));
+        let number = |name| finite_metric(&outcome.metrics, name).map(|v| v as f32);
         Ok(Evaluation {
             loss: outcome.loss as f32,
             accuracy: outcome.accuracy().unwrap_or(0.0) as f32,
+            macro_f1: fraction("macro_f1").unwrap_or(0.0) as f32,
+            rmse: number("rmse"),
+            r2: number("r2"),
             samples: usize::try_from(outcome.num_examples).unwrap_or(usize::MAX),
         })
     }

@@ -11,19 +11,13 @@ use std::path::PathBuf;
 
 use common::{python_config, python_imports, repo_root};
 use mesh_federated::data::Dataset;
-use mesh_federated::model::{initial_parameters, Model, TrainOptions};
+use mesh_federated::model::{initial_values, Model, TrainOptions};
 use mesh_learner::{LearnerModel, SupervisedLearner};
 
 const NODES: usize = 3;
 
 fn no_data() -> Dataset {
-    Dataset {
-        features: Vec::new(),
-        labels: Vec::new(),
-        feature_count: 784,
-        num_classes: 10,
-        image_shape: None,
-    }
+    Dataset::no_rows()
 }
 
 /// Runs `rounds` of FedAvg over [`NODES`] learners of `script`; returns the
@@ -47,8 +41,7 @@ fn federate(script: PathBuf, rounds: u32, learning_rate: f32) -> Vec<f32> {
         .iter()
         .map(|l| LearnerModel::new(l.clone(), layout.clone()).unwrap())
         .collect();
-    let shapes: Vec<Vec<usize>> = layout.iter().map(|p| p.shape.clone()).collect();
-    let mut global = initial_parameters(&shapes, 7);
+    let mut global = initial_values(&layout, 7);
     let mut accuracies = Vec::new();
     for round in 0..rounds {
         let mut sum = vec![0f64; global.len()];

@@ -36,13 +36,7 @@ fn options() -> TrainOptions {
 }
 
 fn no_data() -> Dataset {
-    Dataset {
-        features: Vec::new(),
-        labels: Vec::new(),
-        feature_count: 6,
-        num_classes: 2,
-        image_shape: None,
-    }
+    Dataset::no_rows()
 }
 
 /// One fit through a fresh supervised learner in `mode`: the error, the learner.

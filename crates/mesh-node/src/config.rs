@@ -153,9 +153,18 @@ pub const WORKER_THREADS_MAX: usize = 1_024;
 pub struct DataConfig {
     /// Name jobs bind to (a job's `dataset`); empty: this node trains nothing.
     pub dataset: String,
-    /// Folder with `train-*` and `t10k-*` IDX files (gzip or not), or
-    /// `builtin:mnist-10k` for the set built into the binary.
+    /// Folder with `train.csv` + `test.csv` (or `.parquet`), `train/` +
+    /// `test/` image folders (`<class>/<file>`), or `train-*` and `t10k-*`
+    /// IDX files (gzip or not); or `builtin:mnist-10k` for the set built
+    /// into the binary.
     pub dir: Option<DataSource>,
+    /// The label (or regression target) column of a table.
+    pub label: String,
+    /// `classification` or `regression` (tables).
+    pub task: String,
+    /// Missing table cells: `refuse` (the error names the row and column),
+    /// `mean` or `zero`.
+    pub missing: String,
     /// Split the training set into this many shards (1: use it all).
     pub shards: usize,
     /// Which shard this node holds, from 0.
@@ -173,6 +182,9 @@ impl Default for DataConfig {
         Self {
             dataset: "mnist".into(),
             dir: None,
+            label: "label".into(),
+            task: "classification".into(),
+            missing: "refuse".into(),
             shards: 1,
             shard: 0,
             partition: "iid".into(),
@@ -544,7 +556,8 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
     },
     EnvOverride {
         name: "AGENT_MESH_DATA",
-        help: "data.dir (folder of MNIST IDX files, or builtin:mnist-10k)",
+        help:
+            "data.dir (a folder of tables, image folders or MNIST IDX files, or builtin:mnist-10k)",
         apply: |c, v| {
             c.data.dir = Some(v.parse().map_err(|e: DataError| e.to_string())?);
             Ok(())

@@ -24,13 +24,20 @@ use std::str::FromStr;
 
 use mesh_consensus::command::JobSpec;
 use mesh_federated::aggregate::{PreAggregation, Rule, ServerOptimizer};
-use mesh_federated::model::ModelKind;
+use mesh_spec::ModelSpec;
 
 /// Fewest members of a secure-aggregation group. SecAgg+ in a group of `g`
 /// (complete graph, `g - 1` neighbours, threshold `(g - 1) / 2 + 1`) tolerates
 /// `g - 1 - threshold` dropouts: none for 3, one for 4. A group of 4 survives
 /// a dropout, and its unmasked sum still hides each update among two others.
 pub const SECAGG_GROUP_MIN: usize = 4;
+
+/// The one smaller secure group allowed: a round of exactly three
+/// participants whose rule needs one input (FedAvg, no Byzantine tolerance)
+/// runs as one group of three. It still hides each update among the other
+/// two, but tolerates no dropout: a member lost aborts the round, which starts
+/// again. Without it a three-node mesh could not aggregate securely at all.
+pub const SECAGG_GROUP_SMALLEST: usize = 3;
 
 /// Where differential-privacy noise protects a participant's update.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -65,7 +72,7 @@ pub struct CheckedJob {
     /// The server optimizer that steps the global model.
     pub server_optimizer: ServerOptimizer,
     /// The model architecture.
-    pub model: ModelKind,
+    pub model: ModelSpec,
     /// Byzantine inputs the rule must tolerate.
     pub byzantine_count: usize,
     /// Whether updates are securely aggregated within groups.
@@ -123,11 +130,7 @@ impl JobSpecCheck for JobSpec {
             &self.server_optimizer,
             vec!["sgd", "fedadam", "fedyogi"],
         )?;
-        let model = parse_field(
-            "model_name",
-            &self.model_name,
-            vec!["logistic", "mlp", "cnn"],
-        )?;
+        let model = self.check_model()?;
         let privacy = match (self.training.noise_multiplier > 0.0, self.secagg) {
             (false, _) => PrivacyMode::Off,
             (true, true) => PrivacyMode::Distributed,
@@ -147,6 +150,37 @@ impl JobSpecCheck for JobSpec {
             self.training.group_size as usize,
         )?;
         Ok(job)
+    }
+}
+
+/// The model (and data schema, when the job binds one) as a typed pair.
+trait ModelCheck {
+    fn check_model(&self) -> Result<ModelSpec, JobSpecError>;
+}
+
+impl ModelCheck for JobSpec {
+    /// The model's bounds; with a schema, the schema's ranges and whether
+    /// every layer can take its input.
+    fn check_model(&self) -> Result<ModelSpec, JobSpecError> {
+        let field = |field: &'static str, message: String| JobSpecError::Field {
+            field,
+            message,
+            accepted: Vec::new(),
+        };
+        self.model
+            .check_bounds()
+            .map_err(|e| field("model", e.to_string()))?;
+        if let Some(schema) = &self.training.schema {
+            schema
+                .validate()
+                .map_err(|e| field("training.schema", e.to_string()))?;
+            if !matches!(self.model, ModelSpec::Learner(_)) {
+                self.model
+                    .plan(&schema.input, schema.task.outputs())
+                    .map_err(|e| field("model", e.to_string()))?;
+            }
+        }
+        Ok(self.model.clone())
     }
 }
 
@@ -199,6 +233,9 @@ impl CheckedJob {
             return Ok(size);
         }
         let largest = participants / inputs_min.max(1);
+        if participants == SECAGG_GROUP_SMALLEST && inputs_min <= 1 {
+            return Ok(SECAGG_GROUP_SMALLEST);
+        }
         if largest < SECAGG_GROUP_MIN {
             return Err(JobSpecError::TooSmall(format!(
                 "secure aggregation in groups of at least {SECAGG_GROUP_MIN} (to survive a dropout) with rule {} tolerating {} Byzantine group results needs {} participants, this round has {participants}: add participants, lower byzantine_count, choose a rule that needs fewer inputs, or turn secure aggregation off",
@@ -219,7 +256,7 @@ mod tests {
 
     fn spec(rule: &str, participants: u32, f: u32, secagg: bool) -> JobSpec {
         JobSpec {
-            model_name: "mlp".into(),
+            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
             rounds: 3,
             participants_per_round: participants,
             rule_name: rule.into(),
@@ -255,19 +292,27 @@ mod tests {
         let job = s.check().unwrap();
         assert_eq!(job.pre, PreAggregation::Nnm);
         assert_eq!(job.server_optimizer.learning_rate, 0.05);
-        for (field, bad) in [
-            ("pre_aggregation", "nmm"),
-            ("server_optimizer", "adamw"),
-            ("model_name", "resnet"),
-        ] {
+        for (field, bad) in [("pre_aggregation", "nmm"), ("server_optimizer", "adamw")] {
             let mut s = spec("median", 10, 0, false);
             match field {
                 "pre_aggregation" => s.pre_aggregation = bad.into(),
-                "server_optimizer" => s.server_optimizer = bad.into(),
-                _ => s.model_name = bad.into(),
+                _ => s.server_optimizer = bad.into(),
             }
             assert_eq!(s.check().unwrap_err().field(), field);
         }
+        // A CNN cannot take a table: refused naming the model and the layer.
+        let mut s = spec("median", 10, 0, false);
+        s.model = "cnn".parse().unwrap();
+        s.training.schema = Some(mesh_spec::DataSchema {
+            input: mesh_spec::InputShape::Table { features: 30 },
+            task: mesh_spec::Task::Classification {
+                classes: vec!["0".into(), "1".into()],
+            },
+            normalization: None,
+        });
+        let err = s.check().unwrap_err();
+        assert_eq!(err.field(), "model");
+        assert!(err.to_string().contains("needs image input"), "{err}");
     }
 
     #[test]
@@ -286,6 +331,10 @@ mod tests {
         // FedAvg needs one input: groups stay as wanted.
         let job = spec("fedavg", 10, 0, true).check().unwrap();
         assert_eq!(job.group_size_for(10, 5).unwrap(), 5);
+        // Three participants form one group of three (no dropout tolerated);
+        // two cannot aggregate securely.
+        assert_eq!(job.group_size_for(3, 5).unwrap(), 3);
+        assert!(job.group_size_for(2, 5).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ fn data(train_rows: usize, test_rows: usize) -> (Dataset, Dataset) {
 
 fn spec(rounds: u32, participants: u32, secagg: bool) -> JobSpec {
     JobSpec {
-        model_name: "logistic".into(),
+        model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Logistic),
         rounds,
         participants_per_round: participants,
         rule_name: "fedavg".into(),

@@ -57,14 +57,14 @@ fn crop(d: &Dataset) -> Dataset {
         features,
         labels: d.labels.clone(),
         feature_count: width,
-        num_classes: d.num_classes,
         image_shape: None,
+        ..d.empty_like()
     }
 }
 
 fn spec(nodes: usize, rounds: u32, secagg: bool, seed: u64) -> JobSpec {
     JobSpec {
-        model_name: "mlp".into(),
+        model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
         rounds,
         participants_per_round: nodes as u32,
         rule_name: "fedavg".into(),
@@ -92,7 +92,7 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
     );
     anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    let mnist = super::sim::load_mnist(&args.data)?.mnist;
+    let mnist = super::sim::load_data(&args.data, &Default::default())?;
     let (train, test) = (
         crop(&mnist.train),
         crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),

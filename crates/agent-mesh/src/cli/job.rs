@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comfy_table::Table;
 use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
-use mesh_federated::model::{store, ModelKind, ModelShape};
+use mesh_federated::model::store;
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
 use mesh_round::job::{JobSpecCheck, PrivacyMode};
 use serde_json::Value;
@@ -49,12 +49,30 @@ pub struct SubmitArgs {
     /// The job's id (never reused).
     #[arg(long)]
     id: String,
-    /// Model: logistic, mlp or cnn.
+    /// Model: a preset (logistic, mlp, cnn, small-cnn) or a JSON/TOML file in
+    /// the layer language (docs/models.md), or a learner's layout file
+    /// (`{"learner": {"parameters": [...]}}`).
     #[arg(long, default_value = "cnn")]
-    model: ModelKind,
+    model: String,
     /// Dataset name every node binds to its own private data.
     #[arg(long, default_value = "mnist")]
     data: String,
+    /// The data schema every participant's data must match, as a JSON file
+    /// (`{"input": {"table": {"features": 30}}, "task": {"classification":
+    /// {"classes": ["0", "1"]}}}`). Without it (and without --schema-from),
+    /// nodes use their data as it is.
+    #[arg(long, conflicts_with = "schema_from")]
+    schema: Option<std::path::PathBuf>,
+    /// Derive the schema from a local copy of the data (a folder as
+    /// `sim --data` takes it); only its shape and class names go in the job.
+    #[arg(long)]
+    schema_from: Option<mesh_federated::data::DataSource>,
+    /// With --schema-from: the label (or target) column of a table.
+    #[arg(long, default_value = "label")]
+    label: String,
+    /// With --schema-from: classification or regression.
+    #[arg(long, default_value = "classification", value_parser = ["classification", "regression"])]
+    task: String,
     /// Rounds to run.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
@@ -197,6 +215,30 @@ pub(super) fn json(
 }
 
 impl SubmitArgs {
+    /// `--schema FILE`, or the schema of the data `--schema-from` names.
+    fn data_schema(&self) -> anyhow::Result<Option<mesh_spec::DataSchema>> {
+        if let Some(path) = &self.schema {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --schema {}", path.display()))?;
+            let schema: mesh_spec::DataSchema = serde_json::from_str(&text)
+                .with_context(|| format!("--schema {}: not a data schema", path.display()))?;
+            return Ok(Some(schema));
+        }
+        let Some(source) = &self.schema_from else {
+            return Ok(None);
+        };
+        let options = mesh_federated::data::LoadOptions {
+            table: mesh_federated::data::table::TableOptions {
+                label: self.label.clone(),
+                regression: self.task == "regression",
+                ..Default::default()
+            },
+            images: Default::default(),
+        };
+        let data = super::sim::load_data(source, &options)?;
+        Ok(Some(data.train.schema()))
+    }
+
     fn spec(&self) -> anyhow::Result<JobSpec> {
         let population = self.population.unwrap_or(self.participants).max(1);
         let sampling_rate = (f64::from(self.participants) / f64::from(population)).min(1.0);
@@ -215,8 +257,12 @@ impl SubmitArgs {
             ),
             None => (0.0, None),
         };
+        let model = match self.model.parse::<mesh_spec::ModelSpec>() {
+            Ok(spec) => spec,
+            Err(_) => super::sim::read_model_file(std::path::Path::new(&self.model))?,
+        };
         Ok(JobSpec {
-            model_name: self.model.to_string(),
+            model,
             rounds: self.rounds,
             participants_per_round: self.participants,
             rule_name: self.rule.clone(),
@@ -227,6 +273,7 @@ impl SubmitArgs {
             dp_budget,
             training: TrainingSpec {
                 dataset: self.data.clone(),
+                schema: self.data_schema()?,
                 epochs: self.epochs,
                 batch_size: self.batch_size,
                 learning_rate: self.lr,
@@ -328,6 +375,9 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
                         table.set_header(COLUMNS);
                         table.add_row(row(j));
                         println!("{table}");
+                        for reason in j["declined"].as_array().into_iter().flatten() {
+                            println!("declined: {}", reason.as_str().unwrap_or_default());
+                        }
                     }
                     return Ok(());
                 }
@@ -342,6 +392,30 @@ fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The parameter names and shapes of a job's model: the learner's layout, or
+/// the layers planned for the job's schema (MNIST's when it has none, as
+/// jobs without a schema run on MNIST-shaped data).
+fn model_layout(spec: &JobSpec) -> anyhow::Result<Vec<mesh_federated::model::ParameterInfo>> {
+    if let mesh_spec::ModelSpec::Learner(learner) = &spec.model {
+        return Ok(learner.parameters.clone());
+    }
+    let schema = spec
+        .training
+        .schema
+        .clone()
+        .unwrap_or(mesh_spec::DataSchema {
+            input: mesh_spec::InputShape::Image {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            task: mesh_federated::data::numbered_classes(10),
+            normalization: None,
+        });
+    let plan = spec.model.plan(&schema.input, schema.task.outputs())?;
+    Ok(mesh_federated::model::parameter_layout(&plan))
+}
+
 /// Runs a model subcommand: fetches the blob (retrying while the node fetches it) and saves safetensors.
 pub fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
     let ModelCommand::Get(args) = cmd;
@@ -351,10 +425,8 @@ pub fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
         &format!("/v1/jobs/{}", args.job),
         None,
     )?;
-    let kind: ModelKind = job["detail"]["spec"]["model_name"]
-        .as_str()
-        .unwrap_or("")
-        .parse()?;
+    let spec: JobSpec = serde_json::from_value(job["detail"]["spec"].clone())
+        .context("the node's job record has no readable spec")?;
     let round = args
         .round
         .map(|r| format!("?round={r}"))
@@ -378,20 +450,13 @@ pub fn run_model(cmd: ModelCommand) -> anyhow::Result<()> {
     }
     let bytes = bytes.context("the node could not fetch the model from its holders")?;
     let params = mesh_round::protocol::blob::decode_params(&bytes)?;
-    let shape = ModelShape {
-        feature_count: 784,
-        num_classes: 10,
-        image_shape: Some([28, 28]),
-    };
-    let mut model = kind.build(shape, 0)?;
-    model
-        .set_parameters(&params)
-        .context("the model does not match the job's architecture on MNIST")?;
+    let layout = model_layout(&spec)?;
     let metadata = HashMap::from([
         ("job".to_string(), args.job.clone()),
-        ("model".to_string(), kind.to_string()),
+        ("model".to_string(), serde_json::to_string(&spec.model)?),
     ]);
-    store::save(model.as_ref(), &args.out, metadata)?;
+    store::save_layout(&layout, &params, &args.out, metadata)
+        .context("the model does not match the job's architecture")?;
     println!("wrote {} ({} parameters)", args.out.display(), params.len());
     Ok(())
 }

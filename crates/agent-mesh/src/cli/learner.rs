@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use mesh_federated::model::{initial_parameters, ParameterInfo, TrainOptions};
+use mesh_federated::model::{initial_values, ParameterInfo, TrainOptions};
 use mesh_learner::model::fit_config;
 use mesh_learner::{LearnerConfig, SupervisedLearner};
 
@@ -140,8 +140,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         layout.len(),
         mesh_learner::layout::parameter_count(&layout)
     );
-    let shapes: Vec<Vec<usize>> = layout.iter().map(|p| p.shape.clone()).collect();
-    let start = initial_parameters(&shapes, args.seed);
+    let start = initial_values(&layout, args.seed);
     let options = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,

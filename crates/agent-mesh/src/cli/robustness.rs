@@ -9,12 +9,12 @@
 //! `--byzantine`. Prints a Markdown table with the worst case per rule, and
 //! writes it with the raw numbers to `OUT/robustness.{md,json}`.
 
-use super::sim::{load_mnist, write_atomically, SimArgs};
+use super::sim::{write_atomically, SimArgs};
 use anyhow::Context;
 use clap::Args;
 use mesh_federated::aggregate::{PreAggregation, Rule};
 use mesh_federated::attack::Attack;
-use mesh_federated::data::Mnist;
+use mesh_federated::data::LoadedData;
 use mesh_round::sim::MeshSim;
 
 /// Flags of `agent-mesh bench robustness`.
@@ -53,7 +53,8 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| parse_config(c))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mnist = load_mnist(&args.sim.data)?.mnist;
+    let mut sim_args = args.sim.clone();
+    let data = sim_args.load_data()?;
     std::fs::create_dir_all(&args.sim.out)?;
     let mut cells: Vec<Vec<Option<Cell>>> = vec![vec![None; configs.len()]; args.attacks.len()];
     let total = args.attacks.len() * configs.len();
@@ -63,7 +64,7 @@ pub fn run(args: RobustnessArgs) -> anyhow::Result<()> {
             (sim.attack, sim.rule, sim.pre) = (*attack, rule, pre);
             let done = a * configs.len() + c + 1;
             let name = &args.configs[c];
-            match run_cell(&sim, &mnist) {
+            match run_cell(&sim, &data) {
                 Ok(cell) => {
                     println!("[{done}/{total}] {attack} vs {name}: {}", cell.describe());
                     cells[a][c] = Some(cell);
@@ -122,10 +123,10 @@ impl Cell {
     }
 }
 
-fn run_cell(args: &SimArgs, mnist: &Mnist) -> anyhow::Result<Cell> {
-    let config = args.mesh_config()?;
+fn run_cell(args: &SimArgs, data: &LoadedData) -> anyhow::Result<Cell> {
+    let config = args.mesh_config(&data.train)?;
     let rounds_wanted = config.spec.rounds;
-    let outcome = MeshSim::new(config, &mnist.train, mnist.test.clone())?.run()?;
+    let outcome = MeshSim::new(config, &data.train, data.test.clone())?.run()?;
     Ok(Cell {
         accuracy: outcome.rounds.last().map_or(0.0, |r| r.test_accuracy),
         rounds: outcome.rounds.len() as u32,

@@ -1,6 +1,7 @@
-//! `agent-mesh sim`: an in-process federation training on MNIST, every
-//! simulated node running the node's own round engine (`mesh-round`) over a
-//! simulated network ([`super::sim_mesh`] runs it and writes the outputs).
+//! `agent-mesh sim`: an in-process federation training on MNIST (or on the
+//! user's own tables or image folders with `--data DIR`), every simulated
+//! node running the node's own round engine (`mesh-round`) over a simulated
+//! network ([`super::sim_mesh`] runs it and writes the outputs).
 //!
 //! The flags describe one job, built into the same [`JobSpec`] a deployed
 //! mesh commits and checked by the same [`JobSpecCheck::check`]
@@ -13,18 +14,19 @@ use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
 use mesh_federated::aggregate::{PreAggregation, Rule, ServerOptimizer};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::{DataSource, LoadedMnist};
-use mesh_federated::model::ModelKind;
+use mesh_federated::data::table::{MissingValues, TableOptions};
+use mesh_federated::data::{normalize, DataSource, Dataset, LoadOptions, LoadedData};
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
 use mesh_round::job::JobSpecCheck;
 use mesh_round::protocol::Conduct;
 use mesh_round::sim::{Faults, MeshSimConfig};
+use mesh_spec::{DataSchema, ModelSpec};
 use std::path::{Path, PathBuf};
 
 /// Flags of `agent-mesh sim`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --secagg\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30"
+    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --secagg\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30\n  agent-mesh sim --data ../shared/datasets/breast-cancer --rounds 20\n  agent-mesh sim --data ../shared/datasets/diabetes --label target --task regression --model logistic\n  agent-mesh sim --data ../shared/datasets/digits-png --model model.json"
 )]
 pub struct SimArgs {
     /// Number of nodes in the mesh.
@@ -48,9 +50,26 @@ pub struct SimArgs {
     /// FedProx proximal coefficient mu (0 = FedAvg local training).
     #[arg(long, default_value_t = 0.0)]
     pub prox_mu: f32,
-    /// Model: logistic, mlp or cnn.
-    #[arg(long, default_value = "cnn")]
-    pub model: ModelKind,
+    /// Model: a preset (logistic, mlp, cnn, small-cnn) or a JSON/TOML file in
+    /// the layer language (docs/models.md). Default: cnn for images of at
+    /// least 12x12, small-cnn for smaller ones, mlp for tables.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The label (or regression target) column of a table.
+    #[arg(long, default_value = "label")]
+    pub label: String,
+    /// What a table's label is: classification (class names or integers)
+    /// or regression (a number).
+    #[arg(long, default_value = "classification", value_parser = ["classification", "regression"])]
+    pub task: String,
+    /// Missing cells in a table: refuse (name the row and column), mean or zero.
+    #[arg(long, default_value = "refuse")]
+    pub missing: MissingValues,
+    /// Standardization of table features: local (each node with its own
+    /// training statistics, which never leave it) or job (the statistics of
+    /// the whole training set, written into the job as an operator would).
+    #[arg(long, default_value = "local", value_parser = ["local", "job"])]
+    pub normalize: String,
     /// Data split: iid, dirichlet[:ALPHA], shards, quantity[:ALPHA].
     #[arg(long, default_value = "iid")]
     pub partition: Partition,
@@ -89,8 +108,10 @@ pub struct SimArgs {
     /// Seed of every random choice; the same seed gives the same result.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// MNIST data: builtin:mnist-10k (the 10,000-digit subset built into the
-    /// binary, needs no files) or a folder with the IDX files.
+    /// Data: builtin:mnist-10k (the 10,000-digit subset built into the
+    /// binary, needs no files), or a folder holding train.csv + test.csv (or
+    /// .parquet), train/ + test/ image folders (root/<class>/<file>), or the
+    /// four MNIST IDX files. The training rows are split across the nodes.
     #[arg(long, default_value = "builtin:mnist-10k")]
     pub data: DataSource,
     /// SHA-256 of the data's files, set when they are loaded (for the report).
@@ -143,8 +164,60 @@ impl SimArgs {
         self.group_size.unwrap_or(if self.secagg { 5 } else { 1 })
     }
 
-    /// The job these flags describe, checked as the node checks a submitted job.
-    pub fn job_spec(&self) -> anyhow::Result<JobSpec> {
+    /// How `--data` is read.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            table: TableOptions {
+                label: self.label.clone(),
+                regression: self.task == "regression",
+                missing: self.missing,
+                ..TableOptions::default()
+            },
+            images: Default::default(),
+        }
+    }
+
+    /// Reads `--data` and remembers its digest for the report.
+    pub fn load_data(&mut self) -> anyhow::Result<LoadedData> {
+        let loaded = load_data(&self.data, &self.load_options())?;
+        self.data_sha256 = Some(loaded.sha256_hex.clone());
+        Ok(loaded)
+    }
+
+    /// The name the simulated nodes bind their data under.
+    fn dataset_name(&self) -> String {
+        match &self.data {
+            DataSource::Builtin(_) => "mnist".into(),
+            DataSource::Dir(dir) => dir
+                .file_name()
+                .map_or("data".into(), |n| n.to_string_lossy().into_owned()),
+        }
+    }
+
+    /// The job's schema: the training set's, with its statistics when
+    /// `--normalize job`.
+    pub fn schema(&self, train: &Dataset) -> DataSchema {
+        let mut schema = train.schema();
+        if self.normalize == "job" && train.needs_standardizing {
+            schema.normalization = Some(normalize::fit(train));
+        }
+        schema
+    }
+
+    /// `--model`: a preset name, a JSON or TOML file, or the default for the data.
+    pub fn model_spec(&self, schema: &DataSchema) -> anyhow::Result<ModelSpec> {
+        let Some(text) = &self.model else {
+            return Ok(ModelSpec::default_for(&schema.input));
+        };
+        if let Ok(spec) = text.parse::<ModelSpec>() {
+            return Ok(spec);
+        }
+        read_model_file(Path::new(text))
+    }
+
+    /// The job these flags describe for data like `train`, checked as the
+    /// node checks a submitted job.
+    pub fn job_spec(&self, train: &Dataset) -> anyhow::Result<JobSpec> {
         let participants = self.participants.unwrap_or(self.nodes);
         anyhow::ensure!(
             (2..=self.nodes).contains(&participants),
@@ -152,8 +225,9 @@ impl SimArgs {
             self.nodes
         );
         let (noise_multiplier, dp_budget) = self.dp_settings(participants)?;
+        let schema = self.schema(train);
         let spec = JobSpec {
-            model_name: self.model.to_string(),
+            model: self.model_spec(&schema)?,
             rounds: u32::try_from(self.rounds).context("--rounds is too large")?,
             participants_per_round: u32::try_from(participants)
                 .context("--participants is too large")?,
@@ -164,7 +238,8 @@ impl SimArgs {
             secagg: self.secagg,
             dp_budget,
             training: TrainingSpec {
-                dataset: "mnist".into(),
+                dataset: self.dataset_name(),
+                schema: Some(schema),
                 epochs: u32::try_from(self.local_epochs).context("--local-epochs is too large")?,
                 batch_size: u32::try_from(self.batch_size).context("--batch-size is too large")?,
                 learning_rate: self.lr,
@@ -206,8 +281,8 @@ impl SimArgs {
     }
 
     /// The simulated mesh: the job, the data split, the Byzantine nodes and the faults.
-    pub fn mesh_config(&self) -> anyhow::Result<MeshSimConfig> {
-        let spec = self.job_spec()?;
+    pub fn mesh_config(&self, train: &Dataset) -> anyhow::Result<MeshSimConfig> {
+        let spec = self.job_spec(train)?;
         let faults = Faults {
             latency_min_ms: self.latency_ms.0,
             latency_max_ms: self.latency_ms.1,
@@ -274,7 +349,8 @@ fn flag_words(message: &str) -> String {
         ("rule:", "--rule:"),
         ("pre_aggregation:", "--pre:"),
         ("server_optimizer:", "--server-opt:"),
-        ("model_name:", "--model:"),
+        ("model:", "--model:"),
+        ("training.schema:", "--data:"),
         ("add participants", "add nodes or --participants"),
     ]
     .iter()
@@ -285,20 +361,42 @@ fn flag_words(message: &str) -> String {
 
 /// Runs the simulation.
 pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
-    let config = args.mesh_config()?;
-    let loaded = load_mnist(&args.data)?;
-    args.data_sha256 = Some(loaded.sha256_hex);
-    let mnist = loaded.mnist;
+    let data = args.load_data()?;
+    let config = args.mesh_config(&data.train)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
-    super::sim_mesh::run(&args, config, mnist)
+    super::sim_mesh::run(&args, config, data)
 }
 
-/// Loads the MNIST set `--data` names, built in or from a folder.
-pub fn load_mnist(source: &DataSource) -> anyhow::Result<LoadedMnist> {
-    source.load_mnist().with_context(|| {
-        format!("loading MNIST from {source} (pass --data DIR, or builtin:mnist-10k)")
+/// Loads the train and test sets `source` names, built in or from a folder.
+pub fn load_data(source: &DataSource, options: &LoadOptions) -> anyhow::Result<LoadedData> {
+    source.load(options).with_context(|| {
+        format!("loading data from {source} (a folder with train.csv + test.csv, train/ + test/ image folders, or MNIST IDX files; or builtin:mnist-10k)")
     })
+}
+
+/// A model spec from a JSON or TOML file (`{"layers": [...]}` or `layers = [...]`).
+pub fn read_model_file(path: &Path) -> anyhow::Result<ModelSpec> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "--model {}: not a preset (logistic, mlp, cnn, small-cnn) nor a readable file",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        meta.len() <= 1 << 20,
+        "--model {}: over 1 MiB",
+        path.display()
+    );
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec = if path.extension().is_some_and(|e| e == "toml") {
+        toml::from_str(&text).with_context(|| format!("{}: not a model spec", path.display()))?
+    } else {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a model spec", path.display()))?
+    };
+    Ok(spec)
 }
 
 /// Writes beside the target, then renames: a crash never leaves half a file.

@@ -155,7 +155,7 @@ mod tests {
 
     fn spec() -> JobSpec {
         JobSpec {
-            model_name: "mlp".into(),
+            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
             rounds: 5,
             participants_per_round: 5,
             rule_name: "fedavg".into(),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{
     AggregatorSlot, GroupInput, JobId, JobSpec, ModelHash, NodeId, RoundMetrics, RoundPlan,
-    StopReason,
+    StopReason, PARTICIPANTS_MAX,
 };
 use crate::error::ApplyError;
 
@@ -92,6 +92,9 @@ pub struct Job {
     pub rounds: Vec<RoundRecord>,
     /// Rounds aborted at their deadline and started again.
     pub aborted_rounds: u32,
+    /// Nodes that declined the job, with their reason (not selected again).
+    #[serde(default)]
+    pub declined: BTreeMap<NodeId, String>,
 }
 
 impl Job {
@@ -172,6 +175,7 @@ impl Jobs {
             status: JobStatus::WaitingForRound,
             rounds: Vec::new(),
             aborted_rounds: 0,
+            declined: BTreeMap::new(),
         };
         self.jobs.insert(job.clone(), record);
     }
@@ -289,6 +293,26 @@ impl Jobs {
         Ok(())
     }
 
+    /// Records that `node` declines the job; the latest reason is kept.
+    pub(crate) fn decline(
+        &mut self,
+        job_id: &JobId,
+        node: &NodeId,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| ApplyError::UnknownJob(job_id.clone()))?;
+        if job.declined.len() >= PARTICIPANTS_MAX as usize && !job.declined.contains_key(node) {
+            return Err(ApplyError::Invalid(format!(
+                "job {job_id} already has {PARTICIPANTS_MAX} declining nodes"
+            )));
+        }
+        job.declined.insert(node.clone(), reason.to_string());
+        Ok(())
+    }
+
     /// Stops a job that has not finished.
     pub(crate) fn stop(&mut self, job_id: &JobId, reason: StopReason) -> Result<(), ApplyError> {
         let job = self
@@ -369,7 +393,7 @@ mod tests {
 
     fn spec(rounds: u32) -> JobSpec {
         JobSpec {
-            model_name: "m".into(),
+            model: mesh_spec::ModelSpec::default(),
             rounds,
             participants_per_round: 2,
             rule_name: "median".into(),

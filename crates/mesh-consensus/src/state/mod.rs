@@ -252,6 +252,11 @@ impl MeshState {
                 self.jobs.stop(job, *reason)?;
                 Ok(Response::Done)
             }
+            Command::DeclineJob { job, node, reason } => {
+                self.check_member_with(node, Role::Trainer)?;
+                self.jobs.decline(job, node, reason)?;
+                Ok(Response::Done)
+            }
             Command::RecordEvidence { node, kind } => self.record_evidence(node, *kind),
             Command::ResetReputation { node } => {
                 self.reputation.reset(node);

@@ -17,7 +17,7 @@ fn add(node: &str, roles: &[Role]) -> Command {
 
 fn spec(rounds: u32, budget_epsilon_micros: Option<u64>) -> JobSpec {
     JobSpec {
-        model_name: "mnist-cnn".into(),
+        model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Cnn),
         rounds,
         participants_per_round: 3,
         rule_name: "fedavg".into(),

@@ -138,7 +138,11 @@ pub fn images_to_dataset(images: &IdxArray, labels: &IdxArray) -> Result<Dataset
         labels: labels.data.clone(),
         feature_count: h * w,
         num_classes: NUM_CLASSES,
-        image_shape: Some([h, w]),
+        image_shape: Some([1, h, w]),
+        targets: Vec::new(),
+        task: super::numbered_classes(NUM_CLASSES),
+        needs_standardizing: false,
+        target_std: None,
     })
 }
 

@@ -1,20 +1,30 @@
 //! Data sets and how they are split across nodes.
 //!
 //! * [`idx`]: the standard MNIST IDX file format (gzip or raw).
+//! * [`table`]: CSV and Parquet tables (feature columns and a label or target).
+//! * [`images`]: image folders in the `root/<class>/<file>` layout (PNG, JPEG).
+//! * [`normalize`]: feature (and regression target) standardization.
 //! * [`source`]: where a data set comes from: the MNIST subset built into the
-//!   binary (`builtin:mnist-10k`) or a folder of IDX files.
+//!   binary (`builtin:mnist-10k`) or a folder of IDX files, tables or images.
 //! * [`synthetic`]: the FedProx `Synthetic(alpha, beta)` generator.
 //! * [`partition`]: IID, Dirichlet label skew, McMahan shards and quantity skew.
 //!
 //! A [`Dataset`] is a dense matrix of features (row-major, `f32`) and one class
-//! label per row. It is what models train and evaluate on.
+//! label (or regression target) per row. It is what models train and evaluate on.
 
+pub mod bind;
 pub mod idx;
+pub mod images;
+pub mod normalize;
 pub mod partition;
 pub mod source;
 pub mod synthetic;
+pub mod table;
 
-pub use source::{BuiltinSet, DataSource, LoadedMnist};
+pub use mesh_spec::schema::Normalization;
+pub use source::{BuiltinSet, DataSource, LoadOptions, LoadedData, LoadedMnist};
+
+use mesh_spec::schema::{DataSchema, InputShape, Task};
 
 use std::path::Path;
 
@@ -84,6 +94,15 @@ pub enum DataError {
         /// Number of classes.
         num_classes: usize,
     },
+    /// A cell, row or file of a table or image folder that cannot be used.
+    /// `place` names the file and, where known, the row and column.
+    #[error("{place}: {reason}")]
+    Malformed {
+        /// `file`, `file: row 12, column "age"`, ...
+        place: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A `builtin:NAME` data source names no set built into this binary.
     #[error("no built-in data set {name:?} (built in: {known})")]
     UnknownBuiltin {
@@ -98,6 +117,10 @@ pub enum DataError {
 }
 
 /// A labelled data set: `len()` rows of `feature_count` features each.
+///
+/// For classification `labels` holds each row's class. For regression
+/// `targets` holds each row's target and `labels` the target's decile
+/// (`num_classes` = 10), which only partitioning by label skew uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// Row-major features, `len() * feature_count` values.
@@ -106,10 +129,27 @@ pub struct Dataset {
     pub labels: Vec<u8>,
     /// Number of features per row.
     pub feature_count: usize,
-    /// Number of classes.
+    /// Number of classes (deciles for regression).
     pub num_classes: usize,
-    /// Image shape `[height, width]` when the features are a single-channel image.
-    pub image_shape: Option<[usize; 2]>,
+    /// `[channels, height, width]` when the features are an image.
+    pub image_shape: Option<[usize; 3]>,
+    /// Regression targets, one per row; empty for classification.
+    pub targets: Vec<f32>,
+    /// What the rows predict: class names, or the target's name.
+    pub task: Task,
+    /// True when the features are raw table columns that training should
+    /// standardize (images and IDX digits come scaled already).
+    pub needs_standardizing: bool,
+    /// The standard deviation regression targets were divided by when they
+    /// were standardized, so errors can be told in the target's units.
+    pub target_std: Option<f32>,
+}
+
+/// Class names `"0"`, `"1"`, ... for `n` classes.
+pub fn numbered_classes(n: usize) -> Task {
+    Task::Classification {
+        classes: (0..n).map(|c| c.to_string()).collect(),
+    }
 }
 
 impl Dataset {
@@ -137,12 +177,72 @@ impl Dataset {
             features.extend_from_slice(self.row(i));
             labels.push(self.labels[i]);
         }
+        let targets = if self.targets.is_empty() {
+            Vec::new()
+        } else {
+            indices.iter().map(|&i| self.targets[i]).collect()
+        };
         Dataset {
             features,
             labels,
+            targets,
+            task: self.task.clone(),
+            ..self.empty_like()
+        }
+    }
+
+    /// A data set with no rows, features or classes: the data argument of
+    /// a model that holds its own data (an external learner).
+    pub fn no_rows() -> Dataset {
+        Dataset {
+            features: Vec::new(),
+            labels: Vec::new(),
+            feature_count: 0,
+            num_classes: 0,
+            image_shape: None,
+            targets: Vec::new(),
+            task: numbered_classes(0),
+            needs_standardizing: false,
+            target_std: None,
+        }
+    }
+
+    /// A data set with no rows and this one's shape and task.
+    pub fn empty_like(&self) -> Dataset {
+        Dataset {
+            features: Vec::new(),
+            labels: Vec::new(),
             feature_count: self.feature_count,
             num_classes: self.num_classes,
             image_shape: self.image_shape,
+            targets: Vec::new(),
+            task: self.task.clone(),
+            needs_standardizing: self.needs_standardizing,
+            target_std: self.target_std,
+        }
+    }
+
+    /// True for a regression data set.
+    pub fn is_regression(&self) -> bool {
+        self.task.is_regression()
+    }
+
+    /// The schema of this data: input shape and task.
+    pub fn schema(&self) -> DataSchema {
+        let input = match self.image_shape {
+            Some([c, h, w]) => InputShape::Image {
+                channels: c as u32,
+                height: h as u32,
+                width: w as u32,
+            },
+            None => InputShape::Table {
+                features: u32::try_from(self.feature_count).unwrap_or(u32::MAX),
+            },
+        };
+        DataSchema {
+            input,
+            task: self.task.clone(),
+            normalization: None,
         }
     }
 

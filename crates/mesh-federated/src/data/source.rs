@@ -1,5 +1,12 @@
 //! Where a data set comes from: a set built into the binary or a folder of files.
 //!
+//! A folder holds one of (checked in this order):
+//! * `train.csv` / `train.parquet` and `test.csv` / `test.parquet`: tables
+//!   ([`super::table`]);
+//! * `train/` and `test/` image folders in the `<class>/<file>` layout
+//!   ([`super::images`]);
+//! * the four MNIST IDX files.
+//!
 //! A [`DataSource`] is written `builtin:NAME` for a set compiled into the
 //! binary (today only `builtin:mnist-10k`, the bundled 10,000-digit MNIST
 //! subset, about 1.6 MB of gzip) or as a path for a folder of IDX files. The
@@ -19,7 +26,9 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use super::{idx, DataError, Mnist};
+use super::images::{self, ImageOptions};
+use super::table::{self, TableOptions};
+use super::{idx, DataError, Dataset, Mnist};
 
 /// What marks a data source as a set built into the binary.
 pub const BUILTIN_PREFIX: &str = "builtin:";
@@ -123,7 +132,65 @@ pub struct LoadedMnist {
     pub sha256_hex: String,
 }
 
+/// How to read whatever a folder holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadOptions {
+    /// For tables: the label column, regression or not, missing values.
+    pub table: TableOptions,
+    /// For image folders: channels and size.
+    pub images: ImageOptions,
+}
+
+/// What kind of files a data set was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataKind {
+    /// MNIST IDX files.
+    Idx,
+    /// CSV or Parquet tables.
+    Table,
+    /// Image folders.
+    Images,
+}
+
+/// A train and test set and the digest of the files they were read from.
+#[derive(Debug, Clone)]
+pub struct LoadedData {
+    /// Training rows.
+    pub train: Dataset,
+    /// Test rows (same schema, same class order).
+    pub test: Dataset,
+    /// Lower-case hex SHA-256 of the files as stored, in reading order.
+    pub sha256_hex: String,
+    /// What the files were.
+    pub kind: DataKind,
+}
+
 impl DataSource {
+    /// Reads a train and test set of any supported kind (see the module docs).
+    pub fn load(&self, options: &LoadOptions) -> Result<LoadedData, DataError> {
+        let DataSource::Dir(dir) = self else {
+            return self.load_idx();
+        };
+        if let (Some(train), Some(test)) = (table_file(dir, "train"), table_file(dir, "test")) {
+            return load_tables(&train, &test, &options.table);
+        }
+        if dir.join("train").is_dir() && dir.join("test").is_dir() {
+            return load_images(dir, &options.images);
+        }
+        self.load_idx()
+    }
+
+    fn load_idx(&self) -> Result<LoadedData, DataError> {
+        let loaded = self.load_mnist()?;
+        Ok(LoadedData {
+            train: loaded.mnist.train,
+            test: loaded.mnist.test,
+            sha256_hex: loaded.sha256_hex,
+            kind: DataKind::Idx,
+        })
+    }
+
     /// Reads (or takes from the binary) the four files, hashes them and parses them.
     pub fn load_mnist(&self) -> Result<LoadedMnist, DataError> {
         let files = self.stored_files()?;
@@ -156,6 +223,110 @@ impl DataSource {
             }
         }
     }
+}
+
+/// `dir/stem.csv` or `dir/stem.parquet`, whichever exists.
+fn table_file(dir: &std::path::Path, stem: &str) -> Option<PathBuf> {
+    ["csv", "parquet"]
+        .iter()
+        .map(|ext| dir.join(format!("{stem}.{ext}")))
+        .find(|p| p.is_file())
+}
+
+fn read_table(path: &std::path::Path, options: &TableOptions) -> Result<table::Table, DataError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => table::read_parquet(path, options),
+        _ => table::read_csv(path, options),
+    }
+}
+
+fn hash_files(paths: &[PathBuf]) -> Result<String, DataError> {
+    let mut hasher = Sha256::new();
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        hasher.update(&bytes);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+fn load_tables(
+    train: &std::path::Path,
+    test: &std::path::Path,
+    options: &TableOptions,
+) -> Result<LoadedData, DataError> {
+    let (train_table, test_table) = (read_table(train, options)?, read_table(test, options)?);
+    if train_table.feature_names != test_table.feature_names {
+        return Err(DataError::Malformed {
+            place: test.display().to_string(),
+            reason: format!(
+                "columns {:?} differ from the training file's {:?}",
+                test_table.feature_names, train_table.feature_names
+            ),
+        });
+    }
+    let classes = table::class_order(&[&train_table, &test_table]);
+    Ok(LoadedData {
+        train: train_table.into_dataset(&classes)?,
+        test: test_table.into_dataset(&classes)?,
+        sha256_hex: hash_files(&[train.to_owned(), test.to_owned()])?,
+        kind: DataKind::Table,
+    })
+}
+
+fn load_images(dir: &std::path::Path, options: &ImageOptions) -> Result<LoadedData, DataError> {
+    let (train_dir, test_dir) = (dir.join("train"), dir.join("test"));
+    let mut classes = images::class_folders(&train_dir)?;
+    for extra in images::class_folders(&test_dir)? {
+        if !classes.contains(&extra) {
+            classes.push(extra);
+        }
+    }
+    let options = ImageOptions {
+        classes: Some(options.classes.clone().unwrap_or(classes)),
+        ..options.clone()
+    };
+    let train = images::read_folder(&train_dir, &options)?;
+    let [c, h, w] = train.image_shape.unwrap_or([1, 1, 1]);
+    let test_options = ImageOptions {
+        channels: Some(c),
+        size: Some([h, w]),
+        ..options
+    };
+    let test = images::read_folder(&test_dir, &test_options)?;
+    let mut files = Vec::new();
+    for root in [&train_dir, &test_dir] {
+        collect_files(root, &mut files)?;
+    }
+    Ok(LoadedData {
+        train,
+        test,
+        sha256_hex: hash_files(&files)?,
+        kind: DataKind::Images,
+    })
+}
+
+/// Every file under `dir`, in name order, one level of class folders deep.
+fn collect_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let io = |source| DataError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 impl FromStr for DataSource {

@@ -91,6 +91,10 @@ fn device(
         feature_count: FEATURES,
         num_classes: CLASSES,
         image_shape: None,
+        targets: Vec::new(),
+        task: super::numbered_classes(CLASSES),
+        needs_standardizing: false,
+        target_std: None,
     })
 }
 

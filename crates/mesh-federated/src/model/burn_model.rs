@@ -1,4 +1,4 @@
-//! [`BurnModel`]: any burn [`Network`] behind the crate's [`Model`] trait.
+//! [`BurnModel`]: the planned [`LayerNet`] behind the crate's [`Model`] trait.
 //!
 //! The model keeps its parameters twice: inside the burn module (for the
 //! forward/backward pass) and as one flat `f32` vector (what federated learning
@@ -6,13 +6,14 @@
 //! makes FedProx's proximal term exact (`g + mu (w - w_global)`) and keeps every
 //! update step deterministic given the seed.
 
-use super::network::Network;
+use super::network::LayerNet;
 use super::{Evaluation, Model, ModelError, ParameterInfo, TrainOptions, TrainReport};
 use crate::data::Dataset;
-use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLoss;
 use burn::tensor::Gradients;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use mesh_spec::schema::DataSchema;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -20,68 +21,93 @@ use rand_chacha::ChaCha8Rng;
 /// Rows per forward pass during evaluation.
 const EVAL_BATCH_ROWS: usize = 500;
 
-/// A burn network with flat-parameter access.
+/// A planned network with flat-parameter access.
 #[derive(Debug)]
-pub struct BurnModel<N: Network> {
-    network: N,
+pub struct BurnModel {
+    network: LayerNet,
     device: Device,
     flat: Vec<f32>,
-    feature_count: usize,
-    num_classes: usize,
+    schema: DataSchema,
+    layout: Vec<ParameterInfo>,
 }
 
-impl<N: Network> BurnModel<N> {
-    /// Wraps `network` (already on `device`, an autodiff device), keeping its parameters.
+impl BurnModel {
+    /// Wraps `network` (already on `device`, an autodiff device), keeping its
+    /// parameters; `layout` names them (it must match the network's tensors).
     pub fn new(
-        network: N,
+        network: LayerNet,
         device: Device,
-        feature_count: usize,
-        num_classes: usize,
+        schema: DataSchema,
+        layout: Vec<ParameterInfo>,
     ) -> Result<Self, ModelError> {
         let mut collector = FlatCollector::values(0);
         network.visit(&mut collector);
         let flat = collector.finish()?;
+        let declared: usize = layout
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum();
+        if declared != flat.len() {
+            return Err(ModelError::Backend(format!(
+                "layout declares {declared} parameters, the network has {}",
+                flat.len()
+            )));
+        }
         Ok(Self {
             network,
             device,
             flat,
-            feature_count,
-            num_classes,
+            schema,
+            layout,
         })
     }
 
     /// The parameter names and shapes, in the order of the flat vector.
     pub fn parameter_layout(&self) -> Vec<ParameterInfo> {
-        let mut visitor = LayoutCollector::default();
-        self.network.visit(&mut visitor);
-        visitor.layout
+        self.layout.clone()
+    }
+
+    fn outputs(&self) -> usize {
+        self.schema.task.outputs()
     }
 
     fn check_data(&self, data: &Dataset) -> Result<(), ModelError> {
-        if data.feature_count != self.feature_count || data.num_classes > self.num_classes {
+        let fits = data.feature_count == self.schema.input.feature_count()
+            && data.is_regression() == self.schema.task.is_regression()
+            && (data.is_regression() || data.num_classes <= self.outputs());
+        if !fits {
             return Err(ModelError::DataMismatch {
-                model_features: self.feature_count,
-                model_classes: self.num_classes,
-                data_features: data.feature_count,
-                data_classes: data.num_classes,
+                model: self.schema.to_string(),
+                data: data.schema().to_string(),
             });
         }
         Ok(())
     }
 
-    fn batch_tensors(&self, data: &Dataset, rows: &[usize]) -> (Tensor<2>, Tensor<1, Int>) {
-        let mut features = Vec::with_capacity(rows.len() * self.feature_count);
-        let mut labels = Vec::with_capacity(rows.len());
+    fn features(&self, data: &Dataset, rows: &[usize]) -> Tensor<2> {
+        let f = data.feature_count;
+        let mut features = Vec::with_capacity(rows.len() * f);
         for &r in rows {
             features.extend_from_slice(data.row(r));
-            labels.push(i64::from(data.labels[r]));
         }
-        let x = Tensor::from_data(
-            TensorData::new(features, [rows.len(), self.feature_count]),
-            &self.device,
-        );
-        let y = Tensor::from_data(TensorData::new(labels, [rows.len()]), &self.device);
-        (x, y)
+        Tensor::from_data(TensorData::new(features, [rows.len(), f]), &self.device)
+    }
+
+    /// The batch loss: cross-entropy of class logits, or the mean squared
+    /// error of (standardized) regression targets.
+    fn loss(&self, data: &Dataset, rows: &[usize], rng: &mut ChaCha8Rng) -> Tensor<1> {
+        let output = self.network.forward(self.features(data, rows), Some(rng));
+        if data.is_regression() {
+            let targets: Vec<f32> = rows.iter().map(|&r| data.targets[r]).collect();
+            let y = Tensor::from_data(TensorData::new(targets, [rows.len(), 1]), &self.device);
+            let diff = output - y;
+            (diff.clone() * diff).mean()
+        } else {
+            let labels: Vec<i64> = rows.iter().map(|&r| i64::from(data.labels[r])).collect();
+            let y: Tensor<1, Int> =
+                Tensor::from_data(TensorData::new(labels, [rows.len()]), &self.device);
+            CrossEntropyLoss::new(None, &self.device).forward(output, y)
+        }
     }
 
     /// One SGD step on a batch; returns the batch loss.
@@ -91,9 +117,9 @@ impl<N: Network> BurnModel<N> {
         rows: &[usize],
         options: &TrainOptions,
         anchor: &[f32],
+        rng: &mut ChaCha8Rng,
     ) -> Result<f32, ModelError> {
-        let (x, y) = self.batch_tensors(data, rows);
-        let loss = CrossEntropyLoss::new(None, &self.device).forward(self.network.forward(x), y);
+        let loss = self.loss(data, rows, rng);
         let loss_value = scalar(&loss)?;
         if !loss_value.is_finite() {
             return Err(ModelError::Diverged { loss: loss_value });
@@ -119,9 +145,21 @@ impl<N: Network> BurnModel<N> {
         };
         self.network = self.network.clone().map(&mut mapper);
     }
+
+    /// Every row's output, `outputs()` values per row, in evaluation mode.
+    fn predict(&self, data: &Dataset) -> Result<Vec<f32>, ModelError> {
+        let network = self.network.valid();
+        let rows: Vec<usize> = (0..data.len()).collect();
+        let mut out = Vec::with_capacity(data.len() * self.outputs());
+        for chunk in rows.chunks(EVAL_BATCH_ROWS) {
+            let x = self.features(data, chunk);
+            out.extend(to_vec(network.forward(x.inner(), None).into_data())?);
+        }
+        Ok(out)
+    }
 }
 
-impl<N: Network> Model for BurnModel<N> {
+impl Model for BurnModel {
     fn parameter_count(&self) -> usize {
         self.flat.len()
     }
@@ -131,7 +169,7 @@ impl<N: Network> Model for BurnModel<N> {
     }
 
     fn set_parameters(&mut self, parameters: &[f32]) -> Result<(), ModelError> {
-        let expected = self.network.num_params();
+        let expected = self.flat.len();
         if parameters.len() != expected {
             return Err(ModelError::ParameterCount {
                 expected,
@@ -151,12 +189,13 @@ impl<N: Network> Model for BurnModel<N> {
         options.validate()?;
         let anchor = self.flat.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let mut dropout_rng = ChaCha8Rng::seed_from_u64(options.seed ^ 0xD20F);
         let mut order: Vec<usize> = (0..data.len()).collect();
         let (mut loss_sum, mut steps) = (0.0f64, 0usize);
         for _ in 0..options.epochs {
             order.shuffle(&mut rng);
             for rows in order.chunks(options.batch_size) {
-                loss_sum += f64::from(self.step(data, rows, options, &anchor)?);
+                loss_sum += f64::from(self.step(data, rows, options, &anchor, &mut dropout_rng)?);
                 steps += 1;
             }
         }
@@ -173,29 +212,70 @@ impl<N: Network> Model for BurnModel<N> {
 
     fn evaluate(&self, data: &Dataset) -> Result<Evaluation, ModelError> {
         self.check_data(data)?;
-        let network = self.network.valid();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        let rows: Vec<usize> = (0..data.len()).collect();
-        for chunk in rows.chunks(EVAL_BATCH_ROWS) {
-            let (x, _) = self.batch_tensors(data, chunk);
-            let logits = to_vec(network.forward(x.inner()).into_data())?;
-            for (i, &r) in chunk.iter().enumerate() {
-                let row = &logits[i * self.num_classes..(i + 1) * self.num_classes];
-                let (loss, predicted) = cross_entropy(row, usize::from(data.labels[r]));
-                loss_sum += loss;
-                correct += usize::from(predicted == usize::from(data.labels[r]));
-            }
+        let outputs = self.predict(data)?;
+        if data.is_regression() {
+            return Ok(regression_metrics(data, &outputs));
         }
-        let n = data.len().max(1) as f64;
-        Ok(Evaluation {
-            loss: (loss_sum / n) as f32,
-            accuracy: (correct as f64 / n) as f32,
-            samples: data.len(),
-        })
+        Ok(classification_metrics(data, &outputs, self.outputs()))
     }
 
     fn parameter_layout(&self) -> Vec<ParameterInfo> {
         BurnModel::parameter_layout(self)
+    }
+}
+
+/// Loss, accuracy and macro F1 of class logits.
+fn classification_metrics(data: &Dataset, logits: &[f32], classes: usize) -> Evaluation {
+    let mut loss_sum = 0.0f64;
+    let mut confusion = vec![[0usize; 3]; classes]; // true positives, predicted, actual
+    for (r, row) in logits.chunks(classes).enumerate() {
+        let label = usize::from(data.labels[r]);
+        let (loss, predicted) = cross_entropy(row, label);
+        loss_sum += loss;
+        confusion[predicted][1] += 1;
+        confusion[label][2] += 1;
+        if predicted == label {
+            confusion[label][0] += 1;
+        }
+    }
+    let correct: usize = confusion.iter().map(|c| c[0]).sum();
+    let present: Vec<f64> = confusion
+        .iter()
+        .filter(|[_, p, a]| p + a > 0)
+        .map(|[tp, p, a]| 2.0 * *tp as f64 / (p + a) as f64)
+        .collect();
+    let n = data.len().max(1) as f64;
+    Evaluation {
+        loss: (loss_sum / n) as f32,
+        accuracy: (correct as f64 / n) as f32,
+        macro_f1: (present.iter().sum::<f64>() / present.len().max(1) as f64) as f32,
+        rmse: None,
+        r2: None,
+        samples: data.len(),
+    }
+}
+
+/// Loss (standardized units), RMSE (target units) and R^2 of predictions.
+fn regression_metrics(data: &Dataset, predictions: &[f32]) -> Evaluation {
+    let n = data.len().max(1) as f64;
+    let mean = data.targets.iter().map(|&t| f64::from(t)).sum::<f64>() / n;
+    let (mut ss_res, mut ss_tot) = (0.0f64, 0.0f64);
+    for (&p, &t) in predictions.iter().zip(&data.targets) {
+        ss_res += (f64::from(p) - f64::from(t)).powi(2);
+        ss_tot += (f64::from(t) - mean).powi(2);
+    }
+    let mse = ss_res / n;
+    Evaluation {
+        loss: mse as f32,
+        accuracy: 0.0,
+        macro_f1: 0.0,
+        rmse: Some((mse.sqrt() * f64::from(data.target_std.unwrap_or(1.0))) as f32),
+        r2: Some(if ss_tot > 0.0 {
+            1.0 - ss_res / ss_tot
+        } else {
+            0.0
+        } as f32),
+        samples: data.len(),
     }
 }
 
@@ -297,29 +377,5 @@ impl ModuleVisitor for FlatCollector<'_> {
             // A parameter that did not take part in the loss has a zero gradient.
             _ => self.out.extend(std::iter::repeat_n(0.0, n)),
         }
-    }
-}
-
-/// Collects parameter names (module paths, from the visitor's enter/exit calls) and shapes.
-#[derive(Default)]
-struct LayoutCollector {
-    path: Vec<String>,
-    layout: Vec<ParameterInfo>,
-}
-
-impl ModuleVisitor for LayoutCollector {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.layout.push(ParameterInfo {
-            name: self.path.join("."),
-            shape: param.val().shape().dims::<D>().to_vec(),
-        });
     }
 }

@@ -3,8 +3,9 @@
 //! Federated learning only needs a few things from a model, so the rest of the
 //! system sees the small [`Model`] trait: parameters as one flat `f32` vector,
 //! local SGD training (with FedProx's proximal term as an option), evaluation,
-//! and safetensors files. [`ModelKind::build`] makes a seeded model; the burn
-//! networks behind it live in [`network`] and [`burn_model`].
+//! and safetensors files. [`build`] makes a seeded model from a job's
+//! [`ModelSpec`] (the layer language of mesh-spec) and [`DataSchema`]; the
+//! burn network behind it lives in [`network`] and [`burn_model`].
 
 pub mod burn_model;
 pub mod network;
@@ -13,11 +14,12 @@ pub mod store;
 use crate::data::Dataset;
 use burn::tensor::Device;
 use burn_model::BurnModel;
-use network::{Cnn, Logistic, Mlp, Network};
+pub use mesh_spec::model::{parameter_layout, ModelSpec, ParameterInfo, Preset};
+use mesh_spec::schema::DataSchema;
+use network::LayerNet;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
-use std::str::FromStr;
 
 /// Errors from models. `Diverged` may go away with a smaller learning rate;
 /// the others need different input.
@@ -37,17 +39,13 @@ pub enum ModelError {
         /// Index of the first bad value.
         index: usize,
     },
-    /// The data does not fit the model's input or output size.
-    #[error("data has {data_features} features and {data_classes} classes, the model takes {model_features} and {model_classes}")]
+    /// The data does not fit the model's input or task.
+    #[error("the model was built for {model}, the data is {data}")]
     DataMismatch {
-        /// Model input size.
-        model_features: usize,
-        /// Model output size.
-        model_classes: usize,
-        /// Data feature count.
-        data_features: usize,
-        /// Data class count.
-        data_classes: usize,
+        /// The model's schema, in words.
+        model: String,
+        /// The data's schema, in words.
+        data: String,
     },
     /// Training produced a non-finite loss (try a smaller learning rate).
     #[error("training diverged (loss {loss}); try a smaller learning rate")]
@@ -69,6 +67,10 @@ pub enum ModelError {
     /// The tensor backend failed.
     #[error("tensor backend error: {0}")]
     Backend(String),
+    /// The job's external learner process failed or answered badly (its
+    /// message says which call, and which parameter or frame).
+    #[error("{0}")]
+    Learner(String),
     /// A model file could not be read or written, or is malformed.
     #[error("model file {path}: {reason}")]
     File {
@@ -125,13 +127,20 @@ pub struct TrainReport {
     pub samples: usize,
 }
 
-/// Loss and accuracy on a data set.
+/// How well a model does on a data set.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Evaluation {
-    /// Mean cross-entropy.
+    /// Mean loss: cross-entropy, or the squared error of standardized targets.
     pub loss: f32,
-    /// Fraction of rows classified correctly.
+    /// Fraction of rows classified correctly (0 for regression).
     pub accuracy: f32,
+    /// Macro-averaged F1 over the classes present in labels or predictions
+    /// (0 for regression).
+    pub macro_f1: f32,
+    /// Root mean squared error in the target's units (regression).
+    pub rmse: Option<f32>,
+    /// Coefficient of determination R^2 (regression).
+    pub r2: Option<f32>,
     /// Rows evaluated.
     pub samples: usize,
 }
@@ -152,111 +161,49 @@ pub trait Model: Send + fmt::Debug {
     fn parameter_layout(&self) -> Vec<ParameterInfo>;
 }
 
-/// One parameter tensor of a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParameterInfo {
-    /// Module path, e.g. `conv1.weight`.
-    pub name: String,
-    /// Tensor shape.
-    pub shape: Vec<usize>,
-}
-
-/// The models Agent Mesh can train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelKind {
-    /// Multinomial logistic regression.
-    Logistic,
-    /// Two-hidden-layer perceptron.
-    Mlp,
-    /// Small CNN with two conv layers (image data only).
-    Cnn,
-}
-
-impl fmt::Display for ModelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ModelKind::Logistic => "logistic",
-            ModelKind::Mlp => "mlp",
-            ModelKind::Cnn => "cnn",
-        })
-    }
-}
-
-impl FromStr for ModelKind {
-    type Err = ModelError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "logistic" | "logreg" => Ok(ModelKind::Logistic),
-            "mlp" => Ok(ModelKind::Mlp),
-            "cnn" => Ok(ModelKind::Cnn),
-            _ => Err(ModelError::InvalidOption(format!(
-                "unknown model {s:?}; expected logistic, mlp or cnn"
-            ))),
-        }
-    }
-}
-
-/// Input and output sizes a model is built for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelShape {
-    /// Features per row.
-    pub feature_count: usize,
-    /// Number of classes.
-    pub num_classes: usize,
-    /// `[height, width]` for image data.
-    pub image_shape: Option<[usize; 2]>,
-}
-
-impl ModelShape {
-    /// The shape of a data set.
-    pub fn of(data: &Dataset) -> Self {
-        Self {
-            feature_count: data.feature_count,
-            num_classes: data.num_classes,
-            image_shape: data.image_shape,
-        }
-    }
-}
-
-impl ModelKind {
-    /// Builds a model with parameters drawn from `seed` (He-uniform weights, zero-mean
-    /// uniform biases), on the CPU backend.
-    pub fn build(&self, shape: ModelShape, seed: u64) -> Result<Box<dyn Model>, ModelError> {
-        let device = Device::flex().autodiff();
-        let (f, c) = (shape.feature_count, shape.num_classes);
-        match self {
-            ModelKind::Logistic => seeded(Logistic::new(f, c, &device), device, shape, seed),
-            ModelKind::Mlp => seeded(Mlp::new(f, c, &device), device, shape, seed),
-            ModelKind::Cnn => {
-                let [h, w] = shape
-                    .image_shape
-                    .filter(|[h, w]| h * w == f && *h >= 12 && *w >= 12)
-                    .ok_or_else(|| ModelError::Unsupported {
-                        kind: self.to_string(),
-                        reason: "needs single-channel images of at least 12x12".into(),
-                    })?;
-                seeded(Cnn::new(h, w, c, &device), device, shape, seed)
-            }
-        }
-    }
-}
-
-fn seeded<N: Network>(
-    network: N,
-    device: Device,
-    shape: ModelShape,
+/// Builds the model `spec` describes for data of `schema`, with parameters
+/// drawn from `seed` (He-uniform weights, zero-mean uniform biases, unit
+/// scales), on the CPU backend. An external learner's spec has no layers to
+/// build here: the node's learner runtime builds it.
+pub fn build(
+    spec: &ModelSpec,
+    schema: &DataSchema,
     seed: u64,
 ) -> Result<Box<dyn Model>, ModelError> {
-    let mut model = BurnModel::new(network, device, shape.feature_count, shape.num_classes)?;
-    let shapes: Vec<Vec<usize>> = model
-        .parameter_layout()
-        .into_iter()
-        .map(|p| p.shape)
-        .collect();
-    let initial = initial_parameters(&shapes, seed);
+    let plan = spec
+        .plan(&schema.input, schema.task.outputs())
+        .map_err(|e| ModelError::Unsupported {
+            kind: spec.to_string(),
+            reason: e.to_string(),
+        })?;
+    let device = Device::flex().autodiff();
+    let network = LayerNet::new(&plan, schema.input.image(), &device);
+    let layout = parameter_layout(&plan);
+    let mut model = BurnModel::new(network, device, schema.clone(), layout)?;
+    let initial = initial_values(&model.parameter_layout(), seed);
     model.set_parameters(&initial)?;
     Ok(Box::new(model))
+}
+
+/// The job's initial parameters for a layout: what [`build`] starts from, and
+/// what an external learner's job starts from on every node.
+pub fn initial_values(layout: &[ParameterInfo], seed: u64) -> Vec<f32> {
+    let shapes: Vec<Vec<usize>> = layout.iter().map(|p| p.shape.clone()).collect();
+    let mut values = initial_parameters(&shapes, seed);
+    let mut offset = 0;
+    for p in layout {
+        let n: usize = p.shape.iter().product();
+        let fill = match p.name.rsplit('.').next() {
+            Some("gamma") => Some(1.0),
+            Some("beta") => Some(0.0),
+            _ => None,
+        };
+        if let Some(v) = fill {
+            values[offset..offset + n].fill(v);
+        }
+        offset += n;
+    }
+    values
 }
 
 /// He-uniform initial values for parameters of the given shapes.
@@ -310,7 +257,7 @@ mod tests {
     fn cnn_learns_mnist_in_one_epoch_on_a_subset() {
         let m = mnist();
         let train = m.train.subset(&(0..2000).collect::<Vec<_>>());
-        let mut model = ModelKind::Cnn.build(ModelShape::of(&train), 7).unwrap();
+        let mut model = build(&ModelSpec::Preset(Preset::Cnn), &train.schema(), 7).unwrap();
         let before = model.evaluate(&m.test).unwrap();
         let report = model.train(&train, &options(1)).unwrap();
         let after = model.evaluate(&m.test).unwrap();
@@ -329,7 +276,7 @@ mod tests {
         let m = mnist();
         let train = m.train.subset(&(0..300).collect::<Vec<_>>());
         let run = |seed| {
-            let mut model = ModelKind::Mlp.build(ModelShape::of(&train), seed).unwrap();
+            let mut model = build(&ModelSpec::Preset(Preset::Mlp), &train.schema(), seed).unwrap();
             model.train(&train, &options(seed)).unwrap();
             model.parameters()
         };
@@ -342,9 +289,8 @@ mod tests {
         let m = mnist();
         let train = m.train.subset(&(0..500).collect::<Vec<_>>());
         let distance = |mu| {
-            let mut model = ModelKind::Logistic
-                .build(ModelShape::of(&train), 1)
-                .unwrap();
+            let mut model =
+                build(&ModelSpec::Preset(Preset::Logistic), &train.schema(), 1).unwrap();
             let start = model.parameters();
             model
                 .train(
@@ -368,12 +314,12 @@ mod tests {
 
     #[test]
     fn bad_parameters_and_options_are_rejected() {
-        let shape = ModelShape {
-            feature_count: 60,
-            num_classes: 10,
-            image_shape: None,
+        let shape = DataSchema {
+            input: mesh_spec::schema::InputShape::Table { features: 60 },
+            task: crate::data::numbered_classes(10),
+            normalization: None,
         };
-        let mut model = ModelKind::Logistic.build(shape, 0).unwrap();
+        let mut model = build(&ModelSpec::Preset(Preset::Logistic), &shape, 0).unwrap();
         assert_eq!(model.parameter_count(), 610);
         assert!(matches!(
             model.set_parameters(&[0.0; 3]),
@@ -388,8 +334,8 @@ mod tests {
             model.set_parameters(&bad),
             Err(ModelError::NonFinite { index: 5 })
         ));
-        assert!(ModelKind::Cnn.build(shape, 0).is_err());
-        assert!("resnet".parse::<ModelKind>().is_err());
+        assert!(build(&ModelSpec::Preset(Preset::Cnn), &shape, 0).is_err());
+        assert!("resnet".parse::<ModelSpec>().is_err());
         assert!(TrainOptions {
             batch_size: 0,
             ..options(0)
@@ -406,12 +352,16 @@ mod tests {
 
     #[test]
     fn parameter_layout_names_every_tensor() {
-        let shape = ModelShape {
-            feature_count: 784,
-            num_classes: 10,
-            image_shape: Some([28, 28]),
+        let shape = DataSchema {
+            input: mesh_spec::schema::InputShape::Image {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            task: crate::data::numbered_classes(10),
+            normalization: None,
         };
-        let model = ModelKind::Cnn.build(shape, 0).unwrap();
+        let model = build(&ModelSpec::Preset(Preset::Cnn), &shape, 0).unwrap();
         let layout = model.parameter_layout();
         let total: usize = layout
             .iter()

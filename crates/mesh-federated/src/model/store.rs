@@ -4,7 +4,7 @@
 //! in little-endian `f32`, so PyTorch's `safetensors.torch.load_file` reads the
 //! file directly. The model kind and free-form metadata go in the header.
 
-use super::{Model, ModelError};
+use super::{Model, ModelError, ParameterInfo};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,11 +26,36 @@ pub fn save(
     path: &Path,
     metadata: HashMap<String, String>,
 ) -> Result<(), ModelError> {
-    let flat = model.parameters();
-    let layout = model.parameter_layout();
+    save_layout(
+        &model.parameter_layout(),
+        &model.parameters(),
+        path,
+        metadata,
+    )
+}
+
+/// Writes flat parameters under the names and shapes of `layout` (what
+/// [`save`] does for a model; also for an external learner's parameters,
+/// which have no model on this side).
+pub fn save_layout(
+    layout: &[ParameterInfo],
+    flat: &[f32],
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<(), ModelError> {
+    let expected: usize = layout
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum();
+    if expected != flat.len() {
+        return Err(ModelError::ParameterCount {
+            expected,
+            found: flat.len(),
+        });
+    }
     let mut offset = 0;
     let mut buffers = Vec::with_capacity(layout.len());
-    for info in &layout {
+    for info in layout {
         let n: usize = info.shape.iter().product();
         let bytes: Vec<u8> = flat[offset..offset + n]
             .iter()
@@ -98,29 +123,38 @@ pub fn load_into(model: &mut dyn Model, path: &Path) -> Result<(), ModelError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::{ModelKind, ModelShape};
+    use crate::model::{build, ModelSpec, Preset};
+    use mesh_spec::schema::{DataSchema, InputShape};
 
-    fn shape() -> ModelShape {
-        ModelShape {
-            feature_count: 784,
-            num_classes: 10,
-            image_shape: Some([28, 28]),
+    fn shape() -> DataSchema {
+        DataSchema {
+            input: InputShape::Image {
+                channels: 1,
+                height: 28,
+                width: 28,
+            },
+            task: crate::data::numbered_classes(10),
+            normalization: None,
         }
+    }
+
+    fn preset(p: Preset, seed: u64) -> Box<dyn Model> {
+        build(&ModelSpec::Preset(p), &shape(), seed).unwrap()
     }
 
     #[test]
     fn save_then_load_round_trips_every_model() {
         let dir = tempfile::tempdir().unwrap();
-        for kind in [ModelKind::Logistic, ModelKind::Mlp, ModelKind::Cnn] {
+        for kind in [Preset::Logistic, Preset::Mlp, Preset::Cnn] {
             let path = dir.path().join(format!("{kind}.safetensors"));
-            let a = kind.build(shape(), 1).unwrap();
+            let a = preset(kind, 1);
             save(
                 a.as_ref(),
                 &path,
                 HashMap::from([("model".into(), kind.to_string())]),
             )
             .unwrap();
-            let mut b = kind.build(shape(), 2).unwrap();
+            let mut b = preset(kind, 2);
             assert_ne!(a.parameters(), b.parameters());
             load_into(b.as_mut(), &path).unwrap();
             assert_eq!(a.parameters(), b.parameters());
@@ -131,19 +165,14 @@ mod tests {
     fn wrong_model_and_corrupt_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        save(
-            ModelKind::Logistic.build(shape(), 1).unwrap().as_ref(),
-            &path,
-            HashMap::new(),
-        )
-        .unwrap();
-        let mut cnn = ModelKind::Cnn.build(shape(), 1).unwrap();
+        save(preset(Preset::Logistic, 1).as_ref(), &path, HashMap::new()).unwrap();
+        let mut cnn = preset(Preset::Cnn, 1);
         assert!(matches!(
             load_into(cnn.as_mut(), &path),
             Err(ModelError::File { .. })
         ));
         std::fs::write(&path, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
-        let mut lr = ModelKind::Logistic.build(shape(), 1).unwrap();
+        let mut lr = preset(Preset::Logistic, 1);
         assert!(matches!(
             load_into(lr.as_mut(), &path),
             Err(ModelError::File { .. })

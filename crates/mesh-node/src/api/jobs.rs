@@ -50,6 +50,10 @@ pub struct JobView {
     pub model_hash: Option<String>,
     /// Validation accuracy of the latest committed model.
     pub accuracy: Option<f64>,
+    /// Nodes that declined the job, each with its reason
+    /// ("node X: schema mismatch: 31 columns, job wants 30 columns").
+    #[serde(default)]
+    pub declined: Vec<String>,
     /// The whole committed record.
     pub detail: serde_json::Value,
 }

@@ -268,7 +268,7 @@ async fn a_job_with_a_misspelled_rule_is_refused_before_it_is_proposed() {
     let mut f = fixture();
     let admin = token(&f.ca, &[Role::Admin], 6);
     let mut spec = serde_json::json!({
-        "model_name": "cnn", "rounds": 2, "participants_per_round": 5,
+        "model": "cnn", "rounds": 2, "participants_per_round": 5,
         "rule_name": "krumm", "byzantine_count": 0, "secagg": false, "dp_budget": null,
         "training": {
             "dataset": "mnist", "epochs": 1, "batch_size": 32, "learning_rate": 0.05,
@@ -321,7 +321,7 @@ async fn single_voter(dir: &std::path::Path) -> mesh_consensus::ConsensusNode {
 
 fn job_body(job: &str, round_deadline_ms: u64) -> String {
     let spec = mesh_consensus::JobSpec {
-        model_name: "mlp".into(),
+        model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
         rounds: 2,
         participants_per_round: 3,
         rule_name: "fedavg".into(),

@@ -255,6 +255,14 @@ fn start_learner(config: mesh_learner::LearnerConfig) -> mesh_learner::SharedLea
     learner
 }
 
+/// Builds the models of learner jobs over the node's one learner process.
+fn learner_factory(learner: mesh_learner::SharedLearner) -> mesh_round::protocol::LearnerFactory {
+    mesh_round::protocol::LearnerFactory(Box::new(move |spec| {
+        let model = mesh_learner::LearnerModel::new(learner.clone(), spec.parameters.clone())?;
+        Ok(Box::new(model) as Box<dyn mesh_federated::model::Model>)
+    }))
+}
+
 /// Runs a node until `shutdown` completes, then stops it cleanly.
 pub async fn run(
     config: NodeConfig,
@@ -305,7 +313,10 @@ pub async fn run(
         let stats = mesh_learner::supervisor::lock(l).stats();
         learner_metrics::LearnerMetrics::new(&mut registry, stats)
     });
-    let worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
+    let mut worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
+    if let Some(learner) = &learner {
+        worker.set_learner(learner_factory(learner.clone()));
+    }
     let (round_driver, mut round_results) = rounds::RoundDriver::new(
         &creds.identity,
         creds.roles.iter().collect(),

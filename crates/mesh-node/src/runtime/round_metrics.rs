@@ -29,6 +29,7 @@ pub struct RoundMetrics {
     messages: Family<Label, Counter>,
     bytes: Counter,
     dropouts: Counter,
+    schema_mismatches: Counter,
     rounds_completed: Counter,
     round_duration: Histogram,
     epsilon: Family<Label, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -66,6 +67,7 @@ impl RoundMetrics {
             messages: Family::default(),
             bytes: Counter::default(),
             dropouts: Counter::default(),
+            schema_mismatches: Counter::default(),
             rounds_completed: Counter::default(),
             round_duration: Histogram::new(buckets),
             epsilon: Family::default(),
@@ -90,6 +92,11 @@ impl RoundMetrics {
             "dropouts",
             "Participants that dropped out of groups this node aggregated",
             m.dropouts.clone(),
+        );
+        r.register(
+            "schema_mismatches",
+            "Jobs this node declined because its data does not match the job's schema",
+            m.schema_mismatches.clone(),
         );
         r.register(
             "completed",
@@ -141,6 +148,8 @@ impl RoundMetrics {
             .inc_by(delta(stats.sent_bytes, self.last.sent_bytes));
         self.dropouts
             .inc_by(delta(stats.dropouts, self.last.dropouts));
+        self.schema_mismatches
+            .inc_by(delta(stats.schema_mismatches, self.last.schema_mismatches));
         self.last = stats.clone();
         self.observe_state(state);
     }

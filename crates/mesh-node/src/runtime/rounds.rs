@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use mesh_consensus::command::{JobId, NodeId};
 use mesh_consensus::{ConsensusNode, MeshState};
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::DataSource;
+use mesh_federated::data::table::{MissingValues, TableOptions};
+use mesh_federated::data::{DataSource, LoadOptions};
 use mesh_net::{NetHandle, PeerId};
 use mesh_security::rbac::Role;
 use mesh_security::NodeIdentity;
@@ -94,11 +95,28 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
     let Some(from) = &config.dir else {
         return Ok(LocalWorker::new(&config.dataset, None, None, conduct));
     };
-    let loaded = from.load_mnist().map_err(|source| DataError::Load {
+    let load_error = |source| DataError::Load {
         from: from.clone(),
         source,
-    })?;
-    let mnist = loaded.mnist;
+    };
+    let missing: MissingValues = config.missing.parse().map_err(load_error)?;
+    if !["classification", "regression"].contains(&config.task.as_str()) {
+        return Err(DataError::Split(format!(
+            "[data] task must be classification or regression, got {:?}",
+            config.task
+        )));
+    }
+    let options = LoadOptions {
+        table: TableOptions {
+            label: config.label.clone(),
+            regression: config.task == "regression",
+            missing,
+            ..TableOptions::default()
+        },
+        images: Default::default(),
+    };
+    let mnist = from.load(&options).map_err(load_error)?;
+    let loaded_sha256 = mnist.sha256_hex.clone();
     let train = if config.shards > 1 {
         let partition =
             Partition::from_str(&config.partition).map_err(|e| DataError::Split(e.to_string()))?;
@@ -121,7 +139,8 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
     let validation = mnist.test.subset(&rows);
     tracing::info!(
         source = %from,
-        sha256 = %loaded.sha256_hex,
+        sha256 = %loaded_sha256,
+        schema = %train.schema(),
         train_rows = train.len(),
         validation_rows = validation.len(),
         "private data loaded"
@@ -404,6 +423,7 @@ pub fn job_views(state: &MeshState) -> Vec<crate::api::JobView> {
                     .map_or_else(|e| format!("invalid spec: {e}"), |j| j.privacy.to_string()),
                 model_hash: last.map(|c| hex::encode(c.model_hash)),
                 accuracy: last.map(|c| c.metrics.accuracy),
+                declined: job.declined.values().cloned().collect(),
                 detail: serde_json::to_value(job).unwrap_or_default(),
             }
         })

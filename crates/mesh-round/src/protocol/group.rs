@@ -516,7 +516,7 @@ mod tests {
 
     fn plain_spec() -> JobSpec {
         JobSpec {
-            model_name: "mlp".into(),
+            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
             rounds: 1,
             participants_per_round: 3,
             rule_name: "fedavg".into(),

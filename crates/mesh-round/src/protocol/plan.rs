@@ -115,13 +115,12 @@ pub fn select(
     round: u32,
 ) -> Option<Selection> {
     let seed = spec.training.seed;
-    let trainers = lru_order(
-        state,
-        eligible(state, alive, Role::Trainer),
-        job,
-        round,
-        seed,
-    );
+    let declined = state.jobs().get(job).map(|j| &j.declined);
+    let willing = eligible(state, alive, Role::Trainer)
+        .into_iter()
+        .filter(|n| declined.is_none_or(|d| !d.contains_key(n)))
+        .collect();
+    let trainers = lru_order(state, willing, job, round, seed);
     let count = (spec.participants_per_round as usize).min(trainers.len());
     if count < PARTICIPANTS_MIN {
         return None;
@@ -233,7 +232,7 @@ mod tests {
 
     fn spec(participants: u32) -> JobSpec {
         JobSpec {
-            model_name: "mlp".into(),
+            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
             rounds: 3,
             participants_per_round: participants,
             rule_name: "fedavg".into(),

@@ -36,6 +36,9 @@ pub struct ProtocolStats {
     pub combinations: u64,
     /// Commands proposed as coordinator.
     pub proposals: u64,
+    /// Jobs this node was selected for but declined: its data did not
+    /// match the job's schema.
+    pub schema_mismatches: u64,
 }
 
 impl ProtocolStats {
@@ -75,5 +78,6 @@ impl ProtocolStats {
         self.trainings += other.trainings;
         self.combinations += other.combinations;
         self.proposals += other.proposals;
+        self.schema_mismatches += other.schema_mismatches;
     }
 }

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use mesh_consensus::command::{JobSpec, ModelHash, NodeId};
+use mesh_consensus::command::{Command, JobSpec, ModelHash, NodeId, DECLINE_REASON_BYTES_MAX};
 use mesh_federated::privacy::{clip_l2, GaussianMechanism, NoisePlacement};
 use mesh_security::secagg::messages::{SharesForClient, Signed};
 use mesh_security::secagg::{ModulusBits, SecAggClient, SecAggParams};
+use mesh_spec::schema::SCHEMA_MISMATCH_PREFIX;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -82,6 +83,26 @@ impl TrainerRound {
             submitted: false,
             last: None,
         }
+    }
+
+    /// This node's data cannot take part in the job: ask the committee to
+    /// record it, so the job status says why and the node is not selected
+    /// for the job again.
+    fn decline(&self, sh: &mut Shared, err: &str) {
+        sh.stats.schema_mismatches += 1;
+        let mut reason = format!("node {}: {err}", sh.me);
+        if reason.len() > DECLINE_REASON_BYTES_MAX {
+            let mut cut = DECLINE_REASON_BYTES_MAX;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        sh.push(Action::Propose(Command::DeclineJob {
+            job: self.a.key.job.clone(),
+            node: sh.me.clone(),
+            reason,
+        }));
     }
 
     /// The assignment.
@@ -211,6 +232,9 @@ impl TrainerRound {
             Ok(update) => update,
             Err(err) => {
                 tracing::warn!(%err, round = %self.a.key, "local training failed");
+                if err.starts_with(SCHEMA_MISMATCH_PREFIX) {
+                    self.decline(sh, &err);
+                }
                 self.training = Training::Failed;
                 return;
             }

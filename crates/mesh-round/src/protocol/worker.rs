@@ -4,15 +4,15 @@
 //! blocking thread, or on the simulation's worker threads) and hands the
 //! result back. All of it is deterministic for the task's seed.
 
-use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use mesh_consensus::command::{JobSpec, RoundMetrics};
 use mesh_federated::aggregate::{Aggregator, AggregatorConfig, Rule};
 use mesh_federated::attack::Attack;
-use mesh_federated::data::Dataset;
-use mesh_federated::model::{Model, ModelKind, ModelShape, TrainOptions};
+use mesh_federated::data::{bind, Dataset};
+use mesh_federated::model::{self, Model, TrainOptions};
+use mesh_federated::model::{ModelError, TrainReport};
+use mesh_spec::{DataSchema, LearnerSpec, ModelSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -29,6 +29,9 @@ pub enum WorkerError {
     /// The job names an unknown model or rule.
     #[error("job spec: {0}")]
     Spec(String),
+    /// The node's data does not match the job's schema; it does not take part.
+    #[error("{0}")]
+    Schema(String),
     /// Training, evaluation or aggregation failed.
     #[error("{0}")]
     Compute(String),
@@ -99,8 +102,34 @@ pub struct LocalWorker {
     train: Option<Dataset>,
     validation: Option<Dataset>,
     dataset: String,
-    models: HashMap<String, Box<dyn Model>>,
+    bound: Option<BoundData>,
+    models: Vec<(ModelSpec, DataSchema, Box<dyn Model>)>,
     conduct: Conduct,
+    learner: Option<LearnerFactory>,
+    learner_models: Vec<(LearnerSpec, Box<dyn Model>)>,
+}
+
+/// Builds the model of a job whose model is an external learner's layout:
+/// the node runtime hands its worker one over the node's `[learner]`
+/// process, so such jobs train there (the learner holds the data).
+pub struct LearnerFactory(pub Box<BuildLearnerModel>);
+
+/// What a [`LearnerFactory`] runs.
+pub type BuildLearnerModel = dyn Fn(&LearnerSpec) -> Result<Box<dyn Model>, ModelError> + Send;
+
+impl std::fmt::Debug for LearnerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LearnerFactory")
+    }
+}
+
+/// The node's data as one job's schema sees it (classes in the job's order,
+/// table features standardized).
+#[derive(Debug)]
+struct BoundData {
+    schema: DataSchema,
+    train: Option<Dataset>,
+    validation: Option<Dataset>,
 }
 
 impl LocalWorker {
@@ -118,8 +147,91 @@ impl LocalWorker {
             train,
             validation,
             dataset: dataset.to_owned(),
-            models: HashMap::new(),
+            bound: None,
+            models: Vec::new(),
             conduct,
+            learner: None,
+            learner_models: Vec::new(),
+        }
+    }
+
+    /// Trains and evaluates jobs whose model is a learner layout through
+    /// models `factory` builds (the node's learner process).
+    pub fn set_learner(&mut self, factory: LearnerFactory) {
+        self.learner = Some(factory);
+        self.learner_models.clear();
+    }
+
+    /// The learner model for `spec`, built once per layout.
+    fn learner_model(&mut self, spec: &LearnerSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
+        let factory = self.learner.as_ref().ok_or_else(|| {
+            WorkerError::NoData("a learner job, and this node has no [learner]".into())
+        })?;
+        let index = match self.learner_models.iter().position(|(s, _)| s == spec) {
+            Some(i) => i,
+            None => {
+                let model = (factory.0)(spec).map_err(|e| WorkerError::Spec(e.to_string()))?;
+                self.learner_models.push((spec.clone(), model));
+                self.learner_models.len() - 1
+            }
+        };
+        Ok(&mut self.learner_models[index].1)
+    }
+
+    /// Local training in the node's learner: no local data is needed, the
+    /// learner's reply says how many examples it trained on.
+    fn train_in_learner(
+        &mut self,
+        spec: &LearnerSpec,
+        task: &TrainTask,
+        options: &TrainOptions,
+    ) -> Result<(Vec<f32>, TrainReport), WorkerError> {
+        if task.spec.training.dataset != self.dataset {
+            return Err(WorkerError::NoData(task.spec.training.dataset.clone()));
+        }
+        let compute = |e: ModelError| WorkerError::Compute(e.to_string());
+        let model = self.learner_model(spec)?;
+        model.set_parameters(&task.params).map_err(compute)?;
+        let report = model.train(&Dataset::no_rows(), options).map_err(compute)?;
+        let delta = model
+            .parameters()
+            .iter()
+            .zip(task.params.iter())
+            .map(|(l, g)| l - g)
+            .collect();
+        Ok((delta, report))
+    }
+
+    /// Round metrics from the node's learner; a node without one, or a
+    /// learner that fails, reports none (aggregation does not wait on it).
+    fn evaluate_in_learner(&mut self, spec: &LearnerSpec, params: &[f32]) -> RoundMetrics {
+        let none = RoundMetrics {
+            accuracy: 0.0,
+            loss: 0.0,
+            updates_count: 0,
+        };
+        if self.learner.is_none() {
+            return none;
+        }
+        let evaluated = self.learner_model(spec).and_then(|model| {
+            let compute = |e: ModelError| WorkerError::Compute(e.to_string());
+            model.set_parameters(params).map_err(compute)?;
+            model.evaluate(&Dataset::no_rows()).map_err(compute)
+        });
+        match evaluated {
+            Ok(eval) => RoundMetrics {
+                accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
+                loss: if eval.loss.is_finite() {
+                    f64::from(eval.loss).max(0.0)
+                } else {
+                    f64::MAX
+                },
+                updates_count: 0,
+            },
+            Err(err) => {
+                tracing::warn!(%err, "the learner could not evaluate the round's model");
+                none
+            }
         }
     }
 
@@ -128,40 +240,82 @@ impl LocalWorker {
         self.train.as_ref().map_or(0, Dataset::len)
     }
 
-    fn shape(&self, spec: &JobSpec) -> Result<ModelShape, WorkerError> {
+    /// The schema the job's models are built for: the job's own, else the
+    /// schema of this node's data.
+    fn schema(&self, spec: &JobSpec) -> Result<DataSchema, WorkerError> {
+        if let Some(schema) = &spec.training.schema {
+            return Ok(schema.clone());
+        }
         if spec.training.dataset != self.dataset {
             return Err(WorkerError::NoData(spec.training.dataset.clone()));
         }
         self.train
             .as_ref()
             .or(self.validation.as_ref())
-            .map(ModelShape::of)
+            .map(Dataset::schema)
             .ok_or_else(|| WorkerError::NoData(spec.training.dataset.clone()))
     }
 
-    fn model(&mut self, spec: &JobSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
-        let shape = self.shape(spec)?;
-        let kind =
-            ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
-        let name = format!("{kind}");
-        if !self.models.contains_key(&name) {
-            let model = kind
-                .build(shape, spec.training.seed)
-                .map_err(|e| WorkerError::Spec(e.to_string()))?;
-            self.models.insert(name.clone(), model);
+    /// This node's data bound to the job's schema; refuses data of another
+    /// schema with the reason ("schema mismatch: 31 columns, job wants 30").
+    fn bind(&mut self, spec: &JobSpec) -> Result<&mut BoundData, WorkerError> {
+        if spec.training.dataset != self.dataset {
+            return Err(WorkerError::NoData(spec.training.dataset.clone()));
         }
-        self.models
-            .get_mut(&name)
-            .ok_or_else(|| WorkerError::Compute("model vanished".into()))
+        let schema = self.schema(spec)?;
+        if self.bound.as_ref().is_none_or(|b| b.schema != schema) {
+            let raw = self
+                .train
+                .as_ref()
+                .or(self.validation.as_ref())
+                .ok_or_else(|| WorkerError::NoData(self.dataset.clone()))?;
+            let norm = bind::normalization_for(&schema, raw);
+            let bind_one = |d: &Dataset| {
+                bind::bind(d, &schema, norm.as_ref())
+                    .map_err(|e| WorkerError::Schema(e.to_string()))
+            };
+            let train = self.train.as_ref().map(bind_one).transpose()?;
+            let validation = self.validation.as_ref().map(bind_one).transpose()?;
+            self.bound = Some(BoundData {
+                schema,
+                train,
+                validation,
+            });
+        }
+        self.bound
+            .as_mut()
+            .ok_or_else(|| WorkerError::Compute("bound data vanished".into()))
     }
 
-    /// The job's initial parameters (same on every node: seeded).
+    fn model(&mut self, spec: &JobSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
+        let schema = self.schema(spec)?;
+        let position = self
+            .models
+            .iter()
+            .position(|(m, s, _)| *m == spec.model && *s == schema);
+        let index = match position {
+            Some(i) => i,
+            None => {
+                let model = model::build(&spec.model, &schema, spec.training.seed)
+                    .map_err(|e| WorkerError::Spec(e.to_string()))?;
+                self.models.push((spec.model.clone(), schema, model));
+                self.models.len() - 1
+            }
+        };
+        Ok(&mut self.models[index].2)
+    }
+
+    /// The job's initial parameters (same on every node: seeded). A job
+    /// with a schema needs no local data for it.
     pub fn initial(&mut self, spec: &JobSpec) -> Result<Vec<f32>, WorkerError> {
-        let shape = self.shape(spec)?;
-        let kind =
-            ModelKind::from_str(&spec.model_name).map_err(|e| WorkerError::Spec(e.to_string()))?;
-        let model = kind
-            .build(shape, spec.training.seed)
+        if let ModelSpec::Learner(learner) = &spec.model {
+            return Ok(model::initial_values(
+                &learner.parameters,
+                spec.training.seed,
+            ));
+        }
+        let schema = self.schema(spec)?;
+        let model = model::build(&spec.model, &schema, spec.training.seed)
             .map_err(|e| WorkerError::Spec(e.to_string()))?;
         Ok(model.parameters())
     }
@@ -176,13 +330,10 @@ impl LocalWorker {
             proximal_mu: t.proximal_mu,
             seed: task.seed,
         };
-        let data = self
-            .train
-            .take()
-            .ok_or_else(|| WorkerError::NoData(t.dataset.clone()))?;
-        let outcome = self.train_on(&data, task, &options);
-        self.train = Some(data);
-        let (mut delta, report) = outcome?;
+        let (mut delta, report) = match &task.spec.model {
+            ModelSpec::Learner(learner) => self.train_in_learner(learner, task, &options)?,
+            _ => self.train_bound(task, &options)?,
+        };
         if let Conduct::Byzantine(attack) = &self.conduct {
             let mut rng = ChaCha8Rng::seed_from_u64(task.seed ^ 0xB17E);
             delta = attack.craft(&delta, std::slice::from_ref(&delta), &mut rng);
@@ -192,6 +343,23 @@ impl LocalWorker {
             samples: report.samples as u64,
             train_loss: report.mean_loss,
         })
+    }
+
+    fn train_bound(
+        &mut self,
+        task: &TrainTask,
+        options: &TrainOptions,
+    ) -> Result<(Vec<f32>, TrainReport), WorkerError> {
+        let bound = self.bind(&task.spec)?;
+        let data = bound
+            .train
+            .take()
+            .ok_or_else(|| WorkerError::NoData(task.spec.training.dataset.clone()))?;
+        let outcome = self.train_on(&data, task, options);
+        if let Some(bound) = self.bound.as_mut() {
+            bound.train = Some(data);
+        }
+        outcome
     }
 
     fn train_on(
@@ -216,10 +384,27 @@ impl LocalWorker {
     /// Combines group results with the job's robust rule, steps the model and evaluates it.
     pub fn combine(&mut self, task: &CombineTask) -> Result<CombinedModel, WorkerError> {
         let (model, outliers) = combine_params(task)?;
-        let metrics = match self.validation.take() {
+        if let ModelSpec::Learner(learner) = &task.spec.model {
+            let metrics = self.evaluate_in_learner(learner, &model.params);
+            return Ok(CombinedModel {
+                model,
+                outliers,
+                metrics: RoundMetrics {
+                    updates_count: task.inputs.iter().map(|(_, c)| *c).sum(),
+                    ..metrics
+                },
+            });
+        }
+        let validation = match self.bind(&task.spec) {
+            Ok(bound) => bound.validation.take(),
+            Err(_) => None,
+        };
+        let metrics = match validation {
             Some(validation) => {
                 let outcome = self.evaluate(&task.spec, &model.params, &validation);
-                self.validation = Some(validation);
+                if let Some(bound) = self.bound.as_mut() {
+                    bound.validation = Some(validation);
+                }
                 outcome?
             }
             None => RoundMetrics {

@@ -19,8 +19,8 @@ use mesh_consensus::command::{Command, JobId, JobSpec, ModelHash, NodeId};
 use mesh_consensus::state::jobs::JobStatus;
 use mesh_consensus::MeshState;
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::Dataset;
-use mesh_federated::model::{ModelKind, ModelShape};
+use mesh_federated::data::{bind, Dataset};
+use mesh_federated::model;
 use mesh_security::rbac::Role;
 use mesh_security::NodeIdentity;
 use rand::SeedableRng;
@@ -95,6 +95,12 @@ pub struct MeshRoundReport {
     pub test_accuracy: f32,
     /// Loss of the new global model on the test set.
     pub test_loss: f32,
+    /// Macro F1 on the test set (classification).
+    pub test_macro_f1: f32,
+    /// RMSE on the test set in the target's units (regression).
+    pub test_rmse: Option<f32>,
+    /// R^2 on the test set (regression).
+    pub test_r2: Option<f32>,
     /// Updates combined.
     pub updates: u32,
     /// Epsilon spent so far.
@@ -199,13 +205,24 @@ impl MeshSim {
         }
         .validate()
         .map_err(|e| MeshSimError::Config(e.to_string()))?;
-        let kind: ModelKind = config
+        let model_spec = config
             .spec
             .check()
             .map_err(|e| MeshSimError::Config(e.to_string()))?
             .model;
-        let evaluator = kind
-            .build(ModelShape::of(&test), config.spec.training.seed)
+        let schema = config
+            .spec
+            .training
+            .schema
+            .clone()
+            .unwrap_or_else(|| train.schema());
+        let evaluator = model::build(&model_spec, &schema, config.spec.training.seed)
+            .map_err(|e| MeshSimError::Config(e.to_string()))?;
+        // The evaluator stands for an operator holding the whole test set; it
+        // standardizes with the job's statistics, else the pooled training set's.
+        let raw_test = test;
+        let norm = bind::normalization_for(&schema, train);
+        let test = bind::bind(&raw_test, &schema, norm.as_ref())
             .map_err(|e| MeshSimError::Config(e.to_string()))?;
         let shards = config
             .partition
@@ -231,7 +248,7 @@ impl MeshSim {
                 .iter()
                 .find(|(n, _)| *n == i)
                 .map_or(Conduct::Honest, |(_, c)| c.clone());
-            let validation = test.subset(&(0..test.len().min(1000)).collect::<Vec<_>>());
+            let validation = raw_test.subset(&(0..raw_test.len().min(1000)).collect::<Vec<_>>());
             let worker = LocalWorker::new(
                 &config.spec.training.dataset,
                 Some(train.subset(rows)),
@@ -350,10 +367,9 @@ impl MeshSim {
             .checker
             .model(&hash)
             .and_then(|b| decode_params(&b).ok());
-        let (accuracy, loss) = params
+        let evaluation = params
             .and_then(|p| self.evaluator.set_parameters(&p).ok())
-            .and_then(|()| self.evaluator.evaluate(&self.test).ok())
-            .map_or((0.0, 0.0), |e| (e.accuracy, e.loss));
+            .and_then(|()| self.evaluator.evaluate(&self.test).ok());
         self.evaluation_wall_ms += started.elapsed().as_millis() as u64;
         let job = self.state.jobs().get(&self.job);
         let record = job.and_then(|j| j.rounds.get(round as usize));
@@ -361,8 +377,11 @@ impl MeshSim {
         let spent: u64 = job.map_or(0, |j| j.epsilon_spent_micros());
         self.reports.push(MeshRoundReport {
             round: round + 1,
-            test_accuracy: accuracy,
-            test_loss: loss,
+            test_accuracy: evaluation.map_or(0.0, |e| e.accuracy),
+            test_loss: evaluation.map_or(0.0, |e| e.loss),
+            test_macro_f1: evaluation.map_or(0.0, |e| e.macro_f1),
+            test_rmse: evaluation.and_then(|e| e.rmse),
+            test_r2: evaluation.and_then(|e| e.r2),
             updates: completion.map_or(0, |c| c.metrics.updates_count),
             epsilon: spent as f64 / 1e6,
             committed_at_ms: self.now_ms,
