@@ -23,6 +23,11 @@
 //! Inputs shaped to stay within the honest spread (ALIE) are not flagged:
 //! they are also the ones the rule cannot tell apart.
 //!
+//! Only jobs that declare Byzantine participants (`byzantine_count > 0`) are
+//! scored: with f = 0 the operator expects none, and honest inputs of small or
+//! skewed data sets are often far from the mean (ten nodes of 45 breast-cancer
+//! rows each put one honest node past the thresholds in most rounds).
+//!
 //! The score is deterministic (f64 sums in input order), so two final
 //! aggregators that agree on the model also agree on the outliers, and the
 //! coordinator commits only what they agree on. One flag lowers a node's

@@ -7,8 +7,9 @@
 
 use std::path::Path;
 
-use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
+use mesh_consensus::command::{DpBudget, EvidenceKind, JobSpec, TrainingSpec};
 use mesh_consensus::state::jobs::JobStatus;
+use mesh_consensus::state::reputation::{penalty, INITIAL_SCORE, QUARANTINE_BELOW_SCORE};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::{Dataset, Mnist};
@@ -194,6 +195,54 @@ fn the_jobs_robust_pipeline_holds_where_fedavg_collapses() {
     let robust = accuracy("trimmed-mean", "nnm", "fedadam:lr=0.05");
     assert!(robust > 0.6, "trimmed mean + NNM + FedAdam: {robust}");
     assert!(robust > fedavg + 0.2, "robust {robust}, fedavg {fedavg}");
+}
+
+/// A selected participant that never answers: its group aggregator reports
+/// it, and every committed round carries exactly one `MissedDeadline`
+/// against it and none against anyone else, with plain updates and inside a
+/// secure-aggregation group (which still completes without it).
+#[test]
+fn a_silent_participant_gets_one_missed_deadline_per_round() {
+    let (train, test) = data(800, 100);
+    for (secagg, group_size) in [(false, 1), (true, 4)] {
+        let mut s = spec(3, 8, secagg);
+        s.training.group_size = group_size;
+        let mut c = config(8, s, Faults::default(), 9);
+        c.byzantine = vec![(4, Conduct::Silent)];
+        let out = run(c, &train, &test).unwrap();
+        assert_eq!(out.status, Some(JobStatus::Completed), "secagg {secagg}");
+        assert_eq!(out.rounds.len(), 3);
+        assert!(
+            out.rounds.iter().all(|r| r.updates == 7),
+            "{:?}",
+            out.rounds
+        );
+        let score = INITIAL_SCORE - 3 * penalty(EvidenceKind::MissedDeadline);
+        assert_eq!(out.reputation, vec![(4, score, false)], "secagg {secagg}");
+    }
+}
+
+/// Misses add up under the reputation rules: a participant that never
+/// answers is quarantined after enough rounds, and from then on it is not
+/// selected (its score stops falling) while the job goes on without it.
+#[test]
+fn repeated_missed_deadlines_quarantine_a_silent_participant() {
+    let (train, test) = data(600, 100);
+    let misses =
+        (INITIAL_SCORE - QUARANTINE_BELOW_SCORE) / penalty(EvidenceKind::MissedDeadline) + 1;
+    let rounds = misses * 6 / 5 + 12;
+    let mut s = spec(rounds, 5, false);
+    s.training.group_size = 1;
+    s.training.round_deadline_ms = 1_500;
+    let mut c = config(6, s, Faults::default(), 4);
+    c.byzantine = vec![(2, Conduct::Silent)];
+    c.time_limit_ms = u64::from(rounds) * 10_000;
+    let out = run(c, &train, &test).unwrap();
+    assert_eq!(out.status, Some(JobStatus::Completed));
+    let score = INITIAL_SCORE - misses * penalty(EvidenceKind::MissedDeadline);
+    assert_eq!(out.reputation, vec![(2, score, true)]);
+    let after: Vec<u32> = out.rounds.iter().rev().take(5).map(|r| r.updates).collect();
+    assert_eq!(after, vec![5; 5], "the last rounds run on the five others");
 }
 
 /// A job whose rule cannot get enough group results under secure aggregation

@@ -371,7 +371,7 @@ pub fn run(mut args: SimArgs) -> anyhow::Result<()> {
 /// Loads the train and test sets `source` names, built in or from a folder.
 pub fn load_data(source: &DataSource, options: &LoadOptions) -> anyhow::Result<LoadedData> {
     source.load(options).with_context(|| {
-        format!("loading data from {source} (a folder with train.csv + test.csv, train/ + test/ image folders, or MNIST IDX files; or builtin:mnist-10k)")
+        format!("loading --data {source} (a folder with train.csv + test.csv, train/ + test/ image folders, or MNIST IDX files; or builtin:mnist-10k)")
     })
 }
 

@@ -303,6 +303,7 @@ mod tests {
                 attempt: 0,
             },
             group: 0,
+            missed: Vec::new(),
         };
         let bytes = alice.seal(&report, 10_000).unwrap();
         let refused = bob

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use mesh_consensus::command::{
     AggregatorSlot, Command, EvidenceKind, GroupInput, JobId, JobSpec, ModelHash, NodeId,
-    RoundMetrics, StopReason,
+    RoundMetrics, StopReason, PARTICIPANTS_MAX,
 };
 use mesh_consensus::state::jobs::{Job, JobStatus, RoundRecord};
 use mesh_federated::privacy::epsilon_for;
@@ -32,6 +32,8 @@ struct RoundState {
     groups: BTreeMap<u32, GroupInput>,
     /// Groups whose aggregator reported that they have no result.
     failed: BTreeSet<u32>,
+    /// Per group, the members its aggregator reported as missing a step.
+    missed: BTreeMap<u32, Vec<u32>>,
     request: Option<Vec<GroupInput>>,
     last_request_ms: Option<u64>,
     reports: BTreeMap<NodeId, FinalReport>,
@@ -316,16 +318,18 @@ impl Coordinator {
                 .is_some_and(|g| &g.aggregator == from)
         };
         match message {
-            RoundMessage::GroupReport { input, .. }
+            RoundMessage::GroupReport { input, missed, .. }
                 if assigned(input.group) && state.request.is_none() =>
             {
                 state.failed.remove(&input.group);
+                state.missed.insert(input.group, missed);
                 state.groups.insert(input.group, input);
             }
-            RoundMessage::GroupFailed { group, .. }
+            RoundMessage::GroupFailed { group, missed, .. }
                 if assigned(group) && !state.groups.contains_key(&group) =>
             {
                 state.failed.insert(group);
+                state.missed.insert(group, missed);
             }
             RoundMessage::AggregateReport {
                 inputs_digest,
@@ -346,8 +350,9 @@ impl Coordinator {
 /// The completing command, when enough final aggregators agree on the model
 /// (and on the outliers) for exactly the requested inputs. It carries the
 /// evidence the agreement shows: outliers whose group is one participant
-/// (with secure aggregation a group's sum cannot be pinned on one member), and
-/// final aggregators that reported another model for the same inputs.
+/// (with secure aggregation a group's sum cannot be pinned on one member),
+/// final aggregators that reported another model for the same inputs, and
+/// participants their group aggregator did not hear from in time.
 fn agreed(
     state: &RoundState,
     inputs: &[GroupInput],
@@ -375,6 +380,10 @@ fn agreed(
             .filter(|(_, (d, h, _, _))| *d == digest && *h != hash)
             .map(|(node, _)| (node.clone(), EvidenceKind::AggregatorDisagreement)),
     );
+    evidence.extend(missed_deadlines(state, record));
+    // The command's bound; only a round near the participant limit could
+    // reach it, and the most severe evidence (outliers) comes first.
+    evidence.truncate(PARTICIPANTS_MAX as usize);
     let spent_before: u64 = job.epsilon_spent_micros();
     let spent = epsilon_micros_after(&job.spec, key.round + 1)
         .map_or(0, |total| total.saturating_sub(spent_before));
@@ -401,6 +410,27 @@ fn attributable_outliers(
         .filter_map(|input| record.plan.groups.get(input.group as usize))
         .filter(|group| group.members.len() == 1)
         .map(|group| (group.members[0].clone(), EvidenceKind::AnomalousUpdate))
+        .collect()
+}
+
+/// `MissedDeadline` evidence for each member that a group aggregator
+/// reported as not answering a step in time, once per member and round.
+/// It rests on that aggregator's word, which is why one miss costs little
+/// (`mesh_consensus::state::reputation::penalty`).
+fn missed_deadlines(state: &RoundState, record: &RoundRecord) -> Vec<(NodeId, EvidenceKind)> {
+    let missed: BTreeSet<&NodeId> = state
+        .missed
+        .iter()
+        .filter_map(|(g, members)| Some((record.plan.groups.get(*g as usize)?, members)))
+        .flat_map(|(group, members)| {
+            members
+                .iter()
+                .filter_map(move |&m| group.members.get(m as usize))
+        })
+        .collect();
+    missed
+        .into_iter()
+        .map(|node| (node.clone(), EvidenceKind::MissedDeadline))
         .collect()
 }
 

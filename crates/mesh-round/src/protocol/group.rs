@@ -74,6 +74,9 @@ pub struct GroupRound {
     last_out: BTreeMap<u32, SecAggStep>,
     /// Clients whose updates are in the result.
     contributors: BTreeSet<u32>,
+    /// Clients a step waited for that had not answered when it closed
+    /// (reported to the coordinator as missed deadlines).
+    missed: BTreeSet<u32>,
     failed: bool,
 }
 
@@ -126,6 +129,7 @@ impl GroupRound {
             last_report_ms: None,
             last_out: BTreeMap::new(),
             contributors: BTreeSet::new(),
+            missed: BTreeSet::new(),
             failed: false,
         }
     }
@@ -137,6 +141,11 @@ impl GroupRound {
             .index_of(from)
             .is_some_and(|i| self.contributors.contains(&i));
         message_order(message) == 3 && !contributed
+    }
+
+    /// Members (positions in the planned group) that missed a step so far.
+    pub fn missed(&self) -> Vec<u32> {
+        self.missed.iter().copied().collect()
     }
 
     /// The group's result, once it has one.
@@ -352,8 +361,10 @@ impl GroupRound {
         Ok(true)
     }
 
-    /// Ends the current stage and sends what the next one needs.
+    /// Ends the current stage and sends what the next one needs. Members
+    /// the stage waited for and did not hear from count as missed.
     fn close_stage(&mut self, sh: &mut Shared, now_ms: u64) -> Result<(), SecAggError> {
+        self.missed.extend(self.expected.difference(&self.seen));
         if !self.a.spec.secagg {
             return self.finish_plain(sh);
         }
@@ -457,6 +468,7 @@ impl GroupRound {
                 let message = RoundMessage::GroupFailed {
                     key: self.a.key.clone(),
                     group: self.a.group,
+                    missed: self.missed(),
                 };
                 sh.send(leader, message);
             }
@@ -481,6 +493,7 @@ impl GroupRound {
             let message = RoundMessage::GroupReport {
                 key: self.a.key.clone(),
                 input,
+                missed: self.missed(),
             };
             sh.send(leader, message);
         }
@@ -592,5 +605,6 @@ mod tests {
         group.poll(&mut sh, &[], &view(&state, &alive, 4));
         assert!(group.is_closed(), "still waiting for a member that is gone");
         assert_eq!(group.result().map(|r| r.contributors), Some(2));
+        assert_eq!(group.missed(), vec![2], "the member that never answered");
     }
 }

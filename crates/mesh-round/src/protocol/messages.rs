@@ -100,6 +100,9 @@ pub enum RoundMessage {
         key: RoundKey,
         /// The group result.
         input: GroupInput,
+        /// Members (positions in the planned group) that did not answer a
+        /// step before it closed (the secure exchange, or their update).
+        missed: Vec<u32>,
     },
     /// Group aggregator to the coordinator: the group has no result this
     /// round (too few members answered), so the round need not wait for it.
@@ -108,6 +111,9 @@ pub enum RoundMessage {
         key: RoundKey,
         /// The group.
         group: u32,
+        /// Members (positions in the planned group) that did not answer a
+        /// step before it closed.
+        missed: Vec<u32>,
     },
     /// Coordinator to final aggregators: combine exactly these group results.
     AggregateRequest {

@@ -35,6 +35,9 @@ pub enum WorkerError {
     /// Training, evaluation or aggregation failed.
     #[error("{0}")]
     Compute(String),
+    /// The node's conduct is [`Conduct::Silent`]: it trains nothing.
+    #[error("this node is silent: it sends no update")]
+    Silent,
 }
 
 /// Train from `params` for one round.
@@ -87,13 +90,16 @@ pub struct CombinedModel {
     pub metrics: RoundMetrics,
 }
 
-/// What a simulated Byzantine node does with its update.
+/// How a node behaves as a participant (honest, or misbehaving for tests).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Conduct {
     /// Follows the protocol.
     Honest,
     /// Shapes its update with this attack (it sees only its own update).
     Byzantine(Attack),
+    /// Never finishes local training, so it never sends an update: a
+    /// selected participant that misses every round's deadline.
+    Silent,
 }
 
 /// One node's private data and models.
@@ -322,6 +328,9 @@ impl LocalWorker {
 
     /// Local training for one round.
     pub fn train(&mut self, task: &TrainTask) -> Result<TrainedUpdate, WorkerError> {
+        if self.conduct == Conduct::Silent {
+            return Err(WorkerError::Silent);
+        }
         let t = &task.spec.training;
         let options = TrainOptions {
             epochs: t.epochs as usize,
@@ -495,6 +504,13 @@ pub fn combine_params(task: &CombineTask) -> Result<(GlobalModel, Vec<u32>), Wor
             center: aggregator.center().to_vec(),
         },
     };
-    let outliers = crate::detect::outliers(&updates, &aggregated);
+    // Detection serves a job that declares Byzantine participants; a job
+    // that tolerates none (f = 0) penalizes no one: honest inputs on small
+    // or skewed data are often far from the mean, and nothing is to be found.
+    let outliers = if job.byzantine_count > 0 {
+        crate::detect::outliers(&updates, &aggregated)
+    } else {
+        Vec::new()
+    };
     Ok((model, outliers))
 }
