@@ -248,6 +248,7 @@ fn three_nodes_train_in_python_learners_and_survive_a_killed_learner() {
                 .unwrap_or(0)
         })
         .collect();
+    eprintln!("accuracy {accuracy:.4}, updates per round {updates:?}");
     assert!(
         updates.iter().any(|&u| u < NODES as u64),
         "a round should miss the killed learner's update: {updates:?}"
