@@ -52,6 +52,9 @@ enum Command {
     /// Operate a running mesh: node reputations and quarantines.
     #[command(subcommand)]
     Admin(cli::admin::AdminCommand),
+    /// Try a user's own learner (a Python training process): print its layout, check it.
+    #[command(subcommand)]
+    Learner(cli::learner::LearnerCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Job(cmd) => cli::job::run(cmd),
         Command::Model(cmd) => cli::job::run_model(cmd),
         Command::Admin(cmd) => cli::admin::run(cmd),
+        Command::Learner(cmd) => cli::learner::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

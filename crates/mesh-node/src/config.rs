@@ -103,6 +103,9 @@ pub struct NodeConfig {
     /// Misbehaviour for robustness tests; the node refuses to start with it
     /// unless `agent-mesh node --allow-adversary` is given.
     pub adversary: AdversaryConfig,
+    /// The user's own training process (`[learner] command = [...]`): jobs
+    /// whose model is a learner layout train through it (`docs/learner.md`).
+    pub learner: Option<mesh_learner::LearnerConfig>,
 }
 
 /// Makes the node a Byzantine participant that shapes every update it sends
@@ -339,6 +342,7 @@ impl Default for NodeConfig {
             data: DataConfig::default(),
             runtime: RuntimeConfig::default(),
             adversary: AdversaryConfig::default(),
+            learner: None,
         }
     }
 }
@@ -625,6 +629,9 @@ impl NodeConfig {
         if let Some(DataSource::Dir(path)) = &mut self.data.dir {
             join(path);
         }
+        if let Some(dir) = self.learner.as_mut().and_then(|l| l.working_dir.as_mut()) {
+            join(dir);
+        }
         let pin_path = base.join(&self.identity.ca_pin);
         if !self.identity.ca_pin.is_empty() && !is_hex_pin(&self.identity.ca_pin) {
             self.identity.ca_pin = pin_path.to_string_lossy().into_owned();
@@ -685,6 +692,16 @@ impl NodeConfig {
             {
                 return invalid("adversary.attack", &e.to_string());
             }
+        }
+        if let Some(Err(e)) = self
+            .learner
+            .as_ref()
+            .map(mesh_learner::LearnerConfig::validate)
+        {
+            return Err(ConfigError::Invalid {
+                field: e.field,
+                message: e.message,
+            });
         }
         if self.data.shards == 0 || self.data.shard >= self.data.shards {
             return invalid("data.shard", "must be below data.shards (at least 1)");
@@ -870,6 +887,28 @@ ca_pin = "ca.pin"
         let err = NodeConfig::load(&write(dir.path(), "mesh_id = \"x\"\n"), |_| None)
             .expect_err("missing key");
         assert!(err.to_string().contains("identity.key"), "{err}");
+    }
+
+    #[test]
+    fn a_learner_table_starts_in_a_folder_relative_to_the_file_and_is_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let text = format!(
+            "{MINIMAL}\n[learner]\ncommand = [\"python3\", \"-m\", \"my_learner\"]\n\
+             working_dir = \"learner\"\nfit_timeout_ms = 5000\n[learner.env]\nSHARD = \"0/3\"\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("learner");
+        let learner = config.learner.expect("[learner]");
+        assert_eq!(learner.working_dir, Some(dir.path().join("learner")));
+        assert_eq!(learner.fit_timeout_ms, 5000);
+        assert_eq!(learner.env.get("SHARD").map(String::as_str), Some("0/3"));
+        assert!(NodeConfig::load(&write(dir.path(), MINIMAL), |_| None)
+            .expect("no learner")
+            .learner
+            .is_none());
+
+        let text = format!("{MINIMAL}\n[learner]\ncommand = []\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("empty");
+        assert!(err.to_string().contains("learner.command"), "{err}");
     }
 
     #[test]

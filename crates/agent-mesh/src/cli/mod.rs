@@ -9,6 +9,7 @@ pub mod ca;
 pub mod dp;
 pub mod job;
 pub mod keygen;
+pub mod learner;
 pub mod node;
 pub mod plot;
 pub mod robustness;

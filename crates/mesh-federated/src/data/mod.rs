@@ -191,6 +191,22 @@ impl Dataset {
         }
     }
 
+    /// A data set with no rows, features or classes: the data argument of
+    /// a model that holds its own data (an external learner).
+    pub fn no_rows() -> Dataset {
+        Dataset {
+            features: Vec::new(),
+            labels: Vec::new(),
+            feature_count: 0,
+            num_classes: 0,
+            image_shape: None,
+            targets: Vec::new(),
+            task: numbered_classes(0),
+            needs_standardizing: false,
+            target_std: None,
+        }
+    }
+
     /// A data set with no rows and this one's shape and task.
     pub fn empty_like(&self) -> Dataset {
         Dataset {

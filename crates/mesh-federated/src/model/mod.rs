@@ -67,6 +67,10 @@ pub enum ModelError {
     /// The tensor backend failed.
     #[error("tensor backend error: {0}")]
     Backend(String),
+    /// The job's external learner process failed or answered badly (its
+    /// message says which call, and which parameter or frame).
+    #[error("{0}")]
+    Learner(String),
     /// A model file could not be read or written, or is malformed.
     #[error("model file {path}: {reason}")]
     File {

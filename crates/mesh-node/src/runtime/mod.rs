@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod credentials;
 pub mod forward;
 pub mod idle_pool;
+pub mod learner_metrics;
 pub mod raft_links;
 pub mod raft_transport;
 pub mod revocations;
@@ -237,6 +238,29 @@ struct Runtime {
     ticks: u64,
     rounds: Option<rounds::RoundDriver>,
     round_metrics: round_metrics::RoundMetrics,
+    learner_metrics: Option<learner_metrics::LearnerMetrics>,
+}
+
+/// The node's learner from `[learner]`, started on a blocking thread so a
+/// learner that cannot start shows in the log at once (it is started again,
+/// with backoff, when a round needs it).
+fn start_learner(config: mesh_learner::LearnerConfig) -> mesh_learner::SharedLearner {
+    let learner = mesh_learner::SupervisedLearner::new(config).shared();
+    let starting = learner.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = mesh_learner::supervisor::lock(&starting).start() {
+            tracing::warn!(error = %err, "the learner did not start");
+        }
+    });
+    learner
+}
+
+/// Builds the models of learner jobs over the node's one learner process.
+fn learner_factory(learner: mesh_learner::SharedLearner) -> mesh_round::protocol::LearnerFactory {
+    mesh_round::protocol::LearnerFactory(Box::new(move |spec| {
+        let model = mesh_learner::LearnerModel::new(learner.clone(), spec.parameters.clone())?;
+        Ok(Box::new(model) as Box<dyn mesh_federated::model::Model>)
+    }))
 }
 
 /// Runs a node until `shutdown` completes, then stops it cleanly.
@@ -284,7 +308,15 @@ pub async fn run(
     });
     let round_metrics = round_metrics::RoundMetrics::new(&mut registry);
     round_metrics::register_adversary(&mut registry, &config.adversary);
-    let worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
+    let learner = config.learner.clone().map(start_learner);
+    let learner_metrics = learner.as_ref().map(|l| {
+        let stats = mesh_learner::supervisor::lock(l).stats();
+        learner_metrics::LearnerMetrics::new(&mut registry, stats)
+    });
+    let mut worker = rounds::load_worker(&config.data, rounds::conduct(&config.adversary))?;
+    if let Some(learner) = &learner {
+        worker.set_learner(learner_factory(learner.clone()));
+    }
     let (round_driver, mut round_results) = rounds::RoundDriver::new(
         &creds.identity,
         creds.roles.iter().collect(),
@@ -339,6 +371,7 @@ pub async fn run(
         ticks: 0,
         rounds: Some(round_driver),
         round_metrics,
+        learner_metrics,
     };
     runtime.reload_revocations().await;
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -625,6 +658,9 @@ impl Runtime {
             self.add_missing_learners(status);
         }
         self.tick_rounds().await;
+        if let Some(metrics) = &mut self.learner_metrics {
+            metrics.update();
+        }
         let (jobs, reputation) = match (&self.consensus, self.rounds.as_mut()) {
             (Some(c), Some(driver)) => {
                 let stats = driver.engine_mut().stats().clone();

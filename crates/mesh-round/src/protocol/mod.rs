@@ -33,4 +33,6 @@ pub use engine::NodeEngine;
 pub use messages::{RoundKey, RoundMessage, ROUND_PROTOCOL};
 pub use shared::{node_key, node_name, Action, EngineConfig, View};
 pub use stats::ProtocolStats;
-pub use worker::{CombineTask, CombinedModel, Conduct, LocalWorker, TrainTask, TrainedUpdate};
+pub use worker::{
+    CombineTask, CombinedModel, Conduct, LearnerFactory, LocalWorker, TrainTask, TrainedUpdate,
+};

@@ -11,7 +11,8 @@ use mesh_federated::aggregate::{Aggregator, AggregatorConfig, Rule};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::{bind, Dataset};
 use mesh_federated::model::{self, Model, TrainOptions};
-use mesh_spec::{DataSchema, ModelSpec};
+use mesh_federated::model::{ModelError, TrainReport};
+use mesh_spec::{DataSchema, LearnerSpec, ModelSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -110,6 +111,22 @@ pub struct LocalWorker {
     bound: Option<BoundData>,
     models: Vec<(ModelSpec, DataSchema, Box<dyn Model>)>,
     conduct: Conduct,
+    learner: Option<LearnerFactory>,
+    learner_models: Vec<(LearnerSpec, Box<dyn Model>)>,
+}
+
+/// Builds the model of a job whose model is an external learner's layout:
+/// the node runtime hands its worker one over the node's `[learner]`
+/// process, so such jobs train there (the learner holds the data).
+pub struct LearnerFactory(pub Box<BuildLearnerModel>);
+
+/// What a [`LearnerFactory`] runs.
+pub type BuildLearnerModel = dyn Fn(&LearnerSpec) -> Result<Box<dyn Model>, ModelError> + Send;
+
+impl std::fmt::Debug for LearnerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LearnerFactory")
+    }
 }
 
 /// The node's data as one job's schema sees it (classes in the job's order,
@@ -139,6 +156,88 @@ impl LocalWorker {
             bound: None,
             models: Vec::new(),
             conduct,
+            learner: None,
+            learner_models: Vec::new(),
+        }
+    }
+
+    /// Trains and evaluates jobs whose model is a learner layout through
+    /// models `factory` builds (the node's learner process).
+    pub fn set_learner(&mut self, factory: LearnerFactory) {
+        self.learner = Some(factory);
+        self.learner_models.clear();
+    }
+
+    /// The learner model for `spec`, built once per layout.
+    fn learner_model(&mut self, spec: &LearnerSpec) -> Result<&mut Box<dyn Model>, WorkerError> {
+        let factory = self.learner.as_ref().ok_or_else(|| {
+            WorkerError::NoData("a learner job, and this node has no [learner]".into())
+        })?;
+        let index = match self.learner_models.iter().position(|(s, _)| s == spec) {
+            Some(i) => i,
+            None => {
+                let model = (factory.0)(spec).map_err(|e| WorkerError::Spec(e.to_string()))?;
+                self.learner_models.push((spec.clone(), model));
+                self.learner_models.len() - 1
+            }
+        };
+        Ok(&mut self.learner_models[index].1)
+    }
+
+    /// Local training in the node's learner: no local data is needed, the
+    /// learner's reply says how many examples it trained on.
+    fn train_in_learner(
+        &mut self,
+        spec: &LearnerSpec,
+        task: &TrainTask,
+        options: &TrainOptions,
+    ) -> Result<(Vec<f32>, TrainReport), WorkerError> {
+        if task.spec.training.dataset != self.dataset {
+            return Err(WorkerError::NoData(task.spec.training.dataset.clone()));
+        }
+        let compute = |e: ModelError| WorkerError::Compute(e.to_string());
+        let model = self.learner_model(spec)?;
+        model.set_parameters(&task.params).map_err(compute)?;
+        let report = model.train(&Dataset::no_rows(), options).map_err(compute)?;
+        let delta = model
+            .parameters()
+            .iter()
+            .zip(task.params.iter())
+            .map(|(l, g)| l - g)
+            .collect();
+        Ok((delta, report))
+    }
+
+    /// Round metrics from the node's learner; a node without one, or a
+    /// learner that fails, reports none (aggregation does not wait on it).
+    fn evaluate_in_learner(&mut self, spec: &LearnerSpec, params: &[f32]) -> RoundMetrics {
+        let none = RoundMetrics {
+            accuracy: 0.0,
+            loss: 0.0,
+            updates_count: 0,
+        };
+        if self.learner.is_none() {
+            return none;
+        }
+        let evaluated = self.learner_model(spec).and_then(|model| {
+            let compute = |e: ModelError| WorkerError::Compute(e.to_string());
+            model.set_parameters(params).map_err(compute)?;
+            model.evaluate(&Dataset::no_rows()).map_err(compute)
+        });
+        match evaluated {
+            Ok(eval) => RoundMetrics {
+                accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
+                loss: if eval.loss.is_finite() {
+                    f64::from(eval.loss).max(0.0)
+                } else {
+                    f64::MAX
+                },
+                updates_count: 0,
+            },
+            Err(err) => {
+                tracing::warn!(%err, "the learner could not evaluate the round's model");
+                none
+            }
         }
     }
 
@@ -240,16 +339,10 @@ impl LocalWorker {
             proximal_mu: t.proximal_mu,
             seed: task.seed,
         };
-        let bound = self.bind(&task.spec)?;
-        let data = bound
-            .train
-            .take()
-            .ok_or_else(|| WorkerError::NoData(t.dataset.clone()))?;
-        let outcome = self.train_on(&data, task, &options);
-        if let Some(bound) = self.bound.as_mut() {
-            bound.train = Some(data);
-        }
-        let (mut delta, report) = outcome?;
+        let (mut delta, report) = match &task.spec.model {
+            ModelSpec::Learner(learner) => self.train_in_learner(learner, task, &options)?,
+            _ => self.train_bound(task, &options)?,
+        };
         if let Conduct::Byzantine(attack) = &self.conduct {
             let mut rng = ChaCha8Rng::seed_from_u64(task.seed ^ 0xB17E);
             delta = attack.craft(&delta, std::slice::from_ref(&delta), &mut rng);
@@ -259,6 +352,23 @@ impl LocalWorker {
             samples: report.samples as u64,
             train_loss: report.mean_loss,
         })
+    }
+
+    fn train_bound(
+        &mut self,
+        task: &TrainTask,
+        options: &TrainOptions,
+    ) -> Result<(Vec<f32>, TrainReport), WorkerError> {
+        let bound = self.bind(&task.spec)?;
+        let data = bound
+            .train
+            .take()
+            .ok_or_else(|| WorkerError::NoData(task.spec.training.dataset.clone()))?;
+        let outcome = self.train_on(&data, task, options);
+        if let Some(bound) = self.bound.as_mut() {
+            bound.train = Some(data);
+        }
+        outcome
     }
 
     fn train_on(
@@ -283,6 +393,17 @@ impl LocalWorker {
     /// Combines group results with the job's robust rule, steps the model and evaluates it.
     pub fn combine(&mut self, task: &CombineTask) -> Result<CombinedModel, WorkerError> {
         let (model, outliers) = combine_params(task)?;
+        if let ModelSpec::Learner(learner) = &task.spec.model {
+            let metrics = self.evaluate_in_learner(learner, &model.params);
+            return Ok(CombinedModel {
+                model,
+                outliers,
+                metrics: RoundMetrics {
+                    updates_count: task.inputs.iter().map(|(_, c)| *c).sum(),
+                    ..metrics
+                },
+            });
+        }
         let validation = match self.bind(&task.spec) {
             Ok(bound) => bound.validation.take(),
             Err(_) => None,
