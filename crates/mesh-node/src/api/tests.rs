@@ -319,6 +319,25 @@ async fn single_voter(dir: &std::path::Path) -> mesh_consensus::ConsensusNode {
     node
 }
 
+/// The node's status once its metrics have caught up with its log (they are
+/// published asynchronously, so a read right after a write may lag by an
+/// entry); bounded, and the last reading is returned either way.
+async fn settled(node: &mesh_consensus::ConsensusNode) -> mesh_consensus::ConsensusStatus {
+    let mut status = node.status();
+    for _ in 0..500 {
+        let caught_up = status.leader.is_some()
+            && status.last_applied == status.commit_index
+            && status.leader_commit_index == status.commit_index
+            && status.apply_lag == 0;
+        if caught_up {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        status = node.status();
+    }
+    status
+}
+
 fn job_body(job: &str, round_deadline_ms: u64) -> String {
     let spec = mesh_consensus::JobSpec {
         model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
@@ -347,7 +366,7 @@ async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
     let node = single_voter(dir.path()).await;
     let f = fixture_with(limits(), Some(Proposer::new(node.clone(), 8)));
     let admin = token(&f.ca, &[Role::Admin], 6);
-    let before = node.status().last_applied;
+    let before = settled(&node).await.last_applied;
     let (code, text) = call(&f.router, post("/v1/jobs/nope/cancel", "", Some(&admin))).await;
     assert_eq!(code, StatusCode::CONFLICT, "{text}");
     assert!(text.contains("nothing was written"), "{text}");
@@ -358,7 +377,11 @@ async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
         text.contains("training.round_deadline_ms must be in 1000..=86400000"),
         "{text}"
     );
-    assert_eq!(node.status().last_applied, before, "no entry was written");
+    assert_eq!(
+        settled(&node).await.last_applied,
+        before,
+        "no entry was written"
+    );
 
     // A job that exists is cancelled once; cancelling it again writes nothing.
     let (code, text) = call(
@@ -369,11 +392,11 @@ async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
     assert_eq!(code, StatusCode::OK, "{text}");
     let (code, text) = call(&f.router, post("/v1/jobs/j1/cancel", "", Some(&admin))).await;
     assert_eq!(code, StatusCode::OK, "{text}");
-    let stopped = node.status().last_applied;
+    let stopped = settled(&node).await.last_applied;
     let (code, text) = call(&f.router, post("/v1/jobs/j1/cancel", "", Some(&admin))).await;
     assert_eq!(code, StatusCode::CONFLICT, "{text}");
     assert!(text.contains("already ended"), "{text}");
-    assert_eq!(node.status().last_applied, stopped);
+    assert_eq!(settled(&node).await.last_applied, stopped);
     node.shutdown().await.expect("shutdown");
 }
 
@@ -382,7 +405,7 @@ async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
 async fn issue_27_consensus_view_gives_member_ids_as_strings_and_peer_ids() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = single_voter(dir.path()).await;
-    let status = node.status();
+    let status = settled(&node).await;
     let json = serde_json::to_value(&status).expect("json");
     let id = status.member.0;
     assert_eq!(json["member_str"], id.to_string());
