@@ -115,12 +115,16 @@ pub fn select(
     round: u32,
 ) -> Option<Selection> {
     let seed = spec.training.seed;
+    // A node that declined the job (its data does not match) takes no part
+    // in it: it cannot train, nor validate the models a final aggregator scores.
     let declined = state.jobs().get(job).map(|j| &j.declined);
-    let willing = eligible(state, alive, Role::Trainer)
-        .into_iter()
-        .filter(|n| declined.is_none_or(|d| !d.contains_key(n)))
-        .collect();
-    let trainers = lru_order(state, willing, job, round, seed);
+    let willing = |role| -> Vec<NodeId> {
+        eligible(state, alive, role)
+            .into_iter()
+            .filter(|n| declined.is_none_or(|d| !d.contains_key(n)))
+            .collect()
+    };
+    let trainers = lru_order(state, willing(Role::Trainer), job, round, seed);
     let count = (spec.participants_per_round as usize).min(trainers.len());
     if count < PARTICIPANTS_MIN {
         return None;
@@ -133,13 +137,7 @@ pub fn select(
     let sorted: Vec<NodeId> = participants.iter().cloned().collect();
     let min = if spec.secagg { SECAGG_GROUP_MIN } else { 1 };
     let groups = split_groups(&sorted, size, min);
-    let aggregators = lru_order(
-        state,
-        eligible(state, alive, Role::Aggregator),
-        job,
-        round,
-        seed ^ 1,
-    );
+    let aggregators = lru_order(state, willing(Role::Aggregator), job, round, seed ^ 1);
     if aggregators.is_empty() {
         return None;
     }

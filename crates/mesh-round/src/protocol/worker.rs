@@ -195,17 +195,8 @@ impl LocalWorker {
         if task.spec.training.dataset != self.dataset {
             return Err(WorkerError::NoData(task.spec.training.dataset.clone()));
         }
-        let compute = |e: ModelError| WorkerError::Compute(e.to_string());
         let model = self.learner_model(spec)?;
-        model.set_parameters(&task.params).map_err(compute)?;
-        let report = model.train(&Dataset::no_rows(), options).map_err(compute)?;
-        let delta = model
-            .parameters()
-            .iter()
-            .zip(task.params.iter())
-            .map(|(l, g)| l - g)
-            .collect();
-        Ok((delta, report))
+        train_delta(model.as_mut(), &task.params, &Dataset::no_rows(), options)
     }
 
     /// Round metrics from the node's learner; a node without one, or a
@@ -377,17 +368,8 @@ impl LocalWorker {
         task: &TrainTask,
         options: &TrainOptions,
     ) -> Result<(Vec<f32>, mesh_federated::model::TrainReport), WorkerError> {
-        let compute = |e: mesh_federated::model::ModelError| WorkerError::Compute(e.to_string());
         let model = self.model(&task.spec)?;
-        model.set_parameters(&task.params).map_err(compute)?;
-        let report = model.train(data, options).map_err(compute)?;
-        let delta = model
-            .parameters()
-            .iter()
-            .zip(task.params.iter())
-            .map(|(l, g)| l - g)
-            .collect();
-        Ok((delta, report))
+        train_delta(model.as_mut(), &task.params, data, options)
     }
 
     /// Combines group results with the job's robust rule, steps the model and evaluates it.
@@ -454,6 +436,26 @@ impl LocalWorker {
             updates_count: 0,
         })
     }
+}
+
+/// Trains `model` from `start` on `data` and returns the update (trained
+/// minus start) with the training report.
+fn train_delta(
+    model: &mut dyn Model,
+    start: &[f32],
+    data: &Dataset,
+    options: &TrainOptions,
+) -> Result<(Vec<f32>, TrainReport), WorkerError> {
+    let compute = |e: ModelError| WorkerError::Compute(e.to_string());
+    model.set_parameters(start).map_err(compute)?;
+    let report = model.train(data, options).map_err(compute)?;
+    let delta = model
+        .parameters()
+        .iter()
+        .zip(start)
+        .map(|(l, g)| l - g)
+        .collect();
+    Ok((delta, report))
 }
 
 /// The deterministic part of combining: the job's pre-aggregation and robust
