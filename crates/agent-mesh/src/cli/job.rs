@@ -50,7 +50,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     id: String,
     /// Model: a preset (logistic, mlp, cnn, small-cnn) or a JSON/TOML file in
-    /// the layer language (docs/models.md), or a learner's layout file
+    /// the layer language (docs/data-and-models.md), or a learner's layout file
     /// (`{"learner": {"parameters": [...]}}`).
     #[arg(long, default_value = "cnn")]
     model: String,

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 /// Flags of `agent-mesh sim`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --secagg\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30\n  agent-mesh sim --data ../shared/datasets/breast-cancer --rounds 20\n  agent-mesh sim --data ../shared/datasets/diabetes --label target --task regression --model logistic\n  agent-mesh sim --data ../shared/datasets/digits-png --model model.json"
+    after_help = "Examples:\n  agent-mesh sim\n  agent-mesh sim --byzantine 2 --attack alie --rule trimmed-mean --pre nnm\n  agent-mesh sim --model logistic --nodes 100 --local-epochs 1 --lr 0.1 --dp-clip 0.5 --dp-epsilon 8 --secagg\n  agent-mesh sim --nodes 100 --partition dirichlet:0.5 --rounds 30\n  agent-mesh sim --data data/breast-cancer --rounds 20\n  agent-mesh sim --data data/diabetes --label target --task regression --model logistic\n  agent-mesh sim --data data/digits-png --model small-cnn"
 )]
 pub struct SimArgs {
     /// Number of nodes in the mesh.
@@ -51,7 +51,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.0)]
     pub prox_mu: f32,
     /// Model: a preset (logistic, mlp, cnn, small-cnn) or a JSON/TOML file in
-    /// the layer language (docs/models.md). Default: cnn for images of at
+    /// the layer language (docs/data-and-models.md). Default: cnn for images of at
     /// least 12x12, small-cnn for smaller ones, mlp for tables.
     #[arg(long)]
     pub model: Option<String>,
