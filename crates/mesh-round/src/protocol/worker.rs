@@ -202,34 +202,16 @@ impl LocalWorker {
     /// Round metrics from the node's learner; a node without one, or a
     /// learner that fails, reports none (aggregation does not wait on it).
     fn evaluate_in_learner(&mut self, spec: &LearnerSpec, params: &[f32]) -> RoundMetrics {
-        let none = RoundMetrics {
-            accuracy: 0.0,
-            loss: 0.0,
-            updates_count: 0,
-        };
         if self.learner.is_none() {
-            return none;
+            return NO_METRICS;
         }
-        let evaluated = self.learner_model(spec).and_then(|model| {
-            let compute = |e: ModelError| WorkerError::Compute(e.to_string());
-            model.set_parameters(params).map_err(compute)?;
-            model.evaluate(&Dataset::no_rows()).map_err(compute)
-        });
-        match evaluated {
-            Ok(eval) => RoundMetrics {
-                accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
-                loss: if eval.loss.is_finite() {
-                    f64::from(eval.loss).max(0.0)
-                } else {
-                    f64::MAX
-                },
-                updates_count: 0,
-            },
-            Err(err) => {
-                tracing::warn!(%err, "the learner could not evaluate the round's model");
-                none
-            }
-        }
+        let evaluated = self
+            .learner_model(spec)
+            .and_then(|model| score(model.as_mut(), params, &Dataset::no_rows()));
+        evaluated.unwrap_or_else(|err| {
+            tracing::warn!(%err, "the learner could not evaluate the round's model");
+            NO_METRICS
+        })
     }
 
     /// Rows of private training data.
@@ -375,67 +357,71 @@ impl LocalWorker {
     /// Combines group results with the job's robust rule, steps the model and evaluates it.
     pub fn combine(&mut self, task: &CombineTask) -> Result<CombinedModel, WorkerError> {
         let (model, outliers) = combine_params(task)?;
-        if let ModelSpec::Learner(learner) = &task.spec.model {
-            let metrics = self.evaluate_in_learner(learner, &model.params);
-            return Ok(CombinedModel {
-                model,
-                outliers,
-                metrics: RoundMetrics {
-                    updates_count: task.inputs.iter().map(|(_, c)| *c).sum(),
-                    ..metrics
-                },
-            });
-        }
-        let validation = match self.bind(&task.spec) {
-            Ok(bound) => bound.validation.take(),
-            Err(_) => None,
+        let metrics = match &task.spec.model {
+            ModelSpec::Learner(learner) => self.evaluate_in_learner(learner, &model.params),
+            _ => self.evaluate_bound(&task.spec, &model.params)?,
         };
-        let metrics = match validation {
-            Some(validation) => {
-                let outcome = self.evaluate(&task.spec, &model.params, &validation);
-                if let Some(bound) = self.bound.as_mut() {
-                    bound.validation = Some(validation);
-                }
-                outcome?
-            }
-            None => RoundMetrics {
-                accuracy: 0.0,
-                loss: 0.0,
-                updates_count: 0,
-            },
-        };
-        let updates_count = task.inputs.iter().map(|(_, c)| *c).sum();
         Ok(CombinedModel {
             model,
             outliers,
             metrics: RoundMetrics {
-                updates_count,
+                updates_count: task.inputs.iter().map(|(_, c)| *c).sum(),
                 ..metrics
             },
         })
     }
 
-    fn evaluate(
+    /// Scores `params` on this node's validation data bound to the job
+    /// (no metrics when it holds none of the job's schema).
+    fn evaluate_bound(
         &mut self,
         spec: &JobSpec,
         params: &[f32],
-        data: &Dataset,
     ) -> Result<RoundMetrics, WorkerError> {
-        let compute = |e: mesh_federated::model::ModelError| WorkerError::Compute(e.to_string());
-        let model = self.model(spec)?;
-        model.set_parameters(params).map_err(compute)?;
-        let eval = model.evaluate(data).map_err(compute)?;
-        let loss = if eval.loss.is_finite() {
-            f64::from(eval.loss).max(0.0)
-        } else {
-            f64::MAX
+        let validation = match self.bind(spec) {
+            Ok(bound) => bound.validation.take(),
+            Err(_) => None,
         };
-        Ok(RoundMetrics {
-            accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
-            loss,
-            updates_count: 0,
-        })
+        let Some(validation) = validation else {
+            return Ok(NO_METRICS);
+        };
+        let outcome = self
+            .model(spec)
+            .and_then(|model| score(model.as_mut(), params, &validation));
+        if let Some(bound) = self.bound.as_mut() {
+            bound.validation = Some(validation);
+        }
+        outcome
     }
+}
+
+/// Metrics of a round whose model could not be scored here.
+const NO_METRICS: RoundMetrics = RoundMetrics {
+    accuracy: 0.0,
+    loss: 0.0,
+    updates_count: 0,
+};
+
+/// Scores `params` on `data` as round metrics (accuracy in [0, 1]; a
+/// non-finite loss reported as the largest finite one).
+fn score(
+    model: &mut dyn Model,
+    params: &[f32],
+    data: &Dataset,
+) -> Result<RoundMetrics, WorkerError> {
+    let compute = |e: ModelError| WorkerError::Compute(e.to_string());
+    model.set_parameters(params).map_err(compute)?;
+    let eval = model.evaluate(data).map_err(compute)?;
+    let loss = if eval.loss.is_finite() {
+        f64::from(eval.loss).max(0.0)
+    } else {
+        f64::MAX
+    };
+    Ok(RoundMetrics {
+        accuracy: f64::from(eval.accuracy).clamp(0.0, 1.0),
+        loss,
+        updates_count: 0,
+    })
 }
 
 /// Trains `model` from `start` on `data` and returns the update (trained
