@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageReader};
 
-use super::table::{class_order, Table};
+use super::table::class_order;
 use super::{DataError, Dataset};
 use mesh_spec::schema::Task;
 
@@ -52,15 +52,7 @@ pub fn class_folders(root: &Path) -> Result<Vec<String>, DataError> {
             reason: "no class folders: expected root/<class>/<image files>".into(),
         });
     }
-    let as_table = Table {
-        path: String::new(),
-        feature_names: Vec::new(),
-        features: Vec::new(),
-        labels: names,
-        targets: Vec::new(),
-        label_name: String::new(),
-    };
-    Ok(class_order(&[&as_table]))
+    Ok(class_order(&names))
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, DataError> {

@@ -267,7 +267,7 @@ fn load_tables(
             ),
         });
     }
-    let classes = table::class_order(&[&train_table, &test_table]);
+    let classes = table::class_order(train_table.labels.iter().chain(&test_table.labels));
     Ok(LoadedData {
         train: train_table.into_dataset(&classes)?,
         test: test_table.into_dataset(&classes)?,

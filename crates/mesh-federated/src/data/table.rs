@@ -168,13 +168,10 @@ fn deciles(targets: &[f32]) -> Vec<u8> {
         .collect()
 }
 
-/// The classes of the given tables in the documented order: numeric when
-/// every label is an integer, else by text.
-pub fn class_order(tables: &[&Table]) -> Vec<String> {
-    let mut classes: Vec<String> = tables
-        .iter()
-        .flat_map(|t| t.labels.iter().cloned())
-        .collect();
+/// The distinct `labels` in the documented order: numeric when every label
+/// is an integer, else by text.
+pub fn class_order<'a>(labels: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut classes: Vec<String> = labels.into_iter().cloned().collect();
     classes.sort();
     classes.dedup();
     if classes.iter().all(|c| c.trim().parse::<i64>().is_ok()) {
@@ -609,7 +606,7 @@ mod tests {
         let t = read("a,b,label\n1,2,cat\n3,4.5,dog\n").unwrap();
         assert_eq!(t.feature_names, ["a", "b"]);
         assert_eq!(t.features, [1.0, 2.0, 3.0, 4.5]);
-        let classes = class_order(&[&t]);
+        let classes = class_order(&t.labels);
         assert_eq!(classes, ["cat", "dog"]);
         let d = t.into_dataset(&classes).unwrap();
         assert_eq!(d.labels, [0, 1]);
@@ -622,7 +619,7 @@ mod tests {
     #[test]
     fn integer_classes_sort_by_number_not_text() {
         let t = read("x,label\n1,10\n2,9\n3,2\n").unwrap();
-        assert_eq!(class_order(&[&t]), ["2", "9", "10"]);
+        assert_eq!(class_order(&t.labels), ["2", "9", "10"]);
     }
 
     #[test]
