@@ -3,7 +3,10 @@
 //! Parquet) and train a job that binds a 30-feature schema, with secure
 //! aggregation. A fourth node whose CSV has 31 feature columns is selected,
 //! declines with the schema message (in its log, its metrics and the job
-//! status), is not selected again, and the job completes without it.
+//! status), is not selected again, and the job completes without it. A second
+//! job then fine-tunes from the first one's model: `model get` writes it,
+//! `job submit --init` uploads it to one node, and every participant fetches
+//! it by hash, so round 0 starts exactly from the trained model.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::mesh::{http, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{http, run_ok, start_node, wait_for, wait_for_described, Mesh};
 use mesh_federated::data::table::{read_csv, write_parquet, Table, TableOptions};
 
 const GOOD: usize = 3;
@@ -176,4 +179,86 @@ fn csv_and_parquet_shards_train_securely_and_a_mismatched_node_declines() {
             "the declining node was selected again: {round}"
         );
     }
+    fine_tune_from(&mesh, &token, done["model_hash"].as_str().unwrap());
+}
+
+/// Submits a one-round job that starts from the `cancer` job's model (with
+/// hash `trained_hash`) through the CLI, and checks that its round 0 started
+/// from exactly that model and that it completes.
+fn fine_tune_from(mesh: &Mesh, token: &str, trained_hash: &str) {
+    let api = mesh.nodes[0].http_url.as_str();
+    let dir = mesh.root.path();
+    let weights = dir.join("trained.safetensors");
+    let weights_arg = weights.to_str().unwrap();
+    run_ok(&[
+        "model",
+        "get",
+        "--api",
+        api,
+        "--token",
+        token,
+        "--job",
+        "cancer",
+        "--out",
+        weights_arg,
+    ]);
+    let schema = dir.join("schema.json");
+    let schema_text = r#"{"input": {"table": {"features": 30}},
+        "task": {"classification": {"classes": ["0", "1"]}}}"#;
+    std::fs::write(&schema, schema_text).unwrap();
+    let participants = (GOOD + 1).to_string();
+    run_ok(&[
+        "job",
+        "submit",
+        "--api",
+        api,
+        "--token",
+        token,
+        "--id",
+        "tuned",
+        "--model",
+        "mlp",
+        "--data",
+        "breast-cancer",
+        "--schema",
+        schema.to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--participants",
+        &participants,
+        "--secagg",
+        "--group-size",
+        "5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--seed",
+        "3",
+        "--deadline-s",
+        "90",
+        "--init",
+        weights_arg,
+    ]);
+    let done = wait_for_described(
+        JOB_LIMIT,
+        || job_view(mesh, 0, token, "tuned").filter(|v| v["status"] == "Completed"),
+        || {
+            format!(
+                "the fine-tuning job to complete: {:?}",
+                job_view(mesh, 0, token, "tuned")
+            )
+        },
+    );
+    let start = &done["detail"]["rounds"][0]["start_model_hash"];
+    let start: Vec<u8> = serde_json::from_value(start.clone()).unwrap();
+    assert_eq!(
+        hex::encode(start),
+        trained_hash,
+        "round 0 started elsewhere: {done}"
+    );
+    let accuracy = done["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "accuracy {accuracy}: {done}");
 }

@@ -18,12 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApplyError, CommandDecodeError};
 
 mod bounds;
+mod initial;
 
 pub use bounds::{
     JobSpecError, BATCH_SIZE_MAX, CLIP_NORM_MAX, EPOCHS_MAX, EPSILON_MICROS_MAX,
     JOB_PARTICIPANTS_MIN, LEARNING_RATE_MAX, NOISE_MULTIPLIER_MAX, ROUND_DEADLINE_MS_MAX,
     ROUND_DEADLINE_MS_MIN,
 };
+pub use initial::{parse_model_hash, InitialModel, INITIAL_MODEL_HOLDERS_MAX};
 
 /// Longest node id, job id, model name or rule name, in bytes.
 pub const NAME_BYTES_MAX: usize = 128;
@@ -170,6 +172,10 @@ pub struct JobSpec {
     pub dp_budget: Option<DpBudget>,
     /// How each round trains and is grouped.
     pub training: TrainingSpec,
+    /// Starting weights to fine-tune from; `None` starts from the seeded
+    /// initialisation of `model`.
+    #[serde(default)]
+    pub initial_model: Option<InitialModel>,
 }
 
 /// How a job trains: what every participant and aggregator must agree on.
@@ -601,6 +607,13 @@ fn check_spec(spec: &JobSpec) -> Result<(), ApplyError> {
     check_name("rule name", &spec.rule_name)?;
     check_name("pre-aggregation", &spec.pre_aggregation)?;
     check_name("server optimizer", &spec.server_optimizer)?;
+    if let Some(problem) = spec
+        .initial_model
+        .as_ref()
+        .and_then(|m| m.holders_problem())
+    {
+        return Err(invalid(format!("initial model: {problem}")));
+    }
     if spec.rounds == 0 || spec.rounds > ROUNDS_MAX {
         return Err(invalid(format!(
             "rounds must be in 1..={ROUNDS_MAX}, got {}",
@@ -743,6 +756,7 @@ mod tests {
                 delta: 1e-5,
             }),
             training: TrainingSpec::default(),
+            initial_model: None,
         }
     }
 

@@ -42,6 +42,7 @@ fn spec() -> impl Strategy<Value = JobSpec> {
             delta: 1e-5,
         }),
         training: mesh_consensus::command::TrainingSpec::default(),
+        initial_model: None,
     })
 }
 

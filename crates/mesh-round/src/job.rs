@@ -269,6 +269,7 @@ mod tests {
                 group_size: if secagg { 5 } else { 1 },
                 ..TrainingSpec::default()
             },
+            initial_model: None,
         }
     }
 

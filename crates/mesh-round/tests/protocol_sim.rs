@@ -46,6 +46,7 @@ fn spec(rounds: u32, participants: u32, secagg: bool) -> JobSpec {
             clip_norm: 10.0,
             ..TrainingSpec::default()
         },
+        initial_model: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn config(nodes: usize, spec: JobSpec, faults: Faults, seed: u64) -> MeshSimConf
         threads: 2,
         seed,
         time_limit_ms: 120_000,
+        initial_weights: None,
     }
 }
 
@@ -278,4 +280,62 @@ fn issue_27_a_round_deadline_of_u64_max_saturates_instead_of_aborting_rounds() {
         "{:?}",
         out.rounds
     );
+}
+
+/// Writes `params` as a safetensors file of `spec`'s model for `train`'s
+/// shape, as `agent-mesh model get` does, and returns the file's bytes.
+fn weights_file(spec: &JobSpec, train: &Dataset, params: &[f32]) -> Vec<u8> {
+    let model = mesh_federated::model::build(&spec.model, &train.schema(), 0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("start.safetensors");
+    let layout = model.parameter_layout();
+    mesh_federated::model::store::save_layout(&layout, params, &path, Default::default()).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn a_job_fine_tunes_from_starting_weights_fetched_by_hash() {
+    let (train, test) = data(1200, 300);
+    let first = run(
+        config(4, spec(3, 4, false), Faults::default(), 7),
+        &train,
+        &test,
+    )
+    .unwrap();
+    let trained = first.rounds.last().unwrap().test_accuracy;
+    let bytes = weights_file(&spec(1, 4, false), &train, &first.model.unwrap());
+
+    let fresh = run(
+        config(4, spec(1, 4, false), Faults::default(), 8),
+        &train,
+        &test,
+    )
+    .unwrap();
+    let mut tuned_config = config(4, spec(1, 4, false), Faults::default(), 8);
+    tuned_config.initial_weights = Some(bytes.into());
+    let tuned = run(tuned_config, &train, &test).unwrap();
+    assert_eq!(tuned.status, Some(JobStatus::Completed));
+    let tuned_accuracy = tuned.rounds[0].test_accuracy;
+    let fresh_accuracy = fresh.rounds[0].test_accuracy;
+    assert!(
+        tuned_accuracy > fresh_accuracy && tuned_accuracy >= trained - 0.03,
+        "one round from the trained weights: {tuned_accuracy}; from the seed: {fresh_accuracy}; \
+         the trained model: {trained}"
+    );
+    assert_eq!(tuned.rounds[0].updates, 4, "every node fetched the weights");
+}
+
+#[test]
+fn starting_weights_that_do_not_fit_the_model_are_refused_before_the_run() {
+    let (train, test) = data(200, 50);
+    let mlp = JobSpec {
+        model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
+        ..spec(1, 2, false)
+    };
+    let model = mesh_federated::model::build(&mlp.model, &train.schema(), 0).unwrap();
+    let bytes = weights_file(&mlp, &train, &model.parameters());
+    let mut c = config(2, spec(1, 2, false), Faults::default(), 1);
+    c.initial_weights = Some(bytes.into());
+    let err = MeshSim::new(c, &train, test).err().unwrap().to_string();
+    assert!(err.contains("starting weights: tensor dense1"), "{err}");
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::schema::InputShape;
+use crate::schema::{DataSchema, InputShape};
 
 /// Most parameters a model may have (400 MB of `f32`).
 pub const MAX_PARAMETERS: usize = 100_000_000;
@@ -412,6 +412,25 @@ impl ModelSpec {
             ModelSpec::Layers(layers) => Some(layers.clone()),
             ModelSpec::Learner(_) => None,
         }
+    }
+
+    /// The parameter tensors (names and shapes, in flat order) of this model
+    /// for data of `schema`: a learner's declared layout needs no schema;
+    /// a layer model needs one to size its input and output layers.
+    pub fn layout(
+        &self,
+        schema: Option<&DataSchema>,
+    ) -> Result<Vec<ParameterInfo>, ModelSpecError> {
+        if let ModelSpec::Learner(spec) = self {
+            return Ok(spec.parameters.clone());
+        }
+        let schema = schema.ok_or_else(|| {
+            ModelSpecError::Model(
+                "the model's shapes depend on the data; give the job a schema".into(),
+            )
+        })?;
+        let planned = self.plan(&schema.input, schema.task.outputs())?;
+        Ok(parameter_layout(&planned))
     }
 
     /// Every layer with its name and shapes, the output layer of `outputs`

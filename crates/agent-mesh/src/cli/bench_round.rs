@@ -81,6 +81,7 @@ fn spec(nodes: usize, rounds: u32, secagg: bool, seed: u64) -> JobSpec {
             group_size: if secagg { 10 } else { 1 },
             ..TrainingSpec::default()
         },
+        initial_model: None,
     }
 }
 
@@ -122,6 +123,7 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
             threads: args.threads,
             seed: args.seed,
             time_limit_ms: 3_600_000,
+            initial_weights: None,
         };
         let outcome = MeshSim::new(config, &train, test.clone())?.run()?;
         let rounds = outcome.rounds.len().max(1) as f64;

@@ -2,13 +2,15 @@
 //! the job API of a running node, with a token from `agent-mesh token`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use comfy_table::Table;
-use mesh_consensus::command::{DpBudget, JobSpec, TrainingSpec};
+use mesh_consensus::command::{
+    parse_model_hash, DpBudget, InitialModel, JobSpec, NodeId, TrainingSpec,
+};
 use mesh_federated::model::store;
 use mesh_federated::privacy::noise_multiplier_for_epsilon;
 use mesh_round::job::{JobSpecCheck, PrivacyMode};
@@ -125,6 +127,12 @@ pub struct SubmitArgs {
     /// Seed of the initial model and of every seeded choice.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Starting weights to fine-tune from: a safetensors file with exactly the
+    /// model's tensors (`agent-mesh model get` writes one; PyTorch's
+    /// `safetensors.torch.save_file` too). It is uploaded to the --api node
+    /// first, which then serves it to the round's participants.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
 }
 
 /// A job by id.
@@ -285,6 +293,7 @@ impl SubmitArgs {
                 noise_multiplier,
                 sampling_rate,
             },
+            initial_model: None,
         })
     }
 }
@@ -302,6 +311,10 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("job {} refused: {e}", args.id))?;
             if job.privacy == PrivacyMode::Local {
                 println!("privacy: {} (add --secagg for distributed DP)", job.privacy);
+            }
+            let mut spec = spec;
+            if let Some(path) = &args.init {
+                spec.initial_model = Some(upload_weights(&args.api, path, &spec)?);
             }
             let body = serde_json::json!({ "job": args.id, "spec": spec });
             let commit = json(&args.api, reqwest::Method::POST, "/v1/jobs", Some(body))?;
@@ -328,15 +341,49 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Checks a starting-weights file against the job's model (where its shapes
+/// are known here) and uploads it to the node, which pins it.
+fn upload_weights(api: &ApiArgs, path: &Path, spec: &JobSpec) -> anyhow::Result<InitialModel> {
+    let bytes = super::weights::read_weights_file(path)?;
+    if let Ok(layout) = spec.model.layout(spec.training.schema.as_ref()) {
+        store::weights_for_layout(&bytes, &layout)
+            .with_context(|| format!("--init {}", path.display()))?;
+    }
+    let url = format!("{}/v1/models", api.api.trim_end_matches('/'));
+    let response = client(api)?
+        .post(&url)
+        .bearer_auth(api.token.trim())
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body(bytes.to_vec())
+        .send()
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let text = response.text().context("reading the answer")?;
+    if !status.is_success() {
+        bail!("/v1/models: {status}: {}", text.trim());
+    }
+    let answer: Value = serde_json::from_str(&text).context("/v1/models: answer is not JSON")?;
+    let (Some(hash), Some(holder)) = (answer["hash"].as_str(), answer["holder"].as_str()) else {
+        bail!("/v1/models: answer lacks hash or holder: {text}");
+    };
+    println!("starting weights {hash} uploaded to {holder}");
+    Ok(InitialModel {
+        hash: parse_model_hash(hash).map_err(anyhow::Error::msg)?,
+        holders: vec![NodeId(holder.to_string())],
+    })
+}
+
 fn row(j: &Value) -> Vec<String> {
     vec![
         j["job"].as_str().unwrap_or("").to_string(),
         j["status"].as_str().unwrap_or("").to_string(),
         format!("{}/{}", j["rounds_completed"], j["rounds"]),
         j["rounds_aborted"].to_string(),
-        j["accuracy"]
-            .as_f64()
-            .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
+        match (j["accuracy"].as_f64(), j["loss"].as_f64()) {
+            (Some(a), _) => format!("{:.2}%", 100.0 * a),
+            (None, Some(mse)) => format!("mse {mse:.4}"),
+            (None, None) => "-".into(),
+        },
         format!("{:.3}", j["epsilon_spent"].as_f64().unwrap_or(0.0)),
         j["model_hash"]
             .as_str()
@@ -412,8 +459,7 @@ fn model_layout(spec: &JobSpec) -> anyhow::Result<Vec<mesh_federated::model::Par
             task: mesh_federated::data::numbered_classes(10),
             normalization: None,
         });
-    let plan = spec.model.plan(&schema.input, schema.task.outputs())?;
-    Ok(mesh_federated::model::parameter_layout(&plan))
+    Ok(spec.model.layout(Some(&schema))?)
 }
 
 /// Runs a model subcommand: fetches the blob (retrying while the node fetches it) and saves safetensors.

@@ -17,3 +17,4 @@ pub mod sim;
 pub mod sim_mesh;
 pub mod status;
 pub mod token;
+pub mod weights;

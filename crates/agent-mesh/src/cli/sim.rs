@@ -55,6 +55,11 @@ pub struct SimArgs {
     /// least 12x12, small-cnn for smaller ones, mlp for tables.
     #[arg(long)]
     pub model: Option<String>,
+    /// Starting weights to fine-tune from: a safetensors file with exactly the
+    /// model's tensors (`agent-mesh model get` writes one; PyTorch's
+    /// `safetensors.torch.save_file` too). Default: the model's seeded init.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<std::path::PathBuf>,
     /// The label (or regression target) column of a table.
     #[arg(long, default_value = "label")]
     pub label: String,
@@ -252,6 +257,7 @@ impl SimArgs {
                 noise_multiplier,
                 sampling_rate: participants as f64 / self.nodes as f64,
             },
+            initial_model: None,
         };
         spec.check()
             .map_err(|e| anyhow::anyhow!("{}", flag_words(&e.to_string())))?;
@@ -306,6 +312,11 @@ impl SimArgs {
                 .round_deadline_ms
                 .saturating_mul(self.rounds)
                 .saturating_mul(4),
+            initial_weights: self
+                .init
+                .as_deref()
+                .map(super::weights::read_weights_file)
+                .transpose()?,
         })
     }
 

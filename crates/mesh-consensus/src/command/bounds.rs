@@ -14,7 +14,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
-use super::{JobSpec, PARTICIPANTS_MAX, ROUNDS_MAX};
+use super::{JobSpec, INITIAL_MODEL_HOLDERS_MAX, PARTICIPANTS_MAX, ROUNDS_MAX};
 
 /// Fewest participants a job may ask for per round (secure aggregation needs
 /// two, and the planner never starts a round with fewer).
@@ -102,7 +102,19 @@ impl JobSpec {
         // Byzantine participants must leave an honest majority: 2f < n.
         within("byzantine_count", self.byzantine_count, 0..=(n - 1) / 2)?;
         self.check_training_bounds()?;
-        self.check_privacy_bounds()
+        self.check_privacy_bounds()?;
+        match self
+            .initial_model
+            .as_ref()
+            .and_then(|m| m.holders_problem())
+        {
+            Some(problem) => Err(refuse(
+                "initial_model.holders",
+                format!("1 to {INITIAL_MODEL_HOLDERS_MAX} node names"),
+                problem,
+            )),
+            None => Ok(()),
+        }
     }
 
     fn check_training_bounds(&self) -> Result<(), JobSpecError> {
@@ -165,6 +177,7 @@ mod tests {
             secagg: true,
             dp_budget: None,
             training: TrainingSpec::default(),
+            initial_model: None,
         }
     }
 

@@ -403,6 +403,7 @@ mod tests {
             secagg: true,
             dp_budget: None,
             training: crate::command::TrainingSpec::default(),
+            initial_model: None,
         }
     }
 

@@ -30,6 +30,7 @@ fn spec(rounds: u32, budget_epsilon_micros: Option<u64>) -> JobSpec {
             delta: 1e-5,
         }),
         training: crate::command::TrainingSpec::default(),
+        initial_model: None,
     }
 }
 

@@ -71,6 +71,9 @@ pub enum ModelError {
     /// message says which call, and which parameter or frame).
     #[error("{0}")]
     Learner(String),
+    /// Starting weights (a safetensors file) that do not fit the model.
+    #[error("starting weights: {0}")]
+    Weights(String),
     /// A model file could not be read or written, or is malformed.
     #[error("model file {path}: {reason}")]
     File {

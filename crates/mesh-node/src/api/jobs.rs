@@ -15,6 +15,7 @@ use mesh_consensus::command::{Command, JobId, JobSpec, StopReason};
 use mesh_round::job::{JobSpecCheck, JobSpecError};
 use mesh_security::rbac::Action;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use super::{ask, authorize, authorized_body, latest, write, ApiCommand, ApiError, ApiState};
 
@@ -48,8 +49,13 @@ pub struct JobView {
     pub privacy: String,
     /// The latest committed model's hash (hex), if any.
     pub model_hash: Option<String>,
-    /// Validation accuracy of the latest committed model.
+    /// Validation accuracy of the latest committed model (none for regression).
     pub accuracy: Option<f64>,
+    /// Validation loss of the latest committed model: cross-entropy, or for
+    /// regression the mean squared error of the standardized target (about
+    /// 1 - R^2).
+    #[serde(default)]
+    pub loss: Option<f64>,
     /// Nodes that declined the job, each with its reason
     /// ("node X: schema mismatch: 31 columns, job wants 30 columns").
     #[serde(default)]
@@ -82,6 +88,12 @@ pub async fn submit(
     if let Err(err) = request.spec.check_bounds() {
         return ApiError(StatusCode::BAD_REQUEST, err.to_string()).into_response();
     }
+    if request.spec.initial_model.is_some() {
+        let checked = starting_weights_checked(&state, &request.spec).await;
+        if checked.status() != StatusCode::OK {
+            return checked;
+        }
+    }
     let command = Command::CreateJob {
         job: JobId(request.job),
         spec: request.spec,
@@ -90,6 +102,25 @@ pub async fn submit(
         return ApiError(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()).into_response();
     }
     write(&state, &headers, command, StatusCode::CONFLICT).await
+}
+
+/// 200 when this node holds the job's starting weights and they fit its
+/// model; else a 400 naming `initial_model` (or a 503 when the runtime is busy).
+async fn starting_weights_checked(state: &ApiState, spec: &JobSpec) -> Response {
+    let spec = Box::new(spec.clone());
+    let make = |reply| ApiCommand::CheckStartingWeights { spec, reply };
+    ask(state, make, |reply: Result<(), String>| match reply {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(message) => {
+            let body = serde_json::json!({
+                "error": format!("initial_model: {message}"),
+                "field": "initial_model",
+                "accepted": [],
+            });
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
+    })
+    .await
 }
 
 /// A 400 that names the field to change and, for names, the accepted values:
@@ -148,6 +179,38 @@ pub async fn get_job(
         )
         .into_response(),
     }
+}
+
+/// `POST /v1/models`: uploads starting weights (a safetensors file of `F32`
+/// tensors, at most `WEIGHTS_BYTES_MAX` bytes) for a job to fine-tune from.
+/// This node pins the file and answers `{"hash": HEX, "holder": NAME}`: a job
+/// names them as its `initial_model` and is submitted to this same node.
+pub async fn upload_weights(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::SubmitJob) {
+        return denied.into_response();
+    }
+    let bytes = match body {
+        Ok(bytes) => bytes,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let make = |reply| ApiCommand::PinWeights {
+        bytes: Arc::from(bytes.as_ref()),
+        reply,
+    };
+    ask(&state, make, |reply| match reply {
+        Ok((hash, holder)) => {
+            Json(serde_json::json!({ "hash": hash, "holder": holder })).into_response()
+        }
+        Err((status, message)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            ApiError(status, message).into_response()
+        }
+    })
+    .await
 }
 
 /// `GET /v1/jobs/{id}/model?round=R`: the parameter blob of a round's model.

@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::runtime::revocations;
+use mesh_federated::model::store::WEIGHTS_BYTES_MAX;
 
 pub use auth::{AdminAuth, AuthError};
 pub use jobs::JobView;
@@ -78,6 +79,21 @@ pub enum ApiCommand {
         round: Option<u32>,
         /// The bytes, or an HTTP status and why not.
         reply: oneshot::Sender<Result<Vec<u8>, (u16, String)>>,
+    },
+    /// Pin uploaded starting weights (a safetensors file) on this node.
+    PinWeights {
+        /// The file.
+        bytes: Arc<[u8]>,
+        /// Its hash (hex) and this node's mesh name, or a status and why not.
+        reply: oneshot::Sender<Result<(String, String), (u16, String)>>,
+    },
+    /// Check that this node holds a job's starting weights and that they
+    /// fit the job's model.
+    CheckStartingWeights {
+        /// The job spec (boxed: it is large).
+        spec: Box<mesh_consensus::JobSpec>,
+        /// `Ok`, or why the job cannot start from them.
+        reply: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -150,6 +166,10 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/model", get(jobs::model))
+        .route(
+            "/v1/models",
+            post(jobs::upload_weights).layer(DefaultBodyLimit::max(WEIGHTS_BYTES_MAX)),
+        )
         .route("/v1/reputation", get(reputation::list))
         .route("/v1/reputation/{node}/reset", post(reputation::reset))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))

@@ -353,6 +353,7 @@ fn job_body(job: &str, round_deadline_ms: u64) -> String {
             round_deadline_ms,
             ..Default::default()
         },
+        initial_model: None,
     };
     serde_json::json!({ "job": job, "spec": spec }).to_string()
 }

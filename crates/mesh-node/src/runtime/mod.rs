@@ -25,6 +25,7 @@ pub mod round_gate;
 pub mod round_metrics;
 pub mod rounds;
 mod view;
+pub mod weights;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -317,12 +318,16 @@ pub async fn run(
     if let Some(learner) = &learner {
         worker.set_learner(learner_factory(learner.clone()));
     }
-    let (round_driver, mut round_results) = rounds::RoundDriver::new(
+    let (mut round_driver, mut round_results) = rounds::RoundDriver::new(
         &creds.identity,
         creds.roles.iter().collect(),
         &config.mesh_id,
         worker,
         &mut registry,
+    );
+    weights::load_pinned(
+        round_driver.engine_mut(),
+        &weights::weights_dir(&config.data_dir),
     );
     let http_metrics = api::server::HttpMetrics::register(&mut registry);
     let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
@@ -612,6 +617,26 @@ impl Runtime {
                 let outcome = match (self.rounds.as_mut(), self.consensus.as_ref()) {
                     (Some(driver), Some(consensus)) => driver.model(consensus, &job, round).await,
                     _ => Err((503, "this node does not hold the committee state".into())),
+                };
+                let _ = reply.send(outcome);
+            }
+            ApiCommand::PinWeights { bytes, reply } => {
+                let dir = weights::weights_dir(&self.config.data_dir);
+                let outcome = match self.rounds.as_mut() {
+                    Some(driver) => {
+                        let me = driver.engine_mut().me().0.clone();
+                        weights::pin(driver.engine_mut(), &dir, bytes)
+                            .map(|hash| (hex::encode(hash), me))
+                            .map_err(|e| (400, e))
+                    }
+                    None => Err((503, "this node runs no round engine".into())),
+                };
+                let _ = reply.send(outcome);
+            }
+            ApiCommand::CheckStartingWeights { spec, reply } => {
+                let outcome = match self.rounds.as_mut() {
+                    Some(driver) => weights::check_job(driver.engine_mut(), &spec),
+                    None => Err("this node runs no round engine".into()),
                 };
                 let _ = reply.send(outcome);
             }

@@ -323,8 +323,9 @@ impl RoundDriver {
                         }
                     });
                 }
-                Action::BuildInitial { job, spec } => self.compute(move |w| {
-                    Done::Initial(job, w.initial(&spec).map_err(|e| e.to_string()))
+                Action::BuildInitial { job, spec, weights } => self.compute(move |w| {
+                    let built = w.initial(&spec, weights.as_deref());
+                    Done::Initial(job, built.map_err(|e| e.to_string()))
                 }),
                 Action::Train(task) => self.compute(move |w| {
                     Done::Trained(task.key.clone(), w.train(&task).map_err(|e| e.to_string()))
@@ -422,12 +423,23 @@ pub fn job_views(state: &MeshState) -> Vec<crate::api::JobView> {
                     .check()
                     .map_or_else(|e| format!("invalid spec: {e}"), |j| j.privacy.to_string()),
                 model_hash: last.map(|c| hex::encode(c.model_hash)),
-                accuracy: last.map(|c| c.metrics.accuracy),
+                accuracy: last
+                    .filter(|_| !is_regression(&job.spec))
+                    .map(|c| c.metrics.accuracy),
+                loss: last.map(|c| c.metrics.loss),
                 declined: job.declined.values().cloned().collect(),
                 detail: serde_json::to_value(job).unwrap_or_default(),
             }
         })
         .collect()
+}
+
+/// True for a job whose schema asks for regression (it has no accuracy).
+fn is_regression(spec: &mesh_consensus::JobSpec) -> bool {
+    spec.training
+        .schema
+        .as_ref()
+        .is_some_and(|s| s.task.is_regression())
 }
 
 /// The model hash of `round` (latest completed when `None`) and who holds it.

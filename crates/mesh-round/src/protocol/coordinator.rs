@@ -20,6 +20,7 @@ use mesh_federated::privacy::epsilon_for;
 use super::messages::{inputs_digest, RoundKey, RoundMessage};
 use super::plan::{self, FINAL_AGGREGATORS};
 use super::shared::{Action, Shared, View};
+use super::worker::is_scored;
 
 /// How long before the same proposal is made again, in ms.
 pub const PROPOSE_RETRY_MS: u64 = 5_000;
@@ -371,6 +372,11 @@ fn agreed(
                 .entry((*hash, outliers.as_slice()))
                 .or_insert((0, *metrics));
             entry.0 += 1;
+            // An aggregator without validation data (or whose data does not
+            // fit the job) scores nothing; the round keeps a real score.
+            if !is_scored(&entry.1) {
+                entry.1 = *metrics;
+            }
         }
     }
     let ((hash, outliers), (_, metrics)) = votes.into_iter().find(|(_, (n, _))| *n >= needed)?;

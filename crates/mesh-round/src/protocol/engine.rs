@@ -124,17 +124,50 @@ impl NodeEngine {
         self.sh.poll_fetches(view.now_ms);
     }
 
+    /// Asks the driver to build the job's initial model, once: from the
+    /// job's starting weights when it has them (fetched first, by hash, from
+    /// their holders), else from the seed.
     fn ensure_initial(&mut self, job: &JobId, view: &View<'_>) {
-        if self.initial.contains_key(job) || !self.initial_requested.insert(job.clone()) {
+        if self.initial.contains_key(job) || self.initial_requested.contains(job) {
             return;
         }
-        if let Some(j) = view.state.jobs().get(job) {
-            let spec = spec_of(&mut self.specs, job, &j.spec);
-            self.sh.push(Action::BuildInitial {
-                job: job.clone(),
-                spec,
-            });
-        }
+        let Some(j) = view.state.jobs().get(job) else {
+            return;
+        };
+        let spec = spec_of(&mut self.specs, job, &j.spec);
+        let weights = match &spec.initial_model {
+            None => None,
+            Some(start) => match self.sh.blob(&start.hash) {
+                Some(bytes) => Some(bytes),
+                None => {
+                    let mut holders = start.holders.clone();
+                    if let Some((_, record)) = running_round(job, j) {
+                        holders.extend(record.plan.aggregators.iter().cloned());
+                        holders.extend(record.participants.iter().cloned());
+                    }
+                    self.want(start.hash, holders);
+                    return;
+                }
+            },
+        };
+        self.initial_requested.insert(job.clone());
+        self.sh.push(Action::BuildInitial {
+            job: job.clone(),
+            spec,
+            weights,
+        });
+    }
+
+    /// Pins a starting-weights file (uploaded to this node) so it is served
+    /// to peers until [`PINNED_MAX`](super::PINNED_MAX) newer ones push it out; returns its hash
+    /// and the hash it pushed out, if any.
+    pub fn pin(&mut self, bytes: Arc<[u8]>) -> (ModelHash, Option<ModelHash>) {
+        self.sh.pin(bytes)
+    }
+
+    /// A blob this node holds (pinned or cached), by hash.
+    pub fn held(&mut self, hash: &ModelHash) -> Option<Arc<[u8]>> {
+        self.sh.blob(hash)
     }
 
     /// The job's initial model was built (or could not be).

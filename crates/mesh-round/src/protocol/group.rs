@@ -15,6 +15,7 @@ use mesh_security::secagg::{ModulusBits, SecAggAggregator, SecAggError, SecAggPa
 use super::blob::{blob_hash, encode_params, model_dimension};
 use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
 use super::shared::{node_key, Shared, View};
+use super::trainer::noise_sharers;
 
 /// Most early messages held while the start model is fetched.
 const PENDING_MAX_PER_MEMBER: usize = 4;
@@ -392,6 +393,16 @@ impl GroupRound {
                 let request = agg.finish_masking()?;
                 let expected: BTreeSet<u32> = request.survivors.iter().copied().collect();
                 sh.stats.dropouts += request.dropped.len() as u64;
+                // Each survivor's noise was sized for at least `need` of them:
+                // with fewer, the sum would be revealed under-noised.
+                let need = noise_sharers(self.a.members.len(), true);
+                if self.a.spec.training.noise_multiplier > 0.0 && expected.len() < need {
+                    return Err(SecAggError::TooFewClients {
+                        stage: "collecting (DP noise was sized for more survivors)",
+                        alive: expected.len(),
+                        need,
+                    });
+                }
                 for u in &expected {
                     self.send_step(sh, *u, SecAggStep::UnmaskRequest(request.clone()));
                 }
@@ -539,6 +550,7 @@ mod tests {
             secagg: false,
             dp_budget: None,
             training: TrainingSpec::default(),
+            initial_model: None,
         }
     }
 

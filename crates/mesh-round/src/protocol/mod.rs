@@ -31,7 +31,7 @@ pub mod worker;
 
 pub use engine::NodeEngine;
 pub use messages::{RoundKey, RoundMessage, ROUND_PROTOCOL};
-pub use shared::{node_key, node_name, Action, EngineConfig, View};
+pub use shared::{node_key, node_name, Action, EngineConfig, View, PINNED_MAX};
 pub use stats::ProtocolStats;
 pub use worker::{
     CombineTask, CombinedModel, Conduct, LearnerFactory, LocalWorker, TrainTask, TrainedUpdate,

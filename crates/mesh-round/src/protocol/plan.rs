@@ -243,6 +243,7 @@ mod tests {
                 group_size: 4,
                 ..TrainingSpec::default()
             },
+            initial_model: None,
         }
     }
 

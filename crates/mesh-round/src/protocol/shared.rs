@@ -1,7 +1,7 @@
 //! What every role of a node shares while it reacts: the outbox of actions,
 //! the blob cache, the blob fetches under way and the protocol counters.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use mesh_consensus::command::{Command, JobId, JobSpec, ModelHash, NodeId};
@@ -48,6 +48,9 @@ pub enum Action {
         job: JobId,
         /// Its spec.
         spec: Arc<JobSpec>,
+        /// The job's starting weights (a safetensors file), when it
+        /// fine-tunes from some.
+        weights: Option<Arc<[u8]>>,
     },
     /// Train locally; answer with `on_trained`.
     Train(TrainTask),
@@ -113,7 +116,13 @@ pub struct Shared {
     pub stats: ProtocolStats,
     out: Vec<Action>,
     fetches: BTreeMap<ModelHash, Fetch>,
+    /// Starting-weight files uploaded to this node, oldest first: served to
+    /// peers like cached blobs, but never evicted by the cache.
+    pinned: VecDeque<(ModelHash, Arc<[u8]>)>,
 }
+
+/// Most starting-weight files a node pins; pinning one more unpins the oldest.
+pub const PINNED_MAX: usize = 8;
 
 impl Shared {
     /// Shared state of node `me`.
@@ -126,6 +135,7 @@ impl Shared {
             stats: ProtocolStats::default(),
             out: Vec::new(),
             fetches: BTreeMap::new(),
+            pinned: VecDeque::new(),
         }
     }
 
@@ -148,9 +158,33 @@ impl Shared {
         std::mem::take(&mut self.out)
     }
 
-    /// A blob, if held.
+    /// A blob, if held (pinned or cached).
     pub fn blob(&mut self, hash: &ModelHash) -> Option<Arc<[u8]>> {
-        self.cache.get(&BlobId(*hash))
+        match self.pinned.iter().find(|(h, _)| h == hash) {
+            Some((_, bytes)) => Some(bytes.clone()),
+            None => self.cache.get(&BlobId(*hash)),
+        }
+    }
+
+    /// Holds `bytes` until unpinned or [`PINNED_MAX`] newer pins push it
+    /// out; returns its hash and the hash it pushed out, if any.
+    pub fn pin(&mut self, bytes: Arc<[u8]>) -> (ModelHash, Option<ModelHash>) {
+        let hash = BlobId::of(&bytes).0;
+        if self.pinned.iter().any(|(h, _)| *h == hash) {
+            return (hash, None);
+        }
+        let dropped = if self.pinned.len() >= PINNED_MAX {
+            self.pinned.pop_front().map(|(h, _)| h)
+        } else {
+            None
+        };
+        self.pinned.push_back((hash, bytes));
+        (hash, dropped)
+    }
+
+    /// The hashes pinned, oldest first.
+    pub fn pinned(&self) -> Vec<ModelHash> {
+        self.pinned.iter().map(|(h, _)| *h).collect()
     }
 
     /// Stores a blob; returns its hash.

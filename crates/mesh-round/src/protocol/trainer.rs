@@ -47,14 +47,32 @@ pub struct Assignment {
     pub participants: usize,
 }
 
-/// How many participants' noise is certain to be in every value an
-/// aggregator sees in the clear: with secure aggregation (`params` of the
-/// group), the group's unmasking threshold (a group sum is only revealed with
-/// at least that many inputs in it); without it, one (each update is seen
-/// alone: local DP). Each participant adds `1 / sharers` of the calibrated
-/// noise variance, so each clear value carries at least the full calibrated noise.
-pub fn noise_sharers(params: Option<&SecAggParams>) -> usize {
-    params.map_or(1, |p| p.threshold.max(1))
+/// Members a DP group may lose and still reveal its sum: a tenth of its
+/// members, at least one from groups of 4 (secure aggregation in a group of
+/// 2 or 3 needs every member anyway).
+pub fn dp_dropouts_tolerated(members: usize) -> usize {
+    if members < 4 {
+        0
+    } else {
+        (members / 10).max(1)
+    }
+}
+
+/// How many participants' noise is in every value an aggregator sees in
+/// the clear: with secure aggregation, the fewest survivors a group of
+/// `members` may reveal a sum with (the group aggregator drops the group
+/// below that, see `group.rs`); without it, one (each update is seen alone:
+/// local DP). Each participant adds `1 / sharers` of the calibrated noise
+/// variance, so each clear value carries at least the full calibrated noise,
+/// and a complete group no more than `members / sharers` of it.
+pub fn noise_sharers(members: usize, secagg: bool) -> usize {
+    if secagg {
+        members
+            .saturating_sub(dp_dropouts_tolerated(members))
+            .max(1)
+    } else {
+        1
+    }
 }
 
 /// Times one message is sent again while its answer is missing.
@@ -152,16 +170,6 @@ impl TrainerRound {
         self.submit(sh);
     }
 
-    fn noise_sharers(&self, sh: &Shared, dimension: usize) -> usize {
-        let params = self
-            .a
-            .spec
-            .secagg
-            .then(|| self.params(sh, dimension))
-            .flatten();
-        noise_sharers(params.as_ref())
-    }
-
     fn params(&self, sh: &Shared, dimension: usize) -> Option<SecAggParams> {
         let keys: Option<Vec<_>> = self.a.members.iter().map(node_key).collect();
         let session = sh.session(&self.a.key, self.a.group, &self.a.aggregator);
@@ -243,7 +251,7 @@ impl TrainerRound {
         let t = &self.a.spec.training;
         let mut rng = ChaCha8Rng::seed_from_u64(sh.round_seed(&self.a.key, "dp-noise"));
         let privatized = if t.noise_multiplier > 0.0 {
-            let sharers = self.noise_sharers(sh, delta.len());
+            let sharers = noise_sharers(self.a.members.len(), self.a.spec.secagg);
             GaussianMechanism::new(t.clip_norm, t.noise_multiplier, NoisePlacement::Distributed)
                 .and_then(|m| m.privatize_client(&mut delta, sharers, &mut rng))
         } else {
@@ -339,14 +347,6 @@ impl TrainerRound {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use mesh_security::NodeIdentity;
-
-    fn group_params(members: usize) -> SecAggParams {
-        let keys = (0..members)
-            .map(|i| NodeIdentity::from_seed(&[i as u8 + 1; 32]).verifying_key())
-            .collect();
-        SecAggParams::new([7; 32], keys, 8, 1.0, ModulusBits::B32, [7; 32]).unwrap()
-    }
 
     /// Empirical standard deviation of the sum of `members` privatized zero
     /// updates, each adding its share of noise for `sharers`.
@@ -369,26 +369,27 @@ mod tests {
     }
 
     /// The group sum a final aggregator sees carries at least the calibrated
-    /// noise `zC`, even when only the threshold's worth of members survive;
-    /// without secure aggregation a single update carries it alone.
+    /// noise `zC`, even when the most dropouts a group tolerates happen, and a
+    /// complete group little more; without secure aggregation a single update
+    /// carries it alone.
     #[test]
     fn every_value_seen_in_the_clear_carries_the_calibrated_noise() {
         let (clip, z) = (2.0_f32, 1.5_f64);
         let calibrated = z * f64::from(clip);
-        for members in [4, 5, 8] {
-            let params = group_params(members);
-            let t = noise_sharers(Some(&params));
-            assert!(t >= 2 && t < members, "threshold {t} of {members}");
+        for members in [3, 4, 5, 8, 20] {
+            let t = noise_sharers(members, true);
+            assert_eq!(t, members - dp_dropouts_tolerated(members));
             let all = sum_noise_std(members, t, clip, z);
             let expected = calibrated * (members as f64 / t as f64).sqrt();
             assert!((all / expected - 1.0).abs() < 0.02, "{all} vs {expected}");
+            assert!(all <= calibrated * 1.2, "{members} members: {all}");
             let fewest = sum_noise_std(t, t, clip, z);
             assert!(
                 (fewest / calibrated - 1.0).abs() < 0.02,
                 "{fewest} vs {calibrated}"
             );
         }
-        let single = sum_noise_std(1, noise_sharers(None), clip, z);
+        let single = sum_noise_std(1, noise_sharers(1, false), clip, z);
         assert!((single / calibrated - 1.0).abs() < 0.02, "{single}");
     }
 }

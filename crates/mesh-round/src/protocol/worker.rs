@@ -10,7 +10,7 @@ use mesh_consensus::command::{JobSpec, RoundMetrics};
 use mesh_federated::aggregate::{Aggregator, AggregatorConfig, Rule};
 use mesh_federated::attack::Attack;
 use mesh_federated::data::{bind, Dataset};
-use mesh_federated::model::{self, Model, TrainOptions};
+use mesh_federated::model::{self, store, Model, TrainOptions};
 use mesh_federated::model::{ModelError, TrainReport};
 use mesh_spec::{DataSchema, LearnerSpec, ModelSpec};
 use rand::SeedableRng;
@@ -284,19 +284,33 @@ impl LocalWorker {
         Ok(&mut self.models[index].2)
     }
 
-    /// The job's initial parameters (same on every node: seeded). A job
-    /// with a schema needs no local data for it.
-    pub fn initial(&mut self, spec: &JobSpec) -> Result<Vec<f32>, WorkerError> {
+    /// The job's initial parameters, the same on every node: read from the
+    /// job's starting weights (`weights`, a safetensors file) when it has
+    /// them, else the model's seeded initialisation. A job with a schema
+    /// needs no local data for it.
+    pub fn initial(
+        &mut self,
+        spec: &JobSpec,
+        weights: Option<&[u8]>,
+    ) -> Result<Vec<f32>, WorkerError> {
         if let ModelSpec::Learner(learner) = &spec.model {
-            return Ok(model::initial_values(
-                &learner.parameters,
-                spec.training.seed,
-            ));
+            return match weights {
+                Some(bytes) => store::weights_for_layout(bytes, &learner.parameters)
+                    .map_err(|e| WorkerError::Spec(e.to_string())),
+                None => Ok(model::initial_values(
+                    &learner.parameters,
+                    spec.training.seed,
+                )),
+            };
         }
         let schema = self.schema(spec)?;
         let model = model::build(&spec.model, &schema, spec.training.seed)
             .map_err(|e| WorkerError::Spec(e.to_string()))?;
-        Ok(model.parameters())
+        match weights {
+            Some(bytes) => store::weights_for_layout(bytes, &model.parameter_layout())
+                .map_err(|e| WorkerError::Spec(e.to_string())),
+            None => Ok(model.parameters()),
+        }
     }
 
     /// Local training for one round.
@@ -401,6 +415,13 @@ const NO_METRICS: RoundMetrics = RoundMetrics {
     loss: 0.0,
     updates_count: 0,
 };
+
+/// False for the metrics of a model a node could not score (it holds no
+/// validation data, or none that fits the job), whatever their update count.
+/// No evaluation gives a zero accuracy and a zero loss at once.
+pub fn is_scored(metrics: &RoundMetrics) -> bool {
+    (metrics.accuracy, metrics.loss) != (NO_METRICS.accuracy, NO_METRICS.loss)
+}
 
 /// Scores `params` on `data` as round metrics (accuracy in [0, 1]; a
 /// non-finite loss reported as the largest finite one).

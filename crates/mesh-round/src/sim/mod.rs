@@ -15,7 +15,7 @@ mod network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use mesh_consensus::command::{Command, JobId, JobSpec, ModelHash, NodeId};
+use mesh_consensus::command::{Command, InitialModel, JobId, JobSpec, ModelHash, NodeId};
 use mesh_consensus::state::jobs::JobStatus;
 use mesh_consensus::MeshState;
 use mesh_federated::data::partition::Partition;
@@ -84,6 +84,9 @@ pub struct MeshSimConfig {
     pub seed: u64,
     /// Simulated time after which the run stops, in ms.
     pub time_limit_ms: u64,
+    /// Starting weights (a safetensors file) the job fine-tunes from; node 0
+    /// holds them and the others fetch them by hash, as in a real mesh.
+    pub initial_weights: Option<std::sync::Arc<[u8]>>,
 }
 
 /// One committed round.
@@ -192,7 +195,7 @@ impl MeshSim {
     /// Builds the mesh: identities, private data shards, the committee state
     /// with the job created.
     pub fn new(
-        config: MeshSimConfig,
+        mut config: MeshSimConfig,
         train: &Dataset,
         test: Dataset,
     ) -> Result<Self, MeshSimError> {
@@ -218,6 +221,10 @@ impl MeshSim {
             .unwrap_or_else(|| train.schema());
         let evaluator = model::build(&model_spec, &schema, config.spec.training.seed)
             .map_err(|e| MeshSimError::Config(e.to_string()))?;
+        if let Some(bytes) = &config.initial_weights {
+            model::store::weights_for_layout(bytes, &evaluator.parameter_layout())
+                .map_err(|e| MeshSimError::Config(e.to_string()))?;
+        }
         // The evaluator stands for an operator holding the whole test set; it
         // standardizes with the job's statistics, else the pooled training set's.
         let raw_test = test;
@@ -264,6 +271,13 @@ impl MeshSim {
                 engine,
                 worker,
                 up: true,
+            });
+        }
+        if let Some(bytes) = config.initial_weights.clone() {
+            let (hash, _) = nodes[0].engine.pin(bytes);
+            config.spec.initial_model = Some(InitialModel {
+                hash,
+                holders: vec![nodes[0].name.clone()],
             });
         }
         let job = JobId::from("sim");
@@ -605,10 +619,10 @@ impl MeshSim {
                         }
                     }
                 }
-                Action::BuildInitial { job, spec } => {
+                Action::BuildInitial { job, spec, weights } => {
                     let result = self.nodes[i]
                         .worker
-                        .initial(&spec)
+                        .initial(&spec, weights.as_deref())
                         .map_err(|e| e.to_string());
                     if let Ok(params) = &result {
                         let initial = GlobalModel {
