@@ -97,7 +97,9 @@ pub struct SubmitArgs {
     /// Securely aggregate updates within groups.
     #[arg(long)]
     secagg: bool,
-    /// Participants per group (default 5 with --secagg, else 1).
+    /// Participants per group (default with --secagg: 5, or the whole round
+    /// with DP, where every group sum carries the full noise and fewer groups
+    /// cost less accuracy; else 1).
     #[arg(long)]
     group_size: Option<u32>,
     /// Local epochs per round.
@@ -288,13 +290,30 @@ impl SubmitArgs {
                 proximal_mu: 0.0,
                 seed: self.seed,
                 round_deadline_ms: self.deadline_s.saturating_mul(1000),
-                group_size: self.group_size.unwrap_or(if self.secagg { 5 } else { 1 }),
+                group_size: self.group_size.unwrap_or(default_group_size(
+                    self.secagg,
+                    self.dp_epsilon.is_some(),
+                    self.participants as usize,
+                ) as u32),
                 clip_norm: self.clip,
                 noise_multiplier,
                 sampling_rate,
             },
             initial_model: None,
         })
+    }
+}
+
+/// The group size when none is asked for: one participant a group without
+/// secure aggregation; with it, groups of 5, or with DP the whole round (each
+/// group sum carries the full noise, so `G` groups put `sqrt(G)` times the
+/// noise of one sum into the model; the planner still shrinks groups for a
+/// robust rule's inputs).
+pub fn default_group_size(secagg: bool, dp: bool, participants: usize) -> usize {
+    match (secagg, dp) {
+        (false, _) => 1,
+        (true, false) => 5,
+        (true, true) => participants.max(1),
     }
 }
 

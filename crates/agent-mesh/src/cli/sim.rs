@@ -135,9 +135,11 @@ pub struct SimArgs {
     /// Securely aggregate updates (SecAgg+ with dropout recovery) within groups.
     #[arg(long)]
     pub secagg: bool,
-    /// Most participants per aggregation group (default 5 with --secagg, else 1);
-    /// with --secagg groups shrink (to 4 at least) until the rule has the
-    /// group results it needs to tolerate --byzantine.
+    /// Most participants per aggregation group (default with --secagg: 5, or
+    /// the whole round with DP, where every group sum carries the full noise
+    /// and fewer groups cost less accuracy; else 1); with --secagg groups
+    /// shrink (to 4 at least) until the rule has the group results it needs
+    /// to tolerate --byzantine.
     #[arg(long)]
     pub group_size: Option<usize>,
     /// L2 norm every update is clipped to before it leaves its node (without DP).
@@ -165,8 +167,13 @@ pub struct SimArgs {
 
 impl SimArgs {
     /// The group size asked for (the planner may shrink it with --secagg).
-    fn group_size(&self) -> usize {
-        self.group_size.unwrap_or(if self.secagg { 5 } else { 1 })
+    fn group_size(&self, participants: usize) -> usize {
+        let dp = self.dp_clip.is_some();
+        self.group_size.unwrap_or(super::job::default_group_size(
+            self.secagg,
+            dp,
+            participants,
+        ))
     }
 
     /// How `--data` is read.
@@ -251,7 +258,7 @@ impl SimArgs {
                 proximal_mu: self.prox_mu,
                 seed: self.seed,
                 round_deadline_ms: self.round_deadline_ms,
-                group_size: u32::try_from(self.group_size())
+                group_size: u32::try_from(self.group_size(participants))
                     .context("--group-size is too large")?,
                 clip_norm: self.dp_clip.unwrap_or(self.clip),
                 noise_multiplier,

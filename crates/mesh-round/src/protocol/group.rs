@@ -15,7 +15,7 @@ use mesh_security::secagg::{ModulusBits, SecAggAggregator, SecAggError, SecAggPa
 use super::blob::{blob_hash, encode_params, model_dimension};
 use super::messages::{PlainUpdate, RoundKey, RoundMessage, SecAggStep};
 use super::shared::{node_key, Shared, View};
-use super::trainer::noise_sharers;
+use super::trainer::{noise_sharers, update_bound};
 
 /// Most early messages held while the start model is fetched.
 const PENDING_MAX_PER_MEMBER: usize = 4;
@@ -218,7 +218,7 @@ impl GroupRound {
         } else {
             let dimension = model_dimension(&bytes);
             let keys: Option<Vec<_>> = self.a.members.iter().map(node_key).collect();
-            let clip = f64::from(self.a.spec.training.clip_norm);
+            let clip = update_bound(&self.a.spec, self.a.members.len(), dimension);
             let params = keys
                 .ok_or_else(|| SecAggError::BadParams("a member id is not a key".into()))
                 .and_then(|k| {
@@ -355,7 +355,7 @@ impl GroupRound {
             return Err(SecAggError::Malformed("non-finite update".into()));
         }
         let mut values = body.values.clone();
-        let clip = self.a.spec.training.clip_norm;
+        let clip = update_bound(&self.a.spec, self.a.members.len(), values.len()) as f32;
         mesh_federated::privacy::clip_l2(&mut values, clip)
             .map_err(|e| SecAggError::Malformed(e.to_string()))?;
         self.plain.insert(index, values);
@@ -552,6 +552,41 @@ mod tests {
             training: TrainingSpec::default(),
             initial_model: None,
         }
+    }
+
+    /// A DP update leaves its node clipped and then noised; the bound secure
+    /// aggregation clips to must leave it whole, or signal and noise shrink
+    /// together (logistic regression on MNIST at epsilon 8 fell to chance).
+    #[test]
+    fn a_noised_update_fits_the_bound_secure_aggregation_clips_to() {
+        use mesh_federated::privacy::{GaussianMechanism, NoisePlacement};
+        use rand::SeedableRng;
+        let mut spec = plain_spec();
+        spec.secagg = true;
+        spec.training.clip_norm = 0.5;
+        spec.training.noise_multiplier = 2.2;
+        let (members, dimension) = (5, 7_850);
+        let bound = update_bound(&spec, members, dimension);
+        let mechanism = GaussianMechanism::new(0.5, 2.2, NoisePlacement::Distributed).unwrap();
+        let sharers = noise_sharers(members, true);
+        for seed in 0..20 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut update = vec![1.0_f32; dimension];
+            mechanism
+                .privatize_client(&mut update, sharers, &mut rng)
+                .unwrap();
+            let norm = update
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                norm > 10.0 * 0.5 && norm < bound,
+                "norm {norm}, bound {bound}"
+            );
+        }
+        spec.training.noise_multiplier = 0.0;
+        assert_eq!(update_bound(&spec, members, dimension), 0.5);
     }
 
     #[test]
