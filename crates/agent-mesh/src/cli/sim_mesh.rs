@@ -23,11 +23,12 @@ use super::sim::{write_atomically, SimArgs};
 /// Runs the protocol simulation with progress and writes the outputs.
 pub fn run(args: &SimArgs, config: MeshSimConfig, data: LoadedData) -> anyhow::Result<()> {
     let regression = data.train.is_regression();
-    print_header(args, &config, &data);
     let started = Instant::now();
     let rounds = u64::from(config.spec.rounds);
     let spec = config.spec.clone();
-    let mut sim = MeshSim::new(config, &data.train, data.test)?;
+    // Built before the header, so a configuration error is all that prints.
+    let mut sim = MeshSim::new(config.clone(), &data.train, data.test.clone())?;
+    print_header(args, &config, &data);
     let bar = progress_bar(args.quiet, rounds);
     while let Some(r) = sim.run_until_round()? {
         let line = format!(

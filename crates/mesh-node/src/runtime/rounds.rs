@@ -313,7 +313,7 @@ impl RoundDriver {
                     let consensus = consensus.clone();
                     tokio::spawn(async move {
                         let name = command.to_string();
-                        match consensus.propose(command).await {
+                        match consensus.propose(*command).await {
                             Ok(receipt) => {
                                 if let Some(reason) = receipt.rejected {
                                     tracing::debug!(%name, %reason, "round command rejected");

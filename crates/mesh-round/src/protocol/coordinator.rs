@@ -92,7 +92,7 @@ impl Coordinator {
         }
         self.proposed.insert(tag, now_ms);
         sh.stats.proposals += 1;
-        sh.push(Action::Propose(command));
+        sh.push(Action::Propose(Box::new(command)));
     }
 
     /// One step as the leader.

@@ -41,7 +41,7 @@ pub enum Action {
         message: RoundMessage,
     },
     /// Propose a command to the committee.
-    Propose(Command),
+    Propose(Box<Command>),
     /// Build the job's initial model; answer with `on_initial`.
     BuildInitial {
         /// The job.

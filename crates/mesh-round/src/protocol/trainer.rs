@@ -139,11 +139,11 @@ impl TrainerRound {
             }
             reason.truncate(cut);
         }
-        sh.push(Action::Propose(Command::DeclineJob {
+        sh.push(Action::Propose(Box::new(Command::DeclineJob {
             job: self.a.key.job.clone(),
             node: sh.me.clone(),
             reason,
-        }));
+        })));
     }
 
     /// The assignment.

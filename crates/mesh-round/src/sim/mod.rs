@@ -609,13 +609,13 @@ impl MeshSim {
                 }
                 Action::Propose(command) => {
                     if self.leader == Some(i) && self.now_ms >= self.leader_since_ms {
-                        self.proposals.push((self.now_ms + COMMIT_MS, command));
+                        self.proposals.push((self.now_ms + COMMIT_MS, *command));
                     } else if let Some(l) = self.leader {
                         // Forwarded to the leader: one network hop more.
                         let delay = self.network.latency(&mut self.rng);
                         if self.nodes[l].up {
                             self.proposals
-                                .push((self.now_ms + COMMIT_MS + delay, command));
+                                .push((self.now_ms + COMMIT_MS + delay, *command));
                         }
                     }
                 }
