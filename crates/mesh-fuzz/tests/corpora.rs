@@ -1,0 +1,62 @@
+//! Replays every committed corpus file (`fuzz/corpus/<target>/`) through its
+//! target: inputs the fuzzer kept, and any that once crashed a decoder, must
+//! keep decoding (or failing) without a panic. Also checks that every target
+//! has a corpus and a cargo-fuzz entry point.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use mesh_fuzz::TARGETS;
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+}
+
+fn corpus_files(target: &str) -> Vec<PathBuf> {
+    let dir = fuzz_dir().join("corpus").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_corpus_file_goes_through_its_decoder_without_a_panic() {
+    for (name, target) in TARGETS {
+        let files = corpus_files(name);
+        assert!(!files.is_empty(), "target {name} has no corpus");
+        for file in files {
+            target(&std::fs::read(&file).unwrap());
+        }
+    }
+}
+
+#[test]
+fn every_target_has_a_cargo_fuzz_entry_point() {
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
+    for (name, _) in TARGETS {
+        let source = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+        let text = std::fs::read_to_string(&source)
+            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+        assert!(
+            text.contains(&format!("mesh_fuzz::{}", function_of(name))),
+            "{name}"
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{name} in fuzz/Cargo.toml"
+        );
+    }
+}
+
+/// The harness function a target calls (the snapshot one has a longer name).
+fn function_of(target: &str) -> &str {
+    match target {
+        "snapshot" => "snapshot_bytes",
+        other => other,
+    }
+}

@@ -1,0 +1,96 @@
+//! Writes valid seed inputs into `fuzz/corpus/` (run by hand when a format
+//! changes: `cargo test -p mesh-fuzz --test seeds -- --ignored`): libFuzzer
+//! mutates from them, and the corpus replay test runs them on every build.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::Path;
+
+use mesh_consensus::command::Command;
+use mesh_federated::data::table::{read_csv, write_parquet, TableOptions};
+use mesh_federated::model::store::save_layout;
+use mesh_federated::model::ParameterInfo;
+use mesh_round::protocol::blob::encode_params;
+use mesh_round::protocol::RoundMessage;
+use mesh_security::envelope::{Envelope, MessageKind};
+use mesh_security::NodeIdentity;
+
+fn put(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+#[test]
+#[ignore = "writes the seed corpus; run by hand"]
+fn write_seed_corpora() {
+    for (target, _) in mesh_fuzz::TARGETS {
+        put(target, "empty", b"");
+    }
+    let identity = NodeIdentity::from_seed(&[7; 32]);
+    let mesh = mesh_net::config::envelope_mesh_id("dev");
+    let sealed = Envelope::seal(&identity, mesh, MessageKind(1), 1, 1, b"hello".to_vec()).unwrap();
+    put("envelope", "sealed", &sealed.encode().unwrap());
+    let message = RoundMessage::BlobRequest { hash: [3; 32] };
+    put("round_message", "blob_request", &message.encode());
+    let command = Command::Put {
+        key: "k".into(),
+        value: "v".into(),
+    };
+    put("command", "put", &command.encode());
+    put(
+        "snapshot",
+        "empty_state",
+        &mesh_consensus::snapshot::encode(&mesh_consensus::MeshState::new()),
+    );
+    put("model_blob", "params", &encode_params(&[1.0, -2.0, 0.5]));
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("w.safetensors");
+    let layout = [ParameterInfo {
+        name: "output.weight".into(),
+        shape: vec![2, 2],
+    }];
+    save_layout(&layout, &[1.0, 2.0, 3.0, 4.0], &weights, Default::default()).unwrap();
+    put("weights", "two_by_two", &std::fs::read(&weights).unwrap());
+    let csv = std::fs::read_to_string(repo("data/breast-cancer/train.csv")).unwrap();
+    let head: Vec<&str> = csv.lines().take(6).collect();
+    put(
+        "csv",
+        "breast_cancer_head",
+        (head.join("\n") + "\n").as_bytes(),
+    );
+    let table = read_csv(&dir.path().join("missing.csv"), &TableOptions::default());
+    assert!(table.is_err());
+    std::fs::write(dir.path().join("t.csv"), head.join("\n") + "\n").unwrap();
+    let table = read_csv(&dir.path().join("t.csv"), &TableOptions::default()).unwrap();
+    write_parquet(&table, &dir.path().join("t.parquet")).unwrap();
+    put(
+        "parquet",
+        "breast_cancer_head",
+        &std::fs::read(dir.path().join("t.parquet")).unwrap(),
+    );
+    // IDX: magic 0x0803, 1 image of 2x2 pixels.
+    let idx = [
+        0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 64, 128, 255,
+    ];
+    put("idx", "one_2x2_image", &idx);
+    // The documented config file, every section of it.
+    let docs = std::fs::read_to_string(repo("docs/operations.md")).unwrap();
+    let config = docs
+        .split("```")
+        .find(|block| block.contains("[consensus]"))
+        .unwrap()
+        .trim_start_matches("toml")
+        .as_bytes()
+        .to_vec();
+    put("config", "node", &config);
+    put("token", "shape", b"v1.eyJhIjoxfQ.c2ln");
+}
