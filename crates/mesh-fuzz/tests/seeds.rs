@@ -67,8 +67,6 @@ fn write_seed_corpora() {
         "breast_cancer_head",
         (head.join("\n") + "\n").as_bytes(),
     );
-    let table = read_csv(&dir.path().join("missing.csv"), &TableOptions::default());
-    assert!(table.is_err());
     std::fs::write(dir.path().join("t.csv"), head.join("\n") + "\n").unwrap();
     let table = read_csv(&dir.path().join("t.csv"), &TableOptions::default()).unwrap();
     write_parquet(&table, &dir.path().join("t.parquet")).unwrap();
