@@ -19,6 +19,7 @@ use crate::error::{ApplyError, CommandDecodeError};
 
 mod bounds;
 mod initial;
+mod once;
 
 pub use bounds::{
     JobSpecError, BATCH_SIZE_MAX, CLIP_NORM_MAX, EPOCHS_MAX, EPSILON_MICROS_MAX,
@@ -443,7 +444,9 @@ pub enum Command {
         session: u64,
         /// The proposal's number in its session.
         seq: u64,
-        /// The command itself; never another `Once`.
+        /// The command itself; never another `Once` (refused while
+        /// decoding, so nesting cannot exhaust the stack).
+        #[serde(deserialize_with = "once::inner")]
         command: Box<Command>,
     },
 }

@@ -397,7 +397,25 @@ fn column_means(features: &[f32], f: usize) -> Vec<f32> {
 
 /// Reads a Parquet file: feature columns of numeric type (INT32, INT64,
 /// FLOAT, DOUBLE, BOOLEAN), the label of numeric or UTF-8 type.
+///
+/// The `parquet` crate panics on some malformed files (fuzzing found column
+/// chunks with negative offsets: "column start and length should not be
+/// negative"); such a panic is this file's error, not the node's.
 pub fn read_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataError> {
+    let guarded = std::panic::AssertUnwindSafe(|| parse_parquet(path, options));
+    std::panic::catch_unwind(guarded).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let name = path.display().to_string();
+        let reason = format!("not a readable Parquet file: the reader failed on it ({what})");
+        Err(malformed(&name, None, None, reason))
+    })
+}
+
+fn parse_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataError> {
     let file = checked_size(path, options.max_bytes)?;
     let name = path.display().to_string();
     let reader = SerializedFileReader::new(file).map_err(|e| {
@@ -709,6 +727,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a readable Parquet file"), "{err}");
+    }
+
+    /// Found by fuzzing: a file whose column chunk has a negative offset
+    /// made the parquet crate panic inside its metadata reader.
+    #[test]
+    fn a_parquet_file_the_reader_panics_on_is_a_clear_error() {
+        let crash = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/parquet/crash-negative-column-offset");
+        let err = read_parquet(&crash, &TableOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a readable Parquet file: the reader failed"),
+            "{err}"
+        );
+        assert!(err.contains("crash-negative-column-offset"), "{err}");
     }
 
     proptest! {
