@@ -215,7 +215,11 @@ pub(super) fn json(
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let response = call(api, method, path, body)?;
+    answer_json(path, call(api, method, path, body)?)
+}
+
+/// The JSON of a 2xx answer to `path`; any other status is an error with the node's message.
+fn answer_json(path: &str, response: reqwest::blocking::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let text = response.text().context("reading the answer")?;
     if !status.is_success() {
@@ -363,7 +367,7 @@ pub fn run(cmd: JobCommand) -> anyhow::Result<()> {
 /// Checks a starting-weights file against the job's model (where its shapes
 /// are known here) and uploads it to the node, which pins it.
 fn upload_weights(api: &ApiArgs, path: &Path, spec: &JobSpec) -> anyhow::Result<InitialModel> {
-    let bytes = super::weights::read_weights_file(path)?;
+    let bytes = super::weights::read_init_file(path)?;
     if let Ok(layout) = spec.model.layout(spec.training.schema.as_ref()) {
         store::weights_for_layout(&bytes, &layout)
             .with_context(|| format!("--init {}", path.display()))?;
@@ -376,14 +380,9 @@ fn upload_weights(api: &ApiArgs, path: &Path, spec: &JobSpec) -> anyhow::Result<
         .body(bytes.to_vec())
         .send()
         .with_context(|| format!("POST {url}"))?;
-    let status = response.status();
-    let text = response.text().context("reading the answer")?;
-    if !status.is_success() {
-        bail!("/v1/models: {status}: {}", text.trim());
-    }
-    let answer: Value = serde_json::from_str(&text).context("/v1/models: answer is not JSON")?;
+    let answer = answer_json("/v1/models", response)?;
     let (Some(hash), Some(holder)) = (answer["hash"].as_str(), answer["holder"].as_str()) else {
-        bail!("/v1/models: answer lacks hash or holder: {text}");
+        bail!("/v1/models: answer lacks hash or holder: {answer}");
     };
     println!("starting weights {hash} uploaded to {holder}");
     Ok(InitialModel {

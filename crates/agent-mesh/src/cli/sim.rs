@@ -322,7 +322,7 @@ impl SimArgs {
             initial_weights: self
                 .init
                 .as_deref()
-                .map(super::weights::read_weights_file)
+                .map(super::weights::read_init_file)
                 .transpose()?,
         })
     }

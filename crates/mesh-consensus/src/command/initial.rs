@@ -6,8 +6,6 @@
 //! holders or from any round-0 participant that already has it, and checks
 //! the bytes against the hash on arrival.
 
-use std::fmt;
-
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{ModelHash, NodeId, NAME_BYTES_MAX};
@@ -49,12 +47,6 @@ impl InitialModel {
                     h.0
                 )
             })
-    }
-}
-
-impl fmt::Display for InitialModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.hash_hex())
     }
 }
 

@@ -101,6 +101,23 @@ pub fn load_into(model: &mut dyn Model, path: &Path) -> Result<(), ModelError> {
 /// in one round message between nodes.
 pub const WEIGHTS_BYTES_MAX: usize = 32 * 1024 * 1024;
 
+/// Reads a starting-weights file: refused unread when over
+/// [`WEIGHTS_BYTES_MAX`], then checked as [`check_weights`] does.
+pub fn read_weights_file(path: &Path) -> Result<Vec<u8>, ModelError> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| file_error(path, e))?
+        .len();
+    if size > WEIGHTS_BYTES_MAX as u64 {
+        return Err(file_error(
+            path,
+            format!("{size} bytes is over the {WEIGHTS_BYTES_MAX}-byte limit of starting weights"),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    check_weights(&bytes).map_err(|e| file_error(path, e))?;
+    Ok(bytes)
+}
+
 /// Checks that `bytes` are a safetensors file a job can start from (at most
 /// [`WEIGHTS_BYTES_MAX`], every tensor `F32`); returns its parameter count.
 pub fn check_weights(bytes: &[u8]) -> Result<usize, ModelError> {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mesh_consensus::command::{JobSpec, ModelHash};
-use mesh_federated::model::store::{check_weights, weights_for_layout, WEIGHTS_BYTES_MAX};
+use mesh_federated::model::store::{check_weights, read_weights_file, weights_for_layout};
 use mesh_round::protocol::{NodeEngine, PINNED_MAX};
 
 /// The folder of `data_dir` that holds uploaded starting weights.
@@ -37,23 +37,13 @@ pub fn load_pinned(engine: &mut NodeEngine, dir: &Path) {
         .collect();
     files.sort();
     for (_, path) in files.into_iter().rev().take(PINNED_MAX).rev() {
-        match read_checked(&path) {
+        match read_weights_file(&path) {
             Ok(bytes) => {
                 engine.pin(bytes.into());
             }
             Err(err) => tracing::warn!(path = %path.display(), %err, "starting weights not loaded"),
         }
     }
-}
-
-fn read_checked(path: &Path) -> Result<Vec<u8>, String> {
-    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    if size > WEIGHTS_BYTES_MAX as u64 {
-        return Err(format!("{size} bytes is over {WEIGHTS_BYTES_MAX}"));
-    }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    check_weights(&bytes).map_err(|e| e.to_string())?;
-    Ok(bytes)
 }
 
 /// Pins checked `bytes` and writes them to `dir` (atomically: a crash never

@@ -182,11 +182,6 @@ impl Shared {
         (hash, dropped)
     }
 
-    /// The hashes pinned, oldest first.
-    pub fn pinned(&self) -> Vec<ModelHash> {
-        self.pinned.iter().map(|(h, _)| *h).collect()
-    }
-
     /// Stores a blob; returns its hash.
     pub fn store(&mut self, bytes: Vec<u8>) -> Option<ModelHash> {
         match self.cache.insert(bytes) {
