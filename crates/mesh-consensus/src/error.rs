@@ -238,6 +238,12 @@ pub enum ConsensusError {
     /// The node was asked something it cannot answer in its current role.
     #[error("{0}")]
     Refused(String),
+    /// Only the leader serves this request, and this node does not lead now.
+    #[error("this node is not the committee leader{} (send the request to the leader, or retry after an election)", leader.map(|l| format!("; member {l} leads")).unwrap_or_default())]
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader: Option<crate::MemberId>,
+    },
 }
 
 impl ConsensusError {
@@ -245,7 +251,11 @@ impl ConsensusError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::NoLeader | Self::Forward(_) | Self::Timeout { .. } | Self::Membership(_)
+            Self::NoLeader
+                | Self::NotLeader { .. }
+                | Self::Forward(_)
+                | Self::Timeout { .. }
+                | Self::Membership(_)
         )
     }
 }

@@ -10,7 +10,9 @@ use mesh_consensus::bench::LocalCommittee;
 use mesh_consensus::certificate::{CommitCertificate, CommitStatement, SignedStatement};
 use mesh_consensus::network::{RpcRequest, RpcResponse};
 use mesh_consensus::state::StateHash;
-use mesh_consensus::{Command, ConsensusConfig, MemberId, NodeId, RevocationReason, Role};
+use mesh_consensus::{
+    Command, ConsensusConfig, ConsensusError, MemberId, NodeId, RevocationReason, Role,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -67,6 +69,38 @@ async fn follower_forwards_writes_to_the_leader() {
     let status = c.nodes[&leader].status();
     assert_eq!(status.voters.len(), 3);
     assert_eq!(status.learners.len(), 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_serves_linearizable_reads_and_they_see_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = LocalCommittee::start(dir.path(), 3, 0, default_tweak)
+        .await
+        .unwrap();
+    let leader = c.wait_leader(WAIT).await.unwrap();
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    // A write through a follower is seen by the very next read at the leader.
+    let receipt = c.nodes[&follower].propose(put(7)).await.unwrap();
+    let (index, value) = c.nodes[&leader]
+        .read_linearizable(|s| s.kv().get(b"k7").map(<[u8]>::to_vec))
+        .await
+        .unwrap();
+    assert!(
+        index >= receipt.index,
+        "read index {index} < commit {}",
+        receipt.index
+    );
+    assert_eq!(value, Some(7u64.to_le_bytes().to_vec()));
+    let refused = c.nodes[&follower]
+        .read_linearizable(|_| ())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ConsensusError::NotLeader { leader: Some(l) } if l == leader),
+        "{refused}"
+    );
+    assert!(refused.is_retryable());
     c.shutdown().await;
 }
 

@@ -17,6 +17,10 @@ pub enum BenchCommand {
     Net(super::bench_net::NetArgs),
     /// Closed-loop durable writes against a 3-voter committee of real node processes.
     Consensus(super::bench_consensus::ConsensusArgs),
+    /// Real node processes under seeded faults (kill -9, SIGSTOP, partitions, loss, slow
+    /// links, clock skew, full disks) while clients write and read keys and a job trains;
+    /// checks the history for linearizability and the job for lost rounds.
+    Chaos(super::bench_chaos::ChaosArgs),
     /// Round protocol overhead per round (wall time minus local training) in the mesh simulator.
     Round(super::bench_round::RoundArgs),
 }
@@ -58,6 +62,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Net(args) => super::bench_net::run(args),
         BenchCommand::Consensus(args) => super::bench_consensus::run(args),
         BenchCommand::Round(args) => super::bench_round::run(args),
+        BenchCommand::Chaos(args) => super::bench_chaos::run(args),
     }
 }
 

@@ -78,11 +78,11 @@ impl Drop for Processes {
     }
 }
 
-fn exe() -> anyhow::Result<PathBuf> {
+pub(super) fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the agent-mesh binary")
 }
 
-fn run_exe(args: &[&str]) -> anyhow::Result<()> {
+pub(super) fn run_exe(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(exe()?)
         .args(args)
         .output()
@@ -97,7 +97,7 @@ fn run_exe(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn path_str(path: &Path) -> anyhow::Result<&str> {
+pub(super) fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }

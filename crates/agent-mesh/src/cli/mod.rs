@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_chaos;
 pub mod bench_consensus;
 pub mod bench_net;
 pub mod bench_round;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use mesh_security::identity::NodeIdentity;
-use openraft::errors::{ClientWriteError, InitializeError, RaftError};
+use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
 use openraft::rt::watch::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 use prometheus_client::registry::Registry;
@@ -46,6 +46,8 @@ use crate::types::{CommitReceipt, MemberId, MemberInfo, Raft, Snapshot, TypeConf
 const SNAPSHOT_ASSEMBLIES_MAX: usize = 4;
 /// Most evidence keys remembered to avoid proposing the same evidence twice.
 const EVIDENCE_SEEN_MAX: usize = 4096;
+/// How often [`ConsensusNode::failure`] looks at the Raft core.
+const FAILURE_CHECK_MS: u64 = 250;
 /// Buffered certificates per subscriber of [`ConsensusNode::certificates`].
 const CERTIFICATE_CHANNEL_LEN: usize = 64;
 
@@ -480,6 +482,57 @@ impl ConsensusNode {
     /// leader by the entries not yet replicated here).
     pub async fn read_state<R>(&self, f: impl FnOnce(&MeshState) -> R) -> R {
         self.inner.sm.read(f)
+    }
+
+    /// Runs `f` on the applied state once a read there is linearizable: this
+    /// node leads, a quorum confirmed it still did after the read began
+    /// (Raft's read index), and every entry committed before then is applied.
+    /// Returns the read index with `f`'s result; on any other node
+    /// [`ConsensusError::NotLeader`], naming the leader it knows.
+    pub async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&MeshState) -> R,
+    ) -> Result<(u64, R), ConsensusError> {
+        let raft = &self.inner.raft;
+        let limit = Duration::from_millis(self.inner.config.propose_timeout_ms);
+        let confirmed = tokio::time::timeout(
+            limit,
+            raft.ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| ConsensusError::Timeout {
+            timeout_ms: self.inner.config.propose_timeout_ms,
+        })?;
+        match confirmed {
+            Ok(read) => {
+                let index = read.log_id().index;
+                Ok((index, self.inner.sm.read(f)))
+            }
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(to))) => {
+                Err(ConsensusError::NotLeader {
+                    leader: to.leader_id,
+                })
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+                tracing::debug!(error = %e, "read index not confirmed by a quorum");
+                Err(ConsensusError::NoLeader)
+            }
+            Err(RaftError::Fatal(e)) => Err(ConsensusError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Resolves once the Raft core has stopped on its own, with why: a
+    /// storage failure (a full disk, an I/O error) stops it for good, and the
+    /// node must then stop too rather than stay up without a committee
+    /// member inside. Never resolves while the core runs.
+    pub async fn failure(&self) -> ConsensusError {
+        let mut tick = tokio::time::interval(Duration::from_millis(FAILURE_CHECK_MS));
+        loop {
+            tick.tick().await;
+            if let Err(fatal) = &self.inner.raft.metrics().borrow_watched().running_state {
+                return ConsensusError::Stopped(fatal.to_string());
+            }
+        }
     }
 
     /// Subscribes to the commit certificates this node assembles (to gossip them).

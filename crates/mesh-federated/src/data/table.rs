@@ -730,19 +730,37 @@ mod tests {
     }
 
     /// Found by fuzzing: a file whose column chunk has a negative offset
-    /// made the parquet crate panic inside its metadata reader.
+    /// made the parquet crate panic when it reached the column. The input is
+    /// made here: a valid file whose first column's dictionary page offset
+    /// (4, right after the magic; zigzag varint 0x08 after a field header
+    /// 0x26 in the footer's thrift) is patched to -4 (0x07).
     #[test]
     fn a_parquet_file_the_reader_panics_on_is_a_clear_error() {
-        let crash = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus/parquet/crash-negative-column-offset");
-        let err = read_parquet(&crash, &TableOptions::default())
+        let dir = tempfile::tempdir().unwrap();
+        let csv = csv_file(&dir, "t.csv", "a,label\n1,x\n2,y\n1,x\n");
+        let table = read_csv(&csv, &TableOptions::default()).unwrap();
+        let path = dir.path().join("negative-column-offset.parquet");
+        write_parquet(&table, &path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let footer_len =
+            u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+        let footer_start = bytes.len() - 8 - footer_len as usize;
+        let at = bytes[footer_start..]
+            .windows(2)
+            .position(|w| w == [0x26, 0x08])
+            .expect("the first column's dictionary page offset in the footer")
+            + footer_start;
+        bytes[at + 1] = 0x07;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = read_parquet(&path, &TableOptions::default())
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("not a readable Parquet file: the reader failed"),
             "{err}"
         );
-        assert!(err.contains("crash-negative-column-offset"), "{err}");
+        assert!(err.contains("should not be negative"), "{err}");
+        assert!(err.contains("negative-column-offset.parquet"), "{err}");
     }
 
     proptest! {

@@ -115,6 +115,17 @@ pub struct PutKvRequest {
     pub value: String,
 }
 
+/// Answer of `GET /v1/kv/{key}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KvValue {
+    /// The key.
+    pub key: String,
+    /// Its value; `null` when the key is not set.
+    pub value: Option<String>,
+    /// The leader's read index: every write committed at or below it is seen.
+    pub index: u64,
+}
+
 /// Body of `POST /v1/revocations`.
 #[derive(Debug, Deserialize)]
 pub struct RevocationRequest {
@@ -161,6 +172,7 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/consensus", get(consensus))
         .route("/v1/kv", post(put_kv))
+        .route("/v1/kv/{key}", get(get_kv))
         .route("/v1/revocations", post(revoke))
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get_job))
@@ -283,6 +295,38 @@ async fn put_kv(
         value: request.value.into_bytes(),
     };
     write(&state, &headers, command, StatusCode::SERVICE_UNAVAILABLE).await
+}
+
+/// `GET /v1/kv/{key}`: a linearizable read, served by the committee leader
+/// only (any other node answers 421 naming the leader it knows, or 503 while
+/// no leader is confirmed), so a read never returns a value older than a
+/// write that completed before it began.
+async fn get_kv(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> Response {
+    if let Err(denied) = authorize(&state, &headers, Action::ReadStatus) {
+        return denied.into_response();
+    }
+    if key.len() > KV_FIELD_BYTES_MAX {
+        let message = format!("keys are limited to {KV_FIELD_BYTES_MAX} bytes");
+        return ApiError(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    let Some(proposer) = &state.proposer else {
+        let message = "this node does not run the committee; read through the committee leader";
+        return ApiError(StatusCode::MISDIRECTED_REQUEST, message.into()).into_response();
+    };
+    match proposer.read_kv(key.as_bytes()).await {
+        Ok((index, value)) => {
+            let value = value.map(|v| String::from_utf8_lossy(&v).into_owned());
+            Json(KvValue { key, value, index }).into_response()
+        }
+        Err(e @ mesh_consensus::ConsensusError::NotLeader { .. }) => {
+            ApiError(StatusCode::MISDIRECTED_REQUEST, e.to_string()).into_response()
+        }
+        Err(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
 }
 
 async fn revoke(

@@ -47,6 +47,15 @@ impl Proposer {
         receipt_view(self.consensus.propose(command).await)
     }
 
+    /// Reads `key` from the key-value map linearizably (only the leader
+    /// answers; see [`ConsensusNode::read_linearizable`]): the read index and
+    /// the value, if the key is set.
+    pub async fn read_kv(&self, key: &[u8]) -> Result<(u64, Option<Vec<u8>>), ConsensusError> {
+        self.consensus
+            .read_linearizable(|state| state.kv().get(key).map(<[u8]>::to_vec))
+            .await
+    }
+
     /// Refuses a write that would only be rejected once committed (see the module docs).
     async fn precheck(&self, command: &Command) -> Result<(), String> {
         match command {

@@ -381,9 +381,18 @@ pub async fn run(
     runtime.reload_revocations().await;
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tokio::pin!(shutdown);
+    let committee_failure = committee_failure(runtime.consensus.clone());
+    tokio::pin!(committee_failure);
+    let mut outcome = Ok(());
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            err = &mut committee_failure => {
+                tracing::error!(%err, "the committee store failed; the node stops so that it is \
+                    restarted on a sound store (free disk space first if the disk is full)");
+                outcome = Err(RuntimeError::Consensus(err));
+                break;
+            }
             event = events.recv() => match event {
                 Some(event) => runtime.on_net_event(event).await,
                 None => {
@@ -406,7 +415,15 @@ pub async fn run(
         }
     }
     runtime.net.shutdown().await;
-    Ok(())
+    outcome
+}
+
+/// Resolves when this node's Raft core stops on its own (never without one).
+async fn committee_failure(consensus: Option<ConsensusNode>) -> mesh_consensus::ConsensusError {
+    match consensus {
+        Some(consensus) => consensus.failure().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_certificate(
