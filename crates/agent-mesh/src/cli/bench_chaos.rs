@@ -147,7 +147,13 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     configure(&hosts, &data)?;
     let runtime = super::node::runtime_with_threads(2)?;
-    let outcome = runtime.block_on(drive(&args, root, &mut hosts));
+    // SIGINT or SIGTERM ends the run early, still removing namespaces and mounts.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = drive(&args, root, &mut hosts) => outcome,
+            _ = super::node::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
     drop(hosts);
     // Node logs are kept for a run that failed or found anything.
     let summary = match outcome {

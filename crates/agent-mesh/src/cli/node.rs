@@ -130,7 +130,7 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
