@@ -91,4 +91,47 @@ fn write_seed_corpora() {
         .to_vec();
     put("config", "node", &config);
     put("token", "shape", b"v1.eyJhIjoxfQ.c2ln");
+    put("wal", "one_voter", &committee_wal());
+}
+
+/// The write-ahead file of a one-voter committee that committed a few
+/// writes, up to the end of its records (the rest of the sized file is zeros).
+fn committee_wal() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let committee = mesh_consensus::bench::LocalCommittee::start(dir.path(), 1, 0, |_| {})
+            .await
+            .unwrap();
+        let leader = committee
+            .wait_leader(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        for i in 0..3u8 {
+            let put = Command::Put {
+                key: vec![b'k', i],
+                value: vec![i; 4],
+            };
+            committee.nodes[&leader].propose(put).await.unwrap();
+        }
+        committee.shutdown().await;
+    });
+    let wal = find_wal(dir.path()).expect("a write-ahead file under the committee's folder");
+    let bytes = std::fs::read(wal).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    bytes[..end].to_vec()
+}
+
+fn find_wal(dir: &Path) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if let Some(found) = find_wal(&path) {
+                return Some(found);
+            }
+        } else if path.extension().is_some_and(|e| e == "wal") {
+            return Some(path);
+        }
+    }
+    None
 }

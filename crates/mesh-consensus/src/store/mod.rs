@@ -66,6 +66,7 @@ pub mod seal;
 mod wal;
 mod writer;
 
+pub use wal::{decode_batch as decode_wal_batch, decode_file as decode_wal_file};
 use wal::{Wal, WalError};
 use writer::{commit_to_redb, Done, MetaKey, WriteKind, Writer, LOG, META};
 pub use writer::{WAL_CHECKPOINT_BYTES, WRITE_BATCH_MAX, WRITE_QUEUE_LEN};

@@ -182,24 +182,7 @@ impl Wal {
             )));
         }
         let start = self.records_start();
-        let mut writes = Vec::new();
-        let mut pos = start;
-        while let Some((body, next)) = next_record(&bytes, pos, self.generation) {
-            let batch = postcard::from_bytes::<Vec<WriteKind>>(body).map_err(|e| {
-                WalError::Corrupt(format!(
-                    "the record at offset {pos} passes its checksum but does not decode: {e}"
-                ))
-            })?;
-            writes.extend(batch);
-            pos = next;
-        }
-        let torn_bytes = torn_at(&bytes, pos, self.generation);
-        if let Some(valid) = intact_record_after(&bytes, pos, self.generation) {
-            return Err(WalError::Corrupt(format!(
-                "the record at offset {pos} is damaged and an intact record follows at offset {valid}: \
-                 acknowledged writes were lost, not a write cut by a crash"
-            )));
-        }
+        let (writes, pos, torn_bytes) = decode_records(&bytes, start, self.generation)?;
         self.len_bytes = (pos - start) as u64;
         self.durable.set_end(&bytes, pos);
         Ok(Replayed { writes, torn_bytes })
@@ -250,6 +233,65 @@ impl Wal {
         self.len_bytes = 0;
         Ok(())
     }
+}
+
+/// The writes of every intact record from `start`, where they end, and the
+/// bytes of a torn record there; [`WalError::Corrupt`] where records are
+/// damaged, not only cut at the end (see the module docs).
+fn decode_records(
+    bytes: &[u8],
+    start: usize,
+    generation: Option<u64>,
+) -> Result<(Vec<WriteKind>, usize, u64), WalError> {
+    let mut writes = Vec::new();
+    let mut pos = start;
+    while let Some((body, next)) = next_record(bytes, pos, generation) {
+        let batch = postcard::from_bytes::<Vec<WriteKind>>(body).map_err(|e| {
+            WalError::Corrupt(format!(
+                "the record at offset {pos} passes its checksum but does not decode: {e}"
+            ))
+        })?;
+        writes.extend(batch);
+        pos = next;
+    }
+    let torn_bytes = torn_at(bytes, pos, generation);
+    if let Some(valid) = intact_record_after(bytes, pos, generation) {
+        return Err(WalError::Corrupt(format!(
+            "the record at offset {pos} is damaged and an intact record follows at offset {valid}: \
+             acknowledged writes were lost, not a write cut by a crash"
+        )));
+    }
+    Ok((writes, pos, torn_bytes))
+}
+
+/// Decodes a whole write-ahead file's bytes as replay reads them (the
+/// header's layout, every intact record, torn tail or corruption), without
+/// the check of the file's sized length, which is about the file, not its
+/// bytes: the number of writes, or why the records are corrupt. The entry
+/// point of the write-ahead fuzz target.
+pub fn decode_file(bytes: &[u8]) -> Result<usize, String> {
+    let header = bytes.get(..FILE_HEADER_BYTES as usize);
+    let generation = header
+        .filter(|h| h[..8] == MAGIC)
+        .and_then(|h| h[8..].try_into().ok())
+        .map(u64::from_le_bytes);
+    let start = if generation.is_some() {
+        FILE_HEADER_BYTES as usize
+    } else {
+        0
+    };
+    decode_records(bytes, start, generation)
+        .map(|(writes, _, _)| writes.len())
+        .map_err(|e| e.to_string())
+}
+
+/// Decodes one record body (a writer batch) as replay does once its checksum
+/// passed: the number of writes, or why it does not decode. The fuzz
+/// target's way past the checksum, which mutated records never pass.
+pub fn decode_batch(body: &[u8]) -> Result<usize, String> {
+    postcard::from_bytes::<Vec<WriteKind>>(body)
+        .map(|batch| batch.len())
+        .map_err(|e| e.to_string())
 }
 
 /// The body of the record at `pos` and where the next one starts, if the
@@ -417,6 +459,28 @@ mod tests {
         // Cut off from the end.
         std::fs::write(&path, &pristine[..end]).unwrap();
         assert!(corrupt(&path).contains("shorter"));
+    }
+
+    #[test]
+    fn file_bytes_decode_as_replay_reads_them() {
+        let (_dir, path, mut wal) = fresh();
+        wal.append(&[put(1), put(2)]).unwrap();
+        wal.append(&[put(3)]).unwrap();
+        let end = (FILE_HEADER_BYTES + wal.len_bytes()) as usize;
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(decode_file(&bytes[..end]), Ok(3));
+        assert_eq!(
+            decode_file(&bytes),
+            Ok(3),
+            "zeros after the records end them"
+        );
+        bytes[FILE_HEADER_BYTES as usize + 1] ^= 0x01;
+        let err = decode_file(&bytes).unwrap_err();
+        assert!(err.contains("intact record follows"), "{err}");
+        assert_eq!(decode_file(b""), Ok(0));
+        let body = postcard::to_allocvec(&vec![put(9)]).unwrap();
+        assert_eq!(decode_batch(&body), Ok(1));
+        assert!(decode_batch(&[0xff, 0xff]).is_err());
     }
 
     #[test]
