@@ -4,8 +4,9 @@
 //! `tests/corpora.rs` replays every committed corpus file through them, so a
 //! crash the fuzzer once found stays fixed.
 //!
-//! Decoders that take a path (tables, configs) get the
-//! bytes through a file in a temporary folder, as a node would read them.
+//! Decoders that take a path get the bytes through the parsing function
+//! behind it (CSV, configs, write-ahead files); Parquet, whose reader needs
+//! a file, through a file in a temporary folder.
 
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use mesh_consensus::command::Command;
 use mesh_consensus::network::{RpcRequest, RpcResponse};
 use mesh_consensus::snapshot;
 use mesh_federated::data::idx::{parse_stored_idx, IMAGES_MAGIC};
-use mesh_federated::data::table::{read_csv, read_parquet, TableOptions};
+use mesh_federated::data::table::{parse_csv, read_parquet, TableOptions};
 use mesh_federated::model::store::check_weights;
 use mesh_round::protocol::blob::decode_model;
 use mesh_round::protocol::RoundMessage;
@@ -100,9 +101,7 @@ pub fn idx(data: &[u8]) {
 
 /// A CSV table.
 pub fn csv(data: &[u8]) {
-    with_file("train.csv", data, |path| {
-        let _ = read_csv(&path, &TableOptions::default());
-    });
+    let _ = parse_csv(data, "train.csv", &TableOptions::default());
 }
 
 /// A Raft store's write-ahead file, and the same bytes as one record body
@@ -142,11 +141,13 @@ pub fn cert_exchange(data: &[u8]) {
 
 /// A node's TOML config file.
 pub fn config(data: &[u8]) {
-    with_file("node.toml", data, |path| {
-        if let Ok(config) = mesh_node::config::NodeConfig::from_file(&path) {
-            let _ = config.validate();
-        }
-    });
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = std::path::Path::new("node.toml");
+    if let Ok(config) = mesh_node::config::NodeConfig::from_toml(text, path) {
+        let _ = config.validate();
+    }
 }
 
 /// Runs `f` on a file named `name` holding `data`, in a fresh temporary folder.

@@ -607,7 +607,12 @@ impl NodeConfig {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses config text that was read from `path` (named in errors).
+    pub fn from_toml(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })

@@ -13,7 +13,6 @@
 //! its labels to the job's order instead.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
 use parquet::basic::Type as PhysicalType;
@@ -265,10 +264,20 @@ fn parse_cell(text: &str) -> Result<Option<f32>, String> {
 /// Reads a CSV file with a header row.
 pub fn read_csv(path: &Path, options: &TableOptions) -> Result<Table, DataError> {
     let file = checked_size(path, options.max_bytes)?;
-    let name = path.display().to_string();
+    parse_csv(file, &path.display().to_string(), options)
+}
+
+/// Parses CSV text from `input` (at most `options.max_bytes` of it) as
+/// [`read_csv`] does; `name` names the source in errors.
+pub fn parse_csv(
+    input: impl std::io::Read,
+    name: &str,
+    options: &TableOptions,
+) -> Result<Table, DataError> {
+    let name = name.to_string();
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
-        .from_reader(file.take(options.max_bytes));
+        .from_reader(input.take(options.max_bytes));
     let header: Vec<String> = reader
         .headers()
         .map_err(|e| csv_error(&name, e))?
