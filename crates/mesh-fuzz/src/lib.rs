@@ -5,16 +5,13 @@
 //! crash the fuzzer once found stays fixed.
 //!
 //! Decoders that take a path get the bytes through the parsing function
-//! behind it (CSV, configs, write-ahead files); Parquet, whose reader needs
-//! a file, through a file in a temporary folder.
-
-use std::path::PathBuf;
+//! behind it (tables, configs, write-ahead files), in memory.
 
 use mesh_consensus::command::Command;
 use mesh_consensus::network::{RpcRequest, RpcResponse};
 use mesh_consensus::snapshot;
 use mesh_federated::data::idx::{parse_stored_idx, IMAGES_MAGIC};
-use mesh_federated::data::table::{parse_csv, read_parquet, TableOptions};
+use mesh_federated::data::table::{parse_csv, parse_parquet, TableOptions};
 use mesh_federated::model::store::check_weights;
 use mesh_round::protocol::blob::decode_model;
 use mesh_round::protocol::RoundMessage;
@@ -113,9 +110,8 @@ pub fn wal(data: &[u8]) {
 
 /// A Parquet table.
 pub fn parquet(data: &[u8]) {
-    with_file("train.parquet", data, |path| {
-        let _ = read_parquet(&path, &TableOptions::default());
-    });
+    let bytes = bytes::Bytes::copy_from_slice(data);
+    let _ = parse_parquet(bytes, "train.parquet", &TableOptions::default());
 }
 
 /// Starting weights uploaded to `POST /v1/models`.
@@ -147,16 +143,5 @@ pub fn config(data: &[u8]) {
     let path = std::path::Path::new("node.toml");
     if let Ok(config) = mesh_node::config::NodeConfig::from_toml(text, path) {
         let _ = config.validate();
-    }
-}
-
-/// Runs `f` on a file named `name` holding `data`, in a fresh temporary folder.
-fn with_file(name: &str, data: &[u8], f: impl FnOnce(PathBuf)) {
-    let Ok(dir) = tempfile::tempdir() else {
-        return;
-    };
-    let path = dir.path().join(name);
-    if std::fs::write(&path, data).is_ok() {
-        f(path);
     }
 }

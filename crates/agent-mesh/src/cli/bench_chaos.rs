@@ -26,7 +26,7 @@ use clap::Args;
 use comfy_table::Table;
 use serde::Serialize;
 
-use super::bench_consensus::{path_str, run_exe};
+use super::bench_consensus::path_str;
 
 pub mod hosts;
 pub mod linearizability;
@@ -176,20 +176,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
 
 /// Keys and certificates for the admin and every node.
 fn prepare(root: &Path, nodes: usize) -> anyhow::Result<()> {
-    let ca = root.join("ca");
-    run_exe(&["ca", "init", "--out", path_str(&ca)?])?;
-    let members =
-        (0..nodes).map(|i| (format!("node-{i}"), "committee,aggregator,trainer,observer"));
-    for (name, roles) in std::iter::once(("admin".to_string(), "admin")).chain(members) {
-        let dir = root.join(&name);
-        run_exe(&["keygen", "--out", path_str(&dir)?])?;
-        let cert = dir.join("node.cert.pem");
-        let (ca, dir_s, cert) = (path_str(&ca)?, path_str(&dir)?, path_str(&cert)?);
-        run_exe(&[
-            "ca", "issue", "--ca", ca, "--node", dir_s, "--roles", roles, "--out", cert,
-        ])?;
-    }
-    Ok(())
+    let roles = "committee,aggregator,trainer,observer";
+    let members: Vec<(String, &str)> = (0..nodes).map(|i| (format!("node-{i}"), roles)).collect();
+    super::bench_consensus::prepare_members(root, &members)
 }
 
 /// Every node's config: fixed addresses, every other node to bootstrap

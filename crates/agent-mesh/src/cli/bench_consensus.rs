@@ -82,7 +82,7 @@ pub(super) fn exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the agent-mesh binary")
 }
 
-pub(super) fn run_exe(args: &[&str]) -> anyhow::Result<()> {
+fn run_exe(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(exe()?)
         .args(args)
         .output()
@@ -113,12 +113,18 @@ fn voter_names() -> impl Iterator<Item = String> {
 
 /// Keys and certificates for the admin and the voters.
 fn prepare(root: &Path) -> anyhow::Result<()> {
+    let voters: Vec<(String, &str)> = voter_names().map(|n| (n, "committee,observer")).collect();
+    prepare_members(root, &voters)
+}
+
+/// A CA under `root/ca`, and a key and certificate in `root/NAME` for the
+/// admin and for each `(NAME, roles)` of `members`.
+pub(super) fn prepare_members(root: &Path, members: &[(String, &str)]) -> anyhow::Result<()> {
     let ca = root.join("ca");
     run_exe(&["ca", "init", "--out", path_str(&ca)?])?;
-    for (name, roles) in std::iter::once(("admin".to_string(), "admin"))
-        .chain(voter_names().map(|name| (name, "committee,observer")))
-    {
-        let dir = root.join(&name);
+    let admin = ("admin".to_string(), "admin");
+    for (name, roles) in std::iter::once(&admin).chain(members) {
+        let dir = root.join(name);
         run_exe(&["keygen", "--out", path_str(&dir)?])?;
         let cert = dir.join("node.cert.pem");
         let (ca, dir_s, cert) = (path_str(&ca)?, path_str(&dir)?, path_str(&cert)?);

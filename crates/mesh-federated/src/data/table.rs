@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::Path;
 
 use parquet::basic::Type as PhysicalType;
-use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::reader::{ChunkReader, FileReader, SerializedFileReader};
 use parquet::record::Field;
 
 use super::{DataError, Dataset};
@@ -411,23 +411,36 @@ fn column_means(features: &[f32], f: usize) -> Vec<f32> {
 /// chunks with negative offsets: "column start and length should not be
 /// negative"); such a panic is this file's error, not the node's.
 pub fn read_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataError> {
-    let guarded = std::panic::AssertUnwindSafe(|| parse_parquet(path, options));
+    let file = checked_size(path, options.max_bytes)?;
+    parse_parquet(file, &path.display().to_string(), options)
+}
+
+/// Parses a Parquet file held by `input` (a file, or its bytes in memory) as
+/// [`read_parquet`] does, the crate's panics included; `name` names it in errors.
+pub fn parse_parquet<R: ChunkReader + 'static>(
+    input: R,
+    name: &str,
+    options: &TableOptions,
+) -> Result<Table, DataError> {
+    let guarded = std::panic::AssertUnwindSafe(|| parse_parquet_unguarded(input, name, options));
     std::panic::catch_unwind(guarded).unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        let name = path.display().to_string();
         let reason = format!("not a readable Parquet file: the reader failed on it ({what})");
-        Err(malformed(&name, None, None, reason))
+        Err(malformed(name, None, None, reason))
     })
 }
 
-fn parse_parquet(path: &Path, options: &TableOptions) -> Result<Table, DataError> {
-    let file = checked_size(path, options.max_bytes)?;
-    let name = path.display().to_string();
-    let reader = SerializedFileReader::new(file).map_err(|e| {
+fn parse_parquet_unguarded<R: ChunkReader + 'static>(
+    input: R,
+    name: &str,
+    options: &TableOptions,
+) -> Result<Table, DataError> {
+    let name = name.to_string();
+    let reader = SerializedFileReader::new(input).map_err(|e| {
         malformed(
             &name,
             None,
