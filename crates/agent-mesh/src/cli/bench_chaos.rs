@@ -132,13 +132,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     }
     let data = std::fs::canonicalize(&args.data)
         .with_context(|| format!("the data folder {} (pass --data)", args.data.display()))?;
-    let temp = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            tempfile::tempdir_in(dir)?
-        }
-        None => tempfile::tempdir()?,
-    };
+    let temp = super::bench_consensus::work_dir(args.dir.as_deref())?;
     let root = temp.path();
     prepare(root, args.nodes)?;
     let (mut hosts, fallback) = Hosts::new(root, args.nodes, !args.loopback)?;

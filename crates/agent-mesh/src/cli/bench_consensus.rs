@@ -337,13 +337,7 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         Some(n) => vec![n],
         None => vec![1, 16, 256, 1_024],
     };
-    let temp = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            tempfile::tempdir_in(dir)?
-        }
-        None => tempfile::tempdir()?,
-    };
+    let temp = work_dir(args.dir.as_deref())?;
     let root = temp.path();
     if args.node_threads.is_some_and(|n| n > WORKER_THREADS_MAX) {
         bail!("--node-threads is limited to {WORKER_THREADS_MAX}");
@@ -369,6 +363,18 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         });
     }
     print(&rows, &fsync_voters, args.json)
+}
+
+/// A temporary folder for a benchmark's nodes, under `dir` when given
+/// (created if missing), else under the system's temporary folder.
+pub(super) fn work_dir(dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    Ok(match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            tempfile::tempdir_in(dir)?
+        }
+        None => tempfile::tempdir()?,
+    })
 }
 
 /// Write+fsync samples behind each figure of the disk: a level's own
