@@ -43,6 +43,10 @@ const JOB: &str = "chaos";
 const CONVERGE_LIMIT: Duration = Duration::from_secs(180);
 /// Longest the start waits for a committee and an accepted job.
 const START_LIMIT: Duration = Duration::from_secs(180);
+/// Most concurrent clients.
+const CLIENTS_MAX: usize = 256;
+/// Longest run.
+const DURATION_S_MAX: u64 = 7 * 86_400;
 /// Search steps the checker may spend per key.
 const CHECK_STEPS_MAX: u64 = 200_000_000;
 
@@ -127,8 +131,11 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     if !(3..=9).contains(&args.nodes) {
         bail!("--nodes must be 3 to 9");
     }
-    if args.clients == 0 || args.keys == 0 {
-        bail!("--clients and --keys must be at least 1");
+    if !(1..=CLIENTS_MAX).contains(&args.clients) || args.keys == 0 {
+        bail!("--clients must be 1 to {CLIENTS_MAX} and --keys at least 1");
+    }
+    if args.duration_s > DURATION_S_MAX {
+        bail!("--duration-s is limited to {DURATION_S_MAX} (a week)");
     }
     let data = std::fs::canonicalize(&args.data)
         .with_context(|| format!("the data folder {} (pass --data)", args.data.display()))?;
