@@ -235,12 +235,7 @@ async fn drive(args: &ChaosArgs, root: &Path, hosts: &mut Hosts) -> anyhow::Resu
     for i in 0..hosts.nodes.len() {
         hosts.start(i, 0)?;
     }
-    let token = super::token::make_token(&super::token::TokenArgs {
-        key: root.join("admin"),
-        cert: root.join("admin").join("node.cert.pem"),
-        mesh_id: MESH_ID.into(),
-        ttl_s: 86_400,
-    })?;
+    let token = super::bench_consensus::admin_token(root, MESH_ID, 86_400)?;
     let target = Target {
         http: reqwest::Client::builder().build()?,
         urls: hosts.nodes.iter().map(|h| h.http_url.clone()).collect(),
@@ -292,19 +287,11 @@ async fn submit_job(target: &Target, nodes: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = String::from("no answer");
     while started.elapsed() < START_LIMIT {
-        for url in &target.urls {
-            let sent = target
-                .http
-                .post(format!("{url}/v1/jobs"))
-                .bearer_auth(&target.token)
-                .json(&spec)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
-                Err(e) => last = e.to_string(),
+        for i in 0..target.urls.len() {
+            match target.post(i, "/v1/jobs", Some(&spec)).await {
+                Some((status, _)) if (200..300).contains(&status) => return Ok(()),
+                Some((status, body)) => last = format!("{status}: {body}"),
+                None => last = format!("{} did not answer", target.urls[i]),
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -454,16 +441,10 @@ async fn converge(
 /// Cancels the job through any node that takes it (bounded; 409 means it already ended).
 async fn cancel_job(target: &Target) {
     for attempt in 0..60 {
-        let url = &target.urls[attempt % target.urls.len()];
-        let sent = target
-            .http
-            .post(format!("{url}/v1/jobs/{JOB}/cancel"))
-            .bearer_auth(&target.token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        if let Ok(r) = sent {
-            if r.status().is_success() || r.status().as_u16() == 409 {
+        let path = format!("/v1/jobs/{JOB}/cancel");
+        let answer = target.post(attempt % target.urls.len(), &path, None).await;
+        if let Some((status, _)) = answer {
+            if (200..300).contains(&status) || status == 409 {
                 return;
             }
         }

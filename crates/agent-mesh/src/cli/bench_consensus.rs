@@ -365,6 +365,17 @@ pub fn run(args: ConsensusArgs) -> anyhow::Result<()> {
     print(&rows, &fsync_voters, args.json)
 }
 
+/// An admin token for the mesh `mesh_id`, from the admin key and
+/// certificate [`prepare_members`] made under `root`.
+pub(super) fn admin_token(root: &Path, mesh_id: &str, ttl_s: i64) -> anyhow::Result<String> {
+    super::token::make_token(&super::token::TokenArgs {
+        key: root.join("admin"),
+        cert: root.join("admin").join("node.cert.pem"),
+        mesh_id: mesh_id.into(),
+        ttl_s,
+    })
+}
+
 /// A temporary folder for a benchmark's nodes, under `dir` when given
 /// (created if missing), else under the system's temporary folder.
 pub(super) fn work_dir(dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
@@ -401,12 +412,7 @@ fn run_level(root: &Path, clients: usize, duration_s: u64) -> anyhow::Result<(Be
             .timeout(Duration::from_secs(30))
             .build()?;
         let (processes, leader) = start_committee(root, &client).await?;
-        let token = super::token::make_token(&super::token::TokenArgs {
-            key: root.join("admin"),
-            cert: root.join("admin").join("node.cert.pem"),
-            mesh_id: MESH_ID.into(),
-            ttl_s: 3_600,
-        })?;
+        let token = admin_token(root, MESH_ID, 3_600)?;
         let duration = Duration::from_secs(duration_s.max(1));
         let before = proposal_totals(&client, &leader).await;
         let report = closed_loop(&leader, &token, clients, duration).await?;

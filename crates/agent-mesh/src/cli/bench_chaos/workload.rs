@@ -46,6 +46,17 @@ impl Target {
         Some((status, body))
     }
 
+    /// `POST path` (with a JSON `body`) on node `i`: the status and JSON
+    /// answer, `None` when the node did not answer in time.
+    pub async fn post(&self, i: usize, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+        let request = self.http.post(format!("{}{path}", self.urls[i]));
+        self.send(match body {
+            Some(body) => request.json(body),
+            None => request,
+        })
+        .await
+    }
+
     /// `GET path` on node `i`, the JSON body of a 200.
     pub async fn get(&self, i: usize, path: &str) -> Option<Value> {
         let url = format!("{}{path}", self.urls[i]);
