@@ -21,6 +21,8 @@ pub struct ConsensusMetrics {
     pub apply_lag: Gauge,
     /// 1 on the leader, 0 elsewhere.
     pub is_leader: Gauge,
+    /// 1 while this node knows a current leader, 0 during elections.
+    pub has_leader: Gauge,
     /// Times this node saw the leader change.
     pub leader_changes: Counter,
     /// Seconds from propose to applied receipt, as the proposer saw it.
@@ -53,6 +55,7 @@ impl ConsensusMetrics {
             leader_commit_index: Gauge::default(),
             apply_lag: Gauge::default(),
             is_leader: Gauge::default(),
+            has_leader: Gauge::default(),
             leader_changes: Counter::default(),
             // 100 us .. ~3.3 s
             proposal_latency_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -91,6 +94,11 @@ impl ConsensusMetrics {
             "is_leader",
             "1 if this node leads the committee",
             m.is_leader.clone(),
+        );
+        r.register(
+            "has_leader",
+            "1 while this node knows a current leader",
+            m.has_leader.clone(),
         );
         r.register(
             "leader_changes",

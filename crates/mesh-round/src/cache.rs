@@ -12,6 +12,10 @@
 //!                                      by_use:  BTreeMap<use_seq, BlobId>  (oldest first)
 //!   over capacity? pop the oldest use_seq ──► evicted ids ──► drain_evicted()
 //! ```
+//!
+//! It also counts lookups that hit and missed and blobs it evicted
+//! ([`BlobCache::counters`]); the node exports them as metrics, so a cache too
+//! small for the models in play (thrashing) shows up on a dashboard.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -65,6 +69,17 @@ pub enum CacheError {
     },
 }
 
+/// What a cache did since it was created; counters only grow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCounters {
+    /// [`BlobCache::get`] calls that found the blob.
+    pub hits: u64,
+    /// [`BlobCache::get`] calls that did not.
+    pub misses: u64,
+    /// Blobs evicted to make room (removals by the caller are not counted).
+    pub evictions: u64,
+}
+
 /// One cached blob and when it was last used.
 #[derive(Debug)]
 struct Entry {
@@ -82,6 +97,7 @@ pub struct BlobCache {
     by_use: BTreeMap<u64, BlobId>,
     use_seq_next: u64,
     evicted: Vec<BlobId>,
+    counters: CacheCounters,
 }
 
 impl BlobCache {
@@ -94,6 +110,7 @@ impl BlobCache {
             by_use: BTreeMap::new(),
             use_seq_next: 0,
             evicted: Vec::new(),
+            counters: CacheCounters::default(),
         }
     }
 
@@ -120,10 +137,19 @@ impl BlobCache {
         self.insert_with_id(actual, bytes)
     }
 
-    /// The blob `id`, if held; marks it as just used.
+    /// The blob `id`, if held; marks it as just used. Counts a hit or a miss.
     pub fn get(&mut self, id: &BlobId) -> Option<Arc<[u8]>> {
-        self.touch(id);
+        if self.touch(id) {
+            self.counters.hits += 1;
+        } else {
+            self.counters.misses += 1;
+        }
         self.entries.get(id).map(|entry| Arc::clone(&entry.bytes))
+    }
+
+    /// Hits, misses and evictions so far.
+    pub fn counters(&self) -> CacheCounters {
+        self.counters
     }
 
     /// Whether the blob `id` is held. Does not change its recency.
@@ -215,6 +241,7 @@ impl BlobCache {
             self.size_bytes -= entry.bytes.len();
         }
         self.evicted.push(id);
+        self.counters.evictions += 1;
         true
     }
 
@@ -396,6 +423,32 @@ mod tests {
         cache.insert(blob(1, 10)).unwrap();
         assert_eq!(cache.drain_evicted(), vec![b], "a is held again, b is gone");
         assert!(cache.contains(&a));
+    }
+
+    #[test]
+    fn counters_count_hits_misses_and_evictions_but_not_removals() {
+        let mut cache = BlobCache::new(20);
+        let a = cache.insert(blob(1, 10)).unwrap();
+        assert!(cache.get(&a).is_some());
+        assert!(cache.get(&BlobId::of(b"absent")).is_none());
+        cache.insert(blob(2, 10)).unwrap();
+        let c = cache.insert(blob(3, 10)).unwrap();
+        assert!(
+            cache.get(&a).is_none(),
+            "a was least recently used: evicted"
+        );
+        cache.remove(&c);
+        let counters = cache.counters();
+        assert_eq!(
+            counters,
+            CacheCounters {
+                hits: 1,
+                misses: 2,
+                evictions: 1
+            }
+        );
+        assert!(cache.contains(&BlobId::of(&blob(2, 10))));
+        assert_eq!(cache.counters(), counters, "contains counts nothing");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub(super) async fn watch_metrics(weak: Weak<Inner>, mut stop: watch::Receiver<b
         mx.apply_lag
             .set(gauge_value(leader_committed.saturating_sub(applied)));
         mx.is_leader.set(i64::from(state == ServerState::Leader));
+        mx.has_leader.set(i64::from(leader.is_some()));
         inner.log.set_flush_in_place(state != ServerState::Leader);
         if leader != last_leader {
             if leader.is_some() {

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod forward;
 pub mod idle_pool;
 pub mod learner_metrics;
+pub mod node_metrics;
 pub mod raft_links;
 pub mod raft_transport;
 pub mod revocations;
@@ -240,6 +241,7 @@ struct Runtime {
     rounds: Option<rounds::RoundDriver>,
     round_metrics: round_metrics::RoundMetrics,
     learner_metrics: Option<learner_metrics::LearnerMetrics>,
+    node_metrics: node_metrics::NodeMetrics,
 }
 
 /// The node's learner from `[learner]`, started on a blocking thread so a
@@ -309,6 +311,7 @@ pub async fn run(
     });
     let round_metrics = round_metrics::RoundMetrics::new(&mut registry);
     round_metrics::register_adversary(&mut registry, &config.adversary);
+    let node_metrics = node_metrics::NodeMetrics::new(&mut registry);
     let learner = config.learner.clone().map(start_learner);
     let learner_metrics = learner.as_ref().map(|l| {
         let stats = mesh_learner::supervisor::lock(l).stats();
@@ -377,6 +380,7 @@ pub async fn run(
         rounds: Some(round_driver),
         round_metrics,
         learner_metrics,
+        node_metrics,
     };
     runtime.reload_revocations().await;
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -705,8 +709,14 @@ impl Runtime {
         }
         let (jobs, reputation) = match (&self.consensus, self.rounds.as_mut()) {
             (Some(c), Some(driver)) => {
-                let stats = driver.engine_mut().stats().clone();
+                let engine = driver.engine_mut();
+                let stats = engine.stats().clone();
                 let metrics = &mut self.round_metrics;
+                metrics.update_cache(
+                    engine.cache_counters(),
+                    engine.cache_bytes(),
+                    engine.cache_capacity_bytes(),
+                );
                 c.read_state(|state| {
                     metrics.update(&stats, state);
                     (rounds::job_views(state), rounds::reputation_views(state))
@@ -719,6 +729,7 @@ impl Runtime {
         let mut snapshot = view::snapshot(self, &peers, status);
         snapshot.jobs = jobs;
         snapshot.reputation = reputation;
+        self.node_metrics.observe(&snapshot);
         self.publish.send_replace(Arc::new(snapshot));
     }
 

@@ -1,7 +1,10 @@
 //! Prometheus metrics of the round protocol, under `mesh_round`: updates by
-//! result, messages and bytes sent, dropouts, rounds completed, round
-//! duration (as this node saw it: first seen running to first seen
-//! committed), epsilon spent and jobs by status.
+//! result, messages and bytes sent, dropouts, failed groups, rejected blobs,
+//! rounds completed and aborted, round duration (as this node saw it: first
+//! seen running to first seen committed), the last round's accuracy and loss,
+//! epsilon spent and budgeted, jobs by status, and the blob cache (hits,
+//! misses, evictions, bytes). Under `mesh_reputation`: quarantined nodes,
+//! quarantines seen, and the scores of nodes with evidence against them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -13,11 +16,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use mesh_round::cache::CacheCounters;
 use mesh_round::protocol::ProtocolStats;
 
 use crate::config::AdversaryConfig;
 
 type Label = [(&'static str, String); 1];
+type GaugeF64 = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// Most rounds whose start time is remembered.
 const STARTS_MAX: usize = 10_000;
@@ -32,11 +37,42 @@ pub struct RoundMetrics {
     schema_mismatches: Counter,
     rounds_completed: Counter,
     round_duration: Histogram,
-    epsilon: Family<Label, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    groups_failed: Counter,
+    blobs_rejected: Counter,
+    rounds_aborted: Counter,
+    accuracy: Family<Label, GaugeF64>,
+    loss: Family<Label, GaugeF64>,
+    epsilon: Family<Label, GaugeF64>,
+    epsilon_budget: Family<Label, GaugeF64>,
     jobs: Family<Label, Gauge>,
+    cache: CacheMetrics,
+    reputation: ReputationMetrics,
     last: ProtocolStats,
+    /// Sum of the jobs' aborted rounds at the last update.
+    aborted_last: u64,
     starts: BTreeMap<(String, usize), Instant>,
     completed: BTreeSet<(String, usize)>,
+}
+
+/// The blob cache's counters and size, and what was exported last.
+#[derive(Debug, Default)]
+struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    evictions: Counter,
+    bytes: Gauge,
+    capacity_bytes: Gauge,
+    last: CacheCounters,
+}
+
+/// Quarantines and scores from the committed reputation.
+#[derive(Debug, Default)]
+struct ReputationMetrics {
+    quarantined: Gauge,
+    quarantines: Counter,
+    scores: Family<Label, Gauge>,
+    /// Nodes quarantined at the last update.
+    quarantined_last: BTreeSet<String>,
 }
 
 /// Exports `mesh_node_adversarial` (1 with the configured attack as its label
@@ -70,9 +106,18 @@ impl RoundMetrics {
             schema_mismatches: Counter::default(),
             rounds_completed: Counter::default(),
             round_duration: Histogram::new(buckets),
+            groups_failed: Counter::default(),
+            blobs_rejected: Counter::default(),
+            rounds_aborted: Counter::default(),
+            accuracy: Family::default(),
+            loss: Family::default(),
             epsilon: Family::default(),
+            epsilon_budget: Family::default(),
             jobs: Family::default(),
+            cache: CacheMetrics::default(),
+            reputation: ReputationMetrics::default(),
             last: ProtocolStats::default(),
+            aborted_last: 0,
             starts: BTreeMap::new(),
             completed: BTreeSet::new(),
         };
@@ -114,7 +159,101 @@ impl RoundMetrics {
             m.epsilon.clone(),
         );
         r.register("jobs", "Jobs by status", m.jobs.clone());
+        m.register_more(registry);
         m
+    }
+
+    /// Registers what [`new`](Self::new) leaves out, so that stays readable.
+    fn register_more(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("mesh_round");
+        r.register(
+            "groups_failed",
+            "Groups this node aggregated that failed (too few clients left)",
+            self.groups_failed.clone(),
+        );
+        r.register(
+            "blobs_rejected",
+            "Blobs refused because their bytes did not match their hash",
+            self.blobs_rejected.clone(),
+        );
+        r.register(
+            "aborted",
+            "Rounds aborted at their deadline and started again (committed state)",
+            self.rounds_aborted.clone(),
+        );
+        r.register(
+            "accuracy",
+            "Validation accuracy of a job's last completed round, in [0, 1]",
+            self.accuracy.clone(),
+        );
+        r.register(
+            "loss",
+            "Validation loss of a job's last completed round",
+            self.loss.clone(),
+        );
+        r.register(
+            "epsilon_budget",
+            "Differential-privacy epsilon a job may spend in total (DP jobs only)",
+            self.epsilon_budget.clone(),
+        );
+        let c = &self.cache;
+        r.register(
+            "cache_hits",
+            "Blob cache lookups that found the blob",
+            c.hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Blob cache lookups that did not find the blob",
+            c.misses.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Blobs evicted from the cache to make room",
+            c.evictions.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes held in the blob cache",
+            c.bytes.clone(),
+        );
+        r.register(
+            "cache_capacity_bytes",
+            "Most bytes the blob cache holds",
+            c.capacity_bytes.clone(),
+        );
+        let p = &self.reputation;
+        let r = registry.sub_registry_with_prefix("mesh_reputation");
+        r.register(
+            "quarantined_nodes",
+            "Nodes quarantined (score below 500: never selected for rounds)",
+            p.quarantined.clone(),
+        );
+        r.register(
+            "quarantines",
+            "Times this node saw a node enter quarantine",
+            p.quarantines.clone(),
+        );
+        r.register(
+            "score",
+            "Reputation score of each node with evidence against it (initial 1000)",
+            p.scores.clone(),
+        );
+    }
+
+    /// Exports the blob cache's counters (what moved since the last call)
+    /// and its size.
+    pub fn update_cache(&mut self, counters: CacheCounters, bytes: usize, capacity_bytes: usize) {
+        let c = &mut self.cache;
+        c.hits.inc_by(counters.hits.saturating_sub(c.last.hits));
+        c.misses
+            .inc_by(counters.misses.saturating_sub(c.last.misses));
+        c.evictions
+            .inc_by(counters.evictions.saturating_sub(c.last.evictions));
+        c.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        c.capacity_bytes
+            .set(i64::try_from(capacity_bytes).unwrap_or(i64::MAX));
+        c.last = counters;
     }
 
     /// Exports what changed since the last call.
@@ -150,18 +289,56 @@ impl RoundMetrics {
             .inc_by(delta(stats.dropouts, self.last.dropouts));
         self.schema_mismatches
             .inc_by(delta(stats.schema_mismatches, self.last.schema_mismatches));
+        self.groups_failed
+            .inc_by(delta(stats.groups_failed, self.last.groups_failed));
+        self.blobs_rejected
+            .inc_by(delta(stats.blobs_rejected, self.last.blobs_rejected));
         self.last = stats.clone();
         self.observe_state(state);
+        self.observe_reputation(state);
+    }
+
+    fn observe_reputation(&mut self, state: &MeshState) {
+        let reputation = state.reputation();
+        let p = &mut self.reputation;
+        let now: BTreeSet<String> = reputation.quarantined().map(|n| n.0.clone()).collect();
+        let entered = now.difference(&p.quarantined_last).count() as u64;
+        p.quarantines.inc_by(entered);
+        p.quarantined
+            .set(i64::try_from(now.len()).unwrap_or(i64::MAX));
+        p.quarantined_last = now;
+        p.scores.clear();
+        for (node, score) in reputation.scores() {
+            p.scores
+                .get_or_create(&[("node", node.0.clone())])
+                .set(i64::from(score));
+        }
     }
 
     fn observe_state(&mut self, state: &MeshState) {
         let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+        let mut aborted: u64 = 0;
         for (id, job) in state.jobs().iter() {
             *by_status.entry(format!("{:?}", job.status)).or_default() += 1;
+            aborted = aborted.saturating_add(u64::from(job.aborted_rounds));
+            let label = [("job", id.0.clone())];
             let spent: u64 = job.epsilon_spent_micros();
-            self.epsilon
-                .get_or_create(&[("job", id.0.clone())])
-                .set(spent as f64 / 1e6);
+            self.epsilon.get_or_create(&label).set(spent as f64 / 1e6);
+            if let Some(budget) = &job.spec.dp_budget {
+                self.epsilon_budget
+                    .get_or_create(&label)
+                    .set(budget.epsilon_micros as f64 / 1e6);
+            }
+            if let Some(last) = job.completions().last() {
+                // A regression job has no accuracy (the API shows none either).
+                let schema = job.spec.training.schema.as_ref();
+                if !schema.is_some_and(|s| s.task.is_regression()) {
+                    self.accuracy
+                        .get_or_create(&label)
+                        .set(last.metrics.accuracy);
+                }
+                self.loss.get_or_create(&label).set(last.metrics.loss);
+            }
             for (i, round) in job.rounds.iter().enumerate() {
                 let key = (id.0.clone(), i);
                 if round.completion.is_none() {
@@ -177,6 +354,9 @@ impl RoundMetrics {
                 }
             }
         }
+        self.rounds_aborted
+            .inc_by(aborted.saturating_sub(self.aborted_last));
+        self.aborted_last = aborted;
         for status in [
             "WaitingForRound",
             "RoundRunning",
@@ -188,6 +368,183 @@ impl RoundMetrics {
             self.jobs
                 .get_or_create(&[("status", status.to_string())])
                 .set(count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use mesh_consensus::command::{GroupPlan, RoundPlan, TrainingSpec};
+    use mesh_consensus::{Command, DpBudget, EvidenceKind, JobSpec, NodeId, Role};
+    use prometheus_client::encoding::text::encode;
+
+    /// The value of the sample `name` (with its labels, as encoded).
+    fn value(registry: &Registry, name: &str) -> Option<f64> {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Logistic),
+            rounds: 2,
+            participants_per_round: 1,
+            rule_name: "fedavg".into(),
+            pre_aggregation: "none".into(),
+            server_optimizer: "sgd".into(),
+            byzantine_count: 0,
+            secagg: false,
+            dp_budget: Some(DpBudget {
+                epsilon_micros: 2_000_000,
+                delta: 1e-5,
+            }),
+            training: TrainingSpec::default(),
+            initial_model: None,
+        }
+    }
+
+    fn start() -> Command {
+        let a = NodeId::from("a");
+        Command::StartRound {
+            job: "j".into(),
+            round: 0,
+            model_hash: [1; 32],
+            participants: [a.clone()].into(),
+            deadline_unix_ms: 1_000,
+            plan: RoundPlan {
+                groups: vec![GroupPlan {
+                    aggregator: a.clone(),
+                    members: [a.clone()].into(),
+                }],
+                aggregators: vec![a],
+            },
+        }
+    }
+
+    fn apply(state: &mut MeshState, index: &mut u64, command: Command) {
+        *index += 1;
+        state.apply(*index, &command).unwrap();
+    }
+
+    #[test]
+    fn aborted_rounds_accuracy_budget_and_quarantines_follow_the_committed_state() {
+        let mut registry = Registry::default();
+        let mut metrics = RoundMetrics::new(&mut registry);
+        let mut state = MeshState::new();
+        let mut i = 0;
+        for command in [
+            Command::AddMember {
+                node: "a".into(),
+                roles: [Role::Trainer, Role::Aggregator].into(),
+                zone: None,
+            },
+            Command::CreateJob {
+                job: "j".into(),
+                spec: spec(),
+            },
+            start(),
+            Command::AbortRound {
+                job: "j".into(),
+                round: 0,
+            },
+            start(),
+            Command::CompleteRound {
+                job: "j".into(),
+                round: 0,
+                model_hash: [2; 32],
+                metrics: mesh_consensus::RoundMetrics {
+                    accuracy: 0.75,
+                    loss: 0.5,
+                    updates_count: 1,
+                },
+                privacy_spent_epsilon_micros: 500_000,
+                inputs: Vec::new(),
+                evidence: Vec::new(),
+            },
+            Command::RecordEvidence {
+                node: "a".into(),
+                kind: EvidenceKind::Equivocation,
+            },
+        ] {
+            apply(&mut state, &mut i, command);
+        }
+        let stats = ProtocolStats {
+            groups_failed: 2,
+            blobs_rejected: 1,
+            ..ProtocolStats::default()
+        };
+        metrics.update(&stats, &state);
+        metrics.update(&stats, &state);
+        for (name, want) in [
+            ("mesh_round_aborted_total", 1.0),
+            ("mesh_round_completed_total", 1.0),
+            ("mesh_round_groups_failed_total", 2.0),
+            ("mesh_round_blobs_rejected_total", 1.0),
+            ("mesh_round_accuracy{job=\"j\"}", 0.75),
+            ("mesh_round_loss{job=\"j\"}", 0.5),
+            ("mesh_round_epsilon_spent{job=\"j\"}", 0.5),
+            ("mesh_round_epsilon_budget{job=\"j\"}", 2.0),
+            ("mesh_reputation_quarantined_nodes", 1.0),
+            ("mesh_reputation_quarantines_total", 1.0),
+            ("mesh_reputation_score{node=\"a\"}", 400.0),
+        ] {
+            assert_eq!(value(&registry, name), Some(want), "{name}");
+        }
+
+        // A reset lifts the quarantine; new evidence counts a second one.
+        apply(
+            &mut state,
+            &mut i,
+            Command::ResetReputation { node: "a".into() },
+        );
+        metrics.update(&stats, &state);
+        assert_eq!(
+            value(&registry, "mesh_reputation_quarantined_nodes"),
+            Some(0.0)
+        );
+        assert_eq!(value(&registry, "mesh_reputation_score{node=\"a\"}"), None);
+        let evidence = Command::RecordEvidence {
+            node: "a".into(),
+            kind: EvidenceKind::Equivocation,
+        };
+        apply(&mut state, &mut i, evidence);
+        metrics.update(&stats, &state);
+        assert_eq!(
+            value(&registry, "mesh_reputation_quarantines_total"),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn cache_counters_are_exported_as_they_move() {
+        let mut registry = Registry::default();
+        let mut metrics = RoundMetrics::new(&mut registry);
+        let counters = CacheCounters {
+            hits: 3,
+            misses: 2,
+            evictions: 1,
+        };
+        metrics.update_cache(counters, 100, 1000);
+        metrics.update_cache(counters, 100, 1000);
+        let later = CacheCounters {
+            hits: 5,
+            ..counters
+        };
+        metrics.update_cache(later, 40, 1000);
+        for (name, want) in [
+            ("mesh_round_cache_hits_total", 5.0),
+            ("mesh_round_cache_misses_total", 2.0),
+            ("mesh_round_cache_evictions_total", 1.0),
+            ("mesh_round_cache_bytes", 40.0),
+            ("mesh_round_cache_capacity_bytes", 1000.0),
+        ] {
+            assert_eq!(value(&registry, name), Some(want), "{name}");
         }
     }
 }

@@ -76,6 +76,16 @@ impl NodeEngine {
         self.sh.cache.size_bytes()
     }
 
+    /// The most bytes the blob cache holds.
+    pub fn cache_capacity_bytes(&self) -> usize {
+        self.sh.cache.capacity_bytes()
+    }
+
+    /// Hits, misses and evictions of the blob cache so far.
+    pub fn cache_counters(&self) -> crate::cache::CacheCounters {
+        self.sh.cache.counters()
+    }
+
     /// Fetches `hash` from `holders` in the background (for `model get`);
     /// the fetch goes on until the blob arrives, whatever rounds run.
     pub fn want(&mut self, hash: ModelHash, holders: Vec<NodeId>) {
