@@ -106,6 +106,83 @@ pub struct NodeConfig {
     /// The user's own training process (`[learner] command = [...]`): jobs
     /// whose model is a learner layout train through it (`docs/learner.md`).
     pub learner: Option<mesh_learner::LearnerConfig>,
+    /// Distributed tracing of rounds (OTLP); off unless an endpoint is set.
+    pub telemetry: TelemetryConfig,
+}
+
+/// Distributed tracing: spans of every round step, sent over OTLP/HTTP
+/// (protobuf) to a collector the operator names. Nothing is exported and no
+/// exporter thread runs while `otlp_endpoint` is empty (the default): the node
+/// never sends traces anywhere it was not told to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, such as `http://127.0.0.1:4318`
+    /// (spans go to `<base>/v1/traces`; a URL ending in `/v1/traces` is used
+    /// as it is). Empty: tracing off. Plain `http` only.
+    pub otlp_endpoint: String,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// The fraction of rounds traced, 0 to 1; the decision is a function of
+    /// the round's trace id, so every node traces the same rounds.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "agent-mesh".into(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are posted to, or `None` when tracing is off.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self.otlp_endpoint.trim();
+        if base.is_empty() {
+            return None;
+        }
+        if base.ends_with("/v1/traces") {
+            return Some(base.to_owned());
+        }
+        Some(format!("{}/v1/traces", base.trim_end_matches('/')))
+    }
+
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let endpoint = self.otlp_endpoint.trim();
+        if !endpoint.is_empty() {
+            let Some(rest) = endpoint.strip_prefix("http://") else {
+                return Err((
+                    "telemetry.otlp_endpoint",
+                    format!(
+                        "{endpoint:?} must be an http:// URL (OTLP/HTTP; this build sends no TLS: \
+                         put a collector next to the node for https)"
+                    ),
+                ));
+            };
+            let host = rest.split('/').next().unwrap_or_default();
+            if host.is_empty() || endpoint.len() > 512 || endpoint.chars().any(char::is_whitespace)
+            {
+                return Err((
+                    "telemetry.otlp_endpoint",
+                    format!("{endpoint:?} needs a host (http://HOST:PORT), no spaces, at most 512 bytes"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(("telemetry.sample_ratio", "must be from 0 to 1".into()));
+        }
+        if self.service_name.trim().is_empty() || self.service_name.len() > 128 {
+            return Err((
+                "telemetry.service_name",
+                "must be 1 to 128 characters".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Makes the node a Byzantine participant that shapes every update it sends
@@ -343,6 +420,7 @@ impl Default for NodeConfig {
             runtime: RuntimeConfig::default(),
             adversary: AdversaryConfig::default(),
             learner: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -576,6 +654,15 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
             Ok(())
         },
     },
+    EnvOverride {
+        name: "AGENT_MESH_OTLP_ENDPOINT",
+        help:
+            "telemetry.otlp_endpoint (OTLP/HTTP base URL, e.g. http://collector:4318; empty: off)",
+        apply: |c, v| {
+            c.telemetry.otlp_endpoint = v.trim().to_owned();
+            Ok(())
+        },
+    },
 ];
 
 impl NodeConfig {
@@ -744,6 +831,9 @@ impl NodeConfig {
         if !(1..=7).contains(&c.bootstrap_expect) {
             return invalid("consensus.bootstrap_expect", "must be 1 to 7");
         }
+        if let Err((field, message)) = self.telemetry.check() {
+            return Err(ConfigError::Invalid { field, message });
+        }
         if self.http.max_body_bytes == 0 || self.http.max_concurrent_requests == 0 {
             return invalid(
                 "http.max_body_bytes",
@@ -852,6 +942,49 @@ ca_pin = "ca.pin"
             dir.path().join("ca.pin").to_string_lossy()
         );
         assert_eq!(config.network, NetworkConfig::default());
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_the_endpoint_comes_from_file_or_environment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = write(dir.path(), MINIMAL);
+        let config = NodeConfig::load(&path, |_| None).expect("load");
+        assert_eq!(config.telemetry, TelemetryConfig::default());
+        assert_eq!(config.telemetry.traces_url(), None, "no default endpoint");
+        let env = |name: &str| {
+            (name == "AGENT_MESH_OTLP_ENDPOINT").then(|| "http://collector:4318/".to_string())
+        };
+        let config = NodeConfig::load(&path, env).expect("env");
+        assert_eq!(
+            config.telemetry.traces_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        let text = format!(
+            "{MINIMAL}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:9/v1/traces\"\n\
+             service_name = \"edge\"\nsample_ratio = 0.25\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("file");
+        assert_eq!(
+            config.telemetry.traces_url().as_deref(),
+            Some("http://127.0.0.1:9/v1/traces")
+        );
+        assert_eq!(config.telemetry.service_name, "edge");
+        for (bad, field) in [
+            (
+                "otlp_endpoint = \"https://collector:4318\"",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http:///v1/traces\"",
+                "telemetry.otlp_endpoint",
+            ),
+            ("sample_ratio = 1.5", "telemetry.sample_ratio"),
+            ("service_name = \"\"", "telemetry.service_name"),
+        ] {
+            let text = format!("{MINIMAL}\n[telemetry]\n{bad}\n");
+            let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err(bad);
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

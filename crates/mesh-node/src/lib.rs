@@ -15,3 +15,4 @@
 pub mod api;
 pub mod config;
 pub mod runtime;
+pub mod telemetry;

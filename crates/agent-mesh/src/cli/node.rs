@@ -7,6 +7,7 @@ use clap::Args;
 use mesh_consensus::{ConsensusError, StoreError};
 use mesh_node::config::{LogFormat, NodeConfig, ENV_OVERRIDES};
 use mesh_node::runtime::RuntimeError;
+use mesh_node::telemetry::Telemetry;
 
 /// Flags of `agent-mesh node`.
 #[derive(Debug, Args)]
@@ -62,11 +63,31 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
     init_logging(config.log.format, &config.log.level)?;
+    // Before the async runtime: the exporter's blocking HTTP client must be
+    // built, and dropped, outside it.
+    let telemetry = start_telemetry(&config)?;
     let runtime = runtime_with_threads(config.runtime.worker_threads)
         .context("starting the async runtime")?;
-    runtime
+    let outcome = runtime
         .block_on(mesh_node::runtime::run(config, shutdown_signal()))
-        .map_err(|err| with_recovery(err, &args.config))
+        .map_err(|err| with_recovery(err, &args.config));
+    // The runtime's tasks (and the spans they hold) end first, so the
+    // flush sends every span that was ended.
+    drop(runtime);
+    telemetry.shutdown();
+    outcome
+}
+
+/// Starts exporting round spans when `[telemetry] otlp_endpoint` (or
+/// AGENT_MESH_OTLP_ENDPOINT) names a collector; builds nothing otherwise.
+fn start_telemetry(config: &NodeConfig) -> anyhow::Result<Telemetry> {
+    if config.telemetry.traces_url().is_none() {
+        return Ok(Telemetry::init(&config.telemetry, "")?);
+    }
+    // Spans name their node by peer id (service.instance.id).
+    let credentials = mesh_node::runtime::Credentials::load(config)?;
+    let node = mesh_round::protocol::node_name(&credentials.identity.node_id());
+    Ok(Telemetry::init(&config.telemetry, &node.0)?)
 }
 
 /// `--reset-raft-state`: moves the raft folder aside and says what happens next.

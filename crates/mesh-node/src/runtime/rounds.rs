@@ -10,12 +10,19 @@
 //! only after [`INITIAL_RETRY_MS`]: the engine asks again as soon as it
 //! hears of a failure, and a leader used to rebuild and log the failure
 //! about 19,000 times a second until the job was cancelled.
+//!
+//! Each step it carries out also opens or closes this node's span of the
+//! round ([`crate::telemetry::RoundSpans`]: `round` and `propose` on the
+//! leader, `train`, `mask` and `send_update` on participants,
+//! `group_aggregate` and `aggregate` on aggregators), and each round message
+//! it sends carries the sending span's trace context. Without a configured
+//! OTLP endpoint none of this is built.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
-use mesh_consensus::command::{JobId, NodeId};
+use mesh_consensus::command::{Command, JobId, NodeId};
 use mesh_consensus::{ConsensusNode, MeshState};
 use mesh_federated::data::partition::Partition;
 use mesh_federated::data::table::{MissingValues, TableOptions};
@@ -28,11 +35,13 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::round_gate::RoundGate;
 use crate::config::{AdversaryConfig, DataConfig};
+use crate::telemetry::RoundSpans;
 use mesh_round::job::JobSpecCheck;
 use mesh_round::protocol::{
     Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine, RoundKey, RoundMessage,
     TrainedUpdate, View, ROUND_PROTOCOL,
 };
+use opentelemetry::trace::{Span, Status};
 
 /// Results of computations waiting for the loop.
 pub const DONE_QUEUE_CAPACITY: usize = 64;
@@ -168,6 +177,7 @@ pub struct RoundDriver {
     sends: Arc<Semaphore>,
     roles: BTreeSet<Role>,
     gate: RoundGate,
+    spans: RoundSpans,
 }
 
 impl RoundDriver {
@@ -192,6 +202,7 @@ impl RoundDriver {
             sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT_MAX)),
             roles,
             gate,
+            spans: RoundSpans::new(mesh_id),
         };
         (driver, rx)
     }
@@ -274,6 +285,7 @@ impl RoundDriver {
                 tracing::debug!(peer = %from, %refusal, "round message refused");
                 refusal.to_string()
             })?;
+        self.spans.on_received(&from, &message);
         let ((), actions) = self
             .with_view(consensus, admitted, now_ms, |e, v| {
                 e.on_message(&from, message, v)
@@ -292,6 +304,15 @@ impl RoundDriver {
         admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
     ) {
+        match &done {
+            Done::Trained(key, r) => self
+                .spans
+                .train_done(key, r.as_ref().err().map(String::as_str)),
+            Done::Combined(key, _, r) => self
+                .spans
+                .combine_done(key, r.as_ref().err().map(String::as_str)),
+            Done::Initial(..) => {}
+        }
         let ((), actions) = self
             .with_view(consensus, admitted, now_ms, |e, v| {
                 match done {
@@ -308,18 +329,26 @@ impl RoundDriver {
     fn carry_out(&mut self, actions: Vec<Action>, consensus: &ConsensusNode, net: &NetHandle) {
         for action in actions {
             match action {
-                Action::Send { to, message } => self.send(net, &to, &message),
+                Action::Send { to, message } => self.send(net, &to, message),
                 Action::Propose(command) => {
                     let consensus = consensus.clone();
+                    let mut span = self.propose_span(&command);
                     tokio::spawn(async move {
                         let name = command.to_string();
-                        match consensus.propose(*command).await {
-                            Ok(receipt) => {
-                                if let Some(reason) = receipt.rejected {
-                                    tracing::debug!(%name, %reason, "round command rejected");
-                                }
+                        let refused = match consensus.propose(*command).await {
+                            Ok(receipt) => receipt.rejected.inspect(|reason| {
+                                tracing::debug!(%name, %reason, "round command rejected");
+                            }),
+                            Err(err) => {
+                                tracing::debug!(%name, %err, "round command not committed");
+                                Some(err.to_string())
                             }
-                            Err(err) => tracing::debug!(%name, %err, "round command not committed"),
+                        };
+                        if let Some(span) = span.as_mut() {
+                            if let Some(reason) = refused {
+                                span.set_status(Status::error(reason));
+                            }
+                            span.end();
                         }
                     });
                 }
@@ -327,21 +356,54 @@ impl RoundDriver {
                     let built = w.initial(&spec, weights.as_deref());
                     Done::Initial(job, built.map_err(|e| e.to_string()))
                 }),
-                Action::Train(task) => self.compute(move |w| {
-                    Done::Trained(task.key.clone(), w.train(&task).map_err(|e| e.to_string()))
-                }),
-                Action::Combine(task) => self.compute(move |w| {
-                    Done::Combined(
-                        task.key.clone(),
-                        task.inputs_digest,
-                        w.combine(&task).map_err(|e| e.to_string()),
-                    )
-                }),
+                Action::Train(task) => {
+                    self.spans.train_started(&task.key);
+                    self.compute(move |w| {
+                        Done::Trained(task.key.clone(), w.train(&task).map_err(|e| e.to_string()))
+                    })
+                }
+                Action::Combine(task) => {
+                    self.spans.combine_started(&task.key, task.inputs.len());
+                    self.compute(move |w| {
+                        Done::Combined(
+                            task.key.clone(),
+                            task.inputs_digest,
+                            w.combine(&task).map_err(|e| e.to_string()),
+                        )
+                    })
+                }
             }
         }
     }
 
-    fn send(&mut self, net: &NetHandle, to: &NodeId, message: &RoundMessage) {
+    /// Opens or closes the leader's `round` span for a round command, and
+    /// returns the span of the proposal itself.
+    fn propose_span(&mut self, command: &Command) -> Option<opentelemetry::global::BoxedSpan> {
+        let (job, round, name) = match command {
+            Command::StartRound {
+                job,
+                round,
+                participants,
+                ..
+            } => {
+                self.spans.round_started(job, *round, participants.len());
+                (job, *round, "StartRound")
+            }
+            Command::CompleteRound { job, round, .. } => {
+                self.spans.round_ended(job, *round, true);
+                (job, *round, "CompleteRound")
+            }
+            Command::AbortRound { job, round } => {
+                self.spans.round_ended(job, *round, false);
+                (job, *round, "AbortRound")
+            }
+            Command::ReassignAggregator { job, round, .. } => (job, *round, "ReassignAggregator"),
+            _ => return None,
+        };
+        self.spans.propose(name, job, round)
+    }
+
+    fn send(&mut self, net: &NetHandle, to: &NodeId, mut message: RoundMessage) {
         let Ok(peer) = PeerId::from_str(&to.0) else {
             tracing::debug!(%to, "round message to a name that is not a peer id");
             return;
@@ -350,7 +412,8 @@ impl RoundDriver {
             tracing::debug!("too many round messages in flight; dropping one (it is retried)");
             return;
         };
-        let bytes = match self.gate.seal(message, wall_clock_ms()) {
+        let mut span = self.spans.on_send(to, &mut message);
+        let bytes = match self.gate.seal(&message, wall_clock_ms()) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::warn!(%err, "round message could not be sealed");
@@ -359,8 +422,15 @@ impl RoundDriver {
         };
         let net = net.clone();
         tokio::spawn(async move {
-            if let Err(err) = net.request(peer, ROUND_PROTOCOL, bytes).await {
+            let sent = net.request(peer, ROUND_PROTOCOL, bytes).await;
+            if let Err(err) = &sent {
                 tracing::debug!(%peer, %err, "round message not delivered");
+            }
+            if let Some(span) = span.as_mut() {
+                if let Err(err) = sent {
+                    span.set_status(Status::error(err.to_string()));
+                }
+                span.end();
             }
             drop(permit);
         });

@@ -230,6 +230,7 @@ impl Coordinator {
                     let message = RoundMessage::AggregateRequest {
                         key: key.clone(),
                         inputs: inputs.clone(),
+                        trace: None,
                     };
                     sh.send(f, message);
                 }

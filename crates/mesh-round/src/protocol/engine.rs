@@ -378,7 +378,7 @@ impl NodeEngine {
                     f.on_group_result(&mut self.sh, blob);
                 }
             }
-            RoundMessage::AggregateRequest { key, inputs } => {
+            RoundMessage::AggregateRequest { key, inputs, .. } => {
                 let groups = self
                     .plans
                     .get(&key)

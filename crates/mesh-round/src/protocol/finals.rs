@@ -103,6 +103,7 @@ impl FinalRound {
                 model_hash,
                 metrics,
                 outliers,
+                trace: None,
             };
             sh.send(leader, message);
         }

@@ -495,6 +495,7 @@ impl GroupRound {
                     group: self.a.group,
                     contributors: input.contributors,
                     blob: blob.to_vec(),
+                    trace: None,
                 };
                 sh.send(f, message);
             }
@@ -505,6 +506,7 @@ impl GroupRound {
                 key: self.a.key.clone(),
                 input,
                 missed: self.missed(),
+                trace: None,
             };
             sh.send(leader, message);
         }
@@ -522,6 +524,7 @@ impl GroupRound {
                 key: self.a.key.clone(),
                 group: self.a.group,
                 step,
+                trace: None,
             };
             sh.send(&member.clone(), message);
         }
@@ -643,6 +646,7 @@ mod tests {
                 key: key.clone(),
                 group: 0,
                 update,
+                trace: None,
             };
             group.on_message(&mut sh, member, message, 2);
         }

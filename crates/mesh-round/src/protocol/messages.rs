@@ -4,6 +4,16 @@
 //! attempt, so a restarted round never mixes with the aborted one). SecAgg
 //! client messages and plain updates carry the sender's Ed25519 signature
 //! bound to the group's session; the link they travel on is authenticated too.
+//!
+//! The messages that carry a round's work from node to node (SecAgg steps,
+//! plain updates, group results and reports, aggregate requests and reports)
+//! may also carry the sender's [`TraceContext`], so a node continues the
+//! round's distributed trace. It is the last field of its variant and is
+//! left out of the encoding when absent: a message without one is byte for
+//! byte what builds before the field sent, and a message from such a build
+//! decodes here with no context. A build before the field refuses a message
+//! that carries one (it sees trailing bytes), which is why nodes attach it
+//! only when tracing is configured (`docs/operations.md`, "Tracing").
 
 use mesh_consensus::command::{GroupInput, JobId, ModelHash, RoundMetrics};
 use mesh_security::secagg::messages::{
@@ -32,6 +42,129 @@ impl std::fmt::Display for RoundKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}#{}", self.job, self.round, self.attempt)
     }
+}
+
+/// A W3C trace context (the fields of a version-00 `traceparent` header):
+/// which trace a round message belongs to and which span sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// The trace (all zeros is invalid).
+    pub trace_id: [u8; 16],
+    /// The sending span (all zeros is invalid).
+    pub span_id: [u8; 8],
+    /// Trace flags; bit 0 is "sampled".
+    pub flags: u8,
+}
+
+/// Why a `traceparent` string was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a W3C traceparent ({reason}): {value:?}")]
+pub struct TraceparentError {
+    /// What is wrong.
+    pub reason: &'static str,
+    /// The text, cut to 64 characters.
+    pub value: String,
+}
+
+impl TraceContext {
+    /// The "sampled" trace flag.
+    pub const SAMPLED: u8 = 0x01;
+
+    /// True when neither id is all zeros (W3C: such a context is invalid).
+    pub fn is_valid(&self) -> bool {
+        self.trace_id != [0; 16] && self.span_id != [0; 8]
+    }
+
+    /// True when the sender recorded its span.
+    pub fn is_sampled(&self) -> bool {
+        self.flags & Self::SAMPLED != 0
+    }
+
+    /// The `traceparent` header form: `00-<trace id>-<span id>-<flags>`.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            hex_lower(&self.trace_id),
+            hex_lower(&self.span_id),
+            self.flags
+        )
+    }
+
+    /// Parses a `traceparent` header. Versions after 00 are read as 00
+    /// (their first four fields), as the W3C recommendation asks; version
+    /// `ff` and all-zero ids are refused.
+    pub fn from_traceparent(text: &str) -> Result<Self, TraceparentError> {
+        let refuse = |reason| TraceparentError {
+            reason,
+            value: text.chars().take(64).collect(),
+        };
+        let mut fields = text.trim().split('-');
+        let (Some(version), Some(trace), Some(span), Some(flags)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(refuse("fewer than four fields"));
+        };
+        if version.len() != 2 || version == "ff" || u8::from_str_radix(version, 16).is_err() {
+            return Err(refuse("bad version"));
+        }
+        if version == "00" && fields.next().is_some() {
+            return Err(refuse("version 00 has exactly four fields"));
+        }
+        let mut context = TraceContext {
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            flags: 0,
+        };
+        parse_hex(trace, &mut context.trace_id).ok_or_else(|| refuse("bad trace id"))?;
+        parse_hex(span, &mut context.span_id).ok_or_else(|| refuse("bad span id"))?;
+        let mut flag = [0u8; 1];
+        parse_hex(flags, &mut flag).ok_or_else(|| refuse("bad flags"))?;
+        context.flags = flag[0];
+        if !context.is_valid() {
+            return Err(refuse("all-zero id"));
+        }
+        Ok(context)
+    }
+}
+
+impl std::fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.traceparent())
+    }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fills `out` from exactly `2 * out.len()` lowercase hex digits.
+fn parse_hex(text: &str, out: &mut [u8]) -> Option<()> {
+    let digits = text.as_bytes();
+    if digits.len() != out.len() * 2 {
+        return None;
+    }
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let digit = |d: u8| match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            _ => None,
+        };
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(())
+}
+
+/// Reads the optional trace context at the end of a message. A message from
+/// a build before the field ends where the context would start; the encoding
+/// has nothing after its last field, so a context that cannot be read (absent
+/// or cut short) is no context, and `decode` still refuses trailing bytes.
+fn trailing_trace<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TraceContext>, D::Error> {
+    Ok(Option::<TraceContext>::deserialize(deserializer)
+        .ok()
+        .flatten()
+        .filter(TraceContext::is_valid))
 }
 
 /// A plain (not securely aggregated) update: the clipped, noised delta.
@@ -73,6 +206,14 @@ pub enum RoundMessage {
         group: u32,
         /// The step.
         step: SecAggStep,
+        /// The sender's span context (W3C trace context), when the round is
+        /// traced; absent on the wire otherwise (see [`TraceContext`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_trace"
+        )]
+        trace: Option<TraceContext>,
     },
     /// A participant's update when secure aggregation is off.
     Plain {
@@ -82,6 +223,14 @@ pub enum RoundMessage {
         group: u32,
         /// The signed update.
         update: Signed<PlainUpdate>,
+        /// The sender's span context (W3C trace context), when the round is
+        /// traced; absent on the wire otherwise (see [`TraceContext`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_trace"
+        )]
+        trace: Option<TraceContext>,
     },
     /// Group aggregator to final aggregators: the group's mean update.
     GroupResult {
@@ -93,6 +242,14 @@ pub enum RoundMessage {
         contributors: u32,
         /// The mean update, encoded as a parameter blob.
         blob: Vec<u8>,
+        /// The sender's span context (W3C trace context), when the round is
+        /// traced; absent on the wire otherwise (see [`TraceContext`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_trace"
+        )]
+        trace: Option<TraceContext>,
     },
     /// Group aggregator to the coordinator: the hash of its result.
     GroupReport {
@@ -103,6 +260,14 @@ pub enum RoundMessage {
         /// Members (positions in the planned group) that did not answer a
         /// step before it closed (the secure exchange, or their update).
         missed: Vec<u32>,
+        /// The sender's span context (W3C trace context), when the round is
+        /// traced; absent on the wire otherwise (see [`TraceContext`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_trace"
+        )]
+        trace: Option<TraceContext>,
     },
     /// Group aggregator to the coordinator: the group has no result this
     /// round (too few members answered), so the round need not wait for it.
@@ -121,6 +286,14 @@ pub enum RoundMessage {
         key: RoundKey,
         /// The inputs, sorted by group.
         inputs: Vec<GroupInput>,
+        /// The sender's span context (W3C trace context), when the round is
+        /// traced; absent on the wire otherwise (see [`TraceContext`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_trace"
+        )]
+        trace: Option<TraceContext>,
     },
     /// Final aggregator to the coordinator: the model it computed.
     AggregateReport {
@@ -134,6 +307,14 @@ pub enum RoundMessage {
         metrics: RoundMetrics,
         /// Positions (in the requested inputs) of the outliers it found.
         outliers: Vec<u32>,
+        /// The sender's span context (W3C trace context), when the round is
+        /// traced; absent on the wire otherwise (see [`TraceContext`]).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_trace"
+        )]
+        trace: Option<TraceContext>,
     },
     /// Asks for a blob by hash.
     BlobRequest {
@@ -194,6 +375,61 @@ impl RoundMessage {
         Ok(message)
     }
 
+    /// The round the message belongs to (blob messages belong to none).
+    pub fn key(&self) -> Option<&RoundKey> {
+        match self {
+            Self::SecAgg { key, .. }
+            | Self::Plain { key, .. }
+            | Self::GroupResult { key, .. }
+            | Self::GroupReport { key, .. }
+            | Self::GroupFailed { key, .. }
+            | Self::AggregateRequest { key, .. }
+            | Self::AggregateReport { key, .. } => Some(key),
+            Self::BlobRequest { .. } | Self::BlobReply { .. } => None,
+        }
+    }
+
+    /// The sender's trace context, if the message carries one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace_slot().and_then(|slot| slot.as_ref())
+    }
+
+    /// Sets (or clears) the trace context; returns false for the kinds that
+    /// carry none (blob messages and `GroupFailed`), which are left as they are.
+    pub fn set_trace(&mut self, context: Option<TraceContext>) -> bool {
+        match self.trace_slot_mut() {
+            Some(slot) => {
+                *slot = context.filter(TraceContext::is_valid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn trace_slot(&self) -> Option<&Option<TraceContext>> {
+        match self {
+            Self::SecAgg { trace, .. }
+            | Self::Plain { trace, .. }
+            | Self::GroupResult { trace, .. }
+            | Self::GroupReport { trace, .. }
+            | Self::AggregateRequest { trace, .. }
+            | Self::AggregateReport { trace, .. } => Some(trace),
+            Self::GroupFailed { .. } | Self::BlobRequest { .. } | Self::BlobReply { .. } => None,
+        }
+    }
+
+    fn trace_slot_mut(&mut self) -> Option<&mut Option<TraceContext>> {
+        match self {
+            Self::SecAgg { trace, .. }
+            | Self::Plain { trace, .. }
+            | Self::GroupResult { trace, .. }
+            | Self::GroupReport { trace, .. }
+            | Self::AggregateRequest { trace, .. }
+            | Self::AggregateReport { trace, .. } => Some(trace),
+            Self::GroupFailed { .. } | Self::BlobRequest { .. } | Self::BlobReply { .. } => None,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -243,6 +479,130 @@ mod tests {
             RoundMessage::decode(&huge),
             Err(MessageError::TooLarge { .. })
         ));
+    }
+
+    fn request(trace: Option<TraceContext>) -> RoundMessage {
+        RoundMessage::AggregateRequest {
+            key: RoundKey {
+                job: JobId("job-1".into()),
+                round: 4,
+                attempt: 1,
+            },
+            inputs: vec![GroupInput {
+                group: 0,
+                hash: [9; 32],
+                contributors: 3,
+            }],
+            trace,
+        }
+    }
+
+    fn context() -> TraceContext {
+        TraceContext::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap()
+    }
+
+    /// The messages as builds before the trace field encoded them: postcard
+    /// names a variant by its position, so five placeholders stand for the
+    /// variants before `AggregateRequest`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Legacy {
+        V0,
+        V1,
+        V2,
+        V3,
+        V4,
+        AggregateRequest {
+            key: RoundKey,
+            inputs: Vec<GroupInput>,
+        },
+    }
+
+    #[test]
+    fn the_trace_context_survives_encode_and_decode() {
+        let traced = request(Some(context()));
+        let decoded = RoundMessage::decode(&traced.encode()).unwrap();
+        assert_eq!(decoded, traced);
+        assert_eq!(decoded.trace(), Some(&context()));
+        assert_eq!(
+            decoded.trace().unwrap().traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(traced.encoded_len(), traced.encode().len());
+    }
+
+    #[test]
+    fn without_a_context_the_encoding_is_the_one_older_builds_use() {
+        let RoundMessage::AggregateRequest { key, inputs, .. } = request(None) else {
+            unreachable!()
+        };
+        let legacy = postcard::to_allocvec(&Legacy::AggregateRequest { key, inputs }).unwrap();
+        assert_eq!(
+            request(None).encode(),
+            legacy,
+            "no bytes for an absent context"
+        );
+        let decoded = RoundMessage::decode(&legacy).unwrap();
+        assert_eq!(decoded, request(None));
+        assert_eq!(decoded.trace(), None);
+        // A context is 26 bytes at the end; an older build refuses them as
+        // trailing bytes, which is why nodes attach one only when tracing.
+        let traced = request(Some(context())).encode();
+        assert_eq!(traced.len(), legacy.len() + 1 + 16 + 8 + 1);
+        let (_, rest) = postcard::take_from_bytes::<Legacy>(&traced).unwrap();
+        assert_eq!(rest.len(), 26);
+    }
+
+    #[test]
+    fn a_cut_or_invalid_context_is_no_context_and_trailing_bytes_are_refused() {
+        let mut cut = request(Some(context())).encode();
+        cut.truncate(cut.len() - 3);
+        assert_eq!(RoundMessage::decode(&cut).unwrap().trace(), None);
+        let zero = TraceContext {
+            trace_id: [0; 16],
+            span_id: [1; 8],
+            flags: 1,
+        };
+        let mut message = request(None);
+        assert!(message.set_trace(Some(zero)));
+        assert_eq!(message.trace(), None, "an invalid context is not attached");
+        let mut long = request(Some(context())).encode();
+        long.push(7);
+        assert!(RoundMessage::decode(&long).is_err());
+    }
+
+    #[test]
+    fn only_round_work_messages_carry_a_context() {
+        let mut blob = RoundMessage::BlobRequest { hash: [1; 32] };
+        assert!(!blob.set_trace(Some(context())));
+        assert_eq!(blob.trace(), None);
+        assert_eq!(blob.key(), None);
+        let mut request = request(None);
+        assert!(request.set_trace(Some(context())));
+        assert_eq!(request.trace(), Some(&context()));
+        assert_eq!(request.key().map(|k| k.round), Some(4));
+    }
+
+    #[test]
+    fn traceparent_parsing_follows_the_w3c_rules() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceContext::from_traceparent(text).unwrap();
+        assert!(parsed.is_sampled());
+        assert_eq!(parsed.to_string(), text);
+        // A later version is read by its first four fields.
+        let future = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra";
+        assert!(!TraceContext::from_traceparent(future).unwrap().is_sampled());
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736",
+        ] {
+            assert!(TraceContext::from_traceparent(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub mod trainer;
 pub mod worker;
 
 pub use engine::NodeEngine;
-pub use messages::{RoundKey, RoundMessage, ROUND_PROTOCOL};
+pub use messages::{RoundKey, RoundMessage, TraceContext, ROUND_PROTOCOL};
 pub use shared::{node_key, node_name, Action, EngineConfig, View, PINNED_MAX};
 pub use stats::ProtocolStats;
 pub use worker::{

@@ -230,6 +230,7 @@ impl TrainerRound {
             key: self.a.key.clone(),
             group: self.a.group,
             step,
+            trace: None,
         };
         self.send(sh, message);
     }
@@ -358,6 +359,7 @@ impl TrainerRound {
                     key: self.a.key.clone(),
                     group: self.a.group,
                     update,
+                    trace: None,
                 };
                 self.send(sh, message);
             }
