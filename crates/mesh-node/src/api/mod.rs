@@ -23,6 +23,7 @@
 //! | `POST /v1/jobs/{id}/cancel` | admin token | stops a job                              |
 //! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | observer token | jobs and their rounds             |
 //! | `GET /v1/jobs/{id}/model?round=R` | observer token | a round's model (parameter blob)    |
+//! | `GET /ui` (`/ui/ui.js`, `/ui/ui.css`) | anyone | the read-only web view (`ui.rs`); its data needs the API's tokens |
 
 mod auth;
 pub mod jobs;
@@ -30,6 +31,7 @@ mod proposer;
 pub mod reputation;
 pub mod server;
 mod snapshot;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +186,10 @@ pub fn router(state: ApiState, limits: ApiLimits) -> Router {
         )
         .route("/v1/reputation", get(reputation::list))
         .route("/v1/reputation/{node}/reset", post(reputation::reset))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/ui.js", get(ui::script))
+        .route("/ui/ui.css", get(ui::style))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             Duration::from_millis(limits.body_read_timeout_ms),
