@@ -272,6 +272,19 @@ mod tests {
 
     /// One test, so no other test of this binary starts or stops the
     /// export thread while it counts threads.
+    /// Waits (bounded) until [`export_threads`] is `want`: a new thread
+    /// names itself once it runs, a moment after it was spawned.
+    fn export_threads_become(want: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = export_threads();
+            if now == want || std::time::Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn an_export_thread_runs_only_with_an_endpoint_and_stops_at_shutdown() {
         let before = export_threads();
@@ -298,7 +311,7 @@ mod tests {
         };
         let telemetry = Telemetry::init(&config, "node-a").unwrap();
         assert!(telemetry.is_exporting());
-        assert_eq!(export_threads(), before + 1);
+        assert_eq!(export_threads_become(before + 1), before + 1);
         let mut spans = RoundSpans::new("mesh");
         spans.train_started(&key);
         assert_eq!(spans.open_count(), 1);
