@@ -335,7 +335,10 @@ mod tests {
         let telemetry = Telemetry::init(&config, "node-a").unwrap();
         let mut spans = RoundSpans::new("mesh");
         for round in 0..5_000 {
-            let key = mesh_round::protocol::RoundKey { round, ..key.clone() };
+            let key = mesh_round::protocol::RoundKey {
+                round,
+                ..key.clone()
+            };
             spans.train_started(&key);
             spans.train_done(&key, None);
         }
