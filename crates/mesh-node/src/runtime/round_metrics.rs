@@ -2,7 +2,7 @@
 //! result, messages and bytes sent, dropouts, failed groups, rejected blobs,
 //! rounds completed and aborted, round duration (as this node saw it: first
 //! seen running to first seen committed), the last round's accuracy and loss,
-//! epsilon spent and budgeted, jobs by status, and the blob cache (hits,
+//! epsilon spent and budgeted, rounds each job has left, jobs by status, and the blob cache (hits,
 //! misses, evictions, bytes). Under `mesh_reputation`: quarantined nodes,
 //! quarantines seen, and the scores of nodes with evidence against them.
 
@@ -44,6 +44,7 @@ pub struct RoundMetrics {
     loss: Family<Label, GaugeF64>,
     epsilon: Family<Label, GaugeF64>,
     epsilon_budget: Family<Label, GaugeF64>,
+    rounds_remaining: Family<Label, Gauge>,
     jobs: Family<Label, Gauge>,
     cache: CacheMetrics,
     reputation: ReputationMetrics,
@@ -113,6 +114,7 @@ impl RoundMetrics {
             loss: Family::default(),
             epsilon: Family::default(),
             epsilon_budget: Family::default(),
+            rounds_remaining: Family::default(),
             jobs: Family::default(),
             cache: CacheMetrics::default(),
             reputation: ReputationMetrics::default(),
@@ -195,6 +197,11 @@ impl RoundMetrics {
             "epsilon_budget",
             "Differential-privacy epsilon a job may spend in total (DP jobs only)",
             self.epsilon_budget.clone(),
+        );
+        r.register(
+            "job_rounds_remaining",
+            "Rounds a job has still to run (0 once it is finished, however it ended)",
+            self.rounds_remaining.clone(),
         );
         let c = &self.cache;
         r.register(
@@ -329,6 +336,15 @@ impl RoundMetrics {
                     .get_or_create(&label)
                     .set(budget.epsilon_micros as f64 / 1e6);
             }
+            let remaining = if job.status.is_finished() {
+                0
+            } else {
+                let completed = job.completions().count() as u64;
+                u64::from(job.spec.rounds).saturating_sub(completed)
+            };
+            self.rounds_remaining
+                .get_or_create(&label)
+                .set(i64::try_from(remaining).unwrap_or(i64::MAX));
             if let Some(last) = job.completions().last() {
                 // A regression job has no accuracy (the API shows none either).
                 let schema = job.spec.training.schema.as_ref();
@@ -490,6 +506,7 @@ mod tests {
             ("mesh_round_loss{job=\"j\"}", 0.5),
             ("mesh_round_epsilon_spent{job=\"j\"}", 0.5),
             ("mesh_round_epsilon_budget{job=\"j\"}", 2.0),
+            ("mesh_round_job_rounds_remaining{job=\"j\"}", 1.0),
             ("mesh_reputation_quarantined_nodes", 1.0),
             ("mesh_reputation_quarantines_total", 1.0),
             ("mesh_reputation_score{node=\"a\"}", 400.0),
