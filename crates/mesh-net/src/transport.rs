@@ -57,14 +57,37 @@ pub fn build(kind: TransportKind, keypair: &Keypair) -> Result<MeshTransport, Ne
                 .multiplex(yamux_config())
                 .timeout(HANDSHAKE_TIMEOUT);
             let quic = quic::tokio::Transport::new(quic_config(keypair));
-            Ok(tcp
-                .or_transport(quic)
-                .map(|either, _| match either {
-                    Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
-                    Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
-                })
-                .boxed())
+            let direct = tcp.or_transport(quic).map(|either, _| match either {
+                Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+                Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            });
+            resolving(direct)
         }
+    }
+}
+
+/// Wraps `direct` so `/dns4`, `/dns6` and `/dns` addresses (a Compose service,
+/// a Kubernetes headless-service name) resolve with the system's resolver
+/// (`/etc/resolv.conf`). Without a readable resolver configuration the node
+/// still runs on IP addresses alone, and says so; it never falls back to a
+/// public resolver. A configuration that exists but cannot be parsed is an error.
+fn resolving<T>(direct: T) -> Result<MeshTransport, NetError>
+where
+    T: Transport<Output = (PeerId, StreamMuxerBox)> + Send + Unpin + 'static,
+    T::Dial: Send + 'static,
+    T::ListenerUpgrade: Send + 'static,
+    T::Error: Send + Sync + 'static,
+{
+    const RESOLV_CONF: &str = "/etc/resolv.conf";
+    if let Err(err) = std::fs::metadata(RESOLV_CONF) {
+        tracing::warn!("no DNS names in addresses: {RESOLV_CONF} is not readable ({err})");
+        return Ok(direct.boxed());
+    }
+    match libp2p::dns::tokio::Transport::system(direct) {
+        Ok(dns) => Ok(dns.boxed()),
+        Err(err) => Err(NetError::Transport(format!(
+            "reading the system DNS configuration (/etc/resolv.conf) failed: {err}"
+        ))),
     }
 }
 

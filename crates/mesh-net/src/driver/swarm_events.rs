@@ -204,12 +204,24 @@ impl Driver {
             return;
         }
         let now = now_ms();
+        let keep_loopback = self.listens_on_loopback_only();
         for addr in addrs {
+            if !keep_loopback && is_loopback(&addr) {
+                continue;
+            }
             if self.book.add(peer, addr.clone()) {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
             }
         }
         let _ = self.peers.insert(peer, now);
+    }
+
+    /// True while every address this node listens on is a loopback one (a
+    /// mesh of processes on one machine). Otherwise a peer's loopback
+    /// addresses lead back to this node itself (in a container, on a host)
+    /// and are not worth a dial.
+    fn listens_on_loopback_only(&self) -> bool {
+        self.swarm.listeners().all(is_loopback)
     }
 
     fn on_cert_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {
@@ -494,4 +506,13 @@ fn source_ip(addr: &Multiaddr) -> String {
             _ => None,
         })
         .unwrap_or_else(|| addr.to_string())
+}
+
+/// True when `addr` is on 127.0.0.0/8 or ::1.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|part| match part {
+        libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+        libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
 }
