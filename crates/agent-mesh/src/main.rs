@@ -39,6 +39,8 @@ enum Command {
     Ca(cli::ca::CaCommand),
     /// Run a mesh node: P2P network, committee member, HTTP API (until SIGTERM/SIGINT).
     Node(cli::node::NodeArgs),
+    /// Probe a node's /healthz (or /readyz): exit 0 when it answers 200 (container health checks).
+    Health(cli::health::HealthArgs),
     /// Show a running node's status, peers and committee.
     Status(cli::status::StatusArgs),
     /// Sign a short-lived admin token for the HTTP API's write endpoints.
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Keygen(args) => cli::keygen::run(args),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Node(args) => cli::node::run(args),
+        Command::Health(args) => cli::health::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Token(args) => cli::token::run(args),
         Command::Job(cmd) => cli::job::run(cmd),

@@ -26,9 +26,12 @@ use serde::{Deserialize, Serialize};
 
 use super::keygen::PUBLIC_KEY_FILE;
 
-const CA_KEY: &str = "ca.key.pem";
-const CA_CERT: &str = "ca.cert.pem";
-const CA_PIN: &str = "ca.pin";
+/// The CA's private key file in a CA folder.
+pub(crate) const CA_KEY: &str = "ca.key.pem";
+/// The CA certificate file in a CA folder.
+pub(crate) const CA_CERT: &str = "ca.cert.pem";
+/// The CA pin file in a CA folder.
+pub(crate) const CA_PIN: &str = "ca.pin";
 const ISSUED: &str = "issued";
 const REVOCATIONS: &str = "revocations.jsonl";
 const DAY_S: i64 = 86_400;
@@ -48,6 +51,8 @@ pub enum CaCommand {
     Verify(VerifyArgs),
     /// List issued certificates and their status.
     List(ListArgs),
+    /// Create (or complete) a CA, an admin and node identities in one folder, for a deployment.
+    Provision(super::provision::ProvisionArgs),
 }
 
 /// Flags of `agent-mesh ca init`.
@@ -168,6 +173,7 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
         CaCommand::Revoke(args) => revoke(args),
         CaCommand::Verify(args) => verify(args),
         CaCommand::List(args) => list(args),
+        CaCommand::Provision(args) => super::provision::run(args),
     }
 }
 
@@ -208,27 +214,32 @@ fn write_new(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.days >= 1, "--days must be at least 1");
-    fs::create_dir_all(args.out.join(ISSUED))
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let now = now_unix_s()?;
-    let ca = MeshCa::init(
-        NodeIdentity::generate(),
-        &args.name,
-        now - 60,
-        now + args.days * DAY_S,
-        random_serial(),
-    )?;
-    write_private_key(&args.out.join(CA_KEY), ca.identity())?;
-    write_new(
-        &args.out.join(CA_CERT),
-        &mesh_security::ca::cert_to_pem(ca.cert_der())?,
-    )?;
-    let pin = hex::encode(ca_pin(ca.cert_der()));
-    write_new(&args.out.join(CA_PIN), &format!("{pin}\n"))?;
+    let pin = create_ca(&args.out, &args.name, args.days)?;
     println!("CA {:?} created in {}", args.name, args.out.display());
     println!("pin (sha256 of the CA certificate): {pin}");
     Ok(())
+}
+
+/// Creates a CA named `name`, valid `days` days, in `out`; returns its pin (hex).
+pub(crate) fn create_ca(out: &Path, name: &str, days: i64) -> anyhow::Result<String> {
+    anyhow::ensure!(days >= 1, "--days must be at least 1");
+    fs::create_dir_all(out.join(ISSUED)).with_context(|| format!("creating {}", out.display()))?;
+    let now = now_unix_s()?;
+    let ca = MeshCa::init(
+        NodeIdentity::generate(),
+        name,
+        now - 60,
+        now + days * DAY_S,
+        random_serial(),
+    )?;
+    write_private_key(&out.join(CA_KEY), ca.identity())?;
+    write_new(
+        &out.join(CA_CERT),
+        &mesh_security::ca::cert_to_pem(ca.cert_der())?,
+    )?;
+    let pin = hex::encode(ca_pin(ca.cert_der()));
+    write_new(&out.join(CA_PIN), &format!("{pin}\n"))?;
+    Ok(pin)
 }
 
 fn record_issued(ca_dir: &Path, serial: &[u8], pem: &str, out: &Path) -> anyhow::Result<()> {
@@ -243,28 +254,40 @@ fn record_issued(ca_dir: &Path, serial: &[u8], pem: &str, out: &Path) -> anyhow:
 }
 
 fn issue(args: IssueArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.days >= 1, "--days must be at least 1");
-    let ca = load_ca(&args.ca)?;
-    let roles = RoleSet::parse_list(&args.roles)?;
-    let node_key = public_key_from_pem(&read_text(&args.node.join(PUBLIC_KEY_FILE))?)?;
-    let now = now_unix_s()?;
-    let cert = ca.issue(
-        &node_key,
-        roles,
-        now - 60,
-        now + args.days * DAY_S,
-        random_serial(),
-    )?;
-    record_issued(&args.ca, &cert.serial, &cert.pem, &args.out)?;
-    let info = CertInfo::parse(&cert.der)?;
+    let info = issue_cert(&args.ca, &args.node, &args.roles, args.days, &args.out)?;
     println!(
         "issued {} to {} with roles [{}], valid {} days",
-        hex::encode(&cert.serial),
+        hex::encode(&info.serial),
         info.node_id,
         info.roles,
         args.days
     );
     Ok(())
+}
+
+/// Issues the CA in `ca_dir` a certificate for the key in `node_dir` with
+/// `roles` (comma-separated), valid `days` days, written to `out`.
+pub(crate) fn issue_cert(
+    ca_dir: &Path,
+    node_dir: &Path,
+    roles: &str,
+    days: i64,
+    out: &Path,
+) -> anyhow::Result<CertInfo> {
+    anyhow::ensure!(days >= 1, "--days must be at least 1");
+    let ca = load_ca(ca_dir)?;
+    let roles = RoleSet::parse_list(roles)?;
+    let node_key = public_key_from_pem(&read_text(&node_dir.join(PUBLIC_KEY_FILE))?)?;
+    let now = now_unix_s()?;
+    let cert = ca.issue(
+        &node_key,
+        roles,
+        now - 60,
+        now + days * DAY_S,
+        random_serial(),
+    )?;
+    record_issued(ca_dir, &cert.serial, &cert.pem, out)?;
+    Ok(CertInfo::parse(&cert.der)?)
 }
 
 fn renew(args: RenewArgs) -> anyhow::Result<()> {
