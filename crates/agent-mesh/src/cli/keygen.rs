@@ -43,6 +43,11 @@ pub fn run(args: KeygenArgs) -> anyhow::Result<()> {
 pub fn write_identity(dir: &Path, identity: &NodeIdentity) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_private_key(&dir.join(KEY_FILE), identity)?;
+    write_public_parts(dir, identity)
+}
+
+/// Writes the public key and node id files of `identity` into `dir`.
+pub fn write_public_parts(dir: &Path, identity: &NodeIdentity) -> anyhow::Result<()> {
     let public = public_key_to_pem(&identity.verifying_key())?;
     let public_path = dir.join(PUBLIC_KEY_FILE);
     fs::write(&public_path, public)

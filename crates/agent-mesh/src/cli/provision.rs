@@ -18,7 +18,8 @@ use clap::Args;
 use mesh_security::NodeIdentity;
 
 use super::ca::{create_ca, issue_cert, CA_CERT};
-use super::keygen::{write_identity, KEY_FILE, NODE_ID_FILE};
+use super::keygen::{write_identity, write_public_parts, KEY_FILE, NODE_ID_FILE, PUBLIC_KEY_FILE};
+use mesh_security::keyfile::read_private_key;
 
 /// File name of a member's certificate inside its folder.
 pub const CERT_FILE: &str = "node.cert.pem";
@@ -111,6 +112,10 @@ fn provision_member(ca_dir: &Path, dir: &Path, roles: &str, days: i64) -> anyhow
     let key_created = !dir.join(KEY_FILE).exists();
     if key_created {
         write_identity(dir, &NodeIdentity::generate())?;
+    } else if !dir.join(NODE_ID_FILE).exists() || !dir.join(PUBLIC_KEY_FILE).exists() {
+        // A key kept on its own (restored from a secret store): its public
+        // parts follow from it.
+        write_public_parts(dir, &read_private_key(&dir.join(KEY_FILE))?)?;
     }
     let cert = dir.join(CERT_FILE);
     let cert_created = !cert.exists();
@@ -163,6 +168,23 @@ mod tests {
         for member in ["admin", "node-1", "node-2", "extra"] {
             assert!(dir.path().join(member).join(CERT_FILE).exists(), "{member}");
         }
+    }
+
+    #[test]
+    fn a_key_kept_alone_gets_its_public_parts_back_and_keeps_its_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        run(args(dir.path(), 1, &[])).unwrap();
+        let member = dir.path().join("node-1");
+        let id = std::fs::read_to_string(member.join(NODE_ID_FILE)).unwrap();
+        for file in [NODE_ID_FILE, PUBLIC_KEY_FILE, CERT_FILE] {
+            std::fs::remove_file(member.join(file)).unwrap();
+        }
+        run(args(dir.path(), 1, &[])).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(member.join(NODE_ID_FILE)).unwrap(),
+            id
+        );
+        assert!(member.join(CERT_FILE).exists());
     }
 
     #[test]
