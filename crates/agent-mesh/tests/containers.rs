@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mesh::{bin, http, run_ok, wait_for, wait_for_described};
+use common::mesh::{bin, http, job_view, run_ok, submit_job, wait_for, wait_for_described};
 
 /// The image tag the tests build and run.
 const IMAGE: &str = "agent-mesh:ci-test";
@@ -77,7 +77,7 @@ fn free_port() -> u16 {
 
 /// The spec of a short MNIST job for `participants` nodes (secure
 /// aggregation needs at least three).
-fn job_body(job: &str, participants: usize) -> String {
+fn job_body(job: &str, participants: usize) -> serde_json::Value {
     serde_json::json!({
         "job": job,
         "spec": {
@@ -91,24 +91,13 @@ fn job_body(job: &str, participants: usize) -> String {
             }
         }
     })
-    .to_string()
 }
 
 /// Submits `job` through `api` (retrying while the committee forms) and
 /// waits until it is completed; returns its view.
 fn run_job(api: &str, token: &str, job: &str, participants: usize) -> serde_json::Value {
-    let body = job_body(job, participants);
-    wait_for("the job to be accepted", LIMIT, || {
-        let (status, answer) = http("POST", &format!("{api}/v1/jobs"), Some(token), &body)?;
-        if status != 200 {
-            eprintln!("submit {job}: {status} {answer}");
-        }
-        (status == 200).then_some(())
-    });
-    let view = || {
-        let (status, answer) = http("GET", &format!("{api}/v1/jobs/{job}"), Some(token), "")?;
-        (status == 200).then(|| serde_json::from_str::<serde_json::Value>(&answer).ok())?
-    };
+    submit_job(api, token, &job_body(job, participants));
+    let view = || job_view(api, token, job);
     wait_for_described(
         LIMIT,
         || view().filter(|v| v["status"] == "Completed"),

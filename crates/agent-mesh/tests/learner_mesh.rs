@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::mesh::{http, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{http, start_node, submit_job, wait_for, wait_for_described, Mesh};
 
 const NODES: usize = 3;
 const ROUNDS: u64 = 5;
@@ -97,15 +97,7 @@ fn submit(mesh: &Mesh, token: &str, model: &serde_json::Value) {
             }
         }
     });
-    wait_for("the job to be accepted", Duration::from_secs(120), || {
-        let url = format!("{}/v1/jobs", mesh.nodes[0].http_url);
-        let (status, body) = http("POST", &url, Some(token), &spec.to_string())?;
-        if status == 200 {
-            return Some(());
-        }
-        eprintln!("submit: {status} {body}");
-        None
-    });
+    submit_job(&mesh.nodes[0].http_url, token, &spec);
 }
 
 fn job_view(mesh: &Mesh, node: usize, token: &str) -> Option<serde_json::Value> {

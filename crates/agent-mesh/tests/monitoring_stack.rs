@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mesh::{http, mnist_dir, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{http, start_mnist_mesh, wait_for, wait_for_described, Mesh};
 
 const NODES: usize = 3;
 const JOB: &str = "monitoring";
@@ -344,25 +344,6 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-fn start_mesh() -> Mesh {
-    let mut mesh = Mesh::new(NODES);
-    let data = mnist_dir();
-    let mut boot = None::<String>;
-    for i in 0..NODES {
-        let shard = format!("{i}/{NODES}");
-        let env = [
-            ("AGENT_MESH_DATA", data.as_str()),
-            ("AGENT_MESH_DATA_SHARD", shard.as_str()),
-        ];
-        start_node(&mut mesh.nodes[i], boot.as_deref(), &env);
-        if boot.is_none() {
-            boot = Some(mesh.nodes[0].listen[0].clone());
-        }
-    }
-    mesh.wait_full_mesh();
-    mesh
-}
-
 /// Submits a small DP job with the CLI (which solves the noise for the
 /// budget), retrying while the committee is still forming.
 fn submit(mesh: &Mesh, token: &str) {
@@ -482,7 +463,7 @@ fn prometheus_scrapes_a_mesh_and_every_dashboard_query_has_data() {
         return;
     };
     let started = Instant::now();
-    let mesh = start_mesh();
+    let mesh = start_mnist_mesh(NODES);
     let targets: Vec<String> = mesh
         .nodes
         .iter()

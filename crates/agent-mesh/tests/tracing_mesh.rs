@@ -15,7 +15,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::mesh::{http, mnist_dir, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{mnist_dir, start_node, submit_job, wait_for_described, Mesh};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
@@ -166,6 +166,24 @@ fn round_tree(spans: &[Received], nodes: usize) -> Option<Vec<Received>> {
     None
 }
 
+/// The span of every step of a round with secure aggregation.
+const STEPS: [&str; 7] = [
+    "round",
+    "propose",
+    "train",
+    "mask",
+    "send_update",
+    "group_aggregate",
+    "aggregate",
+];
+
+/// True when `tree` holds a span of every step and every participant's training.
+fn every_step(tree: &[Received]) -> bool {
+    let names: BTreeSet<&str> = tree.iter().map(|s| s.name.as_str()).collect();
+    let trains = tree.iter().filter(|s| s.name == "train").count();
+    STEPS.iter().all(|step| names.contains(step)) && trains >= NODES
+}
+
 fn submit(mesh: &Mesh, token: &str) {
     let spec = serde_json::json!({
         "job": "traced",
@@ -179,22 +197,11 @@ fn submit(mesh: &Mesh, token: &str) {
             }
         }
     });
-    wait_for("the job to be accepted", Duration::from_secs(120), || {
-        let url = format!("{}/v1/jobs", mesh.nodes[0].http_url);
-        let (status, body) = http("POST", &url, Some(token), &spec.to_string())?;
-        if status == 200 {
-            return Some(());
-        }
-        eprintln!("submit: {status} {body}");
-        None
-    });
+    submit_job(&mesh.nodes[0].http_url, token, &spec);
 }
 
 fn completed(mesh: &Mesh, token: &str) -> bool {
-    let url = format!("{}/v1/jobs/traced", mesh.nodes[0].http_url);
-    http("GET", &url, Some(token), "")
-        .and_then(|(status, body)| (status == 200).then_some(body))
-        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+    common::mesh::job_view(&mesh.nodes[0].http_url, token, "traced")
         .is_some_and(|view| view["status"] == "Completed")
 }
 
@@ -270,9 +277,11 @@ fn a_round_is_one_trace_across_the_nodes_and_a_stopping_node_flushes_its_spans()
         "node {FLUSHED_AT_EXIT} did not exit cleanly on SIGTERM\n{}",
         mesh.nodes[FLUSHED_AT_EXIT].log_tail()
     );
+    // Spans of one round end at different times and reach the collector in
+    // each node's next batch: wait for the whole tree, not its first part.
     let tree = wait_for_described(
         Duration::from_secs(30),
-        || round_tree(&receiver.spans(), NODES),
+        || round_tree(&receiver.spans(), NODES).filter(|tree| every_step(tree)),
         || {
             format!(
                 "one round's spans from {NODES} nodes as one tree: {:#?}",
@@ -297,15 +306,7 @@ fn a_round_is_one_trace_across_the_nodes_and_a_stopping_node_flushes_its_spans()
         "the stopped node's spans: {by_node:?}"
     );
     let names: BTreeSet<&str> = tree.iter().map(|s| s.name.as_str()).collect();
-    for want in [
-        "round",
-        "propose",
-        "train",
-        "mask",
-        "send_update",
-        "group_aggregate",
-        "aggregate",
-    ] {
+    for want in STEPS {
         assert!(
             names.contains(want),
             "no {want} span in the round's trace: {by_node:?}"

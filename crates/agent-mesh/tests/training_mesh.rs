@@ -11,31 +11,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::mesh::{http, mnist_dir, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{start_mnist_mesh, submit_job, wait_for, wait_for_described, Mesh};
 
 const NODES: usize = 5;
 /// Well inside the test runner's 10-minute limit, so a stuck job fails
 /// with its own message (a job takes about 30 s).
 const JOB_LIMIT: Duration = Duration::from_secs(240);
-
-fn start_mesh() -> Mesh {
-    let mut mesh = Mesh::new(NODES);
-    let data = mnist_dir();
-    let mut boot = None::<String>;
-    for i in 0..NODES {
-        let shard = format!("{i}/{NODES}");
-        let env = [
-            ("AGENT_MESH_DATA", data.as_str()),
-            ("AGENT_MESH_DATA_SHARD", shard.as_str()),
-        ];
-        start_node(&mut mesh.nodes[i], boot.as_deref(), &env);
-        if boot.is_none() {
-            boot = Some(mesh.nodes[0].listen[0].clone());
-        }
-    }
-    mesh.wait_full_mesh();
-    mesh
-}
 
 fn submit(mesh: &Mesh, node: usize, token: &str, job: &str, group_size: u32, secagg: bool) {
     let spec = serde_json::json!({
@@ -50,21 +31,11 @@ fn submit(mesh: &Mesh, node: usize, token: &str, job: &str, group_size: u32, sec
             }
         }
     });
-    wait_for("the job to be accepted", Duration::from_secs(120), || {
-        let url = format!("{}/v1/jobs", mesh.nodes[node].http_url);
-        let (status, body) = http("POST", &url, Some(token), &spec.to_string())?;
-        if status == 200 {
-            return Some(());
-        }
-        eprintln!("submit: {status} {body}");
-        None
-    });
+    submit_job(&mesh.nodes[node].http_url, token, &spec);
 }
 
 fn job_view(mesh: &Mesh, node: usize, token: &str, job: &str) -> Option<serde_json::Value> {
-    let url = format!("{}/v1/jobs/{job}", mesh.nodes[node].http_url);
-    let (status, body) = http("GET", &url, Some(token), "")?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
+    common::mesh::job_view(&mesh.nodes[node].http_url, token, job)
 }
 
 fn wait_completed(mesh: &Mesh, alive: &[usize], token: &str, job: &str) -> serde_json::Value {
@@ -96,7 +67,7 @@ fn leader_index(mesh: &Mesh) -> usize {
 
 #[test]
 fn secure_job_reaches_90_percent_and_survives_the_leader_being_killed() {
-    let mut mesh = start_mesh();
+    let mut mesh = start_mnist_mesh(NODES);
     let token = mesh.admin_token();
     leader_index(&mesh);
 
@@ -163,7 +134,7 @@ fn victim(mesh: &Mesh, leader: usize, record: &serde_json::Value) -> Option<(usi
 
 #[test]
 fn a_killed_group_aggregators_shard_is_reassigned() {
-    let mut mesh = start_mesh();
+    let mut mesh = start_mnist_mesh(NODES);
     let token = mesh.admin_token();
     let leader = leader_index(&mesh);
     // Plain groups of two: five participants make two groups, each with its

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mesh::{
-    http, make_member, mnist_dir, run_ok, start_node, wait_for, wait_for_described, Mesh, MESH_ID,
+    make_member, run_ok, start_mnist_mesh, submit_job, wait_for, wait_for_described, Mesh, MESH_ID,
 };
 
 const NODES: usize = 3;
@@ -50,25 +50,6 @@ fn chromium() -> Option<PathBuf> {
     std::env::split_paths(&path)
         .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
         .find(|candidate| candidate.is_file())
-}
-
-fn start_mesh() -> Mesh {
-    let mut mesh = Mesh::new(NODES);
-    let data = mnist_dir();
-    let mut boot = None::<String>;
-    for i in 0..NODES {
-        let shard = format!("{i}/{NODES}");
-        let env = [
-            ("AGENT_MESH_DATA", data.as_str()),
-            ("AGENT_MESH_DATA_SHARD", shard.as_str()),
-        ];
-        start_node(&mut mesh.nodes[i], boot.as_deref(), &env);
-        if boot.is_none() {
-            boot = Some(mesh.nodes[0].listen[0].clone());
-        }
-    }
-    mesh.wait_full_mesh();
-    mesh
 }
 
 /// A token for a member that may only observe (no admin role).
@@ -103,21 +84,11 @@ fn submit(mesh: &Mesh, token: &str) {
             }
         }
     });
-    wait_for("the job to be accepted", Duration::from_secs(120), || {
-        let url = format!("{}/v1/jobs", mesh.nodes[0].http_url);
-        let (status, body) = http("POST", &url, Some(token), &spec.to_string())?;
-        if status == 200 {
-            return Some(());
-        }
-        eprintln!("submit: {status} {body}");
-        None
-    });
+    submit_job(&mesh.nodes[0].http_url, token, &spec);
 }
 
 fn job_view(mesh: &Mesh, token: &str) -> Option<serde_json::Value> {
-    let url = format!("{}/v1/jobs/{JOB}", mesh.nodes[0].http_url);
-    let (status, body) = http("GET", &url, Some(token), "")?;
-    (status == 200).then(|| serde_json::from_str(&body).ok())?
+    common::mesh::job_view(&mesh.nodes[0].http_url, token, JOB)
 }
 
 fn wait_completed(mesh: &Mesh, token: &str) -> serde_json::Value {
@@ -290,7 +261,7 @@ fn the_web_view_shows_the_committee_and_a_finished_jobs_accuracy_curve() {
         return;
     };
     let started = Instant::now();
-    let mesh = start_mesh();
+    let mesh = start_mnist_mesh(NODES);
     let admin = mesh.admin_token();
     let observer = observer_token(&mesh);
     leader_peer(&mesh);

@@ -414,3 +414,44 @@ pub fn start_node_with_args(
         .collect();
     assert!(!node.listen.is_empty(), "node has no TCP listen address");
 }
+
+/// A mesh of `n` nodes, node `i` training on shard `i` of `n` of the MNIST
+/// subset, each bootstrapping from node 0; returns once all admit each other.
+pub fn start_mnist_mesh(n: usize) -> Mesh {
+    let mut mesh = Mesh::new(n);
+    let data = mnist_dir();
+    let mut boot = None::<String>;
+    for i in 0..n {
+        let shard = format!("{i}/{n}");
+        let env = [
+            ("AGENT_MESH_DATA", data.as_str()),
+            ("AGENT_MESH_DATA_SHARD", shard.as_str()),
+        ];
+        start_node(&mut mesh.nodes[i], boot.as_deref(), &env);
+        if boot.is_none() {
+            boot = Some(mesh.nodes[0].listen[0].clone());
+        }
+    }
+    mesh.wait_full_mesh();
+    mesh
+}
+
+/// Posts `body` (`{"job": ID, "spec": ...}`) to `api`'s `/v1/jobs` until it
+/// is accepted (the committee may still be forming), for at most two minutes.
+pub fn submit_job(api: &str, token: &str, body: &serde_json::Value) {
+    wait_for("the job to be accepted", Duration::from_secs(120), || {
+        let url = format!("{api}/v1/jobs");
+        let (status, answer) = http("POST", &url, Some(token), &body.to_string())?;
+        if status == 200 {
+            return Some(());
+        }
+        eprintln!("submit: {status} {answer}");
+        None
+    });
+}
+
+/// `GET /v1/jobs/{job}` on `api`, when it answers 200 with JSON.
+pub fn job_view(api: &str, token: &str, job: &str) -> Option<serde_json::Value> {
+    let (status, body) = http("GET", &format!("{api}/v1/jobs/{job}"), Some(token), "")?;
+    (status == 200).then(|| serde_json::from_str(&body).ok())?
+}
