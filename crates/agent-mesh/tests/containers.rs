@@ -350,40 +350,29 @@ impl SwarmStack {
 }
 
 /// The API of every task of `service`, at its address on `docker_gwbridge`
-/// (the bridge every Swarm task has to its host). The routing mesh publishes
-/// the same API on the stack's port, but that rides iptables rules some
-/// hosts (nftables without the legacy tables) do not apply to local
-/// traffic, so the test reaches each task directly.
+/// (the bridge every Swarm task has to its host), as Docker reports it. The
+/// routing mesh publishes the same API on the stack's port, but that rides
+/// iptables rules some hosts (nftables without the legacy tables) do not
+/// apply to local traffic, so the test reaches each task directly.
 fn task_apis(service: &str) -> Vec<String> {
-    let subnet = run_checked(
+    let filter = format!("label=com.docker.swarm.service.name={service}");
+    let ids = run_checked(
         "docker",
-        &[
-            "network",
-            "inspect",
-            "docker_gwbridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Subnet}}",
-        ],
+        &["ps", "-q", "--no-trunc", "--filter", &filter],
         &[],
     );
-    let (base, bits) = subnet.trim().split_once('/').unwrap();
-    let base: std::net::Ipv4Addr = base.parse().unwrap();
-    let mask = u32::MAX
-        .checked_shl(32 - bits.parse::<u32>().unwrap())
-        .unwrap_or(0);
-    let on_bridge = |ip: std::net::Ipv4Addr| u32::from(ip) & mask == u32::from(base) & mask;
-    let filter = format!("label=com.docker.swarm.service.name={service}");
-    let containers = run_checked("docker", &["ps", "-q", "--filter", &filter], &[]);
-    containers
+    let format = "{{range $id, $c := .Containers}}{{$id}} {{$c.IPv4Address}}\n{{end}}";
+    let bridge = run_checked(
+        "docker",
+        &["network", "inspect", "docker_gwbridge", "--format", format],
+        &[],
+    );
+    bridge
         .lines()
-        .filter_map(SwarmStack::status_in)
-        .filter_map(|view| {
-            let addrs = view["status"]["listen_addrs"].as_array()?.clone();
-            addrs.iter().find_map(|addr| {
-                let ip: std::net::Ipv4Addr = addr.as_str()?.split('/').nth(2)?.parse().ok()?;
-                on_bridge(ip).then(|| format!("http://{ip}:8080"))
-            })
-        })
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(id, _)| ids.lines().any(|task| task == *id))
+        .filter_map(|(_, cidr)| cidr.split('/').next())
+        .map(|ip| format!("http://{ip}:8080"))
         .collect()
 }
 
