@@ -11,22 +11,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::mesh::{bin, http, job_view, run_ok, submit_job, wait_for, wait_for_described};
+use common::mesh::{
+    bin, http, job_view, repo_root, run_ok, skip_unless_ci, submit_job, wait_for,
+    wait_for_described,
+};
 
 /// The image tag the tests build and run.
 const IMAGE: &str = "agent-mesh:ci-test";
 /// Bound on each wait for the mesh (start, election, a job).
 const LIMIT: Duration = Duration::from_secs(240);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// True when Docker answers; otherwise says why (and fails under CI).
 fn docker_ready() -> bool {
@@ -35,11 +33,7 @@ fn docker_ready() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI=true but the Docker Engine does not answer `docker info`"
-        );
-        eprintln!("skipped: no Docker Engine (install docker.io and docker-compose)");
+        skip_unless_ci("the Docker Engine does not answer `docker info` (install docker.io and docker-compose)");
     }
     ok
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::mesh::{bin, make_member, run_ok};
+use common::mesh::{bin, make_member, repo_root, run_ok, skip_unless_ci};
 use serde_json::Value;
 
 /// The Kubernetes version whose schemas the manifests must satisfy.
@@ -106,10 +106,6 @@ struct Manifests {
     validator: Option<String>,
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn k8s_dir() -> PathBuf {
     repo_root().join("k8s")
 }
@@ -117,10 +113,7 @@ fn k8s_dir() -> PathBuf {
 /// Prints `skipped:` (or panics under CI) and returns `None` when the tool is missing.
 fn missing(why: &str) -> Option<Manifests> {
     let why = format!("{why}; install with `pip install kubernetes-validate` (it brings PyYAML)");
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
-    }
-    eprintln!("skipped: {why}");
+    skip_unless_ci(&why);
     None
 }
 

@@ -35,6 +35,8 @@ pub(crate) const CA_PIN: &str = "ca.pin";
 const ISSUED: &str = "issued";
 const REVOCATIONS: &str = "revocations.jsonl";
 const DAY_S: i64 = 86_400;
+/// Validity of a new CA certificate unless told otherwise, in days (ten years).
+pub(crate) const CA_DAYS_DEFAULT: i64 = 3650;
 
 /// Subcommands of `agent-mesh ca`.
 #[derive(Debug, Subcommand)]
@@ -65,7 +67,7 @@ pub struct InitArgs {
     #[arg(long, default_value = "agent-mesh CA")]
     pub name: String,
     /// Validity of the CA certificate in days.
-    #[arg(long, default_value_t = 3650)]
+    #[arg(long, default_value_t = CA_DAYS_DEFAULT)]
     pub days: i64,
 }
 

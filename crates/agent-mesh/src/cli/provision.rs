@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use mesh_security::NodeIdentity;
 
-use super::ca::{create_ca, issue_cert, CA_CERT};
+use super::ca::{create_ca, issue_cert, CA_CERT, CA_DAYS_DEFAULT};
 use super::keygen::{write_identity, write_public_parts, KEY_FILE, NODE_ID_FILE, PUBLIC_KEY_FILE};
 use mesh_security::keyfile::read_private_key;
 
@@ -62,7 +62,7 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         println!("CA kept: {}", ca_dir.display());
     } else {
         let name = format!("agent-mesh {} CA", args.mesh_id);
-        let pin = create_ca(&ca_dir, &name, 3650)?;
+        let pin = create_ca(&ca_dir, &name, CA_DAYS_DEFAULT)?;
         println!("CA created: {} (pin {pin})", ca_dir.display());
     }
     provision_member(&ca_dir, &args.out.join("admin"), ADMIN_ROLES, args.days)?;

@@ -455,3 +455,16 @@ pub fn job_view(api: &str, token: &str, job: &str) -> Option<serde_json::Value> 
     let (status, body) = http("GET", &format!("{api}/v1/jobs/{job}"), Some(token), "")?;
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A test that needs a tool this machine lacks: under `CI` (which installs
+/// every tool the tests use) that is a failure; elsewhere the test says
+/// `skipped:` and why, and passes.
+pub fn skip_unless_ci(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "CI is set but {why}");
+    eprintln!("skipped: {why}");
+}
