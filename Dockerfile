@@ -19,9 +19,12 @@ USER 65532:65532
 WORKDIR /var/lib/agent-mesh
 # Raft store, node.json and the model cache: keep it on a volume.
 VOLUME ["/var/lib/agent-mesh"]
-# P2P (TCP and QUIC), the Raft direct link, the HTTP API.
+# P2P (TCP and QUIC), the Raft direct link, the HTTPS API.
 EXPOSE 7000/tcp 7000/udp 7001/tcp 8080/tcp
+# The mesh CA the health check verifies the API with (the default config's
+# CA folder; deployments that mount it elsewhere set AGENT_MESH_CA too).
+ENV AGENT_MESH_CA=/etc/agent-mesh/ca
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["/usr/local/bin/agent-mesh", "health", "--api", "http://127.0.0.1:8080"]
+  CMD ["/usr/local/bin/agent-mesh", "health", "--api", "https://127.0.0.1:8080"]
 ENTRYPOINT ["/usr/local/bin/agent-mesh"]
 CMD ["node", "--config", "/etc/agent-mesh/node.toml"]

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops a development mesh of local node processes on loopback.
+# Each node serves its API over HTTPS with its certificate from the mesh CA
+# in DIR/ca; clients verify it with that CA: agent-mesh status --ca DIR/ca.
 #
 #   scripts/deploy.sh development [N]   CA, keys, certificates and N nodes (default 5)
 #   scripts/deploy.sh stop              stops the nodes it started (by recorded PID)
@@ -31,6 +33,13 @@ ensure_binary() {
   fi
 }
 
+# zone_of I -> node I's zone: dev-a, dev-b, dev-c in turn (the committee
+# and the final aggregators spread across them)
+zone_of() {
+  local zones=(a b c)
+  echo "dev-${zones[$(( ($1 - 1) % 3 ))]}"
+}
+
 # node_config I -> writes DIR/node-I/node.toml
 node_config() {
   local i="$1" port=$((BASE_PORT + $1))
@@ -41,6 +50,7 @@ node_config() {
   cat > "$DIR/node-$i/node.toml" <<TOML
 mesh_id = "$MESH_ID"
 data_dir = "data"
+zone = "$(zone_of "$i")"
 
 [identity]
 key = "node.key.pem"
@@ -105,7 +115,7 @@ development() {
   local deadline=$((SECONDS + WAIT_S))
   for i in $(seq 1 "$N"); do
     until url="$(http_url "$i")" && [[ -n "$url" ]] &&
-      "$BIN" status --api "$url" --wait-peers $((N - 1)) --timeout-s 1 >/dev/null 2>&1; do
+      "$BIN" status --api "$url" --ca "$DIR/ca" --wait-peers $((N - 1)) --timeout-s 1 >/dev/null 2>&1; do
       if (( SECONDS >= deadline )); then
         echo "node $i did not connect to the others within ${WAIT_S}s; its log:" >&2
         tail -n 20 "$DIR/node-$i/node.log" >&2
@@ -114,7 +124,7 @@ development() {
       sleep 0.5
     done
   done
-  echo "mesh ready. Admin credentials: $DIR/admin"
+  echo "mesh ready. Admin credentials: $DIR/admin; the APIs' CA: $DIR/ca (--ca or AGENT_MESH_CA)"
   for i in $(seq 1 "$N"); do
     echo "node $i: $(http_url "$i")"
   done
@@ -141,7 +151,7 @@ status() {
     [[ -f "$info" ]] || continue
     local url; url="$(sed -n 's/.*"http_url": *"\([^"]*\)".*/\1/p' "$info")"
     echo "== $url"
-    "$BIN" status --api "$url" || true
+    "$BIN" status --api "$url" --ca "$DIR/ca" || true
   done
 }
 

@@ -11,13 +11,14 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::mesh::{
-    bin, http, job_view, repo_root, run_ok, skip_unless_ci, submit_job, wait_for,
+    bin, http, job_view, repo_root, run_ok, skip_unless_ci, submit_job, trust_ca, wait_for,
     wait_for_described,
 };
 
@@ -142,6 +143,13 @@ impl DevProject {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Copies the mesh CA certificate out of node-1's identities volume.
+    fn copy_ca_cert(&self, to: &Path) {
+        let id = self.compose_checked(&["ps", "-q", "node-1"]);
+        let from = format!("{}:/etc/agent-mesh/identities/ca/ca.cert.pem", id.trim());
+        run_checked("docker", &["cp", &from, to.to_str().unwrap()], &[]);
+    }
+
     /// Everything Docker still holds with this project's label.
     fn leftovers(&self) -> Vec<String> {
         let label = format!("label=com.docker.compose.project={}", self.name);
@@ -186,9 +194,14 @@ fn the_dev_compose_mesh_trains_survives_a_killed_node_and_leaves_nothing() {
     // alone (the Prometheus and Grafana images cannot be pulled here).
     project.compose_checked(&["config", "-q"]);
     project.compose_checked(&["up", "-d", "--no-build", "node-1", "node-2", "node-3"]);
+    // The nodes serve HTTPS with certificates from the provisioned CA: take
+    // its certificate out of the identities volume to verify them.
+    let ca_dir = tempfile::tempdir().unwrap();
+    project.copy_ca_cert(&ca_dir.path().join("ca.cert.pem"));
+    trust_ca(&ca_dir.path().join("ca.cert.pem"));
     let apis: Vec<String> = ports
         .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
+        .map(|p| format!("https://127.0.0.1:{p}"))
         .collect();
     wait_for_described(
         LIMIT,
@@ -366,7 +379,7 @@ fn task_apis(service: &str) -> Vec<String> {
         .filter_map(|line| line.split_once(' '))
         .filter(|(id, _)| ids.lines().any(|task| task == *id))
         .filter_map(|(_, cidr)| cidr.split('/').next())
-        .map(|ip| format!("http://{ip}:8080"))
+        .map(|ip| format!("https://{ip}:8080"))
         .collect()
 }
 
@@ -447,6 +460,7 @@ fn the_prod_stack_keeps_its_committee_through_a_rolling_update_on_swarm() {
         "--nodes",
         "3",
     ]);
+    trust_ca(&secrets.path().join("ca").join("ca.cert.pem"));
     let port = free_port();
     let stack = SwarmStack::deploy(
         format!("agentmeshswarm{}", std::process::id()),

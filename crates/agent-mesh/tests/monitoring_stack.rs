@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mesh::{http, skip_unless_ci, start_mnist_mesh, wait_for, wait_for_described, Mesh};
+use common::mesh::{
+    http, skip_unless_ci, start_mnist_mesh_with, trust_ca, wait_for, wait_for_described, Mesh,
+};
 
 const NODES: usize = 3;
 const JOB: &str = "monitoring";
@@ -141,7 +143,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     // The Compose configuration is valid once its rule file is where it says.
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("prometheus.yml");
-    std::fs::write(&config, prometheus_config(&[], 15)).unwrap();
+    std::fs::write(&config, prometheus_config(&[], 15, None)).unwrap();
     let out = Command::new(&promtool)
         .args(["check", "config", config.to_str().unwrap()])
         .output()
@@ -196,7 +198,7 @@ fn the_dashboard_and_grafana_provisioning_agree() {
 /// prometheus.yml with its targets replaced by `targets` (left as they
 /// are when empty), its intervals set to `interval_s`, and its rule file
 /// taken from this checkout.
-fn prometheus_config(targets: &[String], interval_s: u32) -> String {
+fn prometheus_config(targets: &[String], interval_s: u32, ca_cert: Option<&Path>) -> String {
     let dir = monitoring_dir();
     let mut text = std::fs::read_to_string(dir.join("prometheus.yml")).unwrap();
     let alerts = dir.join("alerts.yml").canonicalize().unwrap();
@@ -220,6 +222,12 @@ fn prometheus_config(targets: &[String], interval_s: u32) -> String {
         "evaluation_interval: 15s",
         &format!("evaluation_interval: {interval_s}s"),
     );
+    if let Some(ca) = ca_cert {
+        replace(
+            "ca_file: /etc/agent-mesh/identities/ca/ca.cert.pem",
+            &format!("ca_file: {}", ca.display()),
+        );
+    }
     if !targets.is_empty() {
         let listed: Vec<String> = targets.iter().map(|t| format!("          - {t}")).collect();
         let compose: Vec<String> = (1..=NODES)
@@ -239,10 +247,10 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(binary: &Path, targets: &[String]) -> Self {
+    fn start(binary: &Path, targets: &[String], ca_cert: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(&config, prometheus_config(targets, 1)).unwrap();
+        std::fs::write(&config, prometheus_config(targets, 1, Some(ca_cert))).unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -347,6 +355,7 @@ fn percent_encode(text: &str) -> String {
 /// budget), retrying while the committee is still forming.
 fn submit(mesh: &Mesh, token: &str) {
     let api = mesh.nodes[0].http_url.clone();
+    let ca = mesh.ca();
     let participants = NODES.to_string();
     let rounds = ROUNDS.to_string();
     let args = [
@@ -354,6 +363,8 @@ fn submit(mesh: &Mesh, token: &str) {
         "submit",
         "--api",
         &api,
+        "--ca",
+        ca.to_str().unwrap(),
         "--token",
         token,
         "--id",
@@ -462,13 +473,16 @@ fn prometheus_scrapes_a_mesh_and_every_dashboard_query_has_data() {
         return;
     };
     let started = Instant::now();
-    let mesh = start_mnist_mesh(NODES);
+    // The nodes serve HTTPS, as deployed; Prometheus verifies them with the mesh CA.
+    let mesh = start_mnist_mesh_with(NODES, &[("AGENT_MESH_HTTP_PLAIN", "false")]);
+    let ca_cert = mesh.ca().join("ca.cert.pem");
+    trust_ca(&ca_cert);
     let targets: Vec<String> = mesh
         .nodes
         .iter()
-        .map(|n| n.http_url.trim_start_matches("http://").to_string())
+        .map(|n| n.http_url.trim_start_matches("https://").to_string())
         .collect();
-    let prometheus = Prometheus::start(&binary, &targets);
+    let prometheus = Prometheus::start(&binary, &targets, &ca_cert);
     wait_for(
         "Prometheus to scrape every node",
         Duration::from_secs(60),

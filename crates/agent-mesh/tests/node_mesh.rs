@@ -327,49 +327,6 @@ fn wait_direct_raft_calls(node: &Node) {
     });
 }
 
-#[test]
-fn deploy_script_starts_a_connected_mesh_and_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/deploy.sh");
-    let base_port = (20_000 + std::process::id() % 20_000).to_string();
-    let deploy = |args: &[&str]| {
-        std::process::Command::new("bash")
-            .arg(script)
-            .args(args)
-            .env("AGENT_MESH_BIN", common::mesh::bin())
-            .env("AGENT_MESH_DEPLOY_DIR", dir.path())
-            .env("AGENT_MESH_BASE_PORT", &base_port)
-            .env("AGENT_MESH_WAIT_S", "90")
-            .output()
-            .unwrap()
-    };
-    let out = deploy(&["development", "3"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stopped = deploy(&["stop"]);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let urls: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split_once(": http://").map(|(_, rest)| rest))
-        .collect();
-    assert_eq!(urls.len(), 3, "one URL per node:\n{stdout}");
-    assert!(
-        stopped.status.success(),
-        "stop: {}",
-        String::from_utf8_lossy(&stopped.stderr)
-    );
-    assert!(!dir.path().join("pids").exists(), "stop forgets the PIDs");
-    for url in urls {
-        assert!(
-            http("GET", &format!("http://{url}/healthz"), None, "").is_none(),
-            "stopped"
-        );
-    }
-}
-
 /// `agent-mesh bench consensus` starts its own committee of three node
 /// processes and its writers commit through it: the JSON row says so.
 #[test]

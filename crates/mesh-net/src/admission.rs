@@ -334,6 +334,14 @@ impl Admission {
         Ok(self.settle(peer, Err((RejectReason::Missing, detail))))
     }
 
+    /// Whether `cert_der` would admit `peer` at `now_ms` (this node's own
+    /// renewed certificate, say), without changing any state.
+    pub fn check(&self, peer: NodeId, cert_der: &[u8], now_ms: u64) -> Result<(), String> {
+        self.verify(peer, cert_der, now_ms)
+            .map(|_| ())
+            .map_err(|(reason, detail)| format!("{}: {detail}", reason.as_str()))
+    }
+
     fn verify(
         &self,
         peer: NodeId,

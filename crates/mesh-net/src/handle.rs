@@ -13,6 +13,7 @@ use crate::direct::DirectLinks;
 use crate::driver::Driver;
 use crate::metrics::NetMetrics;
 use crate::streams::{IncomingStreams, Streams};
+use crate::version::{PeerVersion, VersionRange};
 use crate::NetError;
 
 /// Something the network layer tells the application.
@@ -95,6 +96,9 @@ pub struct PeerInfo {
     pub rtt_ms: Option<u64>,
     /// When it was last heard from, Unix milliseconds.
     pub last_seen_ms: Option<u64>,
+    /// How its preferred open connection runs (direct, relayed,
+    /// hole-punched); `None` while not connected.
+    pub connection: Option<crate::nat::ConnectionKind>,
 }
 
 type Reply<T> = oneshot::Sender<T>;
@@ -118,6 +122,7 @@ pub(crate) enum Command {
     Subscribe(String, Reply<Result<(), NetError>>),
     Peers(Reply<Vec<PeerInfo>>),
     Revoke(Box<SignedRevocation>, Reply<Result<(), NetError>>),
+    RenewCertificate(Vec<u8>, Reply<Result<usize, NetError>>),
     Shutdown(Reply<()>),
 }
 
@@ -228,6 +233,23 @@ impl NetHandle {
         self.streams.admitted.contains(peer)
     }
 
+    /// The mesh protocol versions this node speaks (see [`crate::version`]).
+    pub fn protocol_versions(&self) -> VersionRange {
+        self.streams.versions.ours()
+    }
+
+    /// The mesh protocol version this node uses with `peer`, as negotiated
+    /// from the range the peer announced (unknown before its identify).
+    pub fn peer_version(&self, peer: &PeerId) -> PeerVersion {
+        self.streams.versions.get(peer)
+    }
+
+    /// Whether this node is publicly reachable, as AutoNAT found it (or as
+    /// configured external addresses declare).
+    pub fn reachability(&self) -> crate::nat::Reachability {
+        self.metrics.nat.reachability()
+    }
+
     /// Publishes an encoded signed envelope on `topic`.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), NetError> {
         let topic = topic.to_string();
@@ -254,6 +276,16 @@ impl NetHandle {
     /// banned, refused from now on, and its gossip is no longer accepted.
     pub async fn revoke(&self, revocation: SignedRevocation) -> Result<(), NetError> {
         self.call(|reply| Command::Revoke(Box::new(revocation), reply))
+            .await?
+    }
+
+    /// Presents `cert_der` (this node's renewed certificate) from now on and
+    /// sends it to every admitted peer at once, whose admission then follows
+    /// the new validity; connections stay open. Returns how many peers it
+    /// went to. A certificate this node's own admission would refuse (not
+    /// for its key, not from the mesh CA, expired) is refused here.
+    pub async fn renew_certificate(&self, cert_der: Vec<u8>) -> Result<usize, NetError> {
+        self.call(|reply| Command::RenewCertificate(cert_der, reply))
             .await?
     }
 

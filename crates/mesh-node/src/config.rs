@@ -76,6 +76,22 @@ pub enum ConfigError {
     },
 }
 
+/// True when `addr` (`HOST:PORT`) names a loopback address (`localhost`
+/// counts); a host name that might resolve elsewhere does not.
+pub fn addr_is_loopback(addr: &str) -> bool {
+    host_is_loopback(addr.rsplit_once(':').map_or(addr, |(host, _)| host))
+}
+
+/// True when `host` (a name, an IPv4 address, or an IPv6 address with or
+/// without brackets) is `localhost` or a loopback address.
+pub fn host_is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The whole configuration of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +100,10 @@ pub struct NodeConfig {
     pub mesh_id: String,
     /// Where the node keeps its durable state (Raft log, snapshots, runtime info).
     pub data_dir: PathBuf,
+    /// The failure domain this node runs in (a region, data centre or
+    /// rack: `eu-west-1a`); the committee spreads its voters and each
+    /// round its final aggregators across zones. Unset: no zone.
+    pub zone: Option<String>,
     /// Key, certificate and trust anchor.
     pub identity: IdentityConfig,
     /// Peer-to-peer network.
@@ -108,6 +128,9 @@ pub struct NodeConfig {
     pub learner: Option<mesh_learner::LearnerConfig>,
     /// Distributed tracing of rounds (OTLP); off unless an endpoint is set.
     pub telemetry: TelemetryConfig,
+    /// NAT traversal: reachability probes, relays, hole punching, external
+    /// addresses (`docs/operations.md`, "NAT traversal").
+    pub nat: NatFileConfig,
 }
 
 /// Distributed tracing: spans of every round step, sent over OTLP/HTTP
@@ -126,6 +149,128 @@ pub struct TelemetryConfig {
     /// The fraction of rounds traced, 0 to 1; the decision is a function of
     /// the round's trace id, so every node traces the same rounds.
     pub sample_ratio: f64,
+}
+
+/// NAT traversal (`[nat]`). A node behind a NAT learns so from AutoNAT
+/// probes, reserves a slot on a relay and advertises its `/p2p-circuit`
+/// address; relayed connections are upgraded to direct ones by hole punching
+/// where the NATs allow it. Nodes with `relay_server = true` relay for others
+/// within the limits below.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatFileConfig {
+    /// Multiaddresses at which this node is reachable although it listens
+    /// elsewhere (port forwarding, a NAT gateway's public IP); announced to
+    /// peers as confirmed, and the node counts as publicly reachable.
+    pub external_addresses: Vec<String>,
+    /// Ask bootstrap and relay peers to dial this node back (AutoNAT).
+    pub autonat: bool,
+    /// Delay of the first reachability probe, and between probes until
+    /// the answer is certain.
+    pub autonat_probe_interval_ms: u64,
+    /// Reserve on relays while AutoNAT finds this node private.
+    pub relay_client: bool,
+    /// Relays to reserve on at once.
+    pub relays_max: usize,
+    /// Upgrade relayed connections to direct ones by hole punching (DCUtR).
+    pub hole_punching: bool,
+    /// Serve as a circuit relay for peers behind NATs (the relay role).
+    pub relay_server: bool,
+    /// Relay: reservations held by peers in total.
+    pub relay_reservations_max: usize,
+    /// Relay: circuits open at once.
+    pub relay_circuits_max: usize,
+    /// Relay: circuits open at once per source peer.
+    pub relay_circuits_per_peer_max: usize,
+    /// Relay: longest life of one circuit (the peers reconnect after it).
+    pub relay_circuit_duration_ms: u64,
+    /// Relay: most bytes carried by one circuit, both directions together.
+    pub relay_circuit_bytes_max: u64,
+}
+
+impl Default for NatFileConfig {
+    fn default() -> Self {
+        let net = mesh_net::NatConfig::default();
+        let limits = net.relay_limits;
+        Self {
+            external_addresses: Vec::new(),
+            autonat: net.autonat,
+            autonat_probe_interval_ms: duration_ms(net.autonat_probe_interval),
+            relay_client: net.relay_client,
+            relays_max: net.relays_max,
+            hole_punching: net.hole_punching,
+            relay_server: net.relay_server,
+            relay_reservations_max: limits.reservations_max,
+            relay_circuits_max: limits.circuits_max,
+            relay_circuits_per_peer_max: limits.circuits_per_peer_max,
+            relay_circuit_duration_ms: duration_ms(limits.circuit_duration),
+            relay_circuit_bytes_max: limits.circuit_bytes_max,
+        }
+    }
+}
+
+fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl NatFileConfig {
+    /// The network layer's NAT settings, with `external_addresses` parsed.
+    pub fn net_config(&self, external_addresses: Vec<mesh_net::Multiaddr>) -> mesh_net::NatConfig {
+        use std::time::Duration;
+        let defaults = mesh_net::RelayLimits::default();
+        mesh_net::NatConfig {
+            autonat: self.autonat,
+            autonat_probe_interval: Duration::from_millis(self.autonat_probe_interval_ms),
+            relay_client: self.relay_client,
+            relays_max: self.relays_max,
+            hole_punching: self.hole_punching,
+            relay_server: self.relay_server,
+            relay_limits: mesh_net::RelayLimits {
+                reservations_max: self.relay_reservations_max,
+                circuits_max: self.relay_circuits_max,
+                circuits_per_peer_max: self.relay_circuits_per_peer_max,
+                circuit_duration: Duration::from_millis(self.relay_circuit_duration_ms),
+                circuit_bytes_max: self.relay_circuit_bytes_max,
+                ..defaults
+            },
+            external_addresses,
+        }
+    }
+
+    /// Checks the bounds: every limit positive, probes not faster than 100 ms.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &'static str, &str); 4] = [
+            (
+                self.autonat_probe_interval_ms < 100,
+                "nat.autonat_probe_interval_ms",
+                "must be at least 100",
+            ),
+            (
+                self.relay_client && self.relays_max == 0,
+                "nat.relays_max",
+                "must be at least 1 while relay_client is on",
+            ),
+            (
+                self.relay_reservations_max == 0
+                    || self.relay_circuits_max == 0
+                    || self.relay_circuits_per_peer_max == 0,
+                "nat.relay_circuits_max",
+                "relay_reservations_max, relay_circuits_max and relay_circuits_per_peer_max must be at least 1",
+            ),
+            (
+                self.relay_circuit_duration_ms == 0 || self.relay_circuit_bytes_max == 0,
+                "nat.relay_circuit_bytes_max",
+                "relay_circuit_duration_ms and relay_circuit_bytes_max must be positive",
+            ),
+        ];
+        match checks.into_iter().find(|(bad, _, _)| *bad) {
+            Some((_, field, message)) => Err(ConfigError::Invalid {
+                field,
+                message: message.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -312,6 +457,22 @@ pub struct NetworkConfig {
     pub ban_ms: u64,
     /// Seed for reconnection jitter.
     pub seed: u64,
+    /// The newest mesh protocol version the node speaks (1 to this build's
+    /// newest, the default). Set it to the previous version while a mesh
+    /// still has nodes of the previous release and a node must talk as they
+    /// do (see `docs/operations.md`, "Upgrades"); nodes use the newest
+    /// version both speak either way.
+    pub max_protocol_version: u32,
+}
+
+impl NetworkConfig {
+    /// The protocol versions the node speaks, from the oldest this build
+    /// speaks to `max_protocol_version`.
+    pub fn protocol_versions(
+        &self,
+    ) -> Result<mesh_net::VersionRange, mesh_net::version::VersionError> {
+        mesh_net::VersionRange::capped(self.max_protocol_version)
+    }
 }
 
 /// HTTP API settings.
@@ -336,6 +497,32 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Most open connections from one client IP address.
     pub max_connections_per_ip: usize,
+    /// Serve plain HTTP instead of HTTPS: allowed only when `addr` is a
+    /// loopback address, since requests carry bearer tokens.
+    pub plain: bool,
+    /// The certificate chain (PEM) the API presents over HTTPS; unset: the
+    /// node's own mesh certificate followed by the CA certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PKCS#8 PEM) of `tls_cert`; unset: the node's key.
+    pub tls_key: Option<PathBuf>,
+    /// Client certificates over HTTPS, verified against the mesh CA: `off`
+    /// (the default; tokens authorize), `optional` or `required` (mutual TLS:
+    /// only holders of a mesh certificate may connect at all).
+    pub client_certs: ClientCerts,
+}
+
+/// Whether the HTTPS API asks clients for a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCerts {
+    /// Never asked for.
+    #[default]
+    Off,
+    /// Asked for; a client without one still connects, one with a
+    /// certificate the mesh CA did not sign is refused.
+    Optional,
+    /// Required: a connection without a mesh certificate is refused.
+    Required,
 }
 
 /// What `/readyz` demands of a node that runs the committee protocol.
@@ -410,6 +597,7 @@ impl Default for NodeConfig {
         Self {
             mesh_id: "agent-mesh".into(),
             data_dir: PathBuf::from("agent-mesh-data"),
+            zone: None,
             identity: IdentityConfig::default(),
             network: NetworkConfig::default(),
             http: HttpConfig::default(),
@@ -421,6 +609,7 @@ impl Default for NodeConfig {
             adversary: AdversaryConfig::default(),
             learner: None,
             telemetry: TelemetryConfig::default(),
+            nat: NatFileConfig::default(),
         }
     }
 }
@@ -437,6 +626,7 @@ impl Default for NetworkConfig {
             admission_attempts: 3,
             ban_ms: 60_000,
             seed: 0,
+            max_protocol_version: u32::from(mesh_net::version::PROTOCOL_VERSION_MAX),
         }
     }
 }
@@ -452,6 +642,10 @@ impl Default for HttpConfig {
             body_read_timeout_ms: 10_000,
             max_connections: 1_024,
             max_connections_per_ip: 128,
+            plain: false,
+            tls_cert: None,
+            tls_key: None,
+            client_certs: ClientCerts::Off,
         }
     }
 }
@@ -573,6 +767,22 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        name: "AGENT_MESH_EXTERNAL_ADDRESSES",
+        help: "nat.external_addresses (comma-separated)",
+        apply: |c, v| {
+            c.nat.external_addresses = list(v);
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_RELAY_SERVER",
+        help: "nat.relay_server (true/false)",
+        apply: |c, v| {
+            c.nat.relay_server = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
         name: "AGENT_MESH_MDNS",
         help: "network.mdns (true/false)",
         apply: |c, v| {
@@ -581,10 +791,34 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        name: "AGENT_MESH_MAX_PROTOCOL_VERSION",
+        help: "network.max_protocol_version (newest protocol version spoken)",
+        apply: |c, v| {
+            c.network.max_protocol_version = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
         name: "AGENT_MESH_HTTP_ADDR",
         help: "http.addr",
         apply: |c, v| {
             c.http.addr = v.to_owned();
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_ZONE",
+        help: "zone (empty: none)",
+        apply: |c, v| {
+            c.zone = (!v.is_empty()).then(|| v.to_owned());
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_HTTP_PLAIN",
+        help: "http.plain (true/false; loopback addresses only)",
+        apply: |c, v| {
+            c.http.plain = number(v)?;
             Ok(())
         },
     },
@@ -718,6 +952,12 @@ impl NodeConfig {
         if let Some(path) = &mut self.identity.revocations {
             join(path);
         }
+        for path in [&mut self.http.tls_cert, &mut self.http.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            join(path);
+        }
         if let Some(DataSource::Dir(path)) = &mut self.data.dir {
             join(path);
         }
@@ -809,6 +1049,9 @@ impl NodeConfig {
                 "expected iid, dirichlet[:ALPHA], shards or quantity[:ALPHA]",
             );
         }
+        if let Err(e) = self.network.protocol_versions() {
+            return invalid("network.max_protocol_version", &e.to_string());
+        }
         if self.network.target_peers == 0 || self.network.max_connections == 0 {
             return invalid(
                 "network.target_peers",
@@ -834,12 +1077,29 @@ impl NodeConfig {
         if let Err((field, message)) = self.telemetry.check() {
             return Err(ConfigError::Invalid { field, message });
         }
+        if let Some(zone) = &self.zone {
+            crate::runtime::announce::check_zone(zone).or_else(|m| invalid("zone", &m))?;
+        }
+        if self.http.plain && !addr_is_loopback(&self.http.addr) {
+            return invalid(
+                "http.plain",
+                &format!(
+                    "plain HTTP is allowed on loopback addresses only, not {:?}: \
+                     requests carry bearer tokens (leave it off to serve HTTPS)",
+                    self.http.addr
+                ),
+            );
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return invalid("http.tls_cert", "tls_cert and tls_key go together");
+        }
         if self.http.max_body_bytes == 0 || self.http.max_concurrent_requests == 0 {
             return invalid(
                 "http.max_body_bytes",
                 "max_body_bytes and max_concurrent_requests must be positive",
             );
         }
+        self.nat.validate()?;
         self.validate_limits()
     }
 
@@ -1003,6 +1263,36 @@ ca_pin = "ca.pin"
     }
 
     #[test]
+    fn protocol_versions_can_be_capped_in_file_or_environment_and_are_checked() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), |_| None).expect("load");
+        assert_eq!(
+            config.network.protocol_versions().expect("default"),
+            mesh_net::VersionRange::default()
+        );
+        let text = format!("{MINIMAL}\n[network]\nmax_protocol_version = 1\n");
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("capped");
+        assert_eq!(config.network.protocol_versions().expect("1").max(), 1);
+        let env = |name: &str| (name == "AGENT_MESH_MAX_PROTOCOL_VERSION").then(|| "1".to_string());
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect("env");
+        assert_eq!(config.network.max_protocol_version, 1);
+        for bad in ["0", "3"] {
+            let text = format!("{MINIMAL}\n[network]\nmax_protocol_version = {bad}\n");
+            let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err(bad);
+            let err = err.to_string();
+            assert!(err.contains("network.max_protocol_version"), "{err}");
+            assert!(err.contains("1 to 2"), "{err}");
+        }
+        let env =
+            |name: &str| (name == "AGENT_MESH_MAX_PROTOCOL_VERSION").then(|| "two".to_string());
+        let err = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect_err("env");
+        assert!(
+            err.to_string().contains("AGENT_MESH_MAX_PROTOCOL_VERSION"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_field_or_variable() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = write(dir.path(), MINIMAL);
@@ -1105,6 +1395,40 @@ ca_pin = "ca.pin"
         let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("load");
         assert_eq!(config.http.header_read_timeout_ms, 250);
         assert_eq!(config.health, HealthConfig::default());
+    }
+
+    #[test]
+    fn https_is_the_default_and_plain_http_is_for_loopback_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), |_| None).expect("load");
+        assert!(!config.http.plain);
+        assert_eq!(config.http.client_certs, ClientCerts::Off);
+        for addr in ["127.0.0.1:0", "[::1]:8080", "localhost:80"] {
+            let text = format!("{MINIMAL}\n[http]\naddr = \"{addr}\"\nplain = true\n");
+            let config = NodeConfig::load(&write(dir.path(), &text), |_| None);
+            assert!(config.expect(addr).http.plain);
+        }
+        for addr in ["0.0.0.0:8080", "10.1.2.3:80", "node-1:8080"] {
+            let text = format!("{MINIMAL}\n[http]\naddr = \"{addr}\"\nplain = true\n");
+            let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err(addr);
+            assert!(err.to_string().contains("http.plain"), "{err}");
+        }
+        let env = |name: &str| (name == "AGENT_MESH_HTTP_PLAIN").then(|| "true".to_string());
+        assert!(
+            NodeConfig::load(&write(dir.path(), MINIMAL), env)
+                .expect("env")
+                .http
+                .plain
+        );
+        let text = format!("{MINIMAL}\n[http]\ntls_cert = \"api.pem\"\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("pair");
+        assert!(err.to_string().contains("tls_key"), "{err}");
+        let text = format!(
+            "{MINIMAL}\n[http]\ntls_cert = \"a.pem\"\ntls_key = \"k.pem\"\nclient_certs = \"required\"\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("tls");
+        assert_eq!(config.http.tls_key, Some(dir.path().join("k.pem")));
+        assert_eq!(config.http.client_certs, ClientCerts::Required);
     }
 
     #[test]

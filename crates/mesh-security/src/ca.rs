@@ -21,7 +21,7 @@ mod issue;
 mod revoke;
 mod verify;
 
-pub use issue::{IssuedCert, MeshCa};
+pub use issue::{IssuedCert, MeshCa, HOSTS_MAX, LOOPBACK_HOSTS};
 pub use revoke::{
     RevocationEntry, RevocationList, SignedRevocation, ENCODED_BYTES_MAX as REVOCATION_BYTES_MAX,
     REASON_BYTES_MAX,

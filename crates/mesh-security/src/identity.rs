@@ -157,10 +157,20 @@ impl NodeIdentity {
     }
 
     /// The private key as PKCS#8 PEM (secret material: zeroized on drop).
+    /// It is the version-1 form (RFC 8410 without the optional public key),
+    /// which OpenSSL 3.0, and so curl, reads: a node's key then also serves
+    /// as a client key for mutual TLS with common tools.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, IdentityError> {
-        self.key
+        self.v1_keypair()
             .to_pkcs8_pem(Default::default())
             .map_err(|e| IdentityError::BadPrivateKey(e.to_string()))
+    }
+
+    fn v1_keypair(&self) -> ed25519_dalek::pkcs8::KeypairBytes {
+        ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
     }
 
     /// Parses a PKCS#8 PEM Ed25519 private key.
@@ -173,7 +183,7 @@ impl NodeIdentity {
     /// The private key as PKCS#8 DER (secret material: zeroized on drop).
     pub fn to_pkcs8_der(&self) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
         let doc = self
-            .key
+            .v1_keypair()
             .to_pkcs8_der()
             .map_err(|e| IdentityError::BadPrivateKey(e.to_string()))?;
         Ok(Zeroizing::new(doc.as_bytes().to_vec()))

@@ -141,8 +141,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the data folder {} (pass --data)", args.data.display()))?;
     let temp = super::bench_consensus::work_dir(args.dir.as_deref())?;
     let root = temp.path();
-    prepare(root, args.nodes)?;
     let (mut hosts, fallback) = Hosts::new(root, args.nodes, !args.loopback)?;
+    prepare(root, &hosts)?;
     if let Some(reason) = &fallback {
         eprintln!("chaos: running on loopback: {reason}");
     }
@@ -175,10 +175,15 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     print(&summary, args.json)
 }
 
-/// Keys and certificates for the admin and every node.
-fn prepare(root: &Path, nodes: usize) -> anyhow::Result<()> {
+/// Keys and certificates for the admin and every node (for HTTPS at its address).
+fn prepare(root: &Path, hosts: &Hosts) -> anyhow::Result<()> {
     let roles = "committee,aggregator,trainer,observer";
-    let members: Vec<(String, &str)> = (0..nodes).map(|i| (format!("node-{i}"), roles)).collect();
+    let members: Vec<(String, &str, String)> = hosts
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, host)| (format!("node-{i}"), roles, host.ip.clone()))
+        .collect();
     super::bench_consensus::prepare_members(root, &members)
 }
 
@@ -236,8 +241,17 @@ async fn drive(args: &ChaosArgs, root: &Path, hosts: &mut Hosts) -> anyhow::Resu
         hosts.start(i, 0)?;
     }
     let token = super::bench_consensus::admin_token(root, MESH_ID, 86_400)?;
+    let tls = super::api_client::TlsArgs {
+        ca: Some(root.join("ca")),
+        client_cert: None,
+    };
+    let first = hosts
+        .nodes
+        .first()
+        .map(|h| h.http_url.as_str())
+        .unwrap_or_default();
     let target = Target {
-        http: reqwest::Client::builder().build()?,
+        http: super::api_client::async_client(first, &tls, Duration::from_secs(60), true)?,
         urls: hosts.nodes.iter().map(|h| h.http_url.clone()).collect(),
         token,
         started: Instant::now(),

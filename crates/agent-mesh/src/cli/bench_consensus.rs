@@ -113,23 +113,30 @@ fn voter_names() -> impl Iterator<Item = String> {
 
 /// Keys and certificates for the admin and the voters.
 fn prepare(root: &Path) -> anyhow::Result<()> {
-    let voters: Vec<(String, &str)> = voter_names().map(|n| (n, "committee,observer")).collect();
+    let voters: Vec<(String, &str, String)> = voter_names()
+        .map(|n| (n, "committee,observer", "127.0.0.1".to_string()))
+        .collect();
     prepare_members(root, &voters)
 }
 
 /// A CA under `root/ca`, and a key and certificate in `root/NAME` for the
-/// admin and for each `(NAME, roles)` of `members`.
-pub(super) fn prepare_members(root: &Path, members: &[(String, &str)]) -> anyhow::Result<()> {
+/// admin and for each `(NAME, roles, host)` of `members` (the host its
+/// HTTPS API is reached at).
+pub(super) fn prepare_members(
+    root: &Path,
+    members: &[(String, &str, String)],
+) -> anyhow::Result<()> {
     let ca = root.join("ca");
     run_exe(&["ca", "init", "--out", path_str(&ca)?])?;
-    let admin = ("admin".to_string(), "admin");
-    for (name, roles) in std::iter::once(&admin).chain(members) {
+    let admin = ("admin".to_string(), "admin", "localhost".to_string());
+    for (name, roles, host) in std::iter::once(&admin).chain(members) {
         let dir = root.join(name);
         run_exe(&["keygen", "--out", path_str(&dir)?])?;
         let cert = dir.join("node.cert.pem");
         let (ca, dir_s, cert) = (path_str(&ca)?, path_str(&dir)?, path_str(&cert)?);
         run_exe(&[
-            "ca", "issue", "--ca", ca, "--node", dir_s, "--roles", roles, "--out", cert,
+            "ca", "issue", "--ca", ca, "--node", dir_s, "--roles", roles, "--out", cert, "--host",
+            host,
         ])?;
     }
     Ok(())
@@ -148,7 +155,7 @@ fn configure(root: &Path, worker_threads: usize) -> anyhow::Result<()> {
              cert = \"node.cert.pem\"\nca_cert = \"../ca/ca.cert.pem\"\nca_pin = \"../ca/ca.pin\"\n\
              [consensus]\nbootstrap_expect = {VOTERS}\n[log]\nlevel = \"warn\"\n\
              [runtime]\nworker_threads = {worker_threads}\n\
-             [http]\nmax_connections = {HTTP_CONNECTIONS_MAX}\n\
+             [http]\nplain = true\nmax_connections = {HTTP_CONNECTIONS_MAX}\n\
              max_connections_per_ip = {HTTP_CONNECTIONS_MAX}\n"
         );
         std::fs::write(dir.join("node.toml"), config)?;

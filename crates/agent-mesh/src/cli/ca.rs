@@ -34,7 +34,7 @@ pub(crate) const CA_CERT: &str = "ca.cert.pem";
 pub(crate) const CA_PIN: &str = "ca.pin";
 const ISSUED: &str = "issued";
 const REVOCATIONS: &str = "revocations.jsonl";
-const DAY_S: i64 = 86_400;
+pub(crate) const DAY_S: i64 = 86_400;
 /// Validity of a new CA certificate unless told otherwise, in days (ten years).
 pub(crate) const CA_DAYS_DEFAULT: i64 = 3650;
 
@@ -86,9 +86,16 @@ pub struct IssueArgs {
     /// Validity in days.
     #[arg(long, default_value_t = 90)]
     pub days: i64,
+    /// Validity in seconds instead of days (short-lived certificates, renewal drills).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "days")]
+    pub valid_s: Option<i64>,
     /// Where to write the certificate (PEM).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// A DNS name or IP address the node's HTTPS API is reached by; repeat
+    /// for more. localhost, 127.0.0.1 and ::1 are always included.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
 }
 
 /// Flags of `agent-mesh ca renew`.
@@ -103,6 +110,9 @@ pub struct RenewArgs {
     /// Validity of the new certificate in days.
     #[arg(long, default_value_t = 90)]
     pub days: i64,
+    /// Validity in seconds instead of days.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "days")]
+    pub valid_s: Option<i64>,
     /// Where to write the new certificate (PEM).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -256,53 +266,78 @@ fn record_issued(ca_dir: &Path, serial: &[u8], pem: &str, out: &Path) -> anyhow:
 }
 
 fn issue(args: IssueArgs) -> anyhow::Result<()> {
-    let info = issue_cert(&args.ca, &args.node, &args.roles, args.days, &args.out)?;
+    let request = IssueRequest {
+        roles: &args.roles,
+        valid_s: validity_s(args.days, args.valid_s)?,
+        hosts: &args.hosts,
+    };
+    let info = issue_cert(&args.ca, &args.node, &request, &args.out)?;
     println!(
-        "issued {} to {} with roles [{}], valid {} days",
+        "issued {} to {} with roles [{}], valid until Unix time {}",
         hex::encode(&info.serial),
         info.node_id,
         info.roles,
-        args.days
+        info.not_after_unix_s
     );
     Ok(())
 }
 
-/// Issues the CA in `ca_dir` a certificate for the key in `node_dir` with
-/// `roles` (comma-separated), valid `days` days, written to `out`.
+/// `--valid-s` when given, else `--days`, in seconds; at least one second.
+fn validity_s(days: i64, valid_s: Option<i64>) -> anyhow::Result<i64> {
+    let seconds = match valid_s {
+        Some(s) => s,
+        None => {
+            anyhow::ensure!(days >= 1, "--days must be at least 1");
+            days.saturating_mul(DAY_S)
+        }
+    };
+    anyhow::ensure!(seconds >= 1, "--valid-s must be at least 1");
+    Ok(seconds)
+}
+
+/// What a new certificate grants.
+pub(crate) struct IssueRequest<'a> {
+    /// Roles, comma-separated.
+    pub roles: &'a str,
+    /// Validity in seconds from now.
+    pub valid_s: i64,
+    /// Host names for HTTPS beyond the loopback ones.
+    pub hosts: &'a [String],
+}
+
+/// Issues the CA in `ca_dir` a certificate for the key in `node_dir` as
+/// `request` says, written to `out`.
 pub(crate) fn issue_cert(
     ca_dir: &Path,
     node_dir: &Path,
-    roles: &str,
-    days: i64,
+    request: &IssueRequest<'_>,
     out: &Path,
 ) -> anyhow::Result<CertInfo> {
-    anyhow::ensure!(days >= 1, "--days must be at least 1");
+    anyhow::ensure!(
+        request.valid_s >= 1,
+        "a certificate must be valid for a second at least"
+    );
     let ca = load_ca(ca_dir)?;
-    let roles = RoleSet::parse_list(roles)?;
+    let roles = RoleSet::parse_list(request.roles)?;
     let node_key = public_key_from_pem(&read_text(&node_dir.join(PUBLIC_KEY_FILE))?)?;
     let now = now_unix_s()?;
-    let cert = ca.issue(
-        &node_key,
-        roles,
-        now - 60,
-        now + days * DAY_S,
-        random_serial(),
-    )?;
+    let validity = (now - 60, now.saturating_add(request.valid_s));
+    let cert = ca.issue_for_hosts(&node_key, roles, validity, random_serial(), request.hosts)?;
     record_issued(ca_dir, &cert.serial, &cert.pem, out)?;
     Ok(CertInfo::parse(&cert.der)?)
 }
 
 fn renew(args: RenewArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.days >= 1, "--days must be at least 1");
+    let valid_s = validity_s(args.days, args.valid_s)?;
     let ca = load_ca(&args.ca)?;
     let old = read_cert(&args.cert)?;
     let now = now_unix_s()?;
-    let cert = ca.renew(&old, now - 60, now + args.days * DAY_S, random_serial())?;
+    let not_after = now.saturating_add(valid_s);
+    let cert = ca.renew(&old, now - 60, not_after, random_serial())?;
     record_issued(&args.ca, &cert.serial, &cert.pem, &args.out)?;
     println!(
-        "renewed as {}, valid {} days",
-        hex::encode(&cert.serial),
-        args.days
+        "renewed as {}, valid until Unix time {not_after}",
+        hex::encode(&cert.serial)
     );
     Ok(())
 }
@@ -345,13 +380,19 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     writeln!(file, "{text}").with_context(|| format!("writing {}", path.display()))?;
     println!("{text}");
     match args.api {
-        Some(api) => publish_revocation(api, args.token, line.signed),
+        Some(api) => publish_revocation(api, &args.ca, args.token, line.signed),
         None => Ok(()),
     }
 }
 
-/// Commits a signed revocation to the mesh through a node's API.
-fn publish_revocation(api: String, token: Option<String>, signed: String) -> anyhow::Result<()> {
+/// Commits a signed revocation to the mesh through a node's API, whose
+/// HTTPS certificate the same CA (`ca_dir`) signed.
+fn publish_revocation(
+    api: String,
+    ca_dir: &Path,
+    token: Option<String>,
+    signed: String,
+) -> anyhow::Result<()> {
     let Some(token) = token else {
         bail!("--api needs an admin token: --token or AGENT_MESH_TOKEN (make one with `agent-mesh token`)");
     };
@@ -359,6 +400,10 @@ fn publish_revocation(api: String, token: Option<String>, signed: String) -> any
         api,
         token,
         timeout_s: 30,
+        tls: super::api_client::TlsArgs {
+            ca: Some(ca_dir.to_path_buf()),
+            client_cert: None,
+        },
     };
     let body = serde_json::json!({ "signed": signed });
     let commit = super::job::json(&api, reqwest::Method::POST, "/v1/revocations", Some(body))

@@ -12,9 +12,12 @@ use clap::Args;
 /// Flags of `agent-mesh health`.
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// Base URL of the node's HTTP API.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    /// Base URL of the node's API.
+    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:8080")]
     pub api: String,
+    /// How the node's HTTPS certificate is verified.
+    #[command(flatten)]
+    pub tls: super::api_client::TlsArgs,
     /// Ask `/readyz` (admitted and in step with the committee) instead of `/healthz` (loop alive).
     #[arg(long)]
     pub ready: bool,
@@ -41,10 +44,8 @@ fn probe_url(api: &str, ready: bool) -> String {
 }
 
 async fn probe(args: &HealthArgs) -> anyhow::Result<String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(args.timeout_ms.max(1)))
-        .build()
-        .context("building the HTTP client")?;
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let client = super::api_client::async_client(&args.api, &args.tls, timeout, false)?;
     let url = probe_url(&args.api, args.ready);
     let response = client
         .get(&url)
@@ -79,6 +80,7 @@ mod tests {
             api: format!("http://127.0.0.1:{port}"),
             ready: false,
             timeout_ms: 500,
+            tls: Default::default(),
         };
         let err = run(args).unwrap_err();
         assert!(format!("{err:#}").contains("/healthz"), "{err:#}");

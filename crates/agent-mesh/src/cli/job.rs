@@ -16,11 +16,13 @@ use mesh_federated::privacy::noise_multiplier_for_epsilon;
 use mesh_round::job::{JobSpecCheck, PrivacyMode};
 use serde_json::Value;
 
+use super::api_client::{blocking_client, TlsArgs};
+
 /// Where the node is and who asks.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
-    /// Base URL of the node's HTTP API.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    /// Base URL of the node's API (https://; plain http:// only to loopback).
+    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:8080")]
     pub api: String,
     /// Bearer token (`agent-mesh token`); also read from AGENT_MESH_TOKEN.
     #[arg(long, env = "AGENT_MESH_TOKEN", hide_env_values = true)]
@@ -28,6 +30,9 @@ pub struct ApiArgs {
     /// Request timeout in seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
+    /// How the node's HTTPS certificate is verified.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Subcommands of `agent-mesh job`.
@@ -186,10 +191,8 @@ pub enum ModelCommand {
 }
 
 fn client(api: &ApiArgs) -> anyhow::Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(api.timeout_s.max(1)))
-        .build()
-        .context("building the HTTP client")
+    let timeout = Duration::from_secs(api.timeout_s.max(1));
+    blocking_client(&api.api, &api.tls, timeout, true)
 }
 
 fn call(

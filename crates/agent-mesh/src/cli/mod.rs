@@ -1,6 +1,7 @@
 //! One module per subcommand of `agent-mesh`.
 
 pub mod admin;
+pub mod api_client;
 pub mod bench;
 pub mod bench_chaos;
 pub mod bench_consensus;
@@ -12,6 +13,7 @@ pub mod health;
 pub mod job;
 pub mod keygen;
 pub mod learner;
+pub mod netns;
 pub mod node;
 pub mod plot;
 pub mod provision;

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use mesh_security::NodeIdentity;
 
-use super::ca::{create_ca, issue_cert, CA_CERT, CA_DAYS_DEFAULT};
+use super::ca::{create_ca, issue_cert, IssueRequest, CA_CERT, CA_DAYS_DEFAULT};
 use super::keygen::{write_identity, write_public_parts, KEY_FILE, NODE_ID_FILE, PUBLIC_KEY_FILE};
 use mesh_security::keyfile::read_private_key;
 
@@ -49,6 +49,11 @@ pub struct ProvisionArgs {
     /// Validity of each certificate issued now, in days.
     #[arg(long, default_value_t = 90)]
     pub days: i64,
+    /// A DNS name or IP address every node's HTTPS API is also reached by
+    /// (a load balancer, say); repeat for more. Each node's certificate
+    /// names the node itself and localhost, 127.0.0.1 and ::1 too.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
 }
 
 /// Most nodes one call provisions.
@@ -65,9 +70,23 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<()> {
         let pin = create_ca(&ca_dir, &name, CA_DAYS_DEFAULT)?;
         println!("CA created: {} (pin {pin})", ca_dir.display());
     }
-    provision_member(&ca_dir, &args.out.join("admin"), ADMIN_ROLES, args.days)?;
+    anyhow::ensure!(args.days >= 1, "--days must be at least 1");
+    let valid_s = args.days.saturating_mul(super::ca::DAY_S);
+    let admin = IssueRequest {
+        roles: ADMIN_ROLES,
+        valid_s,
+        hosts: &[],
+    };
+    provision_member(&ca_dir, &args.out.join("admin"), &admin)?;
     for name in &names {
-        provision_member(&ca_dir, &args.out.join(name), &args.roles, args.days)?;
+        let mut hosts = vec![name.clone()];
+        hosts.extend(args.hosts.iter().cloned());
+        let node = IssueRequest {
+            roles: &args.roles,
+            valid_s,
+            hosts: &hosts,
+        };
+        provision_member(&ca_dir, &args.out.join(name), &node)?;
     }
     Ok(())
 }
@@ -108,7 +127,7 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 /// Gives the member in `dir` a key and a certificate, each only if missing.
-fn provision_member(ca_dir: &Path, dir: &Path, roles: &str, days: i64) -> anyhow::Result<()> {
+fn provision_member(ca_dir: &Path, dir: &Path, request: &IssueRequest<'_>) -> anyhow::Result<()> {
     let key_created = !dir.join(KEY_FILE).exists();
     if key_created {
         write_identity(dir, &NodeIdentity::generate())?;
@@ -120,7 +139,7 @@ fn provision_member(ca_dir: &Path, dir: &Path, roles: &str, days: i64) -> anyhow
     let cert = dir.join(CERT_FILE);
     let cert_created = !cert.exists();
     if cert_created {
-        issue_cert(ca_dir, dir, roles, days, &cert)?;
+        issue_cert(ca_dir, dir, request, &cert)?;
     }
     let id_path = dir.join(NODE_ID_FILE);
     let node_id = std::fs::read_to_string(&id_path)
@@ -147,6 +166,7 @@ mod tests {
             names: names.iter().map(|n| n.to_string()).collect(),
             roles: "committee,trainer".into(),
             days: 1,
+            hosts: vec!["mesh.example".into()],
         }
     }
 
@@ -167,6 +187,18 @@ mod tests {
         );
         for member in ["admin", "node-1", "node-2", "extra"] {
             assert!(dir.path().join(member).join(CERT_FILE).exists(), "{member}");
+        }
+    }
+
+    #[test]
+    fn a_node_certificate_names_the_node_the_extra_hosts_and_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        run(args(dir.path(), 1, &[])).unwrap();
+        let pem = std::fs::read_to_string(dir.path().join("node-1").join(CERT_FILE)).unwrap();
+        let der = mesh_security::ca::cert_from_pem(&pem).unwrap();
+        let hosts = mesh_security::ca::CertInfo::parse(&der).unwrap().hosts;
+        for host in ["node-1", "mesh.example", "localhost", "127.0.0.1", "::1"] {
+            assert!(hosts.iter().any(|h| h == host), "{host} in {hosts:?}");
         }
     }
 

@@ -10,9 +10,12 @@ use serde_json::Value;
 /// Flags of `agent-mesh status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Base URL of the node's HTTP API (printed by `scripts/deploy.sh`, or in DATA_DIR/node.json).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    /// Base URL of the node's API (printed by `scripts/deploy.sh`, or in DATA_DIR/node.json).
+    #[arg(long, value_name = "URL", default_value = "https://127.0.0.1:8080")]
     pub api: String,
+    /// How the node's HTTPS certificate is verified.
+    #[command(flatten)]
+    pub tls: super::api_client::TlsArgs,
     /// Wait until the node has at least this many admitted peers (exit 1 on timeout).
     #[arg(long, value_name = "N")]
     pub wait_peers: Option<usize>,
@@ -52,10 +55,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(args.timeout_s.max(1)))
-        .build()
-        .context("building the HTTP client")?;
+    let timeout = Duration::from_secs(args.timeout_s.max(1));
+    let client = super::api_client::async_client(&args.api, &args.tls, timeout, false)?;
     let base = args.api.trim_end_matches('/');
     if let Some(want) = args.wait_peers {
         wait_for_peers(&client, base, want, Duration::from_secs(args.timeout_s)).await?;
@@ -109,6 +110,8 @@ fn print_status(status: &Value, peers: &Value, consensus: Option<&Value>) {
     println!("node      {}", text(&status["node_id"]));
     println!("mesh      {}", text(&status["mesh_id"]));
     println!("roles     {}", text(&status["roles"]));
+    let zone = status["zone"].as_str().unwrap_or("(none)");
+    println!("zone      {zone}");
     println!(
         "peers     {} admitted, {} connected",
         text(&status["peers_admitted"]),

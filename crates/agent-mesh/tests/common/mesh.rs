@@ -51,8 +51,23 @@ pub fn wait_for_described<T>(
     }
 }
 
+/// The mesh CA that `https://` URLs given to [`http`] are verified with.
+static HTTPS_CA: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Verifies the `https://` URLs given to [`http`] from now on with the
+/// CA certificate at `ca_cert` (a mesh's `ca.cert.pem`).
+pub fn trust_ca(ca_cert: &Path) {
+    *HTTPS_CA.lock().unwrap() = Some(ca_cert.to_path_buf());
+}
+
 /// One HTTP/1.1 exchange on a fresh connection: (status code, body).
+/// `https://` URLs go through curl, verified with the CA of [`trust_ca`]
+/// under the name `localhost`, which every mesh certificate carries (so a
+/// node reached by an IP address its certificate does not name verifies too).
 pub fn http(method: &str, url: &str, bearer: Option<&str>, body: &str) -> Option<(u16, String)> {
+    if let Some(rest) = url.strip_prefix("https://") {
+        return https(method, rest, bearer, body);
+    }
     let rest = url.strip_prefix("http://")?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -78,6 +93,33 @@ pub fn http(method: &str, url: &str, bearer: Option<&str>, body: &str) -> Option
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())?;
     Some((status, body))
+}
+
+fn https(method: &str, rest: &str, bearer: Option<&str>, body: &str) -> Option<(u16, String)> {
+    let ca = HTTPS_CA.lock().unwrap().clone()?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (ip, port) = host.rsplit_once(':')?;
+    let mut command = Command::new("curl");
+    command
+        .args(["--silent", "--max-time", "20", "--request", method])
+        .args(["--cacert", ca.to_str()?])
+        .args(["--connect-to", &format!("localhost:{port}:{ip}:{port}")])
+        .args(["--header", "Content-Type: application/json"])
+        .args(["--write-out", "\n%{http_code}"]);
+    if let Some(token) = bearer {
+        command.args(["--header", &format!("Authorization: Bearer {token}")]);
+    }
+    if !body.is_empty() {
+        command.args(["--data-binary", body]);
+    }
+    let out = command
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let (body, code) = text.rsplit_once('\n')?;
+    let status: u16 = code.trim().parse().ok()?;
+    (status != 0).then(|| (status, body.to_string()))
 }
 
 /// GET returning the body of a 200 answer as JSON.
@@ -128,6 +170,11 @@ impl Node {
         http("GET", &format!("{}/metrics", self.http_url), None, "")
             .map(|(_, body)| body)
             .unwrap_or_default()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is running.
@@ -326,7 +373,9 @@ pub fn make_member(root: &Path, ca: &Path, name: &str, roles: &str) {
     ]);
 }
 
-/// Writes `dir/node.toml` for a node whose CA folder is `ca_rel` (relative to `dir`).
+/// Writes `dir/node.toml` for a node whose CA folder is `ca_rel` (relative
+/// to `dir`). Its API is plain HTTP on loopback, which [`http`] speaks;
+/// tests of HTTPS turn it off with `AGENT_MESH_HTTP_PLAIN=false`.
 pub fn write_config(dir: &Path, ca_rel: &str, seed: u64) {
     let text = format!(
         r#"mesh_id = "{MESH_ID}"
@@ -344,6 +393,9 @@ listen = ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"]
 admission_deadline_ms = 3000
 ban_ms = 2000
 seed = {seed}
+
+[http]
+plain = true
 
 [consensus]
 bootstrap_expect = 3
@@ -374,10 +426,29 @@ pub fn start_node_with_args(
     extra_env: &[(&str, &str)],
     extra_args: &[&str],
 ) {
+    start_node_wrapped(node, &[], bootstrap, extra_env, extra_args);
+}
+
+/// [`start_node_with_args`] under a wrapper command: `prefix` runs the
+/// binary (`["ip", "netns", "exec", NS]` starts it in a network namespace).
+pub fn start_node_wrapped(
+    node: &mut Node,
+    prefix: &[&str],
+    bootstrap: Option<&str>,
+    extra_env: &[(&str, &str)],
+    extra_args: &[&str],
+) {
     let info = node.dir.join("data").join("node.json");
     let _ = std::fs::remove_file(&info);
     let log = std::fs::File::create(node.dir.join("node.log")).unwrap();
-    let mut command = Command::new(bin());
+    let mut command = match prefix.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(bin());
+            command
+        }
+        None => Command::new(bin()),
+    };
     command
         .args([
             "node",
@@ -418,15 +489,21 @@ pub fn start_node_with_args(
 /// A mesh of `n` nodes, node `i` training on shard `i` of `n` of the MNIST
 /// subset, each bootstrapping from node 0; returns once all admit each other.
 pub fn start_mnist_mesh(n: usize) -> Mesh {
+    start_mnist_mesh_with(n, &[])
+}
+
+/// [`start_mnist_mesh`] with more environment for every node.
+pub fn start_mnist_mesh_with(n: usize, extra_env: &[(&str, &str)]) -> Mesh {
     let mut mesh = Mesh::new(n);
     let data = mnist_dir();
     let mut boot = None::<String>;
     for i in 0..n {
         let shard = format!("{i}/{n}");
-        let env = [
+        let mut env = vec![
             ("AGENT_MESH_DATA", data.as_str()),
             ("AGENT_MESH_DATA_SHARD", shard.as_str()),
         ];
+        env.extend_from_slice(extra_env);
         start_node(&mut mesh.nodes[i], boot.as_deref(), &env);
         if boot.is_none() {
             boot = Some(mesh.nodes[0].listen[0].clone());

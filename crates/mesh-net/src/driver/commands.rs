@@ -51,11 +51,43 @@ impl Driver {
             Command::Revoke(revocation, reply) => {
                 let _ = reply.send(self.revoke(&revocation));
             }
+            Command::RenewCertificate(cert_der, reply) => {
+                let _ = reply.send(self.renew_certificate(cert_der));
+            }
             Command::Shutdown(reply) => {
                 // Handled by the run loop; answering here keeps the match total.
                 let _ = reply.send(());
             }
         }
+    }
+
+    /// Checks `cert_der` as a peer would, then presents it from now on and
+    /// sends it to every admitted peer.
+    fn renew_certificate(&mut self, cert_der: Vec<u8>) -> Result<usize, NetError> {
+        let me = ids::node_id(&self.local_peer_id())
+            .ok_or_else(|| NetError::Config("this node's peer id is not a node id".into()))?;
+        self.admission
+            .check(me, &cert_der, now_ms())
+            .map_err(|e| NetError::Config(format!("renewed certificate refused: {e}")))?;
+        self.settings.cert_message = crate::cert_exchange::CertMessage {
+            mesh_id: self.settings.mesh_id.clone(),
+            cert_der,
+        }
+        .encode()
+        .map_err(|e| NetError::Config(format!("renewed certificate: {e}")))?;
+        let admitted: Vec<PeerId> = self
+            .admission
+            .admitted()
+            .filter_map(|(node, _)| ids::peer_id(node).ok())
+            .collect();
+        for peer in &admitted {
+            self.send_certificate(*peer);
+        }
+        tracing::info!(
+            peers = admitted.len(),
+            "renewed certificate sent to admitted peers"
+        );
+        Ok(admitted.len())
     }
 
     fn dial(&mut self, addr: Multiaddr) -> Result<(), NetError> {
@@ -168,6 +200,7 @@ impl Driver {
                 state: self.peer_status(peer, info.state, now),
                 rtt_ms: info.rtt_ms,
                 last_seen_ms: info.last_seen_ms,
+                connection: self.nat.peer_kind(peer),
             })
             .collect()
     }

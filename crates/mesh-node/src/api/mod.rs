@@ -7,7 +7,8 @@
 //! on a bounded channel, each with its own reply. A slow or stuck runtime so
 //! cannot block reads, and a flood of writes cannot grow a queue without bound.
 //! Connections are accepted by [`server`], which caps them in total and per
-//! client address and closes any that is slow to send its request header.
+//! client address and closes any that is slow to send its request header,
+//! and served over HTTPS ([`tls`]) unless plain HTTP on loopback is configured.
 //!
 //! | route              | who         | what                                              |
 //! |--------------------|-------------|---------------------------------------------------|
@@ -31,6 +32,7 @@ mod proposer;
 pub mod reputation;
 pub mod server;
 mod snapshot;
+pub mod tls;
 mod ui;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! connections in total and per client IP:
 //!
 //! ```text
-//!   accept ──► total cap (semaphore) ──► per-IP cap ──► hyper http/1 connection
+//!   accept ──► total cap (semaphore) ──► per-IP cap ──► [TLS] ──► hyper http/1 connection
 //!     │          full: closed at once, counted and       header_read_timeout: whole header by then,
 //!     │          logged once per IP and interval         also while idle between keep-alive requests
 //!     └─ accept error: logged (paced), 50 ms pause       router: body read timeout, request timeout,
@@ -33,6 +33,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+
+use super::tls::ApiTls;
 
 /// Pause after a failed accept (out of file descriptors, say), so the loop never spins.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
@@ -146,6 +148,7 @@ fn now_ms() -> u64 {
 /// The accept loop's state.
 struct Server {
     app: Router,
+    tls: Option<ApiTls>,
     limits: ServerLimits,
     metrics: HttpMetrics,
     permits: Arc<Semaphore>,
@@ -188,25 +191,51 @@ impl Server {
     fn serve_connection(&self, stream: TcpStream, held: Held, connections: &mut JoinSet<()>) {
         let service = TowerToHyperService::new(self.app.clone());
         let header_timeout = Duration::from_millis(self.limits.header_read_timeout_ms);
+        let tls = self.tls.clone();
         connections.spawn(async move {
             let _held = held;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "HTTP connection ended with an error");
+            let Some(tls) = tls else {
+                return serve_http1(stream, service, header_timeout).await;
+            };
+            // The handshake counts against the header timeout: a client that
+            // opens a connection and says nothing holds it no longer over TLS.
+            match tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)).await {
+                Ok(Ok(stream)) => serve_http1(stream, service, header_timeout).await,
+                Ok(Err(err)) => tracing::debug!(%err, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         });
     }
 }
 
-/// Serves `app` on `listener` until the task running it is aborted.
-pub async fn serve(listener: TcpListener, app: Router, limits: ServerLimits, metrics: HttpMetrics) {
+/// One HTTP/1 connection over `io` (plain TCP or TLS) until it closes.
+async fn serve_http1<I>(io: I, service: TowerToHyperService<Router>, header_timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(err) = connection.await {
+        tracing::debug!(%err, "HTTP connection ended with an error");
+    }
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is given) until the
+/// task running it is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<ApiTls>,
+    limits: ServerLimits,
+    metrics: HttpMetrics,
+) {
     let mut server = Server {
         app,
+        tls,
         limits,
         metrics,
         permits: Arc::new(Semaphore::new(limits.max_connections)),

@@ -44,6 +44,8 @@ pub struct StatusView {
     pub version: String,
     /// Roles in its certificate.
     pub roles: Vec<String>,
+    /// The zone it declared (`[zone]` in its config), if any.
+    pub zone: Option<String>,
     /// Seconds since start.
     pub uptime_s: u64,
     /// Addresses it listens on.
@@ -52,6 +54,13 @@ pub struct StatusView {
     pub peers_connected: usize,
     /// Peers whose certificate was accepted.
     pub peers_admitted: usize,
+    /// Whether peers can dial this node: `public`, `private` (behind a NAT:
+    /// reached through a relay or by hole punching) or `unknown` (AutoNAT).
+    #[serde(default)]
+    pub reachability: String,
+    /// The mesh protocol versions this node speaks, `oldest-newest`.
+    #[serde(default)]
+    pub protocol_versions: String,
 }
 
 /// One row of `GET /v1/peers`.
@@ -67,4 +76,13 @@ pub struct PeerView {
     pub rtt_ms: Option<f64>,
     /// Milliseconds since anything was heard from it.
     pub last_seen_ms_ago: Option<u64>,
+    /// How the connection to it runs: `direct`, `relayed` (through a circuit
+    /// relay) or `hole_punched`; absent while not connected.
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// The mesh protocol version this node uses with it: `2`, `1`,
+    /// `unknown` (it has not identified itself yet) or `incompatible
+    /// (speaks A-B)` when the two share none.
+    #[serde(default)]
+    pub protocol_version: String,
 }

@@ -444,7 +444,13 @@ mod sockets {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics = HttpMetrics::default();
-        tokio::spawn(server::serve(listener, router, limits, metrics.clone()));
+        tokio::spawn(server::serve(
+            listener,
+            router,
+            None,
+            limits,
+            metrics.clone(),
+        ));
         (addr, metrics)
     }
 

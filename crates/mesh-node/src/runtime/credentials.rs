@@ -106,7 +106,7 @@ pub struct Credentials {
     pub roles: RoleSet,
 }
 
-fn read_cert(path: &Path, what: &'static str) -> Result<Vec<u8>, CredentialsError> {
+pub(super) fn read_cert(path: &Path, what: &'static str) -> Result<Vec<u8>, CredentialsError> {
     let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
         path: path.to_owned(),
         source,

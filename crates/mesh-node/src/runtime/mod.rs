@@ -13,6 +13,7 @@
 //! Decisions live in small pure pieces ([`bootstrap`], the API's
 //! validation); this module only moves messages between them.
 
+pub mod announce;
 pub mod bootstrap;
 pub mod credentials;
 pub mod forward;
@@ -21,6 +22,7 @@ pub mod learner_metrics;
 pub mod node_metrics;
 pub mod raft_links;
 pub mod raft_transport;
+mod renewal;
 pub mod revocations;
 pub mod round_gate;
 pub mod round_metrics;
@@ -92,6 +94,9 @@ pub enum RuntimeError {
     /// The node's private data could not be loaded.
     #[error(transparent)]
     Data(#[from] rounds::DataError),
+    /// The HTTPS certificate, key or client CA could not be loaded.
+    #[error("HTTPS API: {0}")]
+    Tls(#[from] api::tls::TlsError),
     /// The HTTP listener or a data file failed.
     #[error("{what}: {source}")]
     Io {
@@ -163,6 +168,12 @@ fn net_config(config: &NodeConfig, creds: &Credentials) -> Result<NetConfig, Run
     net.timing.admission_attempts = config.network.admission_attempts;
     net.timing.ban_duration = Duration::from_millis(config.network.ban_ms);
     net.seed = config.network.seed;
+    let external = parse_addrs("nat.external_addresses", &config.nat.external_addresses)?;
+    net.nat = config.nat.net_config(external);
+    net.versions = config
+        .network
+        .protocol_versions()
+        .map_err(|e| mesh_net::NetError::Config(format!("network.max_protocol_version: {e}")))?;
     Ok(net)
 }
 
@@ -175,6 +186,7 @@ fn consensus_config(config: &NodeConfig, address: String) -> ConsensusConfig {
     let c = &config.consensus;
     let mut out = ConsensusConfig::new(raft_dir(config), config.mesh_id.clone());
     out.address = address;
+    out.zone = config.zone.clone();
     out.heartbeat_ms = c.heartbeat_ms;
     out.election_timeout_min_ms = c.election_timeout_min_ms;
     out.election_timeout_max_ms = c.election_timeout_max_ms;
@@ -227,6 +239,8 @@ struct Runtime {
     consensus: Option<ConsensusNode>,
     planner: Option<BootstrapPlanner>,
     admitted: HashMap<PeerId, RoleSet>,
+    /// When each admitted peer was admitted (ms since the epoch).
+    admitted_ms: HashMap<PeerId, u64>,
     listen_addrs: Vec<String>,
     publish: watch::Sender<Arc<NodeSnapshot>>,
     started: Instant,
@@ -242,6 +256,12 @@ struct Runtime {
     round_metrics: round_metrics::RoundMetrics,
     learner_metrics: Option<learner_metrics::LearnerMetrics>,
     node_metrics: node_metrics::NodeMetrics,
+    /// When this node announces its zone again.
+    announcements: announce::Announcements,
+    /// The HTTPS API's certificate (reloaded with the node's).
+    api_tls: Option<api::tls::ApiTls>,
+    /// When the certificate file was last seen modified.
+    cert_modified: renewal::CertModified,
 }
 
 /// The node's learner from `[learner]`, started on a blocking thread so a
@@ -296,7 +316,11 @@ pub async fn run(
             start_raft_link(&config, &net, consensus, streams_stopped).await;
         }
     }
-    for topic in [CERTIFICATE_TOPIC, revocations::REVOCATION_TOPIC] {
+    for topic in [
+        CERTIFICATE_TOPIC,
+        revocations::REVOCATION_TOPIC,
+        announce::ANNOUNCE_TOPIC,
+    ] {
         if let Err(err) = net.subscribe(topic).await {
             tracing::warn!(%err, topic, "cannot subscribe to a gossip topic");
         }
@@ -328,6 +352,8 @@ pub async fn run(
         worker,
         &mut registry,
     );
+    let me = mesh_round::protocol::node_name(&creds.identity.node_id());
+    round_driver.zone_declared(me, config.zone.clone());
     weights::load_pinned(
         round_driver.engine_mut(),
         &weights::weights_dir(&config.data_dir),
@@ -349,7 +375,10 @@ pub async fn run(
         commands: commands_tx,
         proposer: proposer.clone(),
     };
-    let (http_url, server) = serve_http(&config, state, http_metrics).await?;
+    let api_tls = (!config.http.plain)
+        .then(|| api::tls::ApiTls::new(api::tls::TlsFiles::of(&config), config.http.client_certs))
+        .transpose()?;
+    let (http_url, server) = serve_http(&config, state, api_tls.clone(), http_metrics).await?;
     write_node_info(
         &config.data_dir,
         &NodeInfo {
@@ -368,6 +397,7 @@ pub async fn run(
         consensus,
         planner,
         admitted: HashMap::new(),
+        admitted_ms: HashMap::new(),
         listen_addrs,
         publish,
         started: Instant::now(),
@@ -381,8 +411,13 @@ pub async fn run(
         round_metrics,
         learner_metrics,
         node_metrics,
+        announcements: announce::Announcements::default(),
+        api_tls,
+        cert_modified: None,
     };
     runtime.reload_revocations().await;
+    runtime.reload_certificate_if_changed().await;
+    let mut hangup = hangup_signals();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tokio::pin!(shutdown);
     let committee_failure = committee_failure(runtime.consensus.clone());
@@ -408,6 +443,7 @@ pub async fn run(
             Some(done) = round_results.recv() => runtime.on_round_result(done).await,
             Some(cert) = next_certificate(&mut certificates) => runtime.gossip_certificate(cert).await,
             _ = tick.tick() => runtime.on_tick().await,
+            _ = next_hangup(&mut hangup) => runtime.reload_certificate("SIGHUP").await,
         }
     }
     tracing::info!("shutting down");
@@ -420,6 +456,25 @@ pub async fn run(
     }
     runtime.net.shutdown().await;
     outcome
+}
+
+/// `SIGHUP`s to this process (none where they cannot be caught).
+fn hangup_signals() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|err| tracing::warn!(%err, "SIGHUP cannot be caught; certificate renewal by file change only"))
+        .ok()
+}
+
+/// Resolves at the next `SIGHUP` (never without a handler).
+async fn next_hangup(signals: &mut Option<tokio::signal::unix::Signal>) {
+    match signals {
+        Some(signals) => {
+            if signals.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when this node's Raft core stops on its own (never without one).
@@ -463,6 +518,7 @@ async fn wait_for_listen_addrs(net: &NetHandle) -> Vec<String> {
 async fn serve_http(
     config: &NodeConfig,
     state: ApiState,
+    tls: Option<api::tls::ApiTls>,
     metrics: api::server::HttpMetrics,
 ) -> Result<(String, tokio::task::JoinHandle<()>), RuntimeError> {
     let listener = tokio::net::TcpListener::bind(&config.http.addr)
@@ -484,8 +540,15 @@ async fn serve_http(
         max_connections_per_ip: h.max_connections_per_ip,
     };
     let app = api::router(state, limits);
-    let server = tokio::spawn(api::server::serve(listener, app, server_limits, metrics));
-    Ok((format!("http://{addr}"), server))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = tokio::spawn(api::server::serve(
+        listener,
+        app,
+        tls,
+        server_limits,
+        metrics,
+    ));
+    Ok((format!("{scheme}://{addr}"), server))
 }
 
 /// The payload of a gossiped envelope (already verified by the network
@@ -509,8 +572,8 @@ impl Runtime {
                 protocol,
                 payload,
                 respond,
-            } if protocol == mesh_round::protocol::ROUND_PROTOCOL => {
-                let outcome = self.on_round_message(&peer, &payload).await;
+            } if mesh_round::protocol::round_version(&protocol).is_some() => {
+                let outcome = self.on_round_message(&peer, &protocol, &payload).await;
                 let _ = respond.send(outcome.map(|()| Vec::new()));
             }
             NetEvent::Request {
@@ -522,9 +585,13 @@ impl Runtime {
             NetEvent::Gossip { topic, payload, .. } => self.on_gossip(&topic, &payload).await,
             NetEvent::PeerAdmitted { peer, roles, .. } => {
                 self.admitted.insert(peer, roles);
+                self.admitted_ms.insert(peer, now_ms());
                 self.revocations.peer_joined();
+                self.announcements.peer_joined();
                 if roles.contains(Role::Committee) {
-                    if let (Some(planner), Some(info)) = (&mut self.planner, member_info(&peer)) {
+                    if let (Some(planner), Some(info)) =
+                        (&mut self.planner, member_info(&peer, None))
+                    {
                         planner.peer_up(info, now_ms());
                     }
                 }
@@ -532,6 +599,7 @@ impl Runtime {
             NetEvent::PeerDown { peer } | NetEvent::PeerRejected { peer, .. } => {
                 tracing::info!(%peer, "peer down or refused");
                 self.admitted.remove(&peer);
+                self.admitted_ms.remove(&peer);
                 if let (Some(planner), Some(c), Some(id)) =
                     (&mut self.planner, &self.consensus, member_of_peer(&peer))
                 {
@@ -579,6 +647,9 @@ impl Runtime {
         if topic == revocations::REVOCATION_TOPIC {
             return self.on_revocation_gossip(payload).await;
         }
+        if topic == announce::ANNOUNCE_TOPIC {
+            return self.on_announcement(payload);
+        }
         if topic != CERTIFICATE_TOPIC {
             return;
         }
@@ -600,13 +671,53 @@ impl Runtime {
         }
     }
 
+    /// Gossips this node's zone when [`announce::Announcements`] says it is time.
+    async fn announce_if_due(&mut self) {
+        if !self.announcements.announce_due(now_ms()) {
+            return;
+        }
+        let body = announce::Announcement {
+            zone: self.config.zone.clone(),
+        };
+        let topic = announce::ANNOUNCE_TOPIC;
+        if !self
+            .publish_envelope(topic, announce::ANNOUNCE_KIND, body.encode())
+            .await
+        {
+            self.announcements.announce_failed();
+        }
+    }
+
+    /// A peer's announcement: its zone goes to the coordinator.
+    fn on_announcement(&mut self, payload: &[u8]) {
+        let max = announce::ANNOUNCE_ENVELOPE_BYTES_MAX;
+        let heard = Envelope::decode(payload, max)
+            .map_err(|e| e.to_string())
+            .and_then(|envelope| {
+                if envelope.header.kind != announce::ANNOUNCE_KIND {
+                    return Err(format!("envelope kind {:?}", envelope.header.kind));
+                }
+                let info = announce::Announcement::decode(&envelope.payload)?;
+                Ok((
+                    mesh_round::protocol::node_name(&envelope.header.sender),
+                    info,
+                ))
+            });
+        match (heard, self.rounds.as_mut()) {
+            (Ok((node, info)), Some(driver)) => driver.zone_declared(node, info.zone),
+            (Ok(_), None) => {}
+            (Err(err), _) => tracing::debug!(%err, "undecodable announcement"),
+        }
+    }
+
     async fn gossip_certificate(&mut self, cert: mesh_consensus::certificate::CommitCertificate) {
         self.publish_envelope(CERTIFICATE_TOPIC, CERTIFICATE_KIND, cert.encode())
             .await;
     }
 
-    /// Seals `payload` in a signed envelope of `kind` and gossips it on `topic`.
-    async fn publish_envelope(&mut self, topic: &str, kind: MessageKind, payload: Vec<u8>) {
+    /// Seals `payload` in a signed envelope of `kind` and gossips it on
+    /// `topic`; false when it could not go out (no gossip peers yet, say).
+    async fn publish_envelope(&mut self, topic: &str, kind: MessageKind, payload: Vec<u8>) -> bool {
         self.envelope_seq = self.envelope_seq.max(now_ms().saturating_mul(1_000)) + 1;
         let envelope = Envelope::seal(
             &self.creds.identity,
@@ -618,12 +729,17 @@ impl Runtime {
         )
         .and_then(|e| e.encode());
         match envelope {
-            Ok(bytes) => {
-                if let Err(err) = self.net.publish(topic, bytes).await {
+            Ok(bytes) => match self.net.publish(topic, bytes).await {
+                Ok(()) => true,
+                Err(err) => {
                     tracing::debug!(%err, topic, "not gossiped");
+                    false
                 }
+            },
+            Err(err) => {
+                tracing::warn!(%err, topic, "cannot seal a gossip message");
+                false
             }
-            Err(err) => tracing::warn!(%err, topic, "cannot seal a gossip message"),
         }
     }
 
@@ -698,6 +814,10 @@ impl Runtime {
         if self.ticks.is_multiple_of(REVOCATION_TICKS) {
             self.reload_revocations().await;
         }
+        if self.ticks.is_multiple_of(renewal::CERT_CHECK_TICKS) {
+            self.reload_certificate_if_changed().await;
+        }
+        self.announce_if_due().await;
         let status = self.consensus.as_ref().map(ConsensusNode::status);
         if let Some(status) = &status {
             self.maybe_bootstrap(status).await;
@@ -756,12 +876,31 @@ impl Runtime {
         }
     }
 
-    async fn on_round_message(&mut self, peer: &PeerId, payload: &[u8]) -> Result<(), String> {
+    /// A round message under `protocol`, one of the round protocol names;
+    /// refused when its version is above this node's cap.
+    async fn on_round_message(
+        &mut self,
+        peer: &PeerId,
+        protocol: &str,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let ours = self.net.protocol_versions();
+        let version = mesh_round::protocol::round_version(protocol)
+            .filter(|v| ours.contains(*v))
+            .ok_or_else(|| format!("{protocol} is not spoken here (protocol versions {ours})"))?;
         let admitted = self.admitted_names();
         match (self.rounds.as_mut(), self.consensus.as_ref()) {
             (Some(driver), Some(consensus)) => {
                 driver
-                    .on_message(peer, payload, consensus, &self.net, admitted, now_ms())
+                    .on_message(
+                        peer,
+                        version,
+                        payload,
+                        consensus,
+                        &self.net,
+                        admitted,
+                        now_ms(),
+                    )
                     .await
             }
             _ => Err("this node does not take part in rounds (no committee state)".into()),
@@ -906,6 +1045,20 @@ impl Runtime {
     }
 
     /// On the leader: every admitted committee-capable peer outside the membership becomes a learner.
+    /// The zone to add `peer` to the committee with: the one it announced,
+    /// or none once it has been admitted for
+    /// [`mesh_round::protocol::coordinator::ZONE_WAIT_MS`] without a word;
+    /// `None` while it may still announce one.
+    fn learner_zone(&self, peer: &PeerId) -> Option<Option<String>> {
+        let node = mesh_round::protocol::node_name(&mesh_net::ids::node_id(peer)?);
+        if let Some(zone) = self.rounds.as_ref().and_then(|d| d.declared_zone(&node)) {
+            return Some(zone);
+        }
+        let admitted_ms = self.admitted_ms.get(peer).copied().unwrap_or(0);
+        let waited = now_ms().saturating_sub(admitted_ms);
+        (waited >= mesh_round::protocol::coordinator::ZONE_WAIT_MS).then_some(None)
+    }
+
     fn add_missing_learners(&self, status: &ConsensusStatus) {
         let Some(consensus) = &self.consensus else {
             return;
@@ -917,7 +1070,10 @@ impl Runtime {
             if !roles.contains(Role::Committee) {
                 continue;
             }
-            let Some(info) = member_info(peer) else {
+            let Some(zone) = self.learner_zone(peer) else {
+                continue;
+            };
+            let Some(info) = member_info(peer, zone) else {
                 continue;
             };
             let id = info.member_id();
@@ -934,7 +1090,7 @@ impl Runtime {
     }
 }
 
-fn member_info(peer: &PeerId) -> Option<MemberInfo> {
+fn member_info(peer: &PeerId, zone: Option<String>) -> Option<MemberInfo> {
     let node = mesh_net::ids::node_id(peer)?;
-    Some(MemberInfo::new(&node, String::new(), None))
+    Some(MemberInfo::new(&node, String::new(), zone))
 }

@@ -1,7 +1,7 @@
 //! The node process's driver of the round protocol: it shows the
 //! [`NodeEngine`] this node's copy of the committed state, the committee
 //! leader and the admitted peers, carries its messages over the
-//! `/agent-mesh/round/1` request-response protocol, proposes its commands to
+//! `/agent-mesh/round/{1,2}` request-response protocol, proposes its commands to
 //! the committee, and runs training and combining on blocking threads (the
 //! results come back through a bounded channel).
 //!
@@ -38,8 +38,8 @@ use crate::config::{AdversaryConfig, DataConfig};
 use crate::telemetry::RoundSpans;
 use mesh_round::job::JobSpecCheck;
 use mesh_round::protocol::{
-    Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine, RoundKey, RoundMessage,
-    TrainedUpdate, View, ROUND_PROTOCOL,
+    round_protocol, Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine,
+    RoundKey, RoundMessage, TrainedUpdate, View, ROUND_VERSION_MAX,
 };
 use opentelemetry::trace::{Span, Status};
 
@@ -178,6 +178,8 @@ pub struct RoundDriver {
     roles: BTreeSet<Role>,
     gate: RoundGate,
     spans: RoundSpans,
+    /// The zones nodes declared (this one's included), for the coordinator.
+    zones: BTreeMap<NodeId, Option<String>>,
 }
 
 impl RoundDriver {
@@ -203,8 +205,22 @@ impl RoundDriver {
             roles,
             gate,
             spans: RoundSpans::new(mesh_id),
+            zones: BTreeMap::new(),
         };
         (driver, rx)
+    }
+
+    /// What `node` declared as its zone, if it has spoken.
+    pub fn declared_zone(&self, node: &NodeId) -> Option<Option<String>> {
+        self.zones.get(node).cloned()
+    }
+
+    /// `node` declared `zone` (or none); at most
+    /// [`super::announce::DECLARED_MAX`] nodes are remembered.
+    pub fn zone_declared(&mut self, node: NodeId, zone: Option<String>) {
+        if self.zones.len() < super::announce::DECLARED_MAX || self.zones.contains_key(&node) {
+            self.zones.insert(node, zone);
+        }
     }
 
     /// The engine (for the API: blobs, counters).
@@ -235,12 +251,14 @@ impl RoundDriver {
             .map(|info| NodeId(info.node_id));
         let alive = self.alive(admitted);
         let engine = &mut self.engine;
+        let zones = &self.zones;
         consensus
             .read_state(|state: &MeshState| {
                 let view = View {
                     state,
                     leader: leader.as_ref(),
                     alive: &alive,
+                    zones: Some(zones),
                     now_ms,
                 };
                 let out = f(engine, &view);
@@ -264,11 +282,14 @@ impl RoundDriver {
         self.carry_out(actions, consensus, net);
     }
 
-    /// A round message from an admitted peer: its envelope, sender and role
-    /// are checked ([`RoundGate::open`]) before the engine sees it.
+    /// A round message from an admitted peer, sent under round message
+    /// `version`: its envelope, sender and role are checked
+    /// ([`RoundGate::open_for`]) before the engine sees it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn on_message(
         &mut self,
         from: &PeerId,
+        version: u8,
         payload: &[u8],
         consensus: &ConsensusNode,
         net: &NetHandle,
@@ -280,7 +301,7 @@ impl RoundDriver {
         let roles = admitted.get(&from).cloned().unwrap_or_default();
         let message = self
             .gate
-            .open(&from, &roles, payload, now_ms)
+            .open_for(&from, &roles, payload, version, now_ms)
             .map_err(|refusal| {
                 tracing::debug!(peer = %from, %refusal, "round message refused");
                 refusal.to_string()
@@ -408,12 +429,16 @@ impl RoundDriver {
             tracing::debug!(%to, "round message to a name that is not a peer id");
             return;
         };
+        let Some((version, protocol)) = round_version_for(net, &peer) else {
+            tracing::debug!(%peer, "no protocol version in common; round message not sent");
+            return;
+        };
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
             tracing::debug!("too many round messages in flight; dropping one (it is retried)");
             return;
         };
         let mut span = self.spans.on_send(to, &mut message);
-        let bytes = match self.gate.seal(&message, wall_clock_ms()) {
+        let bytes = match self.gate.seal_for(&message, version, wall_clock_ms()) {
             Ok(bytes) => bytes,
             Err(err) => {
                 tracing::warn!(%err, "round message could not be sealed");
@@ -422,7 +447,7 @@ impl RoundDriver {
         };
         let net = net.clone();
         tokio::spawn(async move {
-            let sent = net.request(peer, ROUND_PROTOCOL, bytes).await;
+            let sent = net.request(peer, protocol, bytes).await;
             if let Err(err) = &sent {
                 tracing::debug!(%peer, %err, "round message not delivered");
             }
@@ -457,6 +482,17 @@ impl RoundDriver {
             }
         });
     }
+}
+
+/// The round message version and protocol name to use with `peer`: the
+/// mesh protocol version the two negotiated (the oldest this node speaks
+/// while the peer's is unknown), `None` when they share none.
+fn round_version_for(net: &NetHandle, peer: &PeerId) -> Option<(u8, &'static str)> {
+    let version = net
+        .peer_version(peer)
+        .usable(net.protocol_versions())?
+        .min(ROUND_VERSION_MAX);
+    Some((version, round_protocol(version)?))
 }
 
 /// The reputation of the committed state as the API shows it.

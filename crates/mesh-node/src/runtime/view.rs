@@ -8,7 +8,7 @@
 //! `health.apply_lag_entries_max` entries behind the leader's commit index.
 
 use mesh_consensus::ConsensusStatus;
-use mesh_net::{PeerInfo, PeerStatus};
+use mesh_net::{PeerInfo, PeerStatus, PeerVersion};
 
 use super::{now_ms, Runtime};
 use crate::api::{NodeSnapshot, PeerView, StatusView};
@@ -25,13 +25,15 @@ fn state_name(state: PeerStatus) -> &'static str {
     }
 }
 
-fn peer_view(peer: &PeerInfo, now_ms: u64) -> PeerView {
+fn peer_view(peer: &PeerInfo, now_ms: u64, version: PeerVersion) -> PeerView {
     PeerView {
         peer_id: peer.peer.to_string(),
         addresses: peer.addresses.iter().map(ToString::to_string).collect(),
         state: state_name(peer.state).into(),
         rtt_ms: peer.rtt_ms.map(|ms| ms as f64),
         last_seen_ms_ago: peer.last_seen_ms.map(|t| now_ms.saturating_sub(t)),
+        connection: peer.connection.map(|kind| kind.as_str().to_string()),
+        protocol_version: version.to_string(),
     }
 }
 
@@ -105,12 +107,18 @@ pub(super) fn snapshot(
                 .iter()
                 .map(|r| r.name().to_string())
                 .collect(),
+            zone: runtime.config.zone.clone(),
             uptime_s: runtime.started.elapsed().as_secs(),
             listen_addrs: runtime.listen_addrs.clone(),
             peers_connected: connected,
             peers_admitted: admitted,
+            reachability: runtime.net.reachability().as_str().to_string(),
+            protocol_versions: runtime.net.protocol_versions().to_string(),
         },
-        peers: peers.iter().map(|p| peer_view(p, now)).collect(),
+        peers: peers
+            .iter()
+            .map(|p| peer_view(p, now, runtime.net.peer_version(&p.peer)))
+            .collect(),
         consensus: consensus.and_then(|s| serde_json::to_value(s).ok()),
         jobs: Vec::new(),
         reputation: Vec::new(),

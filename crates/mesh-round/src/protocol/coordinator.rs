@@ -26,6 +26,9 @@ use super::worker::is_scored;
 pub const PROPOSE_RETRY_MS: u64 = 5_000;
 /// Most remembered proposals.
 const PROPOSED_MAX: usize = 4_096;
+/// How long the leader waits to hear a reachable node's zone before it
+/// admits the node without one (an older node that never says).
+pub const ZONE_WAIT_MS: u64 = 5_000;
 
 /// What the coordinator has heard about one running round.
 #[derive(Debug, Default)]
@@ -48,6 +51,8 @@ type FinalReport = ([u8; 32], ModelHash, RoundMetrics, Vec<u32>);
 pub struct Coordinator {
     rounds: BTreeMap<RoundKey, RoundState>,
     proposed: BTreeMap<String, u64>,
+    /// When each reachable non-member was first seen (bounded by `alive`).
+    first_seen: BTreeMap<NodeId, u64>,
 }
 
 /// The running round of a job, if any.
@@ -123,16 +128,29 @@ impl Coordinator {
         need_initial
     }
 
+    /// Proposes every reachable node that is not a member yet, with the
+    /// zone it declared (waiting up to [`ZONE_WAIT_MS`] to hear it).
     fn admit_members(&mut self, sh: &mut Shared, view: &View<'_>) {
+        let members = view.state.members();
+        self.first_seen
+            .retain(|n, _| view.alive.contains_key(n) && members.get(n).is_none());
         for (node, roles) in view.alive {
-            if view.state.members().get(node).is_none() && !roles.is_empty() {
-                let command = Command::AddMember {
-                    node: node.clone(),
-                    roles: roles.clone(),
-                    zone: None,
-                };
-                self.propose(sh, format!("member:{node}"), command, view.now_ms);
+            if members.get(node).is_some() || roles.is_empty() {
+                continue;
             }
+            let seen_ms = *self.first_seen.entry(node.clone()).or_insert(view.now_ms);
+            let zone = match view.zones.map(|z| z.get(node)) {
+                None => None,
+                Some(Some(declared)) => declared.clone(),
+                Some(None) if view.now_ms < seen_ms + ZONE_WAIT_MS => continue,
+                Some(None) => None,
+            };
+            let command = Command::AddMember {
+                node: node.clone(),
+                roles: roles.clone(),
+                zone,
+            };
+            self.propose(sh, format!("member:{node}"), command, view.now_ms);
         }
     }
 

@@ -474,6 +474,7 @@ mod tests {
             state: &state,
             leader: None,
             alive: &alive,
+            zones: None,
             now_ms: 1,
         };
         engine.observe(&view);

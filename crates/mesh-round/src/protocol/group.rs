@@ -631,6 +631,7 @@ mod tests {
                 state,
                 leader: None,
                 alive,
+                zones: None,
                 now_ms,
             }
         }

@@ -141,6 +141,7 @@ pub fn select(
     if aggregators.is_empty() {
         return None;
     }
+    let aggregators = zones_first(state, aggregators, FINAL_AGGREGATORS);
     let finals: Vec<NodeId> = aggregators
         .iter()
         .take(FINAL_AGGREGATORS)
@@ -154,6 +155,30 @@ pub fn select(
             aggregators: finals,
         },
     })
+}
+
+/// `nodes` with its first `count` from as many zones as there are (each the
+/// earliest of its zone in `nodes`), the rest after them in their order:
+/// the final aggregators, who must agree, then sit in different failure
+/// domains, so one zone's outage cannot take every one of them.
+fn zones_first(state: &MeshState, nodes: Vec<NodeId>, count: usize) -> Vec<NodeId> {
+    let zone_of = |n: &NodeId| state.members().get(n).and_then(|m| m.zone.clone());
+    let mut seen = BTreeSet::new();
+    let (mut first, mut rest): (Vec<NodeId>, Vec<NodeId>) = (Vec::new(), Vec::new());
+    for node in nodes {
+        let zone = zone_of(&node);
+        let new_zone = zone.is_none() || seen.insert(zone);
+        if first.len() < count && new_zone {
+            first.push(node);
+        } else {
+            rest.push(node);
+        }
+    }
+    while first.len() < count && !rest.is_empty() {
+        first.push(rest.remove(0));
+    }
+    first.extend(rest);
+    first
 }
 
 /// Gives each group an aggregator from `aggregators` (in order, starting
@@ -245,6 +270,28 @@ mod tests {
             },
             initial_model: None,
         }
+    }
+
+    #[test]
+    fn final_aggregators_come_from_different_zones_when_there_are_several() {
+        let mut state = MeshState::new();
+        let roles: BTreeSet<Role> = [Role::Trainer, Role::Aggregator].into();
+        let zones = ["a", "a", "a", "b", "b"];
+        for (i, zone) in zones.iter().enumerate() {
+            let add = Command::AddMember {
+                node: node(i),
+                roles: roles.clone(),
+                zone: Some((*zone).into()),
+            };
+            state.apply(i as u64 + 1, &add).unwrap();
+        }
+        let order: Vec<NodeId> = (0..5).map(node).collect();
+        let spread = zones_first(&state, order.clone(), 2);
+        assert_eq!(spread, vec![node(0), node(3), node(1), node(2), node(4)]);
+        // One zone only: the order stays as it was.
+        let (plain, _) = state_with(5);
+        assert_eq!(zones_first(&plain, order.clone(), 2), order);
+        assert_eq!(zones_first(&state, order[..1].to_vec(), 2), vec![node(0)]);
     }
 
     #[test]

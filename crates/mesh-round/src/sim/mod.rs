@@ -730,6 +730,7 @@ impl ViewParts {
             state,
             leader: self.leader.as_ref(),
             alive: &self.alive,
+            zones: None,
             now_ms,
         }
     }

@@ -3,7 +3,7 @@
 use ed25519_dalek::VerifyingKey;
 use rcgen::{
     BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData, SanType,
     SerialNumber, SignatureAlgorithm, SigningKey, PKCS_ED25519,
 };
 use sha2::{Digest, Sha256};
@@ -163,7 +163,8 @@ impl MeshCa {
         &self.identity
     }
 
-    /// Issues a certificate for `node_key` with `roles`, valid over the given period.
+    /// Issues a certificate for `node_key` with `roles`, valid over the
+    /// given period, for HTTPS on the loopback names ([`LOOPBACK_HOSTS`]).
     pub fn issue(
         &self,
         node_key: &VerifyingKey,
@@ -171,6 +172,20 @@ impl MeshCa {
         not_before_unix_s: i64,
         not_after_unix_s: i64,
         serial: [u8; 16],
+    ) -> Result<IssuedCert, CertError> {
+        let validity = (not_before_unix_s, not_after_unix_s);
+        self.issue_for_hosts(node_key, roles, validity, serial, &[])
+    }
+
+    /// [`MeshCa::issue`], the certificate also naming `hosts` (DNS names or
+    /// IP addresses) so the node's HTTPS API verifies under those names.
+    pub fn issue_for_hosts(
+        &self,
+        node_key: &VerifyingKey,
+        roles: RoleSet,
+        (not_before_unix_s, not_after_unix_s): (i64, i64),
+        serial: [u8; 16],
+        hosts: &[String],
     ) -> Result<IssuedCert, CertError> {
         if roles.is_empty() {
             return Err(CertError::Build(
@@ -196,6 +211,7 @@ impl MeshCa {
         params.key_identifier_method = key_id(&node_key.to_bytes());
         params.use_authority_key_identifier_extension = true;
         params.custom_extensions = vec![roles_extension(roles)];
+        params.subject_alt_names = subject_alt_names(hosts)?;
         let ca_public = self.identity.verifying_key().to_bytes();
         let issuer = Issuer::new(
             ca_params(&self.name, &ca_public),
@@ -226,14 +242,53 @@ impl MeshCa {
             .node_id
             .verifying_key()
             .map_err(|e| CertError::Malformed(e.to_string()))?;
-        self.issue(
-            &key,
-            info.roles,
-            not_before_unix_s,
-            not_after_unix_s,
-            serial,
-        )
+        let validity = (not_before_unix_s, not_after_unix_s);
+        self.issue_for_hosts(&key, info.roles, validity, serial, &info.hosts)
     }
+}
+
+/// The names every node certificate serves HTTPS for, whatever else it names.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// Most host names one certificate carries.
+pub const HOSTS_MAX: usize = 64;
+
+/// [`LOOPBACK_HOSTS`] and `hosts`, without repeats, as subject alternative names.
+fn subject_alt_names(hosts: &[String]) -> Result<Vec<SanType>, CertError> {
+    let mut names: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| (*h).to_string()).collect();
+    for host in hosts {
+        if !names.contains(host) {
+            names.push(host.clone());
+        }
+    }
+    if names.len() > HOSTS_MAX {
+        return Err(CertError::Build(format!(
+            "{} host names, at most {HOSTS_MAX}",
+            names.len()
+        )));
+    }
+    names.iter().map(|name| san(name)).collect()
+}
+
+fn san(name: &str) -> Result<SanType, CertError> {
+    if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*');
+    if !valid {
+        return Err(CertError::Build(format!(
+            "{name:?} is neither an IP address nor a DNS name"
+        )));
+    }
+    let dns = name
+        .to_string()
+        .try_into()
+        .map_err(|e: rcgen::Error| CertError::Build(e.to_string()))?;
+    Ok(SanType::DnsName(dns))
 }
 
 /// Serial numbers are positive DER integers: clear the top bit, and avoid a leading zero byte.

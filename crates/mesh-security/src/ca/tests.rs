@@ -285,3 +285,28 @@ fn certificates_are_refused_outside_the_ca_validity() {
         .unwrap_err();
     assert!(matches!(err, CertError::CaOutsideValidity { .. }), "{err}");
 }
+
+#[test]
+fn host_names_are_carried_kept_on_renewal_and_checked() {
+    let ca = ca();
+    let hosts = vec!["node-7.mesh".to_string(), "10.0.0.7".to_string()];
+    let key = node().verifying_key();
+    let roles = RoleSet::of(&[Role::Trainer]);
+    let cert = ca
+        .issue_for_hosts(&key, roles, (T0, T0 + DAY_S), [3; 16], &hosts)
+        .unwrap();
+    let info = CertInfo::parse(&cert.der).unwrap();
+    for host in LOOPBACK_HOSTS
+        .iter()
+        .copied()
+        .chain(["node-7.mesh", "10.0.0.7"])
+    {
+        assert!(info.hosts.iter().any(|h| h == host), "{host}");
+    }
+    let renewed = ca.renew(&cert.der, T0, T0 + 2 * DAY_S, [4; 16]).unwrap();
+    assert_eq!(CertInfo::parse(&renewed.der).unwrap().hosts, info.hosts);
+    for bad in ["", "a b", "x/y", "ünïcode"] {
+        let result = ca.issue_for_hosts(&key, roles, (T0, T0 + DAY_S), [5; 16], &[bad.into()]);
+        assert!(matches!(result, Err(CertError::Build(_))), "{bad:?}");
+    }
+}

@@ -39,6 +39,9 @@ pub struct CertInfo {
     pub not_before_unix_s: i64,
     /// End of validity, Unix seconds.
     pub not_after_unix_s: i64,
+    /// Host names and IP addresses the certificate may serve HTTPS for
+    /// (its subject alternative names), as text.
+    pub hosts: Vec<String>,
 }
 
 impl CertInfo {
@@ -63,6 +66,7 @@ impl CertInfo {
             roles: roles_of(cert)?,
             not_before_unix_s: validity.not_before.timestamp(),
             not_after_unix_s: validity.not_after.timestamp(),
+            hosts: hosts_of(cert),
         })
     }
 
@@ -98,6 +102,37 @@ impl CertInfo {
         cn.as_str()
             .map(str::to_string)
             .map_err(|e| CertError::Malformed(e.to_string()))
+    }
+}
+
+/// The DNS names and IP addresses among a certificate's subject alternative names.
+fn hosts_of(cert: &X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_string()),
+            GeneralName::IPAddress(bytes) => ip_text(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| Ipv4Addr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| Ipv6Addr::from(b).to_string()),
+        _ => None,
     }
 }
 

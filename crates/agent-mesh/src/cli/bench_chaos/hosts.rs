@@ -12,10 +12,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use super::schedule::FaultKind;
 use crate::cli::bench_consensus::{exe, path_str};
+use crate::cli::netns::run;
 
 /// libfaketime's library, where Debian's `faketime` package puts it.
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -59,21 +60,6 @@ pub struct Hosts {
     faketime: Option<PathBuf>,
     /// Unique prefix of this run's namespaces and links.
     tag: String,
-}
-
-fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 impl Hosts {
@@ -399,7 +385,7 @@ impl NodeHost {
         Self {
             dir: root.join(format!("node-{i}")),
             ip: ip.to_string(),
-            http_url: format!("http://{ip}:{http_port}"),
+            http_url: format!("https://{ip}:{http_port}"),
             p2p_port,
             child: None,
             restarts: 0,
@@ -413,6 +399,6 @@ impl NodeHost {
 
     /// Its HTTP listen address.
     pub fn http_addr(&self) -> String {
-        self.http_url.trim_start_matches("http://").to_string()
+        self.http_url.trim_start_matches("https://").to_string()
     }
 }
