@@ -130,11 +130,11 @@ pub enum SnapshotError {
     #[error("not a mesh state snapshot (bad magic or truncated header; fetch the snapshot again)")]
     NotASnapshot,
     /// The snapshot was written by an unknown format version.
-    #[error("snapshot format version {found} is not supported (this build reads version {supported}; upgrade the node)")]
+    #[error("snapshot format version {found} is not supported (this build reads versions {} to {supported}; upgrade the node)", crate::snapshot::FORMAT_VERSION_MIN)]
     UnsupportedVersion {
         /// Version found.
         found: u16,
-        /// Version this build reads.
+        /// Newest version this build reads.
         supported: u16,
     },
     /// The checksum does not match the body.

@@ -12,6 +12,12 @@
 //! Wire format: one version byte, then the postcard encoding of [`RpcRequest`]
 //! or [`RpcResponse`]. Decoding refuses frames over [`RPC_BYTES_MAX`]; snapshots
 //! travel in chunks of at most [`SNAPSHOT_CHUNK_BYTES`], so no frame is large.
+//! A build writes [`WIRE_VERSION`] and reads every version from
+//! [`WIRE_VERSION_MIN`] on; the frames have had one version so far, and a
+//! new one is first accepted for a release before it is written, so the
+//! voters of a committee can be upgraded one at a time. A snapshot chunk
+//! carries the snapshot's own bytes, whose header names their format
+//! ([`crate::snapshot`], which reads the previous format too).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,8 +45,10 @@ use crate::types::{
     CommitReceipt, MemberId, MemberInfo, RejoinGrant, Snapshot, SnapshotMeta, TypeConfig, Vote,
 };
 
-/// Version byte in front of every frame.
+/// Version byte in front of every frame this build writes.
 pub const WIRE_VERSION: u8 = 1;
+/// The oldest frame version this build reads.
+pub const WIRE_VERSION_MIN: u8 = 1;
 /// Largest frame accepted, in bytes.
 pub const RPC_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Largest snapshot chunk sent in one frame, in bytes.
@@ -153,8 +161,12 @@ fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String>
     }
     match bytes.split_first() {
         None => Err("empty frame".into()),
-        Some((&WIRE_VERSION, body)) => postcard::from_bytes(body).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("wire version {v} is not supported")),
+        Some((v, body)) if (WIRE_VERSION_MIN..=WIRE_VERSION).contains(v) => {
+            postcard::from_bytes(body).map_err(|e| e.to_string())
+        }
+        Some((v, _)) => Err(format!(
+            "wire version {v} is not supported (this build reads {WIRE_VERSION_MIN} to {WIRE_VERSION})"
+        )),
     }
 }
 
@@ -477,5 +489,22 @@ mod tests {
         });
         let back = RpcRequest::decode(&req.encode()).unwrap();
         assert!(matches!(back, RpcRequest::Forward(Command::Put { .. })));
+    }
+
+    #[test]
+    fn frames_carry_their_version_and_only_known_versions_are_read() {
+        let frame = RpcResponse::Ack.encode();
+        assert_eq!(frame[0], WIRE_VERSION);
+        for version in WIRE_VERSION_MIN..=WIRE_VERSION {
+            let mut frame = frame.clone();
+            frame[0] = version;
+            assert!(matches!(RpcResponse::decode(&frame), Ok(RpcResponse::Ack)));
+        }
+        for version in [WIRE_VERSION_MIN - 1, WIRE_VERSION + 1] {
+            let mut frame = frame.clone();
+            frame[0] = version;
+            let err = RpcResponse::decode(&frame).unwrap_err();
+            assert!(err.contains(&format!("wire version {version}")), "{err}");
+        }
     }
 }

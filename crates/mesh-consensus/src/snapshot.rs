@@ -4,6 +4,16 @@
 //!   "AMSS" | version u16 LE | postcard(MeshState) | blake3(body) 32 bytes
 //! ```
 //!
+//! The version names the body's layout. This build writes [`FORMAT_VERSION`]
+//! (2: the state with its table of committed proposals) and reads the
+//! previous one too (1: the same fields without that table), so a node
+//! upgraded from a build that wrote format 1 starts from its own stored
+//! snapshot, and a leader's snapshot in the previous format installs. A
+//! change to any type inside the state changes the body, so it needs the
+//! next format version and a reader for the one before
+//! (`docs/operations.md`, "Upgrades"; a checked-in format-1 snapshot,
+//! `testdata/snapshot-v1.amss`, keeps the reader honest).
+//!
 //! The state holds only `BTreeMap`s and `Vec`s, so equal states encode to equal
 //! bytes. Decoding is bounded ([`SNAPSHOT_BYTES_MAX_DEFAULT`] unless told
 //! otherwise), checks the checksum before parsing, and checks the invariants
@@ -12,12 +22,14 @@
 //! comparing snapshots themselves.
 
 use crate::error::SnapshotError;
-use crate::state::MeshState;
+use crate::state::{MeshState, MeshStateV1};
 
 /// First bytes of every snapshot.
 pub const MAGIC: [u8; 4] = *b"AMSS";
-/// Format version this build writes and reads.
+/// Format version this build writes (and the newest it reads).
 pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads.
+pub const FORMAT_VERSION_MIN: u16 = 1;
 /// Default largest snapshot [`decode`] accepts, in bytes.
 pub const SNAPSHOT_BYTES_MAX_DEFAULT: usize = 1024 * 1024 * 1024;
 
@@ -54,7 +66,7 @@ pub fn decode_bounded(bytes: &[u8], max_bytes: usize) -> Result<MeshState, Snaps
         return Err(SnapshotError::NotASnapshot);
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != FORMAT_VERSION {
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -65,7 +77,20 @@ pub fn decode_bounded(bytes: &[u8], max_bytes: usize) -> Result<MeshState, Snaps
     if blake3::hash(body).as_bytes() != checksum {
         return Err(SnapshotError::ChecksumMismatch);
     }
-    let (state, rest): (MeshState, &[u8]) =
+    let state = if version == 1 {
+        MeshState::from(decode_body::<MeshStateV1>(body)?)
+    } else {
+        decode_body::<MeshState>(body)?
+    };
+    state
+        .check_invariants()
+        .map_err(SnapshotError::Inconsistent)?;
+    Ok(state)
+}
+
+/// The whole of `body` as one `T`.
+fn decode_body<T: for<'de> serde::Deserialize<'de>>(body: &[u8]) -> Result<T, SnapshotError> {
+    let (value, rest): (T, &[u8]) =
         postcard::take_from_bytes(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(SnapshotError::Malformed(format!(
@@ -73,10 +98,7 @@ pub fn decode_bounded(bytes: &[u8], max_bytes: usize) -> Result<MeshState, Snaps
             rest.len()
         )));
     }
-    state
-        .check_invariants()
-        .map_err(SnapshotError::Inconsistent)?;
-    Ok(state)
+    Ok(value)
 }
 
 /// BLAKE3 of snapshot bytes (identifies a snapshot, for example in transfer).
@@ -138,6 +160,93 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
         assert_eq!(decode(&bytes), Err(SnapshotError::ChecksumMismatch));
+    }
+
+    /// Format 1 as the builds before format 2 wrote it: the state without
+    /// its proposal table, under version 1.
+    fn encode_v1(state: &MeshState) -> Vec<u8> {
+        let body = postcard::to_allocvec(&state.to_v1()).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(blake3::hash(&body).as_bytes());
+        out
+    }
+
+    /// A state with a member, a key and a committed retried proposal.
+    fn populated() -> MeshState {
+        let mut s = sample();
+        s.apply(
+            2,
+            &Command::AddMember {
+                node: crate::command::NodeId("node-a".into()),
+                roles: [crate::command::Role::Committee].into(),
+                zone: Some("eu-1".into()),
+            },
+        )
+        .unwrap();
+        s.apply(
+            3,
+            &Command::Once {
+                session: 7,
+                seq: 1,
+                command: Box::new(Command::Put {
+                    key: b"once".to_vec(),
+                    value: b"1".to_vec(),
+                }),
+            },
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn the_previous_format_is_read_without_the_proposal_table() {
+        let state = populated();
+        let v1 = encode_v1(&state);
+        assert_eq!(u16::from_le_bytes([v1[4], v1[5]]), 1);
+        let back = decode(&v1).unwrap();
+        assert_eq!(back.last_applied(), state.last_applied());
+        assert_eq!(back.state_hash(), state.state_hash());
+        assert_eq!(back.members(), state.members());
+        assert_eq!(back.kv(), state.kv());
+        // What format 1 could not hold is empty, and the next snapshot is format 2.
+        assert_eq!(back, MeshState::from(state.to_v1()));
+        assert_eq!(&encode(&back)[4..6], &FORMAT_VERSION.to_le_bytes());
+    }
+
+    /// A format-1 snapshot checked into the repository (written by
+    /// `encode_v1` from [`populated`]; `AGENT_MESH_WRITE_FIXTURES=1` writes it
+    /// again): any change to the state's types that changes format 1's body
+    /// fails here, and needs a new format version.
+    #[test]
+    fn the_checked_in_format_1_snapshot_still_decodes() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/snapshot-v1.amss");
+        if std::env::var_os("AGENT_MESH_WRITE_FIXTURES").is_some() {
+            std::fs::write(&path, encode_v1(&populated())).unwrap();
+        }
+        let fixture = std::fs::read(&path).unwrap();
+        let state = decode(&fixture).unwrap();
+        let expected = populated();
+        assert_eq!(state.last_applied(), Some(3));
+        assert_eq!(state.state_hash(), expected.state_hash());
+        assert_eq!(state.members(), expected.members());
+        assert_eq!(state.kv(), expected.kv());
+        assert_eq!(fixture, encode_v1(&expected), "format 1 must not change");
+    }
+
+    #[test]
+    fn versions_outside_the_read_range_are_refused() {
+        for version in [0u16, FORMAT_VERSION + 1] {
+            let mut bytes = encode(&sample());
+            bytes[4..6].copy_from_slice(&version.to_le_bytes());
+            let err = decode(&bytes).unwrap_err();
+            assert!(
+                matches!(err, SnapshotError::UnsupportedVersion { found, .. } if found == version)
+            );
+            assert!(err.to_string().contains("versions 1 to 2"), "{err}");
+        }
     }
 
     #[test]

@@ -26,7 +26,8 @@ use crate::{cert_exchange, NetError};
 pub const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/agent-mesh/rpc/1");
 /// The protocol id of the mesh's Kademlia DHT (separate from the public IPFS DHT).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/agent-mesh/kad/1");
-/// The identify protocol version string.
+/// The identify protocol version string; the mesh protocol versions a node
+/// speaks ride in its agent version (see [`crate::version`]).
 pub const IDENTIFY_VERSION: &str = "/agent-mesh/id/1";
 
 /// Every protocol a mesh node speaks.
@@ -80,10 +81,10 @@ impl MeshBehaviour {
         let memory = l
             .memory_fraction_max
             .map(memory_connection_limits::Behaviour::with_max_percentage);
-        let identify = identify::Behaviour::new(identify::Config::new(
-            IDENTIFY_VERSION.to_string(),
-            keypair.public(),
-        ));
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_VERSION.to_string(), keypair.public())
+                .with_agent_version(config.versions.agent_version()),
+        );
         let ping =
             ping::Behaviour::new(ping::Config::new().with_interval(config.timing.ping_interval));
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);

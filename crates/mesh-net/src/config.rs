@@ -12,6 +12,8 @@ use mesh_security::ca::CertVerifier;
 use mesh_security::envelope::MeshId;
 use mesh_security::NodeIdentity;
 
+use crate::version::VersionRange;
+
 /// Which transports the swarm speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportKind {
@@ -187,6 +189,10 @@ pub struct NetConfig {
     pub peers_max: usize,
     /// Seed of every random choice the layer makes (redial jitter).
     pub seed: u64,
+    /// The mesh protocol versions this node speaks and announces
+    /// (see [`crate::version`]); capped below this build's newest, the node
+    /// talks as a node of the previous release would.
+    pub versions: VersionRange,
 }
 
 impl NetConfig {
@@ -215,6 +221,7 @@ impl NetConfig {
             timing: Timing::default(),
             peers_max: 1024,
             seed: 0,
+            versions: VersionRange::default(),
         }
     }
 

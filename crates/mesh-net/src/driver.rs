@@ -14,6 +14,7 @@
 
 mod commands;
 mod swarm_events;
+mod versions;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +42,7 @@ use crate::log_limit::LogLimiter;
 use crate::metrics::{Direction, Kind, NetMetrics};
 use crate::peers::{Backoff, PeerState, PeerTable, PeerTableConfig};
 use crate::streams::{AdmittedPeers, Streams};
+use crate::version::PeerVersions;
 use crate::{ids, transport, NetError};
 
 /// The current time, Unix milliseconds.
@@ -104,6 +106,8 @@ pub(crate) struct Driver {
     admitted: AdmittedPeers,
     /// Paces log lines about hostile or broken input (one per source per interval).
     log_limit: LogLimiter,
+    /// Each peer's mesh protocol version, shared with the handles.
+    versions: PeerVersions,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -251,6 +255,7 @@ impl Driver {
             gossip_held: 0,
             admitted: AdmittedPeers::default(),
             log_limit: LogLimiter::default(),
+            versions: PeerVersions::new(config.versions, config.peers_max),
         })
     }
 
@@ -264,6 +269,7 @@ impl Driver {
         Streams {
             control: self.swarm.behaviour().streams.new_control(),
             admitted: self.admitted.clone(),
+            versions: self.versions.clone(),
         }
     }
 
@@ -457,6 +463,7 @@ impl Driver {
             NetEvent::PeerAdmitted { peer, .. } => self.admitted.set(*peer, true),
             NetEvent::PeerDown { peer } | NetEvent::PeerRejected { peer, .. } => {
                 self.admitted.set(*peer, false);
+                self.versions.forget(peer);
             }
             NetEvent::Request { .. } | NetEvent::Gossip { .. } => {}
         }

@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod peers;
 pub mod streams;
 pub mod transport;
+pub mod version;
 
 pub use admission::{
     Admission, AdmissionConfig, AdmissionError, AdmissionState, Due, RejectReason, Rejection,
@@ -75,3 +76,4 @@ pub use log_limit::{LogLimiter, Suppressed};
 pub use metrics::NetMetrics;
 pub use peers::{Backoff, PeerError, PeerState, PeerTable, PeerTableConfig};
 pub use streams::{read_frame, write_frame, IncomingStreams};
+pub use version::{PeerVersion, PeerVersions, VersionRange};

@@ -25,6 +25,7 @@ use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::StreamExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 
+use crate::version::PeerVersions;
 use crate::NetError;
 
 /// The peers admitted now, shared between the driver and the handles.
@@ -55,6 +56,8 @@ impl AdmittedPeers {
 pub(crate) struct Streams {
     pub control: libp2p_stream::Control,
     pub admitted: AdmittedPeers,
+    /// Each peer's mesh protocol version (see [`crate::version`]).
+    pub versions: PeerVersions,
 }
 
 impl std::fmt::Debug for Streams {

@@ -25,8 +25,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{verify_signature, NodeId, NodeIdentity};
 
-/// The envelope format version this build writes and accepts.
+/// The envelope format version this build writes (and the newest it accepts).
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest envelope format version this build accepts. The envelope has
+/// had one format so far; the next one will be written only once every node
+/// of the previous release accepts it, and this stays one release behind
+/// (`docs/operations.md`, "Upgrades").
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// How many sequence numbers behind the newest one are still accepted once.
 pub const REPLAY_WINDOW: u64 = 1024;
 /// Bytes of framing an envelope adds around its payload, at most (fields, signature).
@@ -317,7 +322,7 @@ impl EnvelopeVerifier {
                 limit_bytes: self.limits.envelope_size_bytes_max,
             });
         }
-        if header.version != PROTOCOL_VERSION {
+        if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&header.version) {
             return Err(EnvelopeError::UnsupportedVersion {
                 got: header.version,
                 supported: PROTOCOL_VERSION,

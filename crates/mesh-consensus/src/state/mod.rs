@@ -94,7 +94,54 @@ pub struct MeshState {
     proposals: Proposals,
 }
 
+/// The mesh state as snapshot format 1 laid it out: every field of
+/// [`MeshState`] but the proposal table, which came with format 2 (postcard
+/// writes fields in order, so format 1 is format 2 without its last field).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct MeshStateV1 {
+    last_applied: Option<u64>,
+    state_hash: StateHash,
+    members: Members,
+    jobs: Jobs,
+    reputation: Reputation,
+    privacy: PrivacyLedger,
+    kv: Kv,
+}
+
+impl From<MeshStateV1> for MeshState {
+    /// A state read from format 1 remembers no proposals: a retried
+    /// proposal committed before the snapshot is applied again, as it was
+    /// by the builds that wrote format 1.
+    fn from(v1: MeshStateV1) -> Self {
+        Self {
+            last_applied: v1.last_applied,
+            state_hash: v1.state_hash,
+            members: v1.members,
+            jobs: v1.jobs,
+            reputation: v1.reputation,
+            privacy: v1.privacy,
+            kv: v1.kv,
+            proposals: Proposals::default(),
+        }
+    }
+}
+
 impl MeshState {
+    /// The state in the layout of snapshot format 1 (without the proposal
+    /// table), for the format-1 writer that tests keep.
+    #[cfg(test)]
+    pub(crate) fn to_v1(&self) -> MeshStateV1 {
+        MeshStateV1 {
+            last_applied: self.last_applied,
+            state_hash: self.state_hash,
+            members: self.members.clone(),
+            jobs: self.jobs.clone(),
+            reputation: self.reputation.clone(),
+            privacy: self.privacy.clone(),
+            kv: self.kv.clone(),
+        }
+    }
+
     /// An empty state (no entry applied).
     pub fn new() -> Self {
         Self::default()

@@ -173,6 +173,7 @@ impl Driver {
                 let _ = self.peers.on_rtt(&peer, rtt_ms, now_ms());
             }
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, &info.agent_version);
                 let addrs = info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX);
                 self.learn(peer_id, addrs);
             }

@@ -2,12 +2,15 @@
 //! mesh-security, and is checked before the engine sees it.
 //!
 //! ```text
-//!   send:    RoundMessage ──encode──► Envelope::seal(identity, mesh, ROUND_KIND, seq, now) ──► wire
+//!   send:    RoundMessage ──encode_for(v)──► Envelope::seal(identity, mesh, ROUND_KIND, seq, now) ──► wire
 //!   receive: wire ──► EnvelopeVerifier::open (size, version, mesh, signature, skew, replay)
 //!                 ──► sender == the peer the link authenticated
 //!                 ──► RBAC: the sender's certificate holds a role this kind needs
-//!                 ──► RoundMessage::decode ──► engine
+//!                 ──► RoundMessage::decode_for(v) ──► engine
 //! ```
+//!
+//! `v` is the round message version: the sender's is the one it negotiated
+//! with the receiver, the receiver's the one the request's protocol name says.
 //!
 //! A refusal is counted in `mesh_round_messages_refused_total{reason}` and
 //! never reaches the engine. Sequence numbers start at the node's start time
@@ -19,7 +22,7 @@ use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mesh_consensus::command::NodeId;
-use mesh_round::protocol::{node_name, RoundMessage};
+use mesh_round::protocol::{node_name, RoundMessage, ROUND_VERSION_MAX};
 use mesh_security::envelope::{
     Envelope, EnvelopeError, EnvelopeLimits, EnvelopeVerifier, MeshId, MessageKind,
 };
@@ -159,8 +162,19 @@ impl RoundGate {
             .get()
     }
 
-    /// The signed wire bytes of `message`.
+    /// The signed wire bytes of `message`, encoded for the newest round
+    /// message version.
     pub fn seal(&mut self, message: &RoundMessage, now_ms: u64) -> Result<Vec<u8>, EnvelopeError> {
+        self.seal_for(message, ROUND_VERSION_MAX, now_ms)
+    }
+
+    /// The signed wire bytes of `message`, encoded for round message `version`.
+    pub fn seal_for(
+        &mut self,
+        message: &RoundMessage,
+        version: u8,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, EnvelopeError> {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
         Envelope::seal(
@@ -169,13 +183,14 @@ impl RoundGate {
             ROUND_KIND,
             seq,
             now_ms,
-            message.encode(),
+            message.encode_for(version),
         )?
         .encode()
     }
 
     /// Checks bytes from `peer` (the node the link authenticated) whose
-    /// certificate holds `roles`; counts and returns any refusal.
+    /// certificate holds `roles`, read as the newest round message version;
+    /// counts and returns any refusal.
     pub fn open(
         &mut self,
         peer: &NodeId,
@@ -183,7 +198,19 @@ impl RoundGate {
         bytes: &[u8],
         now_ms: u64,
     ) -> Result<RoundMessage, Refusal> {
-        let outcome = self.check(peer, roles, bytes, now_ms);
+        self.open_for(peer, roles, bytes, ROUND_VERSION_MAX, now_ms)
+    }
+
+    /// [`Self::open`] for bytes that came under round message `version`.
+    pub fn open_for(
+        &mut self,
+        peer: &NodeId,
+        roles: &BTreeSet<Role>,
+        bytes: &[u8],
+        version: u8,
+        now_ms: u64,
+    ) -> Result<RoundMessage, Refusal> {
+        let outcome = self.check(peer, roles, bytes, version, now_ms);
         if let Err(refusal) = &outcome {
             self.refused
                 .get_or_create(&vec![("reason".into(), refusal.reason().into())])
@@ -197,6 +224,7 @@ impl RoundGate {
         peer: &NodeId,
         roles: &BTreeSet<Role>,
         bytes: &[u8],
+        version: u8,
         now_ms: u64,
     ) -> Result<RoundMessage, Refusal> {
         let envelope = self
@@ -210,7 +238,7 @@ impl RoundGate {
                 peer: peer.0.clone(),
             });
         }
-        let message = RoundMessage::decode(&envelope.payload)
+        let message = RoundMessage::decode_for(&envelope.payload, version)
             .map_err(|e| Refusal::Malformed(e.to_string()))?;
         let actions = action_of(&message);
         let allowed = actions

@@ -14,6 +14,13 @@
 //! decodes here with no context. A build before the field refuses a message
 //! that carries one (it sees trailing bytes), which is why nodes attach it
 //! only when tracing is configured (`docs/operations.md`, "Tracing").
+//!
+//! The encoding is versioned by the protocol name it travels under
+//! ([`round_protocol`]): version 1 (`/agent-mesh/round/1`) never carries a
+//! trace context, version 2 (`/agent-mesh/round/2`) may. A sender encodes
+//! for the version it negotiated with the receiver ([`RoundMessage::encode_for`]),
+//! so a node talking version 1 never sends the field, and a receiver decodes
+//! by the name the message came under ([`RoundMessage::decode_for`]).
 
 use mesh_consensus::command::{GroupInput, JobId, ModelHash, RoundMetrics};
 use mesh_security::secagg::messages::{
@@ -22,8 +29,33 @@ use mesh_security::secagg::messages::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Request-response protocol name the round messages travel on.
+/// Request-response protocol name of version 1 of the round messages (no
+/// trace context), which every build speaks.
 pub const ROUND_PROTOCOL: &str = "/agent-mesh/round/1";
+/// Request-response protocol name of version 2 (with the optional trace context).
+pub const ROUND_PROTOCOL_V2: &str = "/agent-mesh/round/2";
+/// The newest round message version this build encodes.
+pub const ROUND_VERSION_MAX: u8 = 2;
+
+/// The protocol name round messages of `version` travel under (`None` for a
+/// version this build does not speak).
+pub fn round_protocol(version: u8) -> Option<&'static str> {
+    match version {
+        1 => Some(ROUND_PROTOCOL),
+        2 => Some(ROUND_PROTOCOL_V2),
+        _ => None,
+    }
+}
+
+/// The round message version of a protocol name (`None`: not a round
+/// protocol this build speaks).
+pub fn round_version(protocol: &str) -> Option<u8> {
+    match protocol {
+        ROUND_PROTOCOL => Some(1),
+        ROUND_PROTOCOL_V2 => Some(2),
+        _ => None,
+    }
+}
 /// Largest encoded message accepted, in bytes (a model blob and its framing).
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -342,6 +374,14 @@ pub enum MessageError {
     /// Not a round message.
     #[error("malformed round message: {0}")]
     Malformed(String),
+    /// A round message version this build does not speak.
+    #[error(
+        "round message version {version} is not one this build speaks (1 to {ROUND_VERSION_MAX})"
+    )]
+    UnsupportedVersion {
+        /// The version it came under.
+        version: u8,
+    },
 }
 
 impl RoundMessage {
@@ -355,6 +395,31 @@ impl RoundMessage {
     /// Length of the encoding, without encoding.
     pub fn encoded_len(&self) -> usize {
         postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
+    }
+
+    /// Encodes for round message `version`: version 1 leaves the trace
+    /// context out whatever the message holds; later versions keep it.
+    pub fn encode_for(&self, version: u8) -> Vec<u8> {
+        if version < 2 && self.trace().is_some() {
+            let mut bare = self.clone();
+            bare.set_trace(None);
+            return bare.encode();
+        }
+        self.encode()
+    }
+
+    /// Decodes a message that came under round message `version`. Version 1
+    /// carries no trace context, so one sent by a build from before versions
+    /// is dropped; a version this build does not speak is refused.
+    pub fn decode_for(bytes: &[u8], version: u8) -> Result<Self, MessageError> {
+        if version == 0 || version > ROUND_VERSION_MAX {
+            return Err(MessageError::UnsupportedVersion { version });
+        }
+        let mut message = Self::decode(bytes)?;
+        if version < 2 {
+            message.set_trace(None);
+        }
+        Ok(message)
     }
 
     /// Decodes, refusing more than [`MESSAGE_BYTES_MAX`] before parsing.
@@ -569,6 +634,45 @@ mod tests {
         let mut long = request(Some(context())).encode();
         long.push(7);
         assert!(RoundMessage::decode(&long).is_err());
+    }
+
+    #[test]
+    fn version_1_never_carries_the_context_and_version_2_decodes_both() {
+        let traced = request(Some(context()));
+        let RoundMessage::AggregateRequest { key, inputs, .. } = request(None) else {
+            unreachable!()
+        };
+        let legacy = postcard::to_allocvec(&Legacy::AggregateRequest { key, inputs }).unwrap();
+        // Talking version 1, a traced message is sent as builds before the field sent it.
+        assert_eq!(traced.encode_for(1), legacy);
+        assert_eq!(request(None).encode_for(1), legacy);
+        // Version 2 keeps the field; a version 2 node decodes either encoding.
+        let v2 = traced.encode_for(2);
+        assert_eq!(v2.len(), legacy.len() + 26);
+        assert_eq!(RoundMessage::decode_for(&v2, 2).unwrap(), traced);
+        assert_eq!(RoundMessage::decode_for(&legacy, 2).unwrap(), request(None));
+        // A context that arrives under version 1 (a build from before
+        // versions, with tracing on) is not taken.
+        assert_eq!(RoundMessage::decode_for(&v2, 1).unwrap().trace(), None);
+        for version in [0, 3] {
+            assert!(matches!(
+                RoundMessage::decode_for(&v2, version),
+                Err(MessageError::UnsupportedVersion { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn protocol_names_and_versions_map_both_ways() {
+        for version in 1..=ROUND_VERSION_MAX {
+            let name = round_protocol(version).unwrap();
+            assert_eq!(round_version(name), Some(version));
+        }
+        assert_eq!(round_protocol(1), Some("/agent-mesh/round/1"));
+        assert_eq!(round_protocol(2), Some("/agent-mesh/round/2"));
+        assert_eq!(round_protocol(3), None);
+        assert_eq!(round_version("/agent-mesh/round/3"), None);
+        assert_eq!(round_version("model/fetch"), None);
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub mod trainer;
 pub mod worker;
 
 pub use engine::NodeEngine;
-pub use messages::{RoundKey, RoundMessage, TraceContext, ROUND_PROTOCOL};
+pub use messages::{
+    round_protocol, round_version, RoundKey, RoundMessage, TraceContext, ROUND_PROTOCOL,
+    ROUND_PROTOCOL_V2, ROUND_VERSION_MAX,
+};
 pub use shared::{node_key, node_name, Action, EngineConfig, View, PINNED_MAX};
 pub use stats::ProtocolStats;
 pub use worker::{

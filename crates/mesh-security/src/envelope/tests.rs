@@ -88,6 +88,16 @@ fn another_mesh_is_refused() {
 }
 
 #[test]
+fn a_version_below_the_oldest_accepted_is_refused() {
+    let mut env = sealed(1, NOW_MS, vec![]);
+    env.header.version = PROTOCOL_VERSION_MIN - 1;
+    assert!(matches!(
+        verifier().verify(&env, NOW_MS),
+        Err(EnvelopeError::UnsupportedVersion { got: 0, .. })
+    ));
+}
+
+#[test]
 fn another_version_is_refused() {
     let mut env = sealed(1, NOW_MS, vec![]);
     env.header.version = PROTOCOL_VERSION + 1;
