@@ -13,8 +13,8 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, gossipsub, identify, kad, mdns, memory_connection_limits, ping,
-    request_response, StreamProtocol,
+    autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, memory_connection_limits,
+    ping, relay, request_response, StreamProtocol,
 };
 
 use crate::codec::FrameCodec;
@@ -55,6 +55,14 @@ pub struct MeshBehaviour {
     pub rpc: request_response::Behaviour<FrameCodec>,
     /// Long-lived application streams (see [`crate::streams`]).
     pub streams: libp2p_stream::Behaviour,
+    /// Reachability probes: asks chosen peers to dial back (see [`crate::nat`]).
+    pub autonat: Toggle<autonat::Behaviour>,
+    /// Circuit relay v2 client: reservations on relays, relayed dials.
+    pub relay_client: relay::client::Behaviour,
+    /// Circuit relay v2 server (nodes with the relay role).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Hole punching of relayed connections (DCUtR).
+    pub dcutr: Toggle<dcutr::Behaviour>,
 }
 
 fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
@@ -69,8 +77,13 @@ fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
 }
 
 impl MeshBehaviour {
-    /// The behaviour of a node with `keypair` under `config`.
-    pub fn new(keypair: &Keypair, config: &NetConfig) -> Result<Self, NetError> {
+    /// The behaviour of a node with `keypair` under `config`; `relay_client`
+    /// comes with the transport ([`crate::transport::build_with_relay_client`]).
+    pub fn new(
+        keypair: &Keypair,
+        config: &NetConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, NetError> {
         let peer_id = keypair.public().to_peer_id();
         let l = &config.limits;
         let limits = connection_limits::ConnectionLimits::default()
@@ -83,7 +96,10 @@ impl MeshBehaviour {
             .map(memory_connection_limits::Behaviour::with_max_percentage);
         let identify = identify::Behaviour::new(
             identify::Config::new(IDENTIFY_VERSION.to_string(), keypair.public())
-                .with_agent_version(config.versions.agent_version()),
+                .with_agent_version(config.versions.agent_version())
+                // A new relay circuit address must reach peers at once, not
+                // at the next periodic identify.
+                .with_push_listen_addr_updates(true),
         );
         let ping =
             ping::Behaviour::new(ping::Config::new().with_interval(config.timing.ping_interval));
@@ -138,6 +154,14 @@ impl MeshBehaviour {
             cert,
             rpc,
             streams: libp2p_stream::Behaviour::new(),
+            autonat: crate::nat::autonat_behaviour(peer_id, &config.nat).into(),
+            relay_client,
+            relay: crate::nat::relay_server(peer_id, &config.nat).into(),
+            dcutr: config
+                .nat
+                .hole_punching
+                .then(|| dcutr::Behaviour::new(peer_id))
+                .into(),
         })
     }
 }

@@ -47,7 +47,9 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             established_max: 256,
-            established_per_peer_max: 2,
+            // A relayed connection, its hole-punched successor and a
+            // simultaneous dial from the other side may coexist for a moment.
+            established_per_peer_max: 3,
             pending_incoming_max: 64,
             pending_outgoing_max: 64,
             idle_timeout: Duration::from_secs(30),
@@ -149,6 +151,88 @@ impl Default for Timing {
     }
 }
 
+/// Limits of the circuit relay v2 server (a node with the relay role): what
+/// it spends on peers that cannot be reached directly.
+///
+/// libp2p's own defaults (16 circuits, 2 minutes and 128 KiB per circuit) are
+/// sized for hole-punching rendezvous only and would cut a federated round's
+/// model transfer (a few hundred KB to a few MB per blob) in the middle; these
+/// let a relayed peer train and aggregate for an hour per circuit while still
+/// bounding what one relay serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations (peers listening through this relay) in total.
+    pub reservations_max: usize,
+    /// Reservations of one peer.
+    pub reservations_per_peer_max: usize,
+    /// How long a reservation lasts before the peer must renew it.
+    pub reservation_duration: Duration,
+    /// Circuits (relayed connections) open at once.
+    pub circuits_max: usize,
+    /// Circuits open at once per source peer.
+    pub circuits_per_peer_max: usize,
+    /// Longest life of one circuit; the peers reconnect after it.
+    pub circuit_duration: Duration,
+    /// Most bytes relayed on one circuit, both directions together.
+    pub circuit_bytes_max: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            reservations_max: 128,
+            reservations_per_peer_max: 4,
+            reservation_duration: Duration::from_secs(3_600),
+            circuits_max: 64,
+            circuits_per_peer_max: 8,
+            circuit_duration: Duration::from_secs(3_600),
+            circuit_bytes_max: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// NAT traversal: reachability probes (AutoNAT), circuit relay v2 (server
+/// and client) and hole punching (DCUtR). See `docs/operations.md`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NatConfig {
+    /// Ask bootstrap and relay peers to dial this node back, to learn whether
+    /// it is publicly reachable.
+    pub autonat: bool,
+    /// First reachability probe after start, then again every this long
+    /// until the answer is certain.
+    pub autonat_probe_interval: Duration,
+    /// Reserve a slot on relay peers (and advertise the `/p2p-circuit`
+    /// address) while AutoNAT finds this node private.
+    pub relay_client: bool,
+    /// Relays to reserve on at once.
+    pub relays_max: usize,
+    /// Upgrade relayed connections to direct ones by hole punching.
+    pub hole_punching: bool,
+    /// Serve as a circuit relay for other peers (the relay role).
+    pub relay_server: bool,
+    /// The relay server's limits.
+    pub relay_limits: RelayLimits,
+    /// Addresses at which this node is reachable from outside although it
+    /// listens elsewhere (port forwarding, a public IP on a NAT gateway):
+    /// advertised to peers as confirmed external addresses.
+    pub external_addresses: Vec<Multiaddr>,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self {
+            autonat: true,
+            autonat_probe_interval: Duration::from_secs(30),
+            relay_client: true,
+            relays_max: 2,
+            hole_punching: true,
+            relay_server: false,
+            relay_limits: RelayLimits::default(),
+            external_addresses: Vec::new(),
+        }
+    }
+}
+
 /// Everything [`crate::spawn`] needs.
 #[derive(Debug)]
 pub struct NetConfig {
@@ -189,6 +273,8 @@ pub struct NetConfig {
     pub peers_max: usize,
     /// Seed of every random choice the layer makes (redial jitter).
     pub seed: u64,
+    /// NAT traversal (AutoNAT, relays, hole punching, external addresses).
+    pub nat: NatConfig,
     /// The mesh protocol versions this node speaks and announces
     /// (see [`crate::version`]); capped below this build's newest, the node
     /// talks as a node of the previous release would.
@@ -221,6 +307,7 @@ impl NetConfig {
             timing: Timing::default(),
             peers_max: 1024,
             seed: 0,
+            nat: NatConfig::default(),
             versions: VersionRange::default(),
         }
     }

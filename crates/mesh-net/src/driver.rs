@@ -13,6 +13,7 @@
 //! ```
 
 mod commands;
+mod nat;
 mod swarm_events;
 mod versions;
 
@@ -106,6 +107,8 @@ pub(crate) struct Driver {
     admitted: AdmittedPeers,
     /// Paces log lines about hostile or broken input (one per source per interval).
     log_limit: LogLimiter,
+    /// NAT traversal: connection kinds, relays, reservations, reachability.
+    nat: crate::nat::NatState,
     /// Each peer's mesh protocol version, shared with the handles.
     versions: PeerVersions,
 }
@@ -137,11 +140,14 @@ fn validate(config: &NetConfig) -> Result<(), NetError> {
     }
 }
 
-/// The swarm of `config`, listening on its addresses.
-fn build_swarm(config: &NetConfig) -> Result<Swarm<MeshBehaviour>, NetError> {
+/// The swarm of `config`, listening on its addresses and announcing its
+/// configured external addresses.
+fn build_swarm(config: &NetConfig, metrics: &NetMetrics) -> Result<Swarm<MeshBehaviour>, NetError> {
     let keypair = ids::keypair(&config.identity)?;
-    let transport = transport::build(config.transport, &keypair)?;
-    let behaviour = MeshBehaviour::new(&keypair, config)?;
+    let relayed_bytes = metrics.nat.relayed_counters();
+    let (transport, relay_client) =
+        transport::build_with_relay_client(config.transport, &keypair, relayed_bytes)?;
+    let behaviour = MeshBehaviour::new(&keypair, config, relay_client)?;
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.limits.idle_timeout);
     let mut swarm = Swarm::new(
@@ -154,6 +160,9 @@ fn build_swarm(config: &NetConfig) -> Result<Swarm<MeshBehaviour>, NetError> {
         swarm
             .listen_on(addr.clone())
             .map_err(|e| NetError::Transport(format!("cannot listen on {addr}: {e}")))?;
+    }
+    for addr in &config.nat.external_addresses {
+        swarm.add_external_address(addr.clone());
     }
     Ok(swarm)
 }
@@ -209,7 +218,7 @@ impl Driver {
         events: mpsc::Sender<NetEvent>,
     ) -> Result<Self, NetError> {
         validate(&config)?;
-        let swarm = build_swarm(&config)?;
+        let swarm = build_swarm(&config, &metrics)?;
         let cert_message = CertMessage {
             mesh_id: config.mesh_id.clone(),
             cert_der: config.certificate_der.clone(),
@@ -255,6 +264,7 @@ impl Driver {
             gossip_held: 0,
             admitted: AdmittedPeers::default(),
             log_limit: LogLimiter::default(),
+            nat: crate::nat::NatState::new(&config.nat),
             versions: PeerVersions::new(config.versions, config.peers_max),
         })
     }
@@ -319,6 +329,7 @@ impl Driver {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         self.keep_admitted_peers();
+        self.manage_reservations();
         let kept = self.swarm.behaviour().keep_alive.kept_len();
         if kept < self.settings.target_peers {
             self.dial_known_peers(now);
@@ -354,7 +365,7 @@ impl Driver {
 
     fn dial_known_peers(&mut self, now: u64) {
         for peer in self.peers.peers_to_dial(now) {
-            let addrs = self.book.get(&peer).to_vec();
+            let addrs = self.dial_addresses(&peer, self.book.get(&peer).to_vec());
             if addrs.is_empty() || self.bans.is_banned(&peer, now) {
                 continue;
             }

@@ -15,6 +15,7 @@
 //!   |  swarm: transport (TCP+Noise+Yamux, QUIC | Memory+Noise+Yamux)         |
 //!   |         limits · keep-alive · identify · ping · kad · mdns · gossipsub  |
 //!   |         cert exchange (/agent-mesh/cert/1) · rpc (/agent-mesh/rpc/1)    |
+//!   |         NAT: autonat · relay client (+ server on relays) · dcutr        |
 //!   |      events │                                   ▲ actions               |
 //!   |             v                                   │                       |
 //!   |  admission  per connection: awaiting certificate -> admitted | rejected |
@@ -22,6 +23,7 @@
 //!   |  peers      bounded table: state, RTT, last seen; backoff with jitter   |
 //!   |  discovery  bounded address book                                        |
 //!   |  gossip     envelope verification before forwarding (accept/reject)     |
+//!   |  nat        connection kinds, reachability, relays to reserve on        |
 //!   +-------------------------------------------------------------------------+
 //! ```
 //!
@@ -55,6 +57,7 @@ pub mod ids;
 pub mod keep_alive;
 pub mod log_limit;
 pub mod metrics;
+pub mod nat;
 pub mod peers;
 pub mod streams;
 pub mod transport;
@@ -66,7 +69,8 @@ pub use admission::{
 };
 pub use ban::{BanEntry, BanError, BanList};
 pub use config::{
-    envelope_mesh_id, ConnectionLimits, NetConfig, QueueLimits, SizeLimits, Timing, TransportKind,
+    envelope_mesh_id, ConnectionLimits, NatConfig, NetConfig, QueueLimits, RelayLimits, SizeLimits,
+    Timing, TransportKind,
 };
 pub use direct::{DirectLink, DirectLinks, DirectListener};
 pub use error::NetError;
@@ -74,6 +78,7 @@ pub use handle::{spawn, NetEvent, NetHandle, PeerInfo, PeerStatus};
 pub use libp2p::{multiaddr, Multiaddr, PeerId, Stream};
 pub use log_limit::{LogLimiter, Suppressed};
 pub use metrics::NetMetrics;
+pub use nat::{ConnectionKind, Reachability};
 pub use peers::{Backoff, PeerError, PeerState, PeerTable, PeerTableConfig};
 pub use streams::{read_frame, write_frame, IncomingStreams};
 pub use version::{PeerVersion, PeerVersions, VersionRange};

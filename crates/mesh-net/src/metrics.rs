@@ -11,6 +11,9 @@
 //! | `mesh_net_admission_retries_total` | counter | |
 //! | `mesh_net_incoming_connection_errors_total` | counter | `error` (handshake, denied, aborted, other) |
 //! | `mesh_net_events_dropped_total` | counter | |
+//!
+//! NAT traversal adds its own (connections by kind, hole punches, relayed
+//! bytes, reachability, relay reservations and circuits): see [`crate::nat::NatMetrics`].
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,6 +82,8 @@ pub struct NetMetrics {
     /// Certificate exchanges tried again after missing their deadline.
     pub admission_retries: Counter,
     incoming_errors: Family<Labels1, Counter>,
+    /// NAT traversal: connection kinds, hole punches, relayed bytes, reachability.
+    pub nat: crate::nat::NatMetrics,
 }
 
 /// Labels of `mesh_net_incoming_connection_errors_total`: why an incoming
@@ -130,6 +135,7 @@ impl NetMetrics {
             "Incoming connections that failed before they were established (garbage, failed handshakes, limits)",
             metrics.incoming_errors.clone(),
         );
+        metrics.nat.register(sub);
         for error in INCOMING_ERRORS {
             let _ = metrics.incoming_errors.get_or_create(&[("error", error)]);
         }

@@ -10,15 +10,25 @@
 //! Both produce `(PeerId, StreamMuxerBox)`, so the swarm above does not know
 //! which one it runs on. The in-memory variant runs the very same Noise and
 //! Yamux upgrades as TCP, so tests over it exercise the real handshake.
+//!
+//! [`build_with_relay_client`] adds circuit relay v2 beside them: a
+//! `/p2p-circuit` address is dialled (or listened on) through a relay peer,
+//! and the circuit gets its own Noise XX and Yamux end to end, so the relay
+//! sees only ciphertext. Every byte of a relayed connection is counted
+//! (`mesh_net_relayed_bytes_total`).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::Either;
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::{noise, quic, tcp, yamux, PeerId, Transport};
+use libp2p::{noise, quic, relay, tcp, yamux, PeerId, Transport};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::TransportKind;
 use crate::NetError;
@@ -63,6 +73,88 @@ pub fn build(kind: TransportKind, keypair: &Keypair) -> Result<MeshTransport, Ne
             });
             resolving(direct)
         }
+    }
+}
+
+/// The transport of `kind` with the circuit relay client beside it, and the
+/// relay client behaviour that must run in the same swarm. Bytes on relayed
+/// connections are counted into `relayed_bytes` (sent, received).
+pub fn build_with_relay_client(
+    kind: TransportKind,
+    keypair: &Keypair,
+    relayed_bytes: (Counter, Counter),
+) -> Result<(MeshTransport, relay::client::Behaviour), NetError> {
+    let base = build(kind, keypair)?;
+    let (relay_transport, behaviour) = relay::client::new(keypair.public().to_peer_id());
+    let noise = noise::Config::new(keypair)
+        .map_err(|e| NetError::Transport(format!("noise setup failed: {e}")))?;
+    let (sent, received) = relayed_bytes;
+    let relayed = relay_transport
+        .map(move |connection, _| Counted {
+            inner: connection,
+            sent: sent.clone(),
+            received: received.clone(),
+        })
+        .upgrade(Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux_config())
+        .timeout(HANDSHAKE_TIMEOUT);
+    let transport = relayed
+        .or_transport(base)
+        .map(|either, _| match either {
+            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+            Either::Right((peer, muxer)) => (peer, muxer),
+        })
+        .boxed();
+    Ok((transport, behaviour))
+}
+
+/// A relayed connection's byte stream, counting what passes.
+struct Counted<C> {
+    inner: C,
+    sent: Counter,
+    received: Counter,
+}
+
+fn count(counter: &Counter, bytes: usize) {
+    counter.inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Counted<C> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            count(&this.received, *n);
+        }
+        result
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Counted<C> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            count(&this.sent, *n);
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_close(cx)
     }
 }
 

@@ -55,6 +55,7 @@ impl Driver {
                 if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
                     let _ = self.peers.on_disconnected(&peer, now);
                 }
+                self.nat_on_dial_failure(peer_id, &error);
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -63,6 +64,20 @@ impl Driver {
             } => self.on_incoming_error(&send_back_addr, &error),
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                let reason = match reason {
+                    Ok(()) => "closed".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.nat_on_listener_closed(listener_id, &reason);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
@@ -98,6 +113,7 @@ impl Driver {
         endpoint: &ConnectedPoint,
         num_established: u32,
     ) {
+        self.nat_on_connected(peer, connection, endpoint);
         let now = now_ms();
         if let Some(addr) = self.bootstrap_dials.get(&connection) {
             let _ = self.bootstrap.on_admitted(addr.clone(), now);
@@ -134,6 +150,7 @@ impl Driver {
     }
 
     fn on_closed(&mut self, peer: PeerId, connection: ConnectionId, num_established: u32) {
+        self.nat_on_closed(connection);
         let now = now_ms();
         if let Some(addr) = self.bootstrap_dials.remove(&connection) {
             let _ = self.bootstrap.on_disconnected(&addr, now);
@@ -176,6 +193,7 @@ impl Driver {
                 self.on_identified(peer_id, &info.agent_version);
                 let addrs = info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX);
                 self.learn(peer_id, addrs);
+                self.nat_on_identified(peer_id, &info.protocols);
             }
             MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
@@ -194,6 +212,10 @@ impl Driver {
                     self.book.remove(&peer, &addr);
                 }
             }
+            MeshBehaviourEvent::Autonat(event) => self.on_autonat_event(event),
+            MeshBehaviourEvent::Dcutr(event) => self.on_dcutr_event(event),
+            MeshBehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            MeshBehaviourEvent::Relay(event) => self.on_relay_server_event(event),
             _ => {}
         }
     }
@@ -210,7 +232,10 @@ impl Driver {
             if !keep_loopback && is_loopback(&addr) {
                 continue;
             }
-            if self.book.add(peer, addr.clone()) {
+            // Circuit addresses stay out of Kademlia, whose queries would
+            // dial them beside a peer's own: the driver offers them once a
+            // direct dial failed (`driver/nat.rs`).
+            if self.book.add(peer, addr.clone()) && !crate::nat::is_relayed(&addr) {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
             }
         }
@@ -305,7 +330,9 @@ impl Driver {
         tracing::info!(%peer, %role, "peer admitted");
         self.refresh_gauges();
         for addr in self.book.get(&peer).to_vec() {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            if !crate::nat::is_relayed(&addr) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
         }
         self.emit(NetEvent::PeerAdmitted { peer, role, roles });
         self.release_held_gossip(&peer);
