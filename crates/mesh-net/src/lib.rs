@@ -39,6 +39,12 @@
 //! timer the driver applies admission deadlines and dials peers from
 //! [`peers::PeerTable::peers_to_dial`] and the bootstrap list to keep
 //! [`NetConfig::target_peers`] admitted peers.
+//!
+//! Identify also carries the mesh protocol versions a node speaks; the
+//! driver records, per peer, the newest version both speak
+//! ([`version::PeerVersions`], read through [`NetHandle::peer_version`]), so
+//! the application encodes what it sends for that version and nodes of two
+//! releases work together (see [`version`]).
 
 pub mod admission;
 pub mod ban;
