@@ -104,6 +104,21 @@ fn check_deployed(dir: &Path, out: &Output) -> Vec<String> {
         let shown = run_ok(&["status", "--api", url, "--ca", ca.to_str().unwrap()]);
         assert!(shown.contains("zone      dev-"), "{shown}");
     }
+    // The committee records each member's zone, one zone per voter here.
+    let consensus = format!("{}/v1/consensus", urls[0]);
+    let zones = wait_for(
+        "the committee to record three zones",
+        Duration::from_secs(60),
+        || {
+            let out = curl(&["--cacert", ca_cert.to_str().unwrap(), &consensus]);
+            let view: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let zones = view["member_zones"].as_object()?.clone();
+            (zones.len() == 3).then_some(zones)
+        },
+    );
+    let distinct: std::collections::BTreeSet<&str> =
+        zones.values().filter_map(|z| z.as_str()).collect();
+    assert_eq!(distinct.len(), 3, "{zones:?}");
     // Plain HTTP to an HTTPS port gets nowhere.
     let plain = urls[0].replacen("https://", "http://", 1);
     assert!(http("GET", &format!("{plain}/healthz"), None, "").is_none_or(|(s, _)| s != 200));

@@ -132,6 +132,13 @@ fn print_status(status: &Value, peers: &Value, consensus: Option<&Value>) {
                 text(&c["learners"]),
                 text(&c["last_snapshot"])
             );
+            if let Some(zones) = c["member_zones"].as_object().filter(|z| !z.is_empty()) {
+                let zones: Vec<String> = zones
+                    .iter()
+                    .map(|(member, zone)| format!("{member}: {}", text(zone)))
+                    .collect();
+                println!("          zones {}", zones.join(", "));
+            }
         }
         None => println!("committee (this node does not run consensus)"),
     }

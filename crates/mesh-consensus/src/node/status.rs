@@ -71,6 +71,8 @@ pub struct ConsensusStatus {
     /// Every member (voters and learners): member id as a decimal string ->
     /// peer id.
     pub member_peers: BTreeMap<String, String>,
+    /// Members that declared a zone: member id as a decimal string -> zone.
+    pub member_zones: BTreeMap<String, String>,
     /// The current snapshot.
     pub last_snapshot: Option<SnapshotStatus>,
     /// State hash of the applied state (hex).
@@ -118,6 +120,10 @@ impl ConsensusNode {
             .nodes()
             .map(|(id, info)| (id.0.to_string(), info.node_id.clone()))
             .collect();
+        let member_zones = membership
+            .nodes()
+            .filter_map(|(id, info)| Some((id.0.to_string(), info.zone.clone()?)))
+            .collect();
         let commit_index = m.local_committed.map(|l| l.index);
         let last_applied = m.last_applied.map(|l| l.index);
         let leader_commit_index = m.cluster_committed.map(|l| l.index).max(commit_index);
@@ -145,6 +151,7 @@ impl ConsensusNode {
             voters,
             learners,
             member_peers,
+            member_zones,
             ..ConsensusStatus::default()
         };
         drop(m);

@@ -4,8 +4,8 @@
 //! from different zones.
 //!
 //! ```text
-//!   node: [zone] in config ── on start, when peers join (at most every
-//!         ANNOUNCE_GAP_MS) and every ANNOUNCE_EVERY_MS ──► topic members/announce/1
+//!   node: [zone] in config ── on start, every ANNOUNCE_GAP_MS for a while after
+//!         a peer joins, and every ANNOUNCE_EVERY_MS ──► topic members/announce/1
 //!   every node: verified envelope ──► RoundDriver::zone_declared (sender -> zone), bounded
 //!   leader: AddMember { zone } once the node is reachable and has spoken
 //!           (or after coordinator::ZONE_WAIT_MS without a word)
@@ -30,6 +30,10 @@ pub const ZONE_BYTES_MAX: usize = 64;
 pub const DECLARED_MAX: usize = 100_000;
 /// Least time between two announcements caused by joining peers.
 pub const ANNOUNCE_GAP_MS: u64 = 2_000;
+/// After a peer joins, announcements go out every [`ANNOUNCE_GAP_MS`] for
+/// this long: a peer's subscription to the topic reaches this node a little
+/// after the peer itself, and one announcement may find it not yet there.
+pub const ANNOUNCE_EAGER_MS: u64 = 10_000;
 /// An announcement goes out at least this often.
 pub const ANNOUNCE_EVERY_MS: u64 = 30_000;
 
@@ -74,6 +78,9 @@ impl Announcement {
 #[derive(Debug, Default)]
 pub struct Announcements {
     announced_ms: Option<u64>,
+    /// Until when announcements go out every [`ANNOUNCE_GAP_MS`].
+    eager_until_ms: u64,
+    /// A peer joined, and the eager period has not been set from it yet.
     peers_joined: bool,
 }
 
@@ -85,16 +92,20 @@ impl Announcements {
 
     /// Whether to announce at `now_ms`; true marks it done.
     pub fn announce_due(&mut self, now_ms: u64) -> bool {
+        if self.peers_joined {
+            self.peers_joined = false;
+            self.eager_until_ms = now_ms + ANNOUNCE_EAGER_MS;
+        }
         let due = match self.announced_ms {
             None => true,
             Some(at) => {
                 let since = now_ms.saturating_sub(at);
-                since >= ANNOUNCE_EVERY_MS || (self.peers_joined && since >= ANNOUNCE_GAP_MS)
+                let eager = now_ms <= self.eager_until_ms;
+                since >= ANNOUNCE_EVERY_MS || (eager && since >= ANNOUNCE_GAP_MS)
             }
         };
         if due {
             self.announced_ms = Some(now_ms);
-            self.peers_joined = false;
         }
         due
     }
@@ -139,8 +150,15 @@ mod tests {
         infos.peer_joined();
         assert!(!infos.announce_due(2_000), "joins wait for the gap");
         assert!(infos.announce_due(3_000));
-        assert!(!infos.announce_due(3_000 + ANNOUNCE_EVERY_MS - 1));
-        assert!(infos.announce_due(3_000 + ANNOUNCE_EVERY_MS));
+        // Every gap for a while after the join, then only periodically.
+        assert!(infos.announce_due(5_000));
+        let mut at = 5_000;
+        while at + ANNOUNCE_GAP_MS <= 2_000 + ANNOUNCE_EAGER_MS {
+            at += ANNOUNCE_GAP_MS;
+            assert!(infos.announce_due(at), "eager at {at}");
+        }
+        assert!(!infos.announce_due(at + ANNOUNCE_GAP_MS));
+        assert!(infos.announce_due(at + ANNOUNCE_EVERY_MS));
         infos.announce_failed();
         assert!(infos.announce_due(3_000 + ANNOUNCE_EVERY_MS + 1));
     }

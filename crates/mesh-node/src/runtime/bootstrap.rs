@@ -37,9 +37,10 @@ impl BootstrapPlanner {
         }
     }
 
-    /// Records that a committee-capable peer is admitted.
+    /// Records that a committee-capable peer is admitted, or what it told
+    /// since (its zone): either change restarts the wait for a stable view.
     pub fn peer_up(&mut self, info: MemberInfo, now_ms: u64) {
-        if self.view.insert(info.member_id(), info).is_none() {
+        if self.view.insert(info.member_id(), info.clone()).as_ref() != Some(&info) {
             self.stable_since_ms = now_ms;
         }
     }

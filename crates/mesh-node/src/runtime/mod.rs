@@ -33,6 +33,7 @@ pub mod weights;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -698,15 +699,26 @@ impl Runtime {
                     return Err(format!("envelope kind {:?}", envelope.header.kind));
                 }
                 let info = announce::Announcement::decode(&envelope.payload)?;
-                Ok((
-                    mesh_round::protocol::node_name(&envelope.header.sender),
-                    info,
-                ))
+                Ok((envelope.header.sender, info))
             });
-        match (heard, self.rounds.as_mut()) {
-            (Ok((node, info)), Some(driver)) => driver.zone_declared(node, info.zone),
-            (Ok(_), None) => {}
-            (Err(err), _) => tracing::debug!(%err, "undecodable announcement"),
+        let (sender, info) = match heard {
+            Ok(heard) => heard,
+            Err(err) => return tracing::debug!(%err, "undecodable announcement"),
+        };
+        // The first committee forms with the zones heard by then.
+        let peer = mesh_net::ids::peer_id(&sender).ok();
+        let committee_peer = peer.filter(|p| {
+            self.admitted
+                .get(p)
+                .is_some_and(|roles| roles.contains(Role::Committee))
+        });
+        if let (Some(planner), Some(peer)) = (&mut self.planner, committee_peer) {
+            if let Some(member) = member_info(&peer, info.zone.clone()) {
+                planner.peer_up(member, now_ms());
+            }
+        }
+        if let Some(driver) = self.rounds.as_mut() {
+            driver.zone_declared(mesh_round::protocol::node_name(&sender), info.zone);
         }
     }
 
@@ -1036,6 +1048,16 @@ impl Runtime {
             self.planner = None;
             return;
         }
+        // The first voters go into the membership with their zones: wait
+        // (bounded, as for learners) until every one has said its zone.
+        let me = self.net.local_peer_id();
+        let silent = planner.view().values().any(|info| {
+            PeerId::from_str(&info.node_id)
+                .is_ok_and(|peer| peer != me && self.learner_zone(&peer).is_none())
+        });
+        if silent {
+            return;
+        }
         if let Some(voters) = planner.decide(consensus.id(), now_ms()) {
             tracing::info!(voters = voters.len(), "bootstrapping the committee");
             if let Err(err) = consensus.bootstrap(voters).await {
@@ -1044,7 +1066,6 @@ impl Runtime {
         }
     }
 
-    /// On the leader: every admitted committee-capable peer outside the membership becomes a learner.
     /// The zone to add `peer` to the committee with: the one it announced,
     /// or none once it has been admitted for
     /// [`mesh_round::protocol::coordinator::ZONE_WAIT_MS`] without a word;
@@ -1059,6 +1080,7 @@ impl Runtime {
         (waited >= mesh_round::protocol::coordinator::ZONE_WAIT_MS).then_some(None)
     }
 
+    /// On the leader: every admitted committee-capable peer outside the membership becomes a learner.
     fn add_missing_learners(&self, status: &ConsensusStatus) {
         let Some(consensus) = &self.consensus else {
             return;
