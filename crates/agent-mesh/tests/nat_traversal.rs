@@ -173,6 +173,15 @@ impl Lab {
             skip_unless_ci(&why);
             return None;
         }
+        // The nodes' APIs live inside their namespaces; curl reaches them there.
+        if std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            skip_unless_ci("curl is not installed");
+            return None;
+        }
         let mesh = Mesh::new(NAMES.len());
         let mut net = Namespaces::new();
         let ns = match build_network(&mut net, &tag, nat) {
