@@ -1444,4 +1444,32 @@ ca_pin = "ca.pin"
         inline.identity.ca_pin = dir.path().join("missing").to_string_lossy().into();
         assert!(inline.ca_pin_bytes().is_err());
     }
+
+    #[test]
+    fn the_nat_section_reaches_the_network_layer_and_its_bounds_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = format!(
+            "{MINIMAL}\n[nat]\nrelay_server = true\nrelay_circuits_max = 9\n\
+             external_addresses = [\"/ip4/203.0.113.7/tcp/7001\"]\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text), |_| None).expect("nat");
+        assert_eq!(config.nat.external_addresses.len(), 1);
+        let net = config.nat.net_config(Vec::new());
+        assert!(net.relay_server && net.relay_client && net.hole_punching);
+        assert_eq!(net.relay_limits.circuits_max, 9);
+        assert_eq!(net.relay_limits.circuit_bytes_max, 256 * 1024 * 1024);
+        let env = |name: &str| (name == "AGENT_MESH_RELAY_SERVER").then(|| "true".to_string());
+        let config = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect("env");
+        assert!(config.nat.relay_server);
+        for bad in [
+            "relays_max = 0",
+            "autonat_probe_interval_ms = 10",
+            "relay_circuit_bytes_max = 0",
+            "relay_circuits_max = 0",
+        ] {
+            let text = format!("{MINIMAL}\n[nat]\n{bad}\n");
+            let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err(bad);
+            assert!(err.to_string().contains("nat."), "{bad}: {err}");
+        }
+    }
 }
