@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mesh::{
-    http, skip_unless_ci, start_mnist_mesh_with, trust_ca, wait_for, wait_for_described, Mesh,
+    http, skip_unless_ci, start_mnist_mesh_with, wait_for, wait_for_described, Mesh,
 };
 
 const NODES: usize = 3;
@@ -476,7 +476,6 @@ fn prometheus_scrapes_a_mesh_and_every_dashboard_query_has_data() {
     // The nodes serve HTTPS, as deployed; Prometheus verifies them with the mesh CA.
     let mesh = start_mnist_mesh_with(NODES, &[("AGENT_MESH_HTTP_PLAIN", "false")]);
     let ca_cert = mesh.ca().join("ca.cert.pem");
-    trust_ca(&ca_cert);
     let targets: Vec<String> = mesh
         .nodes
         .iter()

@@ -6,8 +6,10 @@
 //! library is involved. A node certificate binds:
 //! - the node's Ed25519 public key (SubjectPublicKeyInfo) and its node id
 //!   (subject common name, the libp2p peer id of that key),
-//! - its roles (a private extension, [`ROLES_OID`], holding a UTF8String such
-//!   as `trainer,observer`),
+//! - its roles (the subject's organizational unit, such as
+//!   `trainer,observer`; certificates issued before kept them in a private
+//!   extension, [`ROLES_OID`], which is still read),
+//! - the host names its HTTPS API may be reached by (subject alternative names),
 //! - a validity period.
 //!
 //! Revocation is a [`SignedRevocation`] entry signed by the CA key, meant to be
@@ -59,7 +61,11 @@ pub fn cert_from_pem(text: &str) -> Result<Vec<u8>, CertError> {
     Ok(der)
 }
 
-/// Object identifier of the roles extension (under the 2.25 UUID arc).
+/// Object identifier of the roles extension that certificates issued
+/// before roles moved into the subject carried (under the 2.25 UUID arc).
+/// It is read, never written: arcs above 2^31 are malformed to Go's X.509
+/// parser, so Prometheus, the kubelet and other Go clients refused the HTTPS
+/// certificates that carried it.
 pub const ROLES_OID: [u64; 3] = [2, 25, 9_124_862_317_559_015_231];
 /// The same OID as a dotted string, for comparisons with parsed certificates.
 pub const ROLES_OID_STR: &str = "2.25.9124862317559015231";

@@ -248,6 +248,8 @@ impl Mesh {
         }
         let ca = root.path().join("ca");
         run_ok(&["ca", "init", "--out", ca.to_str().unwrap()]);
+        // Nodes started with HTTPS are reached through [`http`] too.
+        trust_ca(&ca.join("ca.cert.pem"));
         make_member(root.path(), &ca, "admin", "admin,observer");
         let nodes = (0..n)
             .map(|i| {

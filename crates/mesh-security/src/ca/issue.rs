@@ -2,14 +2,14 @@
 
 use ed25519_dalek::VerifyingKey;
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData, SanType,
-    SerialNumber, SignatureAlgorithm, SigningKey, PKCS_ED25519,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SignatureAlgorithm,
+    SigningKey, PKCS_ED25519,
 };
 use sha2::{Digest, Sha256};
 
 use super::verify::{parse_cert, CertInfo};
-use super::{CertError, ROLES_OID};
+use super::CertError;
 use crate::identity::{NodeId, NodeIdentity};
 use crate::rbac::RoleSet;
 
@@ -197,6 +197,7 @@ impl MeshCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_id.to_string());
         dn.push(DnType::OrganizationName, self.name.as_str());
+        dn.push(DnType::OrganizationalUnitName, roles.to_string());
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -210,7 +211,6 @@ impl MeshCa {
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.key_identifier_method = key_id(&node_key.to_bytes());
         params.use_authority_key_identifier_extension = true;
-        params.custom_extensions = vec![roles_extension(roles)];
         params.subject_alt_names = subject_alt_names(hosts)?;
         let ca_public = self.identity.verifying_key().to_bytes();
         let issuer = Issuer::new(
@@ -291,19 +291,48 @@ fn san(name: &str) -> Result<SanType, CertError> {
     Ok(SanType::DnsName(dns))
 }
 
+#[cfg(test)]
+impl MeshCa {
+    /// A certificate as builds before roles moved into the subject issued it:
+    /// roles in the private extension [`super::ROLES_OID`], no host names.
+    pub(super) fn issue_with_roles_extension(
+        &self,
+        node_key: &VerifyingKey,
+        roles: RoleSet,
+        (not_before_unix_s, not_after_unix_s): (i64, i64),
+    ) -> Result<Vec<u8>, CertError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            NodeId::from_verifying_key(node_key).to_string(),
+        );
+        dn.push(DnType::OrganizationName, self.name.as_str());
+        params.distinguished_name = dn;
+        params.not_before = datetime(not_before_unix_s)?;
+        params.not_after = datetime(not_after_unix_s)?;
+        params.serial_number = Some(SerialNumber::from_slice(&positive([9; 16])));
+        let text = roles.to_string();
+        let mut der = vec![0x0c, text.len() as u8];
+        der.extend_from_slice(text.as_bytes());
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &super::ROLES_OID,
+            der,
+        )];
+        let ca_public = self.identity.verifying_key().to_bytes();
+        let issuer = Issuer::new(
+            ca_params(&self.name, &ca_public),
+            Signer::new(&self.identity),
+        );
+        let cert = params
+            .signed_by(&PublicKey(node_key.to_bytes()), &issuer)
+            .map_err(build_err)?;
+        Ok(cert.der().to_vec())
+    }
+}
+
 /// Serial numbers are positive DER integers: clear the top bit, and avoid a leading zero byte.
 fn positive(mut serial: [u8; 16]) -> [u8; 16] {
     serial[0] = (serial[0] & 0x7f) | 0x40;
     serial
-}
-
-fn roles_extension(roles: RoleSet) -> CustomExtension {
-    let text = roles.to_string();
-    let mut der = Vec::with_capacity(text.len() + 2);
-    der.push(0x0c); // UTF8String
-                    // At most 42 bytes ("admin,committee,aggregator,trainer,observer"): short-form length.
-    debug_assert!(text.len() < 0x80);
-    der.push(text.len() as u8);
-    der.extend_from_slice(text.as_bytes());
-    CustomExtension::from_oid_content(&ROLES_OID, der)
 }

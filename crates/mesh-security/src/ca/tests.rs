@@ -310,3 +310,28 @@ fn host_names_are_carried_kept_on_renewal_and_checked() {
         assert!(matches!(result, Err(CertError::Build(_))), "{bad:?}");
     }
 }
+
+#[test]
+fn roles_are_read_from_the_subject_and_from_the_extension_of_older_certificates() {
+    let ca = ca();
+    let roles = RoleSet::of(&[Role::Committee, Role::Trainer]);
+    let cert = issue(&ca, &[Role::Committee, Role::Trainer]);
+    let parsed = x509_parser::parse_x509_certificate(&cert.der).unwrap().1;
+    let has_extension = parsed
+        .iter_extensions()
+        .any(|e| e.oid.to_id_string() == ROLES_OID_STR);
+    assert!(!has_extension, "new certificates carry no 2.25 extension");
+    let older = ca
+        .issue_with_roles_extension(&node().verifying_key(), roles, (T0, T0 + DAY_S))
+        .unwrap();
+    let ok = verifier(&ca)
+        .verify(
+            &older,
+            Some(&node().verifying_key()),
+            T0 + 1,
+            &RevocationList::new(),
+        )
+        .unwrap();
+    assert_eq!(ok.info.roles, roles);
+    assert_eq!(CertInfo::parse(&cert.der).unwrap().roles, roles);
+}

@@ -136,7 +136,16 @@ fn ip_text(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// The roles: the subject's organizational unit, or in a certificate issued
+/// before roles moved there, the private roles extension.
 fn roles_of(cert: &X509Certificate<'_>) -> Result<RoleSet, CertError> {
+    let unit = cert.subject().iter_organizational_unit().next();
+    if let Some(unit) = unit {
+        let text = unit
+            .as_str()
+            .map_err(|e| CertError::Malformed(format!("organizational unit: {e}")))?;
+        return Ok(RoleSet::parse_list(text)?);
+    }
     let ext = cert
         .iter_extensions()
         .find(|e| e.oid.to_id_string() == ROLES_OID_STR)
