@@ -26,6 +26,8 @@ use common::mesh::{
 const IMAGE: &str = "agent-mesh:ci-test";
 /// Bound on each wait for the mesh (start, election, a job).
 const LIMIT: Duration = Duration::from_secs(240);
+/// Bound on the wait for every Swarm task to be ready again after a rolling update.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(480);
 
 /// True when Docker answers; otherwise says why (and fails under CI).
 fn docker_ready() -> bool {
@@ -541,10 +543,18 @@ fn the_prod_stack_keeps_its_committee_through_a_rolling_update_on_swarm() {
         "every task was replaced: before {before:?}, after {after:?}"
     );
     assert!(ok_during > 0, "no write was acknowledged during the update");
+    let settled = std::time::Instant::now();
+    // The committee kept a quorum throughout (writes were acknowledged);
+    // all three ready again takes 225 s today: one replaced follower re-admits
+    // the leader's new task only minutes later (docs/results.md, Swarm row).
     wait_for_described(
-        LIMIT,
+        RECOVERY_LIMIT,
         || stack.committee_of_three(),
         || format!("the committee after the update; logs:\n{}", stack.logs()),
+    );
+    eprintln!(
+        "committee of three again {:?} after the update",
+        settled.elapsed()
     );
     // Every acknowledged write survived (a linearizable read, served by the leader).
     for (key, value) in &acked {
@@ -556,4 +566,9 @@ fn the_prod_stack_keeps_its_committee_through_a_rolling_update_on_swarm() {
             })
         });
     }
+    eprintln!(
+        "{} acknowledged writes read back {:?} after the update",
+        acked.len(),
+        settled.elapsed()
+    );
 }
