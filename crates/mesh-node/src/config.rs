@@ -783,6 +783,14 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        name: "AGENT_MESH_AUTONAT",
+        help: "nat.autonat (true/false)",
+        apply: |c, v| {
+            c.nat.autonat = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
         name: "AGENT_MESH_MDNS",
         help: "network.mdns (true/false)",
         apply: |c, v| {
