@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mesh_security::ca::{
-    cert_from_pem, CertError, CertInfo, CertVerifier, RevocationList, SignedRevocation,
-};
+use mesh_security::ca::{cert_from_pem, CertError, CertVerifier, RevocationList, SignedRevocation};
 use mesh_security::keyfile::{read_private_key, KeyFileError};
 use mesh_security::rbac::RoleSet;
 use mesh_security::NodeIdentity;
@@ -121,7 +119,7 @@ impl Credentials {
     /// every peer.
     pub fn load(config: &NodeConfig) -> Result<Self, CredentialsError> {
         let identity = read_private_key(&config.identity.key)?;
-        let cert_der = read_cert(&config.identity.cert, "node certificate")?;
+        let cert_der = read_cert(&config.identity.cert, NODE_CERT)?;
         let ca_der = read_cert(&config.identity.ca_cert, "CA certificate")?;
         let pin = config.ca_pin_bytes()?;
         let verifier =
@@ -129,27 +127,7 @@ impl Credentials {
                 what: "CA certificate",
                 source,
             })?;
-        let now_unix_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        verifier
-            .verify(
-                &cert_der,
-                Some(&identity.verifying_key()),
-                now_unix_s,
-                &RevocationList::new(),
-            )
-            .map_err(|source| CredentialsError::Cert {
-                what: "node certificate",
-                source,
-            })?;
-        let roles = CertInfo::parse(&cert_der)
-            .map_err(|source| CredentialsError::Cert {
-                what: "node certificate",
-                source,
-            })?
-            .roles;
+        let roles = check_node_cert(&cert_der, &verifier, &identity)?;
         Ok(Self {
             identity,
             cert_der,
@@ -157,4 +135,31 @@ impl Credentials {
             roles,
         })
     }
+}
+
+const NODE_CERT: &str = "node certificate";
+
+/// Checks the node certificate `cert_der` against the pinned CA of
+/// `verifier` and `identity`'s key, now; returns the roles it grants.
+pub(super) fn check_node_cert(
+    cert_der: &[u8],
+    verifier: &CertVerifier,
+    identity: &NodeIdentity,
+) -> Result<RoleSet, CredentialsError> {
+    let now_unix_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    verifier
+        .verify(
+            cert_der,
+            Some(&identity.verifying_key()),
+            now_unix_s,
+            &RevocationList::new(),
+        )
+        .map(|verified| verified.info.roles)
+        .map_err(|source| CredentialsError::Cert {
+            what: NODE_CERT,
+            source,
+        })
 }

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use mesh_security::ca::CertInfo;
 
-use super::{credentials, now_ms, Runtime};
+use super::{credentials, Runtime};
 
 /// The certificate file is checked for changes every this many ticks.
 pub const CERT_CHECK_TICKS: u64 = 8;
@@ -58,18 +58,12 @@ impl Runtime {
         if der == self.creds.cert_der {
             return Ok(None);
         }
-        let key = self.creds.identity.verifying_key();
-        let revoked = mesh_security::ca::RevocationList::new();
-        let verified = self
-            .creds
-            .verifier
-            .verify(&der, Some(&key), unix_s(), &revoked)
+        let roles = credentials::check_node_cert(&der, &self.creds.verifier, &self.creds.identity)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        if verified.info.roles != self.creds.roles {
+        if roles != self.creds.roles {
             return Err(format!(
-                "{} grants [{}], this node runs with [{}]: a change of roles needs a restart",
+                "{} grants [{roles}], this node runs with [{}]: a change of roles needs a restart",
                 path.display(),
-                verified.info.roles,
                 self.creds.roles
             ));
         }
@@ -100,10 +94,6 @@ impl Runtime {
             Err(err) => tracing::warn!(%err, "renewed certificate not taken by the network layer"),
         }
     }
-}
-
-fn unix_s() -> i64 {
-    i64::try_from(now_ms() / 1_000).unwrap_or(i64::MAX)
 }
 
 /// When the certificate file was last seen modified (none: not looked yet).

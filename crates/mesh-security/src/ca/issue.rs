@@ -212,19 +212,28 @@ impl MeshCa {
         params.key_identifier_method = key_id(&node_key.to_bytes());
         params.use_authority_key_identifier_extension = true;
         params.subject_alt_names = subject_alt_names(hosts)?;
-        let ca_public = self.identity.verifying_key().to_bytes();
-        let issuer = Issuer::new(
-            ca_params(&self.name, &ca_public),
-            Signer::new(&self.identity),
-        );
-        let cert = params
-            .signed_by(&PublicKey(node_key.to_bytes()), &issuer)
-            .map_err(build_err)?;
+        let cert = self.sign(&params, node_key)?;
         Ok(IssuedCert {
             der: cert.der().to_vec(),
             pem: cert.pem(),
             serial: serial.to_vec(),
         })
+    }
+
+    /// `params` for `node_key`, signed by this CA.
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        node_key: &VerifyingKey,
+    ) -> Result<rcgen::Certificate, CertError> {
+        let ca_public = self.identity.verifying_key().to_bytes();
+        let issuer = Issuer::new(
+            ca_params(&self.name, &ca_public),
+            Signer::new(&self.identity),
+        );
+        params
+            .signed_by(&PublicKey(node_key.to_bytes()), &issuer)
+            .map_err(build_err)
     }
 
     /// Issues a new certificate with the same key and roles as `cert_der`
@@ -319,15 +328,7 @@ impl MeshCa {
             &super::ROLES_OID,
             der,
         )];
-        let ca_public = self.identity.verifying_key().to_bytes();
-        let issuer = Issuer::new(
-            ca_params(&self.name, &ca_public),
-            Signer::new(&self.identity),
-        );
-        let cert = params
-            .signed_by(&PublicKey(node_key.to_bytes()), &issuer)
-            .map_err(build_err)?;
-        Ok(cert.der().to_vec())
+        Ok(self.sign(&params, node_key)?.der().to_vec())
     }
 }
 
