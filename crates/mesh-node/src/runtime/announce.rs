@@ -8,7 +8,7 @@
 //!         a peer joins, and every ANNOUNCE_EVERY_MS ──► topic members/announce/1
 //!   every node: verified envelope ──► RoundDriver::zone_declared (sender -> zone), bounded
 //!   leader: AddMember { zone } once the node is reachable and has spoken
-//!           (or after coordinator::ZONE_WAIT_MS without a word)
+//!           (or after ZONE_WAIT_MS without a word)
 //! ```
 //!
 //! The zone is the node's own word, trusted as much as its certificate: it
@@ -25,6 +25,9 @@ pub const ANNOUNCE_KIND: MessageKind = MessageKind(0x0112);
 pub const ANNOUNCE_ENVELOPE_BYTES_MAX: usize = 1024;
 /// Longest zone name.
 pub const ZONE_BYTES_MAX: usize = 64;
+/// How long a node waits to hear an admitted peer's zone before it counts
+/// the peer as zoneless (an older node that never says), for membership.
+pub const ZONE_WAIT_MS: u64 = 5_000;
 /// Most nodes whose announcement is remembered (beyond it, a new node is
 /// admitted without a zone).
 pub const DECLARED_MAX: usize = 100_000;

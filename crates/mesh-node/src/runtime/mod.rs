@@ -830,6 +830,7 @@ impl Runtime {
             self.reload_certificate_if_changed().await;
         }
         self.announce_if_due().await;
+        self.give_up_silent_zones();
         let status = self.consensus.as_ref().map(ConsensusNode::status);
         if let Some(status) = &status {
             self.maybe_bootstrap(status).await;
@@ -1066,18 +1067,33 @@ impl Runtime {
         }
     }
 
-    /// The zone to add `peer` to the committee with: the one it announced,
-    /// or none once it has been admitted for
-    /// [`mesh_round::protocol::coordinator::ZONE_WAIT_MS`] without a word;
-    /// `None` while it may still announce one.
+    /// The zone to add `peer` to the committee with (see
+    /// [`Self::give_up_silent_zones`]); `None` while it may still announce one.
     fn learner_zone(&self, peer: &PeerId) -> Option<Option<String>> {
         let node = mesh_round::protocol::node_name(&mesh_net::ids::node_id(peer)?);
-        if let Some(zone) = self.rounds.as_ref().and_then(|d| d.declared_zone(&node)) {
-            return Some(zone);
+        self.rounds.as_ref()?.declared_zone(&node)
+    }
+
+    /// Counts a peer admitted [`announce::ZONE_WAIT_MS`] ago that has not
+    /// announced a zone as zoneless, so it joins the membership (as a member,
+    /// a learner or a first voter) without one.
+    fn give_up_silent_zones(&mut self) {
+        let Some(driver) = self.rounds.as_mut() else {
+            return;
+        };
+        let now = now_ms();
+        for (peer, admitted_ms) in &self.admitted_ms {
+            if now.saturating_sub(*admitted_ms) < announce::ZONE_WAIT_MS {
+                continue;
+            }
+            let Some(node) = mesh_net::ids::node_id(peer) else {
+                continue;
+            };
+            let node = mesh_round::protocol::node_name(&node);
+            if driver.declared_zone(&node).is_none() {
+                driver.zone_declared(node, None);
+            }
         }
-        let admitted_ms = self.admitted_ms.get(peer).copied().unwrap_or(0);
-        let waited = now_ms().saturating_sub(admitted_ms);
-        (waited >= mesh_round::protocol::coordinator::ZONE_WAIT_MS).then_some(None)
     }
 
     /// On the leader: every admitted committee-capable peer outside the membership becomes a learner.

@@ -26,9 +26,6 @@ use super::worker::is_scored;
 pub const PROPOSE_RETRY_MS: u64 = 5_000;
 /// Most remembered proposals.
 const PROPOSED_MAX: usize = 4_096;
-/// How long the leader waits to hear a reachable node's zone before it
-/// admits the node without one (an older node that never says).
-pub const ZONE_WAIT_MS: u64 = 5_000;
 
 /// What the coordinator has heard about one running round.
 #[derive(Debug, Default)]
@@ -51,8 +48,6 @@ type FinalReport = ([u8; 32], ModelHash, RoundMetrics, Vec<u32>);
 pub struct Coordinator {
     rounds: BTreeMap<RoundKey, RoundState>,
     proposed: BTreeMap<String, u64>,
-    /// When each reachable non-member was first seen (bounded by `alive`).
-    first_seen: BTreeMap<NodeId, u64>,
 }
 
 /// The running round of a job, if any.
@@ -129,21 +124,18 @@ impl Coordinator {
     }
 
     /// Proposes every reachable node that is not a member yet, with the
-    /// zone it declared (waiting up to [`ZONE_WAIT_MS`] to hear it).
+    /// zone it declared; where the driver gathers zones, a node waits until
+    /// the driver has its zone (or has given up on hearing one).
     fn admit_members(&mut self, sh: &mut Shared, view: &View<'_>) {
         let members = view.state.members();
-        self.first_seen
-            .retain(|n, _| view.alive.contains_key(n) && members.get(n).is_none());
         for (node, roles) in view.alive {
             if members.get(node).is_some() || roles.is_empty() {
                 continue;
             }
-            let seen_ms = *self.first_seen.entry(node.clone()).or_insert(view.now_ms);
             let zone = match view.zones.map(|z| z.get(node)) {
                 None => None,
                 Some(Some(declared)) => declared.clone(),
-                Some(None) if view.now_ms < seen_ms + ZONE_WAIT_MS => continue,
-                Some(None) => None,
+                Some(None) => continue,
             };
             let command = Command::AddMember {
                 node: node.clone(),

@@ -26,9 +26,10 @@ pub struct View<'a> {
     pub leader: Option<&'a NodeId>,
     /// Nodes reachable now (this one included), with their certificate roles.
     pub alive: &'a BTreeMap<NodeId, BTreeSet<Role>>,
-    /// What reachable nodes declared as their zone (`Some(None)`: declared
-    /// none); `None` when the driver does not gather zones, and nodes are
-    /// then admitted without one at once.
+    /// What reachable nodes declared as their zone (a `None` value: declared
+    /// none, or the driver gave up waiting); a node missing from the map is
+    /// not admitted yet. `None` when the driver does not gather zones, and
+    /// nodes are then admitted without one at once.
     pub zones: Option<&'a BTreeMap<NodeId, Option<String>>>,
     /// Milliseconds since the Unix epoch (simulated time in the simulator).
     pub now_ms: u64,
