@@ -120,6 +120,8 @@ pub struct NodeConfig {
     pub data: DataConfig,
     /// The async runtime the node runs on.
     pub runtime: RuntimeConfig,
+    /// The round engine: its blob cache.
+    pub round: RoundConfig,
     /// Misbehaviour for robustness tests; the node refuses to start with it
     /// unless `agent-mesh node --allow-adversary` is given.
     pub adversary: AdversaryConfig,
@@ -367,6 +369,34 @@ pub struct RuntimeConfig {
 /// Most worker threads `runtime.worker_threads` may ask for.
 pub const WORKER_THREADS_MAX: usize = 1_024;
 
+/// The round engine's settings: the blob cache that holds the models and
+/// group results this node fetched, built or serves to peers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoundConfig {
+    /// Most bytes of blobs held in memory (at least
+    /// [`CACHE_CAPACITY_BYTES_MIN`]); a blob larger than this is not cached.
+    pub cache_capacity_bytes: usize,
+    /// What the cache evicts first when full: `lru` (the default, least
+    /// recently used), `lfu` (least frequently used) or `adaptive`
+    /// (W-TinyLFU: resists scans of blobs used once).
+    pub cache_policy: mesh_round::cache::CachePolicy,
+}
+
+/// Smallest `round.cache_capacity_bytes`: every model a round uses passes
+/// through the cache, and 1 MiB holds the MLP preset's model of 100,010
+/// parameters twice over.
+pub const CACHE_CAPACITY_BYTES_MIN: usize = 1 << 20;
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: mesh_round::protocol::CACHE_CAPACITY_BYTES_DEFAULT,
+            cache_policy: mesh_round::cache::CachePolicy::default(),
+        }
+    }
+}
+
 /// The node's private data: a folder of MNIST IDX files or the MNIST subset
 /// built into the binary, either whole or one named shard of a seeded
 /// partition (for demos on one machine).
@@ -606,6 +636,7 @@ impl Default for NodeConfig {
             log: LogConfig::default(),
             data: DataConfig::default(),
             runtime: RuntimeConfig::default(),
+            round: RoundConfig::default(),
             adversary: AdversaryConfig::default(),
             learner: None,
             telemetry: TelemetryConfig::default(),
@@ -855,6 +886,24 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         },
     },
     EnvOverride {
+        name: "AGENT_MESH_CACHE_CAPACITY_BYTES",
+        help: "round.cache_capacity_bytes",
+        apply: |c, v| {
+            c.round.cache_capacity_bytes = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_CACHE_POLICY",
+        help: "round.cache_policy (lru/lfu/adaptive)",
+        apply: |c, v| {
+            c.round.cache_policy = v
+                .parse()
+                .map_err(|e: mesh_round::cache::ParseCachePolicyError| e.to_string())?;
+            Ok(())
+        },
+    },
+    EnvOverride {
         name: "AGENT_MESH_LOG_FORMAT",
         help: "log.format (text/json)",
         apply: |c, v| {
@@ -1023,6 +1072,12 @@ impl NodeConfig {
         }
         if self.network.listen.is_empty() {
             return invalid("network.listen", "needs at least one address");
+        }
+        if self.round.cache_capacity_bytes < CACHE_CAPACITY_BYTES_MIN {
+            return invalid(
+                "round.cache_capacity_bytes",
+                "must be at least 1048576 (1 MiB): every model a round uses passes through the cache",
+            );
         }
         if !self.adversary.attack.is_empty() {
             if let Err(e) = self
@@ -1323,6 +1378,59 @@ ca_pin = "ca.pin"
         let err = NodeConfig::load(&write(dir.path(), "mesh_id = \"x\"\n"), |_| None)
             .expect_err("missing key");
         assert!(err.to_string().contains("identity.key"), "{err}");
+    }
+
+    #[test]
+    fn round_cache_capacity_and_policy_come_from_file_or_environment_and_are_checked() {
+        use mesh_round::cache::CachePolicy;
+        let dir = tempfile::tempdir().expect("tmp");
+        let defaults = NodeConfig::load(&write(dir.path(), MINIMAL), |_| None).expect("load");
+        assert_eq!(defaults.round.cache_policy, CachePolicy::Lru);
+        assert_eq!(
+            defaults.round.cache_capacity_bytes,
+            mesh_round::protocol::CACHE_CAPACITY_BYTES_DEFAULT
+        );
+
+        let text = format!(
+            "{MINIMAL}\n[round]\ncache_capacity_bytes = 67108864\ncache_policy = \"adaptive\"\n"
+        );
+        let path = write(dir.path(), &text);
+        let config = NodeConfig::load(&path, |_| None).expect("round");
+        assert_eq!(
+            (config.round.cache_capacity_bytes, config.round.cache_policy),
+            (64 << 20, CachePolicy::Adaptive)
+        );
+        let env = |name: &str| match name {
+            "AGENT_MESH_CACHE_POLICY" => Some("lfu".to_string()),
+            "AGENT_MESH_CACHE_CAPACITY_BYTES" => Some("2097152".to_string()),
+            _ => None,
+        };
+        let config = NodeConfig::load(&path, env).expect("env");
+        assert_eq!(
+            (config.round.cache_capacity_bytes, config.round.cache_policy),
+            (2 << 20, CachePolicy::Lfu)
+        );
+
+        let env = |name: &str| (name == "AGENT_MESH_CACHE_POLICY").then(|| "arc".to_string());
+        let err = NodeConfig::load(&path, env).expect_err("unknown policy");
+        let message = err.to_string();
+        assert!(
+            message.contains("AGENT_MESH_CACHE_POLICY") && message.contains("lru, lfu or adaptive"),
+            "{message}"
+        );
+        let text = format!("{MINIMAL}\n[round]\ncache_policy = \"fifo\"\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("file");
+        let message = err.to_string();
+        assert!(
+            message.contains("fifo") && message.contains("adaptive"),
+            "{message}"
+        );
+        let text = format!("{MINIMAL}\n[round]\ncache_capacity_bytes = 1000\n");
+        let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err("small");
+        assert!(
+            err.to_string().contains("round.cache_capacity_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

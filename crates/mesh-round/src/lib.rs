@@ -9,7 +9,7 @@
 //!             job::CheckedJob ── the typed job spec every role works from
 //!             protocol::{coordinator, trainer, group, finals}   the round roles
 //!             protocol::worker   local training and combining (robust rule, server step)
-//!             cache              content-addressed blobs bounded in bytes
+//!             cache              content-addressed blobs bounded in bytes (LRU, LFU or W-TinyLFU)
 //! ```
 //!
 //! The node process and the simulator drive the same [`protocol::NodeEngine`],

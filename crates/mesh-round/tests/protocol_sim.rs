@@ -106,6 +106,54 @@ fn healthy_secure_mesh_learns_and_is_deterministic() {
 }
 
 #[test]
+fn cache_traces_are_recorded_per_node_deterministically_and_replay_exactly() {
+    use mesh_round::cache::trace::{self, AccessKind};
+    use mesh_round::cache::CachePolicy;
+    let (train, test) = data(800, 200);
+    let record = || {
+        let c = config(4, spec(2, 4, true), Faults::default(), 5);
+        let mut sim = MeshSim::new(c, &train, test.clone()).unwrap();
+        sim.record_cache_accesses(100_000);
+        while !sim.finished() {
+            sim.step().unwrap();
+        }
+        assert_eq!(sim.reports().len(), 2);
+        sim.take_cache_access_logs()
+    };
+    let logs = record();
+    assert_eq!(
+        logs.iter().map(|(node, _)| *node).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3],
+        "one record per node, no restarts"
+    );
+    for (node, log) in &logs {
+        assert_eq!(log.dropped(), 0);
+        let kinds = |kind| log.accesses().iter().filter(|a| a.kind == kind).count();
+        assert!(kinds(AccessKind::Insert) > 0, "node {node} stored blobs");
+        assert!(kinds(AccessKind::Hit) > 0, "node {node} used them");
+        // Nothing was evicted live (the simulator's caches hold 256 MiB), so an
+        // unbounded replay under any policy finds every blob the live cache found.
+        let traces = vec![log.accesses().to_vec()];
+        for policy in CachePolicy::ALL {
+            let replayed = trace::replay(&traces, policy, usize::MAX);
+            assert_eq!(replayed.hits as usize, kinds(AccessKind::Hit), "{policy}");
+            assert_eq!(
+                replayed.lookups as usize,
+                kinds(AccessKind::Hit) + kinds(AccessKind::Miss)
+            );
+            assert_eq!((replayed.evictions, replayed.refetched_bytes), (0, 0));
+        }
+    }
+    let again = record();
+    let accesses = |logs: &[(usize, mesh_round::cache::trace::AccessLog)]| {
+        logs.iter()
+            .map(|(_, log)| log.accesses().to_vec())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(accesses(&logs), accesses(&again), "same seed, same traces");
+}
+
+#[test]
 fn plain_updates_quarantine_and_budget() {
     let (train, test) = data(800, 200);
     let mut s = spec(10, 4, false);

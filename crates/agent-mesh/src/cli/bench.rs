@@ -23,6 +23,9 @@ pub enum BenchCommand {
     Chaos(super::bench_chaos::ChaosArgs),
     /// Round protocol overhead per round (wall time minus local training) in the mesh simulator.
     Round(super::bench_round::RoundArgs),
+    /// Blob-cache hit rate of the LRU, LFU and adaptive policies, replaying the
+    /// mesh simulator's cache traces and a synthetic trace with scans.
+    Cache(super::bench_cache::CacheArgs),
 }
 
 /// Flags of `agent-mesh bench aggregators`.
@@ -62,6 +65,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Net(args) => super::bench_net::run(args),
         BenchCommand::Consensus(args) => super::bench_consensus::run(args),
         BenchCommand::Round(args) => super::bench_round::run(args),
+        BenchCommand::Cache(args) => super::bench_cache::run(args),
         BenchCommand::Chaos(args) => super::bench_chaos::run(args),
     }
 }

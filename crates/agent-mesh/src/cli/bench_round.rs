@@ -47,7 +47,8 @@ pub struct RoundArgs {
     pub json: bool,
 }
 
-fn crop(d: &Dataset) -> Dataset {
+/// The MNIST band the benchmark's model reads (also `bench cache`'s).
+pub(super) fn crop(d: &Dataset) -> Dataset {
     let width = FEATURES.len();
     let mut features = Vec::with_capacity(d.len() * width);
     for i in 0..d.len() {
@@ -62,7 +63,8 @@ fn crop(d: &Dataset) -> Dataset {
     }
 }
 
-fn spec(nodes: usize, rounds: u32, secagg: bool, seed: u64) -> JobSpec {
+/// The benchmark's job: the MLP, every node each round (also `bench cache`'s).
+pub(super) fn spec(nodes: usize, rounds: u32, secagg: bool, seed: u64) -> JobSpec {
     JobSpec {
         model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
         rounds,

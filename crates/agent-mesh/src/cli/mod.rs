@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod api_client;
 pub mod bench;
+pub mod bench_cache;
 pub mod bench_chaos;
 pub mod bench_consensus;
 pub mod bench_net;

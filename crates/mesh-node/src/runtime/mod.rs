@@ -336,6 +336,7 @@ pub async fn run(
     });
     let round_metrics = round_metrics::RoundMetrics::new(&mut registry);
     round_metrics::register_adversary(&mut registry, &config.adversary);
+    round_metrics::register_cache_policy(&mut registry, config.round.cache_policy);
     let node_metrics = node_metrics::NodeMetrics::new(&mut registry);
     let learner = config.learner.clone().map(start_learner);
     let learner_metrics = learner.as_ref().map(|l| {
@@ -350,6 +351,7 @@ pub async fn run(
         &creds.identity,
         creds.roles.iter().collect(),
         &config.mesh_id,
+        &config.round,
         worker,
         &mut registry,
     );

@@ -3,7 +3,7 @@
 //! rounds completed and aborted, round duration (as this node saw it: first
 //! seen running to first seen committed), the last round's accuracy and loss,
 //! epsilon spent and budgeted, rounds each job has left, jobs by status, and the blob cache (hits,
-//! misses, evictions, bytes). Under `mesh_reputation`: quarantined nodes,
+//! misses, evictions, bytes, and its eviction policy as an info metric). Under `mesh_reputation`: quarantined nodes,
 //! quarantines seen, and the scores of nodes with evidence against them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,9 +14,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use mesh_round::cache::CacheCounters;
+use mesh_round::cache::{CacheCounters, CachePolicy};
 use mesh_round::protocol::ProtocolStats;
 
 use crate::config::AdversaryConfig;
@@ -93,6 +94,18 @@ pub fn register_adversary(registry: &mut Registry, config: &AdversaryConfig) {
     if !attack.is_empty() {
         tracing::warn!(%attack, "this node is ADVERSARIAL: it shapes every update it sends with an attack");
     }
+}
+
+/// Exports `mesh_round_cache_policy_info{policy="lru"} 1` (or `lfu`,
+/// `adaptive`): the blob cache's eviction policy, fixed at start, so a
+/// dashboard can set the cache's hit rate beside the policy that produced it.
+pub fn register_cache_policy(registry: &mut Registry, policy: CachePolicy) {
+    let info = Info::new(vec![("policy".to_string(), policy.as_str().to_string())]);
+    registry.sub_registry_with_prefix("mesh_round").register(
+        "cache_policy",
+        "The blob cache's eviction policy (round.cache_policy)",
+        info,
+    );
 }
 
 impl RoundMetrics {
@@ -536,6 +549,16 @@ mod tests {
             value(&registry, "mesh_reputation_quarantines_total"),
             Some(2.0)
         );
+    }
+
+    #[test]
+    fn cache_policy_is_exported_as_an_info_metric() {
+        for policy in CachePolicy::ALL {
+            let mut registry = Registry::default();
+            register_cache_policy(&mut registry, policy);
+            let name = format!("mesh_round_cache_policy_info{{policy=\"{policy}\"}}");
+            assert_eq!(value(&registry, &name), Some(1.0), "{name}");
+        }
     }
 
     #[test]

@@ -183,11 +183,13 @@ pub struct RoundDriver {
 }
 
 impl RoundDriver {
-    /// A driver for the node with `identity` and `roles`; results arrive on the returned receiver.
+    /// A driver for the node with `identity` and `roles`, its engine set up
+    /// by `round`; results arrive on the returned receiver.
     pub fn new(
         identity: &NodeIdentity,
         roles: BTreeSet<Role>,
         mesh_id: &str,
+        round: &crate::config::RoundConfig,
         worker: LocalWorker,
         registry: &mut Registry,
     ) -> (Self, mpsc::Receiver<Done>) {
@@ -195,7 +197,10 @@ impl RoundDriver {
         gate.register(registry);
         let me = mesh_round::protocol::node_name(&identity.node_id());
         let seed = rand::random::<u64>();
-        let engine = NodeEngine::new(me, identity.clone(), EngineConfig::new(mesh_id, seed));
+        let mut engine_config = EngineConfig::new(mesh_id, seed);
+        engine_config.cache_capacity_bytes = round.cache_capacity_bytes;
+        engine_config.cache_policy = round.cache_policy;
+        let engine = NodeEngine::new(me, identity.clone(), engine_config);
         let (done, rx) = mpsc::channel(DONE_QUEUE_CAPACITY);
         let driver = Self {
             engine,

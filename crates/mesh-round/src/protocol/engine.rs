@@ -86,6 +86,22 @@ impl NodeEngine {
         self.sh.cache.counters()
     }
 
+    /// The blob cache's eviction policy.
+    pub fn cache_policy(&self) -> crate::cache::CachePolicy {
+        self.sh.cache.policy()
+    }
+
+    /// Starts recording the blob cache's accesses, up to `accesses_max`
+    /// (see [`crate::cache::trace`]).
+    pub fn record_cache_accesses(&mut self, accesses_max: usize) {
+        self.sh.cache.record_accesses(accesses_max);
+    }
+
+    /// Stops recording the blob cache's accesses and returns the record.
+    pub fn take_cache_access_log(&mut self) -> Option<crate::cache::trace::AccessLog> {
+        self.sh.cache.take_access_log()
+    }
+
     /// Fetches `hash` from `holders` in the background (for `model get`);
     /// the fetch goes on until the blob arrives, whatever rounds run.
     pub fn want(&mut self, hash: ModelHash, holders: Vec<NodeId>) {

@@ -34,7 +34,9 @@ pub use messages::{
     round_protocol, round_version, RoundKey, RoundMessage, TraceContext, ROUND_PROTOCOL,
     ROUND_PROTOCOL_V2, ROUND_VERSION_MAX,
 };
-pub use shared::{node_key, node_name, Action, EngineConfig, View, PINNED_MAX};
+pub use shared::{
+    node_key, node_name, Action, EngineConfig, View, CACHE_CAPACITY_BYTES_DEFAULT, PINNED_MAX,
+};
 pub use stats::ProtocolStats;
 pub use worker::{
     CombineTask, CombinedModel, Conduct, LearnerFactory, LocalWorker, TrainTask, TrainedUpdate,

@@ -12,10 +12,13 @@ use mesh_security::NodeIdentity;
 use super::messages::{RoundKey, RoundMessage};
 use super::stats::ProtocolStats;
 use super::worker::{CombineTask, TrainTask};
-use crate::cache::{BlobCache, BlobId};
+use crate::cache::{BlobCache, BlobId, CachePolicy};
 
 /// Most blob fetches under way at once.
 pub const FETCHES_MAX: usize = 256;
+
+/// Bytes the blob cache holds unless configured otherwise (512 MiB).
+pub const CACHE_CAPACITY_BYTES_DEFAULT: usize = 512 * 1024 * 1024;
 
 /// What the driver shows the engine at each step.
 #[derive(Clone, Copy, Debug)]
@@ -70,6 +73,8 @@ pub struct EngineConfig {
     pub mesh_id: String,
     /// Bytes the blob cache may hold.
     pub cache_capacity_bytes: usize,
+    /// How the blob cache chooses what to evict.
+    pub cache_policy: CachePolicy,
     /// How long a secure-aggregation key phase waits for stragglers, in ms.
     pub phase_timeout_ms: u64,
     /// How long before asking another holder for a blob, in ms.
@@ -88,7 +93,8 @@ impl EngineConfig {
     pub fn new(mesh_id: impl Into<String>, seed: u64) -> Self {
         Self {
             mesh_id: mesh_id.into(),
-            cache_capacity_bytes: 512 * 1024 * 1024,
+            cache_capacity_bytes: CACHE_CAPACITY_BYTES_DEFAULT,
+            cache_policy: CachePolicy::Lru,
             phase_timeout_ms: 20_000,
             fetch_retry_ms: 2_000,
             retry_ms: 1_000,
@@ -133,7 +139,7 @@ impl Shared {
     /// Shared state of node `me`.
     pub fn new(me: NodeId, identity: NodeIdentity, config: EngineConfig) -> Self {
         Self {
-            cache: BlobCache::new(config.cache_capacity_bytes),
+            cache: BlobCache::with_policy(config.cache_capacity_bytes, config.cache_policy),
             me,
             identity,
             config,

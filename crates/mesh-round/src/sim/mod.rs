@@ -26,6 +26,7 @@ use mesh_security::NodeIdentity;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::cache::trace::AccessLog;
 use crate::job::JobSpecCheck;
 use crate::protocol::blob::{decode_params, GlobalModel};
 use crate::protocol::{
@@ -187,6 +188,10 @@ pub struct MeshSim {
     checking_wall: std::time::Duration,
     crashes: u64,
     cache_bytes_max: usize,
+    /// When recording cache accesses: the most per engine, and the records
+    /// of engines that restarts replaced, with their node.
+    cache_accesses_max: Option<usize>,
+    cache_logs_ended: Vec<(usize, AccessLog)>,
     last_round_wall: Instant,
     job: JobId,
 }
@@ -312,6 +317,8 @@ impl MeshSim {
             checking_wall: std::time::Duration::ZERO,
             crashes: 0,
             cache_bytes_max: 0,
+            cache_accesses_max: None,
+            cache_logs_ended: Vec::new(),
             last_round_wall: Instant::now(),
             job: job.clone(),
         };
@@ -403,6 +410,31 @@ impl MeshSim {
             aborted_attempts: record.map_or(0, |r| r.aborted_attempts),
         });
         self.last_round_wall = Instant::now();
+    }
+
+    /// Records every node's blob-cache accesses from now on, up to
+    /// `accesses_max` per node (per engine: a restart starts a new record,
+    /// as it starts an empty cache). Collect them with
+    /// [`take_cache_access_logs`](Self::take_cache_access_logs).
+    pub fn record_cache_accesses(&mut self, accesses_max: usize) {
+        self.cache_accesses_max = Some(accesses_max);
+        for node in &mut self.nodes {
+            node.engine.record_cache_accesses(accesses_max);
+        }
+    }
+
+    /// Stops recording and returns the records as (node index, record), by
+    /// node, each node's older engines first.
+    pub fn take_cache_access_logs(&mut self) -> Vec<(usize, AccessLog)> {
+        self.cache_accesses_max = None;
+        let mut logs = std::mem::take(&mut self.cache_logs_ended);
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(log) = node.engine.take_cache_access_log() {
+                logs.push((i, log));
+            }
+        }
+        logs.sort_by_key(|(i, _)| *i);
+        logs
     }
 
     /// Rounds committed so far.
@@ -585,11 +617,18 @@ impl MeshSim {
             if up {
                 // A restarted node keeps its data and keys but nothing it held in memory.
                 let n = &mut self.nodes[node];
-                n.engine = NodeEngine::new(
+                let mut engine = NodeEngine::new(
                     n.name.clone(),
                     n.identity.clone(),
                     engine_config(&self.config, node, self.now_ms),
                 );
+                if let Some(accesses_max) = self.cache_accesses_max {
+                    engine.record_cache_accesses(accesses_max);
+                }
+                let mut old = std::mem::replace(&mut n.engine, engine);
+                if let Some(log) = old.take_cache_access_log() {
+                    self.cache_logs_ended.push((node, log));
+                }
                 n.up = true;
             } else {
                 self.crashes += 1;
