@@ -544,8 +544,9 @@ fn the_prod_stack_keeps_its_committee_through_a_rolling_update_on_swarm() {
     );
     assert!(ok_during > 0, "no write was acknowledged during the update");
     let settled = std::time::Instant::now();
-    // With AutoNAT on, one replaced follower re-admitted the leader's new
-    // task only about 220 s later; the stack turns it off (docs/results.md).
+    // Replaced tasks come back at new addresses; a member that knew only the
+    // old one finds the new one by a lookup through the others (mesh-net
+    // lookup.rs). Without it, recovery took minutes or never came.
     wait_for_described(
         RECOVERY_LIMIT,
         || stack.committee_of_three(),

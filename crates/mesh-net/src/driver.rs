@@ -13,6 +13,7 @@
 //! ```
 
 mod commands;
+mod lookup;
 mod nat;
 mod swarm_events;
 mod versions;
@@ -111,6 +112,8 @@ pub(crate) struct Driver {
     nat: crate::nat::NatState,
     /// Each peer's mesh protocol version, shared with the handles.
     versions: PeerVersions,
+    /// When each wanted but unreachable peer was last looked up.
+    lookups: crate::lookup::Lookups<PeerId>,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -266,6 +269,7 @@ impl Driver {
             log_limit: LogLimiter::default(),
             nat: crate::nat::NatState::new(&config.nat),
             versions: PeerVersions::new(config.versions, config.peers_max),
+            lookups: crate::lookup::Lookups::default(),
         })
     }
 

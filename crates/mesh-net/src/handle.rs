@@ -123,6 +123,7 @@ pub(crate) enum Command {
     Peers(Reply<Vec<PeerInfo>>),
     Revoke(Box<SignedRevocation>, Reply<Result<(), NetError>>),
     RenewCertificate(Vec<u8>, Reply<Result<usize, NetError>>),
+    FindPeer(PeerId),
     Shutdown(Reply<()>),
 }
 
@@ -214,7 +215,22 @@ impl NetHandle {
     /// `/agent-mesh/<name>` (see [`crate::streams`] for when to prefer it
     /// over [`Self::request`]).
     pub async fn open_stream(&self, peer: PeerId, name: &str) -> Result<Stream, NetError> {
-        self.streams.open(peer, name).await
+        let opened = self.streams.open(peer, name).await;
+        if let Err(NetError::NotAdmitted(_)) = opened {
+            self.find_peer(peer);
+        }
+        opened
+    }
+
+    /// Asks the network to look for `peer` through the connected peers (a
+    /// Kademlia lookup that dials the addresses they know) unless it is
+    /// connected: a peer that restarted at a new address is found again this
+    /// way (see [`crate::lookup`]). At most one lookup per peer every
+    /// [`crate::lookup::LOOKUP_INTERVAL_MS`]; never waits, and is dropped
+    /// when the command queue is full. Streams and requests to a peer that
+    /// is not admitted ask for it themselves.
+    pub fn find_peer(&self, peer: PeerId) {
+        let _ = self.commands.try_send(Command::FindPeer(peer));
     }
 
     /// Accepts the streams admitted peers open under `/agent-mesh/<name>`;

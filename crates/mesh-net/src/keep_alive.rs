@@ -55,6 +55,11 @@ impl KeepAlive {
         self.kept.contains(peer)
     }
 
+    /// How many connections to `peer` are established now.
+    pub fn connection_count(&self, peer: &PeerId) -> usize {
+        self.connections.get(peer).map_or(0, Vec::len)
+    }
+
     /// How many peers are held.
     pub fn kept_len(&self) -> usize {
         self.kept.len()

@@ -22,6 +22,7 @@
 //!   |  ban        bounded list of rejected peers with expiry                  |
 //!   |  peers      bounded table: state, RTT, last seen; backoff with jitter   |
 //!   |  discovery  bounded address book                                        |
+//!   |  lookup     paced Kademlia lookups of wanted peers that are unreachable |
 //!   |  gossip     envelope verification before forwarding (accept/reject)     |
 //!   |  nat        connection kinds, reachability, relays to reserve on        |
 //!   +-------------------------------------------------------------------------+
@@ -62,6 +63,7 @@ pub mod handle;
 pub mod ids;
 pub mod keep_alive;
 pub mod log_limit;
+pub mod lookup;
 pub mod metrics;
 pub mod nat;
 pub mod peers;

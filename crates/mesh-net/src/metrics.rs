@@ -9,6 +9,8 @@
 //! | `mesh_net_bytes_total` | counter | `kind`, `direction` |
 //! | `mesh_net_admission_rejections_total` | counter | `reason` ([`crate::RejectReason`] labels, plus `banned`) |
 //! | `mesh_net_admission_retries_total` | counter | |
+//! | `mesh_net_stale_connections_closed_total` | counter | |
+//! | `mesh_net_peer_lookups_total` | counter | |
 //! | `mesh_net_incoming_connection_errors_total` | counter | `error` (handshake, denied, aborted, other) |
 //! | `mesh_net_events_dropped_total` | counter | |
 //!
@@ -81,6 +83,10 @@ pub struct NetMetrics {
     events_dropped: Counter,
     /// Certificate exchanges tried again after missing their deadline.
     pub admission_retries: Counter,
+    /// Extra connections to a peer closed because they stopped answering pings.
+    pub stale_connections_closed: Counter,
+    /// Kademlia lookups started for wanted peers that were not connected.
+    pub peer_lookups: Counter,
     incoming_errors: Family<Labels1, Counter>,
     /// NAT traversal: connection kinds, hole punches, relayed bytes, reachability.
     pub nat: crate::nat::NatMetrics,
@@ -129,6 +135,16 @@ impl NetMetrics {
             "admission_retries",
             "Certificate exchanges tried again after missing their deadline",
             metrics.admission_retries.clone(),
+        );
+        sub.register(
+            "stale_connections_closed",
+            "Extra connections to a peer closed because they stopped answering pings (a peer that restarted elsewhere)",
+            metrics.stale_connections_closed.clone(),
+        );
+        sub.register(
+            "peer_lookups",
+            "Kademlia lookups started for wanted peers that were not connected (a peer that moved, a member never met)",
+            metrics.peer_lookups.clone(),
         );
         sub.register(
             "incoming_connection_errors",

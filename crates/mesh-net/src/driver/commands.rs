@@ -54,6 +54,7 @@ impl Driver {
             Command::RenewCertificate(cert_der, reply) => {
                 let _ = reply.send(self.renew_certificate(cert_der));
             }
+            Command::FindPeer(peer) => self.find_peer(peer),
             Command::Shutdown(reply) => {
                 // Handled by the run loop; answering here keeps the match total.
                 let _ = reply.send(());
@@ -124,6 +125,9 @@ impl Driver {
             None
         };
         if let Some(error) = refusal {
+            if let NetError::NotAdmitted(_) = error {
+                self.find_peer(peer);
+            }
             self.metrics
                 .message(Kind::Request, Direction::Out, "refused");
             let _ = reply.send(Err(error));

@@ -189,6 +189,11 @@ impl Driver {
                 let rtt_ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX);
                 let _ = self.peers.on_rtt(&peer, rtt_ms, now_ms());
             }
+            MeshBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) => self.on_ping_failure(peer, connection, &error),
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identified(peer_id, &info.agent_version);
                 let addrs = info.listen_addrs.into_iter().take(ADDRS_PER_PEER_MAX);
@@ -202,6 +207,11 @@ impl Driver {
                     addresses.iter().take(ADDRS_PER_PEER_MAX).cloned().collect();
                 self.learn(peer, addrs);
             }
+            MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            }) if step.last => self.on_lookup_done(result),
             MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     self.learn(peer, [addr]);
@@ -220,9 +230,26 @@ impl Driver {
         }
     }
 
+    /// A ping on one of `peer`'s connections went unanswered. Pings on the
+    /// peer's other connections keep it from counting as silent, so a
+    /// connection left behind by a peer that restarted elsewhere (its old
+    /// address gone without a reset) would stay open, and requests and
+    /// streams spread over the peer's connections would keep failing on it:
+    /// such a connection is closed. A peer's only connection is left to the
+    /// silence timeout, which gives a loaded peer more time.
+    fn on_ping_failure(&mut self, peer: PeerId, connection: ConnectionId, error: &ping::Failure) {
+        if self.swarm.behaviour().keep_alive.connection_count(&peer) < 2 {
+            tracing::debug!(%peer, "ping failed: {error}");
+            return;
+        }
+        tracing::info!(%peer, ?connection, "closing a connection that stopped answering pings: {error}");
+        self.metrics.stale_connections_closed.inc();
+        let _ = self.swarm.close_connection(connection);
+    }
+
     /// Discovery found `peer` at `addrs`: remember them, tell Kademlia, and
     /// make the peer a dial candidate.
-    fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+    pub(super) fn learn(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
         if peer == self.local_peer_id() {
             return;
         }

@@ -1,0 +1,59 @@
+//! The driver's lookups of wanted peers it cannot reach (see [`crate::lookup`]).
+
+use libp2p::kad::{GetClosestPeersError, GetClosestPeersOk};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::PeerId;
+
+use super::{now_ms, Driver};
+use crate::discovery::ADDRS_PER_PEER_MAX;
+
+impl Driver {
+    /// Starts a Kademlia lookup of `peer` unless it is this node, already
+    /// connected (admission is then under way or done), or was looked up
+    /// less than [`crate::lookup::LOOKUP_INTERVAL_MS`] ago.
+    pub(super) fn find_peer(&mut self, peer: PeerId) {
+        if peer == self.local_peer_id() || self.swarm.is_connected(&peer) {
+            return;
+        }
+        if !self.lookups.start(&peer, now_ms()) {
+            return;
+        }
+        tracing::debug!(%peer, "looking up a wanted peer that is not connected");
+        self.metrics.peer_lookups.inc();
+        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+    }
+
+    /// A lookup ended: every peer it met is remembered where it was found,
+    /// and the wanted one is dialled there unless the lookup connected it.
+    pub(super) fn on_lookup_done(
+        &mut self,
+        result: Result<GetClosestPeersOk, GetClosestPeersError>,
+    ) {
+        let (key, found) = match result {
+            Ok(GetClosestPeersOk { key, peers }) => (key, peers),
+            Err(GetClosestPeersError::Timeout { key, peers }) => (key, peers),
+        };
+        for info in found {
+            let addrs = info.addrs.into_iter().take(ADDRS_PER_PEER_MAX);
+            self.learn(info.peer_id, addrs);
+        }
+        let Ok(wanted) = PeerId::from_bytes(&key) else {
+            return;
+        };
+        if self.swarm.is_connected(&wanted) || self.bans.is_banned(&wanted, now_ms()) {
+            return;
+        }
+        let addrs = self.dial_addresses(&wanted, self.book.get(&wanted).to_vec());
+        if addrs.is_empty() {
+            tracing::debug!(peer = %wanted, "lookup found no address for the wanted peer");
+            return;
+        }
+        let opts = DialOpts::peer_id(wanted)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(peer = %wanted, "dial after lookup not started: {e}");
+        }
+    }
+}
