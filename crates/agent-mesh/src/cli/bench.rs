@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// Blob-cache hit rate of the LRU, LFU and adaptive policies, replaying the
     /// mesh simulator's cache traces and a synthetic trace with scans.
     Cache(super::bench_cache::CacheArgs),
+    /// How the round engine's cost per node (wall and simulated time per round, messages,
+    /// bytes, connections, memory) grows with the mesh size, in the mesh simulator.
+    Scale(super::bench_scale::ScaleArgs),
 }
 
 /// Flags of `agent-mesh bench aggregators`.
@@ -66,6 +69,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Consensus(args) => super::bench_consensus::run(args),
         BenchCommand::Round(args) => super::bench_round::run(args),
         BenchCommand::Cache(args) => super::bench_cache::run(args),
+        BenchCommand::Scale(args) => super::bench_scale::run(args),
         BenchCommand::Chaos(args) => super::bench_chaos::run(args),
     }
 }

@@ -8,6 +8,7 @@ pub mod bench_chaos;
 pub mod bench_consensus;
 pub mod bench_net;
 pub mod bench_round;
+pub mod bench_scale;
 pub mod ca;
 pub mod dp;
 pub mod health;

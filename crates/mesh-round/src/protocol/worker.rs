@@ -12,6 +12,7 @@ use mesh_federated::attack::Attack;
 use mesh_federated::data::{bind, Dataset};
 use mesh_federated::model::{self, store, Model, TrainOptions};
 use mesh_federated::model::{ModelError, TrainReport};
+use mesh_spec::schema::Normalization;
 use mesh_spec::{DataSchema, LearnerSpec, ModelSpec};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -106,7 +107,8 @@ pub enum Conduct {
 #[derive(Debug)]
 pub struct LocalWorker {
     train: Option<Dataset>,
-    validation: Option<Dataset>,
+    /// Shared, read-only: simulated nodes hold one copy between them.
+    validation: Option<Arc<Dataset>>,
     dataset: String,
     bound: Option<BoundData>,
     models: Vec<(ModelSpec, DataSchema, Box<dyn Model>)>,
@@ -134,7 +136,10 @@ impl std::fmt::Debug for LearnerFactory {
 #[derive(Debug)]
 struct BoundData {
     schema: DataSchema,
+    norm: Option<Normalization>,
     train: Option<Dataset>,
+    /// Bound when a model is first scored here: only the nodes that
+    /// evaluate (final aggregators) keep a bound copy.
     validation: Option<Dataset>,
 }
 
@@ -142,8 +147,19 @@ impl LocalWorker {
     /// A worker holding `train` (private) and `validation` data, bound to the dataset name `dataset`.
     pub fn new(
         dataset: &str,
-        mut train: Option<Dataset>,
+        train: Option<Dataset>,
         validation: Option<Dataset>,
+        conduct: Conduct,
+    ) -> Self {
+        Self::with_shared_validation(dataset, train, validation.map(Arc::new), conduct)
+    }
+
+    /// A worker like [`new`](Self::new) whose validation data is shared with
+    /// other workers (the simulator's nodes share one copy).
+    pub fn with_shared_validation(
+        dataset: &str,
+        mut train: Option<Dataset>,
+        validation: Option<Arc<Dataset>>,
         conduct: Conduct,
     ) -> Self {
         if let (Conduct::Byzantine(attack), Some(data)) = (&conduct, train.as_mut()) {
@@ -230,7 +246,7 @@ impl LocalWorker {
         }
         self.train
             .as_ref()
-            .or(self.validation.as_ref())
+            .or(self.validation.as_deref())
             .map(Dataset::schema)
             .ok_or_else(|| WorkerError::NoData(spec.training.dataset.clone()))
     }
@@ -246,19 +262,24 @@ impl LocalWorker {
             let raw = self
                 .train
                 .as_ref()
-                .or(self.validation.as_ref())
+                .or(self.validation.as_deref())
                 .ok_or_else(|| WorkerError::NoData(self.dataset.clone()))?;
             let norm = bind::normalization_for(&schema, raw);
-            let bind_one = |d: &Dataset| {
-                bind::bind(d, &schema, norm.as_ref())
-                    .map_err(|e| WorkerError::Schema(e.to_string()))
-            };
-            let train = self.train.as_ref().map(bind_one).transpose()?;
-            let validation = self.validation.as_ref().map(bind_one).transpose()?;
+            let train = self
+                .train
+                .as_ref()
+                .map(|d| bind_to(d, &schema, norm.as_ref()))
+                .transpose()?;
+            // Refused now if it does not fit, as the training data would be;
+            // kept bound only once a model is scored here.
+            if let Some(v) = self.validation.as_deref() {
+                bind_to(v, &schema, norm.as_ref())?;
+            }
             self.bound = Some(BoundData {
                 schema,
+                norm,
                 train,
-                validation,
+                validation: None,
             });
         }
         self.bound
@@ -392,8 +413,13 @@ impl LocalWorker {
         spec: &JobSpec,
         params: &[f32],
     ) -> Result<RoundMetrics, WorkerError> {
+        let raw = self.validation.clone();
         let validation = match self.bind(spec) {
-            Ok(bound) => bound.validation.take(),
+            Ok(bound) => match (bound.validation.take(), raw) {
+                (Some(bound), _) => Some(bound),
+                (None, Some(raw)) => bind_to(&raw, &bound.schema, bound.norm.as_ref()).ok(),
+                (None, None) => None,
+            },
             Err(_) => None,
         };
         let Some(validation) = validation else {
@@ -407,6 +433,15 @@ impl LocalWorker {
         }
         outcome
     }
+}
+
+/// `data` bound to the job's `schema` with the job's normalization.
+fn bind_to(
+    data: &Dataset,
+    schema: &DataSchema,
+    norm: Option<&Normalization>,
+) -> Result<Dataset, WorkerError> {
+    bind::bind(data, schema, norm).map_err(|e| WorkerError::Schema(e.to_string()))
 }
 
 /// Metrics of a round whose model could not be scored here.

@@ -11,6 +11,7 @@
 pub mod faults;
 pub mod invariants;
 mod network;
+pub mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -36,6 +37,7 @@ use crate::protocol::{
 pub use faults::Faults;
 use invariants::Checker;
 use network::Network;
+use traffic::{LinkModel, TrafficLog};
 
 /// Simulated milliseconds between two steps of every node.
 pub const STEP_MS: u64 = 50;
@@ -249,6 +251,9 @@ impl MeshSim {
         .into();
         let mut nodes = Vec::with_capacity(config.nodes);
         let mut roles = BTreeMap::new();
+        let validation = std::sync::Arc::new(
+            raw_test.subset(&(0..raw_test.len().min(1000)).collect::<Vec<_>>()),
+        );
         for (i, rows) in shards.iter().enumerate() {
             let mut key_seed = [0u8; 32];
             key_seed[..8].copy_from_slice(&config.seed.to_le_bytes());
@@ -260,11 +265,11 @@ impl MeshSim {
                 .iter()
                 .find(|(n, _)| *n == i)
                 .map_or(Conduct::Honest, |(_, c)| c.clone());
-            let validation = raw_test.subset(&(0..raw_test.len().min(1000)).collect::<Vec<_>>());
-            let worker = LocalWorker::new(
+            // Every node holds the same validation rows: one shared copy.
+            let worker = LocalWorker::with_shared_validation(
                 &config.spec.training.dataset,
                 Some(train.subset(rows)),
-                Some(validation),
+                Some(validation.clone()),
                 conduct,
             );
             let engine =
@@ -291,11 +296,12 @@ impl MeshSim {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
-        let names = nodes.iter().map(|n| n.name.clone()).collect();
+        let names: Vec<NodeId> = nodes.iter().map(|n| n.name.clone()).collect();
+        let network = Network::new(config.faults.clone(), config.seed, &names);
         let mut sim = Self {
             by_name,
             names,
-            network: Network::new(config.faults.clone(), config.seed),
+            network,
             rng: ChaCha8Rng::seed_from_u64(config.seed ^ 0x5EED),
             checker: Checker::new(config.spec.clone()),
             config,
@@ -435,6 +441,29 @@ impl MeshSim {
         }
         logs.sort_by_key(|(i, _)| *i);
         logs
+    }
+
+    /// Sets how the network's links behave from now on (per-link latency,
+    /// uplink bandwidth); the default is one latency draw per message and
+    /// unlimited bandwidth.
+    pub fn set_links(&mut self, links: LinkModel) {
+        self.network.set_links(links);
+    }
+
+    /// Records every message the network accepts from now on (sender,
+    /// receiver, encoded size, times), up to `max` messages.
+    pub fn record_traffic(&mut self, max: usize) {
+        self.network.record_traffic(max);
+    }
+
+    /// Stops recording traffic and returns the record.
+    pub fn take_traffic(&mut self) -> TrafficLog {
+        self.network.take_traffic()
+    }
+
+    /// Simulated time now, ms.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// Rounds committed so far.

@@ -1,6 +1,8 @@
 //! The simulated network: messages delivered after a seeded latency, lost
 //! with a seeded probability or across a partition, and the schedule of
-//! crashes and partitions.
+//! crashes and partitions. With a [`LinkModel`] each link keeps one seeded
+//! latency and each node's uplink has a bandwidth; with a [`TrafficLog`]
+//! every accepted message is recorded with its encoded size.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::faults::Faults;
+use super::traffic::{LinkModel, TrafficLog, Transfer};
 use crate::protocol::RoundMessage;
 
 /// Most messages in flight; beyond it new ones are dropped (counted).
@@ -33,11 +36,19 @@ pub struct Network {
     schedule: Vec<(u64, Fault)>,
     isolated: BTreeSet<NodeId>,
     partition_size: usize,
+    seed: u64,
+    /// Node indices by name (messages to other names are still carried and
+    /// discarded on arrival, but not metered).
+    index: BTreeMap<NodeId, u32>,
+    links: LinkModel,
+    /// When each node's uplink is free again, simulated µs.
+    uplink_free_us: Vec<u64>,
+    traffic: Option<TrafficLog>,
 }
 
 impl Network {
-    /// A network with `faults`, seeded.
-    pub fn new(faults: Faults, seed: u64) -> Self {
+    /// A network between `nodes` with `faults`, seeded.
+    pub fn new(faults: Faults, seed: u64, nodes: &[NodeId]) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4E37);
         let mut schedule = Vec::new();
         let window = faults.window_ms.max(1);
@@ -62,7 +73,38 @@ impl Network {
             schedule,
             isolated: BTreeSet::new(),
             partition_size: 0,
+            seed,
+            index: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i as u32))
+                .collect(),
+            links: LinkModel::default(),
+            uplink_free_us: vec![0; nodes.len()],
+            traffic: None,
         }
+    }
+
+    /// Sets how links behave from now on.
+    pub fn set_links(&mut self, links: LinkModel) {
+        self.links = links;
+    }
+
+    /// Records every message accepted from now on, up to `max`.
+    pub fn record_traffic(&mut self, max: usize) {
+        self.traffic = Some(TrafficLog::new(max));
+    }
+
+    /// Stops recording and returns the record (empty if none was kept).
+    pub fn take_traffic(&mut self) -> TrafficLog {
+        self.traffic.take().unwrap_or_default()
+    }
+
+    /// The fixed latency of the link `from` -> `to`: a seeded draw from the range.
+    fn link_latency(&self, from: u32, to: u32) -> u64 {
+        let (min, max) = (self.faults.latency_min_ms, self.faults.latency_max_ms);
+        let span = max.saturating_sub(min).saturating_add(1);
+        min + splitmix(self.seed ^ (u64::from(from) << 32 | u64::from(to))) % span
     }
 
     /// A latency drawn from the configured range.
@@ -78,14 +120,38 @@ impl Network {
             self.dropped += 1;
             return;
         }
-        let latency = self
-            .rng
-            .random_range(self.faults.latency_min_ms..=self.faults.latency_max_ms);
+        let ends = (self.index.get(from).copied(), self.index.get(to).copied());
+        let latency = match ends {
+            (Some(f), Some(t)) if self.links.per_link_latency => self.link_latency(f, t),
+            _ => self
+                .rng
+                .random_range(self.faults.latency_min_ms..=self.faults.latency_max_ms),
+        };
+        let metered = self.traffic.is_some() || self.links.uplink_mbps.is_some();
+        let bytes = if metered { message.encoded_len() } else { 0 };
+        // Leaves when the sender's uplink has sent everything queued before it.
+        let mut departs_ms = now_ms;
+        if let (Some(f), Some(mbps)) = (ends.0, self.links.uplink_mbps) {
+            if mbps > 0.0 {
+                let free = &mut self.uplink_free_us[f as usize];
+                let departs_us = (*free).max(now_ms * 1_000) + self.links.serialization_us(bytes);
+                *free = departs_us;
+                departs_ms = departs_us.div_ceil(1_000);
+            }
+        }
+        let arrives_ms = departs_ms + latency;
+        if let (Some(log), (Some(f), Some(t))) = (self.traffic.as_mut(), ends) {
+            log.push(Transfer {
+                sent_ms: now_ms,
+                arrives_ms,
+                from: f,
+                to: t,
+                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+            });
+        }
         self.seq += 1;
-        self.in_flight.insert(
-            (now_ms + latency, self.seq),
-            (from.clone(), to.clone(), message),
-        );
+        self.in_flight
+            .insert((arrives_ms, self.seq), (from.clone(), to.clone(), message));
     }
 
     /// Messages due by `now_ms`, in delivery order.
@@ -138,4 +204,12 @@ impl Network {
         }
         out
     }
+}
+
+/// SplitMix64: a well-mixed 64-bit hash of `x`.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }

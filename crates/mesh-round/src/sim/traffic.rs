@@ -1,0 +1,236 @@
+//! What the simulated network carries, and how its links behave when a
+//! benchmark asks for more than the default LAN.
+//!
+//! [`LinkModel`] makes each link's latency a fixed, seeded draw from the
+//! configured range (instead of one draw per message) and gives each node an
+//! uplink of a fixed bandwidth: a message occupies its sender's uplink for
+//! its encoded size divided by the bandwidth, messages leave one after
+//! another, so a node that serves a large blob to many peers sends the last
+//! copy late. Downlinks are not limited.
+//!
+//! [`TrafficLog`] records every message the network accepts (sender,
+//! receiver, encoded size, send and arrival times); [`TrafficLog::summary`]
+//! turns the record into per-node figures.
+
+use std::collections::HashMap;
+
+/// How the simulated links behave beyond the configured latency range.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkModel {
+    /// Each (sender, receiver) link keeps one latency, a seeded draw from the
+    /// configured range; otherwise every message draws its own.
+    pub per_link_latency: bool,
+    /// Each node's uplink bandwidth in Mbit/s; `None` is unlimited.
+    pub uplink_mbps: Option<f64>,
+}
+
+impl LinkModel {
+    /// Microseconds a message of `bytes` occupies an uplink (0 when unlimited).
+    pub fn serialization_us(&self, bytes: usize) -> u64 {
+        match self.uplink_mbps {
+            // bits / (Mbit/s) = microseconds.
+            Some(mbps) if mbps > 0.0 => (bytes as f64 * 8.0 / mbps).ceil() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// One message the network accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    /// Simulated time it was sent, ms.
+    pub sent_ms: u64,
+    /// Simulated time it arrives, ms.
+    pub arrives_ms: u64,
+    /// Sender (node index).
+    pub from: u32,
+    /// Receiver (node index).
+    pub to: u32,
+    /// Encoded size on the wire (postcard), bytes.
+    pub bytes: u32,
+}
+
+/// The record of a run's messages, up to a bound.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficLog {
+    transfers: Vec<Transfer>,
+    max: usize,
+    /// Messages not recorded because the record was full.
+    pub unrecorded: u64,
+}
+
+/// Per-node traffic figures of a run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TrafficSummary {
+    /// Mean over nodes of messages sent plus received, per round.
+    pub messages_per_node_per_round: f64,
+    /// Mean over nodes of encoded bytes sent plus received, per round.
+    pub bytes_per_node_per_round: f64,
+    /// Bytes sent plus received by the busiest node in its busiest round.
+    pub max_bytes_per_node_per_round: u64,
+    /// Most distinct peers one node exchanged messages with within a
+    /// sliding window of one round's length, over all nodes and times.
+    pub peak_connections_per_node: usize,
+    /// The node with that peak (index).
+    pub peak_connections_node: usize,
+    /// Median over nodes of each node's own peak.
+    pub median_connections_per_node: usize,
+}
+
+impl TrafficLog {
+    /// An empty record keeping at most `max` transfers.
+    pub fn new(max: usize) -> Self {
+        Self {
+            transfers: Vec::new(),
+            max,
+            unrecorded: 0,
+        }
+    }
+
+    /// Records a transfer (counted as unrecorded when full).
+    pub fn push(&mut self, transfer: Transfer) {
+        if self.transfers.len() < self.max {
+            self.transfers.push(transfer);
+        } else {
+            self.unrecorded += 1;
+        }
+    }
+
+    /// The transfers, in the order they were sent.
+    pub fn transfers(&self) -> &[Transfer] {
+        &self.transfers
+    }
+
+    /// Figures for `nodes` nodes whose rounds committed at `round_ends_ms`
+    /// (ascending; round k spans from the previous commit, or 0, to its
+    /// own). A message counts for its sender when sent and for its receiver
+    /// when it arrives. Totals include traffic after the last commit and
+    /// are divided by the rounds committed; connections use a window of
+    /// `window_ms` (at least 1 ms).
+    pub fn summary(&self, nodes: usize, round_ends_ms: &[u64], window_ms: u64) -> TrafficSummary {
+        let rounds = round_ends_ms.len().max(1) as f64;
+        let window_ms = window_ms.max(1);
+        let mut messages = vec![0u64; nodes];
+        let mut bytes = vec![0u64; nodes];
+        // Bytes per (node, round); rounds past the last commit are not counted.
+        let mut per_round: HashMap<(u32, usize), u64> = HashMap::new();
+        let round_of = |t: u64| round_ends_ms.partition_point(|end| *end < t);
+        // (time, peer) contacts per node.
+        let mut contacts: Vec<Vec<(u64, u32)>> = vec![Vec::new(); nodes];
+        for t in &self.transfers {
+            for (node, peer, at) in [(t.from, t.to, t.sent_ms), (t.to, t.from, t.arrives_ms)] {
+                let Some(slot) = messages.get_mut(node as usize) else {
+                    continue;
+                };
+                *slot += 1;
+                bytes[node as usize] += u64::from(t.bytes);
+                let round = round_of(at);
+                if round < round_ends_ms.len() {
+                    *per_round.entry((node, round)).or_default() += u64::from(t.bytes);
+                }
+                contacts[node as usize].push((at, peer));
+            }
+        }
+        let mut peaks: Vec<usize> = contacts
+            .iter_mut()
+            .map(|c| peak_distinct(c, window_ms))
+            .collect();
+        let (peak_node, peak) = peaks
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by_key(|(i, p)| (*p, std::cmp::Reverse(*i)))
+            .unwrap_or((0, 0));
+        peaks.sort_unstable();
+        let n = nodes.max(1) as f64;
+        TrafficSummary {
+            messages_per_node_per_round: messages.iter().sum::<u64>() as f64 / n / rounds,
+            bytes_per_node_per_round: bytes.iter().sum::<u64>() as f64 / n / rounds,
+            max_bytes_per_node_per_round: per_round.values().copied().max().unwrap_or(0),
+            peak_connections_per_node: peak,
+            peak_connections_node: peak_node,
+            median_connections_per_node: peaks.get(peaks.len() / 2).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Most distinct peers among `contacts` falling in any window
+/// `[t - window_ms + 1, t]`; sorts `contacts` by time.
+fn peak_distinct(contacts: &mut [(u64, u32)], window_ms: u64) -> usize {
+    contacts.sort_unstable();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    let (mut start, mut peak) = (0, 0);
+    for end in 0..contacts.len() {
+        let (t, peer) = contacts[end];
+        *counts.entry(peer).or_default() += 1;
+        while contacts[start].0 + window_ms <= t {
+            let old = contacts[start].1;
+            if let Some(c) = counts.get_mut(&old) {
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(&old);
+                }
+            }
+            start += 1;
+        }
+        peak = peak.max(counts.len());
+    }
+    peak
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(sent_ms: u64, from: u32, to: u32, bytes: u32) -> Transfer {
+        Transfer {
+            sent_ms,
+            arrives_ms: sent_ms + 10,
+            from,
+            to,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn connections_count_distinct_peers_within_the_window() {
+        let mut log = TrafficLog::new(100);
+        // Node 0 talks to 1, 2, 3 early, and to 4 much later.
+        for (t, to) in [(0, 1), (5, 2), (5, 1), (20, 3), (5_000, 4)] {
+            log.push(transfer(t, 0, to, 100));
+        }
+        let s = log.summary(5, &[1_000, 6_000], 1_000);
+        assert_eq!(s.peak_connections_per_node, 3);
+        assert_eq!(s.peak_connections_node, 0);
+        // Everyone else talked to node 0 alone.
+        assert_eq!(s.median_connections_per_node, 1);
+        // 5 messages, each counted by sender and receiver, over 5 nodes and 2 rounds.
+        assert_eq!(s.messages_per_node_per_round, 1.0);
+        assert_eq!(s.bytes_per_node_per_round, 100.0);
+        // Node 0 sent 4 messages (400 bytes) in round 1.
+        assert_eq!(s.max_bytes_per_node_per_round, 400);
+        // With a short window node 0 never holds three peers at once.
+        let s = log.summary(5, &[1_000, 6_000], 10);
+        assert_eq!(s.peak_connections_per_node, 2);
+    }
+
+    #[test]
+    fn a_full_record_counts_what_it_left_out() {
+        let mut log = TrafficLog::new(1);
+        log.push(transfer(0, 0, 1, 1));
+        log.push(transfer(1, 0, 1, 1));
+        assert_eq!(log.transfers().len(), 1);
+        assert_eq!(log.unrecorded, 1);
+    }
+
+    #[test]
+    fn an_uplink_takes_bytes_over_bandwidth() {
+        let links = LinkModel {
+            per_link_latency: true,
+            uplink_mbps: Some(100.0),
+        };
+        // 400 kB at 100 Mbit/s: 32 ms.
+        assert_eq!(links.serialization_us(400_000), 32_000);
+        assert_eq!(LinkModel::default().serialization_us(400_000), 0);
+    }
+}
