@@ -29,8 +29,12 @@
 //!   process (this binary, re-executed with a hidden flag) so the peaks are
 //!   separate; with `--in-process` they run in this process one after
 //!   another and each peak includes the earlier sizes'. 0 where `/proc` is
-//!   missing (not Linux).
+//!   missing (not Linux). `setup_rss_bytes` is the resident set once the
+//!   mesh is built, before the first round.
+//! - With `--json`, bytes per node per round by message kind, and the
+//!   messages the node with the peak connections sent and received by kind.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -43,8 +47,8 @@ use mesh_round::sim::traffic::LinkModel;
 use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
 use serde::{Deserialize, Serialize};
 
-/// Most messages recorded per run (about 24 bytes each).
-const TRANSFERS_MAX: usize = 20_000_000;
+/// Most messages recorded per run (40 bytes each).
+const TRANSFERS_MAX: usize = 10_000_000;
 
 /// Flags of `agent-mesh bench scale`.
 #[derive(Debug, Args)]
@@ -128,6 +132,14 @@ pub struct ScaleRow {
     pub wall_s: f64,
     /// Messages the record could not keep (0 unless the run was huge).
     pub unrecorded_messages: u64,
+    /// Resident set once the mesh is built, before the first round, bytes.
+    pub setup_rss_bytes: u64,
+    /// `bytes_per_node_per_round` by message kind.
+    pub bytes_per_node_per_round_by_kind: BTreeMap<String, f64>,
+    /// Messages the node with the peak connections sent, by kind, over the run.
+    pub peak_node_sent_by_kind: BTreeMap<String, u64>,
+    /// Messages the node with the peak connections received, by kind, over the run.
+    pub peak_node_received_by_kind: BTreeMap<String, u64>,
 }
 
 /// Runs the benchmark and prints the table or JSON.
@@ -253,18 +265,21 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
         uplink_mbps: (args.bandwidth_mbps > 0.0).then_some(args.bandwidth_mbps),
     });
     sim.record_traffic(TRANSFERS_MAX);
+    let setup_rss_bytes = status_bytes("VmRSS:");
     eprintln!(
-        "bench scale: {nodes} nodes ready after {:.1} s",
-        started.elapsed().as_secs_f64()
+        "bench scale: {nodes} nodes ready after {:.1} s, {} MiB resident",
+        started.elapsed().as_secs_f64(),
+        setup_rss_bytes >> 20
     );
     let run_started = Instant::now();
     while let Some(report) = sim.run_until_round()? {
         eprintln!(
-            "bench scale: {nodes} nodes, round {} committed at {:.1} s simulated, {:.1} s wall (accuracy {:.3})",
+            "bench scale: {nodes} nodes, round {} committed at {:.1} s simulated, {:.1} s wall (accuracy {:.3}), {} MiB resident",
             report.round,
             report.committed_at_ms as f64 / 1e3,
             report.wall_ms as f64 / 1e3,
             report.test_accuracy,
+            status_bytes("VmRSS:") >> 20,
         );
     }
     let outcome = sim.outcome(run_started);
@@ -284,7 +299,7 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
         peak_connections_per_node: summary.peak_connections_per_node,
         peak_connections_node: summary.peak_connections_node,
         median_connections_per_node: summary.median_connections_per_node,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: status_bytes("VmHWM:"),
         bytes_per_node_per_round: summary.bytes_per_node_per_round,
         max_bytes_per_node_per_round: summary.max_bytes_per_node_per_round,
         messages_per_node_per_round: summary.messages_per_node_per_round,
@@ -293,16 +308,28 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
             / rounds,
         wall_s: started.elapsed().as_secs_f64(),
         unrecorded_messages: traffic.unrecorded,
+        setup_rss_bytes,
+        bytes_per_node_per_round_by_kind: named(summary.bytes_per_node_per_round_by_kind),
+        peak_node_sent_by_kind: named(summary.peak_node_sent_by_kind),
+        peak_node_received_by_kind: named(summary.peak_node_received_by_kind),
     })
 }
 
-/// The process's peak resident set (`VmHWM`), bytes; 0 where `/proc` is missing.
-fn peak_rss_bytes() -> u64 {
+fn named<V>(by_kind: BTreeMap<&'static str, V>) -> BTreeMap<String, V> {
+    by_kind
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+/// A size from `/proc/self/status` (`VmHWM:` the peak resident set,
+/// `VmRSS:` the current one), bytes; 0 where `/proc` is missing.
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
-                let kib = line.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?;
+                let kib = line.strip_prefix(field)?.trim().strip_suffix("kB")?;
                 kib.trim().parse::<u64>().ok()
             })
         })

@@ -147,6 +147,7 @@ impl Network {
                 from: f,
                 to: t,
                 bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+                kind: message.kind(),
             });
         }
         self.seq += 1;

@@ -12,7 +12,7 @@
 //! receiver, encoded size, send and arrival times); [`TrafficLog::summary`]
 //! turns the record into per-node figures.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// How the simulated links behave beyond the configured latency range.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -48,6 +48,8 @@ pub struct Transfer {
     pub to: u32,
     /// Encoded size on the wire (postcard), bytes.
     pub bytes: u32,
+    /// What it is ([`RoundMessage::kind`](crate::protocol::RoundMessage::kind)).
+    pub kind: &'static str,
 }
 
 /// The record of a run's messages, up to a bound.
@@ -75,6 +77,12 @@ pub struct TrafficSummary {
     pub peak_connections_node: usize,
     /// Median over nodes of each node's own peak.
     pub median_connections_per_node: usize,
+    /// `bytes_per_node_per_round` by message kind.
+    pub bytes_per_node_per_round_by_kind: BTreeMap<&'static str, f64>,
+    /// Messages the node with the peak connections sent, by kind, over the run.
+    pub peak_node_sent_by_kind: BTreeMap<&'static str, u64>,
+    /// Messages the node with the peak connections received, by kind, over the run.
+    pub peak_node_received_by_kind: BTreeMap<&'static str, u64>,
 }
 
 impl TrafficLog {
@@ -117,7 +125,12 @@ impl TrafficLog {
         let round_of = |t: u64| round_ends_ms.partition_point(|end| *end < t);
         // (time, peer) contacts per node.
         let mut contacts: Vec<Vec<(u64, u32)>> = vec![Vec::new(); nodes];
+        let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
         for t in &self.transfers {
+            if (t.from as usize) < nodes && (t.to as usize) < nodes {
+                // Counted by sender and receiver, as the totals are.
+                *by_kind.entry(t.kind).or_default() += 2 * u64::from(t.bytes);
+            }
             for (node, peer, at) in [(t.from, t.to, t.sent_ms), (t.to, t.from, t.arrives_ms)] {
                 let Some(slot) = messages.get_mut(node as usize) else {
                     continue;
@@ -142,6 +155,15 @@ impl TrafficLog {
             .max_by_key(|(i, p)| (*p, std::cmp::Reverse(*i)))
             .unwrap_or((0, 0));
         peaks.sort_unstable();
+        let (mut sent, mut received) = (BTreeMap::new(), BTreeMap::new());
+        for t in &self.transfers {
+            if t.from as usize == peak_node {
+                *sent.entry(t.kind).or_default() += 1;
+            }
+            if t.to as usize == peak_node {
+                *received.entry(t.kind).or_default() += 1;
+            }
+        }
         let n = nodes.max(1) as f64;
         TrafficSummary {
             messages_per_node_per_round: messages.iter().sum::<u64>() as f64 / n / rounds,
@@ -150,6 +172,12 @@ impl TrafficLog {
             peak_connections_per_node: peak,
             peak_connections_node: peak_node,
             median_connections_per_node: peaks.get(peaks.len() / 2).copied().unwrap_or(0),
+            bytes_per_node_per_round_by_kind: by_kind
+                .into_iter()
+                .map(|(k, b)| (k, b as f64 / n / rounds))
+                .collect(),
+            peak_node_sent_by_kind: sent,
+            peak_node_received_by_kind: received,
         }
     }
 }
@@ -189,6 +217,7 @@ mod tests {
             from,
             to,
             bytes,
+            kind: "blob_reply",
         }
     }
 
@@ -209,6 +238,9 @@ mod tests {
         assert_eq!(s.bytes_per_node_per_round, 100.0);
         // Node 0 sent 4 messages (400 bytes) in round 1.
         assert_eq!(s.max_bytes_per_node_per_round, 400);
+        assert_eq!(s.bytes_per_node_per_round_by_kind["blob_reply"], 100.0);
+        assert_eq!(s.peak_node_sent_by_kind["blob_reply"], 5);
+        assert!(s.peak_node_received_by_kind.is_empty());
         // With a short window node 0 never holds three peers at once.
         let s = log.summary(5, &[1_000, 6_000], 10);
         assert_eq!(s.peak_connections_per_node, 2);
