@@ -17,6 +17,7 @@
 //! drive the same engine: they show it the committed state, the clock and the
 //! messages, and carry out its [`Action`]s (send, propose, train, combine).
 
+pub mod balance;
 pub mod blob;
 pub mod coordinator;
 pub mod engine;

@@ -1,6 +1,7 @@
 //! Choosing a round's participants, groups and aggregators: healthy (alive
-//! now), not quarantined, least recently used first, ties broken by a seeded
-//! hash so that every leader makes the same choice from the same state.
+//! now), not quarantined; trainers least recently used first, aggregators by
+//! the load-balancing [`Strategy`] (see [`super::balance`]); ties broken by a
+//! seeded hash so that every leader makes the same choice from the same state.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -8,6 +9,7 @@ use mesh_consensus::command::{GroupPlan, JobId, JobSpec, NodeId, RoundPlan};
 use mesh_consensus::MeshState;
 use mesh_security::rbac::Role;
 
+use super::balance::{self, Balancer, Strategy, STRATEGY_DEFAULT};
 use crate::job::{JobSpecCheck, SECAGG_GROUP_MIN};
 
 /// Fewest participants a round starts with (secure aggregation needs two).
@@ -59,7 +61,8 @@ fn last_used(state: &MeshState) -> BTreeMap<NodeId, u64> {
     out
 }
 
-fn tie_break(seed: u64, job: &JobId, round: u32, node: &NodeId) -> [u8; 32] {
+/// A seeded hash of `node` for `round` of `job`: the order ties break in.
+pub(crate) fn tie_break(seed: u64, job: &JobId, round: u32, node: &NodeId) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&seed.to_le_bytes());
     h.update(job.0.as_bytes());
@@ -106,13 +109,27 @@ pub fn split_groups(participants: &[NodeId], size: usize, min: usize) -> Vec<Vec
 
 /// Selects round `round` of `job`, or `None` when too few nodes are eligible
 /// (for the rule to tolerate the job's `f` with secure aggregation, groups are
-/// sized by [`crate::job::CheckedJob::group_size_for`]).
+/// sized by [`crate::job::CheckedJob::group_size_for`]); aggregators by
+/// [`STRATEGY_DEFAULT`].
 pub fn select(
     state: &MeshState,
     alive: &BTreeMap<NodeId, BTreeSet<Role>>,
     job: &JobId,
     spec: &JobSpec,
     round: u32,
+) -> Option<Selection> {
+    select_with(state, alive, job, spec, round, STRATEGY_DEFAULT)
+}
+
+/// [`select`] with aggregators chosen by `strategy` (for tests and
+/// measurements; a mesh's leaders must all use the same one).
+pub fn select_with(
+    state: &MeshState,
+    alive: &BTreeMap<NodeId, BTreeSet<Role>>,
+    job: &JobId,
+    spec: &JobSpec,
+    round: u32,
+    strategy: Strategy,
 ) -> Option<Selection> {
     let seed = spec.training.seed;
     // A node that declined the job (its data does not match) takes no part
@@ -137,17 +154,31 @@ pub fn select(
     let sorted: Vec<NodeId> = participants.iter().cloned().collect();
     let min = if spec.secagg { SECAGG_GROUP_MIN } else { 1 };
     let groups = split_groups(&sorted, size, min);
-    let aggregators = lru_order(state, willing(Role::Aggregator), job, round, seed ^ 1);
-    if aggregators.is_empty() {
+    let candidates = willing(Role::Aggregator);
+    if candidates.is_empty() {
         return None;
     }
-    let aggregators = zones_first(state, aggregators, FINAL_AGGREGATORS);
-    let finals: Vec<NodeId> = aggregators
-        .iter()
-        .take(FINAL_AGGREGATORS)
-        .cloned()
-        .collect();
-    let groups = assign_group_aggregators(groups, &aggregators, finals.len());
+    let (groups, finals) = match strategy {
+        Strategy::RoundRobin => {
+            let aggregators = lru_order(state, candidates, job, round, seed ^ 1);
+            let aggregators = zones_first(state, aggregators, FINAL_AGGREGATORS);
+            let finals: Vec<NodeId> = aggregators
+                .iter()
+                .take(FINAL_AGGREGATORS)
+                .cloned()
+                .collect();
+            (
+                assign_group_aggregators(groups, &aggregators, finals.len()),
+                finals,
+            )
+        }
+        Strategy::LeastLoaded | Strategy::PowerOfTwo => {
+            let mut balancer = Balancer::new(state, strategy, seed ^ 1, job, round);
+            let work = groups.len() as u64;
+            let finals = balancer.finals(state, &candidates, FINAL_AGGREGATORS, work);
+            (balancer.groups(groups, &candidates, &finals)?, finals)
+        }
+    };
     Some(Selection {
         participants,
         plan: RoundPlan {
@@ -216,15 +247,16 @@ fn assign_group_aggregators(
         .collect()
 }
 
-/// An alive aggregator to replace a failed one, not in `exclude`.
+/// An alive aggregator to replace a failed one, not in `exclude`: the least
+/// loaded by the committed state ([`balance::committed_load`]), ties to the
+/// lowest node id, so every leader proposes the same one.
 pub fn replacement(
     state: &MeshState,
     alive: &BTreeMap<NodeId, BTreeSet<Role>>,
     exclude: &BTreeSet<&NodeId>,
 ) -> Option<NodeId> {
-    eligible(state, alive, Role::Aggregator)
-        .into_iter()
-        .find(|n| !exclude.contains(n))
+    let eligible = eligible(state, alive, Role::Aggregator);
+    balance::least_loaded(state, eligible.iter().filter(|n| !exclude.contains(n))).cloned()
 }
 
 #[cfg(test)]
