@@ -12,7 +12,6 @@ use std::str::FromStr;
 use clap::Args;
 use comfy_table::Table;
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::DataSource;
 use mesh_round::cache::trace::{self, Access, ReplayOutcome, ScanWorkload};
 use mesh_round::cache::CachePolicy;
 use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
@@ -110,18 +109,9 @@ pub struct CacheArgs {
     /// lookups apart, blobs of 1 MiB on average).
     #[arg(long, default_value_t = 32)]
     pub scan_blobs: usize,
-    /// MNIST data: builtin:mnist-10k (built into the binary) or a folder with the IDX files.
-    #[arg(long, default_value = "builtin:mnist-10k")]
-    pub data: DataSource,
-    /// Worker threads for the simulated nodes' training.
-    #[arg(long, default_value_t = super::sim::all_cores())]
-    pub threads: usize,
-    /// Seed of the simulation and of the synthetic trace.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
+    /// Data, threads, seed and output format.
+    #[command(flatten)]
+    pub run: super::bench_round::SimRunArgs,
 }
 
 /// One replayed trace set: where it came from and how each policy did.
@@ -138,7 +128,7 @@ struct TraceResult {
 pub fn run(args: CacheArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes >= 2, "--nodes must be at least 2");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
+    args.run.check()?;
     anyhow::ensure!(
         !args.capacities.is_empty() && !args.scan_capacities.is_empty(),
         "--capacities and --scan-capacities need a value each"
@@ -154,7 +144,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
     let synthetic = ScanWorkload {
         hot_blobs: args.hot_blobs,
         scan_blobs: args.scan_blobs,
-        seed: args.seed,
+        seed: args.run.seed,
         ..ScanWorkload::default()
     };
     let results = [
@@ -166,7 +156,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
             &args.scan_capacities,
         ),
     ];
-    if args.json {
+    if args.run.json {
         print_json(&args, rounds, &synthetic, &results)
     } else {
         print_tables(&args, rounds, &results);
@@ -177,20 +167,20 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
 /// Runs the job in the simulator with every node recording its cache;
 /// returns the traces asked for, the accesses dropped and the rounds committed.
 fn simulate(args: &CacheArgs) -> anyhow::Result<(Vec<Vec<Access>>, u64, usize)> {
-    let mnist = super::sim::load_data(&args.data, &Default::default())?;
+    let mnist = super::sim::load_data(&args.run.data, &Default::default())?;
     let (train, test) = (
         super::bench_round::crop(&mnist.train),
         super::bench_round::crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),
     );
     let config = MeshSimConfig {
         nodes: args.nodes,
-        spec: super::bench_round::spec(args.nodes, args.rounds, true, args.seed),
+        spec: super::bench_round::spec(args.nodes, args.rounds, true, args.run.seed),
         partition: Partition::Iid,
         byzantine: Vec::new(),
         quarantined: Vec::new(),
         faults: Faults::default(),
-        threads: args.threads,
-        seed: args.seed,
+        threads: args.run.threads,
+        seed: args.run.seed,
         time_limit_ms: 3_600_000,
         initial_weights: None,
     };
@@ -279,7 +269,7 @@ fn print_tables(args: &CacheArgs, rounds: usize, results: &[TraceResult]) {
             format!(
                 "{} nodes, {rounds} rounds committed, seed {}, {}",
                 args.nodes,
-                args.seed,
+                args.run.seed,
                 args.node
                     .map_or("every node's trace".to_owned(), |n| format!(
                         "node {n}'s trace"
@@ -288,7 +278,7 @@ fn print_tables(args: &CacheArgs, rounds: usize, results: &[TraceResult]) {
         } else {
             format!(
                 "{} hot blobs, scans of {}, seed {}",
-                args.hot_blobs, args.scan_blobs, args.seed
+                args.hot_blobs, args.scan_blobs, args.run.seed
             )
         };
         println!(
@@ -338,7 +328,7 @@ fn print_json(
         "nodes": args.nodes,
         "rounds": rounds,
         "node": args.node,
-        "seed": args.seed,
+        "seed": args.run.seed,
         "synthetic": synthetic,
         "results": json,
     });

@@ -19,6 +19,33 @@ use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
 /// Pixels kept per image: a 12 x 24 band through the middle (288 features).
 const FEATURES: std::ops::Range<usize> = 280..568;
 
+/// The flags every benchmark over the mesh simulator takes.
+#[derive(Debug, Args)]
+pub struct SimRunArgs {
+    /// MNIST data: builtin:mnist-10k (built into the binary) or a folder with the IDX files.
+    #[arg(long, default_value = "builtin:mnist-10k")]
+    pub data: DataSource,
+    /// Worker threads: nodes' training and, when several nodes have messages
+    /// in the same step, their protocol work run in parallel (a real mesh
+    /// runs every node at once). 1 adds up every node's work one after another.
+    #[arg(long, default_value_t = super::sim::all_cores())]
+    pub threads: usize,
+    /// Seed of the run (the simulation and any synthetic input).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SimRunArgs {
+    /// Refuses flags no run can use.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.threads >= 1, "--threads must be at least 1");
+        Ok(())
+    }
+}
+
 /// Flags of `agent-mesh bench round`.
 #[derive(Debug, Args)]
 pub struct RoundArgs {
@@ -31,20 +58,9 @@ pub struct RoundArgs {
     /// Send plain signed updates instead of securely aggregating them.
     #[arg(long)]
     pub plain: bool,
-    /// MNIST data: builtin:mnist-10k (built into the binary) or a folder with the IDX files.
-    #[arg(long, default_value = "builtin:mnist-10k")]
-    pub data: DataSource,
-    /// Worker threads: nodes' training and, when several nodes have messages
-    /// in the same step, their protocol work run in parallel (a real mesh
-    /// runs every node at once). 1 adds up every node's work one after another.
-    #[arg(long, default_value_t = super::sim::all_cores())]
-    pub threads: usize,
-    /// Seed of the run.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    /// Data, threads, seed and output format.
+    #[command(flatten)]
+    pub run: super::bench_round::SimRunArgs,
 }
 
 /// The MNIST band the benchmark's model reads (also `bench cache`'s).
@@ -93,9 +109,9 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
         args.nodes.iter().all(|n| *n >= 2),
         "--nodes values must be at least 2"
     );
-    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
+    args.run.check()?;
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    let mnist = super::sim::load_data(&args.data, &Default::default())?;
+    let mnist = super::sim::load_data(&args.run.data, &Default::default())?;
     let (train, test) = (
         crop(&mnist.train),
         crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),
@@ -117,13 +133,13 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
     for &nodes in &args.nodes {
         let config = MeshSimConfig {
             nodes,
-            spec: spec(nodes, args.rounds, !args.plain, args.seed),
+            spec: spec(nodes, args.rounds, !args.plain, args.run.seed),
             partition: Partition::Iid,
             byzantine: Vec::new(),
             quarantined: Vec::new(),
             faults: Faults::default(),
-            threads: args.threads,
-            seed: args.seed,
+            threads: args.run.threads,
+            seed: args.run.seed,
             time_limit_ms: 3_600_000,
             initial_weights: None,
         };
@@ -160,12 +176,12 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
         ]);
         rows.push(row);
     }
-    if args.json {
+    if args.run.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
             "round protocol overhead, MLP of 100,010 parameters, one process, {} worker thread(s)\n{table}",
-            args.threads
+            args.run.threads
         );
     }
     Ok(())

@@ -42,7 +42,6 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::Table;
 use mesh_federated::data::partition::Partition;
-use mesh_federated::data::DataSource;
 use mesh_round::sim::traffic::LinkModel;
 use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
 use serde::{Deserialize, Serialize};
@@ -72,27 +71,18 @@ pub struct ScaleArgs {
     /// Uplink bandwidth of every node, Mbit/s (0: unlimited).
     #[arg(long, default_value_t = 1000.0)]
     pub bandwidth_mbps: f64,
-    /// MNIST data: builtin:mnist-10k (built into the binary) or a folder with the IDX files.
-    #[arg(long, default_value = "builtin:mnist-10k")]
-    pub data: DataSource,
-    /// Worker threads for the nodes' training and protocol work.
-    #[arg(long, default_value_t = super::sim::all_cores())]
-    pub threads: usize,
-    /// Seed of the run.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Simulated time after which a mesh size gives up, in seconds.
     #[arg(long, default_value_t = 3_600)]
     pub time_limit_s: u64,
     /// Run every size in this process (peak RSS then accumulates).
     #[arg(long)]
     pub in_process: bool,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
     /// Internal: run the single size given and print its row as JSON.
     #[arg(long, hide = true)]
     pub child_row: bool,
+    /// Data, threads, seed and output format.
+    #[command(flatten)]
+    pub run: super::bench_round::SimRunArgs,
 }
 
 /// The figures of one mesh size.
@@ -148,7 +138,7 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         args.nodes.iter().all(|n| *n >= 2),
         "--nodes values must be at least 2"
     );
-    anyhow::ensure!(args.threads >= 1, "--threads must be at least 1");
+    args.run.check()?;
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(args.group_size >= 1, "--group-size must be at least 1");
     anyhow::ensure!(
@@ -172,7 +162,7 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
         };
         rows.push(row);
     }
-    if args.json {
+    if args.run.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print_table(&args, &rows);
@@ -199,11 +189,11 @@ fn measure_in_child(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> 
         "--bandwidth-mbps",
         &args.bandwidth_mbps.to_string(),
         "--data",
-        &args.data.to_string(),
+        &args.run.data.to_string(),
         "--threads",
-        &args.threads.to_string(),
+        &args.run.threads.to_string(),
         "--seed",
-        &args.seed.to_string(),
+        &args.run.seed.to_string(),
         "--time-limit-s",
         &args.time_limit_s.to_string(),
     ]);
@@ -232,14 +222,14 @@ fn measure_in_child(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> 
 /// Runs one mesh size in this process.
 fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
     let started = Instant::now();
-    let mnist = super::sim::load_data(&args.data, &Default::default())?;
+    let mnist = super::sim::load_data(&args.run.data, &Default::default())?;
     let (train, test) = (
         super::bench_round::crop(&mnist.train),
         super::bench_round::crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),
     );
     drop(mnist);
     let participants = args.participants.unwrap_or(nodes as u32);
-    let mut spec = super::bench_round::spec(nodes, args.rounds, true, args.seed);
+    let mut spec = super::bench_round::spec(nodes, args.rounds, true, args.run.seed);
     spec.participants_per_round = participants;
     spec.training.group_size = args.group_size;
     let config = MeshSimConfig {
@@ -253,8 +243,8 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
             latency_max_ms: args.latency_ms.1,
             ..Faults::default()
         },
-        threads: args.threads,
-        seed: args.seed,
+        threads: args.run.threads,
+        seed: args.run.seed,
         time_limit_ms: args.time_limit_s.saturating_mul(1_000),
         initial_weights: None,
     };
@@ -384,6 +374,6 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
         } else {
             "unlimited".into()
         },
-        args.threads,
+        args.run.threads,
     );
 }
