@@ -26,11 +26,11 @@ fn submit_fails(extra: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Issue 27, finding 4: a deadline that overflows the leader's clock was
+/// Regression: a deadline that overflows the leader's clock was
 /// sent and committed. The CLI now refuses it with the field and its range,
 /// before any request (a request would fail to connect instead).
 #[test]
-fn issue_27_job_submit_refuses_a_spec_out_of_bounds_before_any_request() {
+fn job_submit_refuses_a_spec_out_of_bounds_before_any_request() {
     let err = submit_fails(&["--deadline-s", "18446744073709551"]);
     assert!(
         err.contains("training.round_deadline_ms must be in 1000..=86400000"),

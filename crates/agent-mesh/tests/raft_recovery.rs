@@ -1,5 +1,5 @@
 //! Real `agent-mesh node` processes whose Raft state is damaged or removed
-//! behind their back (issue 27): a node never takes part in the committee
+//! behind their back: a node never takes part in the committee
 //! with less than it acknowledged. It stops with the command that recovers
 //! it, or rejoins as a learner, and the mesh ends with every node caught up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -177,7 +177,7 @@ fn damage_first_wal_record(raft: &Path) {
     std::fs::write(&wal, &bytes).unwrap();
 }
 
-/// Issue 27: a follower killed with kill -9 whose write-ahead file had one
+/// Regression: a follower killed with kill -9 whose write-ahead file had one
 /// byte flipped near its start came back without 23 acknowledged records and
 /// its latest vote, stayed behind forever, and its leader spun on it.
 #[test]
@@ -237,7 +237,7 @@ fn a_voter_with_a_damaged_wal_stops_with_the_recovery_command_then_rejoins() {
     eprintln!("leader raft calls per {RATE_WINDOW:?}: {broken_calls} with a stopped voter, {idle_calls} idle");
 }
 
-/// Issue 27: a voter whose `data/raft` was removed came back empty under the
+/// Regression: a voter whose `data/raft` was removed came back empty under the
 /// same identity, still a voter in the committee's eyes.
 #[test]
 fn a_voter_whose_raft_folder_was_removed_rejoins_and_catches_up() {

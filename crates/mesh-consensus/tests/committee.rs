@@ -550,12 +550,12 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Issue 27: `/readyz` could not tell a follower cut off from the leader,
+/// Regression: `/readyz` could not tell a follower cut off from the leader,
 /// and the apply lag was measured against the node's own commit index. The
 /// status now gives the leader's commit index, the lag behind it, and how
 /// long ago the leader was heard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_27_status_tells_the_lag_behind_the_leader_and_when_it_was_heard() {
+async fn status_tells_the_lag_behind_the_leader_and_when_it_was_heard() {
     let dir = tempfile::tempdir().unwrap();
     let c = LocalCommittee::start(dir.path(), 3, 0, default_tweak)
         .await

@@ -95,7 +95,7 @@ async fn wait_rejoined(c: &LocalCommittee, member: MemberId, index: u64) {
     }
 }
 
-/// Issue 27: a voter whose raft folder was removed came back empty under
+/// Regression: a voter whose raft folder was removed came back empty under
 /// the same identity, and could vote and acknowledge appends it never held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_voter_refuses_to_vote_then_rejoins_as_a_learner_and_catches_up() {
@@ -128,7 +128,7 @@ async fn a_wiped_voter_refuses_to_vote_then_rejoins_as_a_learner_and_catches_up(
     c.shutdown().await;
 }
 
-/// Issue 27: a voter that lost its log without knowing it (here its seal
+/// Regression: a voter that lost its log without knowing it (here its seal
 /// went with its raft folder) stayed behind forever while its leader sent it
 /// the same append in a busy loop; only a leader change healed it. The
 /// leader now sees the member's log go back behind what it had matched,
@@ -159,7 +159,7 @@ fn crash_copy(raft_dir: &Path, to: &Path) {
     .unwrap();
 }
 
-/// Issue 27: a learner's write-ahead file with one byte flipped near its
+/// Regression: a learner's write-ahead file with one byte flipped near its
 /// start came back without 23 acknowledged records and its latest vote, and
 /// stayed behind forever. Now the node refuses to start, naming the file;
 /// once the folder is moved aside it rejoins and catches up.

@@ -212,7 +212,7 @@ async fn used_store(dir: &std::path::Path, n: u64, crashed: bool) -> std::path::
     copy
 }
 
-/// Issue 27: a byte flipped near the start of the write-ahead file made the
+/// Regression: a byte flipped near the start of the write-ahead file made the
 /// store drop every record after it, acknowledged ones included, and open
 /// as if nothing was wrong. It must refuse to open, naming the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +242,7 @@ async fn a_damaged_wal_record_before_intact_ones_stops_the_open_naming_the_file(
     assert!(message.contains("--reset-raft-state") && message.contains(&*wal.to_string_lossy()));
 }
 
-/// Issue 27: 16 bytes flipped at each 4 KiB page header of `raft.redb` made
+/// Regression: 16 bytes flipped at each 4 KiB page header of `raft.redb` made
 /// the node exit with a panic inside redb ("entered unreachable code"). It
 /// must be a typed error that names the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

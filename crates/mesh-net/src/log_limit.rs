@@ -158,10 +158,10 @@ mod tests {
         assert_eq!(limiter.admit("job", "a", 10_001), None);
     }
 
-    /// Issue 27, finding 3: one failing job logged 192,016 identical lines in
+    /// Regression: one failing job logged 192,016 identical lines in
     /// 10 s; through the limiter the same burst is one line.
     #[test]
-    fn issue_27_a_burst_of_identical_warnings_is_one_line() {
+    fn a_burst_of_identical_warnings_is_one_line() {
         let mut limiter = LogLimiter::default();
         let written = (0..192_016u64)
             .filter(|i| limiter.admit("initial-model", "job-1", i / 20).is_some())

@@ -353,7 +353,7 @@ async fn garbage_and_oversized_frames_on_the_tcp_port_do_not_stall_the_node() {
         .await
         .unwrap();
     assert_eq!(answer, b"hello");
-    // Issue 27, finding 7: random bytes on the P2P port left no log line
+    // Regression: random bytes on the P2P port left no log line
     // and no metric; the failed handshakes are now counted.
     let target = &nodes[0];
     eventually("garbage counted as failed incoming handshakes", || async {
@@ -497,13 +497,13 @@ async fn a_peer_that_never_presents_a_certificate_is_refused_at_the_deadline() {
     driver.abort();
 }
 
-/// Issue 27, finding 6: a certificate exchange slower than the admission
+/// Regression: a certificate exchange slower than the admission
 /// deadline (five nodes starting at once on two cores) got a legitimate peer
 /// refused and banned for a minute. Here every exchange misses a 1 ms
 /// deadline: the late certificates are still verified and every node is
 /// admitted, none refused or banned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_27_exchanges_slower_than_the_deadline_still_admit_and_never_ban() {
+async fn exchanges_slower_than_the_deadline_still_admit_and_never_ban() {
     let ca = TestCa::new(14);
     let slow = |mut c: mesh_net::NetConfig| {
         c.timing.admission_deadline = std::time::Duration::from_millis(1);

@@ -312,12 +312,12 @@ fn secure_aggregation_too_small_for_the_rule_is_refused() {
     assert!(err.to_string().contains("secure aggregation"), "{err}");
 }
 
-/// Issue 27, finding 4: a round deadline of `u64::MAX` overflowed
+/// Regression: a round deadline of `u64::MAX` overflowed
 /// `deadline + grace` on the leader (a panic in a debug build; in release it
 /// wrapped and rounds aborted about 9 times a second). The API refuses such
 /// a spec now, and one committed before still runs: its deadline saturates.
 #[test]
-fn issue_27_a_round_deadline_of_u64_max_saturates_instead_of_aborting_rounds() {
+fn a_round_deadline_of_u64_max_saturates_instead_of_aborting_rounds() {
     let (train, test) = data(300, 60);
     let mut s = spec(2, 4, false);
     s.training.round_deadline_ms = u64::MAX;

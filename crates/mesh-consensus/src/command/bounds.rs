@@ -205,10 +205,10 @@ mod tests {
         assert_eq!(edge.check_bounds(), Ok(()));
     }
 
-    /// Issue 27, finding 4: `round_deadline_ms = 2^64 - 1` was accepted and
+    /// Regression: `round_deadline_ms = 2^64 - 1` was accepted and
     /// `now + deadline` wrapped on the leader, aborting rounds ~9 times a second.
     #[test]
-    fn issue_27_a_round_deadline_of_u64_max_is_refused_with_its_range() {
+    fn a_round_deadline_of_u64_max_is_refused_with_its_range() {
         let mut s = spec();
         s.training.round_deadline_ms = u64::MAX;
         let err = s.check_bounds().expect_err("refused");

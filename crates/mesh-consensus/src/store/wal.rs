@@ -426,7 +426,7 @@ mod tests {
         }
     }
 
-    /// Issue 27: one byte flipped near the start of a follower's write-ahead
+    /// Regression: one byte flipped near the start of a follower's write-ahead
     /// file made replay drop all 23 records (acknowledged entries and the
     /// vote among them) as if they were the torn end of a crashed write.
     #[test]

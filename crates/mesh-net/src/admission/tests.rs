@@ -224,12 +224,12 @@ fn poll_until_refused(adm: &mut Admission, peer: NodeId) -> (Vec<Retry>, Rejecti
     panic!("{peer} was never refused");
 }
 
-/// Issue 27, finding 6: a certificate exchange that missed its deadline
+/// Regression: a certificate exchange that missed its deadline
 /// while five nodes started on two cores got a legitimate peer banned for a
 /// minute. It is now tried again with a doubled deadline, and a timeout on
 /// the last attempt disconnects without a ban.
 #[test]
-fn issue_27_a_slow_exchange_is_retried_with_backoff_before_a_timeout_that_does_not_ban() {
+fn a_slow_exchange_is_retried_with_backoff_before_a_timeout_that_does_not_ban() {
     let ca = ca();
     let mut adm = admission(&ca, 8);
     let peer = node(1).node_id();

@@ -358,11 +358,11 @@ fn job_body(job: &str, round_deadline_ms: u64) -> String {
     serde_json::json!({ "job": job, "spec": spec }).to_string()
 }
 
-/// Issue 27, findings 4 and 7: a spec with `round_deadline_ms = 2^64 - 1`
+/// Regression: a spec with `round_deadline_ms = 2^64 - 1`
 /// was committed, and cancelling an unknown job wrote a Raft entry before
 /// answering 409. Both are now refused before anything is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
+async fn bad_specs_and_unknown_cancels_never_reach_the_log() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = single_voter(dir.path()).await;
     let f = fixture_with(limits(), Some(Proposer::new(node.clone(), 8)));
@@ -403,7 +403,7 @@ async fn issue_27_bad_specs_and_unknown_cancels_never_reach_the_log() {
 
 /// The committee view names every member id as a string and by peer id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_27_consensus_view_gives_member_ids_as_strings_and_peer_ids() {
+async fn consensus_view_gives_member_ids_as_strings_and_peer_ids() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = single_voter(dir.path()).await;
     let status = settled(&node).await;
@@ -505,11 +505,11 @@ mod sockets {
         }
     }
 
-    /// Issue 27, finding 5: 500 connections that sent half a request header,
+    /// Regression: 500 connections that sent half a request header,
     /// or nothing, were closed only after about 298 s. They are now closed by
     /// the header read timeout, and the node answers `/readyz` throughout.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn issue_27_500_half_sent_requests_are_closed_while_the_node_stays_ready() {
+    async fn five_hundred_half_sent_requests_are_closed_while_the_node_stays_ready() {
         let f = ready_fixture(limits());
         let (addr, _) = start(f.router.clone(), server_limits(1_000, 600)).await;
         let mut hanging = Vec::new();

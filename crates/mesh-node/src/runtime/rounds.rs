@@ -612,10 +612,10 @@ impl RoundDriver {
 mod tests {
     use super::*;
 
-    /// Issue 27, finding 3: a job whose initial model cannot be built was
+    /// Regression: a job whose initial model cannot be built was
     /// rebuilt (and its failure logged) as fast as the loop could go.
     #[test]
-    fn issue_27_a_failed_initial_model_is_reported_only_after_a_pause() {
+    fn a_failed_initial_model_is_reported_only_after_a_pause() {
         let failed = Done::Initial(JobId("j".into()), Err("unknown model".into()));
         assert_eq!(report_pause_ms(&failed), INITIAL_RETRY_MS);
         let built = Done::Initial(JobId("j".into()), Ok(vec![0.0]));

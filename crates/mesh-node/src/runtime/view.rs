@@ -160,11 +160,11 @@ mod tests {
         assert_eq!(consensus_unready(&learner, &HealthConfig::default()), None);
     }
 
-    /// Issue 27: `/readyz` said ready while the node was behind the
+    /// Regression: `/readyz` said ready while the node was behind the
     /// committee, outside the membership it believed, or cut off from the
     /// leader.
     #[test]
-    fn issue_27_readiness_is_false_behind_outside_or_cut_off() {
+    fn readiness_is_false_behind_outside_or_cut_off() {
         let mut behind = healthy();
         behind.apply_lag = HealthConfig::default().apply_lag_entries_max + 1;
         assert!(reason(&behind).contains("behind the leader's commit index"));
