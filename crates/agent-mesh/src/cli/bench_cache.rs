@@ -11,10 +11,9 @@ use std::str::FromStr;
 
 use clap::Args;
 use comfy_table::Table;
-use mesh_federated::data::partition::Partition;
 use mesh_round::cache::trace::{self, Access, ReplayOutcome, ScanWorkload};
 use mesh_round::cache::CachePolicy;
-use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
+use mesh_round::sim::MeshSim;
 
 /// Most accesses recorded per node engine; more are counted as dropped.
 const ACCESSES_PER_NODE_MAX: usize = 200_000;
@@ -167,23 +166,9 @@ pub fn run(args: CacheArgs) -> anyhow::Result<()> {
 /// Runs the job in the simulator with every node recording its cache;
 /// returns the traces asked for, the accesses dropped and the rounds committed.
 fn simulate(args: &CacheArgs) -> anyhow::Result<(Vec<Vec<Access>>, u64, usize)> {
-    let mnist = super::sim::load_data(&args.run.data, &Default::default())?;
-    let (train, test) = (
-        super::bench_round::crop(&mnist.train),
-        super::bench_round::crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),
-    );
-    let config = MeshSimConfig {
-        nodes: args.nodes,
-        spec: super::bench_round::spec(args.nodes, args.rounds, true, args.run.seed),
-        partition: Partition::Iid,
-        byzantine: Vec::new(),
-        quarantined: Vec::new(),
-        faults: Faults::default(),
-        threads: args.run.threads,
-        seed: args.run.seed,
-        time_limit_ms: 3_600_000,
-        initial_weights: None,
-    };
+    let (train, test) = args.run.load_band()?;
+    let spec = super::bench_round::spec(args.nodes, args.rounds, true, args.run.seed);
+    let config = args.run.mesh_config(args.nodes, spec);
     let mut sim = MeshSim::new(config, &train, test)?;
     sim.record_cache_accesses(ACCESSES_PER_NODE_MAX);
     while !sim.finished() {

@@ -44,6 +44,31 @@ impl SimRunArgs {
         anyhow::ensure!(self.threads >= 1, "--threads must be at least 1");
         Ok(())
     }
+
+    /// The MNIST training set and the first 1,000 test images, cut to the
+    /// band the benchmarks' model reads.
+    pub fn load_band(&self) -> anyhow::Result<(Dataset, Dataset)> {
+        let mnist = super::sim::load_data(&self.data, &Default::default())?;
+        let test = mnist.test.subset(&(0..1000).collect::<Vec<_>>());
+        Ok((crop(&mnist.train), crop(&test)))
+    }
+
+    /// A simulation of `nodes` running `spec` with these flags: IID shards,
+    /// every node honest, no faults, at most one simulated hour.
+    pub fn mesh_config(&self, nodes: usize, spec: JobSpec) -> MeshSimConfig {
+        MeshSimConfig {
+            nodes,
+            spec,
+            partition: Partition::Iid,
+            byzantine: Vec::new(),
+            quarantined: Vec::new(),
+            faults: Faults::default(),
+            threads: self.threads,
+            seed: self.seed,
+            time_limit_ms: 3_600_000,
+            initial_weights: None,
+        }
+    }
 }
 
 /// Flags of `agent-mesh bench round`.
@@ -111,11 +136,7 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
     );
     args.run.check()?;
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
-    let mnist = super::sim::load_data(&args.run.data, &Default::default())?;
-    let (train, test) = (
-        crop(&mnist.train),
-        crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),
-    );
+    let (train, test) = args.run.load_band()?;
     let mut table = Table::new();
     table.set_header([
         "nodes",
@@ -131,18 +152,9 @@ pub fn run(args: RoundArgs) -> anyhow::Result<()> {
     ]);
     let mut rows = Vec::new();
     for &nodes in &args.nodes {
-        let config = MeshSimConfig {
-            nodes,
-            spec: spec(nodes, args.rounds, !args.plain, args.run.seed),
-            partition: Partition::Iid,
-            byzantine: Vec::new(),
-            quarantined: Vec::new(),
-            faults: Faults::default(),
-            threads: args.run.threads,
-            seed: args.run.seed,
-            time_limit_ms: 3_600_000,
-            initial_weights: None,
-        };
+        let config = args
+            .run
+            .mesh_config(nodes, spec(nodes, args.rounds, !args.plain, args.run.seed));
         let outcome = MeshSim::new(config, &train, test.clone())?.run()?;
         let rounds = outcome.rounds.len().max(1) as f64;
         let wall = outcome.total_wall_ms as f64 / rounds;

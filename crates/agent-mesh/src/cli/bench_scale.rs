@@ -41,7 +41,6 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use comfy_table::Table;
-use mesh_federated::data::partition::Partition;
 use mesh_round::sim::traffic::LinkModel;
 use mesh_round::sim::{Faults, MeshSim, MeshSimConfig};
 use serde::{Deserialize, Serialize};
@@ -222,31 +221,19 @@ fn measure_in_child(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> 
 /// Runs one mesh size in this process.
 fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
     let started = Instant::now();
-    let mnist = super::sim::load_data(&args.run.data, &Default::default())?;
-    let (train, test) = (
-        super::bench_round::crop(&mnist.train),
-        super::bench_round::crop(&mnist.test.subset(&(0..1000).collect::<Vec<_>>())),
-    );
-    drop(mnist);
+    let (train, test) = args.run.load_band()?;
     let participants = args.participants.unwrap_or(nodes as u32);
     let mut spec = super::bench_round::spec(nodes, args.rounds, true, args.run.seed);
     spec.participants_per_round = participants;
     spec.training.group_size = args.group_size;
     let config = MeshSimConfig {
-        nodes,
-        spec,
-        partition: Partition::Iid,
-        byzantine: Vec::new(),
-        quarantined: Vec::new(),
         faults: Faults {
             latency_min_ms: args.latency_ms.0,
             latency_max_ms: args.latency_ms.1,
             ..Faults::default()
         },
-        threads: args.run.threads,
-        seed: args.run.seed,
         time_limit_ms: args.time_limit_s.saturating_mul(1_000),
-        initial_weights: None,
+        ..args.run.mesh_config(nodes, spec)
     };
     let mut sim = MeshSim::new(config, &train, test)?;
     drop(train);
