@@ -272,7 +272,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::protocol::plan::{replacement, select_with, Selection};
-    use mesh_consensus::command::{Command, JobSpec, RoundMetrics, TrainingSpec};
+    use mesh_consensus::command::{Command, JobSpec, RoundMetrics};
     use mesh_security::rbac::Role;
 
     fn node(i: usize) -> NodeId {
@@ -280,22 +280,7 @@ mod tests {
     }
 
     fn spec(participants: u32) -> JobSpec {
-        JobSpec {
-            model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
-            rounds: 10_000,
-            participants_per_round: participants,
-            rule_name: "fedavg".into(),
-            pre_aggregation: "none".into(),
-            server_optimizer: "sgd".into(),
-            byzantine_count: 0,
-            secagg: true,
-            dp_budget: None,
-            training: TrainingSpec {
-                group_size: 4,
-                ..TrainingSpec::default()
-            },
-            initial_model: None,
-        }
+        crate::protocol::plan::tests::job_spec(participants, 10_000)
     }
 
     /// A mesh of `nodes` trainers and aggregators (in `zones` zones, none

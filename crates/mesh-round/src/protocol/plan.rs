@@ -260,7 +260,7 @@ pub fn replacement(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use mesh_consensus::command::{Command, JobSpec, TrainingSpec};
@@ -286,9 +286,14 @@ mod tests {
     }
 
     fn spec(participants: u32) -> JobSpec {
+        job_spec(participants, 3)
+    }
+
+    /// A secure FedAvg job of `rounds` rounds, groups of 4 (the planner's tests' job).
+    pub(in crate::protocol) fn job_spec(participants: u32, rounds: u32) -> JobSpec {
         JobSpec {
             model: mesh_spec::ModelSpec::Preset(mesh_spec::Preset::Mlp),
-            rounds: 3,
+            rounds,
             participants_per_round: participants,
             rule_name: "fedavg".into(),
             pre_aggregation: "none".into(),
