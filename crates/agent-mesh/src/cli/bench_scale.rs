@@ -129,6 +129,14 @@ pub struct ScaleRow {
     pub peak_node_sent_by_kind: BTreeMap<String, u64>,
     /// Messages the node with the peak connections received, by kind, over the run.
     pub peak_node_received_by_kind: BTreeMap<String, u64>,
+    /// Most blob copies one node uploaded in one round (the source of a
+    /// start model included).
+    pub max_blob_uploads_per_node_per_round: u64,
+    /// Mean time from a round's start until every node that fetched its
+    /// start model held it (rounds after the first), simulated ms.
+    pub model_spread_ms: f64,
+    /// The longest such time of any round, simulated ms.
+    pub max_model_spread_ms: u64,
 }
 
 /// Runs the benchmark and prints the table or JSON.
@@ -289,6 +297,9 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
         bytes_per_node_per_round_by_kind: named(summary.bytes_per_node_per_round_by_kind),
         peak_node_sent_by_kind: named(summary.peak_node_sent_by_kind),
         peak_node_received_by_kind: named(summary.peak_node_received_by_kind),
+        max_blob_uploads_per_node_per_round: summary.max_blob_uploads_per_node_per_round,
+        model_spread_ms: summary.model_spread_ms,
+        max_model_spread_ms: summary.max_model_spread_ms,
     })
 }
 
@@ -326,6 +337,8 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
         "KiB/node/round",
         "max KiB/node/round",
         "msgs/node/round",
+        "max uploads/node/round",
+        "model spread ms",
         "wall s",
     ]);
     for r in rows {
@@ -343,6 +356,8 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
             format!("{:.0}", r.bytes_per_node_per_round / 1024.0),
             format!("{:.0}", r.max_bytes_per_node_per_round as f64 / 1024.0),
             format!("{:.1}", r.messages_per_node_per_round),
+            r.max_blob_uploads_per_node_per_round.to_string(),
+            format!("{:.0} (max {})", r.model_spread_ms, r.max_model_spread_ms),
             format!("{:.1}", r.wall_s),
         ]);
     }

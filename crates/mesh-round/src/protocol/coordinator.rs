@@ -50,12 +50,13 @@ pub struct Coordinator {
     proposed: BTreeMap<String, u64>,
 }
 
-/// The running round of a job, if any.
-pub fn running_round(id: &JobId, job: &Job) -> Option<(RoundKey, RoundRecord)> {
+/// The running round of a job, if any (borrowed: the record holds every
+/// participant, and the engine looks at it at every step).
+pub fn running_round<'a>(id: &JobId, job: &'a Job) -> Option<(RoundKey, &'a RoundRecord)> {
     if job.status != JobStatus::RoundRunning {
         return None;
     }
-    let record = job.rounds.last()?.clone();
+    let record = job.rounds.last()?;
     let key = RoundKey {
         job: id.clone(),
         round: u32::try_from(job.rounds.len() - 1).ok()?,
@@ -112,7 +113,7 @@ impl Coordinator {
                 }
                 JobStatus::RoundRunning => {
                     if let Some((key, record)) = running_round(id, job) {
-                        self.drive_round(sh, view, &key, &record, job);
+                        self.drive_round(sh, view, &key, record, job);
                         running.insert(key);
                     }
                 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use mesh_consensus::command::{JobId, JobSpec, ModelHash, NodeId};
 use mesh_consensus::state::jobs::RoundRecord;
+use mesh_consensus::state::StateHash;
 use mesh_security::NodeIdentity;
 
 use super::blob::{blob_hash, encode_params};
@@ -16,6 +17,7 @@ use super::finals::FinalRound;
 use super::group::{GroupAssignment, GroupRound};
 use super::messages::{RoundKey, RoundMessage, SecAggStep};
 use super::shared::{Action, EngineConfig, Shared, View, FETCHES_MAX};
+use super::spread::fetch_order;
 use super::stats::ProtocolStats;
 use super::trainer::{Assignment, TrainerRound};
 use super::worker::{CombinedModel, TrainedUpdate};
@@ -35,6 +37,10 @@ pub struct NodeEngine {
     groups: BTreeMap<(RoundKey, u32), GroupRound>,
     finals: BTreeMap<RoundKey, FinalRound>,
     plans: BTreeMap<RoundKey, RoundRecord>,
+    /// The committed state's hash at the last full pass over the running rounds.
+    synced: Option<StateHash>,
+    /// Jobs in their first round that this node takes part in.
+    initial_pending: BTreeSet<JobId>,
     /// Blobs asked for through [`NodeEngine::want`] and not here yet.
     requested: BTreeSet<ModelHash>,
 }
@@ -52,6 +58,8 @@ impl NodeEngine {
             groups: BTreeMap::new(),
             finals: BTreeMap::new(),
             plans: BTreeMap::new(),
+            synced: None,
+            initial_pending: BTreeSet::new(),
             requested: BTreeSet::new(),
         }
     }
@@ -213,29 +221,44 @@ impl NodeEngine {
         }
     }
 
+    /// Takes up the roles of new or changed running rounds and drops those
+    /// of rounds that ended. The full pass runs only when the committed state
+    /// changed since the last one (a node steps far more often than the log
+    /// grows); the model fetches it needs are checked at every step.
     fn sync_roles(&mut self, view: &View<'_>) {
+        let revision = view.state.state_hash();
+        if self.synced != Some(revision) {
+            self.take_up_roles(view);
+            self.synced = Some(revision);
+        }
+        self.build_pending_initials(view);
+        self.drop_unneeded_fetches();
+    }
+
+    /// The full pass of [`Self::sync_roles`]: a round record equal to the one
+    /// held is kept as it is (its roles are taken already).
+    fn take_up_roles(&mut self, view: &View<'_>) {
         let me = self.sh.me.clone();
         let mut running: BTreeMap<RoundKey, RoundRecord> = BTreeMap::new();
+        self.initial_pending.clear();
         for (id, job) in view.state.jobs().iter() {
-            if let Some((key, record)) = running_round(id, job) {
-                let spec = spec_of(&mut self.specs, id, &job.spec);
-                let holders = self.holders(view, &key, &record);
-                if key.round == 0
-                    && !self
-                        .sh
-                        .cache
-                        .contains(&crate::cache::BlobId(record.start_model_hash))
-                {
-                    let involved = record.participants.contains(&me)
-                        || record.plan.aggregators.contains(&me)
-                        || record.plan.groups.iter().any(|g| g.aggregator == me);
-                    if involved {
-                        self.ensure_initial(id, view);
-                    }
-                }
-                self.take_roles(&key, &record, &spec, holders, view.now_ms);
-                running.insert(key, record);
+            let Some((key, record)) = running_round(id, job) else {
+                continue;
+            };
+            if key.round == 0 && involved(record, &me) {
+                self.initial_pending.insert(id.clone());
             }
+            let held = self.plans.remove(&key).filter(|held| held == record);
+            let record = match held {
+                Some(held) => held,
+                None => {
+                    let spec = spec_of(&mut self.specs, id, &job.spec);
+                    let holders = self.holders(view, &key, record);
+                    self.take_roles(&key, record, &spec, holders, view.now_ms);
+                    record.clone()
+                }
+            };
+            running.insert(key, record);
         }
         self.trainers.retain(|k, _| running.contains_key(k));
         self.groups.retain(|(k, g), _| {
@@ -250,6 +273,33 @@ impl NodeEngine {
                 .is_some_and(|r| r.plan.aggregators.contains(&me))
         });
         self.plans = running;
+    }
+
+    /// Asks for the initial model of every first round this node takes part
+    /// in whose start model is not here yet.
+    fn build_pending_initials(&mut self, view: &View<'_>) {
+        let pending: Vec<JobId> = self
+            .initial_pending
+            .iter()
+            .filter(|job| !self.initial_requested.contains(*job))
+            .cloned()
+            .collect();
+        for job in pending {
+            let start = self
+                .plans
+                .iter()
+                .find(|(k, _)| k.job == job)
+                .map(|(_, r)| r.start_model_hash);
+            let cached = start.is_some_and(|h| self.sh.cache.contains(&crate::cache::BlobId(h)));
+            if !cached {
+                self.ensure_initial(&job, view);
+            }
+        }
+    }
+
+    /// Forgets fetches that no running round, final aggregation or
+    /// [`Self::want`] needs any more.
+    fn drop_unneeded_fetches(&mut self) {
         let mut keep: BTreeSet<ModelHash> = BTreeSet::new();
         for r in self.plans.values() {
             keep.insert(r.start_model_hash);
@@ -264,38 +314,28 @@ impl NodeEngine {
         self.sh.drop_fetches_except(&keep);
     }
 
-    /// Who may hold a round's start model: the previous round's final
-    /// aggregators, then this round's other participants (they fetch it too).
+    /// Whom this node asks for a round's start model, in order: its parent in
+    /// the round's fetch tree rooted at the previous round's final
+    /// aggregators, that parent's ancestors, then everyone else
+    /// ([`super::spread`]).
     fn holders(&self, view: &View<'_>, key: &RoundKey, record: &RoundRecord) -> Vec<NodeId> {
-        let mut out: Vec<NodeId> = Vec::new();
-        if let Some(prev) = key.round.checked_sub(1) {
-            if let Some(r) = view
-                .state
-                .jobs()
-                .get(&key.job)
-                .and_then(|j| j.rounds.get(prev as usize))
-            {
-                out.extend(r.plan.aggregators.iter().cloned());
-            }
-        }
-        out.extend(record.plan.aggregators.iter().cloned());
-        let me_at = record
-            .participants
+        let roots: &[NodeId] = key
+            .round
+            .checked_sub(1)
+            .and_then(|prev| {
+                let job = view.state.jobs().get(&key.job)?;
+                job.rounds.get(prev as usize)
+            })
+            .map_or(&[], |r| &r.plan.aggregators);
+        let fetchers: Vec<NodeId> = record
+            .plan
+            .aggregators
             .iter()
-            .position(|p| *p == self.sh.me)
-            .unwrap_or(0);
-        let others: Vec<NodeId> = record.participants.iter().cloned().collect();
-        out.extend(
-            others
-                .iter()
-                .cycle()
-                .skip(me_at + 1)
-                .take(others.len())
-                .cloned(),
-        );
-        let mut seen = BTreeSet::new();
-        out.retain(|n| *n != self.sh.me && seen.insert(n.clone()));
-        out
+            .chain(record.plan.groups.iter().map(|g| &g.aggregator))
+            .chain(record.participants.iter())
+            .cloned()
+            .collect();
+        fetch_order(&self.sh.me, roots, &fetchers, key)
     }
 
     fn take_roles(
@@ -379,11 +419,10 @@ impl NodeEngine {
     fn dispatch(&mut self, from: &NodeId, message: RoundMessage, view: &View<'_>) {
         self.sh.stats.count_received(&message);
         match message {
-            RoundMessage::BlobRequest { hash } => {
-                let bytes = self.sh.blob(&hash).map(|b| b.to_vec()).unwrap_or_default();
-                self.sh.send(from, RoundMessage::BlobReply { hash, bytes });
+            RoundMessage::BlobRequest { hash } => self.sh.on_blob_request(from, hash),
+            RoundMessage::BlobReply { hash, bytes } => {
+                self.sh.on_blob(from, hash, bytes, view.now_ms)
             }
-            RoundMessage::BlobReply { hash, bytes } => self.sh.on_blob(hash, bytes),
             RoundMessage::SecAgg { ref key, group, .. }
             | RoundMessage::Plain { ref key, group, .. } => {
                 let key = key.clone();
@@ -471,6 +510,13 @@ impl NodeEngine {
             f.on_combined(&mut self.sh, digest, result);
         }
     }
+}
+
+/// Whether `me` has a part in a round: trains in it or aggregates for it.
+fn involved(record: &RoundRecord, me: &NodeId) -> bool {
+    record.participants.contains(me)
+        || record.plan.aggregators.contains(me)
+        || record.plan.groups.iter().any(|g| g.aggregator == *me)
 }
 
 #[cfg(test)]

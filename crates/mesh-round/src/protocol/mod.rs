@@ -26,6 +26,7 @@ pub mod group;
 pub mod messages;
 pub mod plan;
 pub mod shared;
+pub mod spread;
 pub mod stats;
 pub mod trainer;
 pub mod worker;

@@ -104,13 +104,29 @@ impl EngineConfig {
     }
 }
 
-/// A blob this node wants, and whom to ask.
+/// A blob this node wants, whom to ask, and who waits for it here.
 #[derive(Clone, Debug)]
 struct Fetch {
+    /// Whom to ask, in order (cycled).
     holders: Vec<NodeId>,
+    /// How many requests were sent (the next goes to `holders[next % len]`).
     next: usize,
-    last_ms: Option<u64>,
+    /// When the next request is due (`None`: at once).
+    due_ms: Option<u64>,
+    /// Whether the holder asked last already answered "not here" once.
+    answered_empty: bool,
+    /// Peers that asked this node for the blob meanwhile: they get it as
+    /// soon as it arrives (at most [`WAITERS_MAX`]).
+    waiters: Vec<NodeId>,
 }
+
+/// Most peers one wanted blob is owed to; more are told "not here" at once.
+pub const WAITERS_MAX: usize = 16;
+
+/// After a "not here" answer, the next request waits this fraction of the
+/// fetch retry: the holder is alive and will likely start its own fetch as
+/// soon as it sees the round.
+const EMPTY_ANSWER_RETRY_DIVISOR: u64 = 8;
 
 /// The shared parts of a node's engine.
 #[derive(Debug)]
@@ -193,10 +209,14 @@ impl Shared {
         (hash, dropped)
     }
 
-    /// Stores a blob; returns its hash.
+    /// Stores a blob; returns its hash. Peers waiting for it get it.
     pub fn store(&mut self, bytes: Vec<u8>) -> Option<ModelHash> {
-        match self.cache.insert(bytes) {
-            Ok(id) => Some(id.0),
+        let bytes: Arc<[u8]> = bytes.into();
+        match self.cache.insert(Arc::clone(&bytes)) {
+            Ok(id) => {
+                self.arrived(id.0, &bytes);
+                Some(id.0)
+            }
             Err(err) => {
                 tracing::warn!(%err, "blob not cached");
                 None
@@ -216,7 +236,9 @@ impl Shared {
         self.fetches.entry(hash).or_insert(Fetch {
             holders,
             next: 0,
-            last_ms: None,
+            due_ms: None,
+            answered_empty: false,
+            waiters: Vec::new(),
         });
     }
 
@@ -225,12 +247,12 @@ impl Shared {
         let retry = self.config.fetch_retry_ms;
         let mut due = Vec::new();
         for (hash, fetch) in &mut self.fetches {
-            if fetch.last_ms.is_some_and(|t| now_ms < t + retry) {
+            if fetch.due_ms.is_some_and(|t| now_ms < t) {
                 continue;
             }
             let holder = fetch.holders[fetch.next % fetch.holders.len()].clone();
             fetch.next += 1;
-            fetch.last_ms = Some(now_ms);
+            fetch.due_ms = Some(now_ms.saturating_add(retry));
             due.push((holder, *hash));
         }
         for (holder, hash) in due {
@@ -238,15 +260,41 @@ impl Shared {
         }
     }
 
-    /// A blob arrived: kept when it is one we want and its hash matches.
-    pub fn on_blob(&mut self, hash: ModelHash, bytes: Vec<u8>) {
-        if bytes.is_empty() || !self.fetches.contains_key(&hash) {
+    /// A peer asks for a blob: sent when held; owed when this node is
+    /// fetching it too (sent on arrival, so fetchers serve on); otherwise
+    /// answered "not here" (empty).
+    pub fn on_blob_request(&mut self, from: &NodeId, hash: ModelHash) {
+        if let Some(bytes) = self.blob(&hash) {
+            let bytes = bytes.to_vec();
+            self.send(from, RoundMessage::BlobReply { hash, bytes });
             return;
         }
-        match self.cache.insert_verified(BlobId(hash), bytes) {
-            Ok(_) => {
-                self.fetches.remove(&hash);
+        if let Some(fetch) = self.fetches.get_mut(&hash) {
+            if fetch.waiters.contains(from) {
+                return;
             }
+            if fetch.waiters.len() < WAITERS_MAX {
+                fetch.waiters.push(from.clone());
+                return;
+            }
+        }
+        let bytes = Vec::new();
+        self.send(from, RoundMessage::BlobReply { hash, bytes });
+    }
+
+    /// A blob (or "not here") arrived from `from`: kept when it is one we
+    /// want and its hash matches, then sent on to the peers waiting for it.
+    pub fn on_blob(&mut self, from: &NodeId, hash: ModelHash, bytes: Vec<u8>, now_ms: u64) {
+        if bytes.is_empty() {
+            self.on_empty_answer(from, hash, now_ms);
+            return;
+        }
+        if !self.fetches.contains_key(&hash) {
+            return;
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        match self.cache.insert_verified(BlobId(hash), Arc::clone(&bytes)) {
+            Ok(_) => self.arrived(hash, &bytes),
             Err(err) => {
                 self.stats.blobs_rejected += 1;
                 tracing::debug!(%err, "blob refused");
@@ -254,9 +302,59 @@ impl Shared {
         }
     }
 
-    /// Forgets fetches no role needs any more.
+    /// "Not here" from the holder asked last: ask it once more soon (it is
+    /// alive and likely about to fetch the blob itself), then move on to
+    /// the next holder, again soon.
+    fn on_empty_answer(&mut self, from: &NodeId, hash: ModelHash, now_ms: u64) {
+        let Some(fetch) = self.fetches.get_mut(&hash) else {
+            return;
+        };
+        let asked = fetch
+            .next
+            .checked_sub(1)
+            .map(|i| &fetch.holders[i % fetch.holders.len()]);
+        if asked != Some(from) {
+            return;
+        }
+        if !fetch.answered_empty {
+            fetch.next -= 1;
+        }
+        fetch.answered_empty = !fetch.answered_empty;
+        let soon = self.config.fetch_retry_ms / EMPTY_ANSWER_RETRY_DIVISOR;
+        fetch.due_ms = Some(now_ms.saturating_add(soon));
+    }
+
+    /// A blob is here: its fetch, if any, ends and the waiters get it.
+    fn arrived(&mut self, hash: ModelHash, bytes: &[u8]) {
+        let Some(fetch) = self.fetches.remove(&hash) else {
+            return;
+        };
+        for waiter in fetch.waiters {
+            let bytes = bytes.to_vec();
+            self.send(&waiter, RoundMessage::BlobReply { hash, bytes });
+        }
+    }
+
+    /// Forgets fetches no role needs any more; their waiters are told
+    /// "not here" so they ask someone else.
     pub fn drop_fetches_except(&mut self, keep: &BTreeSet<ModelHash>) {
-        self.fetches.retain(|h, _| keep.contains(h));
+        let dropped: Vec<ModelHash> = self
+            .fetches
+            .keys()
+            .filter(|h| !keep.contains(*h))
+            .copied()
+            .collect();
+        for hash in dropped {
+            let waiters = self
+                .fetches
+                .remove(&hash)
+                .map(|f| f.waiters)
+                .unwrap_or_default();
+            for waiter in waiters {
+                let bytes = Vec::new();
+                self.send(&waiter, RoundMessage::BlobReply { hash, bytes });
+            }
+        }
     }
 
     /// This node's private seed for a purpose within a round.
@@ -297,4 +395,112 @@ pub fn node_key(node: &NodeId) -> Option<ed25519_dalek::VerifyingKey> {
 /// The mesh's name for a node identity.
 pub fn node_name(id: &mesh_security::NodeId) -> NodeId {
     NodeId(id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(me: &str) -> Shared {
+        let identity = NodeIdentity::from_seed(&[7; 32]);
+        Shared::new(NodeId::from(me), identity, EngineConfig::new("m", 0))
+    }
+
+    /// The messages queued so far, as (recipient, request hash or reply bytes).
+    fn sent(sh: &mut Shared) -> Vec<(NodeId, RoundMessage)> {
+        sh.take()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { to, message } => Some((to, message)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn reply_len(message: &RoundMessage) -> Option<usize> {
+        match message {
+            RoundMessage::BlobReply { bytes, .. } => Some(bytes.len()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_node_fetching_a_blob_serves_it_on_to_those_who_asked_meanwhile() {
+        let model = vec![5u8; 1000];
+        let hash = BlobId::of(&model).0;
+        let mut sh = shared("middle");
+        sh.want(hash, vec![NodeId::from("source")]);
+        sh.poll_fetches(0);
+        assert_eq!(sent(&mut sh).len(), 1);
+        for child in ["a", "b", "c"] {
+            sh.on_blob_request(&NodeId::from(child), hash);
+        }
+        assert!(sent(&mut sh).is_empty(), "owed, not answered empty");
+        sh.on_blob(&NodeId::from("source"), hash, model.clone(), 10);
+        let replies = sent(&mut sh);
+        assert_eq!(replies.len(), 3);
+        assert!(replies.iter().all(|(_, m)| reply_len(m) == Some(1000)));
+        // Held now: a later request is answered at once.
+        sh.on_blob_request(&NodeId::from("d"), hash);
+        assert_eq!(reply_len(&sent(&mut sh)[0].1), Some(1000));
+    }
+
+    #[test]
+    fn a_node_neither_holding_nor_fetching_answers_not_here_and_waiters_are_bounded() {
+        let mut sh = shared("idle");
+        sh.on_blob_request(&NodeId::from("a"), [1; 32]);
+        assert_eq!(reply_len(&sent(&mut sh)[0].1), Some(0));
+        sh.want([2; 32], vec![NodeId::from("source")]);
+        for i in 0..WAITERS_MAX + 3 {
+            sh.on_blob_request(&NodeId::from(format!("peer-{i}").as_str()), [2; 32]);
+        }
+        let empty = sent(&mut sh)
+            .iter()
+            .filter(|(_, m)| reply_len(m) == Some(0))
+            .count();
+        assert_eq!(empty, 3);
+        // Dropping the fetch tells the waiters to look elsewhere.
+        sh.drop_fetches_except(&BTreeSet::new());
+        assert_eq!(sent(&mut sh).len(), WAITERS_MAX);
+    }
+
+    #[test]
+    fn not_here_asks_the_same_holder_once_more_soon_then_the_next() {
+        let mut sh = shared("me");
+        let (first, second) = (NodeId::from("first"), NodeId::from("second"));
+        sh.want([3; 32], vec![first.clone(), second.clone()]);
+        sh.poll_fetches(0);
+        assert_eq!(sent(&mut sh)[0].0, first);
+        let soon = sh.config.fetch_retry_ms / EMPTY_ANSWER_RETRY_DIVISOR;
+        sh.on_blob(&first, [3; 32], Vec::new(), 10);
+        sh.poll_fetches(10 + soon - 1);
+        assert!(sent(&mut sh).is_empty());
+        sh.poll_fetches(10 + soon);
+        assert_eq!(sent(&mut sh)[0].0, first);
+        sh.on_blob(&first, [3; 32], Vec::new(), 100);
+        sh.poll_fetches(100 + soon);
+        assert_eq!(sent(&mut sh)[0].0, second);
+        // Silence waits the whole retry.
+        sh.poll_fetches(100 + soon + 1);
+        assert!(sent(&mut sh).is_empty());
+        // A "not here" from someone not asked last changes nothing.
+        sh.on_blob(&first, [3; 32], Vec::new(), 200);
+        sh.poll_fetches(200 + soon);
+        assert!(sent(&mut sh).is_empty());
+    }
+
+    #[test]
+    fn a_blob_made_here_ends_its_fetch_and_feeds_its_waiters() {
+        let model = vec![9u8; 64];
+        let hash = BlobId::of(&model).0;
+        let mut sh = shared("aggregator");
+        sh.want(hash, vec![NodeId::from("other")]);
+        sh.on_blob_request(&NodeId::from("child"), hash);
+        assert_eq!(sh.store(model), Some(hash));
+        let replies = sent(&mut sh);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(reply_len(&replies[0].1), Some(64));
+        sh.poll_fetches(0);
+        assert!(sent(&mut sh).is_empty(), "the fetch ended");
+    }
 }

@@ -83,6 +83,67 @@ pub struct TrafficSummary {
     pub peak_node_sent_by_kind: BTreeMap<&'static str, u64>,
     /// Messages the node with the peak connections received, by kind, over the run.
     pub peak_node_received_by_kind: BTreeMap<&'static str, u64>,
+    /// Most blob copies (non-empty blob replies) one node sent in one round.
+    pub max_blob_uploads_per_node_per_round: u64,
+    /// Mean over rounds after the first of the time from the round's start
+    /// (the previous commit) until the last node that fetched a blob in it
+    /// held its first one (the round's start model), ms.
+    pub model_spread_ms: f64,
+    /// The longest such time of any round, ms.
+    pub max_model_spread_ms: u64,
+}
+
+/// A blob reply of at least this many encoded bytes carries a blob (a
+/// "not here" answer is a hash and a few bytes of framing).
+pub const BLOB_COPY_MIN_BYTES: u32 = 256;
+
+/// Blob copies and model spread, from the blob replies of a run.
+struct BlobSpread {
+    max_uploads_per_node_per_round: u64,
+    mean_spread_ms: f64,
+    max_spread_ms: u64,
+}
+
+impl BlobSpread {
+    /// Figures over `transfers` for rounds ending at `round_ends_ms`.
+    fn of(transfers: &[Transfer], round_ends_ms: &[u64]) -> Self {
+        let round_of = |t: u64| round_ends_ms.partition_point(|end| *end < t);
+        let mut uploads: HashMap<(u32, usize), u64> = HashMap::new();
+        // (round, node) -> first arrival of a blob in that round.
+        let mut first: HashMap<(usize, u32), u64> = HashMap::new();
+        let copies = transfers
+            .iter()
+            .filter(|t| t.kind == "blob_reply" && t.bytes >= BLOB_COPY_MIN_BYTES);
+        for t in copies {
+            *uploads.entry((t.from, round_of(t.sent_ms))).or_default() += 1;
+            let slot = first
+                .entry((round_of(t.arrives_ms), t.to))
+                .or_insert(u64::MAX);
+            *slot = (*slot).min(t.arrives_ms);
+        }
+        let mut spreads = Vec::new();
+        for round in 1..round_ends_ms.len() {
+            let start = round_ends_ms[round - 1];
+            let last = first
+                .iter()
+                .filter(|((r, _), _)| *r == round)
+                .map(|(_, at)| *at)
+                .max();
+            if let Some(last) = last {
+                spreads.push(last.saturating_sub(start));
+            }
+        }
+        let mean_spread_ms = if spreads.is_empty() {
+            0.0
+        } else {
+            spreads.iter().sum::<u64>() as f64 / spreads.len() as f64
+        };
+        Self {
+            max_uploads_per_node_per_round: uploads.values().copied().max().unwrap_or(0),
+            mean_spread_ms,
+            max_spread_ms: spreads.iter().copied().max().unwrap_or(0),
+        }
+    }
 }
 
 impl TrafficLog {
@@ -165,6 +226,7 @@ impl TrafficLog {
             }
         }
         let n = nodes.max(1) as f64;
+        let spread = BlobSpread::of(&self.transfers, round_ends_ms);
         TrafficSummary {
             messages_per_node_per_round: messages.iter().sum::<u64>() as f64 / n / rounds,
             bytes_per_node_per_round: bytes.iter().sum::<u64>() as f64 / n / rounds,
@@ -178,6 +240,9 @@ impl TrafficLog {
                 .collect(),
             peak_node_sent_by_kind: sent,
             peak_node_received_by_kind: received,
+            max_blob_uploads_per_node_per_round: spread.max_uploads_per_node_per_round,
+            model_spread_ms: spread.mean_spread_ms,
+            max_model_spread_ms: spread.max_spread_ms,
         }
     }
 }
@@ -244,6 +309,22 @@ mod tests {
         // With a short window node 0 never holds three peers at once.
         let s = log.summary(5, &[1_000, 6_000], 10);
         assert_eq!(s.peak_connections_per_node, 2);
+    }
+
+    #[test]
+    fn blob_copies_and_spread_count_non_empty_replies_per_round() {
+        let mut log = TrafficLog::new(100);
+        // Round 1 starts at 1,000: node 0 sends two copies, node 1 one,
+        // and a "not here" that counts for nothing.
+        log.push(transfer(1_100, 0, 1, 5_000));
+        log.push(transfer(1_100, 0, 2, 5_000));
+        log.push(transfer(1_200, 1, 3, 5_000));
+        log.push(transfer(1_300, 4, 3, 40));
+        let s = log.summary(5, &[1_000, 6_000], 1_000);
+        assert_eq!(s.max_blob_uploads_per_node_per_round, 2);
+        // The last first copy arrives at 1,210.
+        assert_eq!(s.max_model_spread_ms, 210);
+        assert_eq!(s.model_spread_ms, 210.0);
     }
 
     #[test]
