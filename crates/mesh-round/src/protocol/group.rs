@@ -170,14 +170,16 @@ impl GroupRound {
     }
 
     /// Advances on time: fetches the model, closes steps whose members all
-    /// answered (those of them still reachable, in `view.alive`) or whose
-    /// deadline passed, and (re)sends the result.
+    /// answered (those of them still reachable, in `view.alive`, and not
+    /// recorded as declining the job) or whose deadline passed, and
+    /// (re)sends the result.
     pub fn poll(&mut self, sh: &mut Shared, finals: &[NodeId], view: &View<'_>) {
         let now_ms = view.now_ms;
         if self.stage == Stage::WaitingModel {
             self.start(sh, now_ms);
         }
-        let all_in = self.answered_or_gone(view.alive);
+        let declined = view.state.jobs().get(&self.a.key.job).map(|j| &j.declined);
+        let all_in = self.answered_or_gone(view.alive, declined);
         let phase_over = now_ms >= self.stage_since_ms + sh.config.phase_timeout_ms;
         let collect_over = now_ms >= self.a.collect_until_ms;
         let close = match self.stage {
@@ -193,18 +195,20 @@ impl GroupRound {
         self.deliver(sh, finals, view.leader, now_ms);
     }
 
-    /// Whether every member the stage waits for answered or is unreachable.
-    /// A member known to be down will not answer: waiting for it until the
-    /// stage's deadline only delays the group's result (or its failure).
-    fn answered_or_gone(&self, alive: &BTreeMap<NodeId, BTreeSet<Role>>) -> bool {
-        self.expected.iter().all(|i| {
-            self.seen.contains(i)
-                || self
-                    .a
-                    .members
-                    .get(*i as usize)
-                    .is_none_or(|m| !alive.contains_key(m))
-        })
+    /// Whether every member the stage waits for answered, is unreachable,
+    /// or declined the job (its data cannot take part). Such a member will
+    /// not answer: waiting for it until the stage's deadline only delays the
+    /// group's result (or its failure).
+    fn answered_or_gone(
+        &self,
+        alive: &BTreeMap<NodeId, BTreeSet<Role>>,
+        declined: Option<&BTreeMap<NodeId, String>>,
+    ) -> bool {
+        let gone =
+            |m: &NodeId| !alive.contains_key(m) || declined.is_some_and(|d| d.contains_key(m));
+        self.expected
+            .iter()
+            .all(|i| self.seen.contains(i) || self.a.members.get(*i as usize).is_none_or(gone))
     }
 
     fn start(&mut self, sh: &mut Shared, now_ms: u64) {
@@ -537,7 +541,7 @@ mod tests {
     use super::*;
     use crate::protocol::node_name;
     use crate::protocol::shared::EngineConfig;
-    use mesh_consensus::command::{JobId, TrainingSpec};
+    use mesh_consensus::command::{Command, JobId, TrainingSpec};
     use mesh_consensus::MeshState;
     use mesh_security::NodeIdentity;
 
@@ -592,8 +596,10 @@ mod tests {
         assert_eq!(update_bound(&spec, members, dimension), 0.5);
     }
 
-    #[test]
-    fn a_step_closes_once_every_member_still_reachable_answered() {
+    /// A group of three plain members aggregated by a fourth node, two of
+    /// whose members sent their updates: the group, its aggregator's shared state,
+    /// the members and the aggregator.
+    fn two_of_three_answered() -> (GroupRound, Shared, Vec<NodeId>, NodeId) {
         let identities: Vec<NodeIdentity> =
             (1..=3).map(|i| NodeIdentity::from_seed(&[i; 32])).collect();
         let members: Vec<NodeId> = identities.iter().map(|i| node_name(&i.node_id())).collect();
@@ -616,26 +622,8 @@ mod tests {
             collect_until_ms: 1_000_000,
         };
         let mut group = GroupRound::new(assignment, &sh, 0);
-        let state = MeshState::new();
-        let mut alive: BTreeMap<NodeId, BTreeSet<Role>> = members
-            .iter()
-            .chain([&me])
-            .map(|n| (n.clone(), BTreeSet::new()))
-            .collect();
-        fn view<'a>(
-            state: &'a MeshState,
-            alive: &'a BTreeMap<NodeId, BTreeSet<Role>>,
-            now_ms: u64,
-        ) -> View<'a> {
-            View {
-                state,
-                leader: None,
-                alive,
-                zones: None,
-                now_ms,
-            }
-        }
-        group.poll(&mut sh, &[], &view(&state, &alive, 1));
+        let alive = everyone_alive(&members, &me);
+        group.poll(&mut sh, &[], &view(&MeshState::new(), &alive, 1));
         let session = sh.session(&key, 0, &me);
         for (identity, member) in identities.iter().zip(&members).take(2) {
             let body = PlainUpdate {
@@ -651,6 +639,36 @@ mod tests {
             };
             group.on_message(&mut sh, member, message, 2);
         }
+        (group, sh, members, me)
+    }
+
+    fn everyone_alive(members: &[NodeId], me: &NodeId) -> BTreeMap<NodeId, BTreeSet<Role>> {
+        members
+            .iter()
+            .chain([me])
+            .map(|n| (n.clone(), BTreeSet::new()))
+            .collect()
+    }
+
+    fn view<'a>(
+        state: &'a MeshState,
+        alive: &'a BTreeMap<NodeId, BTreeSet<Role>>,
+        now_ms: u64,
+    ) -> View<'a> {
+        View {
+            state,
+            leader: None,
+            alive,
+            zones: None,
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_step_closes_once_every_member_still_reachable_answered() {
+        let (mut group, mut sh, members, me) = two_of_three_answered();
+        let state = MeshState::new();
+        let mut alive = everyone_alive(&members, &me);
         group.poll(&mut sh, &[], &view(&state, &alive, 3));
         assert!(!group.is_closed(), "closed while a reachable member trains");
         alive.remove(&members[2]);
@@ -658,5 +676,40 @@ mod tests {
         assert!(group.is_closed(), "still waiting for a member that is gone");
         assert_eq!(group.result().map(|r| r.contributors), Some(2));
         assert_eq!(group.missed(), vec![2], "the member that never answered");
+    }
+
+    #[test]
+    fn a_member_that_declined_the_job_is_not_waited_for() {
+        let (mut group, mut sh, members, me) = two_of_three_answered();
+        let alive = everyone_alive(&members, &me);
+        let mut state = MeshState::new();
+        let commands = [
+            Command::AddMember {
+                node: members[2].clone(),
+                roles: [Role::Trainer].into(),
+                zone: None,
+            },
+            Command::CreateJob {
+                job: JobId::from("j"),
+                spec: plain_spec(),
+            },
+        ];
+        for (index, command) in commands.iter().enumerate() {
+            state.apply(index as u64 + 1, command).unwrap();
+        }
+        group.poll(&mut sh, &[], &view(&state, &alive, 3));
+        assert!(!group.is_closed(), "closed while a member trains");
+        let decline = Command::DeclineJob {
+            job: JobId::from("j"),
+            node: members[2].clone(),
+            reason: "schema mismatch".into(),
+        };
+        state.apply(3, &decline).unwrap();
+        group.poll(&mut sh, &[], &view(&state, &alive, 4));
+        assert!(
+            group.is_closed(),
+            "still waiting for a member that declined"
+        );
+        assert_eq!(group.result().map(|r| r.contributors), Some(2));
     }
 }
