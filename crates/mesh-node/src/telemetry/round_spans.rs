@@ -145,6 +145,10 @@ impl RoundSpans {
             }
             return;
         }
+        // A group this node aggregates reports to the leader; when that is
+        // this node, the report never leaves it (no `on_send`), so the
+        // group's span ends with the round it reported to.
+        self.end_open_spans(job, |r| r == round, None);
         if let Some(mut span) = self.roots.remove(&(job.clone(), round)) {
             span.end();
         }
@@ -346,15 +350,7 @@ impl RoundSpans {
     /// Ends this node's open spans of `job`'s rounds before `round`: the
     /// job has moved on, so whatever they waited for is not coming.
     fn end_earlier_rounds(&mut self, job: &JobId, round: u32) {
-        let stale: Vec<(RoundKey, Step)> = self
-            .open
-            .keys()
-            .filter(|(k, _)| k.job == *job && k.round < round)
-            .cloned()
-            .collect();
-        for (key, step) in stale {
-            self.end(&key, step, Some("round moved on"));
-        }
+        self.end_open_spans(job, |r| r < round, Some("round moved on"));
         let old_roots: Vec<(JobId, u32)> = self
             .roots
             .keys()
@@ -366,6 +362,19 @@ impl RoundSpans {
                 span.set_status(Status::error("round moved on"));
                 span.end();
             }
+        }
+    }
+
+    /// Ends this node's open spans of `job`'s rounds that `which` picks.
+    fn end_open_spans(&mut self, job: &JobId, which: impl Fn(u32) -> bool, error: Option<&str>) {
+        let picked: Vec<(RoundKey, Step)> = self
+            .open
+            .keys()
+            .filter(|(k, _)| k.job == *job && which(k.round))
+            .cloned()
+            .collect();
+        for (key, step) in picked {
+            self.end(&key, step, error);
         }
     }
 
