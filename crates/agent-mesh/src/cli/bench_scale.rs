@@ -70,6 +70,11 @@ pub struct ScaleArgs {
     /// Uplink bandwidth of every node, Mbit/s (0: unlimited).
     #[arg(long, default_value_t = 1000.0)]
     pub bandwidth_mbps: f64,
+    /// A round's deadline, in simulated ms (the job's `round_deadline_ms`):
+    /// rounds that take over half of it make the planner scale out to
+    /// smaller, more numerous groups.
+    #[arg(long, default_value_t = 120_000)]
+    pub round_deadline_ms: u64,
     /// Simulated time after which a mesh size gives up, in seconds.
     #[arg(long, default_value_t = 3_600)]
     pub time_limit_s: u64,
@@ -137,6 +142,11 @@ pub struct ScaleRow {
     pub model_spread_ms: f64,
     /// The longest such time of any round, simulated ms.
     pub max_model_spread_ms: u64,
+    /// Groups (and group aggregators) of each committed round, as the
+    /// planner scaled them.
+    pub groups_per_round: Vec<usize>,
+    /// Simulated time of each committed round, ms.
+    pub sim_round_ms_each: Vec<u64>,
 }
 
 /// Runs the benchmark and prints the table or JSON.
@@ -148,6 +158,10 @@ pub fn run(args: ScaleArgs) -> anyhow::Result<()> {
     args.run.check()?;
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(args.group_size >= 1, "--group-size must be at least 1");
+    anyhow::ensure!(
+        args.round_deadline_ms >= 1,
+        "--round-deadline-ms must be at least 1"
+    );
     anyhow::ensure!(
         args.bandwidth_mbps >= 0.0 && args.bandwidth_mbps.is_finite(),
         "--bandwidth-mbps must be a finite number, 0 or more"
@@ -203,6 +217,8 @@ fn measure_in_child(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> 
         &args.run.seed.to_string(),
         "--time-limit-s",
         &args.time_limit_s.to_string(),
+        "--round-deadline-ms",
+        &args.round_deadline_ms.to_string(),
     ]);
     if let Some(p) = args.participants {
         command.args(["--participants", &p.to_string()]);
@@ -234,6 +250,7 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
     let mut spec = super::bench_round::spec(nodes, args.rounds, true, args.run.seed);
     spec.participants_per_round = participants;
     spec.training.group_size = args.group_size;
+    spec.training.round_deadline_ms = args.round_deadline_ms;
     let config = MeshSimConfig {
         faults: Faults {
             latency_min_ms: args.latency_ms.0,
@@ -270,6 +287,12 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
     let outcome = sim.outcome(run_started);
     let traffic = sim.take_traffic();
     let ends: Vec<u64> = outcome.rounds.iter().map(|r| r.committed_at_ms).collect();
+    let groups_per_round = outcome.rounds.iter().map(|r| r.groups).collect();
+    let sim_round_ms_each = std::iter::once(0)
+        .chain(ends.iter().copied())
+        .zip(&ends)
+        .map(|(before, end)| end.saturating_sub(before))
+        .collect();
     let completed = ends.len();
     let rounds = completed.max(1) as f64;
     let sim_round_ms = ends.last().copied().unwrap_or(sim.now_ms()) as f64 / rounds;
@@ -300,6 +323,8 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
         max_blob_uploads_per_node_per_round: summary.max_blob_uploads_per_node_per_round,
         model_spread_ms: summary.model_spread_ms,
         max_model_spread_ms: summary.max_model_spread_ms,
+        groups_per_round,
+        sim_round_ms_each,
     })
 }
 
@@ -324,6 +349,12 @@ fn status_bytes(field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// `10, 10, 15` for the groups of each round.
+fn groups_by_round(groups: &[usize]) -> String {
+    let each: Vec<String> = groups.iter().map(ToString::to_string).collect();
+    each.join(", ")
+}
+
 fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
     let mut table = Table::new();
     table.set_header([
@@ -339,6 +370,7 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
         "msgs/node/round",
         "max uploads/node/round",
         "model spread ms",
+        "groups by round",
         "wall s",
     ]);
     for r in rows {
@@ -358,6 +390,7 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
             format!("{:.1}", r.messages_per_node_per_round),
             r.max_blob_uploads_per_node_per_round.to_string(),
             format!("{:.0} (max {})", r.model_spread_ms, r.max_model_spread_ms),
+            groups_by_round(&r.groups_per_round),
             format!("{:.1}", r.wall_s),
         ]);
     }

@@ -27,6 +27,7 @@ pub mod revocations;
 pub mod round_gate;
 pub mod round_metrics;
 pub mod rounds;
+pub mod scale_metrics;
 mod view;
 pub mod weights;
 

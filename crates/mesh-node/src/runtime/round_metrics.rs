@@ -2,8 +2,9 @@
 //! result, messages and bytes sent, dropouts, failed groups, rejected blobs,
 //! rounds completed and aborted, round duration (as this node saw it: first
 //! seen running to first seen committed), the last round's accuracy and loss,
-//! epsilon spent and budgeted, rounds each job has left, jobs by status, and the blob cache (hits,
-//! misses, evictions, bytes, and its eviction policy as an info metric). Under `mesh_reputation`: quarantined nodes,
+//! epsilon spent and budgeted, rounds each job has left, jobs by status, the blob cache (hits,
+//! misses, evictions, bytes, and its eviction policy as an info metric), and the planner's
+//! scaling decisions ([`super::scale_metrics`]). Under `mesh_reputation`: quarantined nodes,
 //! quarantines seen, and the scores of nodes with evidence against them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +21,7 @@ use prometheus_client::registry::Registry;
 use mesh_round::cache::{CacheCounters, CachePolicy};
 use mesh_round::protocol::ProtocolStats;
 
+use super::scale_metrics::ScaleMetrics;
 use crate::config::AdversaryConfig;
 
 type Label = [(&'static str, String); 1];
@@ -49,6 +51,7 @@ pub struct RoundMetrics {
     jobs: Family<Label, Gauge>,
     cache: CacheMetrics,
     reputation: ReputationMetrics,
+    scale: ScaleMetrics,
     last: ProtocolStats,
     /// Sum of the jobs' aborted rounds at the last update.
     aborted_last: u64,
@@ -131,6 +134,7 @@ impl RoundMetrics {
             jobs: Family::default(),
             cache: CacheMetrics::default(),
             reputation: ReputationMetrics::default(),
+            scale: ScaleMetrics::new(registry),
             last: ProtocolStats::default(),
             aborted_last: 0,
             starts: BTreeMap::new(),
@@ -316,6 +320,7 @@ impl RoundMetrics {
         self.last = stats.clone();
         self.observe_state(state);
         self.observe_reputation(state);
+        self.scale.observe(state);
     }
 
     fn observe_reputation(&mut self, state: &MeshState) {

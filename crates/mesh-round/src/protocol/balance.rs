@@ -271,7 +271,7 @@ pub fn least_loaded<'n>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::protocol::plan::{replacement, select_with, Selection};
+    use crate::protocol::plan::{replacement, select_with, RoundAt, Selection};
     use mesh_consensus::command::{Command, JobSpec, RoundMetrics};
     use mesh_security::rbac::Role;
 
@@ -334,8 +334,8 @@ mod tests {
         fn round(&mut self, round: u32, strategy: Strategy) -> Vec<Selection> {
             let mut out = Vec::new();
             for (job, spec) in self.jobs.clone() {
-                let s =
-                    select_with(&self.state, &self.alive, &job, &spec, round, strategy).unwrap();
+                let at = RoundAt { round, now_ms: 0 };
+                let s = select_with(&self.state, &self.alive, &job, &spec, at, strategy).unwrap();
                 self.apply(&Command::StartRound {
                     job: job.clone(),
                     round,

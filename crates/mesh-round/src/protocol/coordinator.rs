@@ -187,7 +187,11 @@ impl Coordinator {
                 None => return true,
             }
         };
-        let Some(selection) = plan::select(view.state, view.alive, id, &job.spec, round) else {
+        let at = plan::RoundAt {
+            round,
+            now_ms: view.now_ms,
+        };
+        let Some(selection) = plan::select(view.state, view.alive, id, &job.spec, at) else {
             return true;
         };
         let command = Command::StartRound {

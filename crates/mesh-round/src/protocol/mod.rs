@@ -25,6 +25,7 @@ pub mod finals;
 pub mod group;
 pub mod messages;
 pub mod plan;
+pub mod scale;
 pub mod shared;
 pub mod spread;
 pub mod stats;

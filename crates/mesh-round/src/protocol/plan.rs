@@ -10,7 +10,8 @@ use mesh_consensus::MeshState;
 use mesh_security::rbac::Role;
 
 use super::balance::{self, Balancer, Strategy, STRATEGY_DEFAULT};
-use crate::job::{JobSpecCheck, SECAGG_GROUP_MIN};
+use super::scale::{self, ScaleDecision};
+use crate::job::SECAGG_GROUP_MIN;
 
 /// Fewest participants a round starts with (secure aggregation needs two).
 pub const PARTICIPANTS_MIN: usize = 2;
@@ -24,6 +25,8 @@ pub struct Selection {
     pub participants: BTreeSet<NodeId>,
     /// Groups and aggregators.
     pub plan: RoundPlan,
+    /// The group size the scaler chose, and why.
+    pub scale: ScaleDecision,
 }
 
 /// Nodes that may take `role` now: alive with the role in their certificate,
@@ -107,18 +110,29 @@ pub fn split_groups(participants: &[NodeId], size: usize, min: usize) -> Vec<Vec
     groups
 }
 
-/// Selects round `round` of `job`, or `None` when too few nodes are eligible
-/// (for the rule to tolerate the job's `f` with secure aggregation, groups are
-/// sized by [`crate::job::CheckedJob::group_size_for`]); aggregators by
+/// Selects round `round` of `job` starting at `now_ms`, or `None` when too
+/// few nodes are eligible (for the rule to tolerate the job's `f` with secure
+/// aggregation, groups are at most [`crate::job::CheckedJob::group_size_for`]);
+/// group size by the scaler ([`scale::decide`]), aggregators by
 /// [`STRATEGY_DEFAULT`].
 pub fn select(
     state: &MeshState,
     alive: &BTreeMap<NodeId, BTreeSet<Role>>,
     job: &JobId,
     spec: &JobSpec,
-    round: u32,
+    at: RoundAt,
 ) -> Option<Selection> {
-    select_with(state, alive, job, spec, round, STRATEGY_DEFAULT)
+    select_with(state, alive, job, spec, at, STRATEGY_DEFAULT)
+}
+
+/// Which round is planned, and when (the clock stands for its start time in
+/// the scaler's measure of the round before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundAt {
+    /// The round number.
+    pub round: u32,
+    /// Now, ms since the Unix epoch.
+    pub now_ms: u64,
 }
 
 /// [`select`] with aggregators chosen by `strategy` (for tests and
@@ -128,9 +142,10 @@ pub fn select_with(
     alive: &BTreeMap<NodeId, BTreeSet<Role>>,
     job: &JobId,
     spec: &JobSpec,
-    round: u32,
+    at: RoundAt,
     strategy: Strategy,
 ) -> Option<Selection> {
+    let RoundAt { round, now_ms } = at;
     let seed = spec.training.seed;
     // A node that declined the job (its data does not match) takes no part
     // in it: it cannot train, nor validate the models a final aggregator scores.
@@ -146,14 +161,15 @@ pub fn select_with(
     if count < PARTICIPANTS_MIN {
         return None;
     }
-    let size = spec
-        .check()
-        .and_then(|job| job.group_size_for(count, spec.training.group_size as usize))
-        .ok()?;
+    let bounds = scale::bounds(spec, count)?;
+    let decision = match state.jobs().get(job) {
+        Some(record) => scale::decide(record, round as usize, bounds, now_ms),
+        None => scale::decide_first(bounds),
+    };
     let participants: BTreeSet<NodeId> = trainers.into_iter().take(count).collect();
     let sorted: Vec<NodeId> = participants.iter().cloned().collect();
     let min = if spec.secagg { SECAGG_GROUP_MIN } else { 1 };
-    let groups = split_groups(&sorted, size, min);
+    let groups = split_groups(&sorted, decision.group_size, min);
     let candidates = willing(Role::Aggregator);
     if candidates.is_empty() {
         return None;
@@ -185,6 +201,7 @@ pub fn select_with(
             groups,
             aggregators: finals,
         },
+        scale: decision,
     })
 }
 
@@ -263,7 +280,12 @@ pub fn replacement(
 pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::protocol::scale::ScaleDirection;
     use mesh_consensus::command::{Command, JobSpec, TrainingSpec};
+
+    fn at(round: u32) -> RoundAt {
+        RoundAt { round, now_ms: 0 }
+    }
 
     fn node(i: usize) -> NodeId {
         NodeId(format!("n{i:02}"))
@@ -349,8 +371,8 @@ pub(super) mod tests {
     fn selection_is_valid_deterministic_and_skips_the_dead() {
         let (state, mut alive) = state_with(9);
         let job = JobId::from("j");
-        let a = select(&state, &alive, &job, &spec(8), 0).unwrap();
-        assert_eq!(a, select(&state, &alive, &job, &spec(8), 0).unwrap());
+        let a = select(&state, &alive, &job, &spec(8), at(0)).unwrap();
+        assert_eq!(a, select(&state, &alive, &job, &spec(8), at(0)).unwrap());
         assert_eq!(a.participants.len(), 8);
         assert_eq!(a.plan.aggregators.len(), FINAL_AGGREGATORS);
         let start = Command::StartRound {
@@ -363,10 +385,10 @@ pub(super) mod tests {
         };
         start.validate().unwrap();
         alive.remove(&node(3));
-        let b = select(&state, &alive, &job, &spec(8), 0).unwrap();
+        let b = select(&state, &alive, &job, &spec(8), at(0)).unwrap();
         assert!(!b.participants.contains(&node(3)));
         alive.retain(|n, _| *n == node(0));
-        assert!(select(&state, &alive, &job, &spec(8), 0).is_none());
+        assert!(select(&state, &alive, &job, &spec(8), at(0)).is_none());
     }
 
     #[test]
@@ -378,7 +400,7 @@ pub(super) mod tests {
         five.secagg = false;
         five.training.group_size = 2;
         for round in 0..20 {
-            let plan = select(&state, &alive, &job, &five, round).unwrap().plan;
+            let plan = select(&state, &alive, &job, &five, at(round)).unwrap().plan;
             assert_eq!(plan.groups.len(), 2);
             for group in &plan.groups {
                 assert!(!group.members.contains(&group.aggregator), "{plan:?}");
@@ -393,21 +415,90 @@ pub(super) mod tests {
     #[test]
     fn three_participants_make_one_secure_group_and_two_none() {
         let (state, alive) = state_with(3);
-        let plan = select(&state, &alive, &JobId::from("j"), &spec(3), 0)
+        let plan = select(&state, &alive, &JobId::from("j"), &spec(3), at(0))
             .unwrap()
             .plan;
         assert_eq!(plan.groups.len(), 1);
         assert_eq!(plan.groups[0].members.len(), 3);
         let (state, alive) = state_with(2);
-        assert!(select(&state, &alive, &JobId::from("j"), &spec(3), 0).is_none());
+        assert!(select(&state, &alive, &JobId::from("j"), &spec(3), at(0)).is_none());
     }
 
     #[test]
     fn one_group_of_everyone_still_gets_an_aggregator() {
         let (state, alive) = state_with(4);
         let job = JobId::from("j");
-        let plan = select(&state, &alive, &job, &spec(4), 0).unwrap().plan;
+        let plan = select(&state, &alive, &job, &spec(4), at(0)).unwrap().plan;
         assert_eq!(plan.groups.len(), 1);
         assert!(plan.groups[0].members.contains(&plan.groups[0].aggregator));
+    }
+
+    /// A round that took most of its deadline makes the next one plan
+    /// smaller groups (more of them, each with its own aggregator); a fast
+    /// one keeps the job's size.
+    #[test]
+    fn a_slow_round_makes_the_next_plan_use_more_smaller_groups() {
+        let (mut state, alive) = state_with(16);
+        let job = JobId::from("j");
+        let mut spec = spec(16);
+        spec.training.group_size = 8;
+        let deadline_ms = spec.training.round_deadline_ms;
+        let mut index = 100;
+        let mut apply = |state: &mut MeshState, command: Command| {
+            index += 1;
+            state.apply(index, &command).unwrap();
+        };
+        let create = Command::CreateJob {
+            job: job.clone(),
+            spec: spec.clone(),
+        };
+        apply(&mut state, create);
+        let first = select(&state, &alive, &job, &spec, at(0)).unwrap();
+        assert_eq!(first.plan.groups.len(), 2);
+        apply(
+            &mut state,
+            Command::StartRound {
+                job: job.clone(),
+                round: 0,
+                model_hash: [1; 32],
+                participants: first.participants.clone(),
+                deadline_unix_ms: deadline_ms,
+                plan: first.plan.clone(),
+            },
+        );
+        apply(
+            &mut state,
+            Command::CompleteRound {
+                job: job.clone(),
+                round: 0,
+                model_hash: [2; 32],
+                metrics: mesh_consensus::command::RoundMetrics {
+                    accuracy: 0.5,
+                    loss: 1.0,
+                    updates_count: 16,
+                },
+                privacy_spent_epsilon_micros: 0,
+                inputs: Vec::new(),
+                evidence: Vec::new(),
+            },
+        );
+        let fast = RoundAt {
+            round: 1,
+            now_ms: deadline_ms / 10,
+        };
+        let kept = select(&state, &alive, &job, &spec, fast).unwrap();
+        assert_eq!(kept.plan.groups.len(), 2);
+        assert_eq!(kept.scale.direction, ScaleDirection::Hold);
+        let slow = RoundAt {
+            round: 1,
+            now_ms: deadline_ms * 9 / 10,
+        };
+        let scaled = select(&state, &alive, &job, &spec, slow).unwrap();
+        assert_eq!(scaled.scale.direction, ScaleDirection::Out);
+        assert_eq!(scaled.scale.group_size, 5);
+        assert_eq!(scaled.plan.groups.len(), 3);
+        let aggregators: BTreeSet<&NodeId> =
+            scaled.plan.groups.iter().map(|g| &g.aggregator).collect();
+        assert_eq!(aggregators.len(), 3, "{scaled:?}");
     }
 }

@@ -117,6 +117,8 @@ pub struct MeshRoundReport {
     pub wall_ms: u64,
     /// Attempts of this round that were aborted.
     pub aborted_attempts: u32,
+    /// Groups (each with its aggregator) the committed plan had.
+    pub groups: usize,
 }
 
 /// What a run produced.
@@ -414,6 +416,7 @@ impl MeshSim {
             committed_at_ms: self.now_ms,
             wall_ms: self.last_round_wall.elapsed().as_millis() as u64,
             aborted_attempts: record.map_or(0, |r| r.aborted_attempts),
+            groups: record.map_or(0, |r| r.plan.groups.len()),
         });
         self.last_round_wall = Instant::now();
     }
