@@ -17,25 +17,38 @@ use common::mesh::{mnist_dir, start_node, submit_job, wait_for_described, Mesh};
 const NODES: usize = 40;
 const ROUNDS: u64 = 3;
 
-/// A node's resident set from `/proc/PID/status`, KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let kib = line.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?;
+/// A field of `/proc/PID/smaps_rollup` (`Rss:`, or `Pss:`, which
+/// charges each page shared by several processes, such as the binary's
+/// code, in equal parts to each), KiB.
+fn memory_kib(pid: u32, field: &str) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup.lines().find_map(|line| {
+        let kib = line.strip_prefix(field)?.trim().strip_suffix("kB")?;
         kib.trim().parse().ok()
     })
 }
 
-/// Every node's (resident KiB, connected peers, admitted peers).
-fn sample(mesh: &Mesh) -> Vec<(u64, u64, u64)> {
+/// One node's figures at one time.
+struct Sample {
+    rss_kib: u64,
+    pss_kib: u64,
+    connected: u64,
+    admitted: u64,
+}
+
+/// Every node's figures now.
+fn sample(mesh: &Mesh) -> Vec<Sample> {
     mesh.nodes
         .iter()
         .map(|node| {
-            let rss = node.pid().and_then(rss_kib).unwrap_or(0);
+            let pid = node.pid();
             let status = node.get("/v1/status").unwrap_or_default();
-            let connected = status["peers_connected"].as_u64().unwrap_or(0);
-            let admitted = status["peers_admitted"].as_u64().unwrap_or(0);
-            (rss, connected, admitted)
+            Sample {
+                rss_kib: pid.and_then(|p| memory_kib(p, "Rss:")).unwrap_or(0),
+                pss_kib: pid.and_then(|p| memory_kib(p, "Pss:")).unwrap_or(0),
+                connected: status["peers_connected"].as_u64().unwrap_or(0),
+                admitted: status["peers_admitted"].as_u64().unwrap_or(0),
+            }
         })
         .collect()
 }
@@ -47,16 +60,20 @@ fn spread(mut values: Vec<u64>) -> (u64, u64, u64) {
     (values[0], median, values[values.len() - 1])
 }
 
-fn print_sample(when: &str, rows: &[(u64, u64, u64)]) {
-    let (rss_min, rss_med, rss_max) = spread(rows.iter().map(|r| r.0 / 1024).collect());
-    let (c_min, c_med, c_max) = spread(rows.iter().map(|r| r.1).collect());
+fn print_sample(when: &str, rows: &[Sample]) {
+    let (rss_min, rss_med, rss_max) = spread(rows.iter().map(|r| r.rss_kib / 1024).collect());
+    let (pss_min, pss_med, pss_max) = spread(rows.iter().map(|r| r.pss_kib / 1024).collect());
+    let (c_min, c_med, c_max) = spread(rows.iter().map(|r| r.connected).collect());
     println!(
-        "{when}: RSS MiB min/median/max {rss_min}/{rss_med}/{rss_max}; connected peers min/median/max {c_min}/{c_med}/{c_max}"
+        "{when}: RSS MiB min/median/max {rss_min}/{rss_med}/{rss_max}; PSS MiB {pss_min}/{pss_med}/{pss_max}; connected peers min/median/max {c_min}/{c_med}/{c_max}"
     );
-    for (i, (rss, connected, admitted)) in rows.iter().enumerate() {
+    for (i, r) in rows.iter().enumerate() {
         println!(
-            "  node {i:2}: {:5.1} MiB, {connected:2} connected, {admitted:2} admitted",
-            *rss as f64 / 1024.0
+            "  node {i:2}: RSS {:5.1} MiB, PSS {:5.1} MiB, {:2} connected, {:2} admitted",
+            r.rss_kib as f64 / 1024.0,
+            r.pss_kib as f64 / 1024.0,
+            r.connected,
+            r.admitted
         );
     }
 }
@@ -113,8 +130,9 @@ fn forty_processes_train_with_a_committee_of_five() {
     );
     assert!((3..=5).contains(&voters), "{committee}");
 
-    // Idle: nothing runs but the mesh's own upkeep.
-    std::thread::sleep(Duration::from_secs(20));
+    // Idle: nothing runs but the mesh's own upkeep (connections opened
+    // while joining close once idle for 30 s).
+    std::thread::sleep(Duration::from_secs(45));
     let idle = sample(&mesh);
     print_sample("idle", &idle);
 
@@ -162,6 +180,9 @@ fn forty_processes_train_with_a_committee_of_five() {
         done["accuracy"]
     );
     print_sample("after the job", &after);
+    // Connections nothing uses close after the idle timeout (30 s).
+    std::thread::sleep(Duration::from_secs(60));
+    print_sample("a minute after the job", &sample(&mesh));
     for node in &mut mesh.nodes {
         assert!(node.is_running(), "{}", node.log_tail());
     }
