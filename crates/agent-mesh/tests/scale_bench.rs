@@ -1,7 +1,8 @@
 //! `agent-mesh bench scale` on two small meshes, as CI runs it: every round
 //! commits, the figures are there, a typical node's connections stay
 //! within what its group implies as the mesh doubles, and no node uploads
-//! the model more than a few times.
+//! the model more than a few times; under a tight deadline the planner
+//! tries more groups and undoes it when rounds get no faster.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -82,4 +83,48 @@ fn bench_scale_completes_every_round_and_a_typical_node_talks_to_its_group() {
         );
         assert!(int("max_model_spread_ms") > 0, "{row}");
     }
+}
+
+/// With a deadline the rounds use more than half of, the planner tries
+/// smaller groups; in the simulator only latency and bandwidth take time,
+/// so the next round is no faster and the planner goes back to the job's
+/// group size and stays there.
+#[test]
+fn bench_scale_with_a_tight_deadline_tries_more_groups_then_goes_back() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
+        .args([
+            "bench",
+            "scale",
+            "--nodes",
+            "40",
+            "--rounds",
+            "5",
+            "--group-size",
+            "10",
+            "--round-deadline-ms",
+            "1500",
+            "--threads",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bench scale failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["rounds_completed"], 5, "{row}");
+    let groups: Vec<u64> = row["groups_per_round"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_u64().unwrap())
+        .collect();
+    assert_eq!(groups.len(), 5, "{row}");
+    assert_eq!(groups[0], 4, "40 participants in groups of 10: {groups:?}");
+    assert!(groups.iter().any(|g| *g > 4), "no scale-out: {groups:?}");
+    assert_eq!(groups[4], 4, "the scale-out was not undone: {groups:?}");
 }

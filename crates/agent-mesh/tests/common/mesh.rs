@@ -11,9 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
+/// The binary under test: this build's, or the one `AGENT_MESH_TEST_BIN`
+/// names (to measure a release build with the same tests).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_agent-mesh")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("AGENT_MESH_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_agent-mesh").to_string())
+    })
 }
 
 /// Runs the binary and returns stdout, panicking with stderr on failure.
