@@ -195,3 +195,50 @@ fn a_killed_group_aggregators_shard_is_reassigned() {
         "group {group} of round {round} contributed nothing after reassignment: {record}"
     );
 }
+
+/// A node without the committee role holds no copy of the committed state
+/// and cannot take part in rounds, so the planner leaves it out: a job that
+/// asks for more participants runs with the nodes that can train.
+#[test]
+fn a_trainer_without_the_committee_role_is_not_selected() {
+    let mut mesh = start_mnist_mesh(3);
+    let token = mesh.admin_token();
+    let outsider = mesh.add_member("aggregator,trainer,observer");
+    let data = common::mesh::mnist_dir();
+    let boot = mesh.nodes[0].listen[0].clone();
+    let env = [
+        ("AGENT_MESH_DATA", data.as_str()),
+        ("AGENT_MESH_DATA_SHARD", "3/4"),
+    ];
+    common::mesh::start_node(&mut mesh.nodes[outsider], Some(&boot), &env);
+    wait_for(
+        "the trainer to be admitted",
+        Duration::from_secs(60),
+        || (mesh.nodes[0].admitted() >= 3).then_some(()),
+    );
+    let spec = serde_json::json!({
+        "job": "committee-only",
+        "spec": {
+            "model": "mlp", "rounds": 2, "participants_per_round": 4,
+            "rule_name": "fedavg", "byzantine_count": 0, "secagg": true, "dp_budget": null,
+            "training": {
+                "dataset": "mnist", "epochs": 1, "batch_size": 32, "learning_rate": 0.1, "seed": 7,
+                "round_deadline_ms": 120000, "group_size": 5, "clip_norm": 20.0,
+                "noise_multiplier": 0.0, "sampling_rate": 1.0
+            }
+        }
+    });
+    submit_job(&mesh.nodes[0].http_url, &token, &spec);
+    let done = wait_completed(&mesh, &[0, 1, 2], &token, "committee-only");
+    let outsider_id = mesh.nodes[outsider].peer_id.clone();
+    for round in done["detail"]["rounds"].as_array().unwrap() {
+        let participants = round["participants"].as_array().unwrap();
+        assert_eq!(participants.len(), 3, "{round}");
+        assert!(
+            participants
+                .iter()
+                .all(|p| p.as_str() != Some(&outsider_id)),
+            "the node without the committee role was selected: {round}"
+        );
+    }
+}

@@ -407,7 +407,7 @@ impl RoundMetrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
@@ -416,7 +416,7 @@ mod tests {
     use prometheus_client::encoding::text::encode;
 
     /// The value of the sample `name` (with its labels, as encoded).
-    fn value(registry: &Registry, name: &str) -> Option<f64> {
+    pub(in crate::runtime) fn value(registry: &Registry, name: &str) -> Option<f64> {
         let mut text = String::new();
         encode(&mut text, registry).unwrap();
         text.lines()

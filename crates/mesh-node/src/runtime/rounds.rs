@@ -233,13 +233,19 @@ impl RoundDriver {
         &mut self.engine
     }
 
+    /// The engine's view of live nodes: this node and the admitted peers
+    /// that can take part in rounds. Only committee-capable nodes hold the
+    /// committed state rounds run on (a node without it refuses round
+    /// messages), so a peer without the committee role is left out: the
+    /// planner would select it, and its group would wait for an update that
+    /// never comes. (The round gate still checks every admitted peer's roles.)
     fn alive(
         &self,
-        admitted: BTreeMap<NodeId, BTreeSet<Role>>,
+        mut admitted: BTreeMap<NodeId, BTreeSet<Role>>,
     ) -> BTreeMap<NodeId, BTreeSet<Role>> {
-        let mut alive = admitted;
-        alive.insert(self.engine.me().clone(), self.roles.clone());
-        alive
+        admitted.retain(|_, roles| roles.contains(&Role::Committee));
+        admitted.insert(self.engine.me().clone(), self.roles.clone());
+        admitted
     }
 
     async fn with_view<R>(

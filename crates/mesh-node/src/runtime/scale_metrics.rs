@@ -144,17 +144,9 @@ fn log_decision(job_id: &str, round: usize, job: &Job, decision: &ScaleDecision)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::runtime::round_metrics::tests::value;
     use mesh_consensus::command::{Command, GroupPlan, JobSpec, RoundPlan, TrainingSpec};
     use mesh_consensus::{NodeId, Role};
-    use prometheus_client::encoding::text::encode;
-
-    fn value(registry: &Registry, name: &str) -> Option<f64> {
-        let mut text = String::new();
-        encode(&mut text, registry).unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .map(|v| v.parse().unwrap())
-    }
 
     fn node(i: usize) -> NodeId {
         NodeId(format!("n{i:02}"))

@@ -271,8 +271,9 @@ pub fn least_loaded<'n>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::protocol::plan::tests::complete_round;
     use crate::protocol::plan::{replacement, select_with, RoundAt, Selection};
-    use mesh_consensus::command::{Command, JobSpec, RoundMetrics};
+    use mesh_consensus::command::{Command, JobSpec};
     use mesh_security::rbac::Role;
 
     fn node(i: usize) -> NodeId {
@@ -347,19 +348,7 @@ mod tests {
                 out.push(s);
             }
             for (job, _) in self.jobs.clone() {
-                self.apply(&Command::CompleteRound {
-                    job,
-                    round,
-                    model_hash: [round as u8 ^ 0xff; 32],
-                    metrics: RoundMetrics {
-                        accuracy: 0.5,
-                        loss: 1.0,
-                        updates_count: 1,
-                    },
-                    privacy_spent_epsilon_micros: 0,
-                    inputs: Vec::new(),
-                    evidence: Vec::new(),
-                });
+                self.apply(&complete_round(job, round, [round as u8 ^ 0xff; 32]));
             }
             out
         }

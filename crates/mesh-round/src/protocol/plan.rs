@@ -311,6 +311,28 @@ pub(super) mod tests {
         job_spec(participants, 3)
     }
 
+    /// Completes round `round` of `job` with `model_hash` (plain metrics,
+    /// no inputs, no evidence).
+    pub(in crate::protocol) fn complete_round(
+        job: JobId,
+        round: u32,
+        model_hash: [u8; 32],
+    ) -> Command {
+        Command::CompleteRound {
+            job,
+            round,
+            model_hash,
+            metrics: mesh_consensus::command::RoundMetrics {
+                accuracy: 0.5,
+                loss: 1.0,
+                updates_count: 1,
+            },
+            privacy_spent_epsilon_micros: 0,
+            inputs: Vec::new(),
+            evidence: Vec::new(),
+        }
+    }
+
     /// A secure FedAvg job of `rounds` rounds, groups of 4 (the planner's tests' job).
     pub(in crate::protocol) fn job_spec(participants: u32, rounds: u32) -> JobSpec {
         JobSpec {
@@ -466,22 +488,7 @@ pub(super) mod tests {
                 plan: first.plan.clone(),
             },
         );
-        apply(
-            &mut state,
-            Command::CompleteRound {
-                job: job.clone(),
-                round: 0,
-                model_hash: [2; 32],
-                metrics: mesh_consensus::command::RoundMetrics {
-                    accuracy: 0.5,
-                    loss: 1.0,
-                    updates_count: 16,
-                },
-                privacy_spent_epsilon_micros: 0,
-                inputs: Vec::new(),
-                evidence: Vec::new(),
-            },
-        );
+        apply(&mut state, complete_round(job.clone(), 0, [2; 32]));
         let fast = RoundAt {
             round: 1,
             now_ms: deadline_ms / 10,

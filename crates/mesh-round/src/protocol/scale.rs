@@ -316,7 +316,8 @@ const ABORT_STEPS_MAX: u32 = 16;
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use mesh_consensus::command::{Command, GroupPlan, JobId, ModelHash, NodeId, RoundPlan};
+    use crate::protocol::plan::tests::complete_round;
+    use mesh_consensus::command::{Command, GroupPlan, JobId, NodeId, RoundPlan};
     use mesh_consensus::MeshState;
     use mesh_security::rbac::Role;
 
@@ -398,20 +399,8 @@ mod tests {
             self.start();
             self.now_ms += time_ms;
             let round = self.round() - 1;
-            let model_hash: ModelHash = [100 + round as u8; 32];
-            self.apply(Command::CompleteRound {
-                job: JobId::from("j"),
-                round,
-                model_hash,
-                metrics: mesh_consensus::command::RoundMetrics {
-                    accuracy: 0.5,
-                    loss: 1.0,
-                    updates_count: 2,
-                },
-                privacy_spent_epsilon_micros: 0,
-                inputs: Vec::new(),
-                evidence: Vec::new(),
-            });
+            let done = complete_round(JobId::from("j"), round, [100 + round as u8; 32]);
+            self.apply(done);
         }
 
         /// Starts the next round and aborts it at its deadline.
