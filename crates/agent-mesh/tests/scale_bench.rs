@@ -14,22 +14,12 @@ const FINAL_AGGREGATORS: u64 = 2;
 /// Children per node in a round's fetch tree (`mesh_round::protocol::spread::FETCH_FANOUT`).
 const FETCH_FANOUT: u64 = 3;
 
-#[test]
-fn bench_scale_completes_every_round_and_a_typical_node_talks_to_its_group() {
+/// Runs `agent-mesh bench scale ARGS --threads 2 --json` and reads its rows.
+fn bench_scale(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
-        .args([
-            "bench",
-            "scale",
-            "--nodes",
-            "30,60",
-            "--rounds",
-            "2",
-            "--group-size",
-            &GROUP_SIZE.to_string(),
-            "--threads",
-            "2",
-            "--json",
-        ])
+        .args(["bench", "scale"])
+        .args(args)
+        .args(["--threads", "2", "--json"])
         .output()
         .unwrap();
     assert!(
@@ -37,7 +27,20 @@ fn bench_scale_completes_every_round_and_a_typical_node_talks_to_its_group() {
         "bench scale failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_scale_completes_every_round_and_a_typical_node_talks_to_its_group() {
+    let group_size = GROUP_SIZE.to_string();
+    let rows = bench_scale(&[
+        "--nodes",
+        "30,60",
+        "--rounds",
+        "2",
+        "--group-size",
+        &group_size,
+    ]);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for (row, nodes) in rows.iter().zip([30u64, 60]) {
@@ -91,30 +94,16 @@ fn bench_scale_completes_every_round_and_a_typical_node_talks_to_its_group() {
 /// group size and stays there.
 #[test]
 fn bench_scale_with_a_tight_deadline_tries_more_groups_then_goes_back() {
-    let out = Command::new(env!("CARGO_BIN_EXE_agent-mesh"))
-        .args([
-            "bench",
-            "scale",
-            "--nodes",
-            "40",
-            "--rounds",
-            "5",
-            "--group-size",
-            "10",
-            "--round-deadline-ms",
-            "1500",
-            "--threads",
-            "2",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bench scale failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = bench_scale(&[
+        "--nodes",
+        "40",
+        "--rounds",
+        "5",
+        "--group-size",
+        "10",
+        "--round-deadline-ms",
+        "1500",
+    ]);
     let row = &rows[0];
     assert_eq!(row["rounds_completed"], 5, "{row}");
     let groups: Vec<u64> = row["groups_per_round"]
