@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mesh::{mnist_dir, start_node, submit_job, wait_for_described, Mesh};
+use common::mesh::{start_mnist_nodes, submit_job, wait_for_described, Mesh};
 
 const NODES: usize = 40;
 const ROUNDS: u64 = 3;
@@ -103,24 +103,13 @@ fn committee_of(mesh: &Mesh, members: usize) -> serde_json::Value {
 #[test]
 #[ignore = "forty processes: a measurement, run on demand"]
 fn forty_processes_train_with_a_committee_of_five() {
-    let mut mesh = Mesh::new(NODES);
-    let data = mnist_dir();
     let started = Instant::now();
-    let mut boot = None::<String>;
-    for i in 0..NODES {
-        let shard = format!("{i}/{NODES}");
-        let env = [
-            ("AGENT_MESH_DATA", data.as_str()),
-            ("AGENT_MESH_DATA_SHARD", shard.as_str()),
-            ("AGENT_MESH_WORKER_THREADS", "1"),
-            ("AGENT_MESH_BOOTSTRAP_EXPECT", "5"),
-            ("AGENT_MESH_LOG", "warn"),
-        ];
-        start_node(&mut mesh.nodes[i], boot.as_deref(), &env);
-        if boot.is_none() {
-            boot = Some(mesh.nodes[0].listen[0].clone());
-        }
-    }
+    let env = [
+        ("AGENT_MESH_WORKER_THREADS", "1"),
+        ("AGENT_MESH_BOOTSTRAP_EXPECT", "5"),
+        ("AGENT_MESH_LOG", "warn"),
+    ];
+    let mut mesh = start_mnist_nodes(NODES, &env);
     let committee = committee_of(&mesh, NODES);
     let voters = committee["voters"].as_array().unwrap().len();
     println!(

@@ -501,6 +501,14 @@ pub fn start_mnist_mesh(n: usize) -> Mesh {
 
 /// [`start_mnist_mesh`] with more environment for every node.
 pub fn start_mnist_mesh_with(n: usize, extra_env: &[(&str, &str)]) -> Mesh {
+    let mut mesh = start_mnist_nodes(n, extra_env);
+    mesh.wait_full_mesh();
+    mesh
+}
+
+/// The nodes of [`start_mnist_mesh_with`], started but not waited for: each
+/// has written its node.json, none need have admitted the others yet.
+pub fn start_mnist_nodes(n: usize, extra_env: &[(&str, &str)]) -> Mesh {
     let mut mesh = Mesh::new(n);
     let data = mnist_dir();
     let mut boot = None::<String>;
@@ -516,7 +524,6 @@ pub fn start_mnist_mesh_with(n: usize, extra_env: &[(&str, &str)]) -> Mesh {
             boot = Some(mesh.nodes[0].listen[0].clone());
         }
     }
-    mesh.wait_full_mesh();
     mesh
 }
 

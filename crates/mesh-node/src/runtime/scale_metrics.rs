@@ -10,9 +10,8 @@
 //! groups already at their smallest means aggregators are short; a shortfall
 //! means trainers are.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-use mesh_consensus::state::jobs::Job;
 use mesh_consensus::MeshState;
 use mesh_round::protocol::scale::{self, ScaleDecision, ScaleDirection};
 use prometheus_client::metrics::counter::Counter;
@@ -23,10 +22,7 @@ use prometheus_client::registry::Registry;
 type Label = [(&'static str, String); 1];
 type GaugeF64 = Gauge<f64, std::sync::atomic::AtomicU64>;
 
-/// Most round attempts remembered as logged.
-const LOGGED_MAX: usize = 10_000;
-
-/// The handles, and which round attempts were already logged.
+/// The handles, and the round attempt each job was last exported at.
 #[derive(Debug, Default)]
 pub struct ScaleMetrics {
     groups: Family<Label, Gauge>,
@@ -34,8 +30,9 @@ pub struct ScaleMetrics {
     time_ratio: Family<Label, GaugeF64>,
     shortfall: Family<Label, Gauge>,
     decisions: Family<Label, Counter>,
-    /// (job, round, job's aborted attempts when it started).
-    logged: BTreeSet<(String, usize, u32)>,
+    /// Per job, (latest round, the job's aborted attempts when it started):
+    /// a started round's decision never changes, so it is worked out once.
+    exported: BTreeMap<String, (usize, u32)>,
 }
 
 impl ScaleMetrics {
@@ -74,25 +71,10 @@ impl ScaleMetrics {
     /// Exports each job's latest round and logs a newly started one.
     pub fn observe(&mut self, state: &MeshState) {
         for (id, job) in state.jobs().iter() {
+            let Some((last, record)) = job.rounds.iter().enumerate().next_back() else {
+                continue;
+            };
             let label = [("job", id.0.clone())];
-            let Some(last) = job.rounds.len().checked_sub(1) else {
-                continue;
-            };
-            let Some(decision) = scale::decided(job, last) else {
-                continue;
-            };
-            let record = &job.rounds[last];
-            self.groups
-                .get_or_create(&label)
-                .set(i64::try_from(record.plan.groups.len()).unwrap_or(i64::MAX));
-            self.group_size
-                .get_or_create(&label)
-                .set(i64::try_from(decision.group_size).unwrap_or(i64::MAX));
-            if let Some(permille) = decision.round_time_ratio_permille {
-                self.time_ratio
-                    .get_or_create(&label)
-                    .set(permille as f64 / 1000.0);
-            }
             let wanted = job.spec.participants_per_round as usize;
             let short = if job.status.is_finished() {
                 0
@@ -102,20 +84,36 @@ impl ScaleMetrics {
             self.shortfall
                 .get_or_create(&label)
                 .set(i64::try_from(short).unwrap_or(i64::MAX));
-            let key = (id.0.clone(), last, record.aborted_attempts);
-            if self.logged.len() < LOGGED_MAX && self.logged.insert(key) {
-                self.decisions
-                    .get_or_create(&[("direction", decision.direction.as_str().to_string())])
-                    .inc();
-                log_decision(&id.0, last, job, &decision);
+            let attempt = (last, record.aborted_attempts);
+            if self.exported.get(&id.0) == Some(&attempt) {
+                continue;
             }
+            self.exported.insert(id.0.clone(), attempt);
+            let Some(decision) = scale::decided(job, last) else {
+                continue;
+            };
+            let groups = record.plan.groups.len();
+            self.groups
+                .get_or_create(&label)
+                .set(i64::try_from(groups).unwrap_or(i64::MAX));
+            self.group_size
+                .get_or_create(&label)
+                .set(i64::try_from(decision.group_size).unwrap_or(i64::MAX));
+            if let Some(permille) = decision.round_time_ratio_permille {
+                self.time_ratio
+                    .get_or_create(&label)
+                    .set(permille as f64 / 1000.0);
+            }
+            self.decisions
+                .get_or_create(&[("direction", decision.direction.as_str().to_string())])
+                .inc();
+            log_decision(&id.0, last, groups, &decision);
         }
     }
 }
 
 /// One line per planned round: at info when the size moved, else debug.
-fn log_decision(job_id: &str, round: usize, job: &Job, decision: &ScaleDecision) {
-    let groups = job.rounds.get(round).map_or(0, |r| r.plan.groups.len());
+fn log_decision(job_id: &str, round: usize, groups: usize, decision: &ScaleDecision) {
     let ratio = decision
         .round_time_ratio_permille
         .map(|p| format!("{:.0}%", p as f64 / 10.0))
