@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
 
 use crate::config::{envelope_mesh_id, NetConfig, TransportKind};
+use crate::link_delay::LinkDelay;
 use crate::metrics::{Direction, Kind};
 use crate::{spawn, Multiaddr, NetError, NetEvent, NetHandle, PeerStatus};
 
@@ -44,6 +45,25 @@ pub struct GossipResult {
     /// Gossip copies refused because the relaying peer was not admitted yet
     /// (summed over nodes).
     pub unadmitted_relays: u64,
+    /// Each link's one-way delay range, when links were delayed.
+    pub link_delay: Option<LinkDelay>,
+    /// Most peers one node was connected to, sampled after the last message.
+    pub connections_max: usize,
+    /// Median over nodes of the same.
+    pub connections_median: usize,
+}
+
+/// What [`gossip_time_to_all`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GossipBench {
+    /// Nodes in the mesh (at least 2).
+    pub nodes: usize,
+    /// Messages to publish, one at a time.
+    pub messages: usize,
+    /// Seed of identities, topology and link delays.
+    pub seed: u64,
+    /// Each link's one-way delay range; none for instant links.
+    pub link_delay: Option<LinkDelay>,
 }
 
 /// Request-response throughput of one blob size over loopback TCP.
@@ -101,6 +121,16 @@ impl Fixture {
     }
 
     fn config(&self, seed: u64, index: u64, kind: TransportKind) -> Result<NetConfig, BenchError> {
+        self.config_delayed(seed, index, kind, None)
+    }
+
+    fn config_delayed(
+        &self,
+        seed: u64,
+        index: u64,
+        kind: TransportKind,
+        link_delay: Option<LinkDelay>,
+    ) -> Result<NetConfig, BenchError> {
         let id = identity(seed, index);
         let mut serial = [0u8; 16];
         serial[..8].copy_from_slice(&index.to_be_bytes());
@@ -124,6 +154,7 @@ impl Fixture {
         .parse()
         .map_err(|e| BenchError::Setup(format!("address: {e}")))?];
         config.seed = seed ^ index;
+        config.memory_link_delay = link_delay;
         config.limits.memory_fraction_max = None;
         config.timing.tick = Duration::from_millis(100);
         config.timing.gossip_heartbeat = Duration::from_millis(200);
@@ -157,6 +188,14 @@ async fn first_addr(handle: &NetHandle) -> Result<Multiaddr, BenchError> {
     Err(BenchError::Setup("node did not start listening".into()))
 }
 
+async fn connected(handle: &NetHandle) -> usize {
+    let peers = handle.peers().await;
+    peers
+        .iter()
+        .filter(|p| matches!(p.state, PeerStatus::Connected | PeerStatus::Admitted))
+        .count()
+}
+
 async fn admitted(handle: &NetHandle) -> usize {
     let peers = handle.peers().await;
     peers
@@ -165,16 +204,12 @@ async fn admitted(handle: &NetHandle) -> usize {
         .count()
 }
 
-/// Measures gossip time-to-all for `nodes` nodes and `messages` messages.
-pub fn gossip_time_to_all(
-    nodes: usize,
-    messages: usize,
-    seed: u64,
-) -> Result<GossipResult, BenchError> {
-    if nodes < 2 {
+/// Measures gossip time-to-all as `bench` says.
+pub fn gossip_time_to_all(bench: GossipBench) -> Result<GossipResult, BenchError> {
+    if bench.nodes < 2 {
         return Err(BenchError::Setup("need at least 2 nodes".into()));
     }
-    runtime()?.block_on(gossip_async(nodes, messages, seed))
+    runtime()?.block_on(gossip_async(bench))
 }
 
 struct Arrival {
@@ -183,16 +218,17 @@ struct Arrival {
 }
 
 async fn start_gossip_mesh(
-    nodes: usize,
-    seed: u64,
+    bench: GossipBench,
     arrivals: &mpsc::Sender<Arrival>,
 ) -> Result<Vec<NetHandle>, BenchError> {
+    let GossipBench { nodes, seed, .. } = bench;
     let fixture = Fixture::new(seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut handles: Vec<NetHandle> = Vec::with_capacity(nodes);
     let mut addrs: Vec<Multiaddr> = Vec::with_capacity(nodes);
     for index in 0..nodes {
-        let mut config = fixture.config(seed, index as u64, TransportKind::Memory)?;
+        let mut config =
+            fixture.config_delayed(seed, index as u64, TransportKind::Memory, bench.link_delay)?;
         config.target_peers = 6;
         if index > 0 {
             config.bootstrap.push(addrs[index - 1].clone());
@@ -241,14 +277,16 @@ async fn collect_arrivals(mut events: mpsc::Receiver<NetEvent>, out: mpsc::Sende
     }
 }
 
-async fn gossip_async(
-    nodes: usize,
-    messages: usize,
-    seed: u64,
-) -> Result<GossipResult, BenchError> {
+async fn gossip_async(bench: GossipBench) -> Result<GossipResult, BenchError> {
+    let GossipBench {
+        nodes,
+        messages,
+        seed,
+        link_delay,
+    } = bench;
     let setup = Instant::now();
     let (arrivals_tx, mut arrivals) = mpsc::channel(nodes.saturating_mul(4).max(64));
-    let handles = start_gossip_mesh(nodes, seed, &arrivals_tx).await?;
+    let handles = start_gossip_mesh(bench, &arrivals_tx).await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let mut times_ms = Vec::with_capacity(messages);
     let mesh_id = envelope_mesh_id(MESH);
@@ -294,6 +332,11 @@ async fn gossip_async(
                 .messages(Kind::Gossip, Direction::In, "not_admitted")
         })
         .sum();
+    let mut connections = Vec::with_capacity(nodes);
+    for handle in &handles {
+        connections.push(connected(handle).await);
+    }
+    connections.sort_unstable();
     for handle in handles {
         handle.shutdown().await;
     }
@@ -306,6 +349,9 @@ async fn gossip_async(
         p99_ms: percentile(&times_ms, 0.99),
         setup_s,
         unadmitted_relays,
+        link_delay,
+        connections_max: connections.last().copied().unwrap_or(0),
+        connections_median: connections.get(nodes / 2).copied().unwrap_or(0),
     })
 }
 

@@ -12,6 +12,7 @@ use mesh_security::ca::CertVerifier;
 use mesh_security::envelope::MeshId;
 use mesh_security::NodeIdentity;
 
+use crate::link_delay::LinkDelay;
 use crate::version::VersionRange;
 
 /// Which transports the swarm speaks.
@@ -255,6 +256,10 @@ pub struct NetConfig {
     pub mdns: bool,
     /// Which transports to use.
     pub transport: TransportKind,
+    /// With [`TransportKind::Memory`]: each connection's one-way delay is
+    /// drawn from this range (seeded by `seed`), so many in-process nodes
+    /// see wide-area latency. Ignored on the network transport.
+    pub memory_link_delay: Option<LinkDelay>,
     /// Admitted peers the node tries to keep, dialling known peers when below.
     pub target_peers: usize,
     /// Most admitted peers whose connections are held open; connections to
@@ -299,6 +304,7 @@ impl NetConfig {
             bootstrap: Vec::new(),
             mdns: false,
             transport: TransportKind::Network,
+            memory_link_delay: None,
             target_peers: 8,
             kept_peers_max: 16,
             limits: ConnectionLimits::default(),

@@ -40,6 +40,7 @@ use crate::config::{NetConfig, TransportKind};
 use crate::discovery::AddressBook;
 use crate::gossip::GossipGate;
 use crate::handle::{Command, NetEvent};
+use crate::link_delay::DelayDrawer;
 use crate::log_limit::LogLimiter;
 use crate::metrics::{Direction, Kind, NetMetrics};
 use crate::peers::{Backoff, PeerState, PeerTable, PeerTableConfig};
@@ -148,8 +149,11 @@ fn validate(config: &NetConfig) -> Result<(), NetError> {
 fn build_swarm(config: &NetConfig, metrics: &NetMetrics) -> Result<Swarm<MeshBehaviour>, NetError> {
     let keypair = ids::keypair(&config.identity)?;
     let relayed_bytes = metrics.nat.relayed_counters();
+    let delay = config
+        .memory_link_delay
+        .map(|range| DelayDrawer::new(range, config.seed));
     let (transport, relay_client) =
-        transport::build_with_relay_client(config.transport, &keypair, relayed_bytes)?;
+        transport::build_with_relay_client(config.transport, &keypair, delay, relayed_bytes)?;
     let behaviour = MeshBehaviour::new(&keypair, config, relay_client)?;
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.limits.idle_timeout);

@@ -62,6 +62,7 @@ pub mod gossip;
 pub mod handle;
 pub mod ids;
 pub mod keep_alive;
+pub mod link_delay;
 pub mod log_limit;
 pub mod lookup;
 pub mod metrics;

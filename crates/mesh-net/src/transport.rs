@@ -5,6 +5,7 @@
 //!   Network: TCP ─ multistream ─ Noise XX (X25519, ChaCha20-Poly1305, Ed25519 identity) ─ Yamux
 //!            QUIC v1 (TLS 1.3 with the same Ed25519 identity, native streams)
 //!   Memory:  MemoryTransport ─ multistream ─ Noise XX ─ Yamux     (one process, many nodes)
+//!            [─ link_delay::Delayed under multistream, when a delay range is set]
 //! ```
 //!
 //! Both produce `(PeerId, StreamMuxerBox)`, so the swarm above does not know
@@ -31,6 +32,7 @@ use libp2p::{noise, quic, relay, tcp, yamux, PeerId, Transport};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::config::TransportKind;
+use crate::link_delay::DelayDrawer;
 use crate::NetError;
 
 /// Longest time a connection may spend in its security and multiplexer handshake.
@@ -49,12 +51,21 @@ fn yamux_config() -> yamux::Config {
     config
 }
 
-/// Builds the transport of `kind` for `keypair`.
-pub fn build(kind: TransportKind, keypair: &Keypair) -> Result<MeshTransport, NetError> {
+/// Builds the transport of `kind` for `keypair`; memory links are delayed
+/// as `delay` draws, when given.
+pub fn build(
+    kind: TransportKind,
+    keypair: &Keypair,
+    delay: Option<DelayDrawer>,
+) -> Result<MeshTransport, NetError> {
     let noise = noise::Config::new(keypair)
         .map_err(|e| NetError::Transport(format!("noise setup failed: {e}")))?;
     match kind {
         TransportKind::Memory => Ok(MemoryTransport::default()
+            .map(move |channel, _| match &delay {
+                Some(delay) => Either::Left(delay.wrap(channel)),
+                None => Either::Right(channel),
+            })
             .upgrade(Version::V1)
             .authenticate(noise)
             .multiplex(yamux_config())
@@ -82,9 +93,10 @@ pub fn build(kind: TransportKind, keypair: &Keypair) -> Result<MeshTransport, Ne
 pub fn build_with_relay_client(
     kind: TransportKind,
     keypair: &Keypair,
+    delay: Option<DelayDrawer>,
     relayed_bytes: (Counter, Counter),
 ) -> Result<(MeshTransport, relay::client::Behaviour), NetError> {
-    let base = build(kind, keypair)?;
+    let base = build(kind, keypair, delay)?;
     let (relay_transport, behaviour) = relay::client::new(keypair.public().to_peer_id());
     let noise = noise::Config::new(keypair)
         .map_err(|e| NetError::Transport(format!("noise setup failed: {e}")))?;

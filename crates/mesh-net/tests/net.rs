@@ -467,7 +467,7 @@ async fn a_peer_that_never_presents_a_certificate_is_refused_at_the_deadline() {
     // A bare libp2p node: real Noise handshake, no certificate protocol.
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let silent_id = keypair.public().to_peer_id();
-    let transport = mesh_net::transport::build(TransportKind::Memory, &keypair).unwrap();
+    let transport = mesh_net::transport::build(TransportKind::Memory, &keypair, None).unwrap();
     let mut silent = Swarm::new(
         transport,
         dummy::Behaviour,

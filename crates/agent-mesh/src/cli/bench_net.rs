@@ -3,7 +3,8 @@
 
 use clap::Args;
 use comfy_table::Table;
-use mesh_net::bench;
+use mesh_net::bench::{self, GossipBench};
+use mesh_net::link_delay::LinkDelay;
 
 /// Flags of `agent-mesh bench net`.
 #[derive(Debug, Args)]
@@ -20,9 +21,17 @@ pub struct NetArgs {
     /// Total MiB sent per blob size (at least one request each).
     #[arg(long, default_value_t = 512)]
     pub volume_mib: usize,
-    /// Seed of identities and topology.
+    /// Seed of identities, topology and link delays.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// One-way delay of every in-process link for the gossip measurement,
+    /// in ms: `MIN-MAX` (each connection draws its own, seeded) or one
+    /// value. Without it links are instant.
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_link_delay)]
+    pub link_delay_ms: Option<LinkDelay>,
+    /// Only the gossip measurement (skip the blob throughput).
+    #[arg(long)]
+    pub gossip_only: bool,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -41,20 +50,32 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
     );
     let mut gossip = Vec::new();
     for &n in &args.nodes {
-        gossip.push(bench::gossip_time_to_all(n, args.messages, args.seed)?);
+        gossip.push(bench::gossip_time_to_all(GossipBench {
+            nodes: n,
+            messages: args.messages,
+            seed: args.seed,
+            link_delay: args.link_delay_ms,
+        })?);
     }
     let sizes: Vec<(usize, usize)> = args
         .blob_mib
         .iter()
         .map(|&mib| (mib << 20, (args.volume_mib / mib).max(1)))
         .collect();
-    let throughput = bench::request_throughput(&sizes, args.seed)?;
+    let throughput = if args.gossip_only {
+        Vec::new()
+    } else {
+        bench::request_throughput(&sizes, args.seed)?
+    };
     if args.json {
         let json = serde_json::json!({
             "gossip": gossip.iter().map(|g| serde_json::json!({
                 "nodes": g.nodes, "messages": g.messages, "delivered": g.delivered,
                 "p50_ms": g.p50_ms, "p99_ms": g.p99_ms, "setup_s": g.setup_s,
                 "unadmitted_relays": g.unadmitted_relays,
+                "link_delay_ms": g.link_delay.map(|d| [d.min_ms, d.max_ms]),
+                "connections_max": g.connections_max,
+                "connections_median": g.connections_median,
             })).collect::<Vec<_>>(),
             "throughput": throughput.iter().map(|t| serde_json::json!({
                 "blob_bytes": t.blob_bytes, "transfers": t.transfers,
@@ -73,6 +94,8 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         "p99 (ms)",
         "setup (s)",
         "unadmitted relays",
+        "link delay (ms)",
+        "connections max / median",
     ]);
     for g in &gossip {
         table.add_row([
@@ -83,9 +106,15 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
             format!("{:.1}", g.p99_ms),
             format!("{:.1}", g.setup_s),
             g.unadmitted_relays.to_string(),
+            g.link_delay
+                .map_or("none".into(), |d| format!("{}-{}", d.min_ms, d.max_ms)),
+            format!("{} / {}", g.connections_max, g.connections_median),
         ]);
     }
     println!("gossip time-to-all (memory transport, one process)\n{table}");
+    if throughput.is_empty() {
+        return Ok(());
+    }
     let mut table = Table::new();
     table.set_header(["blob (MiB)", "requests", "time (s)", "GB/s"]);
     for t in &throughput {
@@ -98,4 +127,46 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
     }
     println!("request-response throughput (TCP + Noise + Yamux on 127.0.0.1)\n{table}");
     Ok(())
+}
+
+/// Parses `MIN-MAX` or `MS` into a delay range.
+fn parse_link_delay(text: &str) -> Result<LinkDelay, String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{part:?} is not a number of milliseconds"))
+    };
+    let (min_ms, max_ms) = match text.split_once('-') {
+        Some((low, high)) => (number(low)?, number(high)?),
+        None => (number(text)?, number(text)?),
+    };
+    if min_ms > max_ms {
+        return Err(format!("the range {min_ms}-{max_ms} goes down"));
+    }
+    Ok(LinkDelay { min_ms, max_ms })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_delays_parse_as_a_range_or_one_value() {
+        assert_eq!(
+            parse_link_delay("20-50"),
+            Ok(LinkDelay {
+                min_ms: 20,
+                max_ms: 50
+            })
+        );
+        assert_eq!(
+            parse_link_delay("30"),
+            Ok(LinkDelay {
+                min_ms: 30,
+                max_ms: 30
+            })
+        );
+        assert!(parse_link_delay("50-20").is_err());
+        assert!(parse_link_delay("fast").is_err());
+    }
 }

@@ -250,7 +250,7 @@ impl SubmitArgs {
                 regression: self.task == "regression",
                 ..Default::default()
             },
-            images: Default::default(),
+            ..Default::default()
         };
         let data = super::sim::load_data(source, &options)?;
         Ok(Some(data.train.schema()))

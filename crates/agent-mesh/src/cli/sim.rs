@@ -185,7 +185,7 @@ impl SimArgs {
                 missing: self.missing,
                 ..TableOptions::default()
             },
-            images: Default::default(),
+            ..LoadOptions::default()
         }
     }
 

@@ -98,17 +98,58 @@ pub fn parse_idx(bytes: &[u8], expected_magic: u32, name: &str) -> Result<IdxArr
 /// Parses a stored images file and its labels file (gzip or raw) into a
 /// normalized [`Dataset`]; the names are used in error messages.
 pub fn pair_from_stored(
+    images: (&str, &[u8]),
+    labels: (&str, &[u8]),
+) -> Result<Dataset, DataError> {
+    pair_rows_from_stored(images, labels, |_| Ok(None))
+}
+
+/// Like [`pair_from_stored`], keeping only the rows `pick` chooses from the
+/// labels (all rows when it chooses `None`). Only kept rows are converted to
+/// features, so a node that keeps a shard never holds the whole set as `f32`.
+pub fn pair_rows_from_stored(
     (images_name, images): (&str, &[u8]),
     (labels_name, labels): (&str, &[u8]),
+    pick: impl FnOnce(&[u8]) -> Result<Option<Vec<usize>>, DataError>,
 ) -> Result<Dataset, DataError> {
-    images_to_dataset(
-        &parse_stored_idx(images, IMAGES_MAGIC, images_name)?,
-        &parse_stored_idx(labels, LABELS_MAGIC, labels_name)?,
-    )
+    let labels = parse_stored_idx(labels, LABELS_MAGIC, labels_name)?;
+    check_labels(&labels)?;
+    let rows = pick(&labels.data)?;
+    let images = parse_stored_idx(images, IMAGES_MAGIC, images_name)?;
+    images_rows_to_dataset(&images, &labels, rows.as_deref())
+}
+
+/// Classes of an IDX label file (digits).
+pub const NUM_CLASSES: usize = 10;
+
+fn check_labels(labels: &IdxArray) -> Result<(), DataError> {
+    match labels
+        .data
+        .iter()
+        .position(|&l| usize::from(l) >= NUM_CLASSES)
+    {
+        Some(index) => Err(DataError::BadLabel {
+            index,
+            label: labels.data[index],
+            num_classes: NUM_CLASSES,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Combines an images array `[n, h, w]` and a labels array `[n]` into a data set.
 pub fn images_to_dataset(images: &IdxArray, labels: &IdxArray) -> Result<Dataset, DataError> {
+    check_labels(labels)?;
+    images_rows_to_dataset(images, labels, None)
+}
+
+/// The data set of the given rows (all rows for `None`) of an images array
+/// `[n, h, w]` and its checked labels `[n]`.
+fn images_rows_to_dataset(
+    images: &IdxArray,
+    labels: &IdxArray,
+    rows: Option<&[usize]>,
+) -> Result<Dataset, DataError> {
     let (n, h, w) = (images.dims[0], images.dims[1], images.dims[2]);
     if n != labels.dims[0] {
         return Err(DataError::CountMismatch {
@@ -116,27 +157,37 @@ pub fn images_to_dataset(images: &IdxArray, labels: &IdxArray) -> Result<Dataset
             labels: labels.dims[0],
         });
     }
-    const NUM_CLASSES: usize = 10;
-    if let Some(index) = labels
-        .data
-        .iter()
-        .position(|&l| usize::from(l) >= NUM_CLASSES)
-    {
-        return Err(DataError::BadLabel {
-            index,
-            label: labels.data[index],
-            num_classes: NUM_CLASSES,
-        });
+    let all: Vec<usize>;
+    let rows = match rows {
+        Some(rows) => rows,
+        None => {
+            all = (0..n).collect();
+            &all
+        }
+    };
+    let pixels = h * w;
+    let mut features = Vec::with_capacity(rows.len() * pixels);
+    let mut kept_labels = Vec::with_capacity(rows.len());
+    for &row in rows {
+        let (Some(image), Some(&label)) = (
+            images.data.get(row * pixels..(row + 1) * pixels),
+            labels.data.get(row),
+        ) else {
+            return Err(DataError::InvalidParameter(format!(
+                "row {row} of a set of {n}"
+            )));
+        };
+        features.extend(
+            image
+                .iter()
+                .map(|&p| (f32::from(p) / 255.0 - MNIST_MEAN) / MNIST_STD),
+        );
+        kept_labels.push(label);
     }
-    let features = images
-        .data
-        .iter()
-        .map(|&p| (f32::from(p) / 255.0 - MNIST_MEAN) / MNIST_STD)
-        .collect();
     Ok(Dataset {
         features,
-        labels: labels.data.clone(),
-        feature_count: h * w,
+        labels: kept_labels,
+        feature_count: pixels,
         num_classes: NUM_CLASSES,
         image_shape: Some([1, h, w]),
         targets: Vec::new(),

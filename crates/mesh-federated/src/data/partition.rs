@@ -109,6 +109,37 @@ impl Partition {
     }
 }
 
+/// One node's share of a split: shard `shard` of `shards`, split by
+/// `partition` with `seed`. Every node that splits the same rows with the
+/// same values gets the same shards, so nodes agree without talking.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shard {
+    /// How rows are split.
+    pub partition: Partition,
+    /// Shards in all (nodes sharing the set).
+    pub shards: usize,
+    /// This node's shard, below `shards`.
+    pub shard: usize,
+    /// Seed of the split.
+    pub seed: u64,
+}
+
+impl Shard {
+    /// The rows of this shard, for a set with these `labels`.
+    pub fn rows(&self, labels: &[u8], num_classes: usize) -> Result<Vec<usize>, DataError> {
+        if self.shard >= self.shards {
+            return Err(DataError::InvalidParameter(format!(
+                "no shard {} of {}",
+                self.shard, self.shards
+            )));
+        }
+        let mut all = self
+            .partition
+            .split(labels, num_classes, self.shards, self.seed)?;
+        Ok(std::mem::take(&mut all[self.shard]))
+    }
+}
+
 fn iid(rows: usize, nodes: usize, rng: &mut ChaCha8Rng) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..rows).collect();
     order.shuffle(rng);

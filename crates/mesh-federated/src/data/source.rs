@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use super::images::{self, ImageOptions};
 use super::table::{self, TableOptions};
+use super::partition::Shard;
 use super::{idx, DataError, Dataset, Mnist};
 
 /// What marks a data source as a set built into the binary.
@@ -139,6 +140,11 @@ pub struct LoadOptions {
     pub table: TableOptions,
     /// For image folders: channels and size.
     pub images: ImageOptions,
+    /// Keep only this shard of the training rows (all rows when none). With
+    /// IDX files only the kept rows are ever converted to features.
+    pub shard: Option<Shard>,
+    /// Keep at most this many test rows, the first ones (all when none).
+    pub test_rows_max: Option<usize>,
 }
 
 /// What kind of files a data set was read from.
@@ -170,19 +176,19 @@ impl DataSource {
     /// Reads a train and test set of any supported kind (see the module docs).
     pub fn load(&self, options: &LoadOptions) -> Result<LoadedData, DataError> {
         let DataSource::Dir(dir) = self else {
-            return self.load_idx();
+            return self.load_idx(options);
         };
         if let (Some(train), Some(test)) = (table_file(dir, "train"), table_file(dir, "test")) {
-            return load_tables(&train, &test, &options.table);
+            return load_tables(&train, &test, &options.table)?.keep_rows(options);
         }
         if dir.join("train").is_dir() && dir.join("test").is_dir() {
-            return load_images(dir, &options.images);
+            return load_images(dir, &options.images)?.keep_rows(options);
         }
-        self.load_idx()
+        self.load_idx(options)
     }
 
-    fn load_idx(&self) -> Result<LoadedData, DataError> {
-        let loaded = self.load_mnist()?;
+    fn load_idx(&self, options: &LoadOptions) -> Result<LoadedData, DataError> {
+        let loaded = self.load_mnist_rows(options)?;
         Ok(LoadedData {
             train: loaded.mnist.train,
             test: loaded.mnist.test,
@@ -193,17 +199,30 @@ impl DataSource {
 
     /// Reads (or takes from the binary) the four files, hashes them and parses them.
     pub fn load_mnist(&self) -> Result<LoadedMnist, DataError> {
+        self.load_mnist_rows(&LoadOptions::default())
+    }
+
+    /// [`Self::load_mnist`] keeping the rows `options` asks for.
+    fn load_mnist_rows(&self, options: &LoadOptions) -> Result<LoadedMnist, DataError> {
         let files = self.stored_files()?;
         let mut hasher = Sha256::new();
         for (_, bytes) in &files {
             hasher.update(bytes);
         }
         let sha256_hex = format!("{:x}", hasher.finalize());
-        let mnist = Mnist::from_stored(
-            files
-                .each_ref()
-                .map(|(name, bytes)| (&name[..], &bytes[..])),
-        )?;
+        let [train_images, train_labels, test_images, test_labels] = files
+            .each_ref()
+            .map(|(name, bytes)| (&name[..], &bytes[..]));
+        let train = idx::pair_rows_from_stored(train_images, train_labels, |labels| {
+            options
+                .shard
+                .map(|shard| shard.rows(labels, idx::NUM_CLASSES))
+                .transpose()
+        })?;
+        let test = idx::pair_rows_from_stored(test_images, test_labels, |labels| {
+            Ok(options.test_rows_max.map(|max| first_rows(labels.len(), max)))
+        })?;
+        let mnist = Mnist { train, test };
         Ok(LoadedMnist { mnist, sha256_hex })
     }
 
@@ -223,6 +242,25 @@ impl DataSource {
             }
         }
     }
+}
+
+impl LoadedData {
+    /// Keeps the training shard and the test rows `options` asks for.
+    fn keep_rows(mut self, options: &LoadOptions) -> Result<Self, DataError> {
+        if let Some(shard) = options.shard {
+            let rows = shard.rows(&self.train.labels, self.train.num_classes)?;
+            self.train = self.train.subset(&rows);
+        }
+        if let Some(max) = options.test_rows_max {
+            self.test = self.test.subset(&first_rows(self.test.len(), max));
+        }
+        Ok(self)
+    }
+}
+
+/// The first `max` of `len` row indices.
+fn first_rows(len: usize, max: usize) -> Vec<usize> {
+    (0..len.min(max)).collect()
 }
 
 /// `dir/stem.csv` or `dir/stem.parquet`, whichever exists.
@@ -395,6 +433,36 @@ mod tests {
         assert_eq!(embedded.mnist.test.len(), 2000);
         assert_eq!(embedded.sha256_hex, MNIST_10K_SHA256);
         assert_eq!(from_dir.sha256_hex, MNIST_10K_SHA256);
+    }
+
+    #[test]
+    fn a_shard_loaded_alone_equals_the_same_shard_cut_from_the_whole_set() {
+        let shard = Shard {
+            partition: crate::data::partition::Partition::Dirichlet { alpha: 0.5 },
+            shards: 40,
+            shard: 7,
+            seed: 11,
+        };
+        let options = LoadOptions {
+            shard: Some(shard),
+            test_rows_max: Some(300),
+            ..LoadOptions::default()
+        };
+        let source = DataSource::Builtin(BuiltinSet::Mnist10k);
+        let kept = source.load(&options).unwrap();
+        let whole = source.load(&LoadOptions::default()).unwrap();
+        let rows = shard.rows(&whole.train.labels, whole.train.num_classes).unwrap();
+        assert!(!rows.is_empty());
+        assert_eq!(kept.train, whole.train.subset(&rows));
+        let first: Vec<usize> = (0..300).collect();
+        assert_eq!(kept.test, whole.test.subset(&first));
+        assert_eq!(kept.sha256_hex, whole.sha256_hex);
+        let beyond = LoadOptions {
+            shard: Some(Shard { shard: 40, ..shard }),
+            ..LoadOptions::default()
+        };
+        let err = source.load(&beyond).unwrap_err().to_string();
+        assert!(err.contains("no shard 40 of 40"), "{err}");
     }
 
     #[test]

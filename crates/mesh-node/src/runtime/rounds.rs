@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use mesh_consensus::command::{Command, JobId, NodeId};
 use mesh_consensus::{ConsensusNode, MeshState};
-use mesh_federated::data::partition::Partition;
+use mesh_federated::data::partition::{Partition, Shard};
 use mesh_federated::data::table::{MissingValues, TableOptions};
 use mesh_federated::data::{DataSource, LoadOptions};
 use mesh_net::{NetHandle, PeerId};
@@ -115,6 +115,18 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
             config.task
         )));
     }
+    let shard = if config.shards > 1 {
+        let partition =
+            Partition::from_str(&config.partition).map_err(|e| DataError::Split(e.to_string()))?;
+        Some(Shard {
+            partition,
+            shards: config.shards,
+            shard: config.shard,
+            seed: config.seed,
+        })
+    } else {
+        None
+    };
     let options = LoadOptions {
         table: TableOptions {
             label: config.label.clone(),
@@ -123,29 +135,12 @@ pub fn load_worker(config: &DataConfig, conduct: Conduct) -> Result<LocalWorker,
             ..TableOptions::default()
         },
         images: Default::default(),
+        shard,
+        test_rows_max: Some(config.validation_rows),
     };
-    let mnist = from.load(&options).map_err(load_error)?;
-    let loaded_sha256 = mnist.sha256_hex.clone();
-    let train = if config.shards > 1 {
-        let partition =
-            Partition::from_str(&config.partition).map_err(|e| DataError::Split(e.to_string()))?;
-        let shards = partition
-            .split(
-                &mnist.train.labels,
-                mnist.train.num_classes,
-                config.shards,
-                config.seed,
-            )
-            .map_err(|e| DataError::Split(e.to_string()))?;
-        let rows = shards.get(config.shard).ok_or_else(|| {
-            DataError::Split(format!("no shard {} of {}", config.shard, config.shards))
-        })?;
-        mnist.train.subset(rows)
-    } else {
-        mnist.train
-    };
-    let rows: Vec<usize> = (0..mnist.test.len().min(config.validation_rows)).collect();
-    let validation = mnist.test.subset(&rows);
+    let loaded = from.load(&options).map_err(load_error)?;
+    let (train, validation) = (loaded.train, loaded.test);
+    let loaded_sha256 = loaded.sha256_hex;
     tracing::info!(
         source = %from,
         sha256 = %loaded_sha256,
