@@ -65,6 +65,11 @@ pub struct MeshBehaviour {
     pub dcutr: Toggle<dcutr::Behaviour>,
 }
 
+/// Entries per Kademlia bucket: the peer table's bound, at least K.
+fn kbucket_size(peers_max: usize) -> NonZeroUsize {
+    NonZeroUsize::new(peers_max.max(kad::K_VALUE.get())).unwrap_or(kad::K_VALUE)
+}
+
 fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
     gossipsub::ConfigBuilder::default()
         .heartbeat_interval(config.timing.gossip_heartbeat)
@@ -105,6 +110,11 @@ impl MeshBehaviour {
             ping::Behaviour::new(ping::Config::new().with_interval(config.timing.ping_interval));
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_periodic_bootstrap_interval(Some(config.timing.kad_bootstrap_interval));
+        // A full bucket makes Kademlia dial its oldest disconnected entry
+        // whenever another peer is seen (to evict it if dead). With unused
+        // connections closed that is a reconnection for every new
+        // connection, so buckets hold as many peers as the peer table.
+        kad_config.set_kbucket_size(kbucket_size(config.peers_max));
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         kad.set_mode(Some(kad::Mode::Server));

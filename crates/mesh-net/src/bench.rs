@@ -26,6 +26,9 @@ const TOPIC: &str = "bench";
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest wait for the mesh to form.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
+/// Gossip nodes close connections unused this long (see [`crate::trim`]);
+/// the measurement starts after the first ones have closed.
+pub const UNUSED_CLOSE: Duration = Duration::from_secs(5);
 
 /// Gossip time-to-all over `nodes` in-process nodes.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,6 +54,8 @@ pub struct GossipResult {
     pub connections_max: usize,
     /// Median over nodes of the same.
     pub connections_median: usize,
+    /// Connections closed as unused, summed over nodes.
+    pub unused_closed: u64,
 }
 
 /// What [`gossip_time_to_all`] measures.
@@ -205,16 +210,42 @@ async fn admitted(handle: &NetHandle) -> usize {
 }
 
 /// Measures gossip time-to-all as `bench` says.
+///
+/// With link delays the nodes run on a simulated clock: one thread, tokio's
+/// clock paused, so it moves only when every node waits, straight to the
+/// next timer (a link delivering bytes). Time-to-all is then the links'
+/// delays along the paths gossip took, not the time 2 cores need to run
+/// every node's handshakes and signatures. The real network layer runs
+/// unchanged; its own timers (gossipsub heartbeats, request and handshake
+/// timeouts) keep wall-clock time, so the setup waits in wall-clock time
+/// for heartbeats to build the mesh.
 pub fn gossip_time_to_all(bench: GossipBench) -> Result<GossipResult, BenchError> {
     if bench.nodes < 2 {
         return Err(BenchError::Setup("need at least 2 nodes".into()));
     }
-    runtime()?.block_on(gossip_async(bench))
+    let runtime = match bench.link_delay {
+        Some(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()?,
+        None => runtime()?,
+    };
+    runtime.block_on(gossip_async(bench))
+}
+
+/// Waits `duration` of wall-clock time. On a paused clock the simulated
+/// time runs on meanwhile (links deliver, handshakes finish) while the
+/// wall-clock timers (heartbeats) have time to fire.
+async fn wall_clock_wait(duration: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 struct Arrival {
     message: u64,
-    at: Instant,
+    at: tokio::time::Instant,
 }
 
 async fn start_gossip_mesh(
@@ -230,6 +261,7 @@ async fn start_gossip_mesh(
         let mut config =
             fixture.config_delayed(seed, index as u64, TransportKind::Memory, bench.link_delay)?;
         config.target_peers = 6;
+        config.timing.unused_connection_close = Some(UNUSED_CLOSE);
         if index > 0 {
             config.bootstrap.push(addrs[index - 1].clone());
             config
@@ -249,18 +281,19 @@ async fn start_gossip_mesh(
             if started.elapsed() > SETUP_TIMEOUT {
                 return Err(BenchError::Setup("nodes did not admit their peers".into()));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            wall_clock_wait(Duration::from_millis(100)).await;
         }
     }
-    // Let gossipsub build its mesh over a few heartbeats.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let gossipsub build its mesh over a few heartbeats, and setup's
+    // surplus connections close.
+    wall_clock_wait(UNUSED_CLOSE + Duration::from_secs(3)).await;
     Ok(handles)
 }
 
 async fn collect_arrivals(mut events: mpsc::Receiver<NetEvent>, out: mpsc::Sender<Arrival>) {
     while let Some(event) = events.recv().await {
         if let NetEvent::Gossip { payload, .. } = event {
-            let at = Instant::now();
+            let at = tokio::time::Instant::now();
             let Ok(envelope) = Envelope::decode(&payload, usize::MAX) else {
                 continue;
             };
@@ -306,7 +339,7 @@ async fn gossip_async(bench: GossipBench) -> Result<GossipResult, BenchError> {
         .map_err(|e| BenchError::Setup(e.to_string()))?
         .encode()
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-        let sent = Instant::now();
+        let sent = tokio::time::Instant::now();
         handles[publisher].publish(TOPIC, envelope).await?;
         let mut received = 0;
         let mut last = sent;
@@ -332,6 +365,10 @@ async fn gossip_async(bench: GossipBench) -> Result<GossipResult, BenchError> {
                 .messages(Kind::Gossip, Direction::In, "not_admitted")
         })
         .sum();
+    let unused_closed = handles
+        .iter()
+        .map(|h| h.metrics().unused_connections_closed.get())
+        .sum();
     let mut connections = Vec::with_capacity(nodes);
     for handle in &handles {
         connections.push(connected(handle).await);
@@ -352,6 +389,7 @@ async fn gossip_async(bench: GossipBench) -> Result<GossipResult, BenchError> {
         link_delay,
         connections_max: connections.last().copied().unwrap_or(0),
         connections_median: connections.get(nodes / 2).copied().unwrap_or(0),
+        unused_closed,
     })
 }
 

@@ -133,6 +133,10 @@ pub struct Timing {
     pub redial_max: Duration,
     /// How often a Kademlia bootstrap (random walk) runs while connected.
     pub kad_bootstrap_interval: Duration,
+    /// Close a connection unused this long (no request either way) unless
+    /// it is kept, in the gossipsub mesh, or protected (see [`crate::trim`]);
+    /// `None` leaves connections open while any protocol holds a stream.
+    pub unused_connection_close: Option<Duration>,
 }
 
 impl Default for Timing {
@@ -148,6 +152,7 @@ impl Default for Timing {
             redial_base: Duration::from_millis(500),
             redial_max: Duration::from_secs(60),
             kad_bootstrap_interval: Duration::from_secs(300),
+            unused_connection_close: None,
         }
     }
 }

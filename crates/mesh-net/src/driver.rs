@@ -18,7 +18,7 @@ mod nat;
 mod swarm_events;
 mod versions;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
@@ -45,6 +45,7 @@ use crate::log_limit::LogLimiter;
 use crate::metrics::{Direction, Kind, NetMetrics};
 use crate::peers::{Backoff, PeerState, PeerTable, PeerTableConfig};
 use crate::streams::{AdmittedPeers, Streams};
+use crate::trim::ConnectionUse;
 use crate::version::PeerVersions;
 use crate::{ids, transport, NetError};
 
@@ -83,6 +84,7 @@ struct Settings {
     inbound_requests_max: usize,
     request_timeout: Duration,
     tick: Duration,
+    unused_connection_close_ms: Option<u64>,
 }
 
 /// The swarm task's state.
@@ -115,6 +117,10 @@ pub(crate) struct Driver {
     versions: PeerVersions,
     /// When each wanted but unreachable peer was last looked up.
     lookups: crate::lookup::Lookups<PeerId>,
+    /// When each connected peer was last used (closing unused connections).
+    uses: ConnectionUse,
+    /// Peers the application protects from being closed as unused.
+    protected: BTreeSet<PeerId>,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -251,6 +257,7 @@ impl Driver {
             inbound_requests_max: config.queues.inbound_requests_max,
             request_timeout: config.timing.request_timeout,
             tick: config.timing.tick,
+            unused_connection_close_ms: config.timing.unused_connection_close.map(ms),
         };
         Ok(Self {
             swarm,
@@ -274,6 +281,8 @@ impl Driver {
             nat: crate::nat::NatState::new(&config.nat),
             versions: PeerVersions::new(config.versions, config.peers_max),
             lookups: crate::lookup::Lookups::default(),
+            uses: ConnectionUse::default(),
+            protected: BTreeSet::new(),
         })
     }
 
@@ -337,6 +346,7 @@ impl Driver {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         self.keep_admitted_peers();
+        self.close_unused_connections(now);
         self.manage_reservations();
         let kept = self.swarm.behaviour().keep_alive.kept_len();
         if kept < self.settings.target_peers {
@@ -367,6 +377,27 @@ impl Driver {
         }
     }
 
+    /// Closes connections unused for the configured time that nothing
+    /// holds (see [`crate::trim`]).
+    fn close_unused_connections(&mut self, now: u64) {
+        let Some(unused_ms) = self.settings.unused_connection_close_ms else {
+            return;
+        };
+        let behaviour = self.swarm.behaviour();
+        let mesh: BTreeSet<PeerId> = behaviour.gossipsub.all_mesh_peers().copied().collect();
+        let unused = self.uses.unused(now, unused_ms, |peer| {
+            behaviour.keep_alive.is_kept(peer)
+                || mesh.contains(peer)
+                || self.protected.contains(peer)
+        });
+        for peer in unused {
+            tracing::debug!(%peer, "closing an unused connection");
+            self.metrics.unused_connections_closed.inc();
+            self.uses.on_closed(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn admitted_count(&self) -> usize {
         self.admission.admitted().count()
     }
@@ -380,6 +411,7 @@ impl Driver {
             if self.swarm.is_connected(&peer) {
                 continue;
             }
+            tracing::debug!(%peer, "dialling a known peer (fewer kept peers than the target)");
             let _ = self.peers.on_dialing(&peer, now);
             let opts = DialOpts::peer_id(peer)
                 .addresses(addrs)

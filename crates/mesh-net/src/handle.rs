@@ -2,6 +2,8 @@
 //! returns a [`NetHandle`] (commands in) and a receiver of [`NetEvent`]s
 //! (events out). Both channels are bounded.
 
+use std::collections::BTreeSet;
+
 use libp2p::{Multiaddr, PeerId, Stream};
 use mesh_security::ca::SignedRevocation;
 use mesh_security::rbac::{Role, RoleSet};
@@ -124,6 +126,7 @@ pub(crate) enum Command {
     Revoke(Box<SignedRevocation>, Reply<Result<(), NetError>>),
     RenewCertificate(Vec<u8>, Reply<Result<usize, NetError>>),
     FindPeer(PeerId),
+    Protect(BTreeSet<PeerId>),
     Shutdown(Reply<()>),
 }
 
@@ -231,6 +234,16 @@ impl NetHandle {
     /// is not admitted ask for it themselves.
     pub fn find_peer(&self, peer: PeerId) {
         let _ = self.commands.try_send(Command::FindPeer(peer));
+    }
+
+    /// Replaces the set of peers whose connections are never closed for
+    /// being unused (see [`crate::trim`]), for example the peers a Raft
+    /// committee member holds long-lived streams with.
+    pub async fn protect(&self, peers: BTreeSet<PeerId>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Protect(peers))
+            .await
+            .map_err(|_| NetError::Stopped)
     }
 
     /// Accepts the streams admitted peers open under `/agent-mesh/<name>`;

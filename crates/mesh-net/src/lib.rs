@@ -70,6 +70,7 @@ pub mod nat;
 pub mod peers;
 pub mod streams;
 pub mod transport;
+pub mod trim;
 pub mod version;
 
 pub use admission::{

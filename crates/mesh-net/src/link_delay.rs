@@ -217,9 +217,7 @@ mod tests {
         };
         let a = draws(9);
         assert_eq!(a, draws(9));
-        assert!(a
-            .iter()
-            .all(|d| (20..=50).contains(&d.as_millis())));
+        assert!(a.iter().all(|d| (20..=50).contains(&d.as_millis())));
         assert!(a.iter().any(|d| *d != a[0]));
     }
 }

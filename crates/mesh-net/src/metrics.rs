@@ -10,6 +10,7 @@
 //! | `mesh_net_admission_rejections_total` | counter | `reason` ([`crate::RejectReason`] labels, plus `banned`) |
 //! | `mesh_net_admission_retries_total` | counter | |
 //! | `mesh_net_stale_connections_closed_total` | counter | |
+//! | `mesh_net_unused_connections_closed_total` | counter | |
 //! | `mesh_net_peer_lookups_total` | counter | |
 //! | `mesh_net_incoming_connection_errors_total` | counter | `error` (handshake, denied, aborted, other) |
 //! | `mesh_net_events_dropped_total` | counter | |
@@ -85,6 +86,8 @@ pub struct NetMetrics {
     pub admission_retries: Counter,
     /// Extra connections to a peer closed because they stopped answering pings.
     pub stale_connections_closed: Counter,
+    /// Connections closed because nothing used them (see [`crate::trim`]).
+    pub unused_connections_closed: Counter,
     /// Kademlia lookups started for wanted peers that were not connected.
     pub peer_lookups: Counter,
     incoming_errors: Family<Labels1, Counter>,
@@ -140,6 +143,11 @@ impl NetMetrics {
             "stale_connections_closed",
             "Extra connections to a peer closed because they stopped answering pings (a peer that restarted elsewhere)",
             metrics.stale_connections_closed.clone(),
+        );
+        sub.register(
+            "unused_connections_closed",
+            "Connections closed because no request used them for the configured time and nothing held them",
+            metrics.unused_connections_closed.clone(),
         );
         sub.register(
             "peer_lookups",

@@ -646,3 +646,46 @@ async fn streams_carry_frames_refuse_oversized_ones_and_unadmitted_peers() {
     // A protocol nobody accepts fails to open, with a reason.
     assert!(client.open_stream(server, "nobody/1").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_connection_nothing_uses_closes_while_kept_and_protected_ones_stay() {
+    let ca = TestCa::new(2);
+    let peers = start_mesh(&ca, 3, TransportKind::Memory).await;
+    wait_full_mesh(&peers).await;
+    let id = identity(9);
+    let cert = ca.issue(&id, 10).der;
+    let mut dialler = config(&ca, id, cert, TransportKind::Memory, Vec::new());
+    dialler.target_peers = 1;
+    dialler.kept_peers_max = 1;
+    dialler.timing.kad_bootstrap_interval = std::time::Duration::from_secs(600);
+    dialler.timing.unused_connection_close = Some(std::time::Duration::from_millis(300));
+    let node = Node::start(dialler).await;
+    let (kept, protected, unused) = (&peers[0], &peers[1], &peers[2]);
+    node.handle
+        .protect([protected.peer_id()].into())
+        .await
+        .unwrap();
+    node.handle.dial(kept.addr().await).await.unwrap();
+    eventually("the first peer admitted and kept", || async {
+        node.admitted()
+            .await
+            .contains(&kept.peer_id())
+            .then_some(())
+    })
+    .await;
+    node.handle.dial(protected.addr().await).await.unwrap();
+    node.handle.dial(unused.addr().await).await.unwrap();
+    eventually("the unused connection closed", || async {
+        (node.handle.metrics().unused_connections_closed.get() >= 1).then_some(())
+    })
+    .await;
+    let admitted = node.admitted().await;
+    assert!(admitted.contains(&kept.peer_id()), "the kept peer stays");
+    assert!(
+        admitted.contains(&protected.peer_id()),
+        "the protected peer stays"
+    );
+    assert!(node
+        .metrics_text()
+        .contains("mesh_net_unused_connections_closed_total "));
+}

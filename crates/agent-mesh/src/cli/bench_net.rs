@@ -37,7 +37,8 @@ pub struct NetArgs {
     pub json: bool,
 }
 
-/// Runs both measurements and prints them.
+/// Runs both measurements and prints them; the nodes' logs go to stderr
+/// when `AGENT_MESH_LOG` holds a filter (`mesh_net=debug`).
 pub fn run(args: NetArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.nodes.iter().all(|&n| n >= 2),
@@ -48,6 +49,12 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         args.blob_mib.iter().all(|&m| m >= 1),
         "--blob-mib values must be at least 1"
     );
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("AGENT_MESH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut gossip = Vec::new();
     for &n in &args.nodes {
         gossip.push(bench::gossip_time_to_all(GossipBench {
@@ -76,6 +83,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
                 "link_delay_ms": g.link_delay.map(|d| [d.min_ms, d.max_ms]),
                 "connections_max": g.connections_max,
                 "connections_median": g.connections_median,
+                "unused_closed": g.unused_closed,
             })).collect::<Vec<_>>(),
             "throughput": throughput.iter().map(|t| serde_json::json!({
                 "blob_bytes": t.blob_bytes, "transfers": t.transfers,
@@ -96,6 +104,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         "unadmitted relays",
         "link delay (ms)",
         "connections max / median",
+        "unused closed",
     ]);
     for g in &gossip {
         table.add_row([
@@ -109,6 +118,7 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
             g.link_delay
                 .map_or("none".into(), |d| format!("{}-{}", d.min_ms, d.max_ms)),
             format!("{} / {}", g.connections_max, g.connections_median),
+            g.unused_closed.to_string(),
         ]);
     }
     println!("gossip time-to-all (memory transport, one process)\n{table}");

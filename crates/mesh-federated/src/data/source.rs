@@ -27,8 +27,8 @@ use std::str::FromStr;
 use sha2::{Digest, Sha256};
 
 use super::images::{self, ImageOptions};
-use super::table::{self, TableOptions};
 use super::partition::Shard;
+use super::table::{self, TableOptions};
 use super::{idx, DataError, Dataset, Mnist};
 
 /// What marks a data source as a set built into the binary.
@@ -220,7 +220,9 @@ impl DataSource {
                 .transpose()
         })?;
         let test = idx::pair_rows_from_stored(test_images, test_labels, |labels| {
-            Ok(options.test_rows_max.map(|max| first_rows(labels.len(), max)))
+            Ok(options
+                .test_rows_max
+                .map(|max| first_rows(labels.len(), max)))
         })?;
         let mnist = Mnist { train, test };
         Ok(LoadedMnist { mnist, sha256_hex })
@@ -451,7 +453,9 @@ mod tests {
         let source = DataSource::Builtin(BuiltinSet::Mnist10k);
         let kept = source.load(&options).unwrap();
         let whole = source.load(&LoadOptions::default()).unwrap();
-        let rows = shard.rows(&whole.train.labels, whole.train.num_classes).unwrap();
+        let rows = shard
+            .rows(&whole.train.labels, whole.train.num_classes)
+            .unwrap();
         assert!(!rows.is_empty());
         assert_eq!(kept.train, whole.train.subset(&rows));
         let first: Vec<usize> = (0..300).collect();

@@ -55,6 +55,7 @@ impl Driver {
                 let _ = reply.send(self.renew_certificate(cert_der));
             }
             Command::FindPeer(peer) => self.find_peer(peer),
+            Command::Protect(peers) => self.protected = peers,
             Command::Shutdown(reply) => {
                 // Handled by the run loop; answering here keeps the match total.
                 let _ = reply.send(());
@@ -133,6 +134,7 @@ impl Driver {
             let _ = reply.send(Err(error));
             return;
         }
+        self.uses.on_used(peer, super::now_ms());
         self.metrics.message(Kind::Request, Direction::Out, "sent");
         self.metrics
             .bytes(Kind::Request, Direction::Out, payload.len());

@@ -80,6 +80,9 @@ impl Driver {
                 tracing::info!(%address, "external address confirmed");
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::Dialing { peer_id, .. } => {
+                tracing::trace!(?peer_id, "dialling");
+            }
             _ => {}
         }
     }
@@ -115,6 +118,7 @@ impl Driver {
     ) {
         self.nat_on_connected(peer, connection, endpoint);
         let now = now_ms();
+        self.uses.on_connected(peer, now, endpoint.is_dialer());
         if let Some(addr) = self.bootstrap_dials.get(&connection) {
             let _ = self.bootstrap.on_admitted(addr.clone(), now);
         }
@@ -158,6 +162,7 @@ impl Driver {
         if num_established > 0 {
             return;
         }
+        self.uses.on_closed(&peer);
         let was_admitted = ids::node_id(&peer).is_some_and(|node| {
             let admitted = self.admission.may_process(&node);
             self.admission.on_disconnected(&node);
@@ -374,7 +379,10 @@ impl Driver {
                         request, channel, ..
                     },
                 ..
-            } => self.on_request(peer, request, channel),
+            } => {
+                self.uses.on_used(peer, now_ms());
+                self.on_request(peer, request, channel);
+            }
             request_response::Event::Message {
                 peer,
                 message:
@@ -385,6 +393,7 @@ impl Driver {
                 ..
             } => {
                 let _ = self.peers.on_seen(&peer, now_ms());
+                self.uses.on_used(peer, now_ms());
                 let result = match response.0 {
                     Ok(body) => {
                         self.metrics

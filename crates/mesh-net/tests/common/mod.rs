@@ -102,6 +102,7 @@ pub fn config(
         redial_base: Duration::from_millis(100),
         redial_max: Duration::from_secs(2),
         kad_bootstrap_interval: Duration::from_secs(3),
+        unused_connection_close: None,
     };
     config
 }
