@@ -487,6 +487,12 @@ pub struct NetworkConfig {
     pub ban_ms: u64,
     /// Seed for reconnection jitter.
     pub seed: u64,
+    /// Close a connection this node dialled once no request has used it for
+    /// this long, unless it is one of the held peers or in the gossip mesh
+    /// (0, the default: connections stay while any protocol keeps a stream
+    /// open). Off by default because the committee leader and group
+    /// aggregators still judge which peers are alive by their connections.
+    pub unused_connection_close_ms: u64,
     /// The newest mesh protocol version the node speaks (1 to this build's
     /// newest, the default). Set it to the previous version while a mesh
     /// still has nodes of the previous release and a node must talk as they
@@ -657,6 +663,7 @@ impl Default for NetworkConfig {
             admission_attempts: 3,
             ban_ms: 60_000,
             seed: 0,
+            unused_connection_close_ms: 0,
             max_protocol_version: u32::from(mesh_net::version::PROTOCOL_VERSION_MAX),
         }
     }

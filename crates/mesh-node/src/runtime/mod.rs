@@ -31,7 +31,7 @@ pub mod scale_metrics;
 mod view;
 pub mod weights;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
@@ -170,6 +170,8 @@ fn net_config(config: &NodeConfig, creds: &Credentials) -> Result<NetConfig, Run
     net.timing.admission_attempts = config.network.admission_attempts;
     net.timing.ban_duration = Duration::from_millis(config.network.ban_ms);
     net.seed = config.network.seed;
+    net.timing.unused_connection_close = (config.network.unused_connection_close_ms > 0)
+        .then(|| Duration::from_millis(config.network.unused_connection_close_ms));
     let external = parse_addrs("nat.external_addresses", &config.nat.external_addresses)?;
     net.nat = config.nat.net_config(external);
     net.versions = config
@@ -264,6 +266,9 @@ struct Runtime {
     api_tls: Option<api::tls::ApiTls>,
     /// When the certificate file was last seen modified.
     cert_modified: renewal::CertModified,
+    /// The committee members whose connections the network layer may not
+    /// close as unused (Raft streams ride on them).
+    protected: BTreeSet<PeerId>,
 }
 
 /// The node's learner from `[learner]`, started on a blocking thread so a
@@ -418,6 +423,7 @@ pub async fn run(
         announcements: announce::Announcements::default(),
         api_tls,
         cert_modified: None,
+        protected: BTreeSet::new(),
     };
     runtime.reload_revocations().await;
     runtime.reload_certificate_if_changed().await;
@@ -838,6 +844,7 @@ impl Runtime {
         if let Some(status) = &status {
             self.maybe_bootstrap(status).await;
             self.add_missing_learners(status);
+            self.protect_committee(status).await;
         }
         self.tick_rounds().await;
         if let Some(metrics) = &mut self.learner_metrics {
@@ -867,6 +874,28 @@ impl Runtime {
         snapshot.reputation = reputation;
         self.node_metrics.observe(&snapshot);
         self.publish.send_replace(Arc::new(snapshot));
+    }
+
+    /// Keeps the connections to every committee member (voters and
+    /// learners) from being closed as unused, when that is on: Raft
+    /// replicates over streams the network layer does not see as requests.
+    async fn protect_committee(&mut self, status: &mesh_consensus::ConsensusStatus) {
+        let (Some(consensus), true) = (
+            &self.consensus,
+            self.config.network.unused_connection_close_ms > 0,
+        ) else {
+            return;
+        };
+        let members: BTreeSet<PeerId> = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .filter_map(|id| consensus.member_info(*id))
+            .filter_map(|info| PeerId::from_str(&info.node_id).ok())
+            .collect();
+        if members != self.protected && self.net.protect(members.clone()).await.is_ok() {
+            self.protected = members;
+        }
     }
 
     /// Admitted peers by mesh name, with their certificate roles.
