@@ -139,20 +139,9 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses `MIN-MAX` or `MS` into a delay range.
+/// Parses `MIN-MAX` or `MS` into a delay range (the simulator's latency syntax).
 fn parse_link_delay(text: &str) -> Result<LinkDelay, String> {
-    let number = |part: &str| {
-        part.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("{part:?} is not a number of milliseconds"))
-    };
-    let (min_ms, max_ms) = match text.split_once('-') {
-        Some((low, high)) => (number(low)?, number(high)?),
-        None => (number(text)?, number(text)?),
-    };
-    if min_ms > max_ms {
-        return Err(format!("the range {min_ms}-{max_ms} goes down"));
-    }
+    let (min_ms, max_ms) = super::sim_mesh::parse_latency(text)?;
     Ok(LinkDelay { min_ms, max_ms })
 }
 
