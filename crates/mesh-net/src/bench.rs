@@ -126,16 +126,6 @@ impl Fixture {
     }
 
     fn config(&self, seed: u64, index: u64, kind: TransportKind) -> Result<NetConfig, BenchError> {
-        self.config_delayed(seed, index, kind, None)
-    }
-
-    fn config_delayed(
-        &self,
-        seed: u64,
-        index: u64,
-        kind: TransportKind,
-        link_delay: Option<LinkDelay>,
-    ) -> Result<NetConfig, BenchError> {
         let id = identity(seed, index);
         let mut serial = [0u8; 16];
         serial[..8].copy_from_slice(&index.to_be_bytes());
@@ -159,7 +149,6 @@ impl Fixture {
         .parse()
         .map_err(|e| BenchError::Setup(format!("address: {e}")))?];
         config.seed = seed ^ index;
-        config.memory_link_delay = link_delay;
         config.limits.memory_fraction_max = None;
         config.timing.tick = Duration::from_millis(100);
         config.timing.gossip_heartbeat = Duration::from_millis(200);
@@ -193,20 +182,10 @@ async fn first_addr(handle: &NetHandle) -> Result<Multiaddr, BenchError> {
     Err(BenchError::Setup("node did not start listening".into()))
 }
 
-async fn connected(handle: &NetHandle) -> usize {
+/// How many of `handle`'s peers are in one of `states`.
+async fn peers_in(handle: &NetHandle, states: &[PeerStatus]) -> usize {
     let peers = handle.peers().await;
-    peers
-        .iter()
-        .filter(|p| matches!(p.state, PeerStatus::Connected | PeerStatus::Admitted))
-        .count()
-}
-
-async fn admitted(handle: &NetHandle) -> usize {
-    let peers = handle.peers().await;
-    peers
-        .iter()
-        .filter(|p| p.state == PeerStatus::Admitted)
-        .count()
+    peers.iter().filter(|p| states.contains(&p.state)).count()
 }
 
 /// Measures gossip time-to-all as `bench` says.
@@ -258,8 +237,8 @@ async fn start_gossip_mesh(
     let mut handles: Vec<NetHandle> = Vec::with_capacity(nodes);
     let mut addrs: Vec<Multiaddr> = Vec::with_capacity(nodes);
     for index in 0..nodes {
-        let mut config =
-            fixture.config_delayed(seed, index as u64, TransportKind::Memory, bench.link_delay)?;
+        let mut config = fixture.config(seed, index as u64, TransportKind::Memory)?;
+        config.memory_link_delay = bench.link_delay;
         config.target_peers = 6;
         config.timing.unused_connection_close = Some(UNUSED_CLOSE);
         if index > 0 {
@@ -277,7 +256,7 @@ async fn start_gossip_mesh(
     }
     let started = Instant::now();
     for handle in &handles {
-        while admitted(handle).await < 2 {
+        while peers_in(handle, &[PeerStatus::Admitted]).await < 2 {
             if started.elapsed() > SETUP_TIMEOUT {
                 return Err(BenchError::Setup("nodes did not admit their peers".into()));
             }
@@ -371,7 +350,7 @@ async fn gossip_async(bench: GossipBench) -> Result<GossipResult, BenchError> {
         .sum();
     let mut connections = Vec::with_capacity(nodes);
     for handle in &handles {
-        connections.push(connected(handle).await);
+        connections.push(peers_in(handle, &[PeerStatus::Connected, PeerStatus::Admitted]).await);
     }
     connections.sort_unstable();
     for handle in handles {
@@ -432,7 +411,7 @@ async fn throughput_async(
     client_config.bootstrap = vec![first_addr(&server).await?];
     let (client, _client_events) = spawn(client_config, &mut registry).await?;
     let started = Instant::now();
-    while admitted(&client).await < 1 {
+    while peers_in(&client, &[PeerStatus::Admitted]).await < 1 {
         if started.elapsed() > Duration::from_secs(60) {
             return Err(BenchError::Setup("client was not admitted".into()));
         }
