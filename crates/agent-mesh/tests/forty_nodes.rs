@@ -1,7 +1,8 @@
 //! Forty real `agent-mesh node` processes on loopback, one worker thread
-//! each, every one holding a shard of MNIST: the committee stays at its size
-//! for the mesh (5 voters, everyone else a learner), a secure 3-round job
-//! with every node taking part completes, and the test prints each node's
+//! each, every one holding a shard of MNIST: five nodes hold the committee
+//! role and form the committee, the other 35 follow the committed state
+//! without the Raft log, a secure 3-round job with every node taking part
+//! completes, and the test prints each node's
 //! resident memory (idle, before the job, and after it) and connection
 //! count. Ignored by default (forty processes keep two cores busy for a few
 //! minutes); run it with
@@ -12,9 +13,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mesh::{start_mnist_nodes, submit_job, wait_for_described, Mesh};
+use common::mesh::{start_mnist_nodes_of, submit_job, wait_for_described, Mesh, ALL_NODE_ROLES};
 
 const NODES: usize = 40;
+/// Nodes with the committee role (the first ones).
+const COMMITTEE: usize = 5;
 const ROUNDS: u64 = 3;
 
 /// A field of `/proc/PID/smaps_rollup` (`Rss:`, or `Pss:`, which
@@ -34,6 +37,8 @@ struct Sample {
     pss_kib: u64,
     connected: u64,
     admitted: u64,
+    /// The index of the committed state it follows (nodes without the committee).
+    followed_index: Option<u64>,
 }
 
 /// Every node's figures now.
@@ -48,6 +53,7 @@ fn sample(mesh: &Mesh) -> Vec<Sample> {
                 pss_kib: pid.and_then(|p| memory_kib(p, "Pss:")).unwrap_or(0),
                 connected: status["peers_connected"].as_u64().unwrap_or(0),
                 admitted: status["peers_admitted"].as_u64().unwrap_or(0),
+                followed_index: status["followed_index"].as_u64(),
             }
         })
         .collect()
@@ -68,8 +74,11 @@ fn print_sample(when: &str, rows: &[Sample]) {
         "{when}: RSS MiB min/median/max {rss_min}/{rss_med}/{rss_max}; PSS MiB {pss_min}/{pss_med}/{pss_max}; connected peers min/median/max {c_min}/{c_med}/{c_max}"
     );
     for (i, r) in rows.iter().enumerate() {
+        let followed = r
+            .followed_index
+            .map_or_else(|| "committee".to_string(), |i| format!("follows index {i}"));
         println!(
-            "  node {i:2}: RSS {:5.1} MiB, PSS {:5.1} MiB, {:2} connected, {:2} admitted",
+            "  node {i:2}: RSS {:5.1} MiB, PSS {:5.1} MiB, {:2} connected, {:2} admitted, {followed}",
             r.rss_kib as f64 / 1024.0,
             r.pss_kib as f64 / 1024.0,
             r.connected,
@@ -109,8 +118,15 @@ fn forty_processes_train_with_a_committee_of_five() {
         ("AGENT_MESH_BOOTSTRAP_EXPECT", "5"),
         ("AGENT_MESH_LOG", "warn"),
     ];
-    let mut mesh = start_mnist_nodes(NODES, &env);
-    let committee = committee_of(&mesh, NODES);
+    let roles = |i| {
+        if i < COMMITTEE {
+            ALL_NODE_ROLES
+        } else {
+            "aggregator,trainer,observer"
+        }
+    };
+    let mut mesh = start_mnist_nodes_of(Mesh::with_roles(NODES, roles), &env);
+    let committee = committee_of(&mesh, COMMITTEE);
     let voters = committee["voters"].as_array().unwrap().len();
     println!(
         "{NODES} nodes started, committee of {voters} voters and {} learners after {:.1} s",
@@ -118,12 +134,20 @@ fn forty_processes_train_with_a_committee_of_five() {
         started.elapsed().as_secs_f64()
     );
     assert!((3..=5).contains(&voters), "{committee}");
+    let learners = committee["learners"].as_array().unwrap().len();
+    assert!(voters + learners <= COMMITTEE, "{committee}");
 
     // Idle: nothing runs but the mesh's own upkeep (connections opened
     // while joining close once idle for 30 s).
     std::thread::sleep(Duration::from_secs(45));
     let idle = sample(&mesh);
     print_sample("idle", &idle);
+    let following = idle.iter().filter(|r| r.followed_index.is_some()).count();
+    assert_eq!(
+        following,
+        NODES - COMMITTEE,
+        "every node without the committee follows"
+    );
 
     let token = mesh.admin_token();
     let spec = serde_json::json!({

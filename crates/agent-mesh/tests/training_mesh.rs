@@ -200,7 +200,7 @@ fn a_killed_group_aggregators_shard_is_reassigned() {
 /// and cannot take part in rounds, so the planner leaves it out: a job that
 /// asks for more participants runs with the nodes that can train.
 #[test]
-fn a_trainer_without_the_committee_role_is_not_selected() {
+fn a_trainer_without_the_committee_role_follows_the_state_and_trains() {
     let mut mesh = start_mnist_mesh(3);
     let token = mesh.admin_token();
     let outsider = mesh.add_member("aggregator,trainer,observer");
@@ -216,8 +216,14 @@ fn a_trainer_without_the_committee_role_is_not_selected() {
         Duration::from_secs(60),
         || (mesh.nodes[0].admitted() >= 3).then_some(()),
     );
+    // It follows the committed state from its peers, without the Raft log.
+    wait_for(
+        "the trainer to follow the committed state",
+        Duration::from_secs(60),
+        || mesh.nodes[outsider].get("/v1/status")?["followed_index"].as_u64(),
+    );
     let spec = serde_json::json!({
-        "job": "committee-only",
+        "job": "with-follower",
         "spec": {
             "model": "mlp", "rounds": 2, "participants_per_round": 4,
             "rule_name": "fedavg", "byzantine_count": 0, "secagg": true, "dp_budget": null,
@@ -229,16 +235,34 @@ fn a_trainer_without_the_committee_role_is_not_selected() {
         }
     });
     submit_job(&mesh.nodes[0].http_url, &token, &spec);
-    let done = wait_completed(&mesh, &[0, 1, 2], &token, "committee-only");
+    let done = wait_completed(&mesh, &[0, 1, 2], &token, "with-follower");
     let outsider_id = mesh.nodes[outsider].peer_id.clone();
     for round in done["detail"]["rounds"].as_array().unwrap() {
         let participants = round["participants"].as_array().unwrap();
-        assert_eq!(participants.len(), 3, "{round}");
+        assert_eq!(participants.len(), 4, "{round}");
         assert!(
             participants
                 .iter()
-                .all(|p| p.as_str() != Some(&outsider_id)),
-            "the node without the committee role was selected: {round}"
+                .any(|p| p.as_str() == Some(&outsider_id)),
+            "the node without the committee role was not selected: {round}"
+        );
+        assert_eq!(
+            round["completion"]["metrics"]["updates_count"], 4,
+            "{round}"
         );
     }
+    // Its own API shows the job from the followed state.
+    wait_for_described(
+        Duration::from_secs(30),
+        || {
+            let view = job_view(&mesh, outsider, &token, "with-follower")?;
+            (view["status"] == "Completed").then_some(())
+        },
+        || mesh.nodes[outsider].log_tail(),
+    );
+    let consensus = mesh.nodes[outsider].get("/v1/consensus");
+    assert!(
+        consensus.as_ref().is_none_or(|c| c.is_null()),
+        "the trainer runs no Raft: {consensus:?}"
+    );
 }

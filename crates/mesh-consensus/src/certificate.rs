@@ -3,7 +3,10 @@
 //! trusting a single peer.
 //!
 //! After applying entry `i`, each voter signs a [`CommitStatement`]
-//! `(mesh id, index, term, entry hash, state hash)` with its Ed25519 identity.
+//! `(mesh id, index, term, entry hash, state hash, state digest)` with its
+//! Ed25519 identity. The state digest hashes the state itself with the
+//! voters at `i` ([`crate::follow::StateBundle`]), so a copy of the state
+//! fetched from any peer can be checked against the certificate.
 //! Because the state hash is chained over every accepted entry, certifying
 //! index `i` certifies the whole prefix up to `i`; voters therefore sign the
 //! last entry of each applied batch, not every entry.
@@ -28,7 +31,7 @@ use crate::store::AppliedRecord;
 use crate::types::MemberId;
 
 /// Domain separation prefix of every signed statement.
-pub const STATEMENT_DOMAIN: &[u8] = b"agent-mesh/commit-statement/v1\0";
+pub const STATEMENT_DOMAIN: &[u8] = b"agent-mesh/commit-statement/v2\0";
 /// Most indices a collector tracks at once (older ones are forgotten).
 pub const COLLECTOR_INDICES_MAX: usize = 256;
 /// Most signatures a certificate may carry (the largest committee is 7).
@@ -77,17 +80,21 @@ pub struct CommitStatement {
     pub entry_hash: [u8; 32],
     /// State hash after applying it.
     pub state_hash: StateHash,
+    /// [`crate::follow::bundle_digest`] of the state and voters after it.
+    pub state_digest: [u8; 32],
 }
 
 impl CommitStatement {
-    /// The statement describing an applied entry of mesh `mesh_id`.
-    pub fn from_record(mesh_id: &str, record: &AppliedRecord) -> Self {
+    /// The statement describing an applied entry of mesh `mesh_id`, whose
+    /// state bundle has `state_digest`.
+    pub fn from_record(mesh_id: &str, record: &AppliedRecord, state_digest: [u8; 32]) -> Self {
         Self {
             mesh_id: mesh_id.to_owned(),
             index: record.index,
             term: record.term,
             entry_hash: record.entry_hash,
             state_hash: record.state_hash,
+            state_digest,
         }
     }
 
@@ -402,6 +409,7 @@ mod tests {
             term: 1,
             entry_hash: [1; 32],
             state_hash: StateHash([state; 32]),
+            state_digest: [state; 32],
         }
     }
 
@@ -520,7 +528,8 @@ mod tests {
             entry_hash: [1; 32],
             state_hash: StateHash([5; 32]),
         };
-        let same = SignedStatement::sign(CommitStatement::from_record("m", &local), &voter);
+        let same =
+            SignedStatement::sign(CommitStatement::from_record("m", &local, [5; 32]), &voter);
         assert_eq!(check_against_local(&same, &local), None);
         let other = SignedStatement::sign(statement(3, 6), &voter);
         let ev = check_against_local(&other, &local).unwrap();

@@ -49,6 +49,7 @@ pub mod certificate;
 pub mod command;
 pub mod committee;
 pub mod error;
+pub mod follow;
 pub mod memnet;
 pub mod metrics;
 pub mod network;

@@ -442,6 +442,7 @@ async fn forged_certificate_is_rejected_and_conflicts_become_evidence() {
         term: 1,
         entry_hash: [7; 32],
         state_hash: StateHash([7; 32]),
+        state_digest: [7; 32],
     };
     let outsiders: Vec<_> = (100..103)
         .map(mesh_consensus::bench::local_identity)

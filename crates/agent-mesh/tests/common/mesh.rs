@@ -238,9 +238,19 @@ pub struct Mesh {
 /// The mesh id every test mesh uses.
 pub const MESH_ID: &str = "test-mesh";
 
+/// The roles of a node that can do everything: join the committee,
+/// aggregate, train and observe.
+pub const ALL_NODE_ROLES: &str = "committee,aggregator,trainer,observer";
+
 impl Mesh {
-    /// Creates the CA, an admin, and `n` nodes' keys, certificates and configs.
+    /// Creates the CA, an admin, and `n` nodes' keys, certificates and
+    /// configs, every node with all four node roles.
     pub fn new(n: usize) -> Self {
+        Self::with_roles(n, |_| ALL_NODE_ROLES)
+    }
+
+    /// [`Mesh::new`] with node `i` holding `roles_of(i)` (comma-separated).
+    pub fn with_roles(n: usize, roles_of: impl Fn(usize) -> &'static str) -> Self {
         // AGENT_MESH_KEEP_TEST_DIRS=1 keeps the folders (node logs included) for a look afterwards.
         let keep = std::env::var_os("AGENT_MESH_KEEP_TEST_DIRS").is_some();
         let root = tempfile::Builder::new()
@@ -259,12 +269,7 @@ impl Mesh {
         let nodes = (0..n)
             .map(|i| {
                 let name = format!("node-{i}");
-                make_member(
-                    root.path(),
-                    &ca,
-                    &name,
-                    "committee,aggregator,trainer,observer",
-                );
+                make_member(root.path(), &ca, &name, roles_of(i));
                 let dir = root.path().join(&name);
                 write_config(&dir, "../ca", i as u64);
                 Node::at(dir)
@@ -509,7 +514,12 @@ pub fn start_mnist_mesh_with(n: usize, extra_env: &[(&str, &str)]) -> Mesh {
 /// The nodes of [`start_mnist_mesh_with`], started but not waited for: each
 /// has written its node.json, none need have admitted the others yet.
 pub fn start_mnist_nodes(n: usize, extra_env: &[(&str, &str)]) -> Mesh {
-    let mut mesh = Mesh::new(n);
+    start_mnist_nodes_of(Mesh::new(n), extra_env)
+}
+
+/// [`start_mnist_nodes`] over the nodes of `mesh` (made, not started).
+pub fn start_mnist_nodes_of(mut mesh: Mesh, extra_env: &[(&str, &str)]) -> Mesh {
+    let n = mesh.nodes.len();
     let data = mnist_dir();
     let mut boot = None::<String>;
     for i in 0..n {

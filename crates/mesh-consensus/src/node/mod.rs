@@ -10,7 +10,7 @@
 //!                     certificate signer, self-healing controller
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +32,7 @@ use crate::certificate::{
 use crate::command::{Command, NodeId};
 use crate::committee::{self, Candidate};
 use crate::error::ConsensusError;
+use crate::follow::CertifiedState;
 use crate::metrics::ConsensusMetrics;
 use crate::network::{
     self, NetworkFactory, RaftTransport, RemoteFailure, RpcRequest, RpcResponse, SnapshotChunk,
@@ -48,6 +49,9 @@ const SNAPSHOT_ASSEMBLIES_MAX: usize = 4;
 const EVIDENCE_SEEN_MAX: usize = 4096;
 /// How often [`ConsensusNode::failure`] looks at the Raft core.
 const FAILURE_CHECK_MS: u64 = 250;
+/// State bundles a voter keeps of the statements it signed lately, waiting
+/// for a certificate over one of them.
+pub const SIGNED_BUNDLES_MAX: usize = 8;
 /// Buffered certificates per subscriber of [`ConsensusNode::certificates`].
 const CERTIFICATE_CHANNEL_LEN: usize = 64;
 
@@ -162,6 +166,10 @@ struct Inner {
     collector: Mutex<CertificateCollector>,
     certificates: broadcast::Sender<CommitCertificate>,
     latest_certificate: Mutex<Option<CommitCertificate>>,
+    /// The state bundles this voter signed lately: (index, digest, bytes).
+    signed_bundles: Mutex<VecDeque<(u64, [u8; 32], Arc<Vec<u8>>)>>,
+    /// The newest certificate with the state it certifies, for followers.
+    certified_state: Mutex<Option<CertifiedState>>,
     evidence_seen: Mutex<BTreeSet<(MemberId, u64, u8)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
@@ -263,6 +271,8 @@ impl ConsensusNode {
                 collector: Mutex::new(collector),
                 certificates: broadcast::channel(CERTIFICATE_CHANNEL_LEN).0,
                 latest_certificate: Mutex::new(None),
+                signed_bundles: Mutex::new(VecDeque::new()),
+                certified_state: Mutex::new(None),
                 evidence_seen: Mutex::new(BTreeSet::new()),
                 tasks: Mutex::new(Vec::new()),
                 stop: watch::channel(false).0,
@@ -545,6 +555,54 @@ impl ConsensusNode {
         lock(&self.inner.latest_certificate).clone()
     }
 
+    /// The newest commit certificate this node holds the certified state
+    /// of, with that state: what it serves to nodes that follow the state
+    /// without the log ([`crate::follow`]).
+    pub fn certified_state(&self) -> Option<CertifiedState> {
+        lock(&self.inner.certified_state).clone()
+    }
+
+    /// Keeps the bundle of a statement this voter signed, the newest
+    /// [`SIGNED_BUNDLES_MAX`].
+    pub(crate) fn keep_signed_bundle(&self, index: u64, digest: [u8; 32], bundle: Arc<Vec<u8>>) {
+        let mut kept = lock(&self.inner.signed_bundles);
+        if kept.len() >= SIGNED_BUNDLES_MAX {
+            kept.pop_front();
+        }
+        kept.push_back((index, digest, bundle));
+    }
+
+    /// Holds `cert` with its state when this node has the bundle it
+    /// certifies: one it signed, or (on a node that does not sign) its own
+    /// state when that is at the certified index.
+    fn hold_certified_state(&self, cert: &CommitCertificate) {
+        let statement = &cert.statement;
+        let held = lock(&self.inner.certified_state)
+            .as_ref()
+            .map(CertifiedState::index);
+        if held.is_some_and(|held| held >= statement.index) {
+            return;
+        }
+        let signed = lock(&self.inner.signed_bundles)
+            .iter()
+            .find(|(index, digest, _)| {
+                *index == statement.index && *digest == statement.state_digest
+            })
+            .map(|(_, _, bundle)| bundle.clone());
+        let bundle = signed.or_else(|| {
+            let (record, bundle) = self.inner.sm.latest_bundle()?;
+            let digest = crate::follow::bundle_digest(&bundle);
+            (record.index == statement.index && digest == statement.state_digest)
+                .then(|| Arc::new(bundle))
+        });
+        if let Some(bundle) = bundle {
+            *lock(&self.inner.certified_state) = Some(CertifiedState {
+                certificate: cert.clone(),
+                bundle,
+            });
+        }
+    }
+
     /// The current voters with their public keys (what certificates are checked against).
     pub fn voter_keys(&self) -> VoterKeys {
         let metrics = self.inner.raft.metrics();
@@ -592,6 +650,7 @@ impl ConsensusNode {
         }
         if matches {
             *lock(&self.inner.latest_certificate) = Some(cert.clone());
+            self.hold_certified_state(cert);
         }
         Ok(matches)
     }
@@ -610,6 +669,7 @@ impl ConsensusNode {
             CollectOutcome::Certified(cert) => {
                 self.inner.metrics.certificates.inc();
                 *lock(&self.inner.latest_certificate) = Some(cert.clone());
+                self.hold_certified_state(cert);
                 let _ = self.inner.certificates.send(cert.clone());
             }
             CollectOutcome::Evidence(evidence) => self.report_evidence((**evidence).clone()),
@@ -885,9 +945,13 @@ impl ConsensusNode {
         })
     }
 
-    pub(crate) fn statement_for(&self, record: &store::AppliedRecord) -> SignedStatement {
+    pub(crate) fn statement_for(
+        &self,
+        record: &store::AppliedRecord,
+        state_digest: [u8; 32],
+    ) -> SignedStatement {
         SignedStatement::sign(
-            CommitStatement::from_record(&self.inner.config.mesh_id, record),
+            CommitStatement::from_record(&self.inner.config.mesh_id, record, state_digest),
             &self.inner.identity,
         )
     }

@@ -4,7 +4,7 @@
 //! them, and each stops when the node's stop signal fires.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::rt::watch::WatchReceiver;
@@ -94,14 +94,18 @@ pub(super) async fn sign_statements(weak: Weak<Inner>, mut stop: watch::Receiver
             _ = stop.changed() => return,
             r = applied.changed() => if r.is_err() { return },
         }
-        let Some(record) = *applied.borrow_and_update() else {
-            continue;
-        };
+        applied.borrow_and_update();
         let Some(inner) = weak.upgrade() else { return };
         let node = ConsensusNode::from_inner(inner);
         let voters = node.voter_keys();
-        if voters.contains_key(&node.id()) {
-            let signed = node.statement_for(&record);
+        let latest = voters
+            .contains_key(&node.id())
+            .then(|| node.inner.sm.latest_bundle())
+            .flatten();
+        if let Some((record, bundle)) = latest {
+            let digest = crate::follow::bundle_digest(&bundle);
+            node.keep_signed_bundle(record.index, digest, Arc::new(bundle));
+            let signed = node.statement_for(&record, digest);
             node.accept_statement(signed.clone());
             let timeout = Duration::from_millis(node.inner.config.rpc_timeout_ms);
             for id in voters.keys().filter(|id| **id != node.id()) {

@@ -55,6 +55,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
+use crate::follow::StateBundle;
 use crate::snapshot;
 use crate::state::{MeshState, Response, StateHash};
 use crate::types::{
@@ -612,6 +613,26 @@ impl StateMachineStore {
         let first = inner.history.front()?.index;
         let pos = usize::try_from(index.checked_sub(first)?).ok()?;
         inner.history.get(pos).copied().filter(|r| r.index == index)
+    }
+
+    /// The latest applied entry (if still in the history) with the encoded
+    /// [`StateBundle`] of the state and voters after it, read together: what
+    /// a voter's commit statement describes.
+    pub fn latest_bundle(&self) -> Option<(AppliedRecord, Vec<u8>)> {
+        let inner = lock(&self.shared.inner);
+        let record = *inner.history.back()?;
+        let membership = inner.membership.membership();
+        let voters = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.public_key)))
+            .collect();
+        let bundle = StateBundle {
+            index: record.index,
+            term: record.term,
+            voters,
+            snapshot: snapshot::encode(&inner.state),
+        };
+        Some((record, bundle.encode()))
     }
 
     /// Watches the latest applied entry.

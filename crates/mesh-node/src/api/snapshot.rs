@@ -61,6 +61,11 @@ pub struct StatusView {
     /// The mesh protocol versions this node speaks, `oldest-newest`.
     #[serde(default)]
     pub protocol_versions: String,
+    /// On a node without the committee: the log index of the committed
+    /// state it follows without the log (fetched from peers, checked against
+    /// a commit certificate); absent on committee nodes and before the first.
+    #[serde(default)]
+    pub followed_index: Option<u64>,
 }
 
 /// One row of `GET /v1/peers`.

@@ -28,6 +28,8 @@ pub mod round_gate;
 pub mod round_metrics;
 pub mod rounds;
 pub mod scale_metrics;
+pub mod state_follow;
+pub mod state_source;
 mod view;
 pub mod weights;
 
@@ -269,6 +271,9 @@ struct Runtime {
     /// The committee members whose connections the network layer may not
     /// close as unused (Raft streams ride on them).
     protected: BTreeSet<PeerId>,
+    /// The committed state followed without the log (nodes without the
+    /// committee protocol).
+    following: Option<state_follow::StateFollowing>,
 }
 
 /// The node's learner from `[learner]`, started on a blocking thread so a
@@ -367,6 +372,15 @@ pub async fn run(
         round_driver.engine_mut(),
         &weights::weights_dir(&config.data_dir),
     );
+    let (following, mut fetched) = match &consensus {
+        Some(_) => (None, None),
+        None => {
+            let rotation = usize::from(net.local_peer_id().to_bytes().last().copied().unwrap_or(0));
+            let (following, rx) =
+                state_follow::StateFollowing::new(&config.mesh_id, rotation, &mut registry);
+            (Some(following), Some(rx))
+        }
+    };
     let http_metrics = api::server::HttpMetrics::register(&mut registry);
     let (publish, snapshot) = watch::channel(Arc::new(NodeSnapshot::default()));
     let (commands_tx, mut commands) = mpsc::channel(api::COMMAND_QUEUE_CAPACITY);
@@ -424,6 +438,7 @@ pub async fn run(
         api_tls,
         cert_modified: None,
         protected: BTreeSet::new(),
+        following,
     };
     runtime.reload_revocations().await;
     runtime.reload_certificate_if_changed().await;
@@ -452,6 +467,7 @@ pub async fn run(
             Some(command) = commands.recv() => runtime.on_api_command(command).await,
             Some(done) = round_results.recv() => runtime.on_round_result(done).await,
             Some(cert) = next_certificate(&mut certificates) => runtime.gossip_certificate(cert).await,
+            Some(fetched) = next_fetched(&mut fetched) => runtime.on_state_fetched(fetched),
             _ = tick.tick() => runtime.on_tick().await,
             _ = next_hangup(&mut hangup) => runtime.reload_certificate("SIGHUP").await,
         }
@@ -509,6 +525,16 @@ async fn next_certificate(
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+/// The next finished state fetch (never on a node that does not follow).
+async fn next_fetched(
+    receiver: &mut Option<mpsc::Receiver<state_follow::Fetched>>,
+) -> Option<state_follow::Fetched> {
+    match receiver.as_mut() {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -626,6 +652,16 @@ impl Runtime {
         payload: Vec<u8>,
         respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     ) {
+        if protocol == state_follow::STATE_PROTOCOL {
+            let held = match (&self.consensus, &self.following) {
+                (Some(consensus), _) => consensus.certified_state(),
+                (None, Some(following)) => following.held().map(|f| f.certified.clone()),
+                (None, None) => None,
+            };
+            let leader = self.state_source().and_then(|s| s.leader()).map(|n| n.0);
+            let _ = respond.send(state_follow::answer(&payload, held, leader));
+            return;
+        }
         if protocol != forward::WRITE_PROTOCOL {
             tracing::debug!(%peer, %protocol, "request under a protocol this node does not serve");
             let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
@@ -663,14 +699,17 @@ impl Runtime {
         if topic != CERTIFICATE_TOPIC {
             return;
         }
-        let Some(consensus) = &self.consensus else {
-            return;
-        };
         let cert = gossip_payload(payload, CERTIFICATE_ENVELOPE_BYTES_MAX, CERTIFICATE_KIND)
             .and_then(|body| {
                 mesh_consensus::certificate::CommitCertificate::decode(&body)
                     .map_err(|e| e.to_string())
             });
+        let Some(consensus) = &self.consensus else {
+            if let (Ok(cert), Some(following)) = (&cert, &mut self.following) {
+                following.heard(cert.statement.index);
+            }
+            return;
+        };
         match cert {
             Ok(cert) => {
                 if let Err(err) = consensus.accept_certificate(&cert).await {
@@ -772,9 +811,10 @@ impl Runtime {
                 reply,
             } => self.forward_for_api(*command, token, reply),
             ApiCommand::GetModel { job, round, reply } => {
-                let outcome = match (self.rounds.as_mut(), self.consensus.as_ref()) {
-                    (Some(driver), Some(consensus)) => driver.model(consensus, &job, round).await,
-                    _ => Err((503, "this node does not hold the committee state".into())),
+                let source = self.state_source();
+                let outcome = match (self.rounds.as_mut(), source.as_ref()) {
+                    (Some(driver), Some(source)) => driver.model(source, &job, round).await,
+                    _ => Err((503, "this node holds no committed state yet".into())),
                 };
                 let _ = reply.send(outcome);
             }
@@ -847,11 +887,13 @@ impl Runtime {
             self.protect_committee(status).await;
         }
         self.tick_rounds().await;
+        self.follow_state();
         if let Some(metrics) = &mut self.learner_metrics {
             metrics.update();
         }
-        let (jobs, reputation) = match (&self.consensus, self.rounds.as_mut()) {
-            (Some(c), Some(driver)) => {
+        let source = self.state_source();
+        let (jobs, reputation) = match (source, self.rounds.as_mut()) {
+            (Some(source), Some(driver)) => {
                 let engine = driver.engine_mut();
                 let stats = engine.stats().clone();
                 let metrics = &mut self.round_metrics;
@@ -860,11 +902,12 @@ impl Runtime {
                     engine.cache_bytes(),
                     engine.cache_capacity_bytes(),
                 );
-                c.read_state(|state| {
-                    metrics.update(&stats, state);
-                    (rounds::job_views(state), rounds::reputation_views(state))
-                })
-                .await
+                source
+                    .read(|state| {
+                        metrics.update(&stats, state);
+                        (rounds::job_views(state), rounds::reputation_views(state))
+                    })
+                    .await
             }
             _ => (Vec::new(), Vec::new()),
         };
@@ -874,6 +917,36 @@ impl Runtime {
         snapshot.reputation = reputation;
         self.node_metrics.observe(&snapshot);
         self.publish.send_replace(Arc::new(snapshot));
+    }
+
+    /// Asks a peer for a newer certified state when one is due (nodes that
+    /// follow the state without the log).
+    fn follow_state(&mut self) {
+        let Some(following) = &mut self.following else {
+            return;
+        };
+        let mut peers: Vec<PeerId> = self.admitted.keys().copied().collect();
+        peers.sort();
+        following.fetch_if_due(&self.net, &peers, now_ms());
+    }
+
+    /// A state fetch finished: verified against the keys of the admitted
+    /// committee members and held when newer.
+    fn on_state_fetched(&mut self, fetched: state_follow::Fetched) {
+        let Some(following) = &mut self.following else {
+            return;
+        };
+        let committee_keys = self
+            .admitted
+            .iter()
+            .filter(|(_, roles)| roles.contains(Role::Committee))
+            .filter_map(|(peer, _)| mesh_net::ids::node_id(peer))
+            .map(|node| *node.as_bytes())
+            .collect();
+        match following.on_fetched(fetched, &committee_keys, now_ms()) {
+            Ok(index) => tracing::debug!(index, "followed the committed state"),
+            Err(err) => tracing::debug!(%err, "no newer committed state"),
+        }
     }
 
     /// Keeps the connections to every committee member (voters and
@@ -914,10 +987,24 @@ impl Runtime {
             .collect()
     }
 
+    /// The committed state rounds run on: the committee's own copy, or the
+    /// followed one; `None` on a follower that holds none yet.
+    fn state_source(&self) -> Option<state_source::StateSource> {
+        if let Some(consensus) = &self.consensus {
+            return Some(state_source::StateSource::Committee(consensus.clone()));
+        }
+        let following = self.following.as_ref()?;
+        Some(state_source::StateSource::Followed {
+            state: following.held()?.state.clone(),
+            leader: following.leader(),
+        })
+    }
+
     async fn tick_rounds(&mut self) {
         let admitted = self.admitted_names();
-        if let (Some(driver), Some(consensus)) = (self.rounds.as_mut(), self.consensus.as_ref()) {
-            driver.tick(consensus, &self.net, admitted, now_ms()).await;
+        let source = self.state_source();
+        if let (Some(driver), Some(source)) = (self.rounds.as_mut(), source.as_ref()) {
+            driver.tick(source, &self.net, admitted, now_ms()).await;
         }
     }
 
@@ -934,29 +1021,31 @@ impl Runtime {
             .filter(|v| ours.contains(*v))
             .ok_or_else(|| format!("{protocol} is not spoken here (protocol versions {ours})"))?;
         let admitted = self.admitted_names();
-        match (self.rounds.as_mut(), self.consensus.as_ref()) {
-            (Some(driver), Some(consensus)) => {
+        let source = self.state_source();
+        match (self.rounds.as_mut(), source.as_ref()) {
+            (Some(driver), Some(source)) => {
                 driver
                     .on_message(
                         peer,
                         version,
                         payload,
-                        consensus,
+                        source,
                         &self.net,
                         admitted,
                         now_ms(),
                     )
                     .await
             }
-            _ => Err("this node does not take part in rounds (no committee state)".into()),
+            _ => Err("this node holds no committed state yet (retry)".into()),
         }
     }
 
     async fn on_round_result(&mut self, done: rounds::Done) {
         let admitted = self.admitted_names();
-        if let (Some(driver), Some(consensus)) = (self.rounds.as_mut(), self.consensus.as_ref()) {
+        let source = self.state_source();
+        if let (Some(driver), Some(source)) = (self.rounds.as_mut(), source.as_ref()) {
             driver
-                .on_done(done, consensus, &self.net, admitted, now_ms())
+                .on_done(done, source, &self.net, admitted, now_ms())
                 .await;
         }
     }
@@ -999,14 +1088,15 @@ impl Runtime {
         }
     }
 
-    /// Learns the revocations committed since the last look (committee nodes).
+    /// Learns the revocations committed since the last look (from the
+    /// committee's own copy of the state, or the followed one).
     async fn read_committed_revocations(&mut self) {
-        let Some(consensus) = &self.consensus else {
+        let Some(source) = self.state_source() else {
             return;
         };
         let seen = &self.revocations;
-        let committed = consensus
-            .read_state(|state| {
+        let committed = source
+            .read(|state| {
                 let members = state.members();
                 let count = members.revoked_count();
                 let changed = seen.committed_changed(count);

@@ -23,7 +23,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use mesh_consensus::command::{Command, JobId, NodeId};
-use mesh_consensus::{ConsensusNode, MeshState};
+use mesh_consensus::MeshState;
 use mesh_federated::data::partition::{Partition, Shard};
 use mesh_federated::data::table::{MissingValues, TableOptions};
 use mesh_federated::data::{DataSource, LoadOptions};
@@ -34,6 +34,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, Semaphore};
 
 use super::round_gate::RoundGate;
+use super::state_source::StateSource;
 use crate::config::{AdversaryConfig, DataConfig};
 use crate::telemetry::RoundSpans;
 use mesh_round::job::JobSpecCheck;
@@ -228,38 +229,31 @@ impl RoundDriver {
         &mut self.engine
     }
 
-    /// The engine's view of live nodes: this node and the admitted peers
-    /// that can take part in rounds. Only committee-capable nodes hold the
-    /// committed state rounds run on (a node without it refuses round
-    /// messages), so a peer without the committee role is left out: the
-    /// planner would select it, and its group would wait for an update that
-    /// never comes. (The round gate still checks every admitted peer's roles.)
+    /// The engine's view of live nodes: this node and the admitted peers.
+    /// Peers without the committee role take part too: they follow the
+    /// committed state without the log (`state_follow`). (The round gate
+    /// still checks every admitted peer's roles.)
     fn alive(
         &self,
         mut admitted: BTreeMap<NodeId, BTreeSet<Role>>,
     ) -> BTreeMap<NodeId, BTreeSet<Role>> {
-        admitted.retain(|_, roles| roles.contains(&Role::Committee));
         admitted.insert(self.engine.me().clone(), self.roles.clone());
         admitted
     }
 
     async fn with_view<R>(
         &mut self,
-        consensus: &ConsensusNode,
+        source: &StateSource,
         admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
         f: impl FnOnce(&mut NodeEngine, &View<'_>) -> R,
     ) -> (R, Vec<Action>) {
-        let leader = consensus
-            .status()
-            .leader
-            .and_then(|id| consensus.member_info(id))
-            .map(|info| NodeId(info.node_id));
+        let leader = source.leader();
         let alive = self.alive(admitted);
         let engine = &mut self.engine;
         let zones = &self.zones;
-        consensus
-            .read_state(|state: &MeshState| {
+        source
+            .read(|state: &MeshState| {
                 let view = View {
                     state,
                     leader: leader.as_ref(),
@@ -277,15 +271,15 @@ impl RoundDriver {
     /// One step on the committed state and the clock.
     pub async fn tick(
         &mut self,
-        consensus: &ConsensusNode,
+        source: &StateSource,
         net: &NetHandle,
         admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
     ) {
         let ((), actions) = self
-            .with_view(consensus, admitted, now_ms, |e, v| e.observe(v))
+            .with_view(source, admitted, now_ms, |e, v| e.observe(v))
             .await;
-        self.carry_out(actions, consensus, net);
+        self.carry_out(actions, source, net);
     }
 
     /// A round message from an admitted peer, sent under round message
@@ -297,7 +291,7 @@ impl RoundDriver {
         from: &PeerId,
         version: u8,
         payload: &[u8],
-        consensus: &ConsensusNode,
+        source: &StateSource,
         net: &NetHandle,
         admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
@@ -314,11 +308,11 @@ impl RoundDriver {
             })?;
         self.spans.on_received(&from, &message);
         let ((), actions) = self
-            .with_view(consensus, admitted, now_ms, |e, v| {
+            .with_view(source, admitted, now_ms, |e, v| {
                 e.on_message(&from, message, v)
             })
             .await;
-        self.carry_out(actions, consensus, net);
+        self.carry_out(actions, source, net);
         Ok(())
     }
 
@@ -326,7 +320,7 @@ impl RoundDriver {
     pub async fn on_done(
         &mut self,
         done: Done,
-        consensus: &ConsensusNode,
+        source: &StateSource,
         net: &NetHandle,
         admitted: BTreeMap<NodeId, BTreeSet<Role>>,
         now_ms: u64,
@@ -341,7 +335,7 @@ impl RoundDriver {
             Done::Initial(..) => {}
         }
         let ((), actions) = self
-            .with_view(consensus, admitted, now_ms, |e, v| {
+            .with_view(source, admitted, now_ms, |e, v| {
                 match done {
                     Done::Trained(key, r) => e.on_trained(&key, r),
                     Done::Combined(key, digest, r) => e.on_combined(&key, digest, r),
@@ -350,27 +344,22 @@ impl RoundDriver {
                 e.observe(v);
             })
             .await;
-        self.carry_out(actions, consensus, net);
+        self.carry_out(actions, source, net);
     }
 
-    fn carry_out(&mut self, actions: Vec<Action>, consensus: &ConsensusNode, net: &NetHandle) {
+    fn carry_out(&mut self, actions: Vec<Action>, source: &StateSource, net: &NetHandle) {
         for action in actions {
             match action {
                 Action::Send { to, message } => self.send(net, &to, message),
                 Action::Propose(command) => {
-                    let consensus = consensus.clone();
+                    let source = source.clone();
                     let mut span = self.propose_span(&command);
                     tokio::spawn(async move {
                         let name = command.to_string();
-                        let refused = match consensus.propose(*command).await {
-                            Ok(receipt) => receipt.rejected.inspect(|reason| {
-                                tracing::debug!(%name, %reason, "round command rejected");
-                            }),
-                            Err(err) => {
-                                tracing::debug!(%name, %err, "round command not committed");
-                                Some(err.to_string())
-                            }
-                        };
+                        let refused = source.propose(*command).await;
+                        if let Some(reason) = &refused {
+                            tracing::debug!(%name, %reason, "round command not committed");
+                        }
                         if let Some(span) = span.as_mut() {
                             if let Some(reason) = refused {
                                 span.set_status(Status::error(reason));
@@ -591,13 +580,11 @@ impl RoundDriver {
     /// A round's model for the API: the blob if held, else a fetch is started.
     pub async fn model(
         &mut self,
-        consensus: &ConsensusNode,
+        source: &StateSource,
         job: &JobId,
         round: Option<u32>,
     ) -> Result<Vec<u8>, (u16, String)> {
-        let (hash, holders) = consensus
-            .read_state(|s| model_location(s, job, round))
-            .await?;
+        let (hash, holders) = source.read(|s| model_location(s, job, round)).await?;
         if let Some(bytes) = self.engine.blob(&hash) {
             return Ok(bytes.to_vec());
         }

@@ -114,6 +114,11 @@ pub(super) fn snapshot(
             peers_admitted: admitted,
             reachability: runtime.net.reachability().as_str().to_string(),
             protocol_versions: runtime.net.protocol_versions().to_string(),
+            followed_index: runtime
+                .following
+                .as_ref()
+                .and_then(|f| f.held())
+                .map(|f| f.certified.index()),
         },
         peers: peers
             .iter()

@@ -1,0 +1,451 @@
+//! Following the committed state without the Raft log.
+//!
+//! Only the committee runs Raft. Every other node keeps a copy of the mesh
+//! state that it fetched from any peer and checked against a commit
+//! certificate, so that it can train, aggregate and serve blobs without
+//! holding the log:
+//!
+//! ```text
+//!   voter, after applying index i (at most every certificate interval)
+//!     bundle_i = postcard(StateBundle { index, term, voters, snapshot(state) })
+//!     signs CommitStatement { .., state_hash, state_digest: digest(bundle_i) }
+//!   a majority of voters signed the same statement ──► CommitCertificate
+//!   any node holding (certificate, bundle) serves it: CertifiedState
+//!
+//!   follower: StateFollower::accept(certified, trusted committee keys)
+//!     digest(bundle) == statement.state_digest      (bytes are what was signed)
+//!     bundle.index == statement.index, state hash matches
+//!     a majority of the bundle's voters signed, counting only trusted keys
+//! ```
+//!
+//! Trust starts from the mesh's CA: the caller passes the keys of the nodes
+//! it knows hold the committee role (the network layer admitted them with a
+//! CA-signed certificate); after the first verified state the voters of the
+//! state it holds count as well, so the committee can change under a
+//! follower as long as a majority of each new voter set is known to it.
+//!
+//! Everything here is sans-I/O; the node fetches and serves the bytes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::certificate::{verify_certificate, CertificateError, CommitCertificate, VoterKeys};
+use crate::snapshot;
+use crate::state::MeshState;
+use crate::types::MemberId;
+
+/// Domain separation prefix of a bundle's digest.
+pub const BUNDLE_DOMAIN: &[u8] = b"agent-mesh/state-bundle/v1\0";
+/// Largest encoded [`CertifiedState`] a follower accepts, in bytes.
+pub const CERTIFIED_STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Why a certified state was not taken.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum FollowError {
+    /// The bytes are not an encoded certified state.
+    #[error("malformed certified state: {0} (the sender is faulty; ask another peer)")]
+    Malformed(String),
+    /// The state is no newer than the one held.
+    #[error("state at index {offered} is not newer than the held {held}")]
+    Stale {
+        /// Index offered.
+        offered: u64,
+        /// Index held.
+        held: u64,
+    },
+    /// The bundle's bytes are not what the voters signed.
+    #[error(
+        "the state's digest differs from the certified one (forged or corrupted; ask another peer)"
+    )]
+    DigestMismatch,
+    /// The bundle contradicts its certificate.
+    #[error("the state contradicts its certificate: {0}")]
+    Inconsistent(String),
+    /// The certificate does not verify against the bundle's voters.
+    #[error("certificate: {0}")]
+    Certificate(#[from] CertificateError),
+    /// Too few of the signers are keys this node trusts as committee members.
+    #[error("{trusted} signers are known committee members, {needed} needed (retry once more of the committee is known)")]
+    Untrusted {
+        /// Valid signers this node trusts.
+        trusted: usize,
+        /// Majority of the bundle's voters.
+        needed: usize,
+    },
+}
+
+/// What voters hash and sign beside the chained state hash: the state at an
+/// index and the voters that certify it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateBundle {
+    /// Log index the state is at.
+    pub index: u64,
+    /// Term of the entry at that index.
+    pub term: u64,
+    /// The voters at that index, with their public keys.
+    pub voters: VoterKeys,
+    /// The state, as a snapshot ([`snapshot::encode`]).
+    pub snapshot: Vec<u8>,
+}
+
+impl StateBundle {
+    /// Encodes the bundle (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data; postcard cannot fail on it.
+        #[allow(clippy::expect_used)]
+        postcard::to_allocvec(self).expect("a state bundle always serializes")
+    }
+}
+
+/// The digest voters sign for encoded bundle bytes.
+pub fn bundle_digest(bundle_bytes: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(BUNDLE_DOMAIN);
+    hasher.update(bundle_bytes);
+    *hasher.finalize().as_bytes()
+}
+
+/// A commit certificate and the encoded bundle it certifies: what a node
+/// serves to followers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifiedState {
+    /// A majority of the voters signing the bundle's digest.
+    pub certificate: CommitCertificate,
+    /// The encoded [`StateBundle`].
+    pub bundle: Arc<Vec<u8>>,
+}
+
+impl CertifiedState {
+    /// The log index it certifies.
+    pub fn index(&self) -> u64 {
+        self.certificate.statement.index
+    }
+
+    /// Encodes for the wire (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        #[allow(clippy::expect_used)]
+        postcard::to_allocvec(self).expect("a certified state always serializes")
+    }
+
+    /// Decodes wire bytes, refusing more than [`CERTIFIED_STATE_BYTES_MAX`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, FollowError> {
+        if bytes.len() > CERTIFIED_STATE_BYTES_MAX {
+            return Err(FollowError::Malformed(format!(
+                "{} bytes, at most {CERTIFIED_STATE_BYTES_MAX}",
+                bytes.len()
+            )));
+        }
+        postcard::from_bytes(bytes).map_err(|e| FollowError::Malformed(e.to_string()))
+    }
+}
+
+/// A state a follower verified.
+#[derive(Clone, Debug)]
+pub struct FollowedState {
+    /// What it was verified with (served on to other followers as is).
+    pub certified: CertifiedState,
+    /// The voters that certified it.
+    pub voters: VoterKeys,
+    /// The state itself.
+    pub state: Arc<MeshState>,
+}
+
+/// Keeps the newest verified state of one mesh (sans-I/O).
+pub struct StateFollower {
+    mesh_id: String,
+    held: Option<FollowedState>,
+}
+
+impl StateFollower {
+    /// A follower of mesh `mesh_id` holding nothing yet.
+    pub fn new(mesh_id: impl Into<String>) -> Self {
+        Self {
+            mesh_id: mesh_id.into(),
+            held: None,
+        }
+    }
+
+    /// The state held, if any.
+    pub fn held(&self) -> Option<&FollowedState> {
+        self.held.as_ref()
+    }
+
+    /// The index of the state held, if any.
+    pub fn index(&self) -> Option<u64> {
+        self.held.as_ref().map(|f| f.certified.index())
+    }
+
+    /// Whether a state at `index` would be newer than the one held.
+    pub fn wants(&self, index: u64) -> bool {
+        self.index().is_none_or(|held| index > held)
+    }
+
+    /// Verifies `certified` and holds it when it is newer. A signer counts
+    /// only when its key is in `committee_keys` (nodes known to hold the
+    /// committee role) or among the voters of the state held now. Returns the
+    /// new index.
+    pub fn accept(
+        &mut self,
+        certified: CertifiedState,
+        committee_keys: &BTreeSet<[u8; 32]>,
+    ) -> Result<u64, FollowError> {
+        let statement = &certified.certificate.statement;
+        if statement.mesh_id != self.mesh_id {
+            return Err(CertificateError::WrongMesh(statement.mesh_id.clone()).into());
+        }
+        if let Some(held) = self.index().filter(|held| statement.index <= *held) {
+            return Err(FollowError::Stale {
+                offered: statement.index,
+                held,
+            });
+        }
+        if bundle_digest(&certified.bundle) != statement.state_digest {
+            return Err(FollowError::DigestMismatch);
+        }
+        let bundle: StateBundle = postcard::from_bytes(&certified.bundle)
+            .map_err(|e| FollowError::Malformed(format!("bundle: {e}")))?;
+        if (bundle.index, bundle.term) != (statement.index, statement.term) {
+            return Err(FollowError::Inconsistent(format!(
+                "bundle at index {} term {}, certificate at index {} term {}",
+                bundle.index, bundle.term, statement.index, statement.term
+            )));
+        }
+        let verified = verify_certificate(&certified.certificate, &bundle.voters)?;
+        self.check_trusted(
+            &certified.certificate,
+            &verified,
+            &bundle.voters,
+            committee_keys,
+        )?;
+        let state = snapshot::decode_bounded(&bundle.snapshot, CERTIFIED_STATE_BYTES_MAX)
+            .map_err(|e| FollowError::Malformed(format!("state: {e}")))?;
+        if state.state_hash() != statement.state_hash {
+            return Err(FollowError::Inconsistent(
+                "the state's hash differs from the certified one".into(),
+            ));
+        }
+        let index = statement.index;
+        self.held = Some(FollowedState {
+            certified,
+            voters: bundle.voters,
+            state: Arc::new(state),
+        });
+        Ok(index)
+    }
+
+    /// Counts the verified signers whose keys this node trusts.
+    fn check_trusted(
+        &self,
+        certificate: &CommitCertificate,
+        verified: &[usize],
+        voters: &VoterKeys,
+        committee_keys: &BTreeSet<[u8; 32]>,
+    ) -> Result<(), FollowError> {
+        let held_voters = self.held.as_ref().map(|h| &h.voters);
+        let trusted_key = |signer: &MemberId, key: &[u8; 32]| {
+            committee_keys.contains(key)
+                || held_voters.is_some_and(|held| held.get(signer) == Some(key))
+        };
+        let trusted = verified
+            .iter()
+            .filter_map(|i| certificate.signatures.get(*i))
+            .filter(|(signer, _)| voters.get(signer).is_some_and(|k| trusted_key(signer, k)))
+            .count();
+        let needed = voters.len() / 2 + 1;
+        if trusted < needed {
+            return Err(FollowError::Untrusted { trusted, needed });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::certificate::{CommitStatement, SignedStatement};
+    use crate::command::Command;
+    use mesh_security::identity::NodeIdentity;
+
+    const MESH: &str = "m";
+
+    fn identities(n: u8) -> Vec<NodeIdentity> {
+        (0..n)
+            .map(|i| NodeIdentity::from_seed(&[i + 1; 32]))
+            .collect()
+    }
+
+    fn voter_keys(ids: &[NodeIdentity]) -> VoterKeys {
+        ids.iter()
+            .map(|i| {
+                let pk = i.verifying_key().to_bytes();
+                (MemberId::from_public_key(&pk), pk)
+            })
+            .collect()
+    }
+
+    fn keys_of(ids: &[NodeIdentity]) -> BTreeSet<[u8; 32]> {
+        ids.iter().map(|i| i.verifying_key().to_bytes()).collect()
+    }
+
+    /// A state after `entries` key-value writes.
+    fn state_after(entries: u64) -> MeshState {
+        let mut state = MeshState::new();
+        for index in 1..=entries {
+            let command = Command::Put {
+                key: format!("k{index}").into_bytes(),
+                value: vec![1],
+            };
+            state.apply(index, &command).unwrap();
+        }
+        state
+    }
+
+    /// `state` at `index`, certified by `signers` out of `voters`.
+    fn certify(
+        state: &MeshState,
+        index: u64,
+        voters: &[NodeIdentity],
+        signers: &[NodeIdentity],
+    ) -> CertifiedState {
+        let bundle = StateBundle {
+            index,
+            term: 1,
+            voters: voter_keys(voters),
+            snapshot: snapshot::encode(state),
+        }
+        .encode();
+        let statement = CommitStatement {
+            mesh_id: MESH.into(),
+            index,
+            term: 1,
+            entry_hash: [0; 32],
+            state_hash: state.state_hash(),
+            state_digest: bundle_digest(&bundle),
+        };
+        let signatures = signers
+            .iter()
+            .map(|id| {
+                let signed = SignedStatement::sign(statement.clone(), id);
+                (signed.signer, signed.signature)
+            })
+            .collect();
+        CertifiedState {
+            certificate: CommitCertificate {
+                statement,
+                signatures,
+            },
+            bundle: Arc::new(bundle),
+        }
+    }
+
+    #[test]
+    fn a_state_certified_by_known_voters_is_held_and_round_trips_the_wire() {
+        let voters = identities(3);
+        let state = state_after(4);
+        let certified = certify(&state, 4, &voters, &voters[..2]);
+        let decoded = CertifiedState::decode(&certified.encode()).unwrap();
+        let mut follower = StateFollower::new(MESH);
+        assert!(follower.wants(4));
+        assert_eq!(follower.accept(decoded, &keys_of(&voters)).unwrap(), 4);
+        assert_eq!(*follower.held().unwrap().state, state);
+        assert!(!follower.wants(4));
+        assert!(follower.wants(5));
+    }
+
+    #[test]
+    fn changed_bytes_a_minority_and_unknown_signers_are_refused() {
+        let voters = identities(3);
+        let known = keys_of(&voters);
+        let state = state_after(2);
+        let mut follower = StateFollower::new(MESH);
+
+        let mut tampered = certify(&state, 2, &voters, &voters);
+        let mut other = StateBundle {
+            index: 2,
+            term: 1,
+            voters: voter_keys(&voters),
+            snapshot: snapshot::encode(&state_after(1)),
+        };
+        other.snapshot.push(0);
+        tampered.bundle = Arc::new(other.encode());
+        assert_eq!(
+            follower.accept(tampered, &known),
+            Err(FollowError::DigestMismatch)
+        );
+
+        let minority = certify(&state, 2, &voters, &voters[..1]);
+        assert!(matches!(
+            follower.accept(minority, &known),
+            Err(FollowError::Certificate(
+                CertificateError::NoMajority { .. }
+            ))
+        ));
+
+        // A forger's own committee: valid signatures, keys nobody vouched for.
+        let forgers = identities(6)[3..].to_vec();
+        let forged = certify(&state, 2, &forgers, &forgers);
+        assert_eq!(
+            follower.accept(forged, &known),
+            Err(FollowError::Untrusted {
+                trusted: 0,
+                needed: 2
+            })
+        );
+        assert!(follower.held().is_none());
+    }
+
+    #[test]
+    fn a_state_whose_hash_differs_from_the_certified_one_is_refused() {
+        let voters = identities(3);
+        let mut certified = certify(&state_after(3), 3, &voters, &voters);
+        // Re-certify a bundle holding another state under the first hash.
+        let bundle = StateBundle {
+            index: 3,
+            term: 1,
+            voters: voter_keys(&voters),
+            snapshot: snapshot::encode(&state_after(2)),
+        }
+        .encode();
+        certified.certificate.statement.state_digest = bundle_digest(&bundle);
+        certified.certificate.signatures = voters
+            .iter()
+            .map(|id| {
+                let s = SignedStatement::sign(certified.certificate.statement.clone(), id);
+                (s.signer, s.signature)
+            })
+            .collect();
+        certified.bundle = Arc::new(bundle);
+        let mut follower = StateFollower::new(MESH);
+        assert!(matches!(
+            follower.accept(certified, &keys_of(&voters)),
+            Err(FollowError::Inconsistent(_))
+        ));
+    }
+
+    #[test]
+    fn older_states_are_stale_and_a_new_committee_is_trusted_through_the_held_one() {
+        let old = identities(3);
+        let state = state_after(5);
+        let mut follower = StateFollower::new(MESH);
+        follower
+            .accept(certify(&state_after(3), 3, &old, &old), &keys_of(&old))
+            .unwrap();
+        assert_eq!(
+            follower.accept(certify(&state_after(2), 2, &old, &old), &keys_of(&old)),
+            Err(FollowError::Stale {
+                offered: 2,
+                held: 3
+            })
+        );
+        // Two of the three old voters stay, one is replaced: the held voters
+        // vouch for the majority, with no committee keys known from elsewhere.
+        let mut new = old[..2].to_vec();
+        new.push(identities(4).remove(3));
+        let next = certify(&state, 5, &new, &new);
+        assert_eq!(follower.accept(next, &BTreeSet::new()).unwrap(), 5);
+    }
+}

@@ -1,0 +1,307 @@
+//! Nodes without the committee follow the committed state without the Raft
+//! log ([`mesh_consensus::follow`]), and every node serves the newest
+//! certified state it holds to those that ask.
+//!
+//! ```text
+//!   follower                                   any peer (committee or follower)
+//!     hears a certificate gossiped (index i), or nothing for REFRESH_MS
+//!     ── state/1 request: postcard(u64 index held, 0 for none) ──►
+//!                                              newest CertifiedState it holds,
+//!     ◄── postcard(StateAnswer) ──               if newer than the index asked,
+//!                                              and the leader as it knows it
+//!     StateFollower::accept: digest, certificate, trusted signers
+//! ```
+//!
+//! The leader a peer names is not certified (voters may disagree on it for a
+//! moment, so it cannot be signed with the state); it is taken only when it
+//! is one of the verified state's voters, and serves to route the round
+//! reports that go to the leader.
+//!
+//! One fetch is in flight at a time, at most one every [`FETCH_GAP_MS`].
+//! Targets rotate over the admitted peers, committee members and followers
+//! alike, so the committee is not the source of every copy; a peer that
+//! holds nothing newer answers with an error and the next tick asks another.
+//! A signer counts only when the network layer admitted it with the committee
+//! role (its certificate chains to the mesh CA) or it is a voter of the state
+//! already held.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use mesh_consensus::command::NodeId;
+use mesh_consensus::follow::{
+    CertifiedState, FollowError, FollowedState, StateFollower, CERTIFIED_STATE_BYTES_MAX,
+};
+use mesh_consensus::MemberId;
+use mesh_net::{NetHandle, PeerId};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// The request-response protocol name of state fetches.
+pub const STATE_PROTOCOL: &str = "state/1";
+/// Least time between two fetches, in ms.
+pub const FETCH_GAP_MS: u64 = 200;
+/// A follower fetches after this long without a newer state even when no
+/// certificate was heard (gossip can be lost), in ms.
+pub const REFRESH_MS: u64 = 5_000;
+
+/// One finished fetch.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Who answered.
+    pub peer: PeerId,
+    /// The answer's bytes, or why there was none.
+    pub outcome: Result<Vec<u8>, String>,
+}
+
+/// What a peer answers to a state request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateAnswer {
+    /// The newest certified state it holds.
+    pub certified: CertifiedState,
+    /// The committee leader's peer id, as the peer knows it.
+    pub leader: Option<String>,
+}
+
+impl StateAnswer {
+    /// Encodes for the wire (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data; postcard cannot fail on it.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// Decodes wire bytes, refusing oversized input.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() > CERTIFIED_STATE_BYTES_MAX {
+            return Err(format!(
+                "state answer of {} bytes, at most {CERTIFIED_STATE_BYTES_MAX}",
+                bytes.len()
+            ));
+        }
+        postcard::from_bytes(bytes).map_err(|e| format!("malformed state answer: {e}"))
+    }
+}
+
+/// The answer to a state request: the newest certified state `held`, if it
+/// is newer than the index the asker holds (`payload`), with `leader`.
+pub fn answer(
+    payload: &[u8],
+    held: Option<CertifiedState>,
+    leader: Option<String>,
+) -> Result<Vec<u8>, String> {
+    let asked_index: u64 =
+        postcard::from_bytes(payload).map_err(|e| format!("malformed state request: {e}"))?;
+    match held {
+        Some(certified) if certified.index() > asked_index => {
+            Ok(StateAnswer { certified, leader }.encode())
+        }
+        Some(certified) => Err(format!(
+            "nothing newer than index {asked_index} here (holds {})",
+            certified.index()
+        )),
+        None => Err("no certified state held here".into()),
+    }
+}
+
+struct FollowMetrics {
+    index: Gauge,
+    accepted: Counter,
+    refused: Counter,
+}
+
+/// A follower's fetching: when to ask, whom, and what came back.
+pub struct StateFollowing {
+    follower: StateFollower,
+    /// The committee leader, as the peer that served the held state named it.
+    leader: Option<NodeId>,
+    /// The newest certified index heard of.
+    heard: u64,
+    in_flight: bool,
+    last_fetch_ms: u64,
+    last_newer_ms: u64,
+    /// Which admitted peer the next fetch goes to (rotating).
+    next_target: usize,
+    results: mpsc::Sender<Fetched>,
+    metrics: FollowMetrics,
+}
+
+impl StateFollowing {
+    /// A follower of mesh `mesh_id` whose fetches come back on the returned
+    /// receiver; `rotation` spreads first targets over nodes.
+    pub fn new(
+        mesh_id: &str,
+        rotation: usize,
+        registry: &mut Registry,
+    ) -> (Self, mpsc::Receiver<Fetched>) {
+        let (results, rx) = mpsc::channel(1);
+        let metrics = FollowMetrics {
+            index: Gauge::default(),
+            accepted: Counter::default(),
+            refused: Counter::default(),
+        };
+        registry.register(
+            "mesh_state_followed_index",
+            "Log index of the committed state this node follows without the Raft log",
+            metrics.index.clone(),
+        );
+        registry.register(
+            "mesh_state_follow_accepted",
+            "Certified states fetched from peers and verified",
+            metrics.accepted.clone(),
+        );
+        registry.register(
+            "mesh_state_follow_refused",
+            "Certified states fetched from peers and refused (stale, forged or malformed)",
+            metrics.refused.clone(),
+        );
+        let following = Self {
+            follower: StateFollower::new(mesh_id),
+            leader: None,
+            heard: 0,
+            in_flight: false,
+            last_fetch_ms: 0,
+            last_newer_ms: 0,
+            next_target: rotation,
+            results,
+            metrics,
+        };
+        (following, rx)
+    }
+
+    /// The state held, if any.
+    pub fn held(&self) -> Option<&FollowedState> {
+        self.follower.held()
+    }
+
+    /// The committee leader, as the peer that served the held state named it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader.clone()
+    }
+
+    /// A certificate at `index` was gossiped.
+    pub fn heard(&mut self, index: u64) {
+        self.heard = self.heard.max(index);
+    }
+
+    fn due(&self, now_ms: u64) -> bool {
+        let behind = self.follower.wants(self.heard) && self.heard > 0;
+        let quiet = now_ms.saturating_sub(self.last_newer_ms) >= REFRESH_MS;
+        let missing = self.follower.index().is_none();
+        !self.in_flight
+            && now_ms.saturating_sub(self.last_fetch_ms) >= FETCH_GAP_MS
+            && (behind || quiet || missing)
+    }
+
+    /// Asks the next of `peers` (admitted, sorted) for a newer state, when
+    /// one is due.
+    pub fn fetch_if_due(&mut self, net: &NetHandle, peers: &[PeerId], now_ms: u64) {
+        if peers.is_empty() || !self.due(now_ms) {
+            return;
+        }
+        let peer = peers[self.next_target % peers.len()];
+        self.next_target = self.next_target.wrapping_add(1);
+        self.in_flight = true;
+        self.last_fetch_ms = now_ms;
+        let held = self.follower.index().unwrap_or(0);
+        // A u64 always serializes.
+        let payload = postcard::to_allocvec(&held).unwrap_or_default();
+        let (net, results) = (net.clone(), self.results.clone());
+        tokio::spawn(async move {
+            let outcome = net
+                .request(peer, STATE_PROTOCOL, payload)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = results.send(Fetched { peer, outcome }).await;
+        });
+    }
+
+    /// A fetch came back: verified and held when newer. `committee_keys` are
+    /// the public keys of the admitted peers with the committee role.
+    pub fn on_fetched(
+        &mut self,
+        fetched: Fetched,
+        committee_keys: &BTreeSet<[u8; 32]>,
+        now_ms: u64,
+    ) -> Result<u64, String> {
+        self.in_flight = false;
+        let answer = match StateAnswer::decode(&fetched.outcome?) {
+            Ok(answer) => answer,
+            Err(err) => {
+                self.metrics.refused.inc();
+                return Err(format!("from {}: {err}", fetched.peer));
+            }
+        };
+        match self.follower.accept(answer.certified, committee_keys) {
+            Ok(index) => {
+                self.leader = answer.leader.filter(|l| self.is_voter(l)).map(NodeId);
+                self.last_newer_ms = now_ms;
+                self.metrics.accepted.inc();
+                self.metrics
+                    .index
+                    .set(i64::try_from(index).unwrap_or(i64::MAX));
+                Ok(index)
+            }
+            Err(err) => {
+                if !matches!(err, FollowError::Stale { .. }) {
+                    self.metrics.refused.inc();
+                }
+                Err(format!("from {}: {err}", fetched.peer))
+            }
+        }
+    }
+
+    /// Whether the peer id `peer` is a voter of the held state.
+    fn is_voter(&self, peer: &str) -> bool {
+        let key = PeerId::from_str(peer)
+            .ok()
+            .and_then(|p| mesh_net::ids::node_id(&p))
+            .map(|node| *node.as_bytes());
+        let voters = self.follower.held().map(|h| &h.voters);
+        match (key, voters) {
+            (Some(key), Some(voters)) => voters.get(&MemberId::from_public_key(&key)) == Some(&key),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_request_is_answered_only_with_a_newer_state() {
+        use mesh_consensus::certificate::{CommitCertificate, CommitStatement};
+        let asked = |index: u64| postcard::to_allocvec(&index).unwrap();
+        let held = CertifiedState {
+            certificate: CommitCertificate {
+                statement: CommitStatement {
+                    mesh_id: "m".into(),
+                    index: 9,
+                    term: 2,
+                    entry_hash: [1; 32],
+                    state_hash: mesh_consensus::StateHash([2; 32]),
+                    state_digest: [3; 32],
+                },
+                signatures: Vec::new(),
+            },
+            bundle: std::sync::Arc::new(vec![4; 10]),
+        };
+        let leader = Some("leader".to_string());
+        let answered = answer(&asked(7), Some(held.clone()), leader.clone()).unwrap();
+        let expected = StateAnswer {
+            certified: held.clone(),
+            leader,
+        };
+        assert_eq!(StateAnswer::decode(&answered).unwrap(), expected);
+        let err = answer(&asked(9), Some(held), None).unwrap_err();
+        assert!(err.contains("nothing newer than index 9"), "{err}");
+        let err = answer(&asked(0), None, None).unwrap_err();
+        assert!(err.contains("no certified state"), "{err}");
+        let err = answer(&[0xff; 11], None, None).unwrap_err();
+        assert!(err.contains("malformed"), "{err}");
+    }
+}
