@@ -1,9 +1,11 @@
 //! Users' own tables with real `agent-mesh node` processes on loopback: three
 //! nodes each hold a private shard of breast-cancer (two as CSV, one as
 //! Parquet) and train a job that binds a 30-feature schema, with secure
-//! aggregation. A fourth node whose CSV has 31 feature columns is selected,
-//! declines with the schema message (in its log, its metrics and the job
-//! status), is not selected again, and the job completes without it. A second
+//! aggregation. A fourth node whose CSV has 31 feature columns, without the
+//! committee role (it follows the committed state without the Raft log and
+//! sends its decline to a committee member), is selected, declines with the
+//! schema message (in its log, its metrics and the job status), is not
+//! selected again, and the job completes without it. A second
 //! job then fine-tunes from the first one's model: `model get` writes it,
 //! `job submit --init` uploads it to one node, and every participant fetches
 //! it by hash, so round 0 starts exactly from the trained model.
@@ -14,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::mesh::{http, run_ok, start_node, wait_for, wait_for_described, Mesh};
+use common::mesh::{http, run_ok, start_node, wait_for, wait_for_described, Mesh, ALL_NODE_ROLES};
 use mesh_federated::data::table::{read_csv, write_parquet, Table, TableOptions};
 
 const GOOD: usize = 3;
@@ -100,7 +102,15 @@ fn job_view(mesh: &Mesh, node: usize, token: &str, job: &str) -> Option<serde_js
 
 #[test]
 fn csv_and_parquet_shards_train_securely_and_a_mismatched_node_declines() {
-    let mut mesh = Mesh::new(GOOD + 1);
+    // The mismatched node runs no Raft: its decline goes to a committee member.
+    let roles = |i| {
+        if i == GOOD {
+            "aggregator,trainer,observer"
+        } else {
+            ALL_NODE_ROLES
+        }
+    };
+    let mut mesh = Mesh::with_roles(GOOD + 1, roles);
     let shards = shards(mesh.root.path());
     for (node, shard) in mesh.nodes.iter().zip(&shards) {
         bind_data(&node.dir, shard);

@@ -662,6 +662,19 @@ impl Runtime {
             let _ = respond.send(state_follow::answer(&payload, held, leader));
             return;
         }
+        if protocol == forward::DECLINE_PROTOCOL {
+            let trains = self
+                .admitted
+                .get(&peer)
+                .is_some_and(|roles| roles.contains(Role::Trainer));
+            let checked = mesh_net::ids::node_id(&peer)
+                .ok_or_else(|| "peer id is not a mesh key".to_string())
+                .and_then(|node| {
+                    let sender = mesh_round::protocol::node_name(&node);
+                    forward::decode_decline(&payload, &sender, trains)
+                });
+            return self.propose_forwarded(checked, respond);
+        }
         if protocol != forward::WRITE_PROTOCOL {
             tracing::debug!(%peer, %protocol, "request under a protocol this node does not serve");
             let _ = respond.send(Err(format!("unknown protocol {protocol:?}")));
@@ -676,6 +689,16 @@ impl Runtime {
                 .map_err(|e| format!("forwarded write refused: {e}"))?;
             Ok(write.command)
         });
+        self.propose_forwarded(checked, respond);
+    }
+
+    /// Proposes a forwarded command that passed its checks (`checked`) and
+    /// answers with the outcome; answers why not otherwise.
+    fn propose_forwarded(
+        &self,
+        checked: Result<mesh_consensus::Command, String>,
+        respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    ) {
         let (Ok(command), Some(proposer)) = (checked.clone(), self.proposer.clone()) else {
             let why = checked
                 .err()
@@ -841,6 +864,18 @@ impl Runtime {
         }
     }
 
+    /// The admitted peers with the committee role, sorted.
+    fn committee_peers(&self) -> Vec<PeerId> {
+        let mut members: Vec<PeerId> = self
+            .admitted
+            .iter()
+            .filter(|(_, roles)| roles.contains(Role::Committee))
+            .map(|(peer, _)| *peer)
+            .collect();
+        members.sort();
+        members
+    }
+
     /// Forwards an API write, with the caller's token, to a committee member.
     /// Only nodes without the committee send writes here: committee nodes
     /// propose from the HTTP handler.
@@ -854,13 +889,7 @@ impl Runtime {
             let _ = reply.send(Err("too many writes in flight; retry later".into()));
             return;
         };
-        let mut members: Vec<PeerId> = self
-            .admitted
-            .iter()
-            .filter(|(_, roles)| roles.contains(Role::Committee))
-            .map(|(peer, _)| *peer)
-            .collect();
-        members.sort();
+        let members = self.committee_peers();
         let net = self.net.clone();
         tokio::spawn(async move {
             let write = forward::ForwardedWrite { token, command };
@@ -997,6 +1026,8 @@ impl Runtime {
         Some(state_source::StateSource::Followed {
             state: following.held()?.state.clone(),
             leader: following.leader(),
+            committee: self.committee_peers(),
+            net: self.net.clone(),
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mesh_consensus::command::{Command, NodeId};
 use mesh_consensus::{ConsensusNode, MeshState};
+use mesh_net::{NetHandle, PeerId};
 
 /// The committed state the round engine runs on.
 #[derive(Clone)]
@@ -20,6 +21,10 @@ pub enum StateSource {
         /// The committee leader, as the peer that served the state named
         /// it (checked to be one of the state's voters).
         leader: Option<NodeId>,
+        /// The admitted committee members, where this node's declines go.
+        committee: Vec<PeerId>,
+        /// The network, to send them.
+        net: NetHandle,
     },
 }
 
@@ -45,22 +50,25 @@ impl StateSource {
     }
 
     /// Proposes `command` to the committee; the reason when it was not
-    /// committed or was rejected. A node that follows the state cannot
-    /// propose: the only command a participant sends, declining a job
-    /// whose data it lacks, is then left out and the job's rounds go on
-    /// without it.
+    /// committed or was rejected. A node that follows the state sends the
+    /// one command a participant proposes, declining a job whose data it
+    /// lacks, to a committee member (`decline/1`); it proposes nothing else.
     pub async fn propose(&self, command: Command) -> Option<String> {
-        let consensus = match self {
-            Self::Committee(consensus) => consensus,
-            Self::Followed { .. } => {
-                return Some(format!(
-                    "{command}: a node without the committee protocol does not propose"
-                ))
-            }
-        };
-        match consensus.propose(command).await {
-            Ok(receipt) => receipt.rejected,
-            Err(err) => Some(err.to_string()),
+        match self {
+            Self::Committee(consensus) => match consensus.propose(command).await {
+                Ok(receipt) => receipt.rejected,
+                Err(err) => Some(err.to_string()),
+            },
+            Self::Followed { committee, net, .. } => match command {
+                Command::DeclineJob { .. } => {
+                    super::forward::forward_decline(net, committee, &command)
+                        .await
+                        .err()
+                }
+                other => Some(format!(
+                    "{other}: a node without the committee protocol proposes only its declines"
+                )),
+            },
         }
     }
 }
