@@ -167,7 +167,7 @@ struct Inner {
     certificates: broadcast::Sender<CommitCertificate>,
     latest_certificate: Mutex<Option<CommitCertificate>>,
     /// The state bundles this voter signed lately: (index, digest, bytes).
-    signed_bundles: Mutex<VecDeque<(u64, [u8; 32], Arc<Vec<u8>>)>>,
+    signed_bundles: Mutex<VecDeque<SignedBundle>>,
     /// The newest certificate with the state it certifies, for followers.
     certified_state: Mutex<Option<CertifiedState>>,
     evidence_seen: Mutex<BTreeSet<(MemberId, u64, u8)>>,
@@ -180,6 +180,13 @@ struct Inner {
     /// When this node last accepted an append (heartbeats included) from a
     /// leader; see [`status`].
     leader_contact: Mutex<Option<Instant>>,
+}
+
+/// The state bundle of a statement this voter signed.
+struct SignedBundle {
+    index: u64,
+    digest: [u8; 32],
+    bytes: Arc<Vec<u8>>,
 }
 
 /// A proposal session id unique to this process start: the member id, the
@@ -569,7 +576,11 @@ impl ConsensusNode {
         if kept.len() >= SIGNED_BUNDLES_MAX {
             kept.pop_front();
         }
-        kept.push_back((index, digest, bundle));
+        kept.push_back(SignedBundle {
+            index,
+            digest,
+            bytes: bundle,
+        });
     }
 
     /// Holds `cert` with its state when this node has the bundle it
@@ -585,10 +596,8 @@ impl ConsensusNode {
         }
         let signed = lock(&self.inner.signed_bundles)
             .iter()
-            .find(|(index, digest, _)| {
-                *index == statement.index && *digest == statement.state_digest
-            })
-            .map(|(_, _, bundle)| bundle.clone());
+            .find(|b| b.index == statement.index && b.digest == statement.state_digest)
+            .map(|b| b.bytes.clone());
         let bundle = signed.or_else(|| {
             let (record, bundle) = self.inner.sm.latest_bundle()?;
             let digest = crate::follow::bundle_digest(&bundle);

@@ -1023,12 +1023,13 @@ impl Runtime {
             return Some(state_source::StateSource::Committee(consensus.clone()));
         }
         let following = self.following.as_ref()?;
-        Some(state_source::StateSource::Followed {
+        let followed = state_source::Followed {
             state: following.held()?.state.clone(),
             leader: following.leader(),
             committee: self.committee_peers(),
             net: self.net.clone(),
-        })
+        };
+        Some(state_source::StateSource::Followed(Box::new(followed)))
     }
 
     async fn tick_rounds(&mut self) {

@@ -15,17 +15,21 @@ pub enum StateSource {
     /// This node's own copy under Raft (committee nodes).
     Committee(ConsensusNode),
     /// A certified copy followed without the log.
-    Followed {
-        /// The state, as last verified.
-        state: Arc<MeshState>,
-        /// The committee leader, as the peer that served the state named
-        /// it (checked to be one of the state's voters).
-        leader: Option<NodeId>,
-        /// The admitted committee members, where this node's declines go.
-        committee: Vec<PeerId>,
-        /// The network, to send them.
-        net: NetHandle,
-    },
+    Followed(Box<Followed>),
+}
+
+/// The committed state of a node that follows it without the log.
+#[derive(Clone)]
+pub struct Followed {
+    /// The state, as last verified.
+    pub state: Arc<MeshState>,
+    /// The committee leader, as the peer that served the state named it
+    /// (checked to be one of the state's voters).
+    pub leader: Option<NodeId>,
+    /// The admitted committee members, where this node's declines go.
+    pub committee: Vec<PeerId>,
+    /// The network, to send them.
+    pub net: NetHandle,
 }
 
 impl StateSource {
@@ -33,7 +37,7 @@ impl StateSource {
     pub async fn read<R>(&self, f: impl FnOnce(&MeshState) -> R) -> R {
         match self {
             Self::Committee(consensus) => consensus.read_state(f).await,
-            Self::Followed { state, .. } => f(state),
+            Self::Followed(followed) => f(&followed.state),
         }
     }
 
@@ -45,7 +49,7 @@ impl StateSource {
                 .leader
                 .and_then(|id| consensus.member_info(id))
                 .map(|info| NodeId(info.node_id)),
-            Self::Followed { leader, .. } => leader.clone(),
+            Self::Followed(followed) => followed.leader.clone(),
         }
     }
 
@@ -59,9 +63,9 @@ impl StateSource {
                 Ok(receipt) => receipt.rejected,
                 Err(err) => Some(err.to_string()),
             },
-            Self::Followed { committee, net, .. } => match command {
+            Self::Followed(followed) => match command {
                 Command::DeclineJob { .. } => {
-                    super::forward::forward_decline(net, committee, &command)
+                    super::forward::forward_decline(&followed.net, &followed.committee, &command)
                         .await
                         .err()
                 }
