@@ -35,6 +35,8 @@ fn memory_kib(pid: u32, field: &str) -> Option<u64> {
 struct Sample {
     rss_kib: u64,
     pss_kib: u64,
+    /// Anonymous memory (heap, stacks): RSS less the pages mapped from files.
+    anon_kib: u64,
     connected: u64,
     admitted: u64,
     /// The index of the committed state it follows (nodes without the committee).
@@ -51,6 +53,7 @@ fn sample(mesh: &Mesh) -> Vec<Sample> {
             Sample {
                 rss_kib: pid.and_then(|p| memory_kib(p, "Rss:")).unwrap_or(0),
                 pss_kib: pid.and_then(|p| memory_kib(p, "Pss:")).unwrap_or(0),
+                anon_kib: pid.and_then(|p| memory_kib(p, "Anonymous:")).unwrap_or(0),
                 connected: status["peers_connected"].as_u64().unwrap_or(0),
                 admitted: status["peers_admitted"].as_u64().unwrap_or(0),
                 followed_index: status["followed_index"].as_u64(),
@@ -69,18 +72,20 @@ fn spread(mut values: Vec<u64>) -> (u64, u64, u64) {
 fn print_sample(when: &str, rows: &[Sample]) {
     let (rss_min, rss_med, rss_max) = spread(rows.iter().map(|r| r.rss_kib / 1024).collect());
     let (pss_min, pss_med, pss_max) = spread(rows.iter().map(|r| r.pss_kib / 1024).collect());
+    let (anon_min, anon_med, anon_max) = spread(rows.iter().map(|r| r.anon_kib / 1024).collect());
     let (c_min, c_med, c_max) = spread(rows.iter().map(|r| r.connected).collect());
     println!(
-        "{when}: RSS MiB min/median/max {rss_min}/{rss_med}/{rss_max}; PSS MiB {pss_min}/{pss_med}/{pss_max}; connected peers min/median/max {c_min}/{c_med}/{c_max}"
+        "{when}: RSS MiB min/median/max {rss_min}/{rss_med}/{rss_max}; PSS MiB {pss_min}/{pss_med}/{pss_max}; anonymous MiB {anon_min}/{anon_med}/{anon_max}; connected peers min/median/max {c_min}/{c_med}/{c_max}"
     );
     for (i, r) in rows.iter().enumerate() {
         let followed = r
             .followed_index
             .map_or_else(|| "committee".to_string(), |i| format!("follows index {i}"));
         println!(
-            "  node {i:2}: RSS {:5.1} MiB, PSS {:5.1} MiB, {:2} connected, {:2} admitted, {followed}",
+            "  node {i:2}: RSS {:5.1} MiB, PSS {:5.1} MiB, anonymous {:5.1} MiB, {:2} connected, {:2} admitted, {followed}",
             r.rss_kib as f64 / 1024.0,
             r.pss_kib as f64 / 1024.0,
+            r.anon_kib as f64 / 1024.0,
             r.connected,
             r.admitted
         );
