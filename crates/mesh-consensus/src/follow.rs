@@ -12,17 +12,22 @@
 //!   a majority of voters signed the same statement ──► CommitCertificate
 //!   any node holding (certificate, bundle) serves it: CertifiedState
 //!
-//!   follower: StateFollower::accept(certified, trusted committee keys)
+//!   follower: StateFollower::accept(certified, trust)
 //!     digest(bundle) == statement.state_digest      (bytes are what was signed)
 //!     bundle.index == statement.index, state hash matches
 //!     a majority of the bundle's voters signed, counting only trusted keys
 //! ```
 //!
-//! Trust starts from the mesh's CA: the caller passes the keys of the nodes
-//! it knows hold the committee role (the network layer admitted them with a
-//! CA-signed certificate); after the first verified state the voters of the
-//! state it holds count as well, so the committee can change under a
-//! follower as long as a majority of each new voter set is known to it.
+//! Whom a follower trusts ([`Trust`]): once it holds a state, only that
+//! state's voters vouch for the next one ([`Trust::HeldVoters`]), so a node
+//! that merely holds the committee role cannot feed it a state of its own
+//! making; the committee changes one step at a time under Raft, and each new
+//! voter set is signed by voters the follower already trusts. Its first
+//! state (or one after it lost track for long) is anchored in the mesh's CA
+//! instead ([`Trust::Committee`]): the signers must be nodes the network
+//! layer admitted with a CA-signed committee role, and the voter set at
+//! least as large as the committee the mesh's size calls for, so forging
+//! it takes a majority of that many committee members.
 //!
 //! Everything here is sans-I/O; the node fetches and serves the bytes.
 
@@ -67,8 +72,16 @@ pub enum FollowError {
     /// The certificate does not verify against the bundle's voters.
     #[error("certificate: {0}")]
     Certificate(#[from] CertificateError),
-    /// Too few of the signers are keys this node trusts as committee members.
-    #[error("{trusted} signers are known committee members, {needed} needed (retry once more of the committee is known)")]
+    /// The voter set is smaller than the committee the mesh's size calls for.
+    #[error("{voters} voters, a committee of at least {min} expected (ask another peer)")]
+    TooFewVoters {
+        /// Voters in the bundle.
+        voters: usize,
+        /// Fewest voters the follower takes.
+        min: usize,
+    },
+    /// Too few of the signers are keys this node trusts.
+    #[error("{trusted} signers are trusted, {needed} needed (retry once more of the committee is known)")]
     Untrusted {
         /// Valid signers this node trusts.
         trusted: usize,
@@ -153,6 +166,21 @@ pub struct FollowedState {
     pub state: Arc<MeshState>,
 }
 
+/// Whose signatures a follower counts (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub enum Trust<'a> {
+    /// Only the voters of the state held.
+    HeldVoters,
+    /// Nodes known to hold the committee role (`keys`), for a voter set of
+    /// at least `voters_min`.
+    Committee {
+        /// Public keys of nodes admitted with the committee role.
+        keys: &'a BTreeSet<[u8; 32]>,
+        /// Fewest voters taken.
+        voters_min: usize,
+    },
+}
+
 /// Keeps the newest verified state of one mesh (sans-I/O).
 pub struct StateFollower {
     mesh_id: String,
@@ -183,14 +211,12 @@ impl StateFollower {
         self.index().is_none_or(|held| index > held)
     }
 
-    /// Verifies `certified` and holds it when it is newer. A signer counts
-    /// only when its key is in `committee_keys` (nodes known to hold the
-    /// committee role) or among the voters of the state held now. Returns the
-    /// new index.
+    /// Verifies `certified` and holds it when it is newer, counting the
+    /// signers `trust` names. Returns the new index.
     pub fn accept(
         &mut self,
         certified: CertifiedState,
-        committee_keys: &BTreeSet<[u8; 32]>,
+        trust: Trust<'_>,
     ) -> Result<u64, FollowError> {
         let statement = &certified.certificate.statement;
         if statement.mesh_id != self.mesh_id {
@@ -214,12 +240,7 @@ impl StateFollower {
             )));
         }
         let verified = verify_certificate(&certified.certificate, &bundle.voters)?;
-        self.check_trusted(
-            &certified.certificate,
-            &verified,
-            &bundle.voters,
-            committee_keys,
-        )?;
+        self.check_trusted(&certified.certificate, &verified, &bundle.voters, trust)?;
         let state = snapshot::decode_bounded(&bundle.snapshot, CERTIFIED_STATE_BYTES_MAX)
             .map_err(|e| FollowError::Malformed(format!("state: {e}")))?;
         if state.state_hash() != statement.state_hash {
@@ -242,12 +263,20 @@ impl StateFollower {
         certificate: &CommitCertificate,
         verified: &[usize],
         voters: &VoterKeys,
-        committee_keys: &BTreeSet<[u8; 32]>,
+        trust: Trust<'_>,
     ) -> Result<(), FollowError> {
+        if let Trust::Committee { voters_min, .. } = trust {
+            if voters.len() < voters_min {
+                return Err(FollowError::TooFewVoters {
+                    voters: voters.len(),
+                    min: voters_min,
+                });
+            }
+        }
         let held_voters = self.held.as_ref().map(|h| &h.voters);
-        let trusted_key = |signer: &MemberId, key: &[u8; 32]| {
-            committee_keys.contains(key)
-                || held_voters.is_some_and(|held| held.get(signer) == Some(key))
+        let trusted_key = |signer: &MemberId, key: &[u8; 32]| match trust {
+            Trust::Committee { keys, .. } => keys.contains(key),
+            Trust::HeldVoters => held_voters.is_some_and(|held| held.get(signer) == Some(key)),
         };
         let trusted = verified
             .iter()
@@ -289,6 +318,13 @@ mod tests {
 
     fn keys_of(ids: &[NodeIdentity]) -> BTreeSet<[u8; 32]> {
         ids.iter().map(|i| i.verifying_key().to_bytes()).collect()
+    }
+
+    fn committee(keys: &BTreeSet<[u8; 32]>) -> Trust<'_> {
+        Trust::Committee {
+            keys,
+            voters_min: 3,
+        }
     }
 
     /// A state after `entries` key-value writes.
@@ -350,7 +386,12 @@ mod tests {
         let decoded = CertifiedState::decode(&certified.encode()).unwrap();
         let mut follower = StateFollower::new(MESH);
         assert!(follower.wants(4));
-        assert_eq!(follower.accept(decoded, &keys_of(&voters)).unwrap(), 4);
+        assert_eq!(
+            follower
+                .accept(decoded, committee(&keys_of(&voters)))
+                .unwrap(),
+            4
+        );
         assert_eq!(*follower.held().unwrap().state, state);
         assert!(!follower.wants(4));
         assert!(follower.wants(5));
@@ -373,13 +414,13 @@ mod tests {
         other.snapshot.push(0);
         tampered.bundle = Arc::new(other.encode());
         assert_eq!(
-            follower.accept(tampered, &known),
+            follower.accept(tampered, committee(&known)),
             Err(FollowError::DigestMismatch)
         );
 
         let minority = certify(&state, 2, &voters, &voters[..1]);
         assert!(matches!(
-            follower.accept(minority, &known),
+            follower.accept(minority, committee(&known)),
             Err(FollowError::Certificate(
                 CertificateError::NoMajority { .. }
             ))
@@ -389,7 +430,7 @@ mod tests {
         let forgers = identities(6)[3..].to_vec();
         let forged = certify(&state, 2, &forgers, &forgers);
         assert_eq!(
-            follower.accept(forged, &known),
+            follower.accept(forged, committee(&known)),
             Err(FollowError::Untrusted {
                 trusted: 0,
                 needed: 2
@@ -421,7 +462,7 @@ mod tests {
         certified.bundle = Arc::new(bundle);
         let mut follower = StateFollower::new(MESH);
         assert!(matches!(
-            follower.accept(certified, &keys_of(&voters)),
+            follower.accept(certified, committee(&keys_of(&voters))),
             Err(FollowError::Inconsistent(_))
         ));
     }
@@ -431,21 +472,59 @@ mod tests {
         let old = identities(3);
         let state = state_after(5);
         let mut follower = StateFollower::new(MESH);
+        let old_keys = keys_of(&old);
         follower
-            .accept(certify(&state_after(3), 3, &old, &old), &keys_of(&old))
+            .accept(
+                certify(&state_after(3), 3, &old, &old),
+                committee(&old_keys),
+            )
             .unwrap();
         assert_eq!(
-            follower.accept(certify(&state_after(2), 2, &old, &old), &keys_of(&old)),
+            follower.accept(certify(&state_after(2), 2, &old, &old), Trust::HeldVoters),
             Err(FollowError::Stale {
                 offered: 2,
                 held: 3
             })
         );
         // Two of the three old voters stay, one is replaced: the held voters
-        // vouch for the majority, with no committee keys known from elsewhere.
+        // vouch for the majority.
         let mut new = old[..2].to_vec();
         new.push(identities(4).remove(3));
         let next = certify(&state, 5, &new, &new);
-        assert_eq!(follower.accept(next, &BTreeSet::new()).unwrap(), 5);
+        assert_eq!(follower.accept(next, Trust::HeldVoters).unwrap(), 5);
+    }
+
+    #[test]
+    fn committee_members_cannot_make_themselves_the_committee() {
+        let honest = identities(3);
+        let rogues = identities(5)[3..].to_vec();
+        // The rogues hold the committee role, so the CA anchor knows their keys.
+        let mut known = keys_of(&honest);
+        known.extend(keys_of(&rogues));
+        let alone = &rogues[..1];
+        let mut follower = StateFollower::new(MESH);
+        assert_eq!(
+            follower.accept(certify(&state_after(9), 9, alone, alone), committee(&known)),
+            Err(FollowError::TooFewVoters { voters: 1, min: 3 })
+        );
+        follower
+            .accept(
+                certify(&state_after(2), 2, &honest, &honest),
+                committee(&known),
+            )
+            .unwrap();
+        // Once a state is held, only its voters vouch: two rogues naming an
+        // honest key as a third, silent voter sign a valid majority of their
+        // own voter set, but neither is a voter the follower trusts.
+        let mut claimed = rogues.clone();
+        claimed.push(honest[0].clone());
+        let forged = certify(&state_after(9), 9, &claimed, &rogues);
+        assert_eq!(
+            follower.accept(forged, Trust::HeldVoters),
+            Err(FollowError::Untrusted {
+                trusted: 0,
+                needed: 2
+            })
+        );
     }
 }

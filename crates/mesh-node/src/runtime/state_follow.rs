@@ -21,16 +21,19 @@
 //! Targets rotate over the admitted peers, committee members and followers
 //! alike, so the committee is not the source of every copy; a peer that
 //! holds nothing newer answers with an error and the next tick asks another.
-//! A signer counts only when the network layer admitted it with the committee
-//! role (its certificate chains to the mesh CA) or it is a voter of the state
-//! already held.
+//! Whose signatures count ([`Trust`]): the voters of the state already held;
+//! for the first state, or after states newer than the held one failed that
+//! check for [`REANCHOR_MS`] (the committee moved on beyond what the held
+//! voters vouch for), peers the network layer admitted with the committee
+//! role (their certificates chain to the mesh CA), for a voter set of at
+//! least three once three committee members are known.
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use mesh_consensus::command::NodeId;
 use mesh_consensus::follow::{
-    CertifiedState, FollowError, FollowedState, StateFollower, CERTIFIED_STATE_BYTES_MAX,
+    CertifiedState, FollowError, FollowedState, StateFollower, Trust, CERTIFIED_STATE_BYTES_MAX,
 };
 use mesh_consensus::MemberId;
 use mesh_net::{NetHandle, PeerId};
@@ -47,6 +50,12 @@ pub const FETCH_GAP_MS: u64 = 200;
 /// A follower fetches after this long without a newer state even when no
 /// certificate was heard (gossip can be lost), in ms.
 pub const REFRESH_MS: u64 = 5_000;
+/// How long newer states must fail the held voters' check before the
+/// follower anchors in the committee members it knows again, in ms.
+pub const REANCHOR_MS: u64 = 30_000;
+/// Fewest voters a state anchored in known committee members may have
+/// (fewer when fewer committee members are known).
+pub const ANCHOR_VOTERS_MIN: usize = 3;
 
 /// One finished fetch.
 #[derive(Debug)]
@@ -122,6 +131,8 @@ pub struct StateFollowing {
     in_flight: bool,
     last_fetch_ms: u64,
     last_newer_ms: u64,
+    /// Since when newer states have failed the held voters' check.
+    untrusted_since_ms: Option<u64>,
     /// Which admitted peer the next fetch goes to (rotating).
     next_target: usize,
     results: mpsc::Sender<Fetched>,
@@ -164,6 +175,7 @@ impl StateFollowing {
             in_flight: false,
             last_fetch_ms: 0,
             last_newer_ms: 0,
+            untrusted_since_ms: None,
             next_target: rotation,
             results,
             metrics,
@@ -218,6 +230,20 @@ impl StateFollowing {
         });
     }
 
+    /// Whose signatures count now (see the module docs).
+    fn trust<'a>(&self, committee_keys: &'a BTreeSet<[u8; 32]>, now_ms: u64) -> Trust<'a> {
+        let lost = self
+            .untrusted_since_ms
+            .is_some_and(|since| now_ms.saturating_sub(since) >= REANCHOR_MS);
+        if self.follower.held().is_some() && !lost {
+            return Trust::HeldVoters;
+        }
+        Trust::Committee {
+            keys: committee_keys,
+            voters_min: committee_keys.len().clamp(1, ANCHOR_VOTERS_MIN),
+        }
+    }
+
     /// A fetch came back: verified and held when newer. `committee_keys` are
     /// the public keys of the admitted peers with the committee role.
     pub fn on_fetched(
@@ -234,8 +260,10 @@ impl StateFollowing {
                 return Err(format!("from {}: {err}", fetched.peer));
             }
         };
-        match self.follower.accept(answer.certified, committee_keys) {
+        let trust = self.trust(committee_keys, now_ms);
+        match self.follower.accept(answer.certified, trust) {
             Ok(index) => {
+                self.untrusted_since_ms = None;
                 self.leader = answer.leader.filter(|l| self.is_voter(l)).map(NodeId);
                 self.last_newer_ms = now_ms;
                 self.metrics.accepted.inc();
@@ -247,6 +275,12 @@ impl StateFollowing {
             Err(err) => {
                 if !matches!(err, FollowError::Stale { .. }) {
                     self.metrics.refused.inc();
+                }
+                if matches!(
+                    (&err, trust),
+                    (FollowError::Untrusted { .. }, Trust::HeldVoters)
+                ) {
+                    self.untrusted_since_ms.get_or_insert(now_ms);
                 }
                 Err(format!("from {}: {err}", fetched.peer))
             }
