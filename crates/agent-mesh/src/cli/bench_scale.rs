@@ -147,6 +147,10 @@ pub struct ScaleRow {
     pub groups_per_round: Vec<usize>,
     /// Simulated time of each committed round, ms.
     pub sim_round_ms_each: Vec<u64>,
+    /// The committed state after the run as a snapshot, bytes: what a node
+    /// that follows the state without the Raft log fetches for each newer
+    /// certified state.
+    pub state_bytes: usize,
 }
 
 /// Runs the benchmark and prints the table or JSON.
@@ -325,6 +329,7 @@ fn measure(args: &ScaleArgs, nodes: usize) -> anyhow::Result<ScaleRow> {
         max_model_spread_ms: summary.max_model_spread_ms,
         groups_per_round,
         sim_round_ms_each,
+        state_bytes: sim.state_snapshot_bytes(),
     })
 }
 
@@ -371,6 +376,7 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
         "max uploads/node/round",
         "model spread ms",
         "groups by round",
+        "state KiB",
         "wall s",
     ]);
     for r in rows {
@@ -391,6 +397,7 @@ fn print_table(args: &ScaleArgs, rows: &[ScaleRow]) {
             r.max_blob_uploads_per_node_per_round.to_string(),
             format!("{:.0} (max {})", r.model_spread_ms, r.max_model_spread_ms),
             groups_by_round(&r.groups_per_round),
+            format!("{:.0}", r.state_bytes as f64 / 1024.0),
             format!("{:.1}", r.wall_s),
         ]);
     }

@@ -15,7 +15,7 @@
 //! | `GET /healthz`     | anyone      | 200 while the runtime loop is alive               |
 //! | `GET /readyz`      | anyone      | 200 when admitted and, on a committee member, in step with the leader |
 //! | `GET /metrics`     | anyone      | Prometheus text format                            |
-//! | `GET /v1/status`   | anyone      | node id, mesh, uptime, counts                     |
+//! | `GET /v1/status`   | anyone      | node id, mesh, uptime, counts, followed index     |
 //! | `GET /v1/peers`    | anyone      | the peer table                                    |
 //! | `GET /v1/consensus`| anyone      | leader, term, commit index, voters, last snapshot |
 //! | `POST /v1/kv`      | admin token | commits a key-value command through the committee |

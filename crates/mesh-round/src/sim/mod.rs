@@ -464,6 +464,12 @@ impl MeshSim {
         self.network.take_traffic()
     }
 
+    /// Size of the committed state as a snapshot, bytes: what a node that
+    /// follows the state without the log fetches (with the voters' keys).
+    pub fn state_snapshot_bytes(&self) -> usize {
+        mesh_consensus::snapshot::encode(&self.state).len()
+    }
+
     /// Simulated time now, ms.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
