@@ -260,6 +260,14 @@ fn a_trainer_without_the_committee_role_follows_the_state_and_trains() {
         },
         || mesh.nodes[outsider].log_tail(),
     );
+    // After its first whole state, it follows by the commands since its index.
+    let metrics = mesh.nodes[outsider].metrics();
+    let deltas = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_state_follow_deltas_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(deltas >= 1.0, "no state followed by delta:\n{metrics}");
     let consensus = mesh.nodes[outsider].get("/v1/consensus");
     assert!(
         consensus.as_ref().is_none_or(|c| c.is_null()),

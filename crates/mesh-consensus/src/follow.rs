@@ -18,6 +18,13 @@
 //!     a majority of the bundle's voters signed, counting only trusted keys
 //! ```
 //!
+//! A follower that holds a state need not fetch the whole state again: a
+//! committee member whose log still holds the entries since the follower's
+//! index sends their commands instead ([`StateDelta`]). The follower applies
+//! them to a copy of its state, rebuilds the bundle the voters signed, and
+//! takes it only when its digest is the certified one, so a delta is checked
+//! exactly as a whole state is.
+//!
 //! Whom a follower trusts ([`Trust`]): once it holds a state, only that
 //! state's voters vouch for the next one ([`Trust::HeldVoters`]), so a node
 //! that merely holds the committee role cannot feed it a state of its own
@@ -38,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::certificate::{verify_certificate, CertificateError, CommitCertificate, VoterKeys};
+use crate::command::Command;
 use crate::snapshot;
 use crate::state::MeshState;
 use crate::types::MemberId;
@@ -155,6 +163,33 @@ impl CertifiedState {
     }
 }
 
+/// The first fields of a [`StateBundle`], read without decoding the state.
+#[derive(Deserialize)]
+struct BundleHead {
+    _index: u64,
+    _term: u64,
+    voters: VoterKeys,
+}
+
+/// The voters of an encoded bundle, read without decoding its state.
+pub fn bundle_voters(bundle_bytes: &[u8]) -> Option<VoterKeys> {
+    postcard::take_from_bytes::<BundleHead>(bundle_bytes)
+        .ok()
+        .map(|(head, _)| head.voters)
+}
+
+/// The commands committed since a follower's index, up to a certified one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateDelta {
+    /// The certificate of the state the commands lead to.
+    pub certificate: CommitCertificate,
+    /// The voters at the certified index.
+    pub voters: VoterKeys,
+    /// `(index, command)` of every entry with a command after the
+    /// follower's index, in order.
+    pub commands: Vec<(u64, Command)>,
+}
+
 /// A state a follower verified.
 #[derive(Clone, Debug)]
 pub struct FollowedState {
@@ -255,6 +290,45 @@ impl StateFollower {
             state: Arc::new(state),
         });
         Ok(index)
+    }
+
+    /// Applies `delta` to a copy of the held state and holds the result when
+    /// it rebuilds the certified bundle (see the module docs). Returns the
+    /// new index.
+    pub fn accept_delta(
+        &mut self,
+        delta: StateDelta,
+        trust: Trust<'_>,
+    ) -> Result<u64, FollowError> {
+        let held = self
+            .held
+            .as_ref()
+            .ok_or_else(|| FollowError::Inconsistent("a delta needs a state to apply to".into()))?;
+        let statement = &delta.certificate.statement;
+        let (mut index, upto) = (held.certified.index(), statement.index);
+        let mut state = (*held.state).clone();
+        for (at, command) in &delta.commands {
+            if *at <= index || *at > upto {
+                return Err(FollowError::Malformed(format!(
+                    "delta entry at index {at} after {index}, certified up to {upto}"
+                )));
+            }
+            index = *at;
+            // A command the state machine rejects leaves the state as it
+            // was, on the committee as here.
+            let _ = state.apply(*at, command);
+        }
+        let bundle = StateBundle {
+            index: statement.index,
+            term: statement.term,
+            voters: delta.voters,
+            snapshot: snapshot::encode(&state),
+        };
+        let certified = CertifiedState {
+            certificate: delta.certificate,
+            bundle: Arc::new(bundle.encode()),
+        };
+        self.accept(certified, trust)
     }
 
     /// Counts the verified signers whose keys this node trusts.
@@ -492,6 +566,55 @@ mod tests {
         new.push(identities(4).remove(3));
         let next = certify(&state, 5, &new, &new);
         assert_eq!(follower.accept(next, Trust::HeldVoters).unwrap(), 5);
+    }
+
+    /// The commands of `state_after(n)` from index `after` + 1 to `upto`.
+    fn commands(after: u64, upto: u64) -> Vec<(u64, Command)> {
+        (after + 1..=upto)
+            .map(|index| {
+                let command = Command::Put {
+                    key: format!("k{index}").into_bytes(),
+                    value: vec![1],
+                };
+                (index, command)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_delta_reaches_the_certified_state_and_a_gap_in_it_does_not() {
+        let voters = identities(3);
+        let known = keys_of(&voters);
+        let mut follower = StateFollower::new(MESH);
+        follower
+            .accept(
+                certify(&state_after(2), 2, &voters, &voters),
+                committee(&known),
+            )
+            .unwrap();
+        let target = certify(&state_after(6), 6, &voters, &voters);
+        assert_eq!(bundle_voters(&target.bundle), Some(voter_keys(&voters)));
+        let delta = |commands| StateDelta {
+            certificate: target.certificate.clone(),
+            voters: voter_keys(&voters),
+            commands,
+        };
+        let mut gap = commands(2, 6);
+        gap.remove(1);
+        assert_eq!(
+            follower.accept_delta(delta(gap), Trust::HeldVoters),
+            Err(FollowError::DigestMismatch)
+        );
+        assert!(matches!(
+            follower.accept_delta(delta(commands(1, 6)), Trust::HeldVoters),
+            Err(FollowError::Malformed(_))
+        ));
+        assert_eq!(
+            follower.accept_delta(delta(commands(2, 6)), Trust::HeldVoters),
+            Ok(6)
+        );
+        assert_eq!(*follower.held().unwrap().state, state_after(6));
+        assert_eq!(follower.held().unwrap().certified, target);
     }
 
     #[test]

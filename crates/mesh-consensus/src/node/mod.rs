@@ -569,6 +569,18 @@ impl ConsensusNode {
         lock(&self.inner.certified_state).clone()
     }
 
+    /// The commands committed after index `after` up to `upto` with their
+    /// indices, for a follower that holds the state at `after`; `None` when
+    /// the log no longer holds them all or there are more than `entries_max`.
+    pub fn commands_between(
+        &self,
+        after: u64,
+        upto: u64,
+        entries_max: usize,
+    ) -> Option<Vec<(u64, Command)>> {
+        self.inner.log.commands_between(after, upto, entries_max)
+    }
+
     /// Keeps the bundle of a statement this voter signed, the newest
     /// [`SIGNED_BUNDLES_MAX`].
     pub(crate) fn keep_signed_bundle(&self, index: u64, digest: [u8; 32], bundle: Arc<Vec<u8>>) {

@@ -54,6 +54,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::command::Command;
 use crate::error::StoreError;
 use crate::follow::StateBundle;
 use crate::snapshot;
@@ -419,6 +420,37 @@ impl LogStore {
     /// leader, whose answer waits for the flush anyway.
     pub fn set_flush_in_place(&self, in_place: bool) {
         self.inner.writer.set_in_place(in_place);
+    }
+
+    /// The commands of the entries after index `after` up to `upto`, with
+    /// their indices (entries without a command left out), when the log
+    /// still holds every entry after `after` and there are at most
+    /// `entries_max` of them; `None` otherwise.
+    pub fn commands_between(
+        &self,
+        after: u64,
+        upto: u64,
+        entries_max: usize,
+    ) -> Option<Vec<(u64, Command)>> {
+        let cache = lock(&self.inner.cache);
+        if cache.purged.is_some_and(|p| p.index() > after)
+            || upto.saturating_sub(after) > entries_max as u64
+        {
+            return None;
+        }
+        let entries = cache.entries.range(after + 1..=upto);
+        let mut commands = Vec::new();
+        let mut expected = after + 1;
+        for (index, (entry, _)) in entries {
+            if *index != expected {
+                return None;
+            }
+            expected += 1;
+            if let EntryPayload::Normal(command) = &entry.payload {
+                commands.push((*index, command.clone()));
+            }
+        }
+        (expected == upto + 1).then_some(commands)
     }
 }
 

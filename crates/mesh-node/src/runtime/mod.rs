@@ -659,7 +659,16 @@ impl Runtime {
                 (None, None) => None,
             };
             let leader = self.state_source().and_then(|s| s.leader()).map(|n| n.0);
-            let _ = respond.send(state_follow::answer(&payload, held, leader));
+            let consensus = self.consensus.as_ref();
+            let delta = |after: u64, held: &mesh_consensus::follow::CertifiedState| {
+                let max = state_follow::DELTA_COMMANDS_MAX;
+                Some(mesh_consensus::follow::StateDelta {
+                    commands: consensus?.commands_between(after, held.index(), max)?,
+                    voters: mesh_consensus::follow::bundle_voters(&held.bundle)?,
+                    certificate: held.certificate.clone(),
+                })
+            };
+            let _ = respond.send(state_follow::answer(&payload, held, leader, delta));
             return;
         }
         if protocol == forward::DECLINE_PROTOCOL {

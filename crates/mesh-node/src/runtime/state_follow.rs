@@ -7,9 +7,12 @@
 //!     hears a certificate gossiped (index i), or nothing for REFRESH_MS
 //!     ── state/1 request: postcard(u64 index held, 0 for none) ──►
 //!                                              newest CertifiedState it holds,
-//!     ◄── postcard(StateAnswer) ──               if newer than the index asked,
+//!     ◄── postcard(StateAnswer) ──               if newer than the index asked:
+//!                                              the commands since that index
+//!                                              (a committee member whose log
+//!                                              holds them) or the whole state;
 //!                                              and the leader as it knows it
-//!     StateFollower::accept: digest, certificate, trusted signers
+//!     StateFollower::accept / accept_delta: digest, certificate, trusted signers
 //! ```
 //!
 //! The leader a peer names is not certified (voters may disagree on it for a
@@ -33,7 +36,8 @@ use std::str::FromStr;
 
 use mesh_consensus::command::NodeId;
 use mesh_consensus::follow::{
-    CertifiedState, FollowError, FollowedState, StateFollower, Trust, CERTIFIED_STATE_BYTES_MAX,
+    CertifiedState, FollowError, FollowedState, StateDelta, StateFollower, Trust,
+    CERTIFIED_STATE_BYTES_MAX,
 };
 use mesh_consensus::MemberId;
 use mesh_net::{NetHandle, PeerId};
@@ -56,6 +60,8 @@ pub const REANCHOR_MS: u64 = 30_000;
 /// Fewest voters a state anchored in known committee members may have
 /// (fewer when fewer committee members are known).
 pub const ANCHOR_VOTERS_MIN: usize = 3;
+/// Most commands a delta carries; a follower further behind gets the whole state.
+pub const DELTA_COMMANDS_MAX: usize = 4_096;
 
 /// One finished fetch.
 #[derive(Debug)]
@@ -66,11 +72,20 @@ pub struct Fetched {
     pub outcome: Result<Vec<u8>, String>,
 }
 
+/// A newer state, whole or as the commands since the asker's index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StateBody {
+    /// The newest certified state the peer holds.
+    Whole(CertifiedState),
+    /// The commands from the asker's index to the newest certified one.
+    Delta(StateDelta),
+}
+
 /// What a peer answers to a state request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateAnswer {
-    /// The newest certified state it holds.
-    pub certified: CertifiedState,
+    /// The newer state.
+    pub body: StateBody,
     /// The committee leader's peer id, as the peer knows it.
     pub leader: Option<String>,
 }
@@ -95,17 +110,27 @@ impl StateAnswer {
 }
 
 /// The answer to a state request: the newest certified state `held`, if it
-/// is newer than the index the asker holds (`payload`), with `leader`.
+/// is newer than the index the asker holds (`payload`), with `leader`; as a
+/// delta when the asker holds a state and `delta` can make one from its
+/// index to the held one.
 pub fn answer(
     payload: &[u8],
     held: Option<CertifiedState>,
     leader: Option<String>,
+    delta: impl FnOnce(u64, &CertifiedState) -> Option<StateDelta>,
 ) -> Result<Vec<u8>, String> {
     let asked_index: u64 =
         postcard::from_bytes(payload).map_err(|e| format!("malformed state request: {e}"))?;
     match held {
         Some(certified) if certified.index() > asked_index => {
-            Ok(StateAnswer { certified, leader }.encode())
+            let delta = (asked_index > 0)
+                .then(|| delta(asked_index, &certified))
+                .flatten();
+            let body = match delta {
+                Some(delta) => StateBody::Delta(delta),
+                None => StateBody::Whole(certified),
+            };
+            Ok(StateAnswer { body, leader }.encode())
         }
         Some(certified) => Err(format!(
             "nothing newer than index {asked_index} here (holds {})",
@@ -118,6 +143,7 @@ pub fn answer(
 struct FollowMetrics {
     index: Gauge,
     accepted: Counter,
+    deltas: Counter,
     refused: Counter,
 }
 
@@ -151,6 +177,7 @@ impl StateFollowing {
         let metrics = FollowMetrics {
             index: Gauge::default(),
             accepted: Counter::default(),
+            deltas: Counter::default(),
             refused: Counter::default(),
         };
         registry.register(
@@ -162,6 +189,11 @@ impl StateFollowing {
             "mesh_state_follow_accepted",
             "Certified states fetched from peers and verified",
             metrics.accepted.clone(),
+        );
+        registry.register(
+            "mesh_state_follow_deltas",
+            "Certified states reached by applying the commands since the held index",
+            metrics.deltas.clone(),
         );
         registry.register(
             "mesh_state_follow_refused",
@@ -261,7 +293,17 @@ impl StateFollowing {
             }
         };
         let trust = self.trust(committee_keys, now_ms);
-        match self.follower.accept(answer.certified, trust) {
+        let accepted = match answer.body {
+            StateBody::Whole(certified) => self.follower.accept(certified, trust),
+            StateBody::Delta(delta) => {
+                let accepted = self.follower.accept_delta(delta, trust);
+                if accepted.is_ok() {
+                    self.metrics.deltas.inc();
+                }
+                accepted
+            }
+        };
+        match accepted {
             Ok(index) => {
                 self.untrusted_since_ms = None;
                 self.leader = answer.leader.filter(|l| self.is_voter(l)).map(NodeId);
@@ -325,17 +367,32 @@ mod tests {
             bundle: std::sync::Arc::new(vec![4; 10]),
         };
         let leader = Some("leader".to_string());
-        let answered = answer(&asked(7), Some(held.clone()), leader.clone()).unwrap();
+        let no_delta = |_: u64, _: &CertifiedState| None;
+        let answered = answer(&asked(7), Some(held.clone()), leader.clone(), no_delta).unwrap();
         let expected = StateAnswer {
-            certified: held.clone(),
-            leader,
+            body: StateBody::Whole(held.clone()),
+            leader: leader.clone(),
         };
         assert_eq!(StateAnswer::decode(&answered).unwrap(), expected);
-        let err = answer(&asked(9), Some(held), None).unwrap_err();
+        // A member whose log holds the commands since index 7 sends those.
+        let delta = StateDelta {
+            certificate: held.certificate.clone(),
+            voters: Default::default(),
+            commands: Vec::new(),
+        };
+        let from_log = |after: u64, _: &CertifiedState| (after == 7).then(|| delta.clone());
+        let answered = answer(&asked(7), Some(held.clone()), leader.clone(), from_log).unwrap();
+        let got = StateAnswer::decode(&answered).unwrap();
+        assert_eq!(got.body, StateBody::Delta(delta.clone()));
+        // One that holds no state asks for the whole state.
+        let answered = answer(&asked(0), Some(held.clone()), leader, from_log).unwrap();
+        let got = StateAnswer::decode(&answered).unwrap();
+        assert_eq!(got.body, StateBody::Whole(held.clone()));
+        let err = answer(&asked(9), Some(held), None, no_delta).unwrap_err();
         assert!(err.contains("nothing newer than index 9"), "{err}");
-        let err = answer(&asked(0), None, None).unwrap_err();
+        let err = answer(&asked(0), None, None, no_delta).unwrap_err();
         assert!(err.contains("no certified state"), "{err}");
-        let err = answer(&[0xff; 11], None, None).unwrap_err();
+        let err = answer(&[0xff; 11], None, None, no_delta).unwrap_err();
         assert!(err.contains("malformed"), "{err}");
     }
 }
