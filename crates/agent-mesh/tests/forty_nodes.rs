@@ -114,6 +114,35 @@ fn committee_of(mesh: &Mesh, members: usize) -> serde_json::Value {
     )
 }
 
+/// A counter's value in a node's Prometheus text (0 when absent).
+fn counter(node: &common::mesh::Node, name: &str) -> u64 {
+    node.metrics()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// What the followers fetched to follow the state, min / median / max.
+fn print_followed_bytes(mesh: &Mesh) {
+    let followers = &mesh.nodes[COMMITTEE..];
+    let of = |name: &str| spread(followers.iter().map(|n| counter(n, name)).collect());
+    let (b_min, b_med, b_max) = of("mesh_state_follow_answer_bytes_total");
+    let (a_min, a_med, a_max) = of("mesh_state_follow_accepted_total");
+    let (d_min, d_med, d_max) = of("mesh_state_follow_deltas_total");
+    println!(
+        "followers since start: state answers KiB {}/{}/{}, states taken {a_min}/{a_med}/{a_max}, of them deltas {d_min}/{d_med}/{d_max} (min/median/max)",
+        b_min / 1024,
+        b_med / 1024,
+        b_max / 1024
+    );
+}
+
 #[test]
 #[ignore = "forty processes: a measurement, run on demand"]
 fn forty_processes_train_with_a_committee_of_five() {
@@ -198,6 +227,7 @@ fn forty_processes_train_with_a_committee_of_five() {
         done["accuracy"]
     );
     print_sample("after the job", &after);
+    print_followed_bytes(&mesh);
     // Connections nothing uses close after the idle timeout (30 s).
     std::thread::sleep(Duration::from_secs(60));
     print_sample("a minute after the job", &sample(&mesh));

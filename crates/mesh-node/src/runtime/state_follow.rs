@@ -145,6 +145,7 @@ struct FollowMetrics {
     accepted: Counter,
     deltas: Counter,
     refused: Counter,
+    bytes: Counter,
 }
 
 /// A follower's fetching: when to ask, whom, and what came back.
@@ -179,6 +180,7 @@ impl StateFollowing {
             accepted: Counter::default(),
             deltas: Counter::default(),
             refused: Counter::default(),
+            bytes: Counter::default(),
         };
         registry.register(
             "mesh_state_followed_index",
@@ -194,6 +196,11 @@ impl StateFollowing {
             "mesh_state_follow_deltas",
             "Certified states reached by applying the commands since the held index",
             metrics.deltas.clone(),
+        );
+        registry.register(
+            "mesh_state_follow_answer_bytes",
+            "Bytes of the state answers this node received from peers",
+            metrics.bytes.clone(),
         );
         registry.register(
             "mesh_state_follow_refused",
@@ -285,7 +292,9 @@ impl StateFollowing {
         now_ms: u64,
     ) -> Result<u64, String> {
         self.in_flight = false;
-        let answer = match StateAnswer::decode(&fetched.outcome?) {
+        let bytes = fetched.outcome?;
+        self.metrics.bytes.inc_by(bytes.len() as u64);
+        let answer = match StateAnswer::decode(&bytes) {
             Ok(answer) => answer,
             Err(err) => {
                 self.metrics.refused.inc();
