@@ -653,36 +653,10 @@ impl Runtime {
         respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     ) {
         if protocol == state_follow::STATE_PROTOCOL {
-            let held = match (&self.consensus, &self.following) {
-                (Some(consensus), _) => consensus.certified_state(),
-                (None, Some(following)) => following.held().map(|f| f.certified.clone()),
-                (None, None) => None,
-            };
-            let leader = self.state_source().and_then(|s| s.leader()).map(|n| n.0);
-            let consensus = self.consensus.as_ref();
-            let delta = |after: u64, held: &mesh_consensus::follow::CertifiedState| {
-                let max = state_follow::DELTA_COMMANDS_MAX;
-                Some(mesh_consensus::follow::StateDelta {
-                    commands: consensus?.commands_between(after, held.index(), max)?,
-                    voters: mesh_consensus::follow::bundle_voters(&held.bundle)?,
-                    certificate: held.certificate.clone(),
-                })
-            };
-            let _ = respond.send(state_follow::answer(&payload, held, leader, delta));
-            return;
+            return self.answer_state(&payload, respond);
         }
         if protocol == forward::DECLINE_PROTOCOL {
-            let trains = self
-                .admitted
-                .get(&peer)
-                .is_some_and(|roles| roles.contains(Role::Trainer));
-            let checked = mesh_net::ids::node_id(&peer)
-                .ok_or_else(|| "peer id is not a mesh key".to_string())
-                .and_then(|node| {
-                    let sender = mesh_round::protocol::node_name(&node);
-                    forward::decode_decline(&payload, &sender, trains)
-                });
-            return self.propose_forwarded(checked, respond);
+            return self.propose_decline(&peer, &payload, respond);
         }
         if protocol != forward::WRITE_PROTOCOL {
             tracing::debug!(%peer, %protocol, "request under a protocol this node does not serve");
@@ -698,6 +672,53 @@ impl Runtime {
                 .map_err(|e| format!("forwarded write refused: {e}"))?;
             Ok(write.command)
         });
+        self.propose_forwarded(checked, respond);
+    }
+
+    /// Answers a follower's state request with the newest certified state
+    /// this node holds: as the commands since the asker's index where this
+    /// node's Raft log holds them, whole otherwise.
+    fn answer_state(
+        &self,
+        payload: &[u8],
+        respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    ) {
+        let held = match (&self.consensus, &self.following) {
+            (Some(consensus), _) => consensus.certified_state(),
+            (None, Some(following)) => following.held().map(|f| f.certified.clone()),
+            (None, None) => None,
+        };
+        let leader = self.state_source().and_then(|s| s.leader()).map(|n| n.0);
+        let consensus = self.consensus.as_ref();
+        let delta = |after: u64, held: &mesh_consensus::follow::CertifiedState| {
+            let max = state_follow::DELTA_COMMANDS_MAX;
+            Some(mesh_consensus::follow::StateDelta {
+                commands: consensus?.commands_between(after, held.index(), max)?,
+                voters: mesh_consensus::follow::bundle_voters(&held.bundle)?,
+                certificate: held.certificate.clone(),
+            })
+        };
+        let _ = respond.send(state_follow::answer(payload, held, leader, delta));
+    }
+
+    /// Proposes a follower's decline of a job, when it declines for itself
+    /// and may train.
+    fn propose_decline(
+        &self,
+        peer: &PeerId,
+        payload: &[u8],
+        respond: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+    ) {
+        let trains = self
+            .admitted
+            .get(peer)
+            .is_some_and(|roles| roles.contains(Role::Trainer));
+        let checked = mesh_net::ids::node_id(peer)
+            .ok_or_else(|| "peer id is not a mesh key".to_string())
+            .and_then(|node| {
+                let sender = mesh_round::protocol::node_name(&node);
+                forward::decode_decline(payload, &sender, trains)
+            });
         self.propose_forwarded(checked, respond);
     }
 
