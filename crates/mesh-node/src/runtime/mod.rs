@@ -981,12 +981,16 @@ impl Runtime {
     /// Asks a peer for a newer certified state when one is due (nodes that
     /// follow the state without the log).
     fn follow_state(&mut self) {
+        if self.following.is_none() {
+            return;
+        }
+        let committee = self.committee_peers();
         let Some(following) = &mut self.following else {
             return;
         };
         let mut peers: Vec<PeerId> = self.admitted.keys().copied().collect();
         peers.sort();
-        following.fetch_if_due(&self.net, &peers, now_ms());
+        following.fetch_if_due(&self.net, &peers, &committee, now_ms());
     }
 
     /// A state fetch finished: verified against the keys of the admitted

@@ -21,9 +21,11 @@
 //! reports that go to the leader.
 //!
 //! One fetch is in flight at a time, at most one every [`FETCH_GAP_MS`].
-//! Targets rotate over the admitted peers, committee members and followers
-//! alike, so the committee is not the source of every copy; a peer that
-//! holds nothing newer answers with an error and the next tick asks another.
+//! Once a follower holds a state, every other fetch goes to a committee
+//! member (which answers with a delta); the others rotate over all admitted
+//! peers, committee members and followers alike, so the committee is not the
+//! source of every copy. A peer that holds nothing newer answers with an
+//! error and the next tick asks another.
 //! Whose signatures count ([`Trust`]): the voters of the state already held;
 //! for the first state, or after states newer than the held one failed that
 //! check for [`REANCHOR_MS`] (the committee moved on beyond what the held
@@ -246,14 +248,37 @@ impl StateFollowing {
             && (behind || quiet || missing)
     }
 
-    /// Asks the next of `peers` (admitted, sorted) for a newer state, when
-    /// one is due.
-    pub fn fetch_if_due(&mut self, net: &NetHandle, peers: &[PeerId], now_ms: u64) {
-        if peers.is_empty() || !self.due(now_ms) {
+    /// The peer the next fetch goes to: once this node holds a state, every
+    /// other fetch goes to a committee member (`committee`), which can answer
+    /// with a delta; the rest rotate over all admitted `peers`, so the
+    /// committee is not the source of every copy.
+    fn next_target(&mut self, peers: &[PeerId], committee: &[PeerId]) -> Option<PeerId> {
+        let turn = self.next_target;
+        self.next_target = self.next_target.wrapping_add(1);
+        let from_committee = self.follower.held().is_some() && turn % 2 == 0;
+        let pool = if from_committee && !committee.is_empty() {
+            committee
+        } else {
+            peers
+        };
+        (!pool.is_empty()).then(|| pool[(turn / 2) % pool.len()])
+    }
+
+    /// Asks a peer for a newer state, when one is due: `peers` are the
+    /// admitted peers, `committee` those with the committee role (both sorted).
+    pub fn fetch_if_due(
+        &mut self,
+        net: &NetHandle,
+        peers: &[PeerId],
+        committee: &[PeerId],
+        now_ms: u64,
+    ) {
+        if !self.due(now_ms) {
             return;
         }
-        let peer = peers[self.next_target % peers.len()];
-        self.next_target = self.next_target.wrapping_add(1);
+        let Some(peer) = self.next_target(peers, committee) else {
+            return;
+        };
         self.in_flight = true;
         self.last_fetch_ms = now_ms;
         let held = self.follower.index().unwrap_or(0);
