@@ -255,7 +255,7 @@ impl StateFollowing {
     fn next_target(&mut self, peers: &[PeerId], committee: &[PeerId]) -> Option<PeerId> {
         let turn = self.next_target;
         self.next_target = self.next_target.wrapping_add(1);
-        let from_committee = self.follower.held().is_some() && turn % 2 == 0;
+        let from_committee = self.follower.held().is_some() && turn.is_multiple_of(2);
         let pool = if from_committee && !committee.is_empty() {
             committee
         } else {
