@@ -33,8 +33,9 @@
 //! state (or one after it lost track for long) is anchored in the mesh's CA
 //! instead ([`Trust::Committee`]): the signers must be nodes the network
 //! layer admitted with a CA-signed committee role, and the voter set at
-//! least as large as the committee the mesh's size calls for, so forging
-//! it takes a majority of that many committee members.
+//! least `voters_min` large (the node asks for three once it knows three
+//! committee members), so forging it takes a majority of that many
+//! committee members.
 //!
 //! Everything here is sans-I/O; the node fetches and serves the bytes.
 
