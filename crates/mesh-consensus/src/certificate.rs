@@ -186,6 +186,16 @@ impl CommitCertificate {
 /// The voters a certificate is checked against: Raft id to Ed25519 public key.
 pub type VoterKeys = BTreeMap<MemberId, [u8; 32]>;
 
+/// The voters of a Raft membership with their public keys.
+pub fn voter_keys_of(
+    membership: &openraft::Membership<MemberId, crate::types::MemberInfo>,
+) -> VoterKeys {
+    membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.public_key)))
+        .collect()
+}
+
 /// Checks that a majority of distinct current `voters` validly signed the
 /// statement; returns the positions in `cert.signatures` of the signatures
 /// that verified, so callers need not check any signature twice.

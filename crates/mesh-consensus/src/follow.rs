@@ -53,7 +53,8 @@ use crate::types::MemberId;
 
 /// Domain separation prefix of a bundle's digest.
 pub const BUNDLE_DOMAIN: &[u8] = b"agent-mesh/state-bundle/v1\0";
-/// Largest encoded [`CertifiedState`] a follower accepts, in bytes.
+/// Largest encoded certified state (or answer carrying one) a follower
+/// accepts, in bytes.
 pub const CERTIFIED_STATE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Why a certified state was not taken.
@@ -144,23 +145,6 @@ impl CertifiedState {
     /// The log index it certifies.
     pub fn index(&self) -> u64 {
         self.certificate.statement.index
-    }
-
-    /// Encodes for the wire (postcard).
-    pub fn encode(&self) -> Vec<u8> {
-        #[allow(clippy::expect_used)]
-        postcard::to_allocvec(self).expect("a certified state always serializes")
-    }
-
-    /// Decodes wire bytes, refusing more than [`CERTIFIED_STATE_BYTES_MAX`].
-    pub fn decode(bytes: &[u8]) -> Result<Self, FollowError> {
-        if bytes.len() > CERTIFIED_STATE_BYTES_MAX {
-            return Err(FollowError::Malformed(format!(
-                "{} bytes, at most {CERTIFIED_STATE_BYTES_MAX}",
-                bytes.len()
-            )));
-        }
-        postcard::from_bytes(bytes).map_err(|e| FollowError::Malformed(e.to_string()))
     }
 }
 
@@ -458,7 +442,8 @@ mod tests {
         let voters = identities(3);
         let state = state_after(4);
         let certified = certify(&state, 4, &voters, &voters[..2]);
-        let decoded = CertifiedState::decode(&certified.encode()).unwrap();
+        let wire = postcard::to_allocvec(&certified).unwrap();
+        let decoded: CertifiedState = postcard::from_bytes(&wire).unwrap();
         let mut follower = StateFollower::new(MESH);
         assert!(follower.wants(4));
         assert_eq!(

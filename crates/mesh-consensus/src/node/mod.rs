@@ -611,10 +611,9 @@ impl ConsensusNode {
             .find(|b| b.index == statement.index && b.digest == statement.state_digest)
             .map(|b| b.bytes.clone());
         let bundle = signed.or_else(|| {
-            let (record, bundle) = self.inner.sm.latest_bundle()?;
+            let (_, bundle) = self.inner.sm.latest_bundle_at(Some(statement.index))?;
             let digest = crate::follow::bundle_digest(&bundle);
-            (record.index == statement.index && digest == statement.state_digest)
-                .then(|| Arc::new(bundle))
+            (digest == statement.state_digest).then(|| Arc::new(bundle))
         });
         if let Some(bundle) = bundle {
             *lock(&self.inner.certified_state) = Some(CertifiedState {
@@ -628,11 +627,7 @@ impl ConsensusNode {
     pub fn voter_keys(&self) -> VoterKeys {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow_watched();
-        let membership = m.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.public_key)))
-            .collect()
+        crate::certificate::voter_keys_of(m.membership_config.membership())
     }
 
     /// Checks a gossiped certificate against the current voters and the local

@@ -100,7 +100,7 @@ pub(super) async fn sign_statements(weak: Weak<Inner>, mut stop: watch::Receiver
         let voters = node.voter_keys();
         let latest = voters
             .contains_key(&node.id())
-            .then(|| node.inner.sm.latest_bundle())
+            .then(|| node.inner.sm.latest_bundle_at(None))
             .flatten();
         if let Some((record, bundle)) = latest {
             let digest = crate::follow::bundle_digest(&bundle);

@@ -649,19 +649,18 @@ impl StateMachineStore {
 
     /// The latest applied entry (if still in the history) with the encoded
     /// [`StateBundle`] of the state and voters after it, read together: what
-    /// a voter's commit statement describes.
-    pub fn latest_bundle(&self) -> Option<(AppliedRecord, Vec<u8>)> {
+    /// a voter's commit statement describes. With `at`, only when the latest
+    /// entry is at that index (nothing is encoded otherwise).
+    pub fn latest_bundle_at(&self, at: Option<u64>) -> Option<(AppliedRecord, Vec<u8>)> {
         let inner = lock(&self.shared.inner);
         let record = *inner.history.back()?;
-        let membership = inner.membership.membership();
-        let voters = membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.public_key)))
-            .collect();
+        if at.is_some_and(|index| index != record.index) {
+            return None;
+        }
         let bundle = StateBundle {
             index: record.index,
             term: record.term,
-            voters,
+            voters: crate::certificate::voter_keys_of(inner.membership.membership()),
             snapshot: snapshot::encode(&inner.state),
         };
         Some((record, bundle.encode()))

@@ -996,16 +996,15 @@ impl Runtime {
     /// A state fetch finished: verified against the keys of the admitted
     /// committee members and held when newer.
     fn on_state_fetched(&mut self, fetched: state_follow::Fetched) {
+        let committee_keys = self
+            .committee_peers()
+            .iter()
+            .filter_map(mesh_net::ids::node_id)
+            .map(|node| *node.as_bytes())
+            .collect();
         let Some(following) = &mut self.following else {
             return;
         };
-        let committee_keys = self
-            .admitted
-            .iter()
-            .filter(|(_, roles)| roles.contains(Role::Committee))
-            .filter_map(|(peer, _)| mesh_net::ids::node_id(peer))
-            .map(|node| *node.as_bytes())
-            .collect();
         match following.on_fetched(fetched, &committee_keys, now_ms()) {
             Ok(index) => tracing::debug!(index, "followed the committed state"),
             Err(err) => tracing::debug!(%err, "no newer committed state"),
