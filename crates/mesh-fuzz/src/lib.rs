@@ -7,15 +7,23 @@
 //! Decoders that take a path get the bytes through the parsing function
 //! behind it (tables, configs, write-ahead files), in memory.
 
-use mesh_consensus::command::Command;
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+
+use mesh_consensus::certificate::{CommitCertificate, CommitStatement, SignedStatement};
+use mesh_consensus::command::{Command, NodeId};
+use mesh_consensus::follow::{bundle_digest, CertifiedState, StateBundle, StateFollower, Trust};
 use mesh_consensus::network::{RpcRequest, RpcResponse};
 use mesh_consensus::snapshot;
+use mesh_consensus::{MemberId, MeshState};
 use mesh_federated::data::idx::{parse_stored_idx, IMAGES_MAGIC};
 use mesh_federated::data::table::{parse_csv, parse_parquet, TableOptions};
 use mesh_federated::model::store::check_weights;
+use mesh_node::runtime::state_follow::{StateAnswer, StateBody};
 use mesh_round::protocol::blob::decode_model;
 use mesh_round::protocol::RoundMessage;
 use mesh_security::envelope::Envelope;
+use mesh_security::NodeIdentity;
 
 /// Largest envelope a node accepts from a peer, as the round gate bounds it.
 const ENVELOPE_BYTES_MAX: usize = 1 << 20;
@@ -44,6 +52,8 @@ pub const TARGETS: &[Target] = &[
     ("cert_exchange", cert_exchange),
     ("config", config),
     ("wal", wal),
+    ("state_answer", state_answer),
+    ("forwarded", forwarded),
 ];
 
 /// A signed envelope (gossip, round messages).
@@ -144,4 +154,85 @@ pub fn config(data: &[u8]) {
     if let Ok(config) = mesh_node::config::NodeConfig::from_toml(text, path) {
         let _ = config.validate();
     }
+}
+
+/// The mesh the followed state of [`state_answer`] belongs to.
+pub const FOLLOW_MESH: &str = "fuzz";
+
+/// The one voter that certifies [`followed_start`].
+pub fn follow_voter() -> NodeIdentity {
+    NodeIdentity::from_seed(&[9; 32])
+}
+
+/// `state` at `index` (term 1), certified by [`follow_voter`] alone.
+pub fn certify_by_follow_voter(state: &MeshState, index: u64) -> CertifiedState {
+    let voter = follow_voter();
+    let public_key = voter.verifying_key().to_bytes();
+    let bundle = StateBundle {
+        index,
+        term: 1,
+        voters: [(MemberId::from_public_key(&public_key), public_key)].into(),
+        snapshot: snapshot::encode(state),
+    }
+    .encode();
+    let statement = CommitStatement {
+        mesh_id: FOLLOW_MESH.into(),
+        index,
+        term: 1,
+        entry_hash: [0; 32],
+        state_hash: state.state_hash(),
+        state_digest: bundle_digest(&bundle),
+    };
+    let signed = SignedStatement::sign(statement.clone(), &voter);
+    CertifiedState {
+        certificate: CommitCertificate {
+            statement,
+            signatures: vec![(signed.signer, signed.signature)],
+        },
+        bundle: Arc::new(bundle),
+    }
+}
+
+/// An empty state at index 1, certified by [`follow_voter`]: what a
+/// follower holds before a delta from a peer arrives.
+pub fn followed_start() -> CertifiedState {
+    static START: OnceLock<CertifiedState> = OnceLock::new();
+    START
+        .get_or_init(|| certify_by_follow_voter(&MeshState::new(), 1))
+        .clone()
+}
+
+/// A peer's answer to a state request, verified as a follower holding
+/// [`followed_start`] verifies it (whole or as a delta); and the same bytes
+/// as a state request.
+pub fn state_answer(data: &[u8]) {
+    let _ = mesh_node::runtime::state_follow::answer(data, None, None, |_, _| None);
+    let _ = follow_state_answer(data);
+}
+
+/// What a follower of [`followed_start`] makes of `data` as a peer's state
+/// answer: the index it now holds, or why it refused the answer.
+pub fn follow_state_answer(data: &[u8]) -> Result<u64, String> {
+    let answer = StateAnswer::decode(data)?;
+    let keys: BTreeSet<[u8; 32]> = [follow_voter().verifying_key().to_bytes()].into();
+    let trust = Trust::Committee {
+        keys: &keys,
+        voters_min: 1,
+    };
+    let mut follower = StateFollower::new(FOLLOW_MESH);
+    let followed = match answer.body {
+        StateBody::Whole(certified) => follower.accept(certified, trust),
+        StateBody::Delta(delta) => follower
+            .accept(followed_start(), trust)
+            .and_then(|_| follower.accept_delta(delta, Trust::HeldVoters)),
+    };
+    followed.map_err(|e| e.to_string())
+}
+
+/// A write forwarded to a committee member, and a follower's decline, as the
+/// member decodes them from a trainer.
+pub fn forwarded(data: &[u8]) {
+    let _ = mesh_node::runtime::forward::decode_request(data);
+    let sender = NodeId("fuzz-node".into());
+    let _ = mesh_node::runtime::forward::decode_decline(data, &sender, true);
 }

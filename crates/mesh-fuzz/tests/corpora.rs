@@ -35,6 +35,22 @@ fn every_corpus_file_goes_through_its_decoder_without_a_panic() {
     }
 }
 
+/// The seeds reach past decoding: a follower takes the whole state and the
+/// delta (so mutations of them exercise every check a follower runs).
+#[test]
+fn the_state_answer_seeds_pass_every_check_a_follower_runs() {
+    let dir = fuzz_dir().join("corpus").join("state_answer");
+    for (seed, index) in [("whole", 1), ("delta", 3)] {
+        let bytes = std::fs::read(dir.join(seed)).unwrap();
+        assert_eq!(mesh_fuzz::follow_state_answer(&bytes), Ok(index), "{seed}");
+    }
+    // Any signed byte (the unsigned leader name comes last).
+    let mut tampered = std::fs::read(dir.join("delta")).unwrap();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 1;
+    assert!(mesh_fuzz::follow_state_answer(&tampered).is_err());
+}
+
 #[test]
 fn every_target_has_a_cargo_fuzz_entry_point() {
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();

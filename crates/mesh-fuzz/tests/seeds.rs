@@ -6,10 +6,13 @@
 
 use std::path::Path;
 
-use mesh_consensus::command::Command;
+use mesh_consensus::command::{Command, NodeId};
+use mesh_consensus::follow::StateDelta;
 use mesh_federated::data::table::{read_csv, write_parquet, TableOptions};
 use mesh_federated::model::store::save_layout;
 use mesh_federated::model::ParameterInfo;
+use mesh_node::runtime::forward::ForwardedWrite;
+use mesh_node::runtime::state_follow::{StateAnswer, StateBody};
 use mesh_round::protocol::blob::encode_params;
 use mesh_round::protocol::RoundMessage;
 use mesh_security::envelope::{Envelope, MessageKind};
@@ -92,6 +95,67 @@ fn write_seed_corpora() {
     put("config", "node", &config);
     put("token", "shape", b"v1.eyJhIjoxfQ.c2ln");
     put("wal", "one_voter", &committee_wal());
+    put_state_answers();
+    put_forwarded();
+}
+
+/// A whole state and a delta of two writes, each of which a follower of
+/// `mesh_fuzz::followed_start` takes.
+fn put_state_answers() {
+    let leader = Some(mesh_fuzz::follow_voter().node_id().to_string());
+    let whole = StateAnswer {
+        body: StateBody::Whole(mesh_fuzz::followed_start()),
+        leader: leader.clone(),
+    };
+    put("state_answer", "whole", &whole.encode());
+    let mut state = mesh_consensus::MeshState::new();
+    let commands: Vec<(u64, Command)> = (2..=3u8)
+        .map(|index| {
+            let put = Command::Put {
+                key: vec![b'k', index],
+                value: vec![index],
+            };
+            state.apply(u64::from(index), &put).unwrap();
+            (u64::from(index), put)
+        })
+        .collect();
+    let certified = mesh_fuzz::certify_by_follow_voter(&state, 3);
+    let voters = mesh_consensus::follow::bundle_voters(&certified.bundle).unwrap();
+    let delta = StateAnswer {
+        body: StateBody::Delta(StateDelta {
+            certificate: certified.certificate,
+            voters,
+            commands,
+        }),
+        leader,
+    };
+    put("state_answer", "delta", &delta.encode());
+}
+
+/// A forwarded write and a decline by the node the target names as sender.
+fn put_forwarded() {
+    let write = ForwardedWrite {
+        token: "v1.eyJhIjoxfQ.c2ln".into(),
+        command: Command::Put {
+            key: "k".into(),
+            value: "v".into(),
+        },
+    };
+    put(
+        "forwarded",
+        "write",
+        &postcard::to_allocvec(&write).unwrap(),
+    );
+    let decline = Command::DeclineJob {
+        job: "job-1".into(),
+        node: NodeId("fuzz-node".into()),
+        reason: "no data of this kind".into(),
+    };
+    put(
+        "forwarded",
+        "decline",
+        &postcard::to_allocvec(&decline).unwrap(),
+    );
 }
 
 /// The write-ahead file of a one-voter committee that committed a few
