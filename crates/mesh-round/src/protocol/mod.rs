@@ -42,5 +42,6 @@ pub use shared::{
 };
 pub use stats::ProtocolStats;
 pub use worker::{
-    CombineTask, CombinedModel, Conduct, LearnerFactory, LocalWorker, TrainTask, TrainedUpdate,
+    CombineTask, CombinedModel, Conduct, LearnerFactory, LoadValidation, LocalWorker, TrainTask,
+    TrainedUpdate, Validation,
 };

@@ -103,12 +103,67 @@ pub enum Conduct {
     Silent,
 }
 
+/// Reads a node's validation rows when they are first needed.
+pub type LoadValidation = dyn Fn() -> Result<Dataset, String> + Send + Sync;
+
+/// Where a worker's validation rows are.
+#[derive(Clone, Default)]
+pub enum Validation {
+    /// The node holds none: the models it combines are not scored.
+    #[default]
+    None,
+    /// Held in memory; shared, read-only (simulated nodes hold one copy
+    /// between them).
+    Held(Arc<Dataset>),
+    /// Read by this function when a model is first scored here, then held:
+    /// only final aggregators score, so the other nodes never hold them.
+    OnDemand(Arc<LoadValidation>),
+}
+
+impl std::fmt::Debug for Validation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Held(data) => write!(f, "Held({} rows)", data.len()),
+            Self::OnDemand(_) => f.write_str("OnDemand"),
+        }
+    }
+}
+
+impl Validation {
+    /// The rows in memory, if held.
+    fn held(&self) -> Option<&Dataset> {
+        match self {
+            Self::Held(data) => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The rows, read first if they are read on demand (`None` when the
+    /// node holds none or they cannot be read now; the round goes on
+    /// unscored).
+    fn load(&mut self) -> Option<Arc<Dataset>> {
+        if let Self::OnDemand(load) = self {
+            match load() {
+                Ok(data) => *self = Self::Held(Arc::new(data)),
+                Err(err) => {
+                    tracing::warn!(%err, "validation rows could not be read; the model goes unscored");
+                    return None;
+                }
+            }
+        }
+        match self {
+            Self::Held(data) => Some(data.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// One node's private data and models.
 #[derive(Debug)]
 pub struct LocalWorker {
     train: Option<Dataset>,
-    /// Shared, read-only: simulated nodes hold one copy between them.
-    validation: Option<Arc<Dataset>>,
+    validation: Validation,
     dataset: String,
     bound: Option<BoundData>,
     models: Vec<(ModelSpec, DataSchema, Box<dyn Model>)>,
@@ -151,15 +206,16 @@ impl LocalWorker {
         validation: Option<Dataset>,
         conduct: Conduct,
     ) -> Self {
-        Self::with_shared_validation(dataset, train, validation.map(Arc::new), conduct)
+        let validation = validation.map_or(Validation::None, |v| Validation::Held(Arc::new(v)));
+        Self::with_validation(dataset, train, validation, conduct)
     }
 
-    /// A worker like [`new`](Self::new) whose validation data is shared with
-    /// other workers (the simulator's nodes share one copy).
-    pub fn with_shared_validation(
+    /// A worker like [`new`](Self::new) whose validation rows are shared with
+    /// other workers (the simulator's nodes share one copy) or read on demand.
+    pub fn with_validation(
         dataset: &str,
         mut train: Option<Dataset>,
-        validation: Option<Arc<Dataset>>,
+        validation: Validation,
         conduct: Conduct,
     ) -> Self {
         if let (Conduct::Byzantine(attack), Some(data)) = (&conduct, train.as_mut()) {
@@ -246,7 +302,7 @@ impl LocalWorker {
         }
         self.train
             .as_ref()
-            .or(self.validation.as_deref())
+            .or(self.validation.held())
             .map(Dataset::schema)
             .ok_or_else(|| WorkerError::NoData(spec.training.dataset.clone()))
     }
@@ -262,7 +318,7 @@ impl LocalWorker {
             let raw = self
                 .train
                 .as_ref()
-                .or(self.validation.as_deref())
+                .or(self.validation.held())
                 .ok_or_else(|| WorkerError::NoData(self.dataset.clone()))?;
             let norm = bind::normalization_for(&schema, raw);
             let train = self
@@ -272,7 +328,7 @@ impl LocalWorker {
                 .transpose()?;
             // Refused now if it does not fit, as the training data would be;
             // kept bound only once a model is scored here.
-            if let Some(v) = self.validation.as_deref() {
+            if let Some(v) = self.validation.held() {
                 bind_to(v, &schema, norm.as_ref())?;
             }
             self.bound = Some(BoundData {
@@ -413,7 +469,7 @@ impl LocalWorker {
         spec: &JobSpec,
         params: &[f32],
     ) -> Result<RoundMetrics, WorkerError> {
-        let raw = self.validation.clone();
+        let raw = self.validation.load();
         let validation = match self.bind(spec) {
             Ok(bound) => match (bound.validation.take(), raw) {
                 (Some(bound), _) => Some(bound),
@@ -557,4 +613,102 @@ pub fn combine_params(task: &CombineTask) -> Result<(GlobalModel, Vec<u32>), Wor
         Vec::new()
     };
     Ok((model, outliers))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use mesh_federated::data::partition::{Partition, Shard};
+    use mesh_federated::data::{BuiltinSet, DataSource, LoadOptions};
+
+    use super::*;
+
+    /// One fiftieth of the built-in MNIST training rows and `test_rows` test rows.
+    fn mnist(test_rows: usize) -> (Dataset, Dataset) {
+        let options = LoadOptions {
+            shard: Some(Shard {
+                partition: Partition::Iid,
+                shards: 50,
+                shard: 0,
+                seed: 1,
+            }),
+            test_rows_max: Some(test_rows),
+            ..LoadOptions::default()
+        };
+        let loaded = DataSource::Builtin(BuiltinSet::Mnist10k)
+            .load(&options)
+            .unwrap();
+        (loaded.train, loaded.test)
+    }
+
+    /// A plain one-participant MNIST job.
+    fn spec() -> JobSpec {
+        JobSpec {
+            secagg: false,
+            ..crate::protocol::plan::tests::job_spec(1, 1)
+        }
+    }
+
+    /// Trains one round on `worker` and combines its update twice.
+    fn train_and_combine_twice(worker: &mut LocalWorker) -> Vec<CombinedModel> {
+        let spec = Arc::new(spec());
+        let params = Arc::new(worker.initial(&spec, None).unwrap());
+        let key = RoundKey {
+            job: "job".into(),
+            round: 0,
+            attempt: 0,
+        };
+        let task = TrainTask {
+            key: key.clone(),
+            spec: spec.clone(),
+            params: params.clone(),
+            seed: 1,
+        };
+        let update = worker.train(&task).unwrap();
+        let combine = CombineTask {
+            key,
+            spec,
+            start: Arc::new(GlobalModel {
+                params: params.to_vec(),
+                server: ServerState::default(),
+            }),
+            inputs: vec![(Arc::new(update.delta), 1)],
+            inputs_digest: [0; 32],
+        };
+        (0..2).map(|_| worker.combine(&combine).unwrap()).collect()
+    }
+
+    #[test]
+    fn validation_rows_on_demand_are_read_once_when_a_model_is_first_scored() {
+        let (train, test) = mnist(200);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let load = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(test.clone())
+        };
+        let validation = Validation::OnDemand(Arc::new(load));
+        let mut worker =
+            LocalWorker::with_validation("mnist", Some(train), validation, Conduct::Honest);
+        worker.initial(&spec(), None).unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 0, "not read to start or train");
+        let combined = train_and_combine_twice(&mut worker);
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "read once, then held");
+        assert!(combined.iter().all(|c| is_scored(&c.metrics)));
+        assert_eq!(combined[0].metrics, combined[1].metrics);
+    }
+
+    #[test]
+    fn validation_rows_that_cannot_be_read_leave_the_model_unscored() {
+        let (train, _) = mnist(10);
+        let load = || Err("the files changed since the node started".to_string());
+        let validation = Validation::OnDemand(Arc::new(load));
+        let mut worker =
+            LocalWorker::with_validation("mnist", Some(train), validation, Conduct::Honest);
+        let combined = train_and_combine_twice(&mut worker);
+        assert!(combined.iter().all(|c| !is_scored(&c.metrics)));
+        assert_eq!(combined[0].metrics.updates_count, 1);
+    }
 }

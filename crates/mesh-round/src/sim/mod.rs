@@ -32,7 +32,7 @@ use crate::job::JobSpecCheck;
 use crate::protocol::blob::{decode_params, GlobalModel};
 use crate::protocol::{
     node_name, Action, CombinedModel, Conduct, EngineConfig, LocalWorker, NodeEngine,
-    ProtocolStats, RoundKey, RoundMessage, TrainTask, TrainedUpdate, View,
+    ProtocolStats, RoundKey, RoundMessage, TrainTask, TrainedUpdate, Validation, View,
 };
 pub use faults::Faults;
 use invariants::Checker;
@@ -268,10 +268,10 @@ impl MeshSim {
                 .find(|(n, _)| *n == i)
                 .map_or(Conduct::Honest, |(_, c)| c.clone());
             // Every node holds the same validation rows: one shared copy.
-            let worker = LocalWorker::with_shared_validation(
+            let worker = LocalWorker::with_validation(
                 &config.spec.training.dataset,
                 Some(train.subset(rows)),
-                Some(validation.clone()),
+                Validation::Held(validation.clone()),
                 conduct,
             );
             let engine =
