@@ -381,7 +381,7 @@ impl SwarmStack {
     fn logs(&self) -> String {
         let out = run(
             "docker",
-            &["service", "logs", "--tail", "30", &self.service()],
+            &["service", "logs", "--tail", "100", &self.service()],
             &[],
         );
         format!(

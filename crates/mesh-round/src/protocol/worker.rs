@@ -693,7 +693,11 @@ mod tests {
         let mut worker =
             LocalWorker::with_validation("mnist", Some(train), validation, Conduct::Honest);
         worker.initial(&spec(), None).unwrap();
-        assert_eq!(reads.load(Ordering::SeqCst), 0, "not read to start or train");
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            0,
+            "not read to start or train"
+        );
         let combined = train_and_combine_twice(&mut worker);
         assert_eq!(reads.load(Ordering::SeqCst), 1, "read once, then held");
         assert!(combined.iter().all(|c| is_scored(&c.metrics)));
