@@ -4,7 +4,10 @@
 //! without the Raft log, a secure 3-round job with every node taking part
 //! completes, and the test prints each node's
 //! resident memory (idle, before the job, and after it) and connection
-//! count. Ignored by default (forty processes keep two cores busy for a few
+//! count. Connections are bounded: each node keeps [`TARGET_PEERS`], dials
+//! the peers round traffic is for on demand and closes what no request
+//! used for [`UNUSED_CLOSE_MS`]; who is alive comes from the nodes'
+//! announcements, not from connections. Ignored by default (forty processes keep two cores busy for a few
 //! minutes); run it with
 //! `cargo nextest run --workspace -E 'binary(forty_nodes)' --run-ignored only --no-capture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,6 +22,10 @@ const NODES: usize = 40;
 /// Nodes with the committee role (the first ones).
 const COMMITTEE: usize = 5;
 const ROUNDS: u64 = 3;
+/// Connections each node keeps (`network.target_peers`).
+const TARGET_PEERS: &str = "8";
+/// Dialled connections unused this long close (`network.unused_connection_close_ms`).
+const UNUSED_CLOSE_MS: &str = "30000";
 
 /// A field of `/proc/PID/smaps_rollup` (`Rss:`, or `Pss:`, which
 /// charges each page shared by several processes, such as the binary's
@@ -151,6 +158,8 @@ fn forty_processes_train_with_a_committee_of_five() {
         ("AGENT_MESH_WORKER_THREADS", "1"),
         ("AGENT_MESH_BOOTSTRAP_EXPECT", "5"),
         ("AGENT_MESH_LOG", "warn"),
+        ("AGENT_MESH_TARGET_PEERS", TARGET_PEERS),
+        ("AGENT_MESH_UNUSED_CONNECTION_CLOSE_MS", UNUSED_CLOSE_MS),
     ];
     let roles = |i| {
         if i < COMMITTEE {
@@ -230,7 +239,14 @@ fn forty_processes_train_with_a_committee_of_five() {
     print_followed_bytes(&mesh);
     // Connections nothing uses close after the idle timeout (30 s).
     std::thread::sleep(Duration::from_secs(60));
-    print_sample("a minute after the job", &sample(&mesh));
+    let settled = sample(&mesh);
+    print_sample("a minute after the job", &settled);
+    let target: u64 = TARGET_PEERS.parse().unwrap();
+    let (_, median, _) = spread(settled.iter().map(|r| r.connected).collect());
+    assert!(
+        median <= 3 * target,
+        "a median node holds {median} connections with target_peers {target}"
+    );
     for node in &mut mesh.nodes {
         assert!(node.is_running(), "{}", node.log_tail());
     }

@@ -134,7 +134,7 @@ pub struct Timing {
     /// How often a Kademlia bootstrap (random walk) runs while connected.
     pub kad_bootstrap_interval: Duration,
     /// Close a connection unused this long (no request either way) unless
-    /// it is kept, in the gossipsub mesh, or protected (see [`crate::trim`]);
+    /// it is kept or protected (see [`crate::trim`]);
     /// `None` leaves connections open while any protocol holds a stream.
     pub unused_connection_close: Option<Duration>,
 }

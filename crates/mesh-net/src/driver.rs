@@ -67,6 +67,17 @@ pub(crate) const GOSSIP_HELD_MAX: usize = 1024;
 /// Where the answer to an outbound request goes.
 type RequestReply = oneshot::Sender<Result<Vec<u8>, NetError>>;
 
+/// A request held until its peer is admitted (see [`crate::awaiting`]).
+struct HeldRequest {
+    protocol: String,
+    payload: Vec<u8>,
+    reply: RequestReply,
+}
+
+/// How many admission deadlines a request waits for its peer: a dial (or a
+/// lookup and a dial), then the certificate exchange.
+const ADMISSION_WAITS: u32 = 2;
+
 /// The application's answer to an inbound request (`Err` when it dropped the
 /// request or did not answer within the request timeout), and where it goes.
 type InboundAnswer = (Result<Vec<u8>, String>, ResponseChannel<WireResponse>);
@@ -83,8 +94,12 @@ struct Settings {
     outbound_requests_max: usize,
     inbound_requests_max: usize,
     request_timeout: Duration,
+    /// How long a request to a peer that is not admitted waits for it.
+    admission_wait_ms: u64,
     tick: Duration,
     unused_connection_close_ms: Option<u64>,
+    /// Seed of the choice of held peers.
+    seed: u64,
 }
 
 /// The swarm task's state.
@@ -121,6 +136,8 @@ pub(crate) struct Driver {
     uses: ConnectionUse,
     /// Peers the application protects from being closed as unused.
     protected: BTreeSet<PeerId>,
+    /// Requests to peers that are being connected on demand.
+    awaiting: crate::awaiting::Awaiting<PeerId, HeldRequest>,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -256,8 +273,10 @@ impl Driver {
             outbound_requests_max: config.queues.outbound_requests_max,
             inbound_requests_max: config.queues.inbound_requests_max,
             request_timeout: config.timing.request_timeout,
+            admission_wait_ms: ms(config.timing.admission_deadline * ADMISSION_WAITS),
             tick: config.timing.tick,
             unused_connection_close_ms: config.timing.unused_connection_close.map(ms),
+            seed: config.seed,
         };
         Ok(Self {
             swarm,
@@ -283,6 +302,7 @@ impl Driver {
             lookups: crate::lookup::Lookups::default(),
             uses: ConnectionUse::default(),
             protected: BTreeSet::new(),
+            awaiting: crate::awaiting::Awaiting::default(),
         })
     }
 
@@ -341,6 +361,7 @@ impl Driver {
             }
         }
         self.bans.prune(now);
+        self.expire_awaiting(now);
         for peer in self.peers.mark_silent_down(now) {
             tracing::debug!(%peer, "silent too long; disconnecting");
             let _ = self.swarm.disconnect_peer_id(peer);
@@ -355,25 +376,35 @@ impl Driver {
         }
     }
 
-    /// Holds open the connections of admitted peers, up to the bound; a
-    /// freed slot goes to an admitted peer that is not held yet.
+    /// Holds open the connections of the admitted peers that rank first
+    /// for this node ([`crate::keep_alive::keep_rank`]), up to the bound;
+    /// a peer that ranks better than a held one takes its place.
     fn keep_admitted_peers(&mut self) {
-        let room = self
-            .settings
-            .kept_peers_max
-            .saturating_sub(self.swarm.behaviour().keep_alive.kept_len());
-        if room == 0 {
-            return;
-        }
-        let candidates: Vec<PeerId> = self
+        let me = self.local_peer_id();
+        let seed = self.settings.seed;
+        let mut ranked: Vec<(u64, PeerId)> = self
             .admission
             .admitted()
             .filter_map(|(node, _)| ids::peer_id(node).ok())
-            .filter(|peer| !self.swarm.behaviour().keep_alive.is_kept(peer))
-            .take(room)
+            .map(|peer| (crate::keep_alive::keep_rank(seed, &me, &peer), peer))
             .collect();
-        for peer in candidates {
-            self.swarm.behaviour_mut().keep_alive.set(peer, true);
+        ranked.sort_unstable();
+        let wanted: BTreeSet<PeerId> = ranked
+            .into_iter()
+            .take(self.settings.kept_peers_max)
+            .map(|(_, peer)| peer)
+            .collect();
+        let keep_alive = &mut self.swarm.behaviour_mut().keep_alive;
+        let released: Vec<PeerId> = keep_alive
+            .kept()
+            .filter(|peer| !wanted.contains(*peer))
+            .copied()
+            .collect();
+        for peer in released {
+            keep_alive.set(peer, false);
+        }
+        for peer in wanted {
+            keep_alive.set(peer, true);
         }
     }
 
@@ -383,18 +414,20 @@ impl Driver {
         let Some(unused_ms) = self.settings.unused_connection_close_ms else {
             return;
         };
+        // Gossipsub mesh peers are not held: each topic draws its own mesh
+        // (6 to 12 peers), and together they held most of a 40-node mesh
+        // open. Gossipsub grafts again among the connections that stay.
         let behaviour = self.swarm.behaviour();
-        let mesh: BTreeSet<PeerId> = behaviour.gossipsub.all_mesh_peers().copied().collect();
-        let unused = self.uses.unused(now, unused_ms, |peer| {
-            behaviour.keep_alive.is_kept(peer)
-                || mesh.contains(peer)
-                || self.protected.contains(peer)
+        let protected = &self.protected;
+        let unused = self.uses.take_unused(now, unused_ms, |peer| {
+            behaviour.keep_alive.is_kept(peer) || protected.contains(peer)
         });
-        for peer in unused {
+        for (peer, connections) in unused {
             tracing::debug!(%peer, "closing an unused connection");
             self.metrics.unused_connections_closed.inc();
-            self.uses.on_closed(&peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
+            for connection in connections {
+                self.swarm.close_connection(connection);
+            }
         }
     }
 
@@ -486,6 +519,7 @@ impl Driver {
             self.admission.on_disconnected(&node);
         }
         self.release_held_gossip(&peer);
+        self.fail_awaiting(&peer);
         self.swarm.behaviour_mut().keep_alive.set(peer, false);
         // Kademlia would otherwise hand the peer out and dial it in queries.
         self.swarm.behaviour_mut().kad.remove_peer(&peer);

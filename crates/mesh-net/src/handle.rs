@@ -196,8 +196,12 @@ impl NetHandle {
         self.call(|reply| Command::Dial(addr, reply)).await?
     }
 
-    /// Sends `payload` to the admitted `peer` under the application protocol
-    /// name `protocol` and waits for its answer.
+    /// Sends `payload` to `peer` under the application protocol name
+    /// `protocol` and waits for its answer. A peer that is not admitted is
+    /// dialled (or looked up) on demand and the request waits for its
+    /// admission, at most two admission deadlines, bounded per peer and in
+    /// all (see [`crate::awaiting`]); past that it fails with
+    /// [`NetError::NotAdmitted`].
     pub async fn request(
         &self,
         peer: PeerId,

@@ -5,6 +5,13 @@
 //! or its last connection closes. The driver keeps a bounded number of
 //! admitted peers this way; other connections (Kademlia queries, peers over
 //! the bound, peers never admitted) close when idle.
+//!
+//! Which admitted peers a node holds is decided by [`keep_rank`]: the ones
+//! whose hash with this node's id ranks lowest (rendezvous hashing). Each
+//! node ranks the others differently, so every node is held by about
+//! `kept_peers_max` others whatever the mesh's size; holding the first
+//! peers admitted instead made the bootstrap node (every node's first
+//! peer) held by every node in the mesh.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -20,6 +27,20 @@ use libp2p::swarm::{
     THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
+
+/// Where `peer` ranks among the peers node `me` may hold (lower is held
+/// first): a BLAKE3 hash of the seed and both peer ids, so the choice is
+/// the same on every run and differs from node to node.
+pub fn keep_rank(seed: u64, me: &PeerId, peer: &PeerId) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"agent-mesh/keep/1\0");
+    hasher.update(&seed.to_le_bytes());
+    hasher.update(&me.to_bytes());
+    hasher.update(&peer.to_bytes());
+    let mut rank = [0u8; 8];
+    rank.copy_from_slice(&hasher.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(rank)
+}
 
 /// Tracks which peers' connections to hold open.
 #[derive(Debug, Default)]
@@ -63,6 +84,11 @@ impl KeepAlive {
     /// How many peers are held.
     pub fn kept_len(&self) -> usize {
         self.kept.len()
+    }
+
+    /// The peers held.
+    pub fn kept(&self) -> impl Iterator<Item = &PeerId> {
+        self.kept.iter()
     }
 
     fn handler(&mut self, connection: ConnectionId, peer: PeerId) -> Handler {
@@ -161,4 +187,51 @@ impl ConnectionHandler for Handler {
     }
 
     fn on_connection_event(&mut self, _: ConnectionEvent<DeniedUpgrade, DeniedUpgrade>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Peer ids of seeded keys, so the test gives the same ranks each run.
+    fn peers(n: u8) -> Vec<PeerId> {
+        (0..n)
+            .map(|i| {
+                let key = mesh_security::NodeIdentity::from_seed(&[i; 32]).node_id();
+                crate::ids::peer_id(&key).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_node_is_held_by_a_few_others_not_by_everyone() {
+        const KEPT: usize = 8;
+        let all = peers(200);
+        let mut held_by = BTreeMap::<PeerId, usize>::new();
+        for me in &all {
+            let mut ranked: Vec<(u64, PeerId)> = all
+                .iter()
+                .filter(|p| *p != me)
+                .map(|p| (keep_rank(7, me, p), *p))
+                .collect();
+            ranked.sort_unstable();
+            for (_, peer) in ranked.into_iter().take(KEPT) {
+                *held_by.entry(peer).or_default() += 1;
+            }
+        }
+        let most = held_by.values().copied().max().unwrap();
+        assert!(most <= 3 * KEPT, "one node held by {most} of 200");
+        assert!(
+            held_by.len() > all.len() / 2,
+            "the holds spread over the mesh"
+        );
+        let other_seed = keep_rank(8, &all[0], &all[1]);
+        assert_ne!(keep_rank(7, &all[0], &all[1]), other_seed);
+        assert_ne!(
+            keep_rank(7, &all[0], &all[1]),
+            keep_rank(7, &all[1], &all[0])
+        );
+    }
 }

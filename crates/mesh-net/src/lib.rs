@@ -23,6 +23,7 @@
 //!   |  peers      bounded table: state, RTT, last seen; backoff with jitter   |
 //!   |  discovery  bounded address book                                        |
 //!   |  lookup     paced Kademlia lookups of wanted peers that are unreachable |
+//!   |  awaiting   requests held while their peer is dialled on demand         |
 //!   |  gossip     envelope verification before forwarding (accept/reject)     |
 //!   |  nat        connection kinds, reachability, relays to reserve on        |
 //!   +-------------------------------------------------------------------------+
@@ -33,7 +34,9 @@
 //! ([`cert_exchange`]) and the listener answers with its own. An exchange that
 //! misses its deadline is tried again with a doubled deadline; every rejection
 //! means "disconnect", and one for a certificate that failed verification
-//! also means "ban" (a peer that was only slow is not banned). Until a peer is admitted its requests are
+//! also means "ban" (a peer that was only slow is not banned). A request
+//! to a peer that is not admitted is held while the driver dials the peer
+//! on demand ([`awaiting`]). Until a peer is admitted its requests are
 //! answered with an error and the gossip it relays is held (bounded) until
 //! its admission settles, then validated or ignored; nothing it sends reaches
 //! the application unadmitted. On a
@@ -48,6 +51,7 @@
 //! releases work together (see [`version`]).
 
 pub mod admission;
+pub mod awaiting;
 pub mod ban;
 pub mod behaviour;
 pub mod bench;

@@ -689,3 +689,55 @@ async fn a_dialled_connection_nothing_uses_closes_while_kept_and_protected_ones_
         .metrics_text()
         .contains("mesh_net_unused_connections_closed_total "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_peer_whose_connection_closed_dials_it_again_and_waits_for_admission() {
+    let ca = TestCa::new(2);
+    let peers = start_mesh(&ca, 2, TransportKind::Memory).await;
+    wait_full_mesh(&peers).await;
+    let id = identity(9);
+    let cert = ca.issue(&id, 10).der;
+    let mut dialler = config(&ca, id, cert, TransportKind::Memory, Vec::new());
+    dialler.target_peers = 1;
+    dialler.kept_peers_max = 1;
+    dialler.timing.kad_bootstrap_interval = std::time::Duration::from_secs(600);
+    dialler.timing.unused_connection_close = Some(std::time::Duration::from_millis(300));
+    let node = Node::start(dialler).await;
+    let (kept, other) = (&peers[0], &peers[1]);
+    node.handle.dial(kept.addr().await).await.unwrap();
+    eventually("the first peer admitted and kept", || async {
+        node.admitted()
+            .await
+            .contains(&kept.peer_id())
+            .then_some(())
+    })
+    .await;
+    node.handle.dial(other.addr().await).await.unwrap();
+    eventually("the unused connection closed", || async {
+        let gone = !node.admitted().await.contains(&other.peer_id());
+        (node.handle.metrics().unused_connections_closed.get() >= 1 && gone).then_some(())
+    })
+    .await;
+    // Not connected any more: the request dials the peer, waits for its
+    // admission and gets the echo.
+    let echoed = node
+        .handle
+        .request(other.peer_id(), "echo", b"again".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(echoed, b"again");
+    // Unused again, the connection closes again.
+    eventually("the on-demand connection closed once unused", || async {
+        let gone = !node.admitted().await.contains(&other.peer_id());
+        (node.handle.metrics().unused_connections_closed.get() >= 2 && gone).then_some(())
+    })
+    .await;
+    // A peer nobody knows an address of: the lookup finds none, and the
+    // request fails without waiting for its deadline.
+    let stranger = mesh_net::PeerId::random();
+    let refused = node.handle.request(stranger, "echo", vec![1]).await;
+    assert!(
+        matches!(refused, Err(NetError::NotAdmitted(p)) if p == stranger),
+        "{refused:?}"
+    );
+}

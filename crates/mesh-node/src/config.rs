@@ -473,7 +473,9 @@ pub struct NetworkConfig {
     pub bootstrap: Vec<String>,
     /// Find peers on the LAN with mDNS (on for development, off in production).
     pub mdns: bool,
-    /// Connections the node tries to keep open.
+    /// Connections the node tries to keep open, and the most admitted
+    /// peers it holds open (more are closed once unused, when
+    /// `unused_connection_close_ms` is set).
     pub target_peers: usize,
     /// Most connections in total.
     pub max_connections: u32,
@@ -488,10 +490,12 @@ pub struct NetworkConfig {
     /// Seed for reconnection jitter.
     pub seed: u64,
     /// Close a connection this node dialled once no request has used it for
-    /// this long, unless it is one of the held peers or in the gossip mesh
+    /// this long, unless it is one of the held peers
     /// (0, the default: connections stay while any protocol keeps a stream
-    /// open). Off by default because the committee leader and group
-    /// aggregators still judge which peers are alive by their connections.
+    /// open). Requests to peers that are not connected dial them on demand
+    /// either way. Off by default because with it on, a crashed node counts
+    /// as alive until its announcements age out (up to 35 s) rather than
+    /// when its connection drops.
     pub unused_connection_close_ms: u64,
     /// The newest mesh protocol version the node speaks (1 to this build's
     /// newest, the default). Set it to the previous version while a mesh
@@ -833,6 +837,22 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         help: "network.mdns (true/false)",
         apply: |c, v| {
             c.network.mdns = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_TARGET_PEERS",
+        help: "network.target_peers",
+        apply: |c, v| {
+            c.network.target_peers = number(v)?;
+            Ok(())
+        },
+    },
+    EnvOverride {
+        name: "AGENT_MESH_UNUSED_CONNECTION_CLOSE_MS",
+        help: "network.unused_connection_close_ms (0: off)",
+        apply: |c, v| {
+            c.network.unused_connection_close_ms = number(v)?;
             Ok(())
         },
     },

@@ -1,12 +1,14 @@
 //! The driver's handling of [`Command`]s from [`crate::NetHandle`]s.
 
 use libp2p::gossipsub::{IdentTopic, PublishError};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::DialError;
 use libp2p::{Multiaddr, PeerId};
 use mesh_security::ca::SignedRevocation;
 use mesh_security::envelope::Envelope;
 use tokio::sync::oneshot;
 
-use super::{now_ms, Driver, InboundAnswer};
+use super::{now_ms, Driver, HeldRequest, InboundAnswer, RequestReply};
 use crate::admission::RejectReason;
 use crate::codec::{WireRequest, WireResponse, NAME_BYTES_MAX};
 use crate::handle::{Command, PeerInfo};
@@ -54,7 +56,9 @@ impl Driver {
             Command::RenewCertificate(cert_der, reply) => {
                 let _ = reply.send(self.renew_certificate(cert_der));
             }
-            Command::FindPeer(peer) => self.find_peer(peer),
+            Command::FindPeer(peer) => {
+                self.find_peer(peer);
+            }
             Command::Protect(peers) => self.protected = peers,
             Command::Shutdown(reply) => {
                 // Handled by the run loop; answering here keeps the match total.
@@ -106,11 +110,8 @@ impl Driver {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     ) {
-        let admitted = ids::node_id(&peer).is_some_and(|n| self.admission.may_process(&n));
         let limit = self.settings.request_bytes_max;
-        let refusal = if !admitted {
-            Some(NetError::NotAdmitted(peer))
-        } else if payload.len() > limit {
+        let refusal = if payload.len() > limit {
             Some(NetError::TooLarge {
                 size_bytes: payload.len(),
                 limit_bytes: limit,
@@ -126,21 +127,102 @@ impl Driver {
             None
         };
         if let Some(error) = refusal {
-            if let NetError::NotAdmitted(_) = error {
-                self.find_peer(peer);
-            }
-            self.metrics
-                .message(Kind::Request, Direction::Out, "refused");
-            let _ = reply.send(Err(error));
+            self.refuse_request(reply, error);
+            return;
+        }
+        let request = HeldRequest {
+            protocol,
+            payload,
+            reply,
+        };
+        if !ids::node_id(&peer).is_some_and(|n| self.admission.may_process(&n)) {
+            self.await_admission(peer, request);
             return;
         }
         self.uses.on_used(peer, super::now_ms());
         self.metrics.message(Kind::Request, Direction::Out, "sent");
         self.metrics
-            .bytes(Kind::Request, Direction::Out, payload.len());
-        let request = WireRequest { protocol, payload };
-        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
-        self.outbound.insert(id, reply);
+            .bytes(Kind::Request, Direction::Out, request.payload.len());
+        let wire = WireRequest {
+            protocol: request.protocol,
+            payload: request.payload,
+        };
+        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, wire);
+        self.outbound.insert(id, request.reply);
+    }
+
+    fn refuse_request(&mut self, reply: RequestReply, error: NetError) {
+        self.metrics
+            .message(Kind::Request, Direction::Out, "refused");
+        let _ = reply.send(Err(error));
+    }
+
+    /// Holds a request to a peer that is not admitted (see
+    /// [`crate::awaiting`]) and starts connecting it when it is the first.
+    fn await_admission(&mut self, peer: PeerId, request: HeldRequest) {
+        let now = now_ms();
+        if peer == self.local_peer_id() || self.bans.is_banned(&peer, now) {
+            return self.refuse_request(request.reply, NetError::NotAdmitted(peer));
+        }
+        let deadline_ms = now.saturating_add(self.settings.admission_wait_ms);
+        match self.awaiting.hold(peer, request, deadline_ms) {
+            Ok(true) => self.connect_on_demand(peer, now),
+            Ok(false) => {}
+            Err(request) => {
+                self.refuse_request(request.reply, NetError::Busy("requests awaiting admission"))
+            }
+        }
+    }
+
+    /// Dials `peer` at its known addresses, or looks it up when none is
+    /// known; nothing when it is connected (admission is under way).
+    pub(super) fn connect_on_demand(&mut self, peer: PeerId, now: u64) {
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let addrs = self.dial_addresses(&peer, self.book.get(&peer).to_vec());
+        if addrs.is_empty() {
+            self.find_peer(peer);
+            return;
+        }
+        tracing::debug!(%peer, "dialling a peer a request is for");
+        let _ = self.peers.on_dialing(&peer, now);
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            // Already dialling: its outcome decides.
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(e) => {
+                tracing::debug!(%peer, "dial on demand not started: {e}");
+                if !self.find_peer(peer) {
+                    self.fail_awaiting(&peer);
+                }
+            }
+        }
+    }
+
+    /// `peer` was admitted: the requests held for it go out.
+    pub(super) fn release_awaiting(&mut self, peer: &PeerId) {
+        for request in self.awaiting.take(peer) {
+            self.send_request(*peer, request.protocol, request.payload, request.reply);
+        }
+    }
+
+    /// The requests held for `peer` fail: it was refused.
+    pub(super) fn fail_awaiting(&mut self, peer: &PeerId) {
+        for request in self.awaiting.take(peer) {
+            self.refuse_request(request.reply, NetError::NotAdmitted(*peer));
+        }
+    }
+
+    /// The held requests whose deadline passed fail.
+    pub(super) fn expire_awaiting(&mut self, now: u64) {
+        for (peer, request) in self.awaiting.expire(now) {
+            tracing::debug!(%peer, "request not sent: the peer was not admitted in time");
+            self.refuse_request(request.reply, NetError::NotAdmitted(peer));
+        }
     }
 
     fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), NetError> {

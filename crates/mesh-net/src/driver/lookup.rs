@@ -10,17 +10,18 @@ use crate::discovery::ADDRS_PER_PEER_MAX;
 impl Driver {
     /// Starts a Kademlia lookup of `peer` unless it is this node, already
     /// connected (admission is then under way or done), or was looked up
-    /// less than [`crate::lookup::LOOKUP_INTERVAL_MS`] ago.
-    pub(super) fn find_peer(&mut self, peer: PeerId) {
+    /// less than [`crate::lookup::LOOKUP_INTERVAL_MS`] ago; whether one started.
+    pub(super) fn find_peer(&mut self, peer: PeerId) -> bool {
         if peer == self.local_peer_id() || self.swarm.is_connected(&peer) {
-            return;
+            return false;
         }
         if !self.lookups.start(&peer, now_ms()) {
-            return;
+            return false;
         }
         tracing::debug!(%peer, "looking up a wanted peer that is not connected");
         self.metrics.peer_lookups.inc();
         self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        true
     }
 
     /// A lookup ended: every peer it met is remembered where it was found,
@@ -46,6 +47,7 @@ impl Driver {
         let addrs = self.dial_addresses(&wanted, self.book.get(&wanted).to_vec());
         if addrs.is_empty() {
             tracing::debug!(peer = %wanted, "lookup found no address for the wanted peer");
+            self.fail_awaiting(&wanted);
             return;
         }
         let opts = DialOpts::peer_id(wanted)

@@ -54,6 +54,11 @@ impl Driver {
                 // out of the peer table while it was admitted.
                 if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
                     let _ = self.peers.on_disconnected(&peer, now);
+                    // Requests that wait for this peer wait on for a lookup
+                    // (it may have moved), or fail when one ran already.
+                    if self.awaiting.is_waiting(&peer) && !self.find_peer(peer) {
+                        self.fail_awaiting(&peer);
+                    }
                 }
                 self.nat_on_dial_failure(peer_id, &error);
             }
@@ -118,7 +123,8 @@ impl Driver {
     ) {
         self.nat_on_connected(peer, connection, endpoint);
         let now = now_ms();
-        self.uses.on_connected(peer, now, endpoint.is_dialer());
+        self.uses
+            .on_connected(peer, connection, now, endpoint.is_dialer());
         if let Some(addr) = self.bootstrap_dials.get(&connection) {
             let _ = self.bootstrap.on_admitted(addr.clone(), now);
         }
@@ -159,10 +165,11 @@ impl Driver {
         if let Some(addr) = self.bootstrap_dials.remove(&connection) {
             let _ = self.bootstrap.on_disconnected(&addr, now);
         }
+        self.uses
+            .on_connection_closed(&peer, connection, num_established == 0);
         if num_established > 0 {
             return;
         }
-        self.uses.on_closed(&peer);
         let was_admitted = ids::node_id(&peer).is_some_and(|node| {
             let admitted = self.admission.may_process(&node);
             self.admission.on_disconnected(&node);
@@ -171,6 +178,9 @@ impl Driver {
         let _ = self.peers.on_disconnected(&peer, now);
         self.refresh_gauges();
         self.release_held_gossip(&peer);
+        // The peer hung up before it was admitted (it refused this node):
+        // requests waiting for it fail now rather than at their deadline.
+        self.fail_awaiting(&peer);
         if was_admitted {
             tracing::info!(%peer, "peer down");
             self.emit(NetEvent::PeerDown { peer });
@@ -368,6 +378,7 @@ impl Driver {
         }
         self.emit(NetEvent::PeerAdmitted { peer, role, roles });
         self.release_held_gossip(&peer);
+        self.release_awaiting(&peer);
     }
 
     fn on_rpc_event(&mut self, event: request_response::Event<WireRequest, WireResponse>) {

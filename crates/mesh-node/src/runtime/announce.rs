@@ -1,12 +1,14 @@
-//! What each node says about itself to the mesh: today its zone (failure
-//! domain), gossiped in a signed envelope so the committee leader can admit
-//! it with that zone, spread voters across zones and pick final aggregators
-//! from different zones.
+//! What each node says about itself to the mesh: that it is up (the
+//! announcement is its heartbeat, see [`super::presence`]) and its zone
+//! (failure domain), gossiped in a signed envelope so the committee leader
+//! can admit it with that zone, spread voters across zones and pick final
+//! aggregators from different zones.
 //!
 //! ```text
 //!   node: [zone] in config ── on start, every ANNOUNCE_GAP_MS for a while after
 //!         a peer joins, and every ANNOUNCE_EVERY_MS ──► topic members/announce/1
 //!   every node: verified envelope ──► RoundDriver::zone_declared (sender -> zone), bounded
+//!                                 ──► RoundDriver::heard_from (sender alive for a while)
 //!   leader: AddMember { zone } once the node is reachable and has spoken
 //!           (or after ZONE_WAIT_MS without a word)
 //! ```
@@ -37,8 +39,9 @@ pub const ANNOUNCE_GAP_MS: u64 = 2_000;
 /// this long: a peer's subscription to the topic reaches this node a little
 /// after the peer itself, and one announcement may find it not yet there.
 pub const ANNOUNCE_EAGER_MS: u64 = 10_000;
-/// An announcement goes out at least this often.
-pub const ANNOUNCE_EVERY_MS: u64 = 30_000;
+/// An announcement goes out at least this often; it is also the node's
+/// heartbeat (see [`super::presence`]).
+pub const ANNOUNCE_EVERY_MS: u64 = 10_000;
 
 /// One node's announcement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

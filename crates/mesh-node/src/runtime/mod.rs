@@ -20,6 +20,7 @@ pub mod forward;
 pub mod idle_pool;
 pub mod learner_metrics;
 pub mod node_metrics;
+pub mod presence;
 pub mod raft_links;
 pub mod raft_transport;
 mod renewal;
@@ -167,6 +168,7 @@ fn net_config(config: &NodeConfig, creds: &Credentials) -> Result<NetConfig, Run
     net.mdns = config.network.mdns;
     net.transport = TransportKind::Network;
     net.target_peers = config.network.target_peers;
+    net.kept_peers_max = config.network.target_peers;
     net.limits.established_max = config.network.max_connections;
     net.timing.admission_deadline = Duration::from_millis(config.network.admission_deadline_ms);
     net.timing.admission_attempts = config.network.admission_attempts;
@@ -600,6 +602,22 @@ fn gossip_payload(data: &[u8], max_bytes: usize, kind: MessageKind) -> Result<Ve
     Ok(envelope.payload)
 }
 
+/// `peers` in the order the network layer ranks the peers whose
+/// connections it holds open ([`mesh_net::keep_alive::keep_rank`]: the
+/// first `target_peers` admitted peers are the ones it holds). State
+/// fetches go to the first ones: rotating over every admitted peer kept
+/// every connection in use, so none closed.
+fn ranked_peers<'a>(
+    peers: impl Iterator<Item = &'a PeerId>,
+    me: &PeerId,
+    seed: u64,
+) -> Vec<PeerId> {
+    let rank = |peer: &PeerId| mesh_net::keep_alive::keep_rank(seed, me, peer);
+    let mut ranked: Vec<(u64, PeerId)> = peers.map(|peer| (rank(peer), *peer)).collect();
+    ranked.sort_unstable();
+    ranked.into_iter().map(|(_, peer)| peer).collect()
+}
+
 impl Runtime {
     async fn on_net_event(&mut self, event: NetEvent) {
         match event {
@@ -636,12 +654,27 @@ impl Runtime {
                 tracing::info!(%peer, "peer down or refused");
                 self.admitted.remove(&peer);
                 self.admitted_ms.remove(&peer);
+                self.forget_if_gone(&peer);
                 if let (Some(planner), Some(c), Some(id)) =
                     (&mut self.planner, &self.consensus, member_of_peer(&peer))
                 {
                     planner.peer_down(id, now_ms(), c.id());
                 }
             }
+        }
+    }
+
+    /// While connections are never closed as unused, a closed connection
+    /// means its node is gone: it stops counting as alive at once instead
+    /// of when its announcements age out ([`presence`]).
+    fn forget_if_gone(&mut self, peer: &PeerId) {
+        let closes_unused = self.config.network.unused_connection_close_ms > 0;
+        if let (false, Some(node), Some(driver)) = (
+            closes_unused,
+            mesh_net::ids::node_id(peer),
+            self.rounds.as_mut(),
+        ) {
+            driver.forget(&mesh_round::protocol::node_name(&node));
         }
     }
 
@@ -747,7 +780,7 @@ impl Runtime {
             return self.on_revocation_gossip(payload).await;
         }
         if topic == announce::ANNOUNCE_TOPIC {
-            return self.on_announcement(payload);
+            return self.on_announcement(payload).await;
         }
         if topic != CERTIFICATE_TOPIC {
             return;
@@ -790,8 +823,9 @@ impl Runtime {
         }
     }
 
-    /// A peer's announcement: its zone goes to the coordinator.
-    fn on_announcement(&mut self, payload: &[u8]) {
+    /// A peer's announcement: its zone goes to the coordinator, and it
+    /// counts as alive for a while ([`presence`]).
+    async fn on_announcement(&mut self, payload: &[u8]) {
         let max = announce::ANNOUNCE_ENVELOPE_BYTES_MAX;
         let heard = Envelope::decode(payload, max)
             .map_err(|e| e.to_string())
@@ -818,8 +852,30 @@ impl Runtime {
                 planner.peer_up(member, now_ms());
             }
         }
+        let name = mesh_round::protocol::node_name(&sender);
+        if let Some(peer) = peer.filter(|p| !self.admitted.contains_key(p)) {
+            self.connect_if_joining(peer, &name).await;
+        }
         if let Some(driver) = self.rounds.as_mut() {
-            driver.zone_declared(mesh_round::protocol::node_name(&sender), info.zone);
+            driver.heard_from(name.clone(), now_ms());
+            driver.zone_declared(name, info.zone);
+        }
+    }
+
+    /// On a committee node: connects to `peer`, which announced itself but
+    /// is not connected, when it is not a member yet. Only a connection
+    /// shows its certificate, and the leader admits members by their
+    /// certificate roles; with bounded connections a new node may not be
+    /// connected to the leader at all.
+    async fn connect_if_joining(&self, peer: PeerId, name: &mesh_consensus::NodeId) {
+        let Some(consensus) = &self.consensus else {
+            return;
+        };
+        if !consensus
+            .read_state(|state| state.members().get(name).is_some())
+            .await
+        {
+            self.net.find_peer(peer);
         }
     }
 
@@ -984,13 +1040,39 @@ impl Runtime {
         if self.following.is_none() {
             return;
         }
-        let committee = self.committee_peers();
-        let Some(following) = &mut self.following else {
-            return;
+        let (me, seed) = (self.net.local_peer_id(), self.config.network.seed);
+        // One voter of the held state (dialled on demand; the next in rank
+        // once it fails to answer) serves this node's delta fetches:
+        // rotating over the admitted committee members connected every
+        // follower to every member, and the bootstrap member, the one every
+        // follower is admitted with, would otherwise serve all of them.
+        let voters = self.held_voters();
+        let candidates = if voters.is_empty() {
+            self.committee_peers()
+        } else {
+            voters
         };
-        let mut peers: Vec<PeerId> = self.admitted.keys().copied().collect();
+        let committee = ranked_peers(candidates.iter(), &me, seed);
+        let mut peers = ranked_peers(self.admitted.keys(), &me, seed);
+        peers.truncate(self.config.network.target_peers);
         peers.sort();
-        following.fetch_if_due(&self.net, &peers, &committee, now_ms());
+        if let Some(following) = &mut self.following {
+            following.fetch_if_due(&self.net, &peers, &committee, now_ms());
+        }
+    }
+
+    /// The voters of the followed state held, as peers.
+    fn held_voters(&self) -> Vec<PeerId> {
+        let Some(held) = self.following.as_ref().and_then(|f| f.held()) else {
+            return Vec::new();
+        };
+        held.voters
+            .values()
+            .filter_map(|key| {
+                let key = ed25519_dalek::VerifyingKey::from_bytes(key).ok()?;
+                mesh_net::ids::peer_id(&mesh_security::NodeId::from_verifying_key(&key)).ok()
+            })
+            .collect()
     }
 
     /// A state fetch finished: verified against the keys of the admitted

@@ -200,6 +200,8 @@ pub struct RoundDriver {
     spans: RoundSpans,
     /// The zones nodes declared (this one's included), for the coordinator.
     zones: BTreeMap<NodeId, Option<String>>,
+    /// Nodes heard from lately, alive without a connection.
+    presence: super::presence::Presence,
 }
 
 impl RoundDriver {
@@ -231,6 +233,7 @@ impl RoundDriver {
             gate,
             spans: RoundSpans::new(mesh_id),
             zones: BTreeMap::new(),
+            presence: super::presence::Presence::default(),
         };
         (driver, rx)
     }
@@ -248,20 +251,41 @@ impl RoundDriver {
         }
     }
 
+    /// `node` announced itself at `now_ms` (see [`super::presence`]).
+    pub fn heard_from(&mut self, node: NodeId, now_ms: u64) {
+        self.presence.heard(node, now_ms);
+    }
+
+    /// `node` is known to be gone.
+    pub fn forget(&mut self, node: &NodeId) {
+        self.presence.forget(node);
+    }
+
     /// The engine (for the API: blobs, counters).
     pub fn engine_mut(&mut self) -> &mut NodeEngine {
         &mut self.engine
     }
 
-    /// The engine's view of live nodes: this node and the admitted peers.
-    /// Peers without the committee role take part too: they follow the
-    /// committed state without the log (`state_follow`). (The round gate
-    /// still checks every admitted peer's roles.)
+    /// The engine's view of live nodes: this node, the admitted peers with
+    /// their certificate roles, and the members heard from lately with
+    /// their roles in `state` (see [`super::presence`]). Peers without the
+    /// committee role take part too: they follow the committed state
+    /// without the log (`state_follow`). (The round gate still checks the
+    /// roles of every peer whose message it opens.)
     fn alive(
-        &self,
+        me: (&NodeId, &BTreeSet<Role>),
         mut admitted: BTreeMap<NodeId, BTreeSet<Role>>,
+        heard: Vec<NodeId>,
+        state: &MeshState,
     ) -> BTreeMap<NodeId, BTreeSet<Role>> {
-        admitted.insert(self.engine.me().clone(), self.roles.clone());
+        admitted.insert(me.0.clone(), me.1.clone());
+        for node in heard {
+            if let (false, Some(member)) =
+                (admitted.contains_key(&node), state.members().get(&node))
+            {
+                admitted.insert(node, member.roles.clone());
+            }
+        }
         admitted
     }
 
@@ -273,11 +297,13 @@ impl RoundDriver {
         f: impl FnOnce(&mut NodeEngine, &View<'_>) -> R,
     ) -> (R, Vec<Action>) {
         let leader = source.leader();
-        let alive = self.alive(admitted);
+        let heard: Vec<NodeId> = self.presence.recent(now_ms).cloned().collect();
+        let roles = self.roles.clone();
         let engine = &mut self.engine;
         let zones = &self.zones;
         source
             .read(|state: &MeshState| {
+                let alive = Self::alive((engine.me(), &roles), admitted, heard, state);
                 let view = View {
                     state,
                     leader: leader.as_ref(),
@@ -632,6 +658,40 @@ mod tests {
         assert_eq!(report_pause_ms(&failed), INITIAL_RETRY_MS);
         let built = Done::Initial(JobId("j".into()), Ok(vec![0.0]));
         assert_eq!(report_pause_ms(&built), 0);
+    }
+
+    #[test]
+    fn members_heard_lately_are_alive_with_their_committed_roles() {
+        let name = |n: &str| NodeId(n.into());
+        let trainer: BTreeSet<Role> = [Role::Trainer].into();
+        let mut state = MeshState::new();
+        for (index, node) in [(1, "member"), (2, "admitted")] {
+            let add = mesh_consensus::command::Command::AddMember {
+                node: name(node),
+                roles: trainer.clone(),
+                zone: None,
+            };
+            state.apply(index, &add).expect("member added");
+        }
+        let observer: BTreeSet<Role> = [Role::Observer].into();
+        let admitted = BTreeMap::from([(name("admitted"), observer.clone())]);
+        let heard = vec![name("member"), name("stranger"), name("admitted")];
+        let alive = RoundDriver::alive((&name("me"), &trainer), admitted, heard, &state);
+        assert_eq!(alive.get(&name("me")), Some(&trainer));
+        assert_eq!(
+            alive.get(&name("member")),
+            Some(&trainer),
+            "roles from the state"
+        );
+        assert_eq!(
+            alive.get(&name("admitted")),
+            Some(&observer),
+            "an admitted peer keeps its certificate roles"
+        );
+        assert!(
+            !alive.contains_key(&name("stranger")),
+            "a node that is not a member needs a connection"
+        );
     }
 
     #[test]

@@ -22,9 +22,10 @@
 //!
 //! One fetch is in flight at a time, at most one every [`FETCH_GAP_MS`].
 //! Once a follower holds a state, every other fetch goes to a committee
-//! member (which answers with a delta); the others rotate over all admitted
-//! peers, committee members and followers alike, so the committee is not the
-//! source of every copy. A peer that holds nothing newer answers with an
+//! member (one per follower, which answers with a delta); the others rotate over the admitted
+//! peers whose connections this node holds (its `target_peers`, committee
+//! members and followers alike), so the committee is not the source of
+//! every copy and no other connection is kept in use by the fetches. A peer that holds nothing newer answers with an
 //! error and the next tick asks another.
 //! Whose signatures count ([`Trust`]): the voters of the state already held;
 //! for the first state, or after states newer than the held one failed that
@@ -42,7 +43,7 @@ use mesh_consensus::follow::{
     CERTIFIED_STATE_BYTES_MAX,
 };
 use mesh_consensus::MemberId;
-use mesh_net::{NetHandle, PeerId};
+use mesh_net::{NetError, NetHandle, PeerId};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -72,6 +73,9 @@ pub struct Fetched {
     pub peer: PeerId,
     /// The answer's bytes, or why there was none.
     pub outcome: Result<Vec<u8>, String>,
+    /// The peer could not be reached or did not answer in time (rather
+    /// than answering with an error, such as "nothing newer").
+    pub unreachable: bool,
 }
 
 /// A newer state, whole or as the commands since the asker's index.
@@ -164,6 +168,11 @@ pub struct StateFollowing {
     untrusted_since_ms: Option<u64>,
     /// Which admitted peer the next fetch goes to (rotating).
     next_target: usize,
+    /// Committee fetches that got no answer: the next goes to the next
+    /// committee member in this node's order.
+    committee_misses: usize,
+    /// The committee member the fetch in flight went to, if it did.
+    committee_asked: Option<PeerId>,
     results: mpsc::Sender<Fetched>,
     metrics: FollowMetrics,
 }
@@ -218,6 +227,8 @@ impl StateFollowing {
             last_newer_ms: 0,
             untrusted_since_ms: None,
             next_target: rotation,
+            committee_misses: 0,
+            committee_asked: None,
             results,
             metrics,
         };
@@ -249,23 +260,26 @@ impl StateFollowing {
     }
 
     /// The peer the next fetch goes to: once this node holds a state, every
-    /// other fetch goes to a committee member (`committee`), which can answer
-    /// with a delta; the rest rotate over all admitted `peers`, so the
+    /// other fetch goes to a committee member, which can answer with a
+    /// delta: the first of `committee` (in this node's order) until one
+    /// fails to answer, then the next; the rest rotate over `peers`, so the
     /// committee is not the source of every copy.
     fn next_target(&mut self, peers: &[PeerId], committee: &[PeerId]) -> Option<PeerId> {
         let turn = self.next_target;
         self.next_target = self.next_target.wrapping_add(1);
         let from_committee = self.follower.held().is_some() && turn.is_multiple_of(2);
-        let pool = if from_committee && !committee.is_empty() {
-            committee
-        } else {
-            peers
-        };
-        (!pool.is_empty()).then(|| pool[(turn / 2) % pool.len()])
+        self.committee_asked = None;
+        if from_committee && !committee.is_empty() {
+            let member = committee[self.committee_misses % committee.len()];
+            self.committee_asked = Some(member);
+            return Some(member);
+        }
+        (!peers.is_empty()).then(|| peers[(turn / 2) % peers.len()])
     }
 
     /// Asks a peer for a newer state, when one is due: `peers` are the
-    /// admitted peers, `committee` those with the committee role (both sorted).
+    /// admitted peers this node holds connections to, `committee` the
+    /// admitted peers with the committee role (both sorted).
     pub fn fetch_if_due(
         &mut self,
         net: &NetHandle,
@@ -286,11 +300,16 @@ impl StateFollowing {
         let payload = postcard::to_allocvec(&held).unwrap_or_default();
         let (net, results) = (net.clone(), self.results.clone());
         tokio::spawn(async move {
-            let outcome = net
-                .request(peer, STATE_PROTOCOL, payload)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = results.send(Fetched { peer, outcome }).await;
+            let answer = net.request(peer, STATE_PROTOCOL, payload).await;
+            let unreachable =
+                matches!(answer, Err(NetError::NotAdmitted(_) | NetError::Timeout(_)));
+            let outcome = answer.map_err(|e| e.to_string());
+            let fetched = Fetched {
+                peer,
+                outcome,
+                unreachable,
+            };
+            let _ = results.send(fetched).await;
         });
     }
 
@@ -317,6 +336,9 @@ impl StateFollowing {
         now_ms: u64,
     ) -> Result<u64, String> {
         self.in_flight = false;
+        if fetched.unreachable && self.committee_asked == Some(fetched.peer) {
+            self.committee_misses = self.committee_misses.wrapping_add(1);
+        }
         let bytes = fetched.outcome?;
         self.metrics.bytes.inc_by(bytes.len() as u64);
         let answer = match StateAnswer::decode(&bytes) {
