@@ -29,8 +29,12 @@ const LIMIT: Duration = Duration::from_secs(240);
 /// Bound on the wait for every Swarm task to be ready again after a rolling update.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(480);
 /// The Swarm test's own bound on its whole run, inside the test runner's
-/// 600 s, so that a failure ends with its diagnosis instead of a kill.
-const SWARM_TEST_BUDGET: Duration = Duration::from_secs(540);
+/// 600 s with room for the diagnosis, so that a failure ends with it
+/// instead of a kill (at 540 s a failure was still killed silently).
+const SWARM_TEST_BUDGET: Duration = Duration::from_secs(420);
+/// Seconds one `docker exec` into a task may take (`timeout`): a task that
+/// hangs must not hold the test past its budget.
+const EXEC_LIMIT_S: &str = "20";
 
 /// True when Docker answers; otherwise says why (and fails under CI).
 fn docker_ready() -> bool {
@@ -313,8 +317,16 @@ impl SwarmStack {
     /// `agent-mesh status --json` run inside `container`.
     fn status_in(container: &str) -> Option<serde_json::Value> {
         let out = run(
-            "docker",
-            &["exec", container, "agent-mesh", "status", "--json"],
+            "timeout",
+            &[
+                EXEC_LIMIT_S,
+                "docker",
+                "exec",
+                container,
+                "agent-mesh",
+                "status",
+                "--json",
+            ],
             &[],
         );
         out.status
@@ -331,8 +343,16 @@ impl SwarmStack {
         let mut leaders = Vec::new();
         for container in &containers {
             let ready = run(
-                "docker",
-                &["exec", container, "agent-mesh", "health", "--ready"],
+                "timeout",
+                &[
+                    EXEC_LIMIT_S,
+                    "docker",
+                    "exec",
+                    container,
+                    "agent-mesh",
+                    "health",
+                    "--ready",
+                ],
                 &[],
             );
             let view = Self::status_in(container)?;
@@ -353,8 +373,16 @@ impl SwarmStack {
         let mut out = String::new();
         for container in self.containers() {
             let health = run(
-                "docker",
-                &["exec", &container, "agent-mesh", "health", "--ready"],
+                "timeout",
+                &[
+                    EXEC_LIMIT_S,
+                    "docker",
+                    "exec",
+                    &container,
+                    "agent-mesh",
+                    "health",
+                    "--ready",
+                ],
                 &[],
             );
             let Some(view) = Self::status_in(&container) else {
