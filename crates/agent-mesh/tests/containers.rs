@@ -26,6 +26,13 @@ use common::mesh::{
 const IMAGE: &str = "agent-mesh:ci-test";
 /// Bound on each wait for the mesh (start, election, a job).
 const LIMIT: Duration = Duration::from_secs(240);
+/// Runs `agent-mesh ARGS` inside `container`, bounded by [`EXEC_LIMIT_S`].
+fn agent_mesh_in(container: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec![EXEC_LIMIT_S, "docker", "exec", container, "agent-mesh"];
+    all.extend_from_slice(args);
+    run("timeout", &all, &[])
+}
+
 /// Bound on the wait for every Swarm task to be ready again after a rolling update.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(480);
 /// The Swarm test's own bound on its whole run, inside the test runner's
@@ -316,19 +323,7 @@ impl SwarmStack {
 
     /// `agent-mesh status --json` run inside `container`.
     fn status_in(container: &str) -> Option<serde_json::Value> {
-        let out = run(
-            "timeout",
-            &[
-                EXEC_LIMIT_S,
-                "docker",
-                "exec",
-                container,
-                "agent-mesh",
-                "status",
-                "--json",
-            ],
-            &[],
-        );
+        let out = agent_mesh_in(container, &["status", "--json"]);
         out.status
             .success()
             .then(|| serde_json::from_slice(&out.stdout).ok())?
@@ -342,19 +337,7 @@ impl SwarmStack {
         }
         let mut leaders = Vec::new();
         for container in &containers {
-            let ready = run(
-                "timeout",
-                &[
-                    EXEC_LIMIT_S,
-                    "docker",
-                    "exec",
-                    container,
-                    "agent-mesh",
-                    "health",
-                    "--ready",
-                ],
-                &[],
-            );
+            let ready = agent_mesh_in(container, &["health", "--ready"]);
             let view = Self::status_in(container)?;
             let consensus = &view["consensus"];
             let voters = consensus["voters"].as_array().map_or(0, Vec::len);
@@ -372,19 +355,7 @@ impl SwarmStack {
     fn diagnosis(&self) -> String {
         let mut out = String::new();
         for container in self.containers() {
-            let health = run(
-                "timeout",
-                &[
-                    EXEC_LIMIT_S,
-                    "docker",
-                    "exec",
-                    &container,
-                    "agent-mesh",
-                    "health",
-                    "--ready",
-                ],
-                &[],
-            );
+            let health = agent_mesh_in(&container, &["health", "--ready"]);
             let Some(view) = Self::status_in(&container) else {
                 out += &format!("{container}: no status\n");
                 continue;

@@ -647,24 +647,17 @@ async fn streams_carry_frames_refuse_oversized_ones_and_unadmitted_peers() {
     assert!(client.open_stream(server, "nobody/1").await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dialled_connection_nothing_uses_closes_while_kept_and_protected_ones_stay() {
-    let ca = TestCa::new(2);
-    let peers = start_mesh(&ca, 3, TransportKind::Memory).await;
-    wait_full_mesh(&peers).await;
+/// A node that keeps one peer and closes dialled connections unused for
+/// 300 ms, once it has dialled `kept` and admitted it.
+async fn dialler_keeping(ca: &TestCa, kept: &Node) -> Node {
     let id = identity(9);
     let cert = ca.issue(&id, 10).der;
-    let mut dialler = config(&ca, id, cert, TransportKind::Memory, Vec::new());
+    let mut dialler = config(ca, id, cert, TransportKind::Memory, Vec::new());
     dialler.target_peers = 1;
     dialler.kept_peers_max = 1;
     dialler.timing.kad_bootstrap_interval = std::time::Duration::from_secs(600);
     dialler.timing.unused_connection_close = Some(std::time::Duration::from_millis(300));
     let node = Node::start(dialler).await;
-    let (kept, protected, unused) = (&peers[0], &peers[1], &peers[2]);
-    node.handle
-        .protect([protected.peer_id()].into())
-        .await
-        .unwrap();
     node.handle.dial(kept.addr().await).await.unwrap();
     eventually("the first peer admitted and kept", || async {
         node.admitted()
@@ -673,6 +666,20 @@ async fn a_dialled_connection_nothing_uses_closes_while_kept_and_protected_ones_
             .then_some(())
     })
     .await;
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_connection_nothing_uses_closes_while_kept_and_protected_ones_stay() {
+    let ca = TestCa::new(2);
+    let peers = start_mesh(&ca, 3, TransportKind::Memory).await;
+    wait_full_mesh(&peers).await;
+    let (kept, protected, unused) = (&peers[0], &peers[1], &peers[2]);
+    let node = dialler_keeping(&ca, kept).await;
+    node.handle
+        .protect([protected.peer_id()].into())
+        .await
+        .unwrap();
     node.handle.dial(protected.addr().await).await.unwrap();
     node.handle.dial(unused.addr().await).await.unwrap();
     eventually("the unused connection closed", || async {
@@ -695,23 +702,8 @@ async fn a_request_to_a_peer_whose_connection_closed_dials_it_again_and_waits_fo
     let ca = TestCa::new(2);
     let peers = start_mesh(&ca, 2, TransportKind::Memory).await;
     wait_full_mesh(&peers).await;
-    let id = identity(9);
-    let cert = ca.issue(&id, 10).der;
-    let mut dialler = config(&ca, id, cert, TransportKind::Memory, Vec::new());
-    dialler.target_peers = 1;
-    dialler.kept_peers_max = 1;
-    dialler.timing.kad_bootstrap_interval = std::time::Duration::from_secs(600);
-    dialler.timing.unused_connection_close = Some(std::time::Duration::from_millis(300));
-    let node = Node::start(dialler).await;
     let (kept, other) = (&peers[0], &peers[1]);
-    node.handle.dial(kept.addr().await).await.unwrap();
-    eventually("the first peer admitted and kept", || async {
-        node.admitted()
-            .await
-            .contains(&kept.peer_id())
-            .then_some(())
-    })
-    .await;
+    let node = dialler_keeping(&ca, kept).await;
     node.handle.dial(other.addr().await).await.unwrap();
     eventually("the unused connection closed", || async {
         let gone = !node.admitted().await.contains(&other.peer_id());
