@@ -10,6 +10,16 @@ use libp2p::{Multiaddr, PeerId};
 /// Most addresses kept per peer (the newest win).
 pub const ADDRS_PER_PEER_MAX: usize = 8;
 
+/// The last [`ADDRS_PER_PEER_MAX`] of `addrs`. Kademlia appends a peer's
+/// newly learned addresses to the end of its list and keeps the old ones,
+/// so after a peer restarted at a new address (a replaced container) the
+/// first entries are the stale ones: taking those made a replaced task
+/// unreachable for minutes, or for good.
+pub fn newest_addrs(addrs: Vec<Multiaddr>) -> impl Iterator<Item = Multiaddr> {
+    let stale = addrs.len().saturating_sub(ADDRS_PER_PEER_MAX);
+    addrs.into_iter().skip(stale)
+}
+
 /// Addresses per peer, at most `peers_max` peers.
 #[derive(Debug, Clone)]
 pub struct AddressBook {
@@ -97,5 +107,13 @@ mod tests {
         assert!(!book.get(&peer).contains(&addr(5)));
         book.forget(&peer);
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn the_newest_addresses_are_the_ones_kept_from_a_long_list() {
+        let stale_then_new: Vec<Multiaddr> = (0..12).map(addr).collect();
+        let kept: Vec<Multiaddr> = newest_addrs(stale_then_new).collect();
+        assert_eq!(kept, (4..12).map(addr).collect::<Vec<_>>());
+        assert_eq!(newest_addrs(vec![addr(1)]).count(), 1);
     }
 }

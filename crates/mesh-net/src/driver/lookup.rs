@@ -5,7 +5,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::PeerId;
 
 use super::{now_ms, Driver};
-use crate::discovery::ADDRS_PER_PEER_MAX;
+use crate::discovery::newest_addrs;
 
 impl Driver {
     /// Starts a Kademlia lookup of `peer` unless it is this node, already
@@ -35,8 +35,7 @@ impl Driver {
             Err(GetClosestPeersError::Timeout { key, peers }) => (key, peers),
         };
         for info in found {
-            let addrs = info.addrs.into_iter().take(ADDRS_PER_PEER_MAX);
-            self.learn(info.peer_id, addrs);
+            self.learn(info.peer_id, newest_addrs(info.addrs));
         }
         let Ok(wanted) = PeerId::from_bytes(&key) else {
             return;

@@ -218,8 +218,7 @@ impl Driver {
             MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
             }) => {
-                let addrs: Vec<Multiaddr> =
-                    addresses.iter().take(ADDRS_PER_PEER_MAX).cloned().collect();
+                let addrs = crate::discovery::newest_addrs(addresses.into_vec());
                 self.learn(peer, addrs);
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
