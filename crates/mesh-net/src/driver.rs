@@ -380,20 +380,17 @@ impl Driver {
     /// for this node ([`crate::keep_alive::keep_rank`]), up to the bound;
     /// a peer that ranks better than a held one takes its place.
     fn keep_admitted_peers(&mut self) {
-        let me = self.local_peer_id();
-        let seed = self.settings.seed;
-        let mut ranked: Vec<(u64, PeerId)> = self
+        let admitted: Vec<PeerId> = self
             .admission
             .admitted()
             .filter_map(|(node, _)| ids::peer_id(node).ok())
-            .map(|peer| (crate::keep_alive::keep_rank(seed, &me, &peer), peer))
             .collect();
-        ranked.sort_unstable();
-        let wanted: BTreeSet<PeerId> = ranked
-            .into_iter()
-            .take(self.settings.kept_peers_max)
-            .map(|(_, peer)| peer)
-            .collect();
+        let me = self.local_peer_id();
+        let wanted: BTreeSet<PeerId> =
+            crate::keep_alive::ranked_peers(self.settings.seed, &me, admitted.iter())
+                .into_iter()
+                .take(self.settings.kept_peers_max)
+                .collect();
         let keep_alive = &mut self.swarm.behaviour_mut().keep_alive;
         let released: Vec<PeerId> = keep_alive
             .kept()
@@ -431,6 +428,19 @@ impl Driver {
         }
     }
 
+    /// Dials `peer` at `addrs` unless it is connected or being dialled.
+    pub(super) fn dial_peer(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), libp2p::swarm::DialError> {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        self.swarm.dial(opts)
+    }
+
     fn admitted_count(&self) -> usize {
         self.admission.admitted().count()
     }
@@ -446,11 +456,7 @@ impl Driver {
             }
             tracing::debug!(%peer, "dialling a known peer (fewer kept peers than the target)");
             let _ = self.peers.on_dialing(&peer, now);
-            let opts = DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
+            if let Err(e) = self.dial_peer(peer, addrs) {
                 tracing::debug!(%peer, "dial not started: {e}");
                 let _ = self.peers.on_disconnected(&peer, now);
             }

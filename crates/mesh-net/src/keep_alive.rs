@@ -42,6 +42,21 @@ pub fn keep_rank(seed: u64, me: &PeerId, peer: &PeerId) -> u64 {
     u64::from_le_bytes(rank)
 }
 
+/// `peers` in the order node `me` holds them: lowest [`keep_rank`] first.
+/// The driver holds the first `kept_peers_max` admitted peers of this
+/// order; the application ranks the same way to know which those are.
+pub fn ranked_peers<'a>(
+    seed: u64,
+    me: &PeerId,
+    peers: impl Iterator<Item = &'a PeerId>,
+) -> Vec<PeerId> {
+    let mut ranked: Vec<(u64, PeerId)> = peers
+        .map(|peer| (keep_rank(seed, me, peer), *peer))
+        .collect();
+    ranked.sort_unstable();
+    ranked.into_iter().map(|(_, peer)| peer).collect()
+}
+
 /// Tracks which peers' connections to hold open.
 #[derive(Debug, Default)]
 pub struct KeepAlive {
@@ -211,13 +226,8 @@ mod tests {
         let all = peers(200);
         let mut held_by = BTreeMap::<PeerId, usize>::new();
         for me in &all {
-            let mut ranked: Vec<(u64, PeerId)> = all
-                .iter()
-                .filter(|p| *p != me)
-                .map(|p| (keep_rank(7, me, p), *p))
-                .collect();
-            ranked.sort_unstable();
-            for (_, peer) in ranked.into_iter().take(KEPT) {
+            let others = all.iter().filter(|p| *p != me);
+            for peer in ranked_peers(7, me, others).into_iter().take(KEPT) {
                 *held_by.entry(peer).or_default() += 1;
             }
         }

@@ -1,7 +1,6 @@
 //! The driver's handling of [`Command`]s from [`crate::NetHandle`]s.
 
 use libp2p::gossipsub::{IdentTopic, PublishError};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::DialError;
 use libp2p::{Multiaddr, PeerId};
 use mesh_security::ca::SignedRevocation;
@@ -176,7 +175,7 @@ impl Driver {
 
     /// Dials `peer` at its known addresses, or looks it up when none is
     /// known; nothing when it is connected (admission is under way).
-    pub(super) fn connect_on_demand(&mut self, peer: PeerId, now: u64) {
+    fn connect_on_demand(&mut self, peer: PeerId, now: u64) {
         if self.swarm.is_connected(&peer) {
             return;
         }
@@ -187,11 +186,7 @@ impl Driver {
         }
         tracing::debug!(%peer, "dialling a peer a request is for");
         let _ = self.peers.on_dialing(&peer, now);
-        let opts = DialOpts::peer_id(peer)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        match self.swarm.dial(opts) {
+        match self.dial_peer(peer, addrs) {
             // Already dialling: its outcome decides.
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(e) => {

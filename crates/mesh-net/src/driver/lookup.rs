@@ -1,7 +1,6 @@
 //! The driver's lookups of wanted peers it cannot reach (see [`crate::lookup`]).
 
 use libp2p::kad::{GetClosestPeersError, GetClosestPeersOk};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::PeerId;
 
 use super::{now_ms, Driver};
@@ -49,11 +48,7 @@ impl Driver {
             self.fail_awaiting(&wanted);
             return;
         }
-        let opts = DialOpts::peer_id(wanted)
-            .addresses(addrs)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
+        if let Err(e) = self.dial_peer(wanted, addrs) {
             tracing::debug!(peer = %wanted, "dial after lookup not started: {e}");
         }
     }

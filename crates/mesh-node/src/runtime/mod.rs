@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mesh_consensus::{ConsensusConfig, ConsensusNode, ConsensusStatus, MemberInfo};
+use mesh_net::keep_alive::ranked_peers;
 use mesh_net::{NetConfig, NetEvent, NetHandle, PeerId, TransportKind};
 use mesh_security::envelope::{Envelope, MessageKind};
 use mesh_security::rbac::{Role, RoleSet};
@@ -602,22 +603,6 @@ fn gossip_payload(data: &[u8], max_bytes: usize, kind: MessageKind) -> Result<Ve
     Ok(envelope.payload)
 }
 
-/// `peers` in the order the network layer ranks the peers whose
-/// connections it holds open ([`mesh_net::keep_alive::keep_rank`]: the
-/// first `target_peers` admitted peers are the ones it holds). State
-/// fetches go to the first ones: rotating over every admitted peer kept
-/// every connection in use, so none closed.
-fn ranked_peers<'a>(
-    peers: impl Iterator<Item = &'a PeerId>,
-    me: &PeerId,
-    seed: u64,
-) -> Vec<PeerId> {
-    let rank = |peer: &PeerId| mesh_net::keep_alive::keep_rank(seed, me, peer);
-    let mut ranked: Vec<(u64, PeerId)> = peers.map(|peer| (rank(peer), *peer)).collect();
-    ranked.sort_unstable();
-    ranked.into_iter().map(|(_, peer)| peer).collect()
-}
-
 impl Runtime {
     async fn on_net_event(&mut self, event: NetEvent) {
         match event {
@@ -1052,8 +1037,11 @@ impl Runtime {
         } else {
             voters
         };
-        let committee = ranked_peers(candidates.iter(), &me, seed);
-        let mut peers = ranked_peers(self.admitted.keys(), &me, seed);
+        // The network layer holds the first `target_peers` admitted peers of
+        // this order: state fetches go only to those, since rotating over
+        // every admitted peer kept every connection in use.
+        let committee = ranked_peers(seed, &me, candidates.iter());
+        let mut peers = ranked_peers(seed, &me, self.admitted.keys());
         peers.truncate(self.config.network.target_peers);
         peers.sort();
         if let Some(following) = &mut self.following {
