@@ -12,6 +12,7 @@
 //!   swarm actions (dial, disconnect, send, report validation)   NetEvent (bounded) ──> application
 //! ```
 
+mod closing;
 mod commands;
 mod lookup;
 mod nat;
@@ -138,6 +139,8 @@ pub(crate) struct Driver {
     protected: BTreeSet<PeerId>,
     /// Requests to peers that are being connected on demand.
     awaiting: crate::awaiting::Awaiting<PeerId, HeldRequest>,
+    /// Unused connections waiting for their closing notice to be answered.
+    closes: closing::PendingCloses,
 }
 
 fn validate(config: &NetConfig) -> Result<(), NetError> {
@@ -303,6 +306,7 @@ impl Driver {
             uses: ConnectionUse::default(),
             protected: BTreeSet::new(),
             awaiting: crate::awaiting::Awaiting::default(),
+            closes: closing::PendingCloses::default(),
         })
     }
 
@@ -402,29 +406,6 @@ impl Driver {
         }
         for peer in wanted {
             keep_alive.set(peer, true);
-        }
-    }
-
-    /// Closes connections unused for the configured time that nothing
-    /// holds (see [`crate::trim`]).
-    fn close_unused_connections(&mut self, now: u64) {
-        let Some(unused_ms) = self.settings.unused_connection_close_ms else {
-            return;
-        };
-        // Gossipsub mesh peers are not held: each topic draws its own mesh
-        // (6 to 12 peers), and together they held most of a 40-node mesh
-        // open. Gossipsub grafts again among the connections that stay.
-        let behaviour = self.swarm.behaviour();
-        let protected = &self.protected;
-        let unused = self.uses.take_unused(now, unused_ms, |peer| {
-            behaviour.keep_alive.is_kept(peer) || protected.contains(peer)
-        });
-        for (peer, connections) in unused {
-            tracing::debug!(%peer, "closing an unused connection");
-            self.metrics.unused_connections_closed.inc();
-            for connection in connections {
-                self.swarm.close_connection(connection);
-            }
         }
     }
 
@@ -535,7 +516,7 @@ impl Driver {
             reason: label.to_string(),
         });
         if was_admitted {
-            self.emit(NetEvent::PeerDown { peer });
+            self.emit(NetEvent::PeerDown { peer, gone: true });
         }
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -552,7 +533,7 @@ impl Driver {
     fn emit(&mut self, event: NetEvent) -> bool {
         match &event {
             NetEvent::PeerAdmitted { peer, .. } => self.admitted.set(*peer, true),
-            NetEvent::PeerDown { peer } | NetEvent::PeerRejected { peer, .. } => {
+            NetEvent::PeerDown { peer, .. } | NetEvent::PeerRejected { peer, .. } => {
                 self.admitted.set(*peer, false);
                 self.versions.forget(peer);
             }

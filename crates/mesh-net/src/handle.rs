@@ -58,6 +58,10 @@ pub enum NetEvent {
     PeerDown {
         /// The peer.
         peer: PeerId,
+        /// True when neither end closed it as unused (see [`crate::trim`]):
+        /// the peer crashed, left, was refused, or the network failed. False
+        /// when it is most likely up and is dialled again on demand.
+        gone: bool,
     },
     /// A peer was refused (and banned for the configured time).
     PeerRejected {

@@ -22,30 +22,78 @@
 //! average in a random mesh. When both ends dialled (a lookup from each
 //! side), each closes its own: deciding per peer instead ("every
 //! connection dialled by this node") left such pairs open for good.
+//!
+//! A closed connection must still say whether its peer is gone: the
+//! application counts a peer whose last connection dropped as crashed at
+//! once, and one closed as unused as alive. The two look the same on the
+//! wire (a crashed process's sockets close cleanly too), so the closer
+//! says so first: it sends a closing notice ([`CLOSING_PROTOCOL`]) and
+//! closes once it is answered. [`ConnectionUse::on_connection_closed`]
+//! then tells a peer's last close apart ([`PeerClose`]): closed by this
+//! node as unused, announced by the peer lately, or neither, and then the
+//! peer is gone.
+//!
+//! ```text
+//!   closer: take_unused ─► notice request ─► answered (or NOTICE_WAIT_MS) ─► close
+//!   peer:   notice ─► on_notice(now) ─► last connection closes within NOTICE_VALID_MS ─► Unused
+//!           last connection closes without a notice ─────────────────────────────────► Gone
+//! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
 
+/// The request protocol of the closing notice: the sender is about to
+/// close its connections to the receiver as unused. The driver answers it
+/// itself; it is never handed to the application and is not a use.
+pub const CLOSING_PROTOCOL: &str = "net/closing-unused";
+/// How long the closer waits for the notice to be answered before it
+/// closes anyway, in ms.
+pub const NOTICE_WAIT_MS: u64 = 5_000;
+/// How long after a notice the peer's last connection may close and still
+/// count as closed as unused, in ms: the notice wait and a margin.
+pub const NOTICE_VALID_MS: u64 = 2 * NOTICE_WAIT_MS;
+
+/// Why a peer's last connection closed, as far as this node can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerClose {
+    /// Closed as unused, by this node or by the peer after its notice:
+    /// the peer is most likely up and is dialled again on demand.
+    Unused,
+    /// Closed without either end closing it as unused: the peer crashed,
+    /// left, or the network between the two failed.
+    Gone,
+}
+
 /// One connected peer's use.
 #[derive(Debug, Clone)]
 struct Use {
+    /// When its first connection opened.
+    connected_ms: u64,
     last_used_ms: u64,
     /// The connections to the peer that this node dialled.
     dialled: Vec<ConnectionId>,
+    /// When the peer last said it is closing its connections as unused.
+    notice_ms: Option<u64>,
 }
 
-/// When each connected peer was last used, in ms, and which of its
-/// connections this node dialled.
+/// When each connected peer was last used, in ms, which of its
+/// connections this node dialled, and which it is closing as unused.
 #[derive(Debug, Default)]
 pub struct ConnectionUse {
     uses: BTreeMap<PeerId, Use>,
+    /// Connections handed out by [`Self::take_unused`] that have not
+    /// closed yet.
+    closing: BTreeSet<ConnectionId>,
 }
 
 impl ConnectionUse {
     /// `connection` to `peer` was established at `now_ms`; `dialled` when
-    /// this node opened it.
+    /// this node opened it. Only a peer's first connection counts as a
+    /// use: a further one (an AutoNAT dial-back, a simultaneous dial)
+    /// carries nothing yet, and counting it kept a bootstrap node, which
+    /// dials back every node's reachability probes, connected to them all.
     pub fn on_connected(
         &mut self,
         peer: PeerId,
@@ -54,10 +102,11 @@ impl ConnectionUse {
         dialled: bool,
     ) {
         let used = self.uses.entry(peer).or_insert(Use {
+            connected_ms: now_ms,
             last_used_ms: now_ms,
             dialled: Vec::new(),
+            notice_ms: None,
         });
-        used.last_used_ms = now_ms;
         if dialled {
             used.dialled.push(connection);
         }
@@ -70,13 +119,65 @@ impl ConnectionUse {
         }
     }
 
-    /// `connection` to `peer` closed; `last` when it was the peer's last.
-    pub fn on_connection_closed(&mut self, peer: &PeerId, connection: ConnectionId, last: bool) {
-        if last {
-            self.uses.remove(peer);
-        } else if let Some(used) = self.uses.get_mut(peer) {
-            used.dialled.retain(|c| *c != connection);
+    /// `peer` sent a closing notice at `now_ms` (see [`CLOSING_PROTOCOL`]).
+    pub fn on_notice(&mut self, peer: &PeerId, now_ms: u64) {
+        if let Some(used) = self.uses.get_mut(peer) {
+            used.notice_ms = Some(now_ms);
         }
+    }
+
+    /// `connection` to `peer` closed at `now_ms`; `last` when it was the
+    /// peer's last. For the last, says why it most likely closed.
+    pub fn on_connection_closed(
+        &mut self,
+        peer: &PeerId,
+        connection: ConnectionId,
+        last: bool,
+        now_ms: u64,
+    ) -> Option<PeerClose> {
+        let closed_here = self.closing.remove(&connection);
+        if !last {
+            if let Some(used) = self.uses.get_mut(peer) {
+                used.dialled.retain(|c| *c != connection);
+            }
+            return None;
+        }
+        let noticed = self
+            .uses
+            .remove(peer)
+            .and_then(|used| used.notice_ms)
+            .is_some_and(|at| now_ms.saturating_sub(at) <= NOTICE_VALID_MS);
+        Some(if closed_here || noticed {
+            PeerClose::Unused
+        } else {
+            PeerClose::Gone
+        })
+    }
+
+    /// The newest connection this node dialled to `peer`, handed out to be
+    /// closed (its close counts as [`PeerClose::Unused`]): an AutoNAT
+    /// dial-back, which has done its work once the probe is answered.
+    pub fn take_newest_dial(&mut self, peer: &PeerId) -> Option<ConnectionId> {
+        let connection = self.uses.get_mut(peer)?.dialled.pop()?;
+        self.closing.insert(connection);
+        Some(connection)
+    }
+
+    /// The connections this node dialled to `peer` when no request used
+    /// the peer since it connected, handed out to be closed: a connection
+    /// opened only to ask the peer for a reachability probe, which has done
+    /// its work once the probe is answered (left open, every node's probes
+    /// kept it connected to its bootstrap node while it probed).
+    pub fn take_if_never_used(&mut self, peer: &PeerId) -> Vec<ConnectionId> {
+        let Some(used) = self.uses.get_mut(peer) else {
+            return Vec::new();
+        };
+        if used.last_used_ms > used.connected_ms {
+            return Vec::new();
+        }
+        let dialled = std::mem::take(&mut used.dialled);
+        self.closing.extend(dialled.iter().copied());
+        dialled
     }
 
     /// Peers tracked (connected now).
@@ -91,7 +192,8 @@ impl ConnectionUse {
 
     /// The connections this node dialled to peers unused for at least
     /// `unused_ms` that `held` does not hold, oldest use first; a peer's
-    /// connections are forgotten here once returned.
+    /// connections are handed out once, and their close counts as
+    /// [`PeerClose::Unused`].
     pub fn take_unused(
         &mut self,
         now_ms: u64,
@@ -109,12 +211,16 @@ impl ConnectionUse {
             .map(|(peer, used)| (used.last_used_ms, *peer))
             .collect();
         idle.sort_unstable();
-        idle.into_iter()
+        let unused: Vec<(PeerId, Vec<ConnectionId>)> = idle
+            .into_iter()
             .filter_map(|(_, peer)| {
                 let used = self.uses.get_mut(&peer)?;
                 Some((peer, std::mem::take(&mut used.dialled)))
             })
-            .collect()
+            .collect();
+        self.closing
+            .extend(unused.iter().flat_map(|(_, ids)| ids.iter().copied()));
+        unused
     }
 }
 
@@ -176,17 +282,80 @@ mod tests {
         uses.on_connected(p[1], id(1), 0, true);
         uses.on_connected(p[1], id(2), 0, true);
         uses.on_used(p[0], 8_000);
-        uses.on_connection_closed(&p[1], id(1), false);
+        assert_eq!(uses.on_connection_closed(&p[1], id(1), false, 0), None);
         assert_eq!(
             uses.take_unused(5_000, 5_000, |_| false),
             vec![(p[1], vec![id(2)])]
         );
-        uses.on_connection_closed(&p[1], id(2), true);
+        assert_eq!(
+            uses.on_connection_closed(&p[1], id(2), true, 5_000),
+            Some(PeerClose::Unused),
+            "closed by this node as unused"
+        );
         assert_eq!(uses.len(), 1);
         assert!(uses.take_unused(10_000, 5_000, |_| false).is_empty());
         assert_eq!(
             closed_peers(uses.take_unused(13_000, 5_000, |_| false)),
             vec![p[0]]
+        );
+    }
+
+    #[test]
+    fn a_further_connection_to_a_connected_peer_is_not_a_use() {
+        let p = peers(1);
+        let mut uses = ConnectionUse::default();
+        uses.on_connected(p[0], id(0), 0, false);
+        uses.on_connected(p[0], id(1), 29_000, true);
+        assert_eq!(
+            uses.take_unused(30_000, 30_000, |_| false),
+            vec![(p[0], vec![id(1)])],
+            "the dial-back closes once the peer has been unused long enough"
+        );
+    }
+
+    #[test]
+    fn only_a_peer_never_used_since_it_connected_gives_up_its_dials() {
+        let p = peers(2);
+        let mut uses = ConnectionUse::default();
+        uses.on_connected(p[0], id(0), 1_000, true);
+        uses.on_connected(p[1], id(1), 1_000, true);
+        uses.on_used(p[1], 2_000);
+        assert_eq!(uses.take_if_never_used(&p[0]), vec![id(0)]);
+        assert!(uses.take_if_never_used(&p[1]).is_empty());
+        assert_eq!(
+            uses.on_connection_closed(&p[0], id(0), true, 3_000),
+            Some(PeerClose::Unused)
+        );
+    }
+
+    #[test]
+    fn a_last_close_without_a_notice_or_a_trim_means_the_peer_is_gone() {
+        let p = peers(4);
+        let mut uses = ConnectionUse::default();
+        for (n, peer) in p.iter().enumerate() {
+            uses.on_connected(*peer, id(n), 0, n % 2 == 0);
+        }
+        assert_eq!(
+            uses.on_connection_closed(&p[0], id(0), true, 1_000),
+            Some(PeerClose::Gone),
+            "its own dial closed under it"
+        );
+        assert_eq!(
+            uses.on_connection_closed(&p[1], id(1), true, 1_000),
+            Some(PeerClose::Gone),
+            "the peer's dial closed without a notice"
+        );
+        uses.on_notice(&p[2], 1_000);
+        uses.on_notice(&p[3], 1_000);
+        assert_eq!(
+            uses.on_connection_closed(&p[2], id(2), true, 1_000 + NOTICE_VALID_MS),
+            Some(PeerClose::Unused),
+            "closed by the peer after its notice"
+        );
+        assert_eq!(
+            uses.on_connection_closed(&p[3], id(3), true, 1_001 + NOTICE_VALID_MS),
+            Some(PeerClose::Gone),
+            "a notice too old to explain the close"
         );
     }
 }

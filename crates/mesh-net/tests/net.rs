@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use mesh_net::{NetError, NetEvent, PeerStatus, TransportKind};
+use mesh_net::{NetError, NetEvent, PeerId, PeerStatus, TransportKind};
 use mesh_security::ca::{RevocationEntry, SignedRevocation};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +204,7 @@ async fn a_revocation_learned_later_disconnects_the_peer() {
     let node0 = nodes[0].peer_id();
     nodes[2]
         .next_event(|event| match event {
-            NetEvent::PeerDown { peer } if *peer == node0 => Some(()),
+            NetEvent::PeerDown { peer, .. } if *peer == node0 => Some(()),
             _ => None,
         })
         .await;
@@ -378,7 +378,7 @@ async fn a_stopped_node_is_marked_down_and_rejoins_with_the_same_key() {
     gone.handle.shutdown().await;
     for node in nodes.iter_mut() {
         node.next_event(|event| match event {
-            NetEvent::PeerDown { peer } if *peer == gone_id => Some(()),
+            NetEvent::PeerDown { peer, gone: true } if *peer == gone_id => Some(()),
             _ => None,
         })
         .await;
@@ -700,16 +700,27 @@ async fn a_dialled_connection_nothing_uses_closes_while_kept_and_protected_ones_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_to_a_peer_whose_connection_closed_dials_it_again_and_waits_for_admission() {
     let ca = TestCa::new(2);
-    let peers = start_mesh(&ca, 2, TransportKind::Memory).await;
+    let mut peers = start_mesh(&ca, 2, TransportKind::Memory).await;
     wait_full_mesh(&peers).await;
-    let (kept, other) = (&peers[0], &peers[1]);
-    let node = dialler_keeping(&ca, kept).await;
-    node.handle.dial(other.addr().await).await.unwrap();
+    let mut node = dialler_keeping(&ca, &peers[0]).await;
+    let (node_id, other_id) = (node.peer_id(), peers[1].peer_id());
+    node.handle.dial(peers[1].addr().await).await.unwrap();
     eventually("the unused connection closed", || async {
-        let gone = !node.admitted().await.contains(&other.peer_id());
+        let gone = !node.admitted().await.contains(&other_id);
         (node.handle.metrics().unused_connections_closed.get() >= 1 && gone).then_some(())
     })
     .await;
+    // Both ends know it was closed as unused (the closer's notice), not
+    // that the other end is gone.
+    let down = |of: PeerId| {
+        move |event: &NetEvent| match event {
+            NetEvent::PeerDown { peer, gone } if *peer == of => Some(*gone),
+            _ => None,
+        }
+    };
+    assert!(!node.next_event(down(other_id)).await, "the closer");
+    assert!(!peers[1].next_event(down(node_id)).await, "the closed");
+    let other = &peers[1];
     // Not connected any more: the request dials the peer, waits for its
     // admission and gets the echo.
     let echoed = node

@@ -490,12 +490,13 @@ pub struct NetworkConfig {
     /// Seed for reconnection jitter.
     pub seed: u64,
     /// Close a connection this node dialled once no request has used it for
-    /// this long, unless it is one of the held peers
-    /// (0, the default: connections stay while any protocol keeps a stream
-    /// open). Requests to peers that are not connected dial them on demand
-    /// either way. Off by default because with it on, a crashed node counts
-    /// as alive until its announcements age out (up to 35 s) rather than
-    /// when its connection drops.
+    /// this long, unless it is one of the held peers (default 30 s; 0: off,
+    /// connections stay while any protocol keeps a stream open). Requests
+    /// to peers that are not connected dial them on demand either way. The
+    /// closer sends a closing notice first, so a peer whose connection
+    /// drops without one is known to be gone at once; a crashed node that
+    /// nothing was connected to counts as alive until its announcements
+    /// age out (up to 35 s).
     pub unused_connection_close_ms: u64,
     /// The newest mesh protocol version the node speaks (1 to this build's
     /// newest, the default). Set it to the previous version while a mesh
@@ -667,7 +668,7 @@ impl Default for NetworkConfig {
             admission_attempts: 3,
             ban_ms: 60_000,
             seed: 0,
-            unused_connection_close_ms: 0,
+            unused_connection_close_ms: 30_000,
             max_protocol_version: u32::from(mesh_net::version::PROTOCOL_VERSION_MAX),
         }
     }

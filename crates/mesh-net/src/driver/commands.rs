@@ -139,6 +139,7 @@ impl Driver {
             return;
         }
         self.uses.on_used(peer, super::now_ms());
+        tracing::trace!(%peer, protocol = %request.protocol, "request out");
         self.metrics.message(Kind::Request, Direction::Out, "sent");
         self.metrics
             .bytes(Kind::Request, Direction::Out, request.payload.len());

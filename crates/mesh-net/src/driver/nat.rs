@@ -248,11 +248,23 @@ impl Driver {
 
     /// AutoNAT's verdict changed.
     pub(super) fn on_autonat_event(&mut self, event: autonat::Event) {
-        if let autonat::Event::StatusChanged { old, new } = event {
-            let found = reachability(&new);
-            tracing::info!(old = ?old, new = ?new, "reachability changed");
-            self.nat.reachability = Some(found);
-            self.manage_reservations();
+        match event {
+            autonat::Event::StatusChanged { old, new } => {
+                let found = reachability(&new);
+                tracing::info!(old = ?old, new = ?new, "reachability changed");
+                self.nat.reachability = Some(found);
+                self.manage_reservations();
+            }
+            autonat::Event::InboundProbe(autonat::InboundProbeEvent::Response { peer, .. }) => {
+                self.close_dial_back(peer);
+            }
+            autonat::Event::OutboundProbe(
+                autonat::OutboundProbeEvent::Response { peer, .. }
+                | autonat::OutboundProbeEvent::Error {
+                    peer: Some(peer), ..
+                },
+            ) => self.close_probe_connection(peer),
+            _ => {}
         }
     }
 

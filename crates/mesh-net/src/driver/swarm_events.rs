@@ -18,6 +18,7 @@ use crate::discovery::ADDRS_PER_PEER_MAX;
 use crate::driver::GOSSIP_HELD_MAX;
 use crate::handle::NetEvent;
 use crate::metrics::{Direction, Kind};
+use crate::trim::PeerClose;
 use crate::{ids, NetError};
 
 type Event = SwarmEvent<MeshBehaviourEvent>;
@@ -165,11 +166,12 @@ impl Driver {
         if let Some(addr) = self.bootstrap_dials.remove(&connection) {
             let _ = self.bootstrap.on_disconnected(&addr, now);
         }
-        self.uses
-            .on_connection_closed(&peer, connection, num_established == 0);
-        if num_established > 0 {
+        let Some(close) =
+            self.uses
+                .on_connection_closed(&peer, connection, num_established == 0, now)
+        else {
             return;
-        }
+        };
         let was_admitted = ids::node_id(&peer).is_some_and(|node| {
             let admitted = self.admission.may_process(&node);
             self.admission.on_disconnected(&node);
@@ -182,8 +184,9 @@ impl Driver {
         // requests waiting for it fail now rather than at their deadline.
         self.fail_awaiting(&peer);
         if was_admitted {
-            tracing::info!(%peer, "peer down");
-            self.emit(NetEvent::PeerDown { peer });
+            let gone = close == PeerClose::Gone;
+            tracing::info!(%peer, gone, "peer down");
+            self.emit(NetEvent::PeerDown { peer, gone });
         }
     }
 
@@ -389,10 +392,24 @@ impl Driver {
                         request, channel, ..
                     },
                 ..
+            } if request.protocol == crate::trim::CLOSING_PROTOCOL => {
+                self.on_closing_notice(peer, channel);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
             } => {
                 self.uses.on_used(peer, now_ms());
                 self.on_request(peer, request, channel);
             }
+            request_response::Event::Message {
+                message: Message::Response { request_id, .. },
+                ..
+            } if self.on_notice_settled(&request_id) => {}
             request_response::Event::Message {
                 peer,
                 message:
@@ -420,6 +437,8 @@ impl Driver {
                     let _ = reply.send(result);
                 }
             }
+            request_response::Event::OutboundFailure { request_id, .. }
+                if self.on_notice_settled(&request_id) => {}
             request_response::Event::OutboundFailure {
                 peer,
                 request_id,
@@ -472,6 +491,7 @@ impl Driver {
             return;
         }
         let _ = self.peers.on_seen(&peer, now_ms());
+        tracing::trace!(%peer, protocol = %request.protocol, "request in");
         self.metrics
             .bytes(Kind::Request, Direction::In, request.payload.len());
         let (respond, answer) = oneshot::channel();

@@ -635,30 +635,32 @@ impl Runtime {
                     }
                 }
             }
-            NetEvent::PeerDown { peer } | NetEvent::PeerRejected { peer, .. } => {
-                tracing::info!(%peer, "peer down or refused");
-                self.admitted.remove(&peer);
-                self.admitted_ms.remove(&peer);
-                self.forget_if_gone(&peer);
-                if let (Some(planner), Some(c), Some(id)) =
-                    (&mut self.planner, &self.consensus, member_of_peer(&peer))
-                {
-                    planner.peer_down(id, now_ms(), c.id());
-                }
-            }
+            NetEvent::PeerDown { peer, gone } => self.on_peer_down(peer, gone),
+            NetEvent::PeerRejected { peer, .. } => self.on_peer_down(peer, true),
         }
     }
 
-    /// While connections are never closed as unused, a closed connection
-    /// means its node is gone: it stops counting as alive at once instead
-    /// of when its announcements age out ([`presence`]).
-    fn forget_if_gone(&mut self, peer: &PeerId) {
-        let closes_unused = self.config.network.unused_connection_close_ms > 0;
-        if let (false, Some(node), Some(driver)) = (
-            closes_unused,
-            mesh_net::ids::node_id(peer),
-            self.rounds.as_mut(),
-        ) {
+    /// `peer`'s last connection closed or it was refused; `gone` unless it
+    /// was closed as unused (see [`mesh_net::NetEvent::PeerDown`]).
+    fn on_peer_down(&mut self, peer: PeerId, gone: bool) {
+        tracing::info!(%peer, gone, "peer down or refused");
+        self.admitted.remove(&peer);
+        self.admitted_ms.remove(&peer);
+        if !gone {
+            return;
+        }
+        self.forget(&peer);
+        if let (Some(planner), Some(c), Some(id)) =
+            (&mut self.planner, &self.consensus, member_of_peer(&peer))
+        {
+            planner.peer_down(id, now_ms(), c.id());
+        }
+    }
+
+    /// `peer` is gone: it stops counting as alive at once instead of when
+    /// its announcements age out ([`presence`]).
+    fn forget(&mut self, peer: &PeerId) {
+        if let (Some(node), Some(driver)) = (mesh_net::ids::node_id(peer), self.rounds.as_mut()) {
             driver.forget(&mesh_round::protocol::node_name(&node));
         }
     }

@@ -12,8 +12,9 @@
 //!   announcement from N (signed, verified by the gossip gate) ─► Presence::heard(N, now)
 //!   round view: alive = admitted peers (certificate roles)
 //!                     ∪ heard within the window and a member (roles from the state)
-//!   peer down: forgotten at once while connections are never closed as
-//!              unused (then a closed connection means the node is gone)
+//!   peer down, gone: forgotten at once (its last connection closed
+//!              without either end closing it as unused, `mesh_net::trim`)
+//!   peer down, closed as unused: alive while it is heard
 //! ```
 
 use std::collections::HashMap;
@@ -47,8 +48,8 @@ impl Presence {
         self.heard_ms.insert(node, now_ms);
     }
 
-    /// `node` is known to be gone (its connection closed while connections
-    /// are the liveness signal).
+    /// `node` is known to be gone (its last connection closed, and not as
+    /// unused).
     pub fn forget(&mut self, node: &NodeId) {
         self.heard_ms.remove(node);
     }

@@ -26,7 +26,9 @@
 //! peers whose connections this node holds (its `target_peers`, committee
 //! members and followers alike), so the committee is not the source of
 //! every copy and no other connection is kept in use by the fetches. A peer that holds nothing newer answers with an
-//! error and the next tick asks another.
+//! error and the next tick asks another; once the committee member has
+//! answered, the follower is current and waits [`REFRESH_MS`] (or a
+//! gossiped certificate) before it asks again.
 //! Whose signatures count ([`Trust`]): the voters of the state already held;
 //! for the first state, or after states newer than the held one failed that
 //! check for [`REANCHOR_MS`] (the committee moved on beyond what the held
@@ -163,7 +165,9 @@ pub struct StateFollowing {
     heard: u64,
     in_flight: bool,
     last_fetch_ms: u64,
-    last_newer_ms: u64,
+    /// When this node last knew it was current: a newer state accepted,
+    /// or the committee member asked answered.
+    last_current_ms: u64,
     /// Since when newer states have failed the held voters' check.
     untrusted_since_ms: Option<u64>,
     /// Which admitted peer the next fetch goes to (rotating).
@@ -224,7 +228,7 @@ impl StateFollowing {
             heard: 0,
             in_flight: false,
             last_fetch_ms: 0,
-            last_newer_ms: 0,
+            last_current_ms: 0,
             untrusted_since_ms: None,
             next_target: rotation,
             committee_misses: 0,
@@ -252,7 +256,7 @@ impl StateFollowing {
 
     fn due(&self, now_ms: u64) -> bool {
         let behind = self.follower.wants(self.heard) && self.heard > 0;
-        let quiet = now_ms.saturating_sub(self.last_newer_ms) >= REFRESH_MS;
+        let quiet = now_ms.saturating_sub(self.last_current_ms) >= REFRESH_MS;
         let missing = self.follower.index().is_none();
         !self.in_flight
             && now_ms.saturating_sub(self.last_fetch_ms) >= FETCH_GAP_MS
@@ -336,8 +340,16 @@ impl StateFollowing {
         now_ms: u64,
     ) -> Result<u64, String> {
         self.in_flight = false;
-        if fetched.unreachable && self.committee_asked == Some(fetched.peer) {
-            self.committee_misses = self.committee_misses.wrapping_add(1);
+        if self.committee_asked == Some(fetched.peer) {
+            if fetched.unreachable {
+                self.committee_misses = self.committee_misses.wrapping_add(1);
+            } else {
+                // A committee member answered: this node is current (or
+                // gets the newer state now), so the next refresh is due
+                // REFRESH_MS from now. Counting only newer states made an
+                // idle follower ask every FETCH_GAP_MS, forever.
+                self.last_current_ms = now_ms;
+            }
         }
         let bytes = fetched.outcome?;
         self.metrics.bytes.inc_by(bytes.len() as u64);
@@ -363,7 +375,7 @@ impl StateFollowing {
             Ok(index) => {
                 self.untrusted_since_ms = None;
                 self.leader = answer.leader.filter(|l| self.is_voter(l)).map(NodeId);
-                self.last_newer_ms = now_ms;
+                self.last_current_ms = now_ms;
                 self.metrics.accepted.inc();
                 self.metrics
                     .index

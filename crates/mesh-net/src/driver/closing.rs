@@ -1,0 +1,135 @@
+//! The driver's side of closing unused connections (see [`crate::trim`]):
+//! it picks the connections to close, tells each admitted peer first with
+//! a closing notice, closes once the notice is answered or
+//! [`NOTICE_WAIT_MS`] passed, and answers the notices its peers send.
+
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::swarm::ConnectionId;
+use libp2p::PeerId;
+
+use super::{now_ms, Driver};
+use crate::codec::{WireRequest, WireResponse};
+use crate::ids;
+use crate::trim::{CLOSING_PROTOCOL, NOTICE_WAIT_MS};
+
+/// Connections waiting for their peer to answer a closing notice.
+#[derive(Debug, Default)]
+pub(super) struct PendingCloses {
+    by_request: std::collections::HashMap<OutboundRequestId, (u64, Vec<ConnectionId>)>,
+}
+
+impl Driver {
+    /// Closes connections unused for the configured time that nothing
+    /// holds, after a closing notice to each admitted peer.
+    pub(super) fn close_unused_connections(&mut self, now: u64) {
+        self.close_unanswered(now);
+        let Some(unused_ms) = self.settings.unused_connection_close_ms else {
+            return;
+        };
+        // Gossipsub mesh peers are not held: each topic draws its own mesh
+        // (6 to 12 peers), and together they held most of a 40-node mesh
+        // open. Gossipsub grafts again among the connections that stay.
+        let behaviour = self.swarm.behaviour();
+        let protected = &self.protected;
+        let unused = self.uses.take_unused(now, unused_ms, |peer| {
+            behaviour.keep_alive.is_kept(peer) || protected.contains(peer)
+        });
+        for (peer, connections) in unused {
+            tracing::debug!(%peer, "closing an unused connection");
+            self.metrics.unused_connections_closed.inc();
+            self.close_with_notice(peer, connections, now);
+        }
+    }
+
+    /// This node dialled `peer` back for its reachability probe, and the
+    /// dial-back worked: closes that connection, unless it is the only one
+    /// to a peer this node holds. Left open, the dial-backs a bootstrap
+    /// node makes for every node's probes kept it connected to all of them.
+    pub(super) fn close_dial_back(&mut self, peer: PeerId) {
+        let behaviour = self.swarm.behaviour();
+        let held = behaviour.keep_alive.is_kept(&peer) || self.protected.contains(&peer);
+        if held && behaviour.keep_alive.connection_count(&peer) < 2 {
+            return;
+        }
+        if let Some(connection) = self.uses.take_newest_dial(&peer) {
+            tracing::debug!(%peer, "closing a reachability dial-back");
+            self.close_with_notice(peer, vec![connection], now_ms());
+        }
+    }
+
+    /// This node's reachability probe to `peer` was answered: closes the
+    /// connections it dialled to `peer` if nothing else used them and
+    /// `peer` is not held.
+    pub(super) fn close_probe_connection(&mut self, peer: PeerId) {
+        let behaviour = self.swarm.behaviour();
+        if behaviour.keep_alive.is_kept(&peer) || self.protected.contains(&peer) {
+            return;
+        }
+        let connections = self.uses.take_if_never_used(&peer);
+        if !connections.is_empty() {
+            tracing::debug!(%peer, "closing the connection of a reachability probe");
+            self.close_with_notice(peer, connections, now_ms());
+        }
+    }
+
+    /// Closes `connections` to `peer`; an admitted peer is told first.
+    fn close_with_notice(&mut self, peer: PeerId, connections: Vec<ConnectionId>, now: u64) {
+        if ids::node_id(&peer).is_some_and(|node| self.admission.may_process(&node)) {
+            let notice = WireRequest {
+                protocol: CLOSING_PROTOCOL.to_string(),
+                payload: Vec::new(),
+            };
+            let id = self.swarm.behaviour_mut().rpc.send_request(&peer, notice);
+            self.closes.by_request.insert(id, (now, connections));
+        } else {
+            self.close_all(connections);
+        }
+    }
+
+    /// `request` was answered or failed: when it was a closing notice,
+    /// closes its connections and returns true.
+    pub(super) fn on_notice_settled(&mut self, request: &OutboundRequestId) -> bool {
+        match self.closes.by_request.remove(request) {
+            Some((_, connections)) => {
+                self.close_all(connections);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `peer` is closing its connections to this node as unused: remember
+    /// it, so their close does not count the peer as gone, and answer.
+    pub(super) fn on_closing_notice(
+        &mut self,
+        peer: PeerId,
+        channel: ResponseChannel<WireResponse>,
+    ) {
+        self.uses.on_notice(&peer, now_ms());
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_response(channel, WireResponse(Ok(Vec::new())));
+    }
+
+    /// Closes the connections whose notice went unanswered for [`NOTICE_WAIT_MS`].
+    fn close_unanswered(&mut self, now: u64) {
+        let overdue: Vec<OutboundRequestId> = self
+            .closes
+            .by_request
+            .iter()
+            .filter(|(_, (sent_ms, _))| now.saturating_sub(*sent_ms) >= NOTICE_WAIT_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.on_notice_settled(&id);
+        }
+    }
+
+    fn close_all(&mut self, connections: Vec<ConnectionId>) {
+        for connection in connections {
+            self.swarm.close_connection(connection);
+        }
+    }
+}
