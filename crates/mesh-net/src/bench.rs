@@ -232,6 +232,7 @@ async fn start_gossip_mesh(
     arrivals: &mpsc::Sender<Arrival>,
 ) -> Result<Vec<NetHandle>, BenchError> {
     let GossipBench { nodes, seed, .. } = bench;
+    let setup = Instant::now();
     let fixture = Fixture::new(seed)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut handles: Vec<NetHandle> = Vec::with_capacity(nodes);
@@ -253,6 +254,9 @@ async fn start_gossip_mesh(
         tokio::spawn(collect_arrivals(events, arrivals.clone()));
         addrs.push(first_addr(&handle).await?);
         handles.push(handle);
+        if (index + 1) % 100 == 0 || index + 1 == nodes {
+            tracing::info!(target: "mesh_net::bench", started = index + 1, nodes, wall_s = setup.elapsed().as_secs(), "nodes started");
+        }
     }
     let started = Instant::now();
     for handle in &handles {
@@ -263,6 +267,7 @@ async fn start_gossip_mesh(
             wall_clock_wait(Duration::from_millis(100)).await;
         }
     }
+    tracing::info!(target: "mesh_net::bench", nodes, wall_s = setup.elapsed().as_secs(), "every node admitted two peers");
     // Let gossipsub build its mesh over a few heartbeats, and setup's
     // surplus connections close.
     wall_clock_wait(UNUSED_CLOSE + Duration::from_secs(3)).await;
@@ -336,6 +341,7 @@ async fn gossip_async(bench: GossipBench) -> Result<GossipResult, BenchError> {
         if received == nodes - 1 {
             times_ms.push(last.duration_since(sent).as_secs_f64() * 1e3);
         }
+        tracing::info!(target: "mesh_net::bench", message, received, nodes, "message delivered");
     }
     let unadmitted_relays = handles
         .iter()

@@ -69,8 +69,6 @@ pub enum PeerClose {
 /// One connected peer's use.
 #[derive(Debug, Clone)]
 struct Use {
-    /// When its first connection opened.
-    connected_ms: u64,
     last_used_ms: u64,
     /// The connections to the peer that this node dialled.
     dialled: Vec<ConnectionId>,
@@ -102,7 +100,6 @@ impl ConnectionUse {
         dialled: bool,
     ) {
         let used = self.uses.entry(peer).or_insert(Use {
-            connected_ms: now_ms,
             last_used_ms: now_ms,
             dialled: Vec::new(),
             notice_ms: None,
@@ -161,23 +158,6 @@ impl ConnectionUse {
         let connection = self.uses.get_mut(peer)?.dialled.pop()?;
         self.closing.insert(connection);
         Some(connection)
-    }
-
-    /// The connections this node dialled to `peer` when no request used
-    /// the peer since it connected, handed out to be closed: a connection
-    /// opened only to ask the peer for a reachability probe, which has done
-    /// its work once the probe is answered (left open, every node's probes
-    /// kept it connected to its bootstrap node while it probed).
-    pub fn take_if_never_used(&mut self, peer: &PeerId) -> Vec<ConnectionId> {
-        let Some(used) = self.uses.get_mut(peer) else {
-            return Vec::new();
-        };
-        if used.last_used_ms > used.connected_ms {
-            return Vec::new();
-        }
-        let dialled = std::mem::take(&mut used.dialled);
-        self.closing.extend(dialled.iter().copied());
-        dialled
     }
 
     /// Peers tracked (connected now).
@@ -310,21 +290,6 @@ mod tests {
             uses.take_unused(30_000, 30_000, |_| false),
             vec![(p[0], vec![id(1)])],
             "the dial-back closes once the peer has been unused long enough"
-        );
-    }
-
-    #[test]
-    fn only_a_peer_never_used_since_it_connected_gives_up_its_dials() {
-        let p = peers(2);
-        let mut uses = ConnectionUse::default();
-        uses.on_connected(p[0], id(0), 1_000, true);
-        uses.on_connected(p[1], id(1), 1_000, true);
-        uses.on_used(p[1], 2_000);
-        assert_eq!(uses.take_if_never_used(&p[0]), vec![id(0)]);
-        assert!(uses.take_if_never_used(&p[1]).is_empty());
-        assert_eq!(
-            uses.on_connection_closed(&p[0], id(0), true, 3_000),
-            Some(PeerClose::Unused)
         );
     }
 

@@ -37,8 +37,8 @@ pub struct NetArgs {
     pub json: bool,
 }
 
-/// Runs both measurements and prints them; the nodes' logs go to stderr
-/// when `AGENT_MESH_LOG` holds a filter (`mesh_net=debug`).
+/// Runs both measurements and prints them; progress goes to stderr, and
+/// the nodes' logs too when `AGENT_MESH_LOG` holds a filter (`mesh_net=debug`).
 pub fn run(args: NetArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.nodes.iter().all(|&n| n >= 2),
@@ -49,12 +49,18 @@ pub fn run(args: NetArgs) -> anyhow::Result<()> {
         args.blob_mib.iter().all(|&m| m >= 1),
         "--blob-mib values must be at least 1"
     );
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("AGENT_MESH_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENT_MESH_LOG")
+        // Hundreds of nodes starting and stopping at once warn by the
+        // thousand (a bootstrap before any peer is known, handshakes cut
+        // off by a close, gossip to a peer whose connection just closed):
+        // by default only errors and the progress show.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("error,libp2p_gossipsub=off,mesh_net::bench=info")
+        });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let mut gossip = Vec::new();
     for &n in &args.nodes {
         gossip.push(bench::gossip_time_to_all(GossipBench {

@@ -1,7 +1,9 @@
 //! The driver's side of closing unused connections (see [`crate::trim`]):
 //! it picks the connections to close, tells each admitted peer first with
 //! a closing notice, closes once the notice is answered or
-//! [`NOTICE_WAIT_MS`] passed, and answers the notices its peers send.
+//! [`NOTICE_WAIT_MS`] passed, and answers the notices its peers send. It
+//! also closes the connections it dialled back for other nodes' AutoNAT
+//! probes, once they have done their work.
 
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::ConnectionId;
@@ -12,10 +14,19 @@ use crate::codec::{WireRequest, WireResponse};
 use crate::ids;
 use crate::trim::{CLOSING_PROTOCOL, NOTICE_WAIT_MS};
 
-/// Connections waiting for their peer to answer a closing notice.
+/// How long a reachability dial-back stays open after its probe was
+/// answered, in ms: closed at once, the dialled node could still be
+/// finishing its side of the handshake, and failed it.
+const DIAL_BACK_GRACE_MS: u64 = 1_000;
+/// Most dial-backs waiting for their grace to pass; more close at once.
+const DIAL_BACKS_MAX: usize = 1_024;
+
+/// Connections waiting for their peer to answer a closing notice, and
+/// dial-backs waiting for their grace to pass.
 #[derive(Debug, Default)]
 pub(super) struct PendingCloses {
     by_request: std::collections::HashMap<OutboundRequestId, (u64, Vec<ConnectionId>)>,
+    dial_backs: std::collections::VecDeque<(u64, PeerId)>,
 }
 
 impl Driver {
@@ -23,6 +34,13 @@ impl Driver {
     /// holds, after a closing notice to each admitted peer.
     pub(super) fn close_unused_connections(&mut self, now: u64) {
         self.close_unanswered(now);
+        while let Some(&(answered_ms, peer)) = self.closes.dial_backs.front() {
+            if now.saturating_sub(answered_ms) < DIAL_BACK_GRACE_MS {
+                break;
+            }
+            self.closes.dial_backs.pop_front();
+            self.close_dial_back(peer);
+        }
         let Some(unused_ms) = self.settings.unused_connection_close_ms else {
             return;
         };
@@ -42,10 +60,19 @@ impl Driver {
     }
 
     /// This node dialled `peer` back for its reachability probe, and the
-    /// dial-back worked: closes that connection, unless it is the only one
-    /// to a peer this node holds. Left open, the dial-backs a bootstrap
-    /// node makes for every node's probes kept it connected to all of them.
-    pub(super) fn close_dial_back(&mut self, peer: PeerId) {
+    /// dial-back worked: its connection closes after [`DIAL_BACK_GRACE_MS`].
+    /// Left open, the dial-backs a bootstrap node makes for every node's
+    /// probes kept it connected to all of them.
+    pub(super) fn on_dial_back(&mut self, peer: PeerId) {
+        if self.closes.dial_backs.len() >= DIAL_BACKS_MAX {
+            return self.close_dial_back(peer);
+        }
+        self.closes.dial_backs.push_back((now_ms(), peer));
+    }
+
+    /// Closes the newest connection this node dialled to `peer` (its
+    /// dial-back), unless it is the only one to a peer this node holds.
+    fn close_dial_back(&mut self, peer: PeerId) {
         let behaviour = self.swarm.behaviour();
         let held = behaviour.keep_alive.is_kept(&peer) || self.protected.contains(&peer);
         if held && behaviour.keep_alive.connection_count(&peer) < 2 {
@@ -54,21 +81,6 @@ impl Driver {
         if let Some(connection) = self.uses.take_newest_dial(&peer) {
             tracing::debug!(%peer, "closing a reachability dial-back");
             self.close_with_notice(peer, vec![connection], now_ms());
-        }
-    }
-
-    /// This node's reachability probe to `peer` was answered: closes the
-    /// connections it dialled to `peer` if nothing else used them and
-    /// `peer` is not held.
-    pub(super) fn close_probe_connection(&mut self, peer: PeerId) {
-        let behaviour = self.swarm.behaviour();
-        if behaviour.keep_alive.is_kept(&peer) || self.protected.contains(&peer) {
-            return;
-        }
-        let connections = self.uses.take_if_never_used(&peer);
-        if !connections.is_empty() {
-            tracing::debug!(%peer, "closing the connection of a reachability probe");
-            self.close_with_notice(peer, connections, now_ms());
         }
     }
 

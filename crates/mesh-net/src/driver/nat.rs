@@ -256,14 +256,8 @@ impl Driver {
                 self.manage_reservations();
             }
             autonat::Event::InboundProbe(autonat::InboundProbeEvent::Response { peer, .. }) => {
-                self.close_dial_back(peer);
+                self.on_dial_back(peer);
             }
-            autonat::Event::OutboundProbe(
-                autonat::OutboundProbeEvent::Response { peer, .. }
-                | autonat::OutboundProbeEvent::Error {
-                    peer: Some(peer), ..
-                },
-            ) => self.close_probe_connection(peer),
             _ => {}
         }
     }

@@ -1024,7 +1024,9 @@ impl Runtime {
     /// Asks a peer for a newer certified state when one is due (nodes that
     /// follow the state without the log).
     fn follow_state(&mut self) {
-        if self.following.is_none() {
+        let now = now_ms();
+        // Most ticks have no fetch due: rank and decode nothing then.
+        if !self.following.as_ref().is_some_and(|f| f.due(now)) {
             return;
         }
         let (me, seed) = (self.net.local_peer_id(), self.config.network.seed);
@@ -1047,7 +1049,7 @@ impl Runtime {
         peers.truncate(self.config.network.target_peers);
         peers.sort();
         if let Some(following) = &mut self.following {
-            following.fetch_if_due(&self.net, &peers, &committee, now_ms());
+            following.fetch_if_due(&self.net, &peers, &committee, now);
         }
     }
 

@@ -254,7 +254,8 @@ impl StateFollowing {
         self.heard = self.heard.max(index);
     }
 
-    fn due(&self, now_ms: u64) -> bool {
+    /// Whether a fetch is due at `now_ms` (see [`Self::fetch_if_due`]).
+    pub fn due(&self, now_ms: u64) -> bool {
         let behind = self.follower.wants(self.heard) && self.heard > 0;
         let quiet = now_ms.saturating_sub(self.last_current_ms) >= REFRESH_MS;
         let missing = self.follower.index().is_none();
