@@ -5,6 +5,8 @@
 //! also closes the connections it dialled back for other nodes' AutoNAT
 //! probes, once they have done their work.
 
+use std::collections::BTreeSet;
+
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::ConnectionId;
 use libp2p::PeerId;
@@ -12,6 +14,7 @@ use libp2p::PeerId;
 use super::{now_ms, Driver};
 use crate::codec::{WireRequest, WireResponse};
 use crate::ids;
+use crate::keep_alive::KeepAlive;
 use crate::trim::{CLOSING_PROTOCOL, NOTICE_WAIT_MS};
 
 /// How long a reachability dial-back stays open after its probe was
@@ -34,24 +37,17 @@ impl Driver {
     /// holds, after a closing notice to each admitted peer.
     pub(super) fn close_unused_connections(&mut self, now: u64) {
         self.close_unanswered(now);
-        while let Some(&(answered_ms, peer)) = self.closes.dial_backs.front() {
-            if now.saturating_sub(answered_ms) < DIAL_BACK_GRACE_MS {
-                break;
-            }
-            self.closes.dial_backs.pop_front();
-            self.close_dial_back(peer);
-        }
+        self.close_dial_backs_due(now);
         let Some(unused_ms) = self.settings.unused_connection_close_ms else {
             return;
         };
         // Gossipsub mesh peers are not held: each topic draws its own mesh
         // (6 to 12 peers), and together they held most of a 40-node mesh
         // open. Gossipsub grafts again among the connections that stay.
-        let behaviour = self.swarm.behaviour();
-        let protected = &self.protected;
-        let unused = self.uses.take_unused(now, unused_ms, |peer| {
-            behaviour.keep_alive.is_kept(peer) || protected.contains(peer)
-        });
+        let (keep_alive, protected) = (&self.swarm.behaviour().keep_alive, &self.protected);
+        let unused = self
+            .uses
+            .take_unused(now, unused_ms, |peer| is_held(keep_alive, protected, peer));
         for (peer, connections) in unused {
             tracing::debug!(%peer, "closing an unused connection");
             self.metrics.unused_connections_closed.inc();
@@ -70,12 +66,22 @@ impl Driver {
         self.closes.dial_backs.push_back((now_ms(), peer));
     }
 
+    /// Closes the dial-backs whose grace has passed.
+    fn close_dial_backs_due(&mut self, now: u64) {
+        while let Some(&(answered_ms, peer)) = self.closes.dial_backs.front() {
+            if now.saturating_sub(answered_ms) < DIAL_BACK_GRACE_MS {
+                break;
+            }
+            self.closes.dial_backs.pop_front();
+            self.close_dial_back(peer);
+        }
+    }
+
     /// Closes the newest connection this node dialled to `peer` (its
     /// dial-back), unless it is the only one to a peer this node holds.
     fn close_dial_back(&mut self, peer: PeerId) {
-        let behaviour = self.swarm.behaviour();
-        let held = behaviour.keep_alive.is_kept(&peer) || self.protected.contains(&peer);
-        if held && behaviour.keep_alive.connection_count(&peer) < 2 {
+        let keep_alive = &self.swarm.behaviour().keep_alive;
+        if is_held(keep_alive, &self.protected, &peer) && keep_alive.connection_count(&peer) < 2 {
             return;
         }
         if let Some(connection) = self.uses.take_newest_dial(&peer) {
@@ -144,4 +150,10 @@ impl Driver {
             self.swarm.close_connection(connection);
         }
     }
+}
+
+/// Whether this node holds `peer`'s connections open: one of its kept
+/// peers ([`crate::keep_alive`]) or protected by the application.
+fn is_held(keep_alive: &KeepAlive, protected: &BTreeSet<PeerId>, peer: &PeerId) -> bool {
+    keep_alive.is_kept(peer) || protected.contains(peer)
 }
