@@ -2,11 +2,12 @@
 //! processes on loopback.
 //!
 //! Nodes capped to protocol version 1 (`AGENT_MESH_MAX_PROTOCOL_VERSION=1`,
-//! how a node of the previous release talks) and nodes speaking versions 1
-//! and 2 form one mesh, each pair on the newest version both speak (shown in
-//! `/v1/peers`), and complete a job with secure aggregation. Then a mesh of
-//! version-1 nodes is upgraded one node at a time during a multi-round job
-//! (SIGTERM, restart on the same data folder speaking {1, 2}, wait until it
+//! how a node of two releases ago talks), nodes capped to version 2 and nodes
+//! speaking versions 1 to 3 form one mesh, each pair on the newest version
+//! both speak (shown in `/v1/peers`: version 3 sends blobs in verified parts,
+//! older ones whole), and complete a job with secure aggregation. Then a mesh
+//! of version-1 nodes is upgraded one node at a time during a multi-round job
+//! (SIGTERM, restart on the same data folder speaking {1, 2, 3}, wait until it
 //! is back): the job completes, every round is committed exactly once, and
 //! the rounds committed before the upgrade are unchanged after it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -143,8 +144,8 @@ fn wait_negotiated(mesh: &Mesh, caps: [u8; NODES]) {
 }
 
 #[test]
-fn nodes_speaking_versions_1_and_2_form_one_mesh_and_complete_a_secure_job() {
-    let caps = [1, 2, 1, 2, 2];
+fn nodes_speaking_versions_1_2_and_3_form_one_mesh_and_complete_a_secure_job() {
+    let caps = [1, 3, 2, 3, 1];
     let mut mesh = start_mesh(caps);
     wait_negotiated(&mesh, caps);
     let token = mesh.admin_token();
@@ -205,7 +206,7 @@ fn committed_count(mesh: &mut Mesh, token: &str, job: &str) -> usize {
     job_view(mesh, token, job).map_or(0, |v| committed_rounds(&v).len())
 }
 
-/// Restarts every node, one at a time, speaking {1, 2}: each is back in the
+/// Restarts every node, one at a time, speaking {1, 2, 3}: each is back in the
 /// mesh, and the job has committed a round with it back (or has ended),
 /// before the next goes. Returns the time it took.
 fn rolling_upgrade(mesh: &mut Mesh, token: &str, job: &str) -> Duration {
@@ -213,9 +214,9 @@ fn rolling_upgrade(mesh: &mut Mesh, token: &str, job: &str) -> Duration {
     for i in 0..NODES {
         let committed = committed_count(mesh, token, job);
         let clean = mesh.nodes[i].terminate();
-        eprintln!("node {i} stopped (clean exit: {clean}); restarting it speaking 1-2");
+        eprintln!("node {i} stopped (clean exit: {clean}); restarting it speaking 1-3");
         let boot = mesh.nodes[(i + 1) % NODES].listen[0].clone();
-        start(mesh, i, Some(&boot), 2);
+        start(mesh, i, Some(&boot), 3);
         wait_for_described(
             BACK_LIMIT,
             || is_back(mesh, i).then_some(()),
@@ -262,7 +263,7 @@ fn a_rolling_upgrade_during_a_job_loses_no_committed_round() {
         after_restart.len(),
         during["status"]
     );
-    wait_negotiated(&mesh, [2; NODES]);
+    wait_negotiated(&mesh, [3; NODES]);
 
     let done = wait_completed(&mut mesh, &token, "rolling");
     println!(

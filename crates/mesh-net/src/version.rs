@@ -10,7 +10,7 @@
 //! version:
 //!
 //! ```text
-//!   agent-mesh/0.1.0 (protocols 1-2)     this build, uncapped
+//!   agent-mesh/0.1.0 (protocols 1-3)     this build, uncapped
 //!   agent-mesh/0.1.0 (protocols 1-1)     this build, capped to version 1
 //!   rust-libp2p/0.57.0                   a build from before versions: speaks 1
 //!
@@ -32,7 +32,7 @@ use libp2p::PeerId;
 /// The oldest mesh protocol version this build speaks.
 pub const PROTOCOL_VERSION_MIN: u8 = 1;
 /// The newest mesh protocol version this build speaks.
-pub const PROTOCOL_VERSION_MAX: u8 = 2;
+pub const PROTOCOL_VERSION_MAX: u8 = 3;
 
 /// Why a version range was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -270,9 +270,9 @@ mod tests {
             VersionRange::capped(u32::from(PROTOCOL_VERSION_MAX)).unwrap(),
             VersionRange::default()
         );
-        for bad in [0, 3, 256, u32::MAX] {
+        for bad in [0, 4, 256, u32::MAX] {
             let err = VersionRange::capped(bad).unwrap_err();
-            assert!(err.to_string().contains("1 to 2"), "{err}");
+            assert!(err.to_string().contains("1 to 3"), "{err}");
         }
     }
 
@@ -314,12 +314,12 @@ mod tests {
             table.identified(new, &range(1, 2).agent_version()),
             (PeerVersion::Negotiated(2), true)
         );
-        let (future_version, changed) = table.identified(future, &range(3, 4).agent_version());
+        let (future_version, changed) = table.identified(future, &range(4, 5).agent_version());
         assert!(changed);
         assert_eq!(future_version.usable(table.ours()), None);
-        assert_eq!(future_version.to_string(), "incompatible (speaks 3-4)");
+        assert_eq!(future_version.to_string(), "incompatible (speaks 4-5)");
         // Identify again (a reconnection): nothing changed, nothing to log.
-        assert!(!table.identified(future, &range(3, 4).agent_version()).1);
+        assert!(!table.identified(future, &range(4, 5).agent_version()).1);
 
         table.forget(&new);
         assert_eq!(table.get(&new), PeerVersion::Unknown);

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use mesh_net::version::PROTOCOL_VERSION_MAX;
 use mesh_net::{PeerVersion, TransportKind, VersionRange};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +17,7 @@ async fn each_pair_uses_the_newest_version_both_speak() {
     let ranges = [
         VersionRange::default(),
         VersionRange::capped(1).unwrap(),
-        VersionRange::new(3, 4).unwrap(),
+        VersionRange::new(PROTOCOL_VERSION_MAX + 1, PROTOCOL_VERSION_MAX + 2).unwrap(),
         VersionRange::default(),
     ];
     let mut nodes = Vec::new();
@@ -36,7 +37,7 @@ async fn each_pair_uses_the_newest_version_both_speak() {
     wait_full_mesh(&nodes).await;
 
     let expect = |from: usize, to: usize| match (from, to) {
-        (0, 3) | (3, 0) => PeerVersion::Negotiated(2),
+        (0, 3) | (3, 0) => PeerVersion::Negotiated(PROTOCOL_VERSION_MAX),
         (0 | 3, 1) | (1, 0 | 3) => PeerVersion::Negotiated(1),
         (2, _) | (_, 2) => PeerVersion::Incompatible { theirs: ranges[to] },
         _ => unreachable!(),

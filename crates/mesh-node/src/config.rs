@@ -1367,12 +1367,12 @@ ca_pin = "ca.pin"
         let env = |name: &str| (name == "AGENT_MESH_MAX_PROTOCOL_VERSION").then(|| "1".to_string());
         let config = NodeConfig::load(&write(dir.path(), MINIMAL), env).expect("env");
         assert_eq!(config.network.max_protocol_version, 1);
-        for bad in ["0", "3"] {
+        for bad in ["0", "4"] {
             let text = format!("{MINIMAL}\n[network]\nmax_protocol_version = {bad}\n");
             let err = NodeConfig::load(&write(dir.path(), &text), |_| None).expect_err(bad);
             let err = err.to_string();
             assert!(err.contains("network.max_protocol_version"), "{err}");
-            assert!(err.contains("1 to 2"), "{err}");
+            assert!(err.contains("1 to 3"), "{err}");
         }
         let env =
             |name: &str| (name == "AGENT_MESH_MAX_PROTOCOL_VERSION").then(|| "two".to_string());

@@ -107,7 +107,10 @@ pub fn action_of(message: &RoundMessage) -> &'static [Action] {
         | RoundMessage::GroupFailed { .. }
         | RoundMessage::AggregateReport { .. } => &[Action::ProposeAggregate],
         RoundMessage::AggregateRequest { .. } => &[Action::CommitteeVote],
-        RoundMessage::BlobRequest { .. } | RoundMessage::BlobReply { .. } => &[Action::FetchModel],
+        RoundMessage::BlobRequest { .. }
+        | RoundMessage::BlobReply { .. }
+        | RoundMessage::BlobPartRequest { .. }
+        | RoundMessage::BlobPart { .. } => &[Action::FetchModel],
     }
 }
 

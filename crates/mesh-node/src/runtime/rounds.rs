@@ -478,6 +478,9 @@ impl RoundDriver {
             tracing::debug!(%peer, "no protocol version in common; round message not sent");
             return;
         };
+        if !message.goes_to(version) {
+            return;
+        }
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
             tracing::debug!("too many round messages in flight; dropping one (it is retried)");
             return;

@@ -280,7 +280,10 @@ impl RoundSpans {
             }
             RoundMessage::AggregateReport { .. } => self.context(&key, Step::Aggregate),
             RoundMessage::AggregateRequest { .. } => Some(self.root(&key.job, key.round)),
-            RoundMessage::BlobRequest { .. } | RoundMessage::BlobReply { .. } => None,
+            RoundMessage::BlobRequest { .. }
+            | RoundMessage::BlobReply { .. }
+            | RoundMessage::BlobPartRequest { .. }
+            | RoundMessage::BlobPart { .. } => None,
         };
         message.set_trace(context.as_ref().and_then(wire));
         send

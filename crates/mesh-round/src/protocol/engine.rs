@@ -423,6 +423,17 @@ impl NodeEngine {
             RoundMessage::BlobReply { hash, bytes } => {
                 self.sh.on_blob(from, hash, bytes, view.now_ms)
             }
+            RoundMessage::BlobPartRequest { hash, part } => {
+                self.sh.on_part_request(from, hash, part)
+            }
+            RoundMessage::BlobPart {
+                hash,
+                part,
+                size_bytes,
+                encoded,
+            } => self
+                .sh
+                .on_part(from, hash, part, size_bytes, encoded, view.now_ms),
             RoundMessage::SecAgg { ref key, group, .. }
             | RoundMessage::Plain { ref key, group, .. } => {
                 let key = key.clone();
@@ -541,7 +552,7 @@ mod tests {
         };
         engine.observe(&view);
         let asked = engine.take_actions(&view).into_iter().any(|a| {
-            matches!(a, Action::Send { to, message: RoundMessage::BlobRequest { hash } }
+            matches!(a, Action::Send { to, message: RoundMessage::BlobPartRequest { hash, part: 0 } }
                 if to == holder && hash == [9; 32])
         });
         assert!(asked, "the fetch was dropped");

@@ -21,6 +21,10 @@
 //! for the version it negotiated with the receiver ([`RoundMessage::encode_for`]),
 //! so a node talking version 1 never sends the field, and a receiver decodes
 //! by the name the message came under ([`RoundMessage::decode_for`]).
+//! Version 3 (`/agent-mesh/round/3`) adds blobs in verified parts
+//! ([`RoundMessage::BlobPartRequest`], [`RoundMessage::BlobPart`],
+//! `protocol/transfer.rs`); for an older peer a part request is sent as a
+//! request for the whole blob, which it answers whole.
 
 use mesh_consensus::command::{GroupInput, JobId, ModelHash, RoundMetrics};
 use mesh_security::secagg::messages::{
@@ -34,8 +38,10 @@ use serde::{Deserialize, Serialize};
 pub const ROUND_PROTOCOL: &str = "/agent-mesh/round/1";
 /// Request-response protocol name of version 2 (with the optional trace context).
 pub const ROUND_PROTOCOL_V2: &str = "/agent-mesh/round/2";
+/// Request-response protocol name of version 3 (blobs in verified parts).
+pub const ROUND_PROTOCOL_V3: &str = "/agent-mesh/round/3";
 /// The newest round message version this build encodes.
-pub const ROUND_VERSION_MAX: u8 = 2;
+pub const ROUND_VERSION_MAX: u8 = 3;
 
 /// The protocol name round messages of `version` travel under (`None` for a
 /// version this build does not speak).
@@ -43,6 +49,7 @@ pub fn round_protocol(version: u8) -> Option<&'static str> {
     match version {
         1 => Some(ROUND_PROTOCOL),
         2 => Some(ROUND_PROTOCOL_V2),
+        3 => Some(ROUND_PROTOCOL_V3),
         _ => None,
     }
 }
@@ -53,6 +60,7 @@ pub fn round_version(protocol: &str) -> Option<u8> {
     match protocol {
         ROUND_PROTOCOL => Some(1),
         ROUND_PROTOCOL_V2 => Some(2),
+        ROUND_PROTOCOL_V3 => Some(3),
         _ => None,
     }
 }
@@ -360,6 +368,25 @@ pub enum RoundMessage {
         /// The bytes (empty: the sender does not hold it).
         bytes: Vec<u8>,
     },
+    /// Asks for one part of a blob (version 3 on; see `protocol/transfer.rs`).
+    BlobPartRequest {
+        /// BLAKE3 hash of the whole blob.
+        hash: ModelHash,
+        /// Which part, from 0.
+        part: u32,
+    },
+    /// One part of a blob, with the tree hashes that verify it against the
+    /// blob's hash (version 3 on).
+    BlobPart {
+        /// The blob's hash.
+        hash: ModelHash,
+        /// Which part.
+        part: u32,
+        /// The whole blob's size (part 0 proves it).
+        size_bytes: u64,
+        /// The part's bytes and hashes (empty: the sender does not hold it).
+        encoded: Vec<u8>,
+    },
 }
 
 /// Why a message could not be decoded (drop it; the sender may retry).
@@ -397,9 +424,34 @@ impl RoundMessage {
         postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
     }
 
+    /// Whether this message is sent at all to a peer of round message
+    /// `version`: before version 3, requests for parts after the first are
+    /// not (the one for part 0 asks for the whole blob, see [`Self::encode_for`]).
+    pub fn goes_to(&self, version: u8) -> bool {
+        version >= 3 || !matches!(self, Self::BlobPartRequest { part, .. } if *part > 0)
+    }
+
     /// Encodes for round message `version`: version 1 leaves the trace
     /// context out whatever the message holds; later versions keep it.
+    /// Before version 3 a part request asks for the whole blob, and a part
+    /// (never sent to such a peer) says "not here".
     pub fn encode_for(&self, version: u8) -> Vec<u8> {
+        if version < 3 {
+            match self {
+                Self::BlobPartRequest { hash, .. } => {
+                    return Self::BlobRequest { hash: *hash }.encode();
+                }
+                Self::BlobPart { hash, .. } => {
+                    let hash = *hash;
+                    return Self::BlobReply {
+                        hash,
+                        bytes: Vec::new(),
+                    }
+                    .encode();
+                }
+                _ => {}
+            }
+        }
         if version < 2 && self.trace().is_some() {
             let mut bare = self.clone();
             bare.set_trace(None);
@@ -418,6 +470,12 @@ impl RoundMessage {
         let mut message = Self::decode(bytes)?;
         if version < 2 {
             message.set_trace(None);
+        }
+        if version < 3 && message.is_part() {
+            return Err(MessageError::Malformed(format!(
+                "{} is not a round message of version {version}",
+                message.kind()
+            )));
         }
         Ok(message)
     }
@@ -450,7 +508,33 @@ impl RoundMessage {
             | Self::GroupFailed { key, .. }
             | Self::AggregateRequest { key, .. }
             | Self::AggregateReport { key, .. } => Some(key),
-            Self::BlobRequest { .. } | Self::BlobReply { .. } => None,
+            Self::BlobRequest { .. }
+            | Self::BlobReply { .. }
+            | Self::BlobPartRequest { .. }
+            | Self::BlobPart { .. } => None,
+        }
+    }
+
+    /// Whether it is a blob part or a request for one (version 3 on).
+    fn is_part(&self) -> bool {
+        matches!(self, Self::BlobPartRequest { .. } | Self::BlobPart { .. })
+    }
+
+    /// Whether it carries a copy of a blob: `(starts, ends)` are whether it
+    /// is the first and the last piece of that copy (a whole blob is both).
+    pub fn blob_copy(&self) -> (bool, bool) {
+        match self {
+            Self::BlobReply { bytes, .. } => (!bytes.is_empty(), !bytes.is_empty()),
+            Self::BlobPart {
+                part,
+                size_bytes,
+                encoded,
+                ..
+            } if !encoded.is_empty() => (
+                *part == 0,
+                part.saturating_add(1) == super::transfer::part_count(*size_bytes),
+            ),
+            _ => (false, false),
         }
     }
 
@@ -479,7 +563,11 @@ impl RoundMessage {
             | Self::GroupReport { trace, .. }
             | Self::AggregateRequest { trace, .. }
             | Self::AggregateReport { trace, .. } => Some(trace),
-            Self::GroupFailed { .. } | Self::BlobRequest { .. } | Self::BlobReply { .. } => None,
+            Self::GroupFailed { .. }
+            | Self::BlobRequest { .. }
+            | Self::BlobReply { .. }
+            | Self::BlobPartRequest { .. }
+            | Self::BlobPart { .. } => None,
         }
     }
 
@@ -491,7 +579,11 @@ impl RoundMessage {
             | Self::GroupReport { trace, .. }
             | Self::AggregateRequest { trace, .. }
             | Self::AggregateReport { trace, .. } => Some(trace),
-            Self::GroupFailed { .. } | Self::BlobRequest { .. } | Self::BlobReply { .. } => None,
+            Self::GroupFailed { .. }
+            | Self::BlobRequest { .. }
+            | Self::BlobReply { .. }
+            | Self::BlobPartRequest { .. }
+            | Self::BlobPart { .. } => None,
         }
     }
 
@@ -507,6 +599,8 @@ impl RoundMessage {
             Self::AggregateReport { .. } => "aggregate_report",
             Self::BlobRequest { .. } => "blob_request",
             Self::BlobReply { .. } => "blob_reply",
+            Self::BlobPartRequest { .. } => "blob_part_request",
+            Self::BlobPart { .. } => "blob_part",
         }
     }
 }
@@ -654,7 +748,7 @@ mod tests {
         // A context that arrives under version 1 (a build from before
         // versions, with tracing on) is not taken.
         assert_eq!(RoundMessage::decode_for(&v2, 1).unwrap().trace(), None);
-        for version in [0, 3] {
+        for version in [0, 4] {
             assert!(matches!(
                 RoundMessage::decode_for(&v2, version),
                 Err(MessageError::UnsupportedVersion { .. })
@@ -670,9 +764,53 @@ mod tests {
         }
         assert_eq!(round_protocol(1), Some("/agent-mesh/round/1"));
         assert_eq!(round_protocol(2), Some("/agent-mesh/round/2"));
-        assert_eq!(round_protocol(3), None);
-        assert_eq!(round_version("/agent-mesh/round/3"), None);
+        assert_eq!(round_protocol(3), Some("/agent-mesh/round/3"));
+        assert_eq!(round_protocol(4), None);
+        assert_eq!(round_version("/agent-mesh/round/4"), None);
         assert_eq!(round_version("model/fetch"), None);
+    }
+
+    #[test]
+    fn an_older_peer_is_asked_for_the_whole_blob_and_never_gets_a_part() {
+        let ask = RoundMessage::BlobPartRequest {
+            hash: [4; 32],
+            part: 2,
+        };
+        let whole = RoundMessage::BlobRequest { hash: [4; 32] };
+        for version in [1, 2] {
+            assert_eq!(ask.encode_for(version), whole.encode());
+            assert!(matches!(
+                RoundMessage::decode_for(&ask.encode(), version),
+                Err(MessageError::Malformed(_))
+            ));
+        }
+        assert_eq!(
+            RoundMessage::decode_for(&ask.encode_for(3), 3).unwrap(),
+            ask
+        );
+        assert!(
+            !ask.goes_to(2),
+            "only the request for part 0 asks for the whole"
+        );
+        assert!(ask.goes_to(3));
+        let first = RoundMessage::BlobPartRequest {
+            hash: [4; 32],
+            part: 0,
+        };
+        assert!(first.goes_to(1));
+        let part = RoundMessage::BlobPart {
+            hash: [4; 32],
+            part: 0,
+            size_bytes: 10,
+            encoded: vec![1; 10],
+        };
+        let not_here = RoundMessage::BlobReply {
+            hash: [4; 32],
+            bytes: Vec::new(),
+        };
+        assert_eq!(part.encode_for(2), not_here.encode());
+        assert_eq!(part.blob_copy(), (true, true));
+        assert_eq!(not_here.blob_copy(), (false, false));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod balance;
 pub mod blob;
 pub mod coordinator;
 pub mod engine;
+pub mod fetch;
 pub mod finals;
 pub mod group;
 pub mod messages;
@@ -30,6 +31,7 @@ pub mod shared;
 pub mod spread;
 pub mod stats;
 pub mod trainer;
+pub mod transfer;
 pub mod worker;
 
 pub use engine::NodeEngine;

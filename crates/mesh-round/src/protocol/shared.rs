@@ -1,5 +1,13 @@
 //! What every role of a node shares while it reacts: the outbox of actions,
 //! the blob cache, the blob fetches under way and the protocol counters.
+//!
+//! Blobs travel in verified parts ([`super::transfer`]); each fetch
+//! ([`super::fetch`]) asks one holder at a time. This node serves what it
+//! holds: a cached or pinned blob part by part (its tree hashes computed
+//! once and kept for the last [`OUTBOARDS_MAX`] blobs served), a blob it is
+//! still fetching from the parts it has, owing the others until they come.
+//! A peer speaking round messages before version 3 asks for and gets whole
+//! blobs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -9,8 +17,10 @@ use mesh_consensus::MeshState;
 use mesh_security::rbac::Role;
 use mesh_security::NodeIdentity;
 
+use super::fetch::{Ask, Fetch, PartArrival, Waiter};
 use super::messages::{RoundKey, RoundMessage};
 use super::stats::ProtocolStats;
+use super::transfer::{encode_part, Outboard, TransferError};
 use super::worker::{CombineTask, TrainTask};
 use crate::cache::{BlobCache, BlobId, CachePolicy};
 
@@ -104,24 +114,8 @@ impl EngineConfig {
     }
 }
 
-/// A blob this node wants, whom to ask, and who waits for it here.
-#[derive(Clone, Debug)]
-struct Fetch {
-    /// Whom to ask, in order (cycled).
-    holders: Vec<NodeId>,
-    /// How many requests were sent (the next goes to `holders[next % len]`).
-    next: usize,
-    /// When the next request is due (`None`: at once).
-    due_ms: Option<u64>,
-    /// Whether the holder asked last already answered "not here" once.
-    answered_empty: bool,
-    /// Peers that asked this node for the blob meanwhile: they get it as
-    /// soon as it arrives (at most [`WAITERS_MAX`]).
-    waiters: Vec<NodeId>,
-}
-
-/// Most peers one wanted blob is owed to; more are told "not here" at once.
-pub const WAITERS_MAX: usize = 16;
+/// Blobs whose tree hashes a node keeps to serve parts (each 0.4% of its blob).
+pub const OUTBOARDS_MAX: usize = 16;
 
 /// After a "not here" answer, the next request waits this fraction of the
 /// fetch retry: the holder is alive and will likely start its own fetch as
@@ -143,6 +137,8 @@ pub struct Shared {
     pub stats: ProtocolStats,
     out: Vec<Action>,
     fetches: BTreeMap<ModelHash, Fetch>,
+    /// Tree hashes of the blobs served last, newest last.
+    outboards: VecDeque<Arc<Outboard>>,
     /// Starting-weight files uploaded to this node, oldest first: served to
     /// peers like cached blobs, but never evicted by the cache.
     pinned: VecDeque<(ModelHash, Arc<[u8]>)>,
@@ -162,6 +158,7 @@ impl Shared {
             stats: ProtocolStats::default(),
             out: Vec::new(),
             fetches: BTreeMap::new(),
+            outboards: VecDeque::new(),
             pinned: VecDeque::new(),
         }
     }
@@ -233,35 +230,54 @@ impl Shared {
         if holders.is_empty() {
             return;
         }
-        self.fetches.entry(hash).or_insert(Fetch {
-            holders,
-            next: 0,
-            due_ms: None,
-            answered_empty: false,
-            waiters: Vec::new(),
-        });
+        let limit_bytes = self.cache.capacity_bytes() as u64;
+        self.fetches
+            .entry(hash)
+            .or_insert_with(|| Fetch::new(hash, holders, limit_bytes));
     }
 
-    /// Sends due blob requests.
+    /// Sends due part requests.
     pub fn poll_fetches(&mut self, now_ms: u64) {
         let retry = self.config.fetch_retry_ms;
-        let mut due = Vec::new();
-        for (hash, fetch) in &mut self.fetches {
-            if fetch.due_ms.is_some_and(|t| now_ms < t) {
-                continue;
-            }
-            let holder = fetch.holders[fetch.next % fetch.holders.len()].clone();
-            fetch.next += 1;
-            fetch.due_ms = Some(now_ms.saturating_add(retry));
-            due.push((holder, *hash));
-        }
-        for (holder, hash) in due {
-            self.send(&holder, RoundMessage::BlobRequest { hash });
+        let asks: Vec<_> = self
+            .fetches
+            .iter_mut()
+            .filter_map(|(hash, fetch)| Some((*hash, fetch.poll(now_ms, retry)?)))
+            .collect();
+        for (hash, ask) in asks {
+            self.send_ask(hash, ask);
         }
     }
 
-    /// A peer asks for a blob: sent when held; owed when this node is
-    /// fetching it too (sent on arrival, so fetchers serve on); otherwise
+    fn send_ask(&mut self, hash: ModelHash, ask: Ask) {
+        for part in ask.parts {
+            self.send(&ask.to, RoundMessage::BlobPartRequest { hash, part });
+        }
+    }
+
+    /// A peer of round message version 3 or later asks for part `part`:
+    /// sent when held (as a blob, or a part of one being fetched); owed when
+    /// this node is fetching the blob; otherwise answered "not here" (no
+    /// bytes, size 0). A part past the end gets no bytes and the size.
+    pub fn on_part_request(&mut self, from: &NodeId, hash: ModelHash, part: u32) {
+        if let Some(bytes) = self.blob(&hash) {
+            self.send_part(from, hash, &bytes, part);
+            return;
+        }
+        if let Some(fetch) = self.fetches.get_mut(&hash) {
+            if let Some(message) = part_from(hash, fetch, part) {
+                self.send(from, message);
+                return;
+            }
+            if fetch.owe(Waiter::Part(from.clone(), part)) {
+                return;
+            }
+        }
+        self.send(from, part_message(hash, part, 0, Vec::new()));
+    }
+
+    /// A peer of an older round message version asks for a whole blob:
+    /// sent when held, owed when this node is fetching it, otherwise
     /// answered "not here" (empty).
     pub fn on_blob_request(&mut self, from: &NodeId, hash: ModelHash) {
         if let Some(bytes) = self.blob(&hash) {
@@ -269,27 +285,26 @@ impl Shared {
             self.send(from, RoundMessage::BlobReply { hash, bytes });
             return;
         }
-        if let Some(fetch) = self.fetches.get_mut(&hash) {
-            if fetch.waiters.contains(from) {
-                return;
-            }
-            if fetch.waiters.len() < WAITERS_MAX {
-                fetch.waiters.push(from.clone());
-                return;
-            }
+        let owed = self
+            .fetches
+            .get_mut(&hash)
+            .is_some_and(|f| f.owe(Waiter::Whole(from.clone())));
+        if !owed {
+            let bytes = Vec::new();
+            self.send(from, RoundMessage::BlobReply { hash, bytes });
         }
-        let bytes = Vec::new();
-        self.send(from, RoundMessage::BlobReply { hash, bytes });
     }
 
-    /// A blob (or "not here") arrived from `from`: kept when it is one we
-    /// want and its hash matches, then sent on to the peers waiting for it.
+    /// A whole blob (or "not here") arrived from `from`, a peer of an
+    /// older round message version: kept when it is one we want and its
+    /// hash matches, then sent on to the peers waiting for it.
     pub fn on_blob(&mut self, from: &NodeId, hash: ModelHash, bytes: Vec<u8>, now_ms: u64) {
-        if bytes.is_empty() {
-            self.on_empty_answer(from, hash, now_ms);
+        let soon = self.config.fetch_retry_ms / EMPTY_ANSWER_RETRY_DIVISOR;
+        let Some(fetch) = self.fetches.get_mut(&hash) else {
             return;
-        }
-        if !self.fetches.contains_key(&hash) {
+        };
+        if bytes.is_empty() {
+            fetch.on_empty(from, now_ms, soon);
             return;
         }
         let bytes: Arc<[u8]> = bytes.into();
@@ -302,36 +317,120 @@ impl Shared {
         }
     }
 
-    /// "Not here" from the holder asked last: ask it once more soon (it is
-    /// alive and likely about to fetch the blob itself), then move on to
-    /// the next holder, again soon.
-    fn on_empty_answer(&mut self, from: &NodeId, hash: ModelHash, now_ms: u64) {
+    /// Part `part` of a blob (or "not here") arrived from `from`: kept when
+    /// it verifies against the hash, sent on to the peers owed it, and the
+    /// next parts asked for; the blob is cached once every part is here.
+    pub fn on_part(
+        &mut self,
+        from: &NodeId,
+        hash: ModelHash,
+        part: u32,
+        size_bytes: u64,
+        encoded: Vec<u8>,
+        now_ms: u64,
+    ) {
+        let retry = self.config.fetch_retry_ms;
+        let soon = retry / EMPTY_ANSWER_RETRY_DIVISOR;
         let Some(fetch) = self.fetches.get_mut(&hash) else {
             return;
         };
-        let asked = fetch
-            .next
-            .checked_sub(1)
-            .map(|i| &fetch.holders[i % fetch.holders.len()]);
-        if asked != Some(from) {
-            return;
+        match (encoded.is_empty(), size_bytes) {
+            (true, 0) => return fetch.on_empty(from, now_ms, soon),
+            (true, _) => return fetch.on_past_end(from, part, now_ms, soon),
+            _ => {}
         }
-        if !fetch.answered_empty {
-            fetch.next -= 1;
+        match fetch.on_part(from, (part, size_bytes), encoded, (now_ms, retry)) {
+            PartArrival::Kept { waiters, .. } => {
+                let complete = fetch.download().is_complete();
+                let answers: Vec<_> = waiters
+                    .into_iter()
+                    .filter_map(|(peer, p)| Some((peer, part_from(hash, fetch, p)?)))
+                    .collect();
+                let ask = if complete {
+                    None
+                } else {
+                    fetch.ask(now_ms, retry)
+                };
+                for (peer, message) in answers {
+                    self.send(&peer, message);
+                }
+                if complete {
+                    self.finish(hash);
+                }
+                if let Some(ask) = ask {
+                    self.send_ask(hash, ask);
+                }
+            }
+            PartArrival::Ignored => {}
+            PartArrival::Refused(err) => {
+                self.stats.blobs_rejected += 1;
+                tracing::debug!(%err, %from, "blob part refused");
+            }
         }
-        fetch.answered_empty = !fetch.answered_empty;
-        let soon = self.config.fetch_retry_ms / EMPTY_ANSWER_RETRY_DIVISOR;
-        fetch.due_ms = Some(now_ms.saturating_add(soon));
+    }
+
+    /// Every part of `hash` is here: the blob is assembled and cached, and
+    /// its fetch ends.
+    fn finish(&mut self, hash: ModelHash) {
+        let assembled = self
+            .fetches
+            .get(&hash)
+            .and_then(|f| f.download().assemble());
+        let cached = match assembled {
+            Some(Ok(bytes)) => {
+                let bytes: Arc<[u8]> = bytes.into();
+                self.cache
+                    .insert_verified(BlobId(hash), Arc::clone(&bytes))
+                    .map(|_| bytes)
+                    .map_err(|e| e.to_string())
+            }
+            Some(Err(err)) => Err(err.to_string()),
+            None => return,
+        };
+        match cached {
+            Ok(bytes) => self.arrived(hash, &bytes),
+            Err(err) => {
+                self.stats.blobs_rejected += 1;
+                tracing::warn!(%err, "fetched blob not cached");
+                self.end_fetch(hash);
+            }
+        }
     }
 
     /// A blob is here: its fetch, if any, ends and the waiters get it.
-    fn arrived(&mut self, hash: ModelHash, bytes: &[u8]) {
+    fn arrived(&mut self, hash: ModelHash, bytes: &Arc<[u8]>) {
         let Some(fetch) = self.fetches.remove(&hash) else {
             return;
         };
-        for waiter in fetch.waiters {
-            let bytes = bytes.to_vec();
-            self.send(&waiter, RoundMessage::BlobReply { hash, bytes });
+        for waiter in fetch.into_waiters() {
+            match waiter {
+                Waiter::Whole(peer) => {
+                    let bytes = bytes.to_vec();
+                    self.send(&peer, RoundMessage::BlobReply { hash, bytes });
+                }
+                Waiter::Part(peer, part) => self.send_part(&peer, hash, bytes, part),
+            }
+        }
+    }
+
+    /// Ends the fetch of `hash`; its waiters are told "not here" so they
+    /// ask someone else.
+    fn end_fetch(&mut self, hash: ModelHash) {
+        let waiters = self
+            .fetches
+            .remove(&hash)
+            .map(Fetch::into_waiters)
+            .unwrap_or_default();
+        for waiter in waiters {
+            match waiter {
+                Waiter::Whole(peer) => {
+                    let bytes = Vec::new();
+                    self.send(&peer, RoundMessage::BlobReply { hash, bytes });
+                }
+                Waiter::Part(peer, part) => {
+                    self.send(&peer, part_message(hash, part, 0, Vec::new()));
+                }
+            }
         }
     }
 
@@ -345,16 +444,41 @@ impl Shared {
             .copied()
             .collect();
         for hash in dropped {
-            let waiters = self
-                .fetches
-                .remove(&hash)
-                .map(|f| f.waiters)
-                .unwrap_or_default();
-            for waiter in waiters {
-                let bytes = Vec::new();
-                self.send(&waiter, RoundMessage::BlobReply { hash, bytes });
-            }
+            self.end_fetch(hash);
         }
+    }
+
+    /// Sends part `part` of the held blob `bytes` ("not here" when it has
+    /// no such part or does not match its hash).
+    fn send_part(&mut self, to: &NodeId, hash: ModelHash, bytes: &[u8], part: u32) {
+        let (size_bytes, encoded) = match self.encode_held(hash, bytes, part) {
+            Ok(encoded) => (bytes.len() as u64, encoded),
+            Err(TransferError::NoSuchPart { size_bytes, .. }) => (size_bytes, Vec::new()),
+            Err(err) => {
+                tracing::warn!(%err, "blob part not served");
+                (0, Vec::new())
+            }
+        };
+        self.send(to, part_message(hash, part, size_bytes, encoded));
+    }
+
+    fn encode_held(
+        &mut self,
+        hash: ModelHash,
+        bytes: &[u8],
+        part: u32,
+    ) -> Result<Vec<u8>, TransferError> {
+        let outboard = match self.outboards.iter().position(|o| o.hash() == hash) {
+            Some(i) => self.outboards.remove(i),
+            None => None,
+        };
+        let outboard = outboard.unwrap_or_else(|| Arc::new(Outboard::of(bytes)));
+        let encoded = encode_part(bytes, &outboard, part);
+        self.outboards.push_back(outboard);
+        if self.outboards.len() > OUTBOARDS_MAX {
+            self.outboards.pop_front();
+        }
+        encoded
     }
 
     /// This node's private seed for a purpose within a round.
@@ -386,6 +510,29 @@ impl Shared {
     }
 }
 
+/// Part `part` from a fetch under way: its bytes when held, "past the end"
+/// when the proven size shows there is no such part, `None` otherwise.
+fn part_from(hash: ModelHash, fetch: &Fetch, part: u32) -> Option<RoundMessage> {
+    let download = fetch.download();
+    let size_bytes = download.size_bytes()?;
+    let encoded = match download.part(part) {
+        Some(encoded) => encoded.to_vec(),
+        None if download.is_past_end(part) => Vec::new(),
+        None => return None,
+    };
+    Some(part_message(hash, part, size_bytes, encoded))
+}
+
+/// A part message (no bytes: "not here" with size 0, "past the end" with the blob's size).
+fn part_message(hash: ModelHash, part: u32, size_bytes: u64, encoded: Vec<u8>) -> RoundMessage {
+    RoundMessage::BlobPart {
+        hash,
+        part,
+        size_bytes,
+        encoded,
+    }
+}
+
 /// The Ed25519 key a node id (a peer id inlining the key) names.
 pub fn node_key(node: &NodeId) -> Option<ed25519_dalek::VerifyingKey> {
     let id: mesh_security::NodeId = node.0.parse().ok()?;
@@ -400,6 +547,8 @@ pub fn node_name(id: &mesh_security::NodeId) -> NodeId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::fetch::{PARTS_IN_FLIGHT, WAITERS_MAX};
+    use crate::protocol::transfer::PART_BYTES;
 
     fn shared(me: &str) -> Shared {
         let identity = NodeIdentity::from_seed(&[7; 32]);
@@ -417,51 +566,152 @@ mod tests {
             .collect()
     }
 
-    fn reply_len(message: &RoundMessage) -> Option<usize> {
+    /// The encoded bytes of a part message (`None` for other messages).
+    fn part_len(message: &RoundMessage) -> Option<usize> {
         match message {
-            RoundMessage::BlobReply { bytes, .. } => Some(bytes.len()),
+            RoundMessage::BlobPart { encoded, .. } => Some(encoded.len()),
             _ => None,
         }
     }
 
-    #[test]
-    fn a_node_fetching_a_blob_serves_it_on_to_those_who_asked_meanwhile() {
-        let model = vec![5u8; 1000];
-        let hash = BlobId::of(&model).0;
-        let mut sh = shared("middle");
-        sh.want(hash, vec![NodeId::from("source")]);
-        sh.poll_fetches(0);
-        assert_eq!(sent(&mut sh).len(), 1);
-        for child in ["a", "b", "c"] {
-            sh.on_blob_request(&NodeId::from(child), hash);
+    /// A model of `parts` parts and its hash.
+    fn model(parts: u64) -> (Vec<u8>, ModelHash) {
+        let bytes: Vec<u8> = (0..parts * PART_BYTES - 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let hash = BlobId::of(&bytes).0;
+        (bytes, hash)
+    }
+
+    /// What a holder of `bytes` answers to the part requests in `asks`:
+    /// (part, size, bytes), no bytes for a part past the end.
+    fn answers(bytes: &[u8], asks: &[(NodeId, RoundMessage)]) -> Vec<(u32, u64, Vec<u8>)> {
+        let outboard = Outboard::of(bytes);
+        let size = bytes.len() as u64;
+        asks.iter()
+            .filter_map(|(_, m)| match m {
+                RoundMessage::BlobPartRequest { part, .. } => Some(*part),
+                _ => None,
+            })
+            .map(|p| {
+                (
+                    p,
+                    size,
+                    encode_part(bytes, &outboard, p).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    fn requested_parts(messages: &[(NodeId, RoundMessage)]) -> Vec<(String, u32)> {
+        messages
+            .iter()
+            .filter_map(|(to, m)| match m {
+                RoundMessage::BlobPartRequest { part, .. } => Some((to.0.clone(), *part)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn asked_of(holder: &str, parts: &[u32]) -> Vec<(String, u32)> {
+        parts.iter().map(|p| (holder.to_string(), *p)).collect()
+    }
+
+    /// Feeds `answers` from `holder` to `sh` at `now_ms`.
+    fn deliver(
+        sh: &mut Shared,
+        holder: &NodeId,
+        hash: ModelHash,
+        answers: Vec<(u32, u64, Vec<u8>)>,
+        now_ms: u64,
+    ) {
+        for (part, size, encoded) in answers {
+            sh.on_part(holder, hash, part, size, encoded, now_ms);
         }
+    }
+
+    #[test]
+    fn a_node_fetching_a_blob_serves_each_part_on_as_it_arrives() {
+        let (bytes, hash) = model(2);
+        let source = NodeId::from("source");
+        let mut sh = shared("middle");
+        sh.want(hash, vec![source.clone()]);
+        sh.poll_fetches(0);
+        let asks = sent(&mut sh);
+        assert_eq!(requested_parts(&asks), asked_of("source", &[0, 1, 2, 3]));
+        for child in ["a", "b", "c"] {
+            sh.on_part_request(&NodeId::from(child), hash, 0);
+        }
+        sh.on_part_request(&NodeId::from("a"), hash, 1);
         assert!(sent(&mut sh).is_empty(), "owed, not answered empty");
-        sh.on_blob(&NodeId::from("source"), hash, model.clone(), 10);
-        let replies = sent(&mut sh);
-        assert_eq!(replies.len(), 3);
-        assert!(replies.iter().all(|(_, m)| reply_len(m) == Some(1000)));
-        // Held now: a later request is answered at once.
-        sh.on_blob_request(&NodeId::from("d"), hash);
-        assert_eq!(reply_len(&sent(&mut sh)[0].1), Some(1000));
+        let mut answers = answers(&bytes, &asks);
+        let rest = answers.split_off(1);
+        deliver(&mut sh, &source, hash, answers, 10);
+        let out = sent(&mut sh);
+        let served = out
+            .iter()
+            .filter(|(_, m)| part_len(m).is_some_and(|n| n > 0));
+        assert_eq!(served.count(), 3, "each child got part 0: {out:?}");
+        assert!(
+            requested_parts(&out).is_empty(),
+            "parts 1-3 are still asked"
+        );
+        // Part 0 is held: a later request for it is answered at once.
+        sh.on_part_request(&NodeId::from("d"), hash, 0);
+        assert!(part_len(&sent(&mut sh)[0].1).is_some_and(|n| n > 0));
+        deliver(&mut sh, &source, hash, rest, 20);
+        let out = sent(&mut sh);
+        assert_eq!(out.len(), 1, "part 1 to the child that asked: {out:?}");
+        assert!(matches!(out[0].1, RoundMessage::BlobPart { part: 1, .. }));
+        assert_eq!(sh.blob(&hash).as_deref(), Some(&bytes[..]), "cached whole");
+    }
+
+    #[test]
+    fn a_download_that_loses_its_holder_resumes_from_the_next_with_the_parts_it_has() {
+        let (bytes, hash) = model(3);
+        let (first, second) = (NodeId::from("first"), NodeId::from("second"));
+        let mut sh = shared("me");
+        sh.want(hash, vec![first.clone(), second.clone()]);
+        sh.poll_fetches(0);
+        let asks = sent(&mut sh);
+        assert_eq!(requested_parts(&asks), asked_of("first", &[0, 1, 2, 3]));
+        // Parts 0, 1 and "no part 3" come; then the first holder falls silent.
+        let some: Vec<_> = answers(&bytes, &asks)
+            .into_iter()
+            .filter(|a| a.0 != 2)
+            .collect();
+        deliver(&mut sh, &first, hash, some, 20);
+        assert!(sent(&mut sh).is_empty());
+        let retry = sh.config.fetch_retry_ms;
+        sh.poll_fetches(20 + retry - 1);
+        assert!(sent(&mut sh).is_empty());
+        sh.poll_fetches(20 + retry);
+        let resumed = sent(&mut sh);
+        assert_eq!(requested_parts(&resumed), asked_of("second", &[2]));
+        let answers = answers(&bytes, &resumed);
+        deliver(&mut sh, &second, hash, answers, 30 + retry);
+        assert_eq!(sh.blob(&hash).as_deref(), Some(&bytes[..]));
+        assert_eq!(sh.stats.blobs_rejected, 0);
     }
 
     #[test]
     fn a_node_neither_holding_nor_fetching_answers_not_here_and_waiters_are_bounded() {
         let mut sh = shared("idle");
-        sh.on_blob_request(&NodeId::from("a"), [1; 32]);
-        assert_eq!(reply_len(&sent(&mut sh)[0].1), Some(0));
+        sh.on_part_request(&NodeId::from("a"), [1; 32], 0);
+        assert_eq!(part_len(&sent(&mut sh)[0].1), Some(0));
         sh.want([2; 32], vec![NodeId::from("source")]);
-        for i in 0..WAITERS_MAX + 3 {
-            sh.on_blob_request(&NodeId::from(format!("peer-{i}").as_str()), [2; 32]);
+        let owed_max = WAITERS_MAX * PARTS_IN_FLIGHT;
+        for i in 0..owed_max + 3 {
+            sh.on_part_request(&NodeId::from(format!("peer-{i}").as_str()), [2; 32], 0);
         }
         let empty = sent(&mut sh)
             .iter()
-            .filter(|(_, m)| reply_len(m) == Some(0))
+            .filter(|(_, m)| part_len(m) == Some(0))
             .count();
         assert_eq!(empty, 3);
         // Dropping the fetch tells the waiters to look elsewhere.
         sh.drop_fetches_except(&BTreeSet::new());
-        assert_eq!(sent(&mut sh).len(), WAITERS_MAX);
+        assert_eq!(sent(&mut sh).len(), owed_max);
     }
 
     #[test]
@@ -472,35 +722,52 @@ mod tests {
         sh.poll_fetches(0);
         assert_eq!(sent(&mut sh)[0].0, first);
         let soon = sh.config.fetch_retry_ms / EMPTY_ANSWER_RETRY_DIVISOR;
-        sh.on_blob(&first, [3; 32], Vec::new(), 10);
+        sh.on_part(&first, [3; 32], 0, 0, Vec::new(), 10);
         sh.poll_fetches(10 + soon - 1);
         assert!(sent(&mut sh).is_empty());
         sh.poll_fetches(10 + soon);
         assert_eq!(sent(&mut sh)[0].0, first);
-        sh.on_blob(&first, [3; 32], Vec::new(), 100);
+        sh.on_part(&first, [3; 32], 0, 0, Vec::new(), 100);
         sh.poll_fetches(100 + soon);
         assert_eq!(sent(&mut sh)[0].0, second);
         // Silence waits the whole retry.
         sh.poll_fetches(100 + soon + 1);
         assert!(sent(&mut sh).is_empty());
-        // A "not here" from someone not asked last changes nothing.
-        sh.on_blob(&first, [3; 32], Vec::new(), 200);
+        // A "not here" from someone not asked now changes nothing.
+        sh.on_part(&first, [3; 32], 0, 0, Vec::new(), 200);
         sh.poll_fetches(200 + soon);
         assert!(sent(&mut sh).is_empty());
     }
 
     #[test]
     fn a_blob_made_here_ends_its_fetch_and_feeds_its_waiters() {
-        let model = vec![9u8; 64];
-        let hash = BlobId::of(&model).0;
+        let (bytes, hash) = model(1);
         let mut sh = shared("aggregator");
         sh.want(hash, vec![NodeId::from("other")]);
-        sh.on_blob_request(&NodeId::from("child"), hash);
-        assert_eq!(sh.store(model), Some(hash));
+        sh.on_part_request(&NodeId::from("child"), hash, 0);
+        sh.on_blob_request(&NodeId::from("older"), hash);
+        assert_eq!(sh.store(bytes.clone()), Some(hash));
         let replies = sent(&mut sh);
-        assert_eq!(replies.len(), 1);
-        assert_eq!(reply_len(&replies[0].1), Some(64));
+        assert_eq!(replies.len(), 2);
+        assert!(part_len(&replies[0].1).is_some_and(|n| n > bytes.len()));
+        assert!(matches!(&replies[1].1, RoundMessage::BlobReply { bytes: b, .. } if *b == bytes));
         sh.poll_fetches(0);
         assert!(sent(&mut sh).is_empty(), "the fetch ended");
+    }
+
+    #[test]
+    fn an_older_peer_gets_and_gives_whole_blobs() {
+        let (bytes, hash) = model(2);
+        let older = NodeId::from("older");
+        let mut sh = shared("me");
+        sh.want(hash, vec![older.clone()]);
+        sh.poll_fetches(0);
+        sent(&mut sh);
+        sh.on_blob(&older, hash, bytes.clone(), 10);
+        assert_eq!(sh.blob(&hash).as_deref(), Some(&bytes[..]));
+        sh.on_blob_request(&older, hash);
+        assert!(
+            matches!(&sent(&mut sh)[0].1, RoundMessage::BlobReply { bytes: b, .. } if *b == bytes)
+        );
     }
 }

@@ -148,6 +148,7 @@ impl Network {
                 to: t,
                 bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
                 kind: message.kind(),
+                blob_copy: message.blob_copy(),
             });
         }
         self.seq += 1;

@@ -50,6 +50,9 @@ pub struct Transfer {
     pub bytes: u32,
     /// What it is ([`RoundMessage::kind`](crate::protocol::RoundMessage::kind)).
     pub kind: &'static str,
+    /// Whether it starts, and whether it ends, a copy of a blob
+    /// ([`RoundMessage::blob_copy`](crate::protocol::RoundMessage::blob_copy)).
+    pub blob_copy: (bool, bool),
 }
 
 /// The record of a run's messages, up to a bound.
@@ -83,21 +86,17 @@ pub struct TrafficSummary {
     pub peak_node_sent_by_kind: BTreeMap<&'static str, u64>,
     /// Messages the node with the peak connections received, by kind, over the run.
     pub peak_node_received_by_kind: BTreeMap<&'static str, u64>,
-    /// Most blob copies (non-empty blob replies) one node sent in one round.
+    /// Most blob copies (first parts, or whole blobs) one node sent in one round.
     pub max_blob_uploads_per_node_per_round: u64,
     /// Mean over rounds after the first of the time from the round's start
     /// (the previous commit) until the last node that fetched a blob in it
-    /// held its first one (the round's start model), ms.
+    /// held its first one whole (the round's start model), ms.
     pub model_spread_ms: f64,
     /// The longest such time of any round, ms.
     pub max_model_spread_ms: u64,
 }
 
-/// A blob reply of at least this many encoded bytes carries a blob (a
-/// "not here" answer is a hash and a few bytes of framing).
-pub const BLOB_COPY_MIN_BYTES: u32 = 256;
-
-/// Blob copies and model spread, from the blob replies of a run.
+/// Blob copies and model spread, from the blob parts and replies of a run.
 struct BlobSpread {
     max_uploads_per_node_per_round: u64,
     mean_spread_ms: f64,
@@ -111,11 +110,14 @@ impl BlobSpread {
         let mut uploads: HashMap<(u32, usize), u64> = HashMap::new();
         // (round, node) -> first arrival of a blob in that round.
         let mut first: HashMap<(usize, u32), u64> = HashMap::new();
-        let copies = transfers
-            .iter()
-            .filter(|t| t.kind == "blob_reply" && t.bytes >= BLOB_COPY_MIN_BYTES);
-        for t in copies {
-            *uploads.entry((t.from, round_of(t.sent_ms))).or_default() += 1;
+        for t in transfers {
+            let (starts, ends) = t.blob_copy;
+            if starts {
+                *uploads.entry((t.from, round_of(t.sent_ms))).or_default() += 1;
+            }
+            if !ends {
+                continue;
+            }
             let slot = first
                 .entry((round_of(t.arrives_ms), t.to))
                 .or_insert(u64::MAX);
@@ -283,6 +285,7 @@ mod tests {
             to,
             bytes,
             kind: "blob_reply",
+            blob_copy: (bytes >= 256, bytes >= 256),
         }
     }
 
