@@ -2,9 +2,9 @@
 //! for, the parts it holds ([`Download`]) and who waits here for what.
 //!
 //! A fetch asks one holder at a time, in the order it was given (the fetch
-//! tree of [`super::spread`]), for up to [`PARTS_IN_FLIGHT`] parts at once
-//! (the first of them part 0, which proves the blob's size), topped up as
-//! parts arrive.
+//! tree of [`super::spread`]): for parts 0 and 1 first (part 0 proves the
+//! blob's size), then for up to [`PARTS_IN_FLIGHT`] parts at once, topped
+//! up as parts arrive.
 //! It stays with a holder while parts keep coming. A holder that sends
 //! nothing for a fetch retry, or sends a part that fails verification, is
 //! left for the next one, and the parts already held are kept: the download
@@ -12,7 +12,7 @@
 //! alive and likely starting its own fetch), and then the next holder is asked.
 //!
 //! ```text
-//!   holder h:  ask 0..3 ─► part 0 ─► ask 4 ─► part 1 ─► ask 5 ─► ...  ─► complete
+//!   holder h:  ask 0, 1 ─► part 0 ─► ask 2..4 ─► part 1 ─► ask 5 ─► ...  ─► complete
 //!                  └─ nothing for fetch_retry_ms, or a refused part ─► holder h+1,
 //!                     asked for the parts still missing
 //! ```
@@ -24,10 +24,11 @@ use std::collections::BTreeSet;
 
 use mesh_consensus::command::{ModelHash, NodeId};
 
-use super::transfer::{part_count, Download, TransferError, EARLY_PARTS_MAX};
+use super::transfer::{part_count, Download, TransferError};
 
-/// Parts one fetch asks its holder for at once.
-pub const PARTS_IN_FLIGHT: usize = EARLY_PARTS_MAX as usize;
+/// Parts one fetch asks its holder for at once, once part 0 proved the
+/// size (before, [`super::transfer::EARLY_PARTS_MAX`]).
+pub const PARTS_IN_FLIGHT: usize = 4;
 
 /// Most peers one wanted blob is owed to (whole, or part by part, up to
 /// [`PARTS_IN_FLIGHT`] parts each); more are told "not here" at once.
@@ -287,18 +288,21 @@ mod tests {
         let blob = Blob::new(7);
         let mut fetch = Fetch::new(blob.outboard.hash(), holders(), u64::MAX);
         let first = fetch.poll(0, RETRY).expect("asks");
-        assert_eq!((first.to.0.as_str(), first.parts), ("a", vec![0, 1, 2, 3]));
+        assert_eq!((first.to.0.as_str(), first.parts), ("a", vec![0, 1]));
         assert!(fetch.poll(10, RETRY).is_none(), "waits for the parts");
         assert!(matches!(
-            blob.deliver(&mut fetch, "a", 2),
+            blob.deliver(&mut fetch, "a", 1),
             PartArrival::Ignored
         ));
-        assert!(fetch.ask(20, RETRY).is_none(), "part 2 is aside");
+        assert!(fetch.ask(20, RETRY).is_none(), "part 1 is aside");
         let PartArrival::Kept { held, .. } = blob.deliver(&mut fetch, "a", 0) else {
             panic!("part 0 kept");
         };
-        assert_eq!(held, vec![0, 2]);
-        assert_eq!(fetch.ask(30, RETRY).expect("tops up").parts, vec![4, 5]);
+        assert_eq!(held, vec![0, 1]);
+        let window = fetch.ask(30, RETRY).expect("tops up");
+        assert_eq!(window.parts, vec![2, 3, 4, 5]);
+        blob.deliver(&mut fetch, "a", 3);
+        assert_eq!(fetch.ask(40, RETRY).expect("tops up").parts, vec![6]);
     }
 
     #[test]
@@ -307,8 +311,8 @@ mod tests {
         let mut fetch = Fetch::new(blob.outboard.hash(), holders(), u64::MAX);
         fetch.poll(0, RETRY);
         blob.deliver(&mut fetch, "a", 0);
+        assert_eq!(fetch.ask(0, RETRY).expect("the rest").parts, vec![2]);
         blob.deliver(&mut fetch, "a", 1);
-        fetch.on_past_end(&NodeId::from("a"), 3, 0, 10);
         assert!(fetch.poll(RETRY - 1, RETRY).is_none());
         let resumed = fetch.poll(RETRY, RETRY).expect("moves on");
         assert_eq!((resumed.to.0.as_str(), resumed.parts), ("b", vec![2]));

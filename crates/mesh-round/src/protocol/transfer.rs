@@ -44,9 +44,11 @@ const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(4);
 /// BLAKE3 chunks (1 KiB each) in one part.
 const PART_CHUNKS: u64 = PART_BYTES / 1024;
 
-/// Parts a download asks for before it knows the size, and keeps aside
-/// until part 0 proves it.
-pub const EARLY_PARTS_MAX: u32 = 4;
+/// Parts a download asks for before it knows the size (part 0 and the next),
+/// keeping the later one aside until part 0 proves the size. Two, because
+/// most models here are one or two parts; a longer blob asks for more once
+/// part 0 has come.
+pub const EARLY_PARTS_MAX: u32 = 2;
 
 /// Why a part was refused or could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -479,9 +481,9 @@ mod tests {
         let size = bytes.len() as u64;
         let part = |i| encode_part(&bytes, &outboard, i).expect("encodes");
         let mut download = Download::new(outboard.hash(), u64::MAX);
-        assert_eq!(download.missing().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(download.missing().collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(download.accept(1, size, part(1)), Ok(vec![]));
-        assert_eq!(download.missing().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(download.missing().collect::<Vec<_>>(), vec![0]);
         assert_eq!(download.parts_held(), 0);
         assert_eq!(download.accept(0, size, part(0)), Ok(vec![0, 1]));
         assert_eq!(download.accept(0, size, part(0)), Ok(vec![]));
