@@ -21,6 +21,7 @@ use mesh_federated::data::table::{parse_csv, parse_parquet, TableOptions};
 use mesh_federated::model::store::check_weights;
 use mesh_node::runtime::state_follow::{StateAnswer, StateBody};
 use mesh_round::protocol::blob::decode_model;
+use mesh_round::protocol::transfer::{Download, Outboard, PART_BYTES};
 use mesh_round::protocol::RoundMessage;
 use mesh_security::envelope::Envelope;
 use mesh_security::NodeIdentity;
@@ -48,6 +49,7 @@ pub const TARGETS: &[Target] = &[
     ("parquet", parquet),
     ("weights", weights),
     ("model_blob", model_blob),
+    ("blob_part", blob_part),
     ("learner_message", learner_message),
     ("cert_exchange", cert_exchange),
     ("config", config),
@@ -132,6 +134,46 @@ pub fn weights(data: &[u8]) {
 /// A model or group-result blob fetched from a peer.
 pub fn model_blob(data: &[u8]) {
     let _ = decode_model(data);
+}
+
+/// The blob whose parts [`blob_part`] checks: two parts and a bit, so part
+/// 0 carries the size proof, part 1 is whole and part 2 is short.
+pub fn part_target_blob() -> &'static [u8] {
+    static BLOB: OnceLock<Vec<u8>> = OnceLock::new();
+    BLOB.get_or_init(|| {
+        let size = 2 * PART_BYTES as usize + 1000;
+        (0..size)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8)
+            .collect()
+    })
+}
+
+/// One part of a blob fetched from a peer, checked against the blob's hash
+/// as a download does: the first byte picks the part (0 to 3, 3 being past
+/// the end), the rest is what the holder sent. Part 0 must come first, so
+/// parts 1 to 3 are tried after the true part 0.
+pub fn blob_part(data: &[u8]) {
+    static TRUTH: OnceLock<(Outboard, Vec<u8>)> = OnceLock::new();
+    let Some((pick, encoded)) = data.split_first() else {
+        return;
+    };
+    let blob = part_target_blob();
+    let (outboard, part_zero) = TRUTH.get_or_init(|| {
+        let outboard = Outboard::of(blob);
+        let zero =
+            mesh_round::protocol::transfer::encode_part(blob, &outboard, 0).unwrap_or_default();
+        (outboard, zero)
+    });
+    let size = blob.len() as u64;
+    let mut download = Download::new(outboard.hash(), 4 * PART_BYTES);
+    let part = u32::from(*pick % 4);
+    if part > 0 && download.accept(0, size, part_zero.clone()).is_err() {
+        return;
+    }
+    let _ = download.accept(part, size, encoded.to_vec());
+    if let Some(Ok(bytes)) = download.assemble() {
+        assert_eq!(bytes, blob, "an assembled blob is the blob");
+    }
 }
 
 /// A learner's reply, and a request (what the learner side decodes).

@@ -76,3 +76,25 @@ fn function_of(target: &str) -> &str {
         other => other,
     }
 }
+
+/// The blob-part seeds are the parts a holder sends: each is kept (after
+/// the true part 0), and a flipped bit in one is refused.
+#[test]
+fn the_blob_part_seeds_are_kept_and_a_flipped_bit_is_refused() {
+    use mesh_round::protocol::transfer::{Download, Outboard, PART_BYTES};
+    let blob = mesh_fuzz::part_target_blob();
+    let hash = Outboard::of(blob).hash();
+    let size = blob.len() as u64;
+    let dir = fuzz_dir().join("corpus").join("blob_part");
+    let seed = |part: u32| std::fs::read(dir.join(format!("part_{part}"))).unwrap()[1..].to_vec();
+    let mut download = Download::new(hash, 4 * PART_BYTES);
+    for part in 0..3 {
+        assert_eq!(download.accept(part, size, seed(part)), Ok(vec![part]));
+    }
+    assert_eq!(download.assemble().unwrap().unwrap(), blob);
+    let mut forged = seed(1);
+    forged[100] ^= 1;
+    let mut download = Download::new(hash, 4 * PART_BYTES);
+    assert_eq!(download.accept(0, size, seed(0)), Ok(vec![0]));
+    assert!(download.accept(1, size, forged).is_err());
+}

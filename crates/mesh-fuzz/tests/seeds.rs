@@ -97,6 +97,20 @@ fn write_seed_corpora() {
     put("wal", "one_voter", &committee_wal());
     put_state_answers();
     put_forwarded();
+    put_blob_parts();
+}
+
+/// Every part of [`mesh_fuzz::part_target_blob`] as its holder sends it,
+/// behind the byte that picks the part.
+fn put_blob_parts() {
+    use mesh_round::protocol::transfer::{encode_part, Outboard};
+    let blob = mesh_fuzz::part_target_blob();
+    let outboard = Outboard::of(blob);
+    for part in 0..3u8 {
+        let mut seed = vec![part];
+        seed.extend(encode_part(blob, &outboard, u32::from(part)).unwrap());
+        put("blob_part", &format!("part_{part}"), &seed);
+    }
 }
 
 /// A whole state and a delta of two writes, each of which a follower of

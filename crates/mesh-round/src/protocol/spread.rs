@@ -5,8 +5,8 @@
 //! is placed in an order rotated per round, and the node at place `j` is a
 //! child of place `(j - roots) / FETCH_FANOUT`. A node asks its parent
 //! first, then the parent's ancestors, then the roots, then everyone else;
-//! a parent still fetching answers once its own copy arrives
-//! ([`Shared::on_blob_request`](super::shared::Shared::on_blob_request)).
+//! a parent still fetching sends each part on as it arrives
+//! ([`Shared::on_part_request`](super::shared::Shared::on_part_request)).
 //! So no node uploads more than [`FETCH_FANOUT`] copies while every node is
 //! alive, and a dead parent costs one fetch retry.
 //!
