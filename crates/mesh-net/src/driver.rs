@@ -533,7 +533,12 @@ impl Driver {
     fn emit(&mut self, event: NetEvent) -> bool {
         match &event {
             NetEvent::PeerAdmitted { peer, .. } => self.admitted.set(*peer, true),
-            NetEvent::PeerDown { peer, .. } | NetEvent::PeerRejected { peer, .. } => {
+            // A peer whose connections were closed as unused is the same
+            // process when it is dialled again: its version stays known, so
+            // messages to it do not fall back to version 1 until it
+            // identifies itself again.
+            NetEvent::PeerDown { peer, gone: false } => self.admitted.set(*peer, false),
+            NetEvent::PeerDown { peer, gone: true } | NetEvent::PeerRejected { peer, .. } => {
                 self.admitted.set(*peer, false);
                 self.versions.forget(peer);
             }

@@ -474,7 +474,7 @@ impl RoundDriver {
             tracing::debug!(%to, "round message to a name that is not a peer id");
             return;
         };
-        let Some((version, protocol)) = round_version_for(net, &peer) else {
+        let Some((version, protocol)) = round_version_for(net, &peer, &message) else {
             tracing::debug!(%peer, "no protocol version in common; round message not sent");
             return;
         };
@@ -532,13 +532,21 @@ impl RoundDriver {
     }
 }
 
-/// The round message version and protocol name to use with `peer`: the
-/// mesh protocol version the two negotiated (the oldest this node speaks
-/// while the peer's is unknown), `None` when they share none.
-fn round_version_for(net: &NetHandle, peer: &PeerId) -> Option<(u8, &'static str)> {
+/// The round message version and protocol name to use with `peer` for
+/// `message`: the mesh protocol version the two negotiated (the oldest this
+/// node speaks while the peer's is unknown), raised to the message's own
+/// floor where this node speaks it; `None` when they share none.
+fn round_version_for(
+    net: &NetHandle,
+    peer: &PeerId,
+    message: &RoundMessage,
+) -> Option<(u8, &'static str)> {
+    let ours = net.protocol_versions();
     let version = net
         .peer_version(peer)
-        .usable(net.protocol_versions())?
+        .usable(ours)?
+        .max(message.version_floor())
+        .min(ours.max())
         .min(ROUND_VERSION_MAX);
     Some((version, round_protocol(version)?))
 }

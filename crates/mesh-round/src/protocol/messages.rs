@@ -424,6 +424,17 @@ impl RoundMessage {
         postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
     }
 
+    /// The oldest round message version this message goes under, whatever
+    /// the sender knows of the peer: a part answers a part request, which
+    /// only a peer of version 3 or later sends, so it goes as version 3 even
+    /// while the peer's version is unknown (as version 1 it would say "not here").
+    pub fn version_floor(&self) -> u8 {
+        match self {
+            Self::BlobPart { .. } => 3,
+            _ => 1,
+        }
+    }
+
     /// Whether this message is sent at all to a peer of round message
     /// `version`: before version 3, requests for parts after the first are
     /// not (the one for part 0 asks for the whole blob, see [`Self::encode_for`]).
