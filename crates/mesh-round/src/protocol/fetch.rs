@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 
 use mesh_consensus::command::{ModelHash, NodeId};
 
-use super::transfer::{part_count, Download, TransferError};
+use super::transfer::{Download, TransferError};
 
 /// Parts one fetch asks its holder for at once, once part 0 proved the
 /// size (before, [`super::transfer::EARLY_PARTS_MAX`]).
@@ -171,9 +171,8 @@ impl Fetch {
                 self.asked.remove(&part);
                 self.answered_empty = false;
                 self.due_ms = Some(now_ms.saturating_add(retry_ms));
-                let size = self.download.size_bytes();
-                let past_end = |p: u32| size.is_some_and(|s| p >= part_count(s));
-                let now_known = |p: u32| held.contains(&p) || (!proven && past_end(p));
+                let download = &self.download;
+                let now_known = |p: u32| held.contains(&p) || (!proven && download.is_past_end(p));
                 let waiters = take_waiters(&mut self.waiters, now_known);
                 PartArrival::Kept { held, waiters }
             }
@@ -248,7 +247,7 @@ fn take_waiters(waiters: &mut Vec<Waiter>, answerable: impl Fn(u32) -> bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::transfer::{encode_part, Outboard, PART_BYTES};
+    use crate::protocol::transfer::{encode_part, part_count, Outboard, PART_BYTES};
 
     const RETRY: u64 = 100;
 

@@ -138,7 +138,7 @@ pub struct Shared {
     out: Vec<Action>,
     fetches: BTreeMap<ModelHash, Fetch>,
     /// Tree hashes of the blobs served last, newest last.
-    outboards: VecDeque<Arc<Outboard>>,
+    outboards: VecDeque<Outboard>,
     /// Starting-weight files uploaded to this node, oldest first: served to
     /// peers like cached blobs, but never evicted by the cache.
     pinned: VecDeque<(ModelHash, Arc<[u8]>)>,
@@ -399,35 +399,33 @@ impl Shared {
 
     /// A blob is here: its fetch, if any, ends and the waiters get it.
     fn arrived(&mut self, hash: ModelHash, bytes: &Arc<[u8]>) {
-        let Some(fetch) = self.fetches.remove(&hash) else {
-            return;
-        };
-        for waiter in fetch.into_waiters() {
-            match waiter {
-                Waiter::Whole(peer) => {
-                    let bytes = bytes.to_vec();
-                    self.send(&peer, RoundMessage::BlobReply { hash, bytes });
-                }
-                Waiter::Part(peer, part) => self.send_part(&peer, hash, bytes, part),
-            }
-        }
+        self.end_fetch_with(hash, Some(bytes));
     }
 
     /// Ends the fetch of `hash`; its waiters are told "not here" so they
     /// ask someone else.
     fn end_fetch(&mut self, hash: ModelHash) {
+        self.end_fetch_with(hash, None);
+    }
+
+    /// Ends the fetch of `hash` and answers its waiters: from `held` when
+    /// the blob is here, "not here" otherwise.
+    fn end_fetch_with(&mut self, hash: ModelHash, held: Option<&Arc<[u8]>>) {
         let waiters = self
             .fetches
             .remove(&hash)
             .map(Fetch::into_waiters)
             .unwrap_or_default();
         for waiter in waiters {
-            match waiter {
-                Waiter::Whole(peer) => {
-                    let bytes = Vec::new();
+            match (waiter, held) {
+                (Waiter::Whole(peer), _) => {
+                    let bytes = held.map(|b| b.to_vec()).unwrap_or_default();
                     self.send(&peer, RoundMessage::BlobReply { hash, bytes });
                 }
-                Waiter::Part(peer, part) => {
+                (Waiter::Part(peer, part), Some(bytes)) => {
+                    self.send_part(&peer, hash, bytes, part);
+                }
+                (Waiter::Part(peer, part), None) => {
                     self.send(&peer, part_message(hash, part, 0, Vec::new()));
                 }
             }
@@ -468,11 +466,12 @@ impl Shared {
         bytes: &[u8],
         part: u32,
     ) -> Result<Vec<u8>, TransferError> {
-        let outboard = match self.outboards.iter().position(|o| o.hash() == hash) {
-            Some(i) => self.outboards.remove(i),
-            None => None,
-        };
-        let outboard = outboard.unwrap_or_else(|| Arc::new(Outboard::of(bytes)));
+        let outboard = self
+            .outboards
+            .iter()
+            .position(|o| o.hash() == hash)
+            .and_then(|i| self.outboards.remove(i))
+            .unwrap_or_else(|| Outboard::of(bytes));
         let encoded = encode_part(bytes, &outboard, part);
         self.outboards.push_back(outboard);
         if self.outboards.len() > OUTBOARDS_MAX {
