@@ -303,7 +303,9 @@ fn now_ms() -> u64 {
 #[test]
 fn a_renewed_certificate_keeps_the_node_admitted_past_the_old_expiry_without_a_restart() {
     const RENEWED: usize = 2;
-    const FIRST_VALID_S: u64 = 60;
+    // Time enough for the mesh and its first round (3-4 s on 2 cores), and
+    // the test's length: it waits past this expiry.
+    const FIRST_VALID_S: u64 = 25;
     let mut mesh = Mesh::new(3);
     let dir = mesh.nodes[RENEWED].dir.clone();
     let issued_ms = now_ms();
@@ -332,6 +334,14 @@ fn a_renewed_certificate_keeps_the_node_admitted_past_the_old_expiry_without_a_r
         let view = job_view(&api, &token, JOB)?;
         (view["rounds_completed"].as_u64()? >= 1).then_some(())
     });
+    eprintln!(
+        "first round done {} ms before the first certificate expires",
+        expiry_ms.saturating_sub(now_ms())
+    );
+    assert!(
+        now_ms() < expiry_ms,
+        "the first round ended after the first certificate expired"
+    );
 
     let pid = mesh.nodes[RENEWED].pid().unwrap();
     renew(&mesh, &dir, "86400");
