@@ -445,11 +445,10 @@ fn exercise(lab: &mut Lab) -> Report {
     let started = Instant::now();
     lab.start();
     let connected = lab.wait_all_connected(started);
-    let connected_at = Instant::now();
     let token = lab.mesh.admin_token();
     let done = lab.run_secure_job(&token);
     assert_eq!(done["rounds_completed"], 2, "{done}");
-    lab.settle_hole_punching(connected_at);
+    lab.settle_hole_punching(started + connected);
     Report {
         connected,
         kinds: lab.kinds(),

@@ -21,7 +21,7 @@ use mesh_federated::data::table::{parse_csv, parse_parquet, TableOptions};
 use mesh_federated::model::store::check_weights;
 use mesh_node::runtime::state_follow::{StateAnswer, StateBody};
 use mesh_round::protocol::blob::decode_model;
-use mesh_round::protocol::transfer::{Download, Outboard, PART_BYTES};
+use mesh_round::protocol::transfer::{encode_part, Download, Outboard, PART_BYTES};
 use mesh_round::protocol::RoundMessage;
 use mesh_security::envelope::Envelope;
 use mesh_security::NodeIdentity;
@@ -160,8 +160,7 @@ pub fn blob_part(data: &[u8]) {
     let blob = part_target_blob();
     let (outboard, part_zero) = TRUTH.get_or_init(|| {
         let outboard = Outboard::of(blob);
-        let zero =
-            mesh_round::protocol::transfer::encode_part(blob, &outboard, 0).unwrap_or_default();
+        let zero = encode_part(blob, &outboard, 0).unwrap_or_default();
         (outboard, zero)
     });
     let size = blob.len() as u64;
